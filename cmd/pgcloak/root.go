@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+)
+
+// Exit codes. A failed command exits 1; a usage mistake or a command that is
+// not implemented yet exits 2.
+const (
+	exitOK       = 0
+	exitFailure  = 1
+	exitUsageErr = 2
+)
+
+// exitError carries the process exit code out of a command. An exitError
+// whose err is nil has already said everything on stdout/stderr.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
+}
+
+func (e *exitError) Unwrap() error { return e.err }
+
+// failed reports a command failure whose details were already printed.
+func failed() error { return &exitError{code: exitFailure} }
+
+// usageError wraps a command-line mistake so that it exits 2 with a hint.
+func usageError(cmd *cobra.Command, err error) error {
+	return &exitError{
+		code: exitUsageErr,
+		err:  fmt.Errorf("pgcloak: %w\nRun '%s --help' for usage.", err, cmd.CommandPath()),
+	}
+}
+
+// run executes the pgcloak command line and returns the process exit code.
+// Tests call it instead of main.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root := newRootCmd()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.err != nil {
+			fmt.Fprintln(stderr, ee.err)
+		}
+		return ee.code
+	}
+	// Anything else comes from cobra itself: an unknown command or a bad
+	// argument count.
+	fmt.Fprintf(stderr, "pgcloak: %v\nRun 'pgcloak --help' for usage.\n", err)
+	return exitUsageErr
+}
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "pgcloak",
+		Short: "Transparent PostgreSQL proxy for per-tenant cryptographic isolation",
+		Long: `pgcloak is a PostgreSQL wire-protocol proxy. Applications keep their SQL and
+their driver and only point the connection string at pgcloak.
+
+Today pgcloak is a transparent passthrough proxy (TLS, authentication relay,
+cancel, COPY, pipelining). Column encryption, tenant pinning and key
+management are not implemented yet; the commands for them are listed below
+and say so when run.`,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+	}
+	root.CompletionOptions.DisableDefaultCmd = true
+	root.SetFlagErrorFunc(usageError)
+	root.AddCommand(
+		newServeCmd(),
+		newCheckCmd(),
+		newDemoCmd(),
+		newVersionCmd(),
+	)
+	root.AddCommand(notImplementedCmds()...)
+	return root
+}
+
+// configFlag registers the -c/--config flag every config-reading command takes.
+func configFlag(cmd *cobra.Command, path *string) {
+	cmd.Flags().StringVarP(path, "config", "c", "", "configuration file (YAML)")
+	cmd.MarkFlagRequired("config")
+}

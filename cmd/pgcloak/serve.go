@@ -1,0 +1,122 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/pgcloak/pgcloak/config"
+	"github.com/pgcloak/pgcloak/proxy"
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+)
+
+// defaultShutdownTimeout applies when the configuration leaves
+// listen.shutdown_timeout unset.
+const defaultShutdownTimeout = 30 * time.Second
+
+func newServeCmd() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "serve -c FILE",
+		Short: "Run the proxy",
+		Long: `Run the proxy with the configuration in FILE.
+
+SIGTERM or SIGINT stops accepting connections and lets open sessions finish
+for up to listen.shutdown_timeout, then closes the rest and exits 0.
+SIGHUP is logged and otherwise ignored: reloading is not implemented yet.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(path)
+			if err != nil {
+				return &exitError{code: exitFailure, err: err}
+			}
+			log, err := newLogger(cfg.Log, cmd.ErrOrStderr())
+			if err != nil {
+				return &exitError{code: exitFailure, err: fmt.Errorf("%s: %w", cfg.File, err)}
+			}
+			if err := serve(cmd.Context(), cfg, log); err != nil {
+				log.Error().Err(err).Msg("pgcloak stopped")
+				return failed()
+			}
+			return nil
+		},
+	}
+	configFlag(cmd, &path)
+	return cmd
+}
+
+// serve runs the proxy until a signal or ctx ends it. It returns nil after a
+// clean shutdown, including one where sessions had to be closed at the
+// deadline.
+func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	srv, err := proxy.NewServer(proxy.ConfigFrom(cfg), log)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen.Address)
+	if err != nil {
+		return err
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	log.Info().
+		Str("listen", ln.Addr().String()).
+		Bool("listen_tls", cfg.Listen.TLS != nil).
+		Str("upstream", cfg.Upstream.Address).
+		Str("upstream_sslmode", string(cfg.Upstream.SSLMode)).
+		Int("encrypted_tables", len(cfg.Encrypt.Tables)).
+		Str("version", version).
+		Msg("pgcloak serving")
+	if len(cfg.Encrypt.Tables) > 0 {
+		log.Warn().Msg("encrypt.tables is declared but column encryption is not implemented yet; all traffic passes through unchanged")
+	}
+
+	for {
+		select {
+		case err := <-served:
+			// Serve only returns on its own when the listener fails.
+			srv.Close()
+			return fmt.Errorf("listener %s: %w", ln.Addr(), err)
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				log.Warn().Msg("SIGHUP received: reload not yet supported; configuration unchanged")
+				continue
+			}
+			log.Info().Str("signal", sig.String()).Msg("shutting down")
+		case <-ctx.Done():
+			log.Info().Msg("shutting down")
+		}
+		return shutdown(srv, served, cfg.Listen.ShutdownTimeout, log)
+	}
+}
+
+// shutdown drains srv for at most timeout and waits for Serve to return.
+func shutdown(srv *proxy.Server, served <-chan error, timeout time.Duration, log zerolog.Logger) error {
+	if timeout <= 0 {
+		timeout = defaultShutdownTimeout
+	}
+	log.Info().Int("sessions", srv.ActiveSessions()).Dur("timeout", timeout).Msg("draining sessions")
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := srv.Shutdown(ctx); errors.Is(err, context.DeadlineExceeded) {
+		log.Warn().Dur("timeout", timeout).Msg("shutdown deadline reached; remaining sessions closed")
+	} else if err != nil {
+		return err
+	}
+	if err := <-served; err != nil && !errors.Is(err, proxy.ErrServerClosed) {
+		return err
+	}
+	log.Info().Msg("pgcloak stopped")
+	return nil
+}

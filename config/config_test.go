@@ -1,0 +1,998 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// y joins lines into a YAML file, so that a case's line numbers can be read
+// off its position in the list: the first argument is line 1.
+func y(lines ...string) []byte { return []byte(strings.Join(lines, "\n") + "\n") }
+
+// noEnv is a lookup with no variables set.
+func noEnv(string) (string, bool) { return "", false }
+
+func envOf(vars map[string]string) func(string) (string, bool) {
+	return func(name string) (string, bool) {
+		v, ok := vars[name]
+		return v, ok
+	}
+}
+
+// problems returns the problem lines of a *ValidationError, failing the test
+// when err is something else.
+func problems(t *testing.T, err error) []string {
+	t.Helper()
+	var ve *ValidationError
+	if !errors.As(err, &ve) {
+		t.Fatalf("got error %v (%T), want a *ValidationError", err, err)
+	}
+	if len(ve.Problems) == 0 {
+		t.Fatalf("got a *ValidationError with no problems")
+	}
+	return strings.Split(ve.Error(), "\n")
+}
+
+const (
+	testPassword  = "s3cr3t-upstream-pw"
+	testJWTSecret = "0123456789abcdef0123456789abcdef-jwt"
+)
+
+func TestLoadSpecExample(t *testing.T) {
+	t.Setenv("PGCLOAK_UPSTREAM_PASSWORD", testPassword)
+	t.Setenv("JWT_SECRET", testJWTSecret)
+	file := filepath.Join("testdata", "spec.yaml")
+
+	got, err := Load(file)
+	if err != nil {
+		t.Fatalf("Load(%s): got error %v, want nil", file, err)
+	}
+	want := &Config{
+		File: file,
+		Listen: Listen{
+			Address:         "127.0.0.1:6432",
+			TLS:             &ListenTLS{CertFile: "server.crt", KeyFile: "server.key", Require: false},
+			MaxMessageSize:  64 << 20,
+			ShutdownTimeout: 30 * time.Second,
+		},
+		Admin: Admin{Address: "127.0.0.1:9187"},
+		Upstream: Upstream{
+			Address:        "127.0.0.1:5432",
+			SSLMode:        SSLDisable,
+			User:           "pgcloak",
+			Password:       testPassword,
+			Database:       "appdb",
+			ConnectTimeout: 10 * time.Second,
+		},
+		Tenancy: Tenancy{
+			Setting: "app.tenant_id",
+			Mode:    ModeLogin,
+			Login:   LoginTenancy{Roles: map[string]string{"acme_app": "acme", "globex_app": "globex"}},
+			JWT: JWTTenancy{
+				Claim:       "tenant_id",
+				Issuer:      "https://auth.example.com",
+				Audience:    "pgcloak",
+				HS256Secret: testJWTSecret,
+			},
+			UnscopedRoles: []string{"migrator"},
+		},
+		Keys: Keys{
+			Provider: ProviderLocal,
+			Local:    LocalKeys{MasterKeyFile: "master.key"},
+			AWS:      AWSKeys{Region: "us-east-1", KeyID: "alias/pgcloak"},
+			Tenants: map[string]TenantKeys{
+				"acme": {KeyID: "arn:aws:kms:eu-west-1:111122223333:key/..."},
+			},
+			CacheTTL:        60 * time.Second,
+			CacheMaxEntries: 10000,
+		},
+		Encrypt: Encrypt{
+			OnDecryptError: DecryptErrorFail,
+			Tables: []Table{{
+				Schema: "public",
+				Name:   "patients",
+				Columns: []Column{
+					{Name: "ssn", Type: "text", Search: SearchEquality, IndexColumn: "ssn_bidx", Normalize: NormalizeNone},
+					{Name: "email", Type: "text", Search: SearchEquality, IndexColumn: "email_bidx", Normalize: NormalizeLower},
+					{Name: "diagnosis", Type: "text", Search: SearchNone, Normalize: NormalizeNone, KeyClass: "phi"},
+					{Name: "birth_date", Type: "date", Search: SearchNone, Normalize: NormalizeNone},
+				},
+			}},
+		},
+		Audit: Audit{Output: "stderr"},
+		Log:   Log{Level: "info", Format: "json"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("Load(%s):\ngot  %+v\nwant %+v", file, got, want)
+	}
+	// Secrets print redacted, so compare them separately.
+	if got.Upstream.Password.Reveal() != testPassword {
+		t.Errorf("got upstream.password of %d bytes, want the expanded ${PGCLOAK_UPSTREAM_PASSWORD}", len(got.Upstream.Password))
+	}
+	if got.Tenancy.JWT.HS256Secret.Reveal() != testJWTSecret {
+		t.Errorf("got tenancy.jwt.hs256_secret of %d bytes, want the expanded ${JWT_SECRET}", len(got.Tenancy.JWT.HS256Secret))
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	got, err := parse("min.yaml", y(
+		"upstream:",
+		"  address: db.internal:5432",
+		"keys:",
+		"  local: {master_key_file: m.key}",
+	), noEnv)
+	if err != nil {
+		t.Fatalf("got error %v, want nil", err)
+	}
+	want := &Config{
+		File: "min.yaml",
+		Listen: Listen{
+			Address:         "127.0.0.1:6432",
+			MaxMessageSize:  64 << 20,
+			ShutdownTimeout: 30 * time.Second,
+		},
+		Upstream: Upstream{
+			Address:        "db.internal:5432",
+			SSLMode:        SSLDisable,
+			Database:       "postgres",
+			ConnectTimeout: 10 * time.Second,
+		},
+		Tenancy: Tenancy{
+			Setting: "app.tenant_id",
+			Mode:    ModeLogin,
+			JWT:     JWTTenancy{Claim: "tenant_id"},
+		},
+		Keys: Keys{
+			Provider:        ProviderLocal,
+			Local:           LocalKeys{MasterKeyFile: "m.key"},
+			CacheTTL:        60 * time.Second,
+			CacheMaxEntries: 10000,
+		},
+		Encrypt: Encrypt{OnDecryptError: DecryptErrorFail},
+		Audit:   Audit{Output: "stderr"},
+		Log:     Log{Level: "info", Format: "json"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got  %+v\nwant %+v", got, want)
+	}
+}
+
+// minimal is the smallest valid file; cases append to it from line 5.
+var minimal = []string{
+	"upstream:",
+	"  address: db:5432",
+	"keys:",
+	"  local: {master_key_file: m.key}",
+}
+
+func withMinimal(lines ...string) []byte { return y(append(append([]string{}, minimal...), lines...)...) }
+
+func TestParseValues(t *testing.T) {
+	tests := []struct {
+		name  string
+		yaml  []byte
+		env   map[string]string
+		check func(t *testing.T, c *Config)
+	}{
+		{
+			name: "max_message_size units",
+			yaml: withMinimal("listen: {max_message_size: 512kB}"),
+			check: func(t *testing.T, c *Config) {
+				if got, want := c.Listen.MaxMessageSize, 512<<10; got != want {
+					t.Errorf("got max_message_size %d, want %d", got, want)
+				}
+			},
+		},
+		{
+			name: "max_message_size bytes",
+			yaml: withMinimal("listen: {max_message_size: 1048576}"),
+			check: func(t *testing.T, c *Config) {
+				if got, want := c.Listen.MaxMessageSize, 1<<20; got != want {
+					t.Errorf("got max_message_size %d, want %d", got, want)
+				}
+			},
+		},
+		{
+			name: "max_message_size from env",
+			yaml: withMinimal("listen: {max_message_size: '${MAX}'}"),
+			env:  map[string]string{"MAX": "1MiB"},
+			check: func(t *testing.T, c *Config) {
+				if got, want := c.Listen.MaxMessageSize, 1<<20; got != want {
+					t.Errorf("got max_message_size %d, want %d", got, want)
+				}
+			},
+		},
+		{
+			name: "env inside a value and escaped",
+			yaml: withMinimal("log: {level: debug}", "audit: {output: '/var/log/${APP}/audit-$${x}-$HOME.log'}"),
+			env:  map[string]string{"APP": "pgcloak"},
+			check: func(t *testing.T, c *Config) {
+				if got, want := c.Audit.Output, "/var/log/pgcloak/audit-${x}-$HOME.log"; got != want {
+					t.Errorf("got audit.output %q, want %q", got, want)
+				}
+			},
+		},
+		{
+			name: "on_decrypt_error null",
+			yaml: withMinimal("encrypt: {on_decrypt_error: null}"),
+			check: func(t *testing.T, c *Config) {
+				if got, want := c.Encrypt.OnDecryptError, DecryptErrorNull; got != want {
+					t.Errorf("got on_decrypt_error %q, want %q", got, want)
+				}
+			},
+		},
+		{
+			name: "empty tables is a passthrough proxy",
+			yaml: withMinimal("encrypt: {tables: []}"),
+			check: func(t *testing.T, c *Config) {
+				if got := len(c.Encrypt.Tables); got != 0 {
+					t.Errorf("got %d tables, want 0", got)
+				}
+			},
+		},
+		{
+			name: "names are folded and schema defaults to public",
+			yaml: withMinimal(
+				"encrypt:",
+				"  tables:",
+				"    - name: Patients",
+				"      columns:",
+				"        - {name: SSN, type: TEXT, search: equality}",
+				"        - {name: Note, type: varchar, search: equality, index_column: Note_Idx, key_class: PHI}",
+			),
+			check: func(t *testing.T, c *Config) {
+				tab, ok := c.Encrypt.Table("public", "patients")
+				if !ok {
+					t.Fatalf("got no table public.patients, want one (tables: %+v)", c.Encrypt.Tables)
+				}
+				want := []Column{
+					{Name: "ssn", Type: "text", Search: SearchEquality, IndexColumn: "ssn_bidx", Normalize: NormalizeNone},
+					{Name: "note", Type: "varchar", Search: SearchEquality, IndexColumn: "note_idx", Normalize: NormalizeNone, KeyClass: "phi"},
+				}
+				if !reflect.DeepEqual(tab.Columns, want) {
+					t.Errorf("got columns %+v, want %+v", tab.Columns, want)
+				}
+			},
+		},
+		{
+			name: "jwt mode with a public key",
+			yaml: y(
+				"upstream: {address: db:5432, user: pgcloak}",
+				"keys: {provider: aws, aws: {region: eu-west-1, key_id: alias/k, endpoint: 'http://localhost:4566'}}",
+				"tenancy: {mode: jwt, setting: App.Tenant, jwt: {public_key_file: jwt.pem}}",
+			),
+			check: func(t *testing.T, c *Config) {
+				if got, want := c.Tenancy.Setting, "app.tenant"; got != want {
+					t.Errorf("got tenancy.setting %q, want %q", got, want)
+				}
+				if got, want := c.Keys.AWS.Endpoint, "http://localhost:4566"; got != want {
+					t.Errorf("got keys.aws.endpoint %q, want %q", got, want)
+				}
+			},
+		},
+		{
+			name: "listener on any port",
+			yaml: withMinimal("listen: {address: ':0'}", "admin: {address: 'localhost:0'}"),
+			check: func(t *testing.T, c *Config) {
+				if got, want := c.Listen.Address, ":0"; got != want {
+					t.Errorf("got listen.address %q, want %q", got, want)
+				}
+			},
+		},
+		{
+			name: "anchors and aliases",
+			yaml: withMinimal(
+				"encrypt:",
+				"  tables:",
+				"    - name: a",
+				"      columns: &cols",
+				"        - {name: ssn, type: text, search: equality}",
+				"    - name: b",
+				"      columns: *cols",
+			),
+			check: func(t *testing.T, c *Config) {
+				if got, want := len(c.Encrypt.Tables), 2; got != want {
+					t.Fatalf("got %d tables, want %d", got, want)
+				}
+				if got, want := c.Encrypt.Tables[1].Columns[0].IndexColumn, "ssn_bidx"; got != want {
+					t.Errorf("got index column %q, want %q", got, want)
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := parse("t.yaml", tt.yaml, envOf(tt.env))
+			if err != nil {
+				t.Fatalf("got error:\n%v\nwant nil", err)
+			}
+			tt.check(t, c)
+		})
+	}
+}
+
+// errorCases each hold one mistake and the exact problems it must produce.
+// They also seed FuzzLoad.
+var errorCases = []struct {
+	name string
+	yaml []byte
+	env  map[string]string
+	want []string
+}{
+	{
+		name: "unknown top-level key",
+		yaml: withMinimal("lisen:", "  address: 0.0.0.0:6432"),
+		want: []string{`t.yaml:5: lisen: unknown key; did you mean "listen"? (expected one of listen, admin, upstream, tenancy, keys, encrypt, audit, log)`},
+	},
+	{
+		name: "unknown nested key",
+		yaml: withMinimal(
+			"encrypt:",
+			"  tables:",
+			"    - name: patients",
+			"      columns:",
+			"        - name: ssn",
+			"          type: text",
+			"          serch: equality",
+		),
+		want: []string{`t.yaml:11: encrypt.tables[0].columns[0].serch: unknown key; did you mean "search"? (expected one of name, type, search, index_column, normalize, key_class)`},
+	},
+	{
+		name: "unknown key without a near miss",
+		yaml: withMinimal("listen: {tls_everywhere: true}"),
+		want: []string{`t.yaml:5: listen.tls_everywhere: unknown key (expected one of address, tls, max_message_size, shutdown_timeout)`},
+	},
+	{
+		name: "duplicate key",
+		yaml: withMinimal("log: {level: info}", "log: {level: debug}"),
+		want: []string{`t.yaml:6: log: duplicate key (first at line 5)`},
+	},
+	{
+		name: "merge key",
+		yaml: withMinimal("base: &b {level: info}", "log: {<<: *b}"),
+		want: []string{
+			`t.yaml:5: base: unknown key (expected one of listen, admin, upstream, tenancy, keys, encrypt, audit, log)`,
+			`t.yaml:6: log: YAML merge keys (<<) are not supported; write the keys out`,
+		},
+	},
+	{
+		name: "section of the wrong kind",
+		yaml: withMinimal("log: [info]"),
+		want: []string{`t.yaml:5: log: expected a mapping, got a list`},
+	},
+	{
+		name: "file of the wrong kind",
+		yaml: y("- upstream"),
+		want: []string{`t.yaml:1: expected a mapping, got a list`},
+	},
+	{
+		name: "invalid yaml",
+		yaml: withMinimal("log:", "  level: info", " format: json"),
+		want: []string{`t.yaml:7: invalid YAML: did not find expected key`},
+	},
+	{
+		name: "two documents",
+		yaml: y("upstream: {address: db:5432}", "---", "log: {level: info}"),
+		want: []string{`t.yaml:3: a second YAML document; the file must hold exactly one`},
+	},
+	{
+		name: "empty file",
+		yaml: nil,
+		want: []string{
+			`t.yaml: keys.local.master_key_file: is required with provider local (` + "`pgcloak keys init-local -o master.key`" + ` creates one)`,
+			`t.yaml: upstream.address: is required (host:port of the PostgreSQL server)`,
+		},
+	},
+	{
+		name: "missing upstream address",
+		yaml: y("upstream:", "  user: pgcloak", "keys: {local: {master_key_file: m.key}}"),
+		want: []string{`t.yaml:1: upstream.address: is required (host:port of the PostgreSQL server)`},
+	},
+	{
+		name: "upstream address without port",
+		yaml: y("upstream:", "  address: db.internal", "keys: {local: {master_key_file: m.key}}"),
+		want: []string{`t.yaml:2: upstream.address: "db.internal" is not host:port (e.g. 127.0.0.1:6432)`},
+	},
+	{
+		name: "upstream port out of range",
+		yaml: y("upstream:", "  address: db:0", "keys: {local: {master_key_file: m.key}}"),
+		want: []string{`t.yaml:2: upstream.address: "db:0": the port must be a number from 1 to 65535`},
+	},
+	{
+		name: "listen address",
+		yaml: withMinimal("listen:", "  address: '6432'"),
+		want: []string{`t.yaml:6: listen.address: "6432" is not host:port (e.g. 127.0.0.1:6432)`},
+	},
+	{
+		name: "admin address",
+		yaml: withMinimal("admin: {address: 'localhost:http'}"),
+		want: []string{`t.yaml:5: admin.address: "localhost:http": the port must be a number from 0 to 65535`},
+	},
+	{
+		name: "unsupported sslmode",
+		yaml: y("upstream:", "  address: db:5432", "  sslmode: verify-ca", "keys: {local: {master_key_file: m.key}}"),
+		want: []string{`t.yaml:3: upstream.sslmode: "verify-ca" is not a supported sslmode (disable, require, verify-full)`},
+	},
+	{
+		name: "verify-full without root cert",
+		yaml: y("upstream:", "  address: db:5432", "  sslmode: verify-full", "keys: {local: {master_key_file: m.key}}"),
+		want: []string{`t.yaml:1: upstream.root_cert_file: is required with sslmode verify-full (the CA certificate that signed the server's, PEM)`},
+	},
+	{
+		name: "root cert without verify-full",
+		yaml: y("upstream:", "  address: db:5432", "  sslmode: require", "  root_cert_file: ca.pem", "keys: {local: {master_key_file: m.key}}"),
+		want: []string{`t.yaml:4: upstream.root_cert_file: is set, but sslmode require does not verify the server certificate; use sslmode verify-full or remove root_cert_file`},
+	},
+	{
+		name: "empty database",
+		yaml: y("upstream:", "  address: db:5432", "  database: ''", "keys: {local: {master_key_file: m.key}}"),
+		want: []string{`t.yaml:3: upstream.database: must not be empty (leave the key out for the default, postgres)`},
+	},
+	{
+		name: "connect_timeout without unit",
+		yaml: y("upstream:", "  address: db:5432", "  connect_timeout: 10", "keys: {local: {master_key_file: m.key}}"),
+		want: []string{`t.yaml:3: upstream.connect_timeout: "10" is not a duration (a number with a unit, such as "60s", "500ms" or "1m30s")`},
+	},
+	{
+		name: "tls without key_file",
+		yaml: withMinimal("listen:", "  tls:", "    cert_file: server.crt"),
+		want: []string{`t.yaml:6: listen.tls.key_file: is required with listen.tls (the server private key, PEM)`},
+	},
+	{
+		name: "tls present but empty",
+		yaml: withMinimal("listen:", "  tls:", "    # cert_file: server.crt"),
+		want: []string{
+			`t.yaml:6: listen.tls.cert_file: is required with listen.tls (the server certificate chain, PEM)`,
+			`t.yaml:6: listen.tls.key_file: is required with listen.tls (the server private key, PEM)`,
+		},
+	},
+	{
+		name: "tls require not a boolean",
+		yaml: withMinimal("listen:", "  tls:", "    cert_file: c", "    key_file: k", "    require: yes"),
+		want: []string{`t.yaml:9: listen.tls.require: "yes" is not a boolean (true or false)`},
+	},
+	{
+		name: "max_message_size not a size",
+		yaml: withMinimal("listen: {max_message_size: 64XB}"),
+		want: []string{`t.yaml:5: listen.max_message_size: "64XB" is not a size (a number of bytes, or a whole number with a unit: B, kB, MB, GB, KiB, MiB, GiB)`},
+	},
+	{
+		name: "max_message_size too small",
+		yaml: withMinimal("listen: {max_message_size: 512}"),
+		want: []string{`t.yaml:5: listen.max_message_size: "512" is out of range (1 KiB to 1 GiB)`},
+	},
+	{
+		name: "max_message_size too large",
+		yaml: withMinimal("listen: {max_message_size: 2GiB}"),
+		want: []string{`t.yaml:5: listen.max_message_size: "2GiB" is out of range (1 KiB to 1 GiB)`},
+	},
+	{
+		name: "max_message_size overflows",
+		yaml: withMinimal("listen: {max_message_size: 99999999999999999999999GB}"),
+		want: []string{`t.yaml:5: listen.max_message_size: "99999999999999999999999GB" is out of range (1 KiB to 1 GiB)`},
+	},
+	{
+		name: "negative shutdown_timeout",
+		yaml: withMinimal("listen: {shutdown_timeout: -1s}"),
+		want: []string{`t.yaml:5: listen.shutdown_timeout: -1s is negative (0 closes sessions at once)`},
+	},
+	{
+		name: "unsupported tenancy mode",
+		yaml: withMinimal("tenancy:", "  mode: header"),
+		want: []string{`t.yaml:6: tenancy.mode: "header" is not a supported tenancy mode (login, jwt)`},
+	},
+	{
+		name: "tenancy setting without a dot",
+		yaml: withMinimal("tenancy:", "  setting: tenant_id"),
+		want: []string{`t.yaml:6: tenancy.setting: "tenant_id" is not a custom setting name (want prefix.name such as app.tenant_id: letters, digits and underscores, with at least one dot)`},
+	},
+	{
+		name: "tenancy setting in the reserved namespace",
+		yaml: withMinimal("tenancy:", "  setting: pgcloak.tenant"),
+		want: []string{`t.yaml:6: tenancy.setting: "pgcloak.tenant" is in the pgcloak.* namespace, which the proxy reserves for itself`},
+	},
+	{
+		name: "role without a tenant",
+		yaml: withMinimal("tenancy:", "  login:", "    roles:", "      acme_app: acme", "      globex_app:"),
+		want: []string{`t.yaml:9: tenancy.login.roles.globex_app: the tenant name must not be empty`},
+	},
+	{
+		name: "invalid unscoped pattern",
+		yaml: withMinimal("tenancy:", "  unscoped_roles:", "    - migrator", "    - 'regress_[a'"),
+		want: []string{`t.yaml:8: tenancy.unscoped_roles[1]: "regress_[a" is not a valid pattern: syntax error in pattern (want a role name, or a glob using *, ? and [...])`},
+	},
+	{
+		name: "empty unscoped role",
+		yaml: withMinimal("tenancy:", "  unscoped_roles: ['']"),
+		want: []string{`t.yaml:6: tenancy.unscoped_roles[0]: a role name or pattern must not be empty`},
+	},
+	{
+		name: "role both mapped and unscoped",
+		yaml: withMinimal("tenancy:", "  login:", "    roles:", "      regress_acme: acme", "  unscoped_roles: ['regress_*']"),
+		want: []string{`t.yaml:8: tenancy.login.roles.regress_acme: role "regress_acme" is mapped to tenant "acme" and also matches unscoped_roles; a role is either scoped to one tenant or unscoped`},
+	},
+	{
+		name: "jwt mode without a key",
+		yaml: y("upstream: {address: db:5432, user: pgcloak}", "keys: {local: {master_key_file: m.key}}", "tenancy:", "  mode: jwt"),
+		want: []string{`t.yaml:3: tenancy.jwt: mode jwt needs a verification key: set hs256_secret or public_key_file`},
+	},
+	{
+		name: "jwt mode without upstream user",
+		yaml: y("upstream: {address: db:5432}", "keys: {local: {master_key_file: m.key}}", "tenancy:", "  mode: jwt", "  jwt: {public_key_file: k.pem}"),
+		want: []string{`t.yaml:1: upstream.user: is required with tenancy.mode jwt (the proxy logs in upstream as this role)`},
+	},
+	{
+		name: "jwt with two keys",
+		yaml: withMinimal("tenancy:", "  jwt:", "    hs256_secret: ${JWT_SECRET}", "    public_key_file: k.pem"),
+		env:  map[string]string{"JWT_SECRET": testJWTSecret},
+		want: []string{`t.yaml:6: tenancy.jwt: hs256_secret and public_key_file are both set; set exactly one`},
+	},
+	{
+		name: "short hs256 secret",
+		yaml: withMinimal("tenancy:", "  jwt:", "    hs256_secret: tooshort"),
+		want: []string{`t.yaml:7: tenancy.jwt.hs256_secret: is shorter than 32 bytes, the minimum for HS256 (RFC 7518 section 3.2)`},
+	},
+	{
+		name: "empty jwt claim",
+		yaml: withMinimal("tenancy:", "  jwt:", "    claim: ''"),
+		want: []string{`t.yaml:7: tenancy.jwt.claim: must not be empty (leave the key out for the default, tenant_id)`},
+	},
+	{
+		name: "unsupported key provider",
+		yaml: y("upstream: {address: db:5432}", "keys:", "  provider: vault"),
+		want: []string{`t.yaml:3: keys.provider: "vault" is not a supported key provider (local, aws)`},
+	},
+	{
+		name: "local provider without master key",
+		yaml: y("upstream: {address: db:5432}", "keys:", "  provider: local"),
+		want: []string{`t.yaml:2: keys.local.master_key_file: is required with provider local (` + "`pgcloak keys init-local -o master.key`" + ` creates one)`},
+	},
+	{
+		name: "aws provider without region and key",
+		yaml: y("upstream: {address: db:5432}", "keys:", "  provider: aws", "  aws:", "    endpoint: localhost:4566"),
+		want: []string{
+			`t.yaml:4: keys.aws.region: is required with provider aws`,
+			`t.yaml:4: keys.aws.key_id: is required with provider aws (the default key-encryption key: a key id, ARN or alias/...)`,
+			`t.yaml:5: keys.aws.endpoint: "localhost:4566" is not an http:// or https:// URL`,
+		},
+	},
+	{
+		name: "tenant key without key_id",
+		yaml: withMinimal("  tenants:", "    acme: {}"),
+		want: []string{`t.yaml:6: keys.tenants.acme.key_id: is required (the KMS key that wraps this tenant's data keys)`},
+	},
+	{
+		name: "cache_ttl zero",
+		yaml: withMinimal("  cache_ttl: 0s"),
+		want: []string{`t.yaml:5: keys.cache_ttl: must be positive, got 0s`},
+	},
+	{
+		name: "cache_max_entries zero",
+		yaml: withMinimal("  cache_max_entries: 0"),
+		want: []string{`t.yaml:5: keys.cache_max_entries: must be positive, got 0`},
+	},
+	{
+		name: "cache_max_entries not an integer",
+		yaml: withMinimal("  cache_max_entries: lots"),
+		want: []string{`t.yaml:5: keys.cache_max_entries: "lots" is not an integer`},
+	},
+	{
+		name: "unsupported on_decrypt_error",
+		yaml: withMinimal("encrypt:", "  on_decrypt_error: skip"),
+		want: []string{`t.yaml:6: encrypt.on_decrypt_error: "skip" is not a supported on_decrypt_error policy (error, null)`},
+	},
+	{
+		name: "invalid table name",
+		yaml: withMinimal("encrypt:", "  tables:", "    - name: public.pat-ients", "      columns: [{name: ssn, type: text}]"),
+		want: []string{`t.yaml:7: encrypt.tables[0].name: "public.pat-ients" is not a table name (want "table" or "schema.table", each an unquoted identifier: letters, digits and underscores, not starting with a digit, at most 63 bytes)`},
+	},
+	{
+		name: "table without name",
+		yaml: withMinimal("encrypt:", "  tables:", "    - columns: [{name: ssn, type: text}]"),
+		want: []string{`t.yaml:7: encrypt.tables[0].name: is required ("table" or "schema.table")`},
+	},
+	{
+		name: "duplicate table",
+		yaml: withMinimal(
+			"encrypt:",
+			"  tables:",
+			"    - name: patients",
+			"      columns: [{name: ssn, type: text}]",
+			"    - name: Public.Patients",
+			"      columns: [{name: email, type: text}]",
+		),
+		want: []string{`t.yaml:9: encrypt.tables[1].name: public.patients is already declared at encrypt.tables[0] (line 7)`},
+	},
+	{
+		name: "table without columns",
+		yaml: withMinimal("encrypt:", "  tables:", "    - name: patients"),
+		want: []string{`t.yaml:7: encrypt.tables[0].columns: public.patients declares no columns (want at least one; leave the table out to pass it through untouched)`},
+	},
+	{
+		name: "table with an empty column list",
+		yaml: withMinimal("encrypt:", "  tables:", "    - name: patients", "      columns: []"),
+		want: []string{`t.yaml:8: encrypt.tables[0].columns: public.patients declares no columns (want at least one; leave the table out to pass it through untouched)`},
+	},
+	{
+		name: "invalid column name",
+		yaml: withMinimal("encrypt:", "  tables:", "    - name: patients", "      columns:", "        - name: 1ssn", "          type: text"),
+		want: []string{`t.yaml:9: encrypt.tables[0].columns[0].name: "1ssn" is not a column name (an unquoted identifier: letters, digits and underscores, not starting with a digit, at most 63 bytes)`},
+	},
+	{
+		name: "unsupported type",
+		yaml: withMinimal(
+			"encrypt:",
+			"  tables:",
+			"    - name: patients",
+			"      columns:",
+			"        - name: ssn",
+			"          type: text",
+			"        - name: note",
+			"          type: txt",
+		),
+		want: []string{`t.yaml:12: encrypt.tables[0].columns[1].type: "txt" is not a supported type (text, varchar, bpchar, int2, int4, int8, numeric, float4, float8, bool, date, timestamp, timestamptz, uuid, json, jsonb, bytea)`},
+	},
+	{
+		name: "missing type",
+		yaml: withMinimal("encrypt:", "  tables:", "    - name: patients", "      columns:", "        - name: ssn"),
+		want: []string{`t.yaml:9: encrypt.tables[0].columns[0].type: is required (the type the application sees: text, varchar, bpchar, int2, int4, int8, numeric, float4, float8, bool, date, timestamp, timestamptz, uuid, json, jsonb, bytea)`},
+	},
+	{
+		name: "duplicate column",
+		yaml: withMinimal(
+			"encrypt:",
+			"  tables:",
+			"    - name: patients",
+			"      columns:",
+			"        - {name: ssn, type: text}",
+			"        - {name: SSN, type: text}",
+		),
+		want: []string{`t.yaml:10: encrypt.tables[0].columns[1].name: "ssn" clashes with the column "ssn" (encrypt.tables[0].columns[0].name, line 9)`},
+	},
+	{
+		name: "column named like a default index column",
+		yaml: withMinimal(
+			"encrypt:",
+			"  tables:",
+			"    - name: patients",
+			"      columns:",
+			"        - {name: ssn, type: text, search: equality}",
+			"        - {name: ssn_bidx, type: bytea}",
+		),
+		want: []string{`t.yaml:9: encrypt.tables[0].columns[0]: "ssn_bidx" clashes with the column "ssn_bidx" (encrypt.tables[0].columns[1].name, line 10)`},
+	},
+	{
+		name: "index column named like a column",
+		yaml: withMinimal(
+			"encrypt:",
+			"  tables:",
+			"    - name: patients",
+			"      columns:",
+			"        - name: ssn",
+			"          type: text",
+			"          search: equality",
+			"          index_column: email",
+			"        - {name: email, type: text}",
+		),
+		want: []string{`t.yaml:12: encrypt.tables[0].columns[0].index_column: "email" clashes with the column "email" (encrypt.tables[0].columns[1].name, line 13)`},
+	},
+	{
+		name: "index_column with search none",
+		yaml: withMinimal("encrypt:", "  tables:", "    - name: patients", "      columns:", "        - {name: ssn, type: text, index_column: ssn_idx}"),
+		want: []string{`t.yaml:9: encrypt.tables[0].columns[0].index_column: is set but search is none (set search: equality, or remove index_column)`},
+	},
+	{
+		name: "unsupported search",
+		yaml: withMinimal("encrypt:", "  tables:", "    - name: patients", "      columns:", "        - {name: ssn, type: text, search: range}"),
+		want: []string{`t.yaml:9: encrypt.tables[0].columns[0].search: "range" is not a supported search (none, equality)`},
+	},
+	{
+		name: "normalize lower on a number",
+		yaml: withMinimal("encrypt:", "  tables:", "    - name: patients", "      columns:", "        - {name: age, type: int4, search: equality, normalize: lower}"),
+		want: []string{`t.yaml:9: encrypt.tables[0].columns[0].normalize: lower applies only to text, varchar, bpchar columns, not int4`},
+	},
+	{
+		name: "normalize lower without search",
+		yaml: withMinimal("encrypt:", "  tables:", "    - name: patients", "      columns:", "        - {name: email, type: text, normalize: lower}"),
+		want: []string{`t.yaml:9: encrypt.tables[0].columns[0].normalize: lower applies only to searchable columns (set search: equality, or remove normalize)`},
+	},
+	{
+		name: "unsupported normalize",
+		yaml: withMinimal("encrypt:", "  tables:", "    - name: patients", "      columns:", "        - {name: email, type: text, search: equality, normalize: upper}"),
+		want: []string{`t.yaml:9: encrypt.tables[0].columns[0].normalize: "upper" is not a supported normalization (none, lower)`},
+	},
+	{
+		name: "invalid key_class",
+		yaml: withMinimal("encrypt:", "  tables:", "    - name: patients", "      columns:", "        - {name: dx, type: text, key_class: 'phi-1'}"),
+		want: []string{`t.yaml:9: encrypt.tables[0].columns[0].key_class: "phi-1" is not a key class name (an unquoted identifier: letters, digits and underscores, not starting with a digit, at most 63 bytes)`},
+	},
+	{
+		name: "empty audit output",
+		yaml: withMinimal("audit:", "  output: ''"),
+		want: []string{`t.yaml:6: audit.output: must not be empty (stderr, stdout or a file path)`},
+	},
+	{
+		name: "unsupported log level and format",
+		yaml: withMinimal("log:", "  level: verbose", "  format: text"),
+		want: []string{
+			`t.yaml:6: log.level: "verbose" is not a supported log level (debug, info, warn, error)`,
+			`t.yaml:7: log.format: "text" is not a supported log format (json, console)`,
+		},
+	},
+	{
+		name: "string where a list is expected",
+		yaml: withMinimal("tenancy:", "  unscoped_roles: migrator"),
+		want: []string{`t.yaml:6: tenancy.unscoped_roles: expected a list, got a single value`},
+	},
+	{
+		name: "unset environment variable",
+		yaml: withMinimal("audit:", "  output: /var/log/${PGCLOAK_AUDIT_DIR}/audit.log"),
+		want: []string{`t.yaml:6: audit.output: environment variable PGCLOAK_AUDIT_DIR is not set`},
+	},
+	{
+		name: "unterminated environment reference",
+		yaml: withMinimal("audit:", "  output: /var/log/${DIR/audit.log"),
+		want: []string{`t.yaml:6: audit.output: "${" without a closing "}" (write "$${" for a literal "${")`},
+	},
+	{
+		name: "malformed environment reference",
+		yaml: withMinimal("audit:", "  output: /var/log/${audit-dir}/audit.log"),
+		want: []string{`t.yaml:6: audit.output: malformed "${...}" reference: a variable name is letters, digits and underscores, not starting with a digit (write "$${" for a literal "${")`},
+	},
+	{
+		name: "several problems in file order",
+		yaml: y(
+			"listen:",
+			"  address: nowhere",
+			"upstream:",
+			"  address: db:5432",
+			"  sslmode: prefer",
+			"keys:",
+			"  local: {master_key_file: m.key}",
+			"log: {level: loud}",
+		),
+		want: []string{
+			`t.yaml:2: listen.address: "nowhere" is not host:port (e.g. 127.0.0.1:6432)`,
+			`t.yaml:5: upstream.sslmode: "prefer" is not a supported sslmode (disable, require, verify-full)`,
+			`t.yaml:8: log.level: "loud" is not a supported log level (debug, info, warn, error)`,
+		},
+	},
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, tt := range errorCases {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := parse("t.yaml", tt.yaml, envOf(tt.env))
+			if err == nil {
+				t.Fatalf("got config %+v, want problems:\n%s", c, strings.Join(tt.want, "\n"))
+			}
+			if c != nil {
+				t.Errorf("got a config along with the error, want nil")
+			}
+			got := problems(t, err)
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("got problems:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+			}
+		})
+	}
+}
+
+func TestValidationErrorFields(t *testing.T) {
+	_, err := parse("pgcloak.yaml", withMinimal("log: {format: text}"), noEnv)
+	var ve *ValidationError
+	if !errors.As(fmt.Errorf("loading: %w", err), &ve) {
+		t.Fatalf("got %T, want a wrapped *ValidationError to match errors.As", err)
+	}
+	want := []Problem{{File: "pgcloak.yaml", Line: 5, Path: "log.format", Msg: `"text" is not a supported log format (json, console)`}}
+	if !reflect.DeepEqual(ve.Problems, want) {
+		t.Errorf("got problems %+v, want %+v", ve.Problems, want)
+	}
+}
+
+func TestSecretsNeverPrinted(t *testing.T) {
+	const (
+		password = "hunter2-do-not-print"
+		short    = "short-jwt-secret"
+	)
+	tests := []struct {
+		name string
+		yaml []byte
+		env  map[string]string
+	}{
+		{
+			name: "invalid elsewhere",
+			yaml: y(
+				"upstream:",
+				"  address: db:5432",
+				"  password: "+password,
+				"keys: {provider: nope}",
+			),
+		},
+		{
+			name: "from the environment, invalid elsewhere",
+			yaml: y(
+				"upstream:",
+				"  address: db:5432",
+				"  password: ${PGPW}",
+				"log: {level: loud}",
+			),
+			env: map[string]string{"PGPW": password},
+		},
+		{
+			name: "short hs256 secret",
+			yaml: withMinimal("tenancy: {jwt: {hs256_secret: " + short + "}}"),
+		},
+		{
+			name: "short hs256 secret from the environment",
+			yaml: withMinimal("tenancy: {jwt: {hs256_secret: '${S}'}}"),
+			env:  map[string]string{"S": short},
+		},
+		{
+			name: "malformed reference in a secret",
+			yaml: y("upstream:", "  address: db:5432", "  password: 'x${"+password+"'"),
+		},
+		{
+			name: "bad reference name in a secret",
+			yaml: y("upstream:", "  address: db:5432", "  password: 'x${"+password+"}'"),
+		},
+		{
+			name: "secret where a mapping is",
+			yaml: y("upstream:", "  address: db:5432", "  password: {"+password+": 1}"),
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parse("t.yaml", tt.yaml, envOf(tt.env))
+			if err == nil {
+				t.Fatalf("got no error, want one")
+			}
+			for _, secret := range []string{password, short} {
+				if msg := err.Error(); strings.Contains(msg, secret) {
+					t.Errorf("got error %q, want it without the secret", msg)
+				}
+			}
+		})
+	}
+
+	t.Run("valid config printed", func(t *testing.T) {
+		t.Setenv("PGCLOAK_UPSTREAM_PASSWORD", password)
+		t.Setenv("JWT_SECRET", testJWTSecret)
+		c, err := Load(filepath.Join("testdata", "spec.yaml"))
+		if err != nil {
+			t.Fatalf("got error %v, want nil", err)
+		}
+		printed := fmt.Sprintf("%v %+v %#v %s %v %+v %#v", c, c, c, c.Upstream.Password, c.Upstream, c.Tenancy, *c)
+		for _, secret := range []string{password, testJWTSecret} {
+			if strings.Contains(printed, secret) {
+				t.Errorf("got a printed config containing a secret: %s", printed)
+			}
+		}
+		if !strings.Contains(printed, "[redacted]") {
+			t.Errorf("got %s, want [redacted] in place of the secrets", printed)
+		}
+	})
+}
+
+func TestUnsetEnvNamesVariable(t *testing.T) {
+	// Through Parse and the real environment, as a deployment would.
+	const name = "PGCLOAK_TEST_SURELY_UNSET_VARIABLE"
+	if _, set := os.LookupEnv(name); set {
+		t.Fatalf("%s is set in the environment; unset it to run this test", name)
+	}
+	_, err := Parse("pgcloak.yaml", y(
+		"upstream:",
+		"  address: db:5432",
+		"  password: ${"+name+"}",
+		"keys: {local: {master_key_file: m.key}}",
+	))
+	got := problems(t, err)
+	want := []string{"pgcloak.yaml:3: upstream.password: environment variable " + name + " is not set"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "absent.yaml"))
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("got %v, want an error matching os.ErrNotExist", err)
+	}
+}
+
+func TestTenancyLookups(t *testing.T) {
+	c, err := parse("t.yaml", withMinimal(
+		"tenancy:",
+		"  login:",
+		"    roles: {acme_app: acme, globex_app: globex}",
+		"  unscoped_roles: [migrator, 'regress_*', 'ops_?', 'dba[12]']",
+	), noEnv)
+	if err != nil {
+		t.Fatalf("got error %v, want nil", err)
+	}
+	ten := c.Tenancy
+	for _, tt := range []struct {
+		role     string
+		unscoped bool
+		tenant   string
+	}{
+		{role: "migrator", unscoped: true},
+		{role: "regress_user1", unscoped: true},
+		{role: "regress_", unscoped: true},
+		{role: "ops_a", unscoped: true},
+		{role: "ops_ab"},
+		{role: "dba1", unscoped: true},
+		{role: "dba3"},
+		{role: "migrator2"},
+		{role: "acme_app", tenant: "acme"},
+		{role: "globex_app", tenant: "globex"},
+		{role: "ACME_APP"},
+		{role: ""},
+	} {
+		t.Run(tt.role, func(t *testing.T) {
+			if got := ten.IsUnscoped(tt.role); got != tt.unscoped {
+				t.Errorf("IsUnscoped(%q): got %v, want %v", tt.role, got, tt.unscoped)
+			}
+			tenant, ok := ten.TenantForRole(tt.role)
+			if tenant != tt.tenant || ok != (tt.tenant != "") {
+				t.Errorf("TenantForRole(%q): got %q, %v, want %q, %v", tt.role, tenant, ok, tt.tenant, tt.tenant != "")
+			}
+		})
+	}
+
+	t.Run("star matches every role", func(t *testing.T) {
+		star := Tenancy{UnscopedRoles: []string{"*"}}
+		for _, role := range []string{"a", "regress_x", "Anyone"} {
+			if !star.IsUnscoped(role) {
+				t.Errorf("IsUnscoped(%q) with [*]: got false, want true", role)
+			}
+		}
+	})
+}
+
+func TestTableAndColumnLookups(t *testing.T) {
+	t.Setenv("PGCLOAK_UPSTREAM_PASSWORD", testPassword)
+	t.Setenv("JWT_SECRET", testJWTSecret)
+	c, err := Load(filepath.Join("testdata", "spec.yaml"))
+	if err != nil {
+		t.Fatalf("got error %v, want nil", err)
+	}
+	tests := []struct {
+		schema, table, column string
+		wantTable, wantColumn bool
+	}{
+		{"public", "patients", "ssn", true, true},
+		{"public", "patients", "birth_date", true, true},
+		{"public", "patients", "ssn_bidx", true, false},
+		{"public", "patients", "SSN", true, false},
+		{"other", "patients", "", false, false},
+		{"", "patients", "", false, false},
+		{"public", "Patients", "", false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.schema+"."+tt.table+"."+tt.column, func(t *testing.T) {
+			tab, ok := c.Encrypt.Table(tt.schema, tt.table)
+			if ok != tt.wantTable {
+				t.Fatalf("Table(%q, %q): got ok %v, want %v", tt.schema, tt.table, ok, tt.wantTable)
+			}
+			if !ok {
+				return
+			}
+			if got, want := tab.QualifiedName(), "public.patients"; got != want {
+				t.Errorf("got table %s, want %s", got, want)
+			}
+			col, ok := tab.Column(tt.column)
+			if ok != tt.wantColumn {
+				t.Fatalf("Column(%q): got ok %v, want %v", tt.column, ok, tt.wantColumn)
+			}
+			if ok && col.Name != tt.column {
+				t.Errorf("Column(%q): got column %q", tt.column, col.Name)
+			}
+		})
+	}
+}

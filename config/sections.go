@@ -1,0 +1,579 @@
+package config
+
+import (
+	"fmt"
+	"maps"
+	"net"
+	"net/url"
+	"path"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Each section decoder decodes its mapping into the defaults already in
+// place and then checks what it decoded. Checks that span sections are in
+// config.
+
+func (d *decoder) config(n *yaml.Node, c *Config) {
+	ok := d.mapping(n, "", []field{
+		{"listen", func(n *yaml.Node, p string) { d.listen(n, p, &c.Listen) }},
+		{"admin", func(n *yaml.Node, p string) { d.admin(n, p, &c.Admin) }},
+		{"upstream", func(n *yaml.Node, p string) { d.upstream(n, p, &c.Upstream) }},
+		{"tenancy", func(n *yaml.Node, p string) { d.tenancy(n, p, &c.Tenancy) }},
+		{"keys", func(n *yaml.Node, p string) { d.keys(n, p, &c.Keys) }},
+		{"encrypt", func(n *yaml.Node, p string) { d.encrypt(n, p, &c.Encrypt) }},
+		{"audit", func(n *yaml.Node, p string) { d.audit(n, p, &c.Audit) }},
+		{"log", func(n *yaml.Node, p string) { d.log(n, p, &c.Log) }},
+	})
+	if !ok {
+		return
+	}
+	if c.Tenancy.Mode == ModeJWT && c.Upstream.User == "" {
+		d.errorf("upstream.user", "is required with tenancy.mode jwt (the proxy logs in upstream as this role)")
+	}
+}
+
+func (d *decoder) listen(n *yaml.Node, p string, l *Listen) {
+	ok := d.mapping(n, p, []field{
+		{"address", d.text(&l.Address)},
+		{"tls", func(n *yaml.Node, p string) {
+			if n == nil {
+				return
+			}
+			// Present, even if empty: "tls:" with its keys commented out
+			// must not quietly mean "no TLS".
+			l.TLS = &ListenTLS{}
+			d.listenTLS(n, p, l.TLS)
+		}},
+		{"max_message_size", d.size(&l.MaxMessageSize, minMessageSize, maxMessageSize)},
+		{"shutdown_timeout", d.duration(&l.ShutdownTimeout)},
+	})
+	if !ok {
+		return
+	}
+	if msg := checkHostPort(l.Address, true); msg != "" {
+		d.errorf(join(p, "address"), "%s", msg)
+	}
+	if l.ShutdownTimeout < 0 {
+		d.errorf(join(p, "shutdown_timeout"), "%s is negative (0 closes sessions at once)", l.ShutdownTimeout)
+	}
+}
+
+func (d *decoder) listenTLS(n *yaml.Node, p string, t *ListenTLS) {
+	ok := d.mapping(n, p, []field{
+		{"cert_file", d.text(&t.CertFile)},
+		{"key_file", d.text(&t.KeyFile)},
+		{"require", d.boolean(&t.Require)},
+	})
+	if !ok {
+		return
+	}
+	if t.CertFile == "" {
+		d.errorf(join(p, "cert_file"), "is required with listen.tls (the server certificate chain, PEM)")
+	}
+	if t.KeyFile == "" {
+		d.errorf(join(p, "key_file"), "is required with listen.tls (the server private key, PEM)")
+	}
+}
+
+func (d *decoder) admin(n *yaml.Node, p string, a *Admin) {
+	ok := d.mapping(n, p, []field{
+		{"address", d.text(&a.Address)},
+	})
+	if !ok || a.Address == "" {
+		return
+	}
+	if msg := checkHostPort(a.Address, true); msg != "" {
+		d.errorf(join(p, "address"), "%s", msg)
+	}
+}
+
+func (d *decoder) upstream(n *yaml.Node, p string, u *Upstream) {
+	ok := d.mapping(n, p, []field{
+		{"address", d.text(&u.Address)},
+		{"sslmode", d.text((*string)(&u.SSLMode))},
+		{"root_cert_file", d.text(&u.RootCertFile)},
+		{"user", d.text(&u.User)},
+		{"password", d.secret(&u.Password)},
+		{"database", d.text(&u.Database)},
+		{"connect_timeout", d.duration(&u.ConnectTimeout)},
+	})
+	if !ok {
+		return
+	}
+	if u.Address == "" {
+		d.errorf(join(p, "address"), "is required (host:port of the PostgreSQL server)")
+	} else if msg := checkHostPort(u.Address, false); msg != "" {
+		d.errorf(join(p, "address"), "%s", msg)
+	}
+	if oneOf(d, join(p, "sslmode"), "sslmode", u.SSLMode, SSLDisable, SSLRequire, SSLVerifyFull) {
+		switch {
+		case u.SSLMode == SSLVerifyFull && u.RootCertFile == "":
+			d.errorf(join(p, "root_cert_file"), "is required with sslmode verify-full (the CA certificate that signed the server's, PEM)")
+		case u.SSLMode != SSLVerifyFull && u.RootCertFile != "":
+			d.errorf(join(p, "root_cert_file"), "is set, but sslmode %s does not verify the server certificate; use sslmode verify-full or remove root_cert_file", u.SSLMode)
+		}
+	}
+	if u.Database == "" {
+		d.errorf(join(p, "database"), "must not be empty (leave the key out for the default, %s)", DefaultDatabase)
+	}
+	if u.ConnectTimeout <= 0 {
+		d.errorf(join(p, "connect_timeout"), "must be positive, got %s", u.ConnectTimeout)
+	}
+}
+
+// settingName is a custom PostgreSQL setting: identifiers joined by dots,
+// at least one dot. PostgreSQL folds setting names to lower case; so do we.
+var settingName = regexp.MustCompile(`^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)+$`)
+
+// hs256MinSecret is the shortest HS256 key RFC 7518 section 3.2 allows: as
+// long as the hash output.
+const hs256MinSecret = 32
+
+func (d *decoder) tenancy(n *yaml.Node, p string, t *Tenancy) {
+	ok := d.mapping(n, p, []field{
+		{"setting", d.text(&t.Setting)},
+		{"mode", d.text((*string)(&t.Mode))},
+		{"login", func(n *yaml.Node, p string) {
+			d.mapping(n, p, []field{
+				{"roles", func(n *yaml.Node, p string) { d.roles(n, p, &t.Login) }},
+			})
+		}},
+		{"jwt", func(n *yaml.Node, p string) { d.jwt(n, p, &t.JWT) }},
+		{"unscoped_roles", func(n *yaml.Node, p string) {
+			d.sequence(n, p, func(_ int, item *yaml.Node, p string) {
+				pattern, ok := d.requiredText(item, p, "a role name or pattern")
+				if !ok {
+					return
+				}
+				if _, err := path.Match(pattern, ""); err != nil {
+					d.problem(item.Line, p, "%q is not a valid pattern: %v (want a role name, or a glob using *, ? and [...])", pattern, err)
+					return
+				}
+				t.UnscopedRoles = append(t.UnscopedRoles, pattern)
+			})
+		}},
+	})
+	if !ok {
+		return
+	}
+	t.Setting = strings.ToLower(t.Setting)
+	switch {
+	case !settingName.MatchString(t.Setting):
+		d.errorf(join(p, "setting"), "%q is not a custom setting name (want prefix.name such as %s: letters, digits and underscores, with at least one dot)", t.Setting, DefaultTenantSetting)
+	case strings.HasPrefix(t.Setting, "pgcloak."):
+		d.errorf(join(p, "setting"), "%q is in the pgcloak.* namespace, which the proxy reserves for itself", t.Setting)
+	}
+	oneOf(d, join(p, "mode"), "tenancy mode", t.Mode, ModeLogin, ModeJWT)
+
+	jp := join(p, "jwt")
+	switch hasSecret, hasKey := t.JWT.HS256Secret != "", t.JWT.PublicKeyFile != ""; {
+	case hasSecret && hasKey:
+		d.errorf(jp, "hs256_secret and public_key_file are both set; set exactly one")
+	case t.Mode == ModeJWT && !hasSecret && !hasKey:
+		d.errorf(jp, "mode jwt needs a verification key: set hs256_secret or public_key_file")
+	}
+
+	for _, role := range slices.Sorted(maps.Keys(t.Login.Roles)) {
+		if t.IsUnscoped(role) {
+			d.errorf(join(join(p, "login.roles"), role),
+				"role %q is mapped to tenant %q and also matches unscoped_roles; a role is either scoped to one tenant or unscoped", role, t.Login.Roles[role])
+		}
+	}
+}
+
+func (d *decoder) roles(n *yaml.Node, p string, l *LoginTenancy) {
+	d.entries(n, p, func(role string, v *yaml.Node, p string) {
+		if role == "" {
+			d.errorf(p, "a role name must not be empty")
+			return
+		}
+		tenant, ok := d.requiredText(v, p, "the tenant name")
+		if !ok {
+			return
+		}
+		if l.Roles == nil {
+			l.Roles = make(map[string]string)
+		}
+		l.Roles[role] = tenant
+	})
+}
+
+func (d *decoder) jwt(n *yaml.Node, p string, j *JWTTenancy) {
+	ok := d.mapping(n, p, []field{
+		{"claim", d.text(&j.Claim)},
+		{"issuer", d.text(&j.Issuer)},
+		{"audience", d.text(&j.Audience)},
+		{"hs256_secret", d.secret(&j.HS256Secret)},
+		{"public_key_file", d.text(&j.PublicKeyFile)},
+	})
+	if !ok {
+		return
+	}
+	if j.Claim == "" {
+		d.errorf(join(p, "claim"), "must not be empty (leave the key out for the default, %s)", DefaultJWTClaim)
+	}
+	if j.HS256Secret != "" && len(j.HS256Secret) < hs256MinSecret {
+		// Never say more about a secret than that it is too short.
+		d.errorf(join(p, "hs256_secret"), "is shorter than %d bytes, the minimum for HS256 (RFC 7518 section 3.2)", hs256MinSecret)
+	}
+}
+
+func (d *decoder) keys(n *yaml.Node, p string, k *Keys) {
+	ok := d.mapping(n, p, []field{
+		{"provider", d.text((*string)(&k.Provider))},
+		{"local", func(n *yaml.Node, p string) {
+			d.mapping(n, p, []field{
+				{"master_key_file", d.text(&k.Local.MasterKeyFile)},
+			})
+		}},
+		{"aws", func(n *yaml.Node, p string) {
+			d.mapping(n, p, []field{
+				{"region", d.text(&k.AWS.Region)},
+				{"endpoint", d.text(&k.AWS.Endpoint)},
+				{"key_id", d.text(&k.AWS.KeyID)},
+			})
+		}},
+		{"tenants", func(n *yaml.Node, p string) {
+			d.entries(n, p, func(tenant string, v *yaml.Node, p string) {
+				var tk TenantKeys
+				ok := d.mapping(v, p, []field{
+					{"key_id", d.text(&tk.KeyID)},
+				})
+				switch {
+				case tenant == "":
+					d.errorf(p, "a tenant name must not be empty")
+				case !ok:
+				case tk.KeyID == "":
+					d.errorf(join(p, "key_id"), "is required (the KMS key that wraps this tenant's data keys)")
+				default:
+					if k.Tenants == nil {
+						k.Tenants = make(map[string]TenantKeys)
+					}
+					k.Tenants[tenant] = tk
+				}
+			})
+		}},
+		{"cache_ttl", d.duration(&k.CacheTTL)},
+		{"cache_max_entries", d.integer(&k.CacheMaxEntries)},
+	})
+	if !ok {
+		return
+	}
+	if oneOf(d, join(p, "provider"), "key provider", k.Provider, ProviderLocal, ProviderAWS) {
+		switch k.Provider {
+		case ProviderLocal:
+			if k.Local.MasterKeyFile == "" {
+				d.errorf(join(p, "local.master_key_file"), "is required with provider local (`pgcloak keys init-local -o master.key` creates one)")
+			}
+		case ProviderAWS:
+			if k.AWS.Region == "" {
+				d.errorf(join(p, "aws.region"), "is required with provider aws")
+			}
+			if k.AWS.KeyID == "" {
+				d.errorf(join(p, "aws.key_id"), "is required with provider aws (the default key-encryption key: a key id, ARN or alias/...)")
+			}
+		}
+	}
+	if e := k.AWS.Endpoint; e != "" {
+		if u, err := url.Parse(e); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			d.errorf(join(p, "aws.endpoint"), "%q is not an http:// or https:// URL", e)
+		}
+	}
+	if k.CacheTTL <= 0 {
+		d.errorf(join(p, "cache_ttl"), "must be positive, got %s", k.CacheTTL)
+	}
+	if k.CacheMaxEntries <= 0 {
+		d.errorf(join(p, "cache_max_entries"), "must be positive, got %d", k.CacheMaxEntries)
+	}
+}
+
+func (d *decoder) encrypt(n *yaml.Node, p string, e *Encrypt) {
+	ok := d.mapping(n, p, []field{
+		{"on_decrypt_error", func(n *yaml.Node, p string) {
+			// The policy "null" is spelt like YAML's null, so take the word.
+			if v, ok := d.scalar(n, p, "a string", true); ok {
+				e.OnDecryptError = OnDecryptError(v)
+			}
+		}},
+		{"tables", func(n *yaml.Node, p string) {
+			d.sequence(n, p, func(_ int, item *yaml.Node, p string) {
+				if t, ok := d.table(item, p); ok {
+					e.Tables = append(e.Tables, t)
+				}
+			})
+		}},
+	})
+	if !ok {
+		return
+	}
+	oneOf(d, join(p, "on_decrypt_error"), "on_decrypt_error policy", e.OnDecryptError, DecryptErrorFail, DecryptErrorNull)
+
+	first := make(map[string]int) // qualified name -> index in e.Tables
+	for i, t := range e.Tables {
+		q := t.QualifiedName()
+		if j, dup := first[q]; dup {
+			prev := index(join(p, "tables"), j)
+			d.errorf(join(index(join(p, "tables"), i), "name"), "%s is already declared at %s (line %d)", q, prev, d.line(prev))
+			continue
+		}
+		first[q] = i
+	}
+}
+
+// table decodes one entry of encrypt.tables. It returns ok false when the
+// entry has a problem that leaves it without a usable name; problems with
+// its columns are reported but do not drop the table, so that duplicate
+// tables are still found.
+func (d *decoder) table(n *yaml.Node, p string) (Table, bool) {
+	var (
+		t       Table
+		name    string
+		colsBad bool // columns given, but not as a list
+	)
+	ok := d.mapping(n, p, []field{
+		{"name", d.text(&name)},
+		{"columns", func(n *yaml.Node, p string) {
+			if n := resolve(n); n != nil && !isNull(n) && n.Kind != yaml.SequenceNode {
+				colsBad = true
+			}
+			d.sequence(n, p, func(_ int, item *yaml.Node, p string) {
+				t.Columns = append(t.Columns, d.column(item, p))
+			})
+		}},
+	})
+	if !ok {
+		return t, false
+	}
+	np := join(p, "name")
+	if name == "" {
+		d.errorf(np, "is required (\"table\" or \"schema.table\")")
+		return t, false
+	}
+	var valid bool
+	t.Schema, t.Name, valid = splitTableName(name)
+	if !valid {
+		d.errorf(np, "%q is not a table name (want \"table\" or \"schema.table\", each an unquoted identifier: letters, digits and underscores, not starting with a digit, at most %d bytes)", name, maxIdentifier)
+		return t, false
+	}
+	if len(t.Columns) == 0 && !colsBad {
+		d.errorf(join(p, "columns"), "%s declares no columns (want at least one; leave the table out to pass it through untouched)", t.QualifiedName())
+	}
+
+	// Every column and every index column lands in the same table, so no
+	// two of them may share a name.
+	type owner struct{ what, path string }
+	taken := make(map[string]owner)
+	claim := func(name, path, what string) {
+		if name == "" {
+			return
+		}
+		if o, dup := taken[name]; dup {
+			d.errorf(path, "%q clashes with the %s (%s, line %d)", name, o.what, o.path, d.line(o.path))
+			return
+		}
+		taken[name] = owner{what, path}
+	}
+	cp := join(p, "columns")
+	for j, c := range t.Columns {
+		claim(c.Name, join(index(cp, j), "name"), fmt.Sprintf("column %q", c.Name))
+	}
+	for j, c := range t.Columns {
+		ip := join(index(cp, j), "index_column")
+		if _, set := d.lines[ip]; !set {
+			ip = index(cp, j) // a default index column: point at the column
+		}
+		claim(c.IndexColumn, ip, fmt.Sprintf("index column of %q", c.Name))
+	}
+	return t, true
+}
+
+// column decodes and checks one entry of a table's columns.
+func (d *decoder) column(n *yaml.Node, p string) Column {
+	c := Column{Search: SearchNone, Normalize: NormalizeNone}
+	var (
+		name, typ, keyClass string
+		indexSet            bool
+	)
+	ok := d.mapping(n, p, []field{
+		{"name", d.text(&name)},
+		{"type", d.text(&typ)},
+		{"search", d.text((*string)(&c.Search))},
+		{"index_column", func(n *yaml.Node, p string) {
+			if v, ok := d.scalar(n, p, "a string", false); ok {
+				c.IndexColumn, indexSet = v, true
+			}
+		}},
+		{"normalize", d.text((*string)(&c.Normalize))},
+		{"key_class", d.text(&keyClass)},
+	})
+	if !ok {
+		return Column{}
+	}
+
+	if name == "" {
+		d.errorf(join(p, "name"), "is required")
+	} else if id, ok := identifier(name); ok {
+		c.Name = id
+	} else {
+		d.errorf(join(p, "name"), "%q is not a column name (%s)", name, identifierRule)
+	}
+
+	if typ == "" {
+		d.errorf(join(p, "type"), "is required (the type the application sees: %s)", strings.Join(SupportedTypes, ", "))
+	} else if t := strings.ToLower(typ); slices.Contains(SupportedTypes, t) {
+		c.Type = t
+	} else {
+		d.errorf(join(p, "type"), "%q is not a supported type (%s)", typ, strings.Join(SupportedTypes, ", "))
+	}
+
+	searchOK := oneOf(d, join(p, "search"), "search", c.Search, SearchNone, SearchEquality)
+	switch {
+	case !searchOK:
+	case c.Search == SearchNone && indexSet:
+		d.errorf(join(p, "index_column"), "is set but search is none (set search: equality, or remove index_column)")
+		c.IndexColumn = ""
+	case c.Search == SearchEquality && indexSet:
+		if id, ok := identifier(c.IndexColumn); ok {
+			c.IndexColumn = id
+		} else {
+			d.errorf(join(p, "index_column"), "%q is not a column name (%s)", c.IndexColumn, identifierRule)
+			c.IndexColumn = ""
+		}
+	case c.Search == SearchEquality && c.Name != "":
+		c.IndexColumn = c.Name + IndexColumnSuffix
+		if len(c.IndexColumn) > maxIdentifier {
+			d.errorf(join(p, "name"), "the default index column %q is longer than %d bytes; set index_column", c.IndexColumn, maxIdentifier)
+			c.IndexColumn = ""
+		}
+	}
+
+	if oneOf(d, join(p, "normalize"), "normalization", c.Normalize, NormalizeNone, NormalizeLower) && c.Normalize == NormalizeLower {
+		switch {
+		case searchOK && c.Search != SearchEquality:
+			d.errorf(join(p, "normalize"), "lower applies only to searchable columns (set search: equality, or remove normalize)")
+		case c.Type != "" && !slices.Contains(lowerableTypes, c.Type):
+			d.errorf(join(p, "normalize"), "lower applies only to %s columns, not %s", strings.Join(lowerableTypes, ", "), c.Type)
+		}
+	}
+
+	if keyClass != "" {
+		if id, ok := identifier(keyClass); ok {
+			c.KeyClass = id
+		} else {
+			d.errorf(join(p, "key_class"), "%q is not a key class name (%s)", keyClass, identifierRule)
+		}
+	}
+	return c
+}
+
+// lowerableTypes are the declared types normalize: lower applies to.
+var lowerableTypes = []string{"text", "varchar", "bpchar"}
+
+func (d *decoder) audit(n *yaml.Node, p string, a *Audit) {
+	ok := d.mapping(n, p, []field{
+		{"output", d.text(&a.Output)},
+	})
+	if ok && a.Output == "" {
+		d.errorf(join(p, "output"), "must not be empty (stderr, stdout or a file path)")
+	}
+}
+
+func (d *decoder) log(n *yaml.Node, p string, l *Log) {
+	ok := d.mapping(n, p, []field{
+		{"level", d.text(&l.Level)},
+		{"format", d.text(&l.Format)},
+	})
+	if !ok {
+		return
+	}
+	oneOf(d, join(p, "level"), "log level", l.Level, "debug", "info", "warn", "error")
+	oneOf(d, join(p, "format"), "log format", l.Format, "json", "console")
+}
+
+// requiredText decodes a string that must be present and non-empty; what
+// names it in the problem when it is not.
+func (d *decoder) requiredText(n *yaml.Node, p, what string) (string, bool) {
+	before := len(d.problems)
+	v, ok := d.scalar(n, p, "a string", false)
+	if v == "" && len(d.problems) == before {
+		d.errorf(p, "%s must not be empty", what)
+	}
+	return v, ok && v != ""
+}
+
+// oneOf reports whether v is one of allowed, recording a problem at path
+// when it is not.
+func oneOf[T ~string](d *decoder, path, what string, v T, allowed ...T) bool {
+	if slices.Contains(allowed, v) {
+		return true
+	}
+	names := make([]string, len(allowed))
+	for i, a := range allowed {
+		names[i] = string(a)
+	}
+	d.errorf(path, "%q is not a supported %s (%s)", string(v), what, strings.Join(names, ", "))
+	return false
+}
+
+// maxIdentifier is the longest identifier PostgreSQL keeps (NAMEDATALEN-1);
+// it silently truncates longer ones, which would break our name matching.
+const maxIdentifier = 63
+
+const identifierRule = "an unquoted identifier: letters, digits and underscores, not starting with a digit, at most 63 bytes"
+
+// identifier checks an unquoted SQL identifier and folds it to lower case,
+// as PostgreSQL does.
+func identifier(s string) (string, bool) {
+	if s == "" || len(s) > maxIdentifier || ('0' <= s[0] && s[0] <= '9') {
+		return "", false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c == '_' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
+			return "", false
+		}
+	}
+	return strings.ToLower(s), true
+}
+
+// splitTableName splits "schema.table" or "table" (schema public) into
+// folded identifiers.
+func splitTableName(s string) (schema, name string, ok bool) {
+	schema, name = "public", s
+	if i := strings.IndexByte(s, '.'); i >= 0 {
+		schema, name = s[:i], s[i+1:]
+	}
+	if schema, ok = identifier(schema); !ok {
+		return "", "", false
+	}
+	if name, ok = identifier(name); !ok {
+		return "", "", false
+	}
+	return schema, name, true
+}
+
+// checkHostPort returns what is wrong with a host:port address, or "". A
+// listener may leave the host empty (every interface) and use port 0 (any
+// free port); an upstream address may not.
+func checkHostPort(addr string, listener bool) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Sprintf("%q is not host:port (e.g. 127.0.0.1:6432)", addr)
+	}
+	lo := 1
+	if listener {
+		lo = 0
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < lo || n > 65535 {
+		return fmt.Sprintf("%q: the port must be a number from %d to 65535", addr, lo)
+	}
+	if host == "" && !listener {
+		return fmt.Sprintf("%q has no host", addr)
+	}
+	return ""
+}

@@ -1,0 +1,230 @@
+package config
+
+import "time"
+
+// Config is a loaded, validated and immutable pgcloak configuration. Callers
+// must not modify it; SIGHUP builds a new one and swaps the pointer.
+type Config struct {
+	// File is the path the configuration was read from (or the name given to
+	// Parse); it prefixes every validation error.
+	File string
+
+	Listen   Listen
+	Admin    Admin
+	Upstream Upstream
+	Tenancy  Tenancy
+	Keys     Keys
+	Encrypt  Encrypt
+	Audit    Audit
+	Log      Log
+}
+
+// Listen configures the client-facing listener.
+type Listen struct {
+	Address string // host:port, default 127.0.0.1:6432
+	TLS     *ListenTLS
+
+	// MaxMessageSize caps the body of any single protocol message, from a
+	// client or from upstream, before it is allocated. Key
+	// listen.max_message_size, an integer number of bytes or a size such as
+	// "64MB"; default 64 MiB.
+	MaxMessageSize int
+
+	// ShutdownTimeout is how long SIGTERM lets sessions finish before they are
+	// closed. Key listen.shutdown_timeout, default 30s.
+	ShutdownTimeout time.Duration
+}
+
+// ListenTLS enables TLS for clients that send SSLRequest.
+type ListenTLS struct {
+	CertFile string
+	KeyFile  string
+	Require  bool // refuse clients that do not use TLS
+}
+
+// Admin configures the HTTP endpoint for /metrics, /healthz and /readyz.
+type Admin struct {
+	Address string // empty: no admin listener
+}
+
+// SSLMode is upstream.sslmode.
+type SSLMode string
+
+// Upstream SSL modes.
+const (
+	SSLDisable    SSLMode = "disable"
+	SSLRequire    SSLMode = "require"
+	SSLVerifyFull SSLMode = "verify-full"
+)
+
+// Upstream is the PostgreSQL server pgcloak proxies to.
+type Upstream struct {
+	Address        string // host:port, required
+	SSLMode        SSLMode
+	RootCertFile   string
+	User           string // the proxy's own login (keystore, catalog, jwt sessions)
+	Password       Secret
+	Database       string
+	ConnectTimeout time.Duration // key upstream.connect_timeout, default 10s
+}
+
+// Secret is a string that never prints itself: String, GoString and
+// MarshalText all redact it. Use Reveal where the value is really needed.
+type Secret string
+
+// String returns a redaction marker, never the secret.
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return "[redacted]"
+}
+
+// GoString keeps %#v from printing the secret.
+func (s Secret) GoString() string { return s.String() }
+
+// MarshalText keeps encoders from printing the secret.
+func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// Reveal returns the secret value. Every caller is a place a secret leaves
+// the config; keep them few and grep-able.
+func (s Secret) Reveal() string { return string(s) }
+
+// TenancyMode is tenancy.mode.
+type TenancyMode string
+
+// Tenancy modes.
+const (
+	ModeLogin TenancyMode = "login"
+	ModeJWT   TenancyMode = "jwt"
+)
+
+// Tenancy says how a session's tenant is determined.
+type Tenancy struct {
+	Setting       string // GUC pinned upstream, default app.tenant_id
+	Mode          TenancyMode
+	Login         LoginTenancy
+	JWT           JWTTenancy
+	UnscopedRoles []string // role names or path.Match glob patterns
+}
+
+// LoginTenancy maps authenticated roles to tenants.
+type LoginTenancy struct {
+	Roles map[string]string // role -> tenant
+}
+
+// JWTTenancy configures JWT verification for mode jwt and tenant tokens.
+type JWTTenancy struct {
+	Claim         string // default tenant_id
+	Issuer        string
+	Audience      string
+	HS256Secret   Secret
+	PublicKeyFile string
+}
+
+// KeyProvider is keys.provider.
+type KeyProvider string
+
+// Key providers.
+const (
+	ProviderLocal KeyProvider = "local"
+	ProviderAWS   KeyProvider = "aws"
+)
+
+// Keys configures the key hierarchy.
+type Keys struct {
+	Provider        KeyProvider
+	Local           LocalKeys
+	AWS             AWSKeys
+	Tenants         map[string]TenantKeys // tenant -> per-tenant KEK
+	CacheTTL        time.Duration         // default 60s
+	CacheMaxEntries int                   // default 10000
+}
+
+// LocalKeys configures the local master-key provider.
+type LocalKeys struct {
+	MasterKeyFile string
+}
+
+// AWSKeys configures the AWS KMS provider.
+type AWSKeys struct {
+	Region   string
+	Endpoint string
+	KeyID    string
+}
+
+// TenantKeys is a tenant's own key-encryption key.
+type TenantKeys struct {
+	KeyID string
+}
+
+// OnDecryptError is encrypt.on_decrypt_error.
+type OnDecryptError string
+
+// Decrypt-error policies.
+const (
+	DecryptErrorFail OnDecryptError = "error"
+	DecryptErrorNull OnDecryptError = "null"
+)
+
+// Encrypt declares the encrypted tables and columns.
+type Encrypt struct {
+	OnDecryptError OnDecryptError
+	Tables         []Table
+}
+
+// Table is a declared table. Schema defaults to "public".
+type Table struct {
+	Schema  string
+	Name    string // unqualified
+	Columns []Column
+}
+
+// QualifiedName returns schema.name.
+func (t Table) QualifiedName() string { return t.Schema + "." + t.Name }
+
+// Search is a column's search capability.
+type Search string
+
+// Search capabilities.
+const (
+	SearchNone     Search = "none"
+	SearchEquality Search = "equality"
+)
+
+// Normalize is how a searchable value is normalised before indexing.
+type Normalize string
+
+// Normalisations.
+const (
+	NormalizeNone  Normalize = "none"
+	NormalizeLower Normalize = "lower"
+)
+
+// Column is a declared encrypted column.
+type Column struct {
+	Name        string
+	Type        string // one of SupportedTypes
+	Search      Search
+	IndexColumn string // default <name>_bidx when Search is equality, else ""
+	Normalize   Normalize
+	KeyClass    string // "" means the default class
+}
+
+// SupportedTypes lists the declared types pgcloak can present, in the order
+// error messages show them.
+var SupportedTypes = []string{
+	"text", "varchar", "bpchar", "int2", "int4", "int8", "numeric", "float4",
+	"float8", "bool", "date", "timestamp", "timestamptz", "uuid", "json", "jsonb", "bytea",
+}
+
+// Audit configures the audit stream.
+type Audit struct {
+	Output string // stderr | stdout | file path; default stderr
+}
+
+// Log configures operational logging.
+type Log struct {
+	Level  string // debug | info | warn | error; default info
+	Format string // json | console; default json
+}

@@ -1,0 +1,133 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+var syscallEMFILE = syscall.EMFILE
+
+func stack() string { return string(debug.Stack()) }
+
+// cancelKey is what a client's BackendKeyData holds: the upstream backend's
+// real process id (so pg_stat_activity and pg_terminate_backend work) and a
+// secret of the proxy's own. The upstream secret never leaves the proxy.
+type cancelKey struct {
+	pid    uint32
+	secret uint32
+}
+
+// cancelTimeout bounds forwarding one CancelRequest upstream.
+const cancelTimeout = 5 * time.Second
+
+// issueCancelKey registers sess under its upstream pid and a fresh random
+// secret and returns the key to show the client.
+func (s *Server) issueCancelKey(sess *session, pid uint32) cancelKey {
+	var b [4]byte
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		if _, err := rand.Read(b[:]); err != nil {
+			panic(err) // crypto/rand never fails on Linux
+		}
+		k := cancelKey{pid: pid, secret: binary.BigEndian.Uint32(b[:])}
+		if _, taken := s.cancels[k]; !taken && k.secret != 0 {
+			s.cancels[k] = sess
+			return k
+		}
+	}
+}
+
+// forwardCancel handles a CancelRequest: if it names a live session by the
+// key the proxy issued, the upstream backend serving that session gets a
+// CancelRequest with its real key. Like PostgreSQL, the proxy answers the
+// requester nothing either way; the requester's connection is closed by the
+// caller, and dropping it early changes nothing here.
+func (s *Server) forwardCancel(req *pgproto3.CancelRequest) {
+	if len(req.SecretKey) != 4 {
+		return
+	}
+	k := cancelKey{pid: req.ProcessID, secret: binary.BigEndian.Uint32(req.SecretKey)}
+	s.mu.Lock()
+	sess := s.cancels[k]
+	s.mu.Unlock()
+	if sess == nil {
+		s.log.Debug().Uint32("pid", req.ProcessID).Msg("cancel request for unknown key ignored")
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cancelTimeout)
+	defer cancel()
+	conn, err := s.dialUpstream(ctx)
+	if err != nil {
+		sess.log.Warn().Err(err).Msg("forward cancel: dial upstream")
+		return
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(cancelTimeout))
+	msg := &pgproto3.CancelRequest{ProcessID: sess.upstreamPID, SecretKey: sess.upstreamSecret}
+	buf, err := msg.Encode(nil)
+	if err != nil {
+		return
+	}
+	if _, err := conn.Write(buf); err != nil {
+		sess.log.Warn().Err(err).Msg("forward cancel: write")
+		return
+	}
+	// PostgreSQL closes the connection once it has signalled the backend;
+	// waiting for that keeps a quick follow-up query from racing the cancel.
+	io.Copy(io.Discard, conn)
+	sess.log.Debug().Msg("cancel request forwarded")
+}
+
+// dialUpstream opens a connection to the upstream server and, when
+// upstream.sslmode asks for it, negotiates TLS on it.
+func (s *Server) dialUpstream(ctx context.Context) (net.Conn, error) {
+	d := net.Dialer{Timeout: s.cfg.Upstream.ConnectTimeout, KeepAlive: 30 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", s.cfg.Upstream.Address)
+	if err != nil {
+		return nil, err
+	}
+	if s.upstreamTLS == nil {
+		return conn, nil
+	}
+	deadline := time.Now().Add(s.cfg.Upstream.ConnectTimeout)
+	conn.SetDeadline(deadline)
+	buf, _ := (&pgproto3.SSLRequest{}).Encode(nil)
+	if _, err := conn.Write(buf); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	var answer [1]byte
+	if _, err := io.ReadFull(conn, answer[:]); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if answer[0] != 'S' {
+		conn.Close()
+		return nil, errUpstreamNoTLS
+	}
+	tconn := tls.Client(conn, s.upstreamTLS)
+	if err := tconn.HandshakeContext(ctx); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	tconn.SetDeadline(time.Time{})
+	return tconn, nil
+}
+
+var errUpstreamNoTLS = errors.New("upstream server does not support TLS (sslmode requires it)")
+
+var (
+	syscallECONNRESET = syscall.ECONNRESET
+	syscallEPIPE      = syscall.EPIPE
+)

@@ -1,0 +1,251 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pgcloak/pgcloak/config"
+	"github.com/rs/zerolog"
+)
+
+// Config is the part of the pgcloak configuration the proxy needs.
+type Config struct {
+	Listen   config.Listen
+	Upstream config.Upstream
+}
+
+// ConfigFrom picks the proxy's part out of a loaded configuration.
+func ConfigFrom(c *config.Config) Config {
+	return Config{Listen: c.Listen, Upstream: c.Upstream}
+}
+
+// Server accepts client connections and runs a session for each.
+//
+// Serve may be called for several listeners; Shutdown and Close stop all of
+// them. A Server must not be copied after first use.
+type Server struct {
+	cfg         Config
+	log         zerolog.Logger
+	clientTLS   *tls.Config // nil: SSLRequest is answered 'N'
+	upstreamTLS *tls.Config // nil: upstream sslmode disable
+
+	nextID atomic.Uint64
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	sessions  map[*session]struct{}
+	cancels   map[cancelKey]*session
+	closing   bool
+	wg        sync.WaitGroup // one per connection being served
+}
+
+// NewServer validates what it can without touching the network (TLS files)
+// and returns a Server ready to Serve.
+func NewServer(cfg Config, log zerolog.Logger) (*Server, error) {
+	if cfg.Listen.MaxMessageSize <= 0 {
+		cfg.Listen.MaxMessageSize = 64 << 20
+	}
+	if cfg.Upstream.ConnectTimeout <= 0 {
+		cfg.Upstream.ConnectTimeout = 10 * time.Second
+	}
+	s := &Server{
+		cfg:       cfg,
+		log:       log,
+		listeners: make(map[net.Listener]struct{}),
+		sessions:  make(map[*session]struct{}),
+		cancels:   make(map[cancelKey]*session),
+	}
+	if t := cfg.Listen.TLS; t != nil {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("listen.tls: %w", err)
+		}
+		s.clientTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	upTLS, err := upstreamTLSConfig(cfg.Upstream)
+	if err != nil {
+		return nil, err
+	}
+	s.upstreamTLS = upTLS
+	return s, nil
+}
+
+func upstreamTLSConfig(u config.Upstream) (*tls.Config, error) {
+	host, _, err := net.SplitHostPort(u.Address)
+	if err != nil {
+		return nil, fmt.Errorf("upstream.address: %w", err)
+	}
+	switch u.SSLMode {
+	case config.SSLRequire:
+		// Like libpq's sslmode=require: encrypt, do not verify.
+		return &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}, nil
+	case config.SSLVerifyFull:
+		pem, err := os.ReadFile(u.RootCertFile)
+		if err != nil {
+			return nil, fmt.Errorf("upstream.root_cert_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("upstream.root_cert_file %s: no PEM certificates found", u.RootCertFile)
+		}
+		return &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12}, nil
+	default:
+		return nil, nil
+	}
+}
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("pgcloak: server closed")
+
+// Serve accepts connections on ln until Shutdown or Close, running each
+// session in its own goroutine. It closes ln before returning.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+		ln.Close()
+	}()
+
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscallEMFILE) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn().Err(err).Dur("retry_in", backoff).Msg("accept")
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			conn.Close()
+			return ErrServerClosed
+		}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go s.serveConn(conn)
+	}
+}
+
+// serveConn runs one client connection to its end. A panic ends this
+// connection only.
+func (s *Server) serveConn(conn net.Conn) {
+	defer s.wg.Done()
+	id := s.nextID.Add(1)
+	log := s.log.With().Uint64("session", id).Logger()
+	defer func() {
+		if r := recover(); r != nil {
+			log.Error().Interface("panic", r).Str("stack", stack()).Msg("session panicked; connection closed")
+			conn.Close()
+		}
+	}()
+	sess := newSession(s, id, conn, log)
+	sess.run()
+}
+
+// register makes a session visible to Shutdown and to CancelRequests. It
+// reports false when the server is shutting down.
+func (s *Server) register(sess *session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.sessions[sess] = struct{}{}
+	return true
+}
+
+func (s *Server) unregister(sess *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.sessions, sess)
+	if sess.cancelKey != (cancelKey{}) {
+		delete(s.cancels, sess.cancelKey)
+	}
+}
+
+// Shutdown stops accepting connections, lets live sessions finish until ctx
+// is done, then closes the rest and waits for them to end. It returns
+// ctx.Err() when sessions had to be closed.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.closeSessions()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// Close stops accepting and closes every session at once.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closing = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+	s.closeSessions()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) closeSessions() {
+	s.mu.Lock()
+	live := make([]*session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		live = append(live, sess)
+	}
+	s.mu.Unlock()
+	for _, sess := range live {
+		sess.close()
+	}
+}
+
+// ActiveSessions returns the number of sessions past startup.
+func (s *Server) ActiveSessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}

@@ -1,0 +1,224 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
+)
+
+// session is one client connection and its upstream connection.
+//
+// Ownership: the client goroutine (clientLoop) owns clientIn and upstreamOut
+// and is the only writer upstream. The upstream goroutine (upstreamLoop) owns
+// upstreamIn. Both write to the client, so clientOut is guarded by clientMu;
+// a message is always encoded whole under the lock, so messages from the two
+// goroutines never interleave inside each other.
+type session struct {
+	srv *Server
+	id  uint64
+	log zerolog.Logger
+
+	client   net.Conn
+	clientRd *flushingReader
+	clientIn *pgproto3.Backend
+
+	clientMu  sync.Mutex
+	clientOut *outbox
+
+	upstream    net.Conn
+	upstreamRd  *flushingReader
+	upstreamIn  *pgproto3.Frontend
+	upstreamOut *outbox
+
+	user, database string
+	clientTLS      bool
+
+	// upstreamPID and upstreamSecret are the upstream backend's real
+	// BackendKeyData; cancelKey is what the client was given instead.
+	upstreamPID    uint32
+	upstreamSecret []byte
+	cancelKey      cancelKey
+
+	closeOnce sync.Once
+}
+
+func newSession(srv *Server, id uint64, conn net.Conn, log zerolog.Logger) *session {
+	s := &session{srv: srv, id: id, log: log, client: conn}
+	s.clientRd = &flushingReader{r: conn}
+	s.clientIn = pgproto3.NewBackend(s.clientRd, nil)
+	s.clientIn.SetMaxBodyLen(srv.cfg.Listen.MaxMessageSize)
+	s.clientOut = newOutbox(conn)
+	return s
+}
+
+// close closes both connections, which ends both goroutines of a running
+// session. It is safe to call more than once and from any goroutine.
+func (s *session) close() {
+	s.closeOnce.Do(func() {
+		s.client.Close()
+		if s.upstream != nil {
+			s.upstream.Close()
+		}
+	})
+}
+
+// run serves the connection from its first byte to its end.
+func (s *session) run() {
+	defer s.close()
+	defer s.srv.unregister(s) // also drops a cancel key issued during startup
+	ok, err := s.startup()
+	if err != nil {
+		s.fail(err)
+		return
+	}
+	if !ok {
+		return
+	}
+	if !s.srv.register(s) {
+		s.fail(&clientError{code: "57P01", msg: "the proxy is shutting down", fatal: true})
+		return
+	}
+	s.log.Info().Msg("session started")
+
+	if err := s.serve(); err != nil {
+		s.log.Info().Msg("session ended with an error")
+		return
+	}
+	s.log.Info().Msg("session ended")
+}
+
+// fail reports err to the client as an ErrorResponse (best effort) and logs
+// it. The connection is closed by run.
+func (s *session) fail(err error) {
+	var ce *clientError
+	if errors.As(err, &ce) {
+		s.log.Info().Err(err).Msg("session refused")
+	} else if isDisconnect(err) {
+		s.log.Debug().Err(err).Msg("session ended by disconnect")
+		return
+	} else {
+		s.log.Error().Err(err).Msg("session failed")
+	}
+	s.sendClient(errorResponse(err, s.id))
+	s.flushClient()
+}
+
+// sendClient queues msg for the client.
+func (s *session) sendClient(msg pgproto3.BackendMessage) error {
+	s.clientMu.Lock()
+	defer s.clientMu.Unlock()
+	return s.clientOut.send(msg)
+}
+
+// flushClient writes what is queued for the client.
+func (s *session) flushClient() error {
+	s.clientMu.Lock()
+	defer s.clientMu.Unlock()
+	return s.clientOut.flush()
+}
+
+// serve runs the two relay goroutines until either ends. The first to end
+// reports its error to the client (when there is one to report) and closes
+// both connections, which ends the other. serve returns nil for a normal end.
+func (s *session) serve() error {
+	// Each direction flushes the other just before blocking on its socket.
+	s.clientRd.beforeRead = s.upstreamOut.flush
+	s.upstreamRd.beforeRead = s.flushClient
+
+	var (
+		g     errgroup.Group
+		once  sync.Once
+		first error
+	)
+	run := func(loop func() error) func() error {
+		return func() error {
+			err := s.guard(loop)
+			once.Do(func() {
+				first = err
+				if err != nil && !isDisconnect(err) {
+					s.fail(err)
+				}
+				s.close()
+			})
+			return nil
+		}
+	}
+	g.Go(run(s.clientLoop))
+	g.Go(run(s.upstreamLoop))
+	g.Wait()
+	if first == nil || isDisconnect(first) {
+		return nil
+	}
+	return first
+}
+
+// guard turns a panic in one session goroutine into an error for that
+// session, so it never takes the process down.
+func (s *session) guard(loop func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error().Interface("panic", r).Str("stack", stack()).Msg("session goroutine panicked")
+			err = fmt.Errorf("panic: %v", r)
+		}
+	}()
+	return loop()
+}
+
+// errDone marks a normal end of session (Terminate or upstream EOF after it).
+var errDone = errors.New("session done")
+
+// clientLoop reads client messages and forwards them upstream.
+func (s *session) clientLoop() error {
+	for {
+		msg, err := s.clientIn.Receive()
+		if err != nil {
+			if cerr := s.clientRd.connErr(); cerr != nil {
+				return cerr
+			}
+			return protocolViolation("invalid message from client: %v", err)
+		}
+		switch msg.(type) {
+		case *pgproto3.Terminate:
+			s.upstreamOut.send(msg)
+			s.upstreamOut.flush()
+			return errDone
+		}
+		if err := s.upstreamOut.send(msg); err != nil {
+			return fmt.Errorf("upstream write: %w", err)
+		}
+	}
+}
+
+// upstreamLoop reads upstream messages and forwards them to the client.
+func (s *session) upstreamLoop() error {
+	for {
+		msg, err := s.upstreamIn.Receive()
+		if err != nil {
+			cerr := s.upstreamRd.connErr()
+			if cerr != nil && isDisconnect(cerr) {
+				s.flushClient()
+				return errDone
+			}
+			if cerr == nil {
+				return fmt.Errorf("invalid message from upstream: %w", err)
+			}
+			return fmt.Errorf("upstream read: %w", err)
+		}
+		if err := s.sendClient(msg); err != nil {
+			return fmt.Errorf("client write: %w", err)
+		}
+	}
+}
+
+// isDisconnect reports whether err is a peer going away rather than a fault.
+func isDisconnect(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, errDone) ||
+		errors.Is(err, syscallECONNRESET) || errors.Is(err, syscallEPIPE)
+}

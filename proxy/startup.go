@@ -1,0 +1,288 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// startupTimeout bounds everything from accept to the first ReadyForQuery,
+// like PostgreSQL's authentication_timeout (60s by default).
+const startupTimeout = 60 * time.Second
+
+// protocolOptionPrefix marks protocol extension options in a StartupMessage
+// ("_pq_." in the PostgreSQL protocol docs, section 55.2.1). pgcloak
+// recognises none of them.
+const protocolOptionPrefix = "_pq_."
+
+// startup takes a connection from its first byte to the client's first
+// ReadyForQuery: SSL/GSS negotiation, the StartupMessage, the upstream
+// connection and the relayed authentication. It reports false with a nil
+// error when the connection ends normally before a session exists (a
+// CancelRequest, a client that gave up, a failed login that PostgreSQL has
+// already explained to the client).
+func (s *session) startup() (bool, error) {
+	s.client.SetDeadline(time.Now().Add(startupTimeout))
+	startup, err := s.receiveStartup()
+	if err != nil || startup == nil {
+		return false, err
+	}
+	if s.srv.clientTLS != nil && s.srv.cfg.Listen.TLS.Require && !s.clientTLS {
+		return false, &clientError{
+			code:  pgerrcode.InvalidAuthorizationSpecification,
+			msg:   "TLS is required; connect with sslmode=require or stronger",
+			fatal: true,
+		}
+	}
+	s.user = startup.Parameters["user"]
+	s.database = startup.Parameters["database"]
+	if s.database == "" {
+		s.database = s.user
+	}
+	s.log = s.log.With().Str("user", s.user).Str("database", s.database).Logger()
+
+	// The proxy speaks 3.0 upstream. A client asking for a newer minor
+	// version or for protocol options is answered the way PostgreSQL answers
+	// it: NegotiateProtocolVersion with the newest minor version supported
+	// and the options not recognised, sent before authentication.
+	params := make(map[string]string, len(startup.Parameters))
+	var unrecognized []string
+	for k, v := range startup.Parameters {
+		if strings.HasPrefix(k, protocolOptionPrefix) {
+			unrecognized = append(unrecognized, k)
+			continue
+		}
+		params[k] = v
+	}
+	if startup.ProtocolVersion != pgproto3.ProtocolVersion30 || len(unrecognized) > 0 {
+		if err := s.sendClient(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unrecognized}); err != nil {
+			return false, err
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.Upstream.ConnectTimeout)
+	defer cancel()
+	up, err := s.srv.dialUpstream(ctx)
+	if err != nil {
+		return false, upstreamUnavailable(err)
+	}
+	s.upstream = up
+	up.SetDeadline(time.Now().Add(startupTimeout))
+	s.upstreamRd = &flushingReader{r: up}
+	s.upstreamIn = pgproto3.NewFrontend(s.upstreamRd, nil)
+	s.upstreamIn.SetMaxBodyLen(s.srv.cfg.Listen.MaxMessageSize)
+	s.upstreamOut = newOutbox(up)
+	if err := s.upstreamOut.send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: params}); err != nil {
+		return false, err
+	}
+	if err := s.upstreamOut.flush(); err != nil {
+		return false, upstreamUnavailable(err)
+	}
+
+	ok, err := s.relayAuthentication()
+	if err != nil || !ok {
+		return false, err
+	}
+	if err := s.relayUntilReady(); err != nil {
+		return false, err
+	}
+	s.client.SetDeadline(time.Time{})
+	s.upstream.SetDeadline(time.Time{})
+	return true, nil
+}
+
+// receiveStartup reads the client's opening messages until the
+// StartupMessage. It returns nil, nil when the connection was a
+// CancelRequest.
+func (s *session) receiveStartup() (*pgproto3.StartupMessage, error) {
+	sslAsked, gssAsked := false, false
+	for {
+		s.clientRd.n = 0
+		msg, err := s.clientIn.ReceiveStartupMessage()
+		if err != nil {
+			if cerr := s.clientRd.connErr(); cerr != nil {
+				return nil, cerr
+			}
+			return nil, protocolViolation("invalid startup packet: %v", err)
+		}
+		switch msg := msg.(type) {
+		case *pgproto3.StartupMessage:
+			return msg, nil
+		case *pgproto3.CancelRequest:
+			s.srv.forwardCancel(msg)
+			return nil, nil
+		case *pgproto3.GSSEncRequest:
+			if gssAsked {
+				return nil, protocolViolation("GSSENCRequest sent twice")
+			}
+			gssAsked = true
+			if _, err := s.client.Write([]byte{'N'}); err != nil {
+				return nil, err
+			}
+		case *pgproto3.SSLRequest:
+			if sslAsked {
+				return nil, protocolViolation("SSLRequest sent twice")
+			}
+			sslAsked = true
+			if s.srv.clientTLS == nil {
+				if _, err := s.client.Write([]byte{'N'}); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			// An SSLRequest is 8 bytes. Anything read beyond it arrived
+			// before the handshake and must not be processed as if it had
+			// been encrypted (CVE-2021-23214).
+			if s.clientRd.n != 8 {
+				return nil, protocolViolation("received unencrypted data after SSL request")
+			}
+			if _, err := s.client.Write([]byte{'S'}); err != nil {
+				return nil, err
+			}
+			tconn := tls.Server(s.client, s.srv.clientTLS)
+			if err := tconn.Handshake(); err != nil {
+				s.log.Debug().Err(err).Msg("client TLS handshake failed")
+				return nil, errDone
+			}
+			s.client = tconn
+			s.clientTLS = true
+			s.clientRd = &flushingReader{r: tconn}
+			s.clientIn = pgproto3.NewBackend(s.clientRd, nil)
+			s.clientIn.SetMaxBodyLen(s.srv.cfg.Listen.MaxMessageSize)
+			s.clientOut = newOutbox(tconn)
+		default:
+			return nil, protocolViolation("unexpected startup message %T", msg)
+		}
+	}
+}
+
+// relayAuthentication relays the authentication exchange between upstream
+// and the client until upstream says AuthenticationOk (true) or refuses the
+// login (false: its ErrorResponse has been relayed and the session ends;
+// nothing that follows a failed login is ever relayed).
+func (s *session) relayAuthentication() (bool, error) {
+	for {
+		msg, err := s.upstreamIn.Receive()
+		if err != nil {
+			return false, upstreamUnavailable(fmt.Errorf("during authentication: %w", err))
+		}
+		var authType uint32
+		switch m := msg.(type) {
+		case *pgproto3.AuthenticationOk:
+			if err := s.sendClient(m); err != nil {
+				return false, err
+			}
+			return true, nil
+		case *pgproto3.ErrorResponse:
+			s.log.Info().Str("sqlstate", m.Code).Msg("upstream refused login")
+			s.sendClient(m)
+			s.flushClient()
+			return false, nil
+		case *pgproto3.NoticeResponse:
+			if err := s.sendClient(m); err != nil {
+				return false, err
+			}
+			continue
+		case *pgproto3.AuthenticationCleartextPassword:
+			authType = pgproto3.AuthTypeCleartextPassword
+		case *pgproto3.AuthenticationMD5Password:
+			authType = pgproto3.AuthTypeMD5Password
+		case *pgproto3.AuthenticationSASL:
+			// The proxy terminates the client's TLS, so channel binding
+			// (SCRAM-SHA-256-PLUS) cannot reach upstream intact.
+			mechs := make([]string, 0, len(m.AuthMechanisms))
+			for _, mech := range m.AuthMechanisms {
+				if !strings.HasSuffix(mech, "-PLUS") {
+					mechs = append(mechs, mech)
+				}
+			}
+			if len(mechs) == 0 {
+				return false, &clientError{code: pgerrcode.InvalidAuthorizationSpecification, msg: "upstream offers only SASL channel binding, which the proxy cannot relay", fatal: true}
+			}
+			m.AuthMechanisms = mechs
+			authType = pgproto3.AuthTypeSASL
+		case *pgproto3.AuthenticationSASLContinue:
+			authType = pgproto3.AuthTypeSASLContinue
+		case *pgproto3.AuthenticationSASLFinal:
+			// No client response follows; AuthenticationOk or an error does.
+			if err := s.sendClient(m); err != nil {
+				return false, err
+			}
+			continue
+		default:
+			return false, &clientError{
+				code:  pgerrcode.FeatureNotSupported,
+				msg:   fmt.Sprintf("upstream asked for an authentication method the proxy cannot relay (%T)", msg),
+				fatal: true,
+			}
+		}
+
+		if err := s.sendClient(msg); err != nil {
+			return false, err
+		}
+		if err := s.flushClient(); err != nil {
+			return false, err
+		}
+		if err := s.clientIn.SetAuthType(authType); err != nil {
+			return false, err
+		}
+		resp, err := s.clientIn.Receive()
+		if err != nil {
+			if cerr := s.clientRd.connErr(); cerr != nil {
+				return false, cerr
+			}
+			return false, protocolViolation("invalid authentication message: %v", err)
+		}
+		switch resp.(type) {
+		case *pgproto3.PasswordMessage, *pgproto3.SASLInitialResponse, *pgproto3.SASLResponse:
+		default:
+			return false, protocolViolation("expected an authentication response, got %T", resp)
+		}
+		if err := s.upstreamOut.send(resp); err != nil {
+			return false, err
+		}
+		if err := s.upstreamOut.flush(); err != nil {
+			return false, upstreamUnavailable(err)
+		}
+	}
+}
+
+// relayUntilReady relays what upstream sends between AuthenticationOk and
+// the first ReadyForQuery (ParameterStatus, BackendKeyData, notices), with
+// BackendKeyData's secret replaced by the proxy's own.
+func (s *session) relayUntilReady() error {
+	for {
+		msg, err := s.upstreamIn.Receive()
+		if err != nil {
+			return upstreamUnavailable(fmt.Errorf("after authentication: %w", err))
+		}
+		switch m := msg.(type) {
+		case *pgproto3.BackendKeyData:
+			s.upstreamPID = m.ProcessID
+			s.upstreamSecret = append([]byte(nil), m.SecretKey...)
+			s.cancelKey = s.srv.issueCancelKey(s, m.ProcessID)
+			var secret [4]byte
+			secret[0] = byte(s.cancelKey.secret >> 24)
+			secret[1] = byte(s.cancelKey.secret >> 16)
+			secret[2] = byte(s.cancelKey.secret >> 8)
+			secret[3] = byte(s.cancelKey.secret)
+			msg = &pgproto3.BackendKeyData{ProcessID: m.ProcessID, SecretKey: secret[:]}
+		case *pgproto3.ErrorResponse:
+			// e.g. 3D000 database does not exist, 53300 too many clients.
+			s.sendClient(m)
+			s.flushClient()
+			return errDone
+		}
+		if err := s.sendClient(msg); err != nil {
+			return err
+		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			return s.flushClient()
+		}
+	}
+}
