@@ -109,7 +109,16 @@ var yamlLineError = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
 // parseYAML parses the single YAML document in data. An empty file yields a
 // nil root, which decodes as an empty mapping.
-func (d *decoder) parseYAML(data []byte) (*yaml.Node, bool) {
+func (d *decoder) parseYAML(data []byte) (root *yaml.Node, ok bool) {
+	// yaml.v3 turns its own failures into errors, but a bug in it would
+	// panic; a configuration file must not be able to crash the process
+	// that reloads it.
+	defer func() {
+		if r := recover(); r != nil {
+			d.problem(0, "", "invalid YAML: the parser failed (%v)", r)
+			root, ok = nil, false
+		}
+	}()
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -171,7 +172,9 @@ var minimal = []string{
 	"  local: {master_key_file: m.key}",
 }
 
-func withMinimal(lines ...string) []byte { return y(append(append([]string{}, minimal...), lines...)...) }
+func withMinimal(lines ...string) []byte {
+	return y(append(append([]string{}, minimal...), lines...)...)
+}
 
 func TestParseValues(t *testing.T) {
 	tests := []struct {
@@ -374,19 +377,19 @@ var errorCases = []struct {
 	{
 		name: "invalid yaml",
 		yaml: withMinimal("log:", "  level: info", " format: json"),
-		want: []string{`t.yaml:7: invalid YAML: did not find expected key`},
+		want: []string{`t.yaml:6: invalid YAML: did not find expected key`},
 	},
 	{
 		name: "two documents",
 		yaml: y("upstream: {address: db:5432}", "---", "log: {level: info}"),
-		want: []string{`t.yaml:3: a second YAML document; the file must hold exactly one`},
+		want: []string{`t.yaml:2: a second YAML document; the file must hold exactly one`},
 	},
 	{
 		name: "empty file",
 		yaml: nil,
 		want: []string{
-			`t.yaml: keys.local.master_key_file: is required with provider local (` + "`pgcloak keys init-local -o master.key`" + ` creates one)`,
 			`t.yaml: upstream.address: is required (host:port of the PostgreSQL server)`,
+			`t.yaml: keys.local.master_key_file: is required with provider local (` + "`pgcloak keys init-local -o master.key`" + ` creates one)`,
 		},
 	},
 	{
@@ -610,6 +613,35 @@ var errorCases = []struct {
 		want: []string{`t.yaml:9: encrypt.tables[1].name: public.patients is already declared at encrypt.tables[0] (line 7)`},
 	},
 	{
+		name: "duplicate table after an invalid one",
+		yaml: withMinimal(
+			"encrypt:",
+			"  tables:",
+			"    - name: bad-name",
+			"      columns: [{name: ssn, type: text}]",
+			"    - name: patients",
+			"      columns: [{name: ssn, type: text}]",
+			"    - name: patients",
+			"      columns: [{name: ssn, type: text}]",
+		),
+		want: []string{
+			`t.yaml:7: encrypt.tables[0].name: "bad-name" is not a table name (want "table" or "schema.table", each an unquoted identifier: letters, digits and underscores, not starting with a digit, at most 63 bytes)`,
+			`t.yaml:11: encrypt.tables[2].name: public.patients is already declared at encrypt.tables[1] (line 9)`,
+		},
+	},
+	{
+		name: "two index columns alike",
+		yaml: withMinimal(
+			"encrypt:",
+			"  tables:",
+			"    - name: patients",
+			"      columns:",
+			"        - {name: a, type: text, search: equality, index_column: idx}",
+			"        - {name: b, type: text, search: equality, index_column: IDX}",
+		),
+		want: []string{`t.yaml:10: encrypt.tables[0].columns[1].index_column: index column "idx" clashes with index column "idx" at encrypt.tables[0].columns[0].index_column (line 9)`},
+	},
+	{
 		name: "table without columns",
 		yaml: withMinimal("encrypt:", "  tables:", "    - name: patients"),
 		want: []string{`t.yaml:7: encrypt.tables[0].columns: public.patients declares no columns (want at least one; leave the table out to pass it through untouched)`},
@@ -653,7 +685,7 @@ var errorCases = []struct {
 			"        - {name: ssn, type: text}",
 			"        - {name: SSN, type: text}",
 		),
-		want: []string{`t.yaml:10: encrypt.tables[0].columns[1].name: "ssn" clashes with the column "ssn" (encrypt.tables[0].columns[0].name, line 9)`},
+		want: []string{`t.yaml:10: encrypt.tables[0].columns[1].name: column "ssn" clashes with column "ssn" at encrypt.tables[0].columns[0].name (line 9)`},
 	},
 	{
 		name: "column named like a default index column",
@@ -665,7 +697,7 @@ var errorCases = []struct {
 			"        - {name: ssn, type: text, search: equality}",
 			"        - {name: ssn_bidx, type: bytea}",
 		),
-		want: []string{`t.yaml:9: encrypt.tables[0].columns[0]: "ssn_bidx" clashes with the column "ssn_bidx" (encrypt.tables[0].columns[1].name, line 10)`},
+		want: []string{`t.yaml:9: encrypt.tables[0].columns[0]: default index column "ssn_bidx" clashes with column "ssn_bidx" at encrypt.tables[0].columns[1].name (line 10); set index_column to another name`},
 	},
 	{
 		name: "index column named like a column",
@@ -680,7 +712,7 @@ var errorCases = []struct {
 			"          index_column: email",
 			"        - {name: email, type: text}",
 		),
-		want: []string{`t.yaml:12: encrypt.tables[0].columns[0].index_column: "email" clashes with the column "email" (encrypt.tables[0].columns[1].name, line 13)`},
+		want: []string{`t.yaml:12: encrypt.tables[0].columns[0].index_column: index column "email" clashes with column "email" at encrypt.tables[0].columns[1].name (line 13)`},
 	},
 	{
 		name: "index_column with search none",
@@ -994,5 +1026,25 @@ func TestTableAndColumnLookups(t *testing.T) {
 				t.Errorf("Column(%q): got column %q", tt.column, col.Name)
 			}
 		})
+	}
+}
+
+func TestAliasBomb(t *testing.T) {
+	// 2000 tables that are all one table of 2000 columns: four million
+	// columns from a file of a few thousand lines.
+	lines := append([]string{}, minimal...)
+	lines = append(lines, "cols: &c")
+	for i := 0; i < 2000; i++ {
+		lines = append(lines, fmt.Sprintf("  - {name: c%d, type: text}", i))
+	}
+	lines = append(lines, "tab: &t {name: t, columns: *c}", "encrypt:", "  tables:")
+	for i := 0; i < 2000; i++ {
+		lines = append(lines, "    - *t")
+	}
+	_, err := parse("t.yaml", y(lines...), noEnv)
+	got := problems(t, err)
+	const want = "the file expands to more than 262144 values (check for aliases that repeat large parts of it)"
+	if !slices.ContainsFunc(got, func(p string) bool { return strings.HasSuffix(p, ": "+want) }) {
+		t.Errorf("got %d problems, first %q, want one ending %q", len(got), got[0], want)
 	}
 }

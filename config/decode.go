@@ -23,6 +23,24 @@ type decoder struct {
 	// lines maps a YAML path to the line of its key (or, for a list item, of
 	// the item). Problems found after decoding take their line from here.
 	lines map[string]int
+
+	// visits counts the nodes decoded. Aliases let a small file name the
+	// same large list many times over; the count bounds the work.
+	visits int
+}
+
+// maxVisits bounds the nodes one file may make us decode, aliases included:
+// far more than any real configuration has.
+const maxVisits = 1 << 18
+
+// visit counts one node and reports whether decoding may go on. It records a
+// problem the first time the budget runs out.
+func (d *decoder) visit(n *yaml.Node) bool {
+	d.visits++
+	if d.visits == maxVisits+1 {
+		d.problem(n.Line, "", "the file expands to more than %d values (check for aliases that repeat large parts of it)", maxVisits)
+	}
+	return d.visits <= maxVisits
 }
 
 // problem records a problem at an explicit line.
@@ -135,7 +153,10 @@ type field struct {
 // was decoded and the caller should skip its cross-field checks.
 func (d *decoder) mapping(n *yaml.Node, path string, fields []field) bool {
 	seen := make([]bool, len(fields))
-	if n = resolve(n); n != nil && !isNull(n) {
+	if n = resolve(n); n != nil && !d.visit(n) {
+		return false
+	}
+	if n != nil && !isNull(n) {
 		if n.Kind != yaml.MappingNode {
 			d.problem(n.Line, path, "expected a mapping, got %s", describe(n))
 			return false
@@ -236,7 +257,7 @@ func editDistance(a, b string) int {
 // sequence decodes n, a list, calling each for every item. A null or absent
 // n counts as an empty list.
 func (d *decoder) sequence(n *yaml.Node, path string, each func(i int, item *yaml.Node, path string)) {
-	if n = resolve(n); n == nil || isNull(n) {
+	if n = resolve(n); n == nil || !d.visit(n) || isNull(n) {
 		return
 	}
 	if n.Kind != yaml.SequenceNode {
@@ -253,7 +274,7 @@ func (d *decoder) sequence(n *yaml.Node, path string, each func(i int, item *yam
 // entries decodes n, a mapping whose keys are names chosen by the user (role
 // names, tenant names), calling each for every entry in file order.
 func (d *decoder) entries(n *yaml.Node, path string, each func(key string, v *yaml.Node, path string)) {
-	if n = resolve(n); n == nil || isNull(n) {
+	if n = resolve(n); n == nil || !d.visit(n) || isNull(n) {
 		return
 	}
 	if n.Kind != yaml.MappingNode {
@@ -287,7 +308,7 @@ func (d *decoder) entries(n *yaml.Node, path string, each func(key string, v *ya
 // Messages from here never include the value: the caller may be decoding a
 // secret.
 func (d *decoder) scalar(n *yaml.Node, path, want string, keepNullWord bool) (string, bool) {
-	if n = resolve(n); n == nil {
+	if n = resolve(n); n == nil || !d.visit(n) {
 		return "", false
 	}
 	if n.Kind != yaml.ScalarNode {

@@ -20,7 +20,7 @@ func TestExpandEnv(t *testing.T) {
 		{name: "not expanded twice", in: "${B_2}", want: "${A}"},
 		{name: "lone dollars kept", in: "pa$$w$rd$", want: "pa$$w$rd$"},
 		{name: "escaped reference", in: "$${A}", want: "${A}"},
-		{name: "escape then reference", in: "$$${A}", want: "$alpha"},
+		{name: "dollar before an escape", in: "$$${A}", want: "$${A}"},
 		{name: "unset", in: "${NOPE}", want: "", msgs: []string{"environment variable NOPE is not set"}},
 		{name: "two unset", in: "${X}${Y}", want: "", msgs: []string{"environment variable X is not set", "environment variable Y is not set"}},
 		{

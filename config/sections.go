@@ -180,7 +180,7 @@ func (d *decoder) tenancy(n *yaml.Node, p string, t *Tenancy) {
 
 	for _, role := range slices.Sorted(maps.Keys(t.Login.Roles)) {
 		if t.IsUnscoped(role) {
-			d.errorf(join(join(p, "login.roles"), role),
+			d.errorf(join(join(join(p, "login"), "roles"), role),
 				"role %q is mapped to tenant %q and also matches unscoped_roles; a role is either scoped to one tenant or unscoped", role, t.Login.Roles[role])
 		}
 	}
@@ -268,20 +268,20 @@ func (d *decoder) keys(n *yaml.Node, p string, k *Keys) {
 		switch k.Provider {
 		case ProviderLocal:
 			if k.Local.MasterKeyFile == "" {
-				d.errorf(join(p, "local.master_key_file"), "is required with provider local (`pgcloak keys init-local -o master.key` creates one)")
+				d.errorf(join(join(p, "local"), "master_key_file"), "is required with provider local (`pgcloak keys init-local -o master.key` creates one)")
 			}
 		case ProviderAWS:
 			if k.AWS.Region == "" {
-				d.errorf(join(p, "aws.region"), "is required with provider aws")
+				d.errorf(join(join(p, "aws"), "region"), "is required with provider aws")
 			}
 			if k.AWS.KeyID == "" {
-				d.errorf(join(p, "aws.key_id"), "is required with provider aws (the default key-encryption key: a key id, ARN or alias/...)")
+				d.errorf(join(join(p, "aws"), "key_id"), "is required with provider aws (the default key-encryption key: a key id, ARN or alias/...)")
 			}
 		}
 	}
 	if e := k.AWS.Endpoint; e != "" {
 		if u, err := url.Parse(e); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			d.errorf(join(p, "aws.endpoint"), "%q is not an http:// or https:// URL", e)
+			d.errorf(join(join(p, "aws"), "endpoint"), "%q is not an http:// or https:// URL", e)
 		}
 	}
 	if k.CacheTTL <= 0 {
@@ -301,27 +301,24 @@ func (d *decoder) encrypt(n *yaml.Node, p string, e *Encrypt) {
 			}
 		}},
 		{"tables", func(n *yaml.Node, p string) {
+			first := make(map[string]string) // qualified name -> path of its entry
 			d.sequence(n, p, func(_ int, item *yaml.Node, p string) {
-				if t, ok := d.table(item, p); ok {
-					e.Tables = append(e.Tables, t)
+				t, ok := d.table(item, p)
+				if !ok {
+					return
 				}
+				q := t.QualifiedName()
+				if prev, dup := first[q]; dup {
+					d.errorf(join(p, "name"), "%s is already declared at %s (line %d)", q, prev, d.line(prev))
+					return
+				}
+				first[q] = p
+				e.Tables = append(e.Tables, t)
 			})
 		}},
 	})
-	if !ok {
-		return
-	}
-	oneOf(d, join(p, "on_decrypt_error"), "on_decrypt_error policy", e.OnDecryptError, DecryptErrorFail, DecryptErrorNull)
-
-	first := make(map[string]int) // qualified name -> index in e.Tables
-	for i, t := range e.Tables {
-		q := t.QualifiedName()
-		if j, dup := first[q]; dup {
-			prev := index(join(p, "tables"), j)
-			d.errorf(join(index(join(p, "tables"), i), "name"), "%s is already declared at %s (line %d)", q, prev, d.line(prev))
-			continue
-		}
-		first[q] = i
+	if ok {
+		oneOf(d, join(p, "on_decrypt_error"), "on_decrypt_error policy", e.OnDecryptError, DecryptErrorFail, DecryptErrorNull)
 	}
 }
 
@@ -368,26 +365,26 @@ func (d *decoder) table(n *yaml.Node, p string) (Table, bool) {
 	// two of them may share a name.
 	type owner struct{ what, path string }
 	taken := make(map[string]owner)
-	claim := func(name, path, what string) {
+	claim := func(name, what, path, hint string) {
 		if name == "" {
 			return
 		}
 		if o, dup := taken[name]; dup {
-			d.errorf(path, "%q clashes with the %s (%s, line %d)", name, o.what, o.path, d.line(o.path))
+			d.errorf(path, "%s clashes with %s at %s (line %d)%s", what, o.what, o.path, d.line(o.path), hint)
 			return
 		}
 		taken[name] = owner{what, path}
 	}
 	cp := join(p, "columns")
 	for j, c := range t.Columns {
-		claim(c.Name, join(index(cp, j), "name"), fmt.Sprintf("column %q", c.Name))
+		claim(c.Name, fmt.Sprintf("column %q", c.Name), join(index(cp, j), "name"), "")
 	}
 	for j, c := range t.Columns {
-		ip := join(index(cp, j), "index_column")
-		if _, set := d.lines[ip]; !set {
-			ip = index(cp, j) // a default index column: point at the column
+		if ip := join(index(cp, j), "index_column"); d.lines[ip] != 0 {
+			claim(c.IndexColumn, fmt.Sprintf("index column %q", c.IndexColumn), ip, "")
+		} else {
+			claim(c.IndexColumn, fmt.Sprintf("default index column %q", c.IndexColumn), index(cp, j), "; set index_column to another name")
 		}
-		claim(c.IndexColumn, ip, fmt.Sprintf("index column of %q", c.Name))
 	}
 	return t, true
 }

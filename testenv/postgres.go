@@ -88,7 +88,7 @@ const portAttempts = 5
 // Start initializes and starts a new server. On error nothing is left running
 // and the temporary directory is gone. ctx bounds the whole start; once Start
 // has returned, cancelling ctx has no effect on the server.
-func Start(ctx context.Context, opts Options) (_ *Postgres, err error) {
+func Start(ctx context.Context, opts Options) (*Postgres, error) {
 	binDir, err := findBinDir()
 	if err != nil {
 		return nil, err
@@ -111,33 +111,37 @@ func Start(ctx context.Context, opts Options) (_ *Postgres, err error) {
 		cred:    cred,
 	}
 	register(p)
-	defer func() {
-		if err != nil {
-			_ = p.Stop() // the error that matters is err
-		}
-	}()
-
-	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
-		return nil, fmt.Errorf("testenv: %w", err)
-	}
-	if err := p.chown(dir); err != nil {
+	if err := p.start(ctx, opts); err != nil {
+		_ = p.Stop() // the error that matters is err
 		return nil, err
+	}
+	return p, nil
+}
+
+// start fills p.Dir: initdb, configuration, server, roles.
+func (p *Postgres) start(ctx context.Context, opts Options) error {
+	if err := os.WriteFile(filepath.Join(p.Dir, ownerFile), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		return fmt.Errorf("testenv: %w", err)
+	}
+	if err := p.chown(p.Dir); err != nil {
+		return err
 	}
 	if err := p.initdb(ctx); err != nil {
-		return nil, err
+		return err
 	}
 	var tlsConf map[string]string
 	if opts.TLS {
+		var err error
 		if tlsConf, err = p.writeCerts(); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if err := writeFileMode(filepath.Join(p.DataDir, "pg_hba.conf"), []byte(hbaConf), 0o600); err != nil {
-		return nil, err
+		return err
 	}
 	baseConf, err := os.ReadFile(filepath.Join(p.DataDir, "postgresql.conf"))
 	if err != nil {
-		return nil, fmt.Errorf("testenv: %w", err)
+		return fmt.Errorf("testenv: %w", err)
 	}
 
 	timeout := opts.StartTimeout
@@ -146,26 +150,26 @@ func Start(ctx context.Context, opts Options) (_ *Postgres, err error) {
 	}
 	for attempt := 1; ; attempt++ {
 		if p.Port, err = freePort(); err != nil {
-			return nil, fmt.Errorf("testenv: pick a port: %w", err)
+			return fmt.Errorf("testenv: pick a port: %w", err)
 		}
 		conf := p.conf(baseConf, tlsConf, opts.ExtraConf)
 		if err := writeFileMode(filepath.Join(p.DataDir, "postgresql.conf"), conf, 0o600); err != nil {
-			return nil, err
+			return err
 		}
 		err = p.launch(ctx, timeout)
 		if errors.Is(err, errPortInUse) && attempt < portAttempts {
 			continue
 		}
 		if err != nil {
-			return nil, err
+			return err
 		}
 		break
 	}
 
 	if err := p.Exec(ctx, "postgres", rolesSQL); err != nil {
-		return nil, fmt.Errorf("testenv: create roles: %w", err)
+		return fmt.Errorf("testenv: create roles: %w", err)
 	}
-	return p, nil
+	return nil
 }
 
 // hbaConf is the whole pg_hba.conf; the first matching line decides. "host"

@@ -1,0 +1,143 @@
+// Package audit writes pgcloak's audit stream: one JSON object per line, a
+// fixed set of event kinds, and only identities in the fields — tenant,
+// role, database, table, column, key version, key id. Values, keys, tokens,
+// passwords and SQL text never appear; the types of the methods make that
+// hard to get wrong, because none of them takes a value or a statement.
+//
+// The stream is separate from the operational log: operators ship it to
+// their SIEM and auditors read it.
+package audit
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"sync"
+
+	"github.com/rs/zerolog"
+)
+
+// Event is the kind of an audit record. The strings are persisted in audit
+// logs: never change or reuse one.
+type Event string
+
+// Event kinds.
+const (
+	SessionStart        Event = "session_start"
+	SessionEnd          Event = "session_end"
+	AuthRefused         Event = "auth_refused"
+	TenantChangeRefused Event = "tenant_change_refused"
+	DecryptFailed       Event = "decrypt_failed"
+	KeyCreated          Event = "key_created"
+	KeyUnwrapped        Event = "key_unwrapped"
+)
+
+// Session identifies the session an event belongs to.
+type Session struct {
+	ID       uint64
+	Role     string
+	Database string
+	Tenant   string // "" for unscoped sessions
+}
+
+// Logger writes audit events. It is safe for concurrent use. A nil *Logger
+// discards everything.
+type Logger struct {
+	z zerolog.Logger
+}
+
+// New returns a Logger writing JSON lines to w.
+func New(w io.Writer) *Logger {
+	return &Logger{z: zerolog.New(&lockedWriter{w: w}).With().Timestamp().Str("stream", "audit").Logger()}
+}
+
+// Open opens audit.output: "stderr", "stdout" or a file path (appended to,
+// created 0600). The returned closer closes the file, if any.
+func Open(output string) (*Logger, io.Closer, error) {
+	switch output {
+	case "", "stderr":
+		return New(os.Stderr), io.NopCloser(nil), nil
+	case "stdout":
+		return New(os.Stdout), io.NopCloser(nil), nil
+	}
+	f, err := os.OpenFile(output, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("audit.output: %w", err)
+	}
+	return New(f), f, nil
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func (l *Logger) event(ev Event, s *Session) *zerolog.Event {
+	e := l.z.Log().Str("event", string(ev))
+	if s != nil {
+		e = e.Uint64("session", s.ID).Str("role", s.Role).Str("database", s.Database)
+		if s.Tenant != "" {
+			e = e.Str("tenant", s.Tenant)
+		} else {
+			e = e.Bool("unscoped", true)
+		}
+	}
+	return e
+}
+
+// SessionStarted records a session that passed authentication and tenancy.
+func (l *Logger) SessionStarted(s Session) {
+	if l != nil {
+		l.event(SessionStart, &s).Send()
+	}
+}
+
+// SessionEnded records the end of a session.
+func (l *Logger) SessionEnded(s Session) {
+	if l != nil {
+		l.event(SessionEnd, &s).Send()
+	}
+}
+
+// AuthRefused records a login pgcloak refused after PostgreSQL accepted it
+// (for example a role mapped to no tenant), or a login PostgreSQL refused.
+func (l *Logger) AuthRefused(s Session, sqlstate, reason string) {
+	if l != nil {
+		l.event(AuthRefused, &s).Str("sqlstate", sqlstate).Str("reason", reason).Send()
+	}
+}
+
+// TenantChangeRefused records a client's attempt to choose its tenant.
+// construct says how (e.g. "SET app.tenant_id"), never with which value.
+func (l *Logger) TenantChangeRefused(s Session, construct string) {
+	if l != nil {
+		l.event(TenantChangeRefused, &s).Str("construct", construct).Send()
+	}
+}
+
+// DecryptFailed records a value that did not open for the session's tenant.
+func (l *Logger) DecryptFailed(s Session, table, column string) {
+	if l != nil {
+		l.event(DecryptFailed, &s).Str("table", table).Str("column", column).Send()
+	}
+}
+
+// KeyCreated records a new data key version.
+func (l *Logger) KeyCreated(tenant, keyClass, purpose string, version int, kekID string) {
+	if l != nil {
+		l.event(KeyCreated, nil).Str("tenant", tenant).Str("key_class", keyClass).Str("purpose", purpose).Int("version", version).Str("kek_id", kekID).Send()
+	}
+}
+
+// KeyUnwrapped records a data key unwrapped by the key provider.
+func (l *Logger) KeyUnwrapped(tenant, keyClass, purpose string, version int, kekID string) {
+	if l != nil {
+		l.event(KeyUnwrapped, nil).Str("tenant", tenant).Str("key_class", keyClass).Str("purpose", purpose).Int("version", version).Str("kek_id", kekID).Send()
+	}
+}
