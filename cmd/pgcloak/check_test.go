@@ -89,6 +89,22 @@ func TestCheck(t *testing.T) {
 		}
 	})
 
+	t.Run("listen tls", func(t *testing.T) {
+		_, certFile, keyFile, err := testenv.WriteTLSCerts(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := checkConfig(pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, db)
+		cfg = strings.Replace(cfg, "listen:\n", "listen:\n  tls:\n    cert_file: "+certFile+"\n    key_file: "+keyFile+"\n", 1)
+		r := pgcloak(t, "check", "-c", writeFile(t, "pgcloak.yaml", cfg))
+		if r.code != 0 {
+			t.Errorf("exit code: got %d, want 0", r.code)
+		}
+		if want := "ok    listen: 127.0.0.1:6432, TLS certificate " + certFile + " loads"; !strings.Contains(r.stdout, want) {
+			t.Errorf("stdout: missing %q", want)
+		}
+	})
+
 	t.Run("listen tls files missing", func(t *testing.T) {
 		cfg := checkConfig(pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, db)
 		cfg = strings.Replace(cfg, "listen:\n", "listen:\n  tls:\n    cert_file: /nonexistent/server.crt\n    key_file: /nonexistent/server.key\n", 1)

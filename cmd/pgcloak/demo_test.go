@@ -38,7 +38,7 @@ func TestDemo(t *testing.T) {
 			t.Fatal("demo did not print a psql connection string within 2 minutes")
 		}
 	}
-	for _, want := range []string{"Alice Jones", "not implemented yet"} {
+	for _, want := range []string{"Alice Jones", "NOT implemented yet"} {
 		if !regexp.MustCompile(regexp.QuoteMeta(want)).MatchString(stdout.String()) {
 			t.Errorf("stdout: missing %q", want)
 		}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"strings"
 	"syscall"
@@ -12,70 +13,60 @@ import (
 	"github.com/pgcloak/pgcloak/testenv"
 )
 
-// TestServe runs serve in-process, queries through it, sends it SIGHUP, and
-// stops it the way a signal would (by cancelling its context).
-func TestServe(t *testing.T) {
-	pg := testenv.Shared(t)
-	db := testenv.NewDatabase(t, pg)
-	listen := freeAddr(t)
-	cfg := checkConfig(pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, db)
-	cfg = strings.Replace(cfg, "address: 127.0.0.1:6432", "address: "+listen+"\n  shutdown_timeout: 5s", 1)
-	cfg = strings.Replace(cfg, "level: warn", "level: info", 1)
-	path := writeFile(t, "pgcloak.yaml", cfg)
-
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	var stdout, stderr syncBuffer
-	exited := make(chan int, 1)
-	go func() { exited <- run(ctx, []string{"serve", "-c", path}, &stdout, &stderr) }()
-	defer func() { t.Logf("serve stderr:\n%s", stderr.String()) }()
-
-	url := fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable", testenv.ScramUser, testenv.ScramPassword, listen, db)
-	conn := connectRetry(t, url, exited)
-	var one int
-	if err := conn.QueryRow(ctx, "select 1").Scan(&one); err != nil || one != 1 {
-		t.Fatalf("select 1 through the proxy: got %d, %v; want 1, nil", one, err)
-	}
-
-	if err := syscall.Kill(syscall.Getpid(), syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "the SIGHUP log line", func() bool { return strings.Contains(stderr.String(), "reload not yet supported") })
-	if err := conn.QueryRow(ctx, "select 1").Scan(&one); err != nil {
-		t.Fatalf("query after SIGHUP: %v", err)
-	}
-	conn.Close(context.Background())
-
-	cancel()
-	select {
-	case code := <-exited:
-		if code != 0 {
-			t.Errorf("exit code: got %d, want 0", code)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("serve did not stop within 15s of shutdown")
-	}
-	if !strings.Contains(stderr.String(), `"message":"pgcloak stopped"`) {
-		t.Errorf("log: want a JSON line saying pgcloak stopped")
-	}
-	if strings.Contains(stdout.String()+stderr.String(), testenv.ScramPassword) {
-		t.Errorf("output contains the upstream password")
-	}
+// serving is a `pgcloak serve` running in-process.
+type serving struct {
+	listen         string
+	stop           context.CancelFunc
+	exited         chan int
+	stdout, stderr *syncBuffer
 }
 
-// connectRetry connects to url until it works, failing if serve exits first.
-func connectRetry(t *testing.T, url string, exited <-chan int) *pgx.Conn {
+// startServe runs serve with a configuration for database db on the shared
+// server; edit may change the YAML. The test's cleanup stops it if the test
+// did not.
+func startServe(t *testing.T, pg *testenv.Postgres, db string, edit func(string) string) *serving {
 	t.Helper()
+	s := &serving{listen: freeAddr(t), exited: make(chan int, 1), stdout: new(syncBuffer), stderr: new(syncBuffer)}
+	cfg := checkConfig(pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, db)
+	cfg = strings.Replace(cfg, "address: 127.0.0.1:6432", "address: "+s.listen+"\n  shutdown_timeout: 5s", 1)
+	cfg = strings.Replace(cfg, "level: warn", "level: info", 1)
+	if edit != nil {
+		cfg = edit(cfg)
+	}
+	path := writeFile(t, "pgcloak.yaml", cfg)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stop = cancel
+	go func() { s.exited <- run(ctx, []string{"serve", "-c", path}, s.stdout, s.stderr) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-s.exited:
+		case <-time.After(15 * time.Second):
+			t.Error("serve did not stop within 15s")
+		}
+		t.Logf("serve stderr:\n%s", s.stderr.String())
+	})
+	return s
+}
+
+// connect connects through the proxy until it works, failing if serve exits
+// first. params is appended to the connection URL's query.
+func (s *serving) connect(t *testing.T, db, params string) *pgx.Conn {
+	t.Helper()
+	url := fmt.Sprintf("postgres://%s:%s@%s/%s?%s", testenv.ScramUser, testenv.ScramPassword, s.listen, db, params)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 		conn, err := pgx.Connect(ctx, url)
 		cancel()
 		if err == nil {
+			t.Cleanup(func() { conn.Close(context.Background()) })
 			return conn
 		}
 		select {
-		case code := <-exited:
+		case code := <-s.exited:
+			s.exited <- code
 			t.Fatalf("serve exited with %d before accepting connections", code)
 		default:
 		}
@@ -83,6 +74,84 @@ func connectRetry(t *testing.T, url string, exited <-chan int) *pgx.Conn {
 			t.Fatalf("connect through the proxy: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// shutdown stops serve the way SIGTERM does and returns its exit code.
+func (s *serving) shutdown(t *testing.T) int {
+	t.Helper()
+	s.stop()
+	select {
+	case code := <-s.exited:
+		s.exited <- code // for the cleanup
+		return code
+	case <-time.After(15 * time.Second):
+		t.Fatal("serve did not stop within 15s of shutdown")
+		return -1
+	}
+}
+
+// TestServe runs serve in-process, queries through it, sends it SIGHUP, and
+// stops it the way a signal would (by cancelling its context).
+func TestServe(t *testing.T) {
+	pg := testenv.Shared(t)
+	db := testenv.NewDatabase(t, pg)
+	s := startServe(t, pg, db, nil)
+	conn := s.connect(t, db, "sslmode=disable")
+
+	var one int
+	if err := conn.QueryRow(t.Context(), "select 1").Scan(&one); err != nil || one != 1 {
+		t.Fatalf("select 1 through the proxy: got %d, %v; want 1, nil", one, err)
+	}
+
+	if err := syscall.Kill(syscall.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the SIGHUP log line", func() bool { return strings.Contains(s.stderr.String(), "reload not yet supported") })
+	if err := conn.QueryRow(t.Context(), "select 1").Scan(&one); err != nil {
+		t.Fatalf("query after SIGHUP: %v", err)
+	}
+	conn.Close(context.Background())
+
+	if code := s.shutdown(t); code != 0 {
+		t.Errorf("exit code: got %d, want 0", code)
+	}
+	if !strings.Contains(s.stderr.String(), `"message":"pgcloak stopped"`) {
+		t.Errorf("log: want a JSON line saying pgcloak stopped")
+	}
+	if strings.Contains(s.stdout.String()+s.stderr.String(), testenv.ScramPassword) {
+		t.Errorf("output contains the upstream password")
+	}
+}
+
+// TestServeTLS runs serve with listen.tls required and checks that a client
+// gets TLS and that a plaintext client is refused.
+func TestServeTLS(t *testing.T) {
+	pg := testenv.Shared(t)
+	db := testenv.NewDatabase(t, pg)
+	_, certFile, keyFile, err := testenv.WriteTLSCerts(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startServe(t, pg, db, func(cfg string) string {
+		return strings.Replace(cfg, "listen:\n", "listen:\n  tls:\n    cert_file: "+certFile+"\n    key_file: "+keyFile+"\n    require: true\n", 1)
+	})
+
+	conn := s.connect(t, db, "sslmode=require")
+	if _, ok := conn.PgConn().Conn().(*tls.Conn); !ok {
+		t.Errorf("client connection: got %T, want *tls.Conn", conn.PgConn().Conn())
+	}
+	var one int
+	if err := conn.QueryRow(t.Context(), "select 1").Scan(&one); err != nil || one != 1 {
+		t.Fatalf("select 1 over TLS: got %d, %v; want 1, nil", one, err)
+	}
+
+	url := fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable", testenv.ScramUser, testenv.ScramPassword, s.listen, db)
+	if c, err := pgx.Connect(t.Context(), url); err == nil {
+		c.Close(context.Background())
+		t.Error("plaintext client: got a connection, want it refused")
+	} else if !strings.Contains(err.Error(), "TLS is required") {
+		t.Errorf("plaintext client: got %v, want the proxy's TLS-required error", err)
 	}
 }
 

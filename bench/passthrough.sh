@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# bench/passthrough.sh: passthrough throughput of pgcloak, compared with
+# PostgreSQL directly and with pgbouncer (session pooling).
+#
+# It starts its own throwaway PostgreSQL (bench/cmd/benchenv), initializes
+# pgbench at scale $SCALE, builds and starts pgcloak and pgbouncer on
+# 127.0.0.1, and runs `pgbench -S` (read-only, one primary-key select per
+# transaction) in the simple, extended and prepared query modes. Within each
+# mode the three targets run back to back (direct, pgcloak, pgbouncer), so
+# drift on the machine hits all three alike; ROUNDS repeats the whole cycle
+# and the table shows the mean.
+#
+# Environment (defaults in brackets):
+#   DURATION  seconds per pgbench run [15]   ROUNDS   cycles [1]
+#   SCALE     pgbench scale [10]              CLIENTS  pgbench -c [8]
+#   JOBS      pgbench -j [2]
+#
+# Needs Go, the PostgreSQL server binaries and pgbench, and pgbouncer
+# (apt-get install -y postgresql pgbouncer). Everything it starts is stopped
+# and every file it writes removed on exit, Ctrl-C included.
+set -euo pipefail
+
+DURATION=${DURATION:-15}
+ROUNDS=${ROUNDS:-1}
+SCALE=${SCALE:-10}
+CLIENTS=${CLIENTS:-8}
+JOBS=${JOBS:-2}
+MODES=(simple extended prepared)
+TARGETS=(direct pgcloak pgbouncer)
+
+cd "$(dirname "$0")/.."
+
+die() {
+	echo "passthrough.sh: $*" >&2
+	exit 1
+}
+
+command -v go >/dev/null || die "go not found"
+command -v pgbouncer >/dev/null || die "pgbouncer not found; install it with: apt-get install -y pgbouncer"
+
+work=$(mktemp -d -t pgcloak-bench.XXXXXX)
+chmod 0755 "$work"
+benchenv_pid=
+pgcloak_pid=
+pgbouncer_pid=
+
+# stop PID: SIGTERM, wait up to 10s, then SIGKILL. Only PIDs this script
+# started are ever passed here.
+stop() {
+	local pid=$1
+	[[ -n $pid ]] || return 0
+	kill -TERM "$pid" 2>/dev/null || return 0
+	for _ in $(seq 100); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+	local status=$?
+	trap - EXIT INT TERM
+	stop "$pgbouncer_pid"
+	stop "$pgcloak_pid"
+	if [[ -n $benchenv_pid ]]; then
+		# Closing its stdin makes benchenv stop PostgreSQL and exit.
+		exec 3>&- || true
+		for _ in $(seq 300); do
+			kill -0 "$benchenv_pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		stop "$benchenv_pid"
+	fi
+	rm -rf "$work"
+	exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+echo "--- building pgcloak and benchenv"
+go build -o "$work/pgcloak" ./cmd/pgcloak
+go build -o "$work/benchenv" ./bench/cmd/benchenv
+
+echo "--- starting PostgreSQL"
+mkfifo "$work/benchenv.in"
+"$work/benchenv" <"$work/benchenv.in" >"$work/benchenv.out" 2>"$work/benchenv.log" &
+benchenv_pid=$!
+exec 3>"$work/benchenv.in" # held open until cleanup: benchenv's lifeline
+for _ in $(seq 1200); do
+	grep -q '^READY=1$' "$work/benchenv.out" && break
+	kill -0 "$benchenv_pid" 2>/dev/null || { cat "$work/benchenv.log" >&2; die "benchenv exited"; }
+	sleep 0.1
+done
+grep -q '^READY=1$' "$work/benchenv.out" || die "PostgreSQL did not start within 120s"
+while IFS='=' read -r key value; do
+	case $key in
+	PGHOST | PGPORT | BENCH_USER | BENCH_PASSWORD | BENCH_DB | BINDIR | PGCLOAK_PORT | PGBOUNCER_PORT)
+		printf -v "$key" '%s' "$value"
+		;;
+	esac
+done <"$work/benchenv.out"
+
+tool() { # the PostgreSQL client program $1, preferring the server's own
+	if [[ -x $BINDIR/$1 ]]; then echo "$BINDIR/$1"; else command -v "$1" || die "$1 not found"; fi
+}
+PGBENCH=$(tool pgbench)
+PSQL=$(tool psql)
+export PGPASSWORD=$BENCH_PASSWORD PGSSLMODE=disable PGCONNECT_TIMEOUT=10
+unset PGSERVICE PGSERVICEFILE PGOPTIONS
+
+echo "--- pgbench -i -s $SCALE (PostgreSQL on 127.0.0.1:$PGPORT)"
+"$PGBENCH" -i -s "$SCALE" -q -h 127.0.0.1 -p "$PGPORT" -U "$BENCH_USER" "$BENCH_DB" >"$work/init.log" 2>&1 ||
+	{ cat "$work/init.log" >&2; die "pgbench -i failed"; }
+
+echo "--- starting pgcloak on 127.0.0.1:$PGCLOAK_PORT"
+cat >"$work/pgcloak.yaml" <<EOF
+listen:
+  address: 127.0.0.1:$PGCLOAK_PORT
+  shutdown_timeout: 5s
+upstream:
+  address: 127.0.0.1:$PGPORT
+  sslmode: disable
+  user: $BENCH_USER
+  password: \${PGCLOAK_UPSTREAM_PASSWORD}
+  database: $BENCH_DB
+keys:
+  local:
+    master_key_file: $work/master.key
+log:
+  level: warn
+EOF
+PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" serve -c "$work/pgcloak.yaml" 2>"$work/pgcloak.log" &
+pgcloak_pid=$!
+
+echo "--- starting pgbouncer on 127.0.0.1:$PGBOUNCER_PORT (session pooling)"
+bouncer=$work/pgbouncer
+mkdir "$bouncer"
+printf '"%s" "%s"\n' "$BENCH_USER" "$BENCH_PASSWORD" >"$bouncer/userlist.txt"
+cat >"$bouncer/pgbouncer.ini" <<EOF
+[databases]
+$BENCH_DB = host=127.0.0.1 port=$PGPORT dbname=$BENCH_DB
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGBOUNCER_PORT
+unix_socket_dir =
+auth_type = md5
+auth_file = $bouncer/userlist.txt
+pool_mode = session
+max_client_conn = 200
+default_pool_size = $((CLIENTS + 4))
+logfile = $bouncer/pgbouncer.log
+pidfile = $bouncer/pgbouncer.pid
+ignore_startup_parameters = extra_float_digits
+EOF
+chmod 0600 "$bouncer/userlist.txt"
+if [[ $(id -u) -eq 0 ]]; then
+	# pgbouncer refuses to run as root.
+	id postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' OS user for pgbouncer"
+	chown -R postgres: "$bouncer"
+	setpriv --reuid=postgres --regid=postgres --init-groups pgbouncer "$bouncer/pgbouncer.ini" 2>"$work/pgbouncer.stderr" &
+else
+	pgbouncer "$bouncer/pgbouncer.ini" 2>"$work/pgbouncer.stderr" &
+fi
+pgbouncer_pid=$!
+
+declare -A PORT=([direct]=$PGPORT [pgcloak]=$PGCLOAK_PORT [pgbouncer]=$PGBOUNCER_PORT)
+declare -A LOG=([pgcloak]=$work/pgcloak.log [pgbouncer]=$bouncer/pgbouncer.log)
+for t in pgcloak pgbouncer; do
+	ok=
+	for _ in $(seq 100); do
+		if "$PSQL" -X -q -At -h 127.0.0.1 -p "${PORT[$t]}" -U "$BENCH_USER" -d "$BENCH_DB" -c 'select 1' >/dev/null 2>"$work/probe.err"; then
+			ok=1
+			break
+		fi
+		sleep 0.1
+	done
+	[[ -n $ok ]] || { cat "$work/probe.err" "${LOG[$t]}" >&2 || true; die "$t did not accept a login"; }
+done
+
+results=$work/results
+: >"$results"
+echo "--- pgbench -S -c $CLIENTS -j $JOBS -T $DURATION, $ROUNDS round(s)"
+for round in $(seq "$ROUNDS"); do
+	for mode in "${MODES[@]}"; do
+		for t in "${TARGETS[@]}"; do
+			out=$work/run-$round-$mode-$t.log
+			if ! "$PGBENCH" -n -S -M "$mode" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" \
+				-h 127.0.0.1 -p "${PORT[$t]}" -U "$BENCH_USER" "$BENCH_DB" >"$out" 2>&1; then
+				cat "$out" >&2
+				die "pgbench against $t ($mode) failed"
+			fi
+			tps=$(awk '/^tps = / { print $3; exit }' "$out")
+			[[ -n $tps ]] || { cat "$out" >&2; die "no tps in pgbench output for $t ($mode)"; }
+			printf '  round %d  %-9s %-10s %12.1f tps\n' "$round" "$mode" "$t" "$tps"
+			echo "$mode $t $tps" >>"$results"
+		done
+	done
+done
+
+echo
+echo "pgbench -S, scale $SCALE, $CLIENTS clients, $JOBS threads, ${DURATION}s per run, mean of $ROUNDS round(s)"
+echo "$(nproc) CPUs; $("$PGBENCH" --version); $(pgbouncer --version | head -n1); pgcloak $(git rev-parse --short HEAD 2>/dev/null || echo '(no commit)')"
+echo
+awk -v modes="${MODES[*]}" '
+	{ sum[$1, $2] += $3; n[$1, $2]++ }
+	END {
+		printf "| %-9s | %12s | %12s | %13s | %14s | %16s | %17s |\n", "mode", "direct tps", "pgcloak tps", "pgbouncer tps", "pgcloak/direct", "pgbouncer/direct", "pgcloak/pgbouncer"
+		printf "|%s|%s|%s|%s|%s|%s|%s|\n", "-----------", "-------------:", "-------------:", "--------------:", "---------------:", "-----------------:", "------------------:"
+		m = split(modes, ms, " ")
+		for (i = 1; i <= m; i++) {
+			mode = ms[i]
+			d = sum[mode, "direct"] / n[mode, "direct"]
+			c = sum[mode, "pgcloak"] / n[mode, "pgcloak"]
+			b = sum[mode, "pgbouncer"] / n[mode, "pgbouncer"]
+			printf "| %-9s | %12.0f | %12.0f | %13.0f | %14.2f | %16.2f | %17.2f |\n", mode, d, c, b, c / d, b / d, c / b
+		}
+	}' "$results"
