@@ -70,6 +70,9 @@ func parse(filename string, data []byte, lookup func(string) (string, bool)) (*C
 	if root, ok := d.parseYAML(data); ok {
 		d.config(root, cfg)
 	}
+	if len(cfg.Encrypt.Tables) > 0 && cfg.Keys.Provider == ProviderLocal && cfg.Keys.Local.MasterKeyFile == "" {
+		d.errorf("keys.local.master_key_file", "is required with provider local when encrypt.tables declares tables (`pgcloak keys init-local -o master.key` creates one)")
+	}
 	if len(d.problems) > 0 {
 		sort.SliceStable(d.problems, func(i, j int) bool { return d.problems[i].Line < d.problems[j].Line })
 		return nil, &ValidationError{Problems: d.problems}

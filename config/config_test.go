@@ -389,7 +389,6 @@ var errorCases = []struct {
 		yaml: nil,
 		want: []string{
 			`t.yaml: upstream.address: is required (host:port of the PostgreSQL server)`,
-			`t.yaml: keys.local.master_key_file: is required with provider local (` + "`pgcloak keys init-local -o master.key`" + ` creates one)`,
 		},
 	},
 	{
@@ -553,8 +552,8 @@ var errorCases = []struct {
 	},
 	{
 		name: "local provider without master key",
-		yaml: y("upstream: {address: db:5432}", "keys:", "  provider: local"),
-		want: []string{`t.yaml:2: keys.local.master_key_file: is required with provider local (` + "`pgcloak keys init-local -o master.key`" + ` creates one)`},
+		yaml: y("upstream: {address: db:5432}", "keys:", "  provider: local", "encrypt:", "  tables: [{name: t, columns: [{name: c, type: text}]}]"),
+		want: []string{`t.yaml:2: keys.local.master_key_file: is required with provider local when encrypt.tables declares tables (` + "`pgcloak keys init-local -o master.key`" + ` creates one)`},
 	},
 	{
 		name: "aws provider without region and key",

@@ -267,9 +267,8 @@ func (d *decoder) keys(n *yaml.Node, p string, k *Keys) {
 	if oneOf(d, join(p, "provider"), "key provider", k.Provider, ProviderLocal, ProviderAWS) {
 		switch k.Provider {
 		case ProviderLocal:
-			if k.Local.MasterKeyFile == "" {
-				d.errorf(join(join(p, "local"), "master_key_file"), "is required with provider local (`pgcloak keys init-local -o master.key` creates one)")
-			}
+			// Checked in parse once encrypt is known: a pure passthrough
+			// proxy needs no key.
 		case ProviderAWS:
 			if k.AWS.Region == "" {
 				d.errorf(join(join(p, "aws"), "region"), "is required with provider aws")
