@@ -1,0 +1,549 @@
+package crypto
+
+import (
+	"bytes"
+	"container/list"
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+)
+
+// Defaults of CacheOptions (keys.cache_ttl and keys.cache_max_entries).
+const (
+	DefaultCacheTTL        = 60 * time.Second
+	DefaultCacheMaxEntries = 10000
+	DefaultLoadTimeout     = 30 * time.Second
+)
+
+// CacheOptions tunes a KeyCache. The zero value means the defaults.
+type CacheOptions struct {
+	// TTL is the longest a plaintext data key stays in the cache, counted
+	// from when it was loaded. It also bounds how long a replica keeps
+	// writing with an active version that another replica has rotated.
+	TTL time.Duration
+
+	// MaxEntries bounds the number of cached keys (and remembered missing
+	// keys); the oldest entry is evicted to make room.
+	MaxEntries int
+
+	// LoadTimeout bounds one load (keystore query plus provider call). A
+	// load is shared by every caller waiting for that key, so it does not
+	// run under any one caller's context; each caller still stops waiting
+	// when its own context ends.
+	LoadTimeout time.Duration
+
+	// Now is the clock; nil means time.Now. Tests inject one.
+	Now func() time.Time
+
+	// OnKeyLoad, when set, is called after every key the cache obtained
+	// through the Provider, for the audit log ("key unwrap"). It must not
+	// block for long.
+	OnKeyLoad func(KeyEvent)
+}
+
+// KeyEvent describes a key the cache obtained through the Provider. It
+// holds no key material.
+type KeyEvent struct {
+	ID      KeyID
+	KEKID   string
+	Created bool // generated as the tenant's first version, not unwrapped
+}
+
+// CacheStats are a KeyCache's counters since it was made, for metrics.
+type CacheStats struct {
+	Hits          uint64 // lookups answered from the cache
+	Misses        uint64 // lookups that had to load (or wait for a load)
+	ProviderCalls uint64 // Unwrap and GenerateDataKey calls
+	Evictions     uint64 // entries removed because they expired or for room
+	Purged        uint64 // keys removed by Purge and Close
+	Entries       int    // entries now cached
+}
+
+// KeyCache holds plaintext data keys, loaded from a KeySource and unwrapped
+// by a Provider, for every tenant the process serves. It is keyed by
+// (tenant, key class, purpose, version), never by connection: all sessions
+// of a tenant share its keys, and concurrent misses for one key share one
+// load (singleflight) and so one provider call.
+//
+// Entries live at most TTL and are swept by a timer, so an idle cache drops
+// its keys too. The oldest entry makes room when MaxEntries is reached. An
+// evicted or purged key is destroyed (DataKey.Destroy: best effort). Keys
+// that the KeySource says are missing or shredded are remembered for TTL as
+// well, so that rows naming a version a tenant does not have cannot turn
+// every decryption into a query.
+//
+// A KeyCache is safe for concurrent use. Call Close when done with it.
+type KeyCache struct {
+	src         KeySource
+	provider    Provider
+	ttl         time.Duration
+	max         int
+	loadTimeout time.Duration
+	now         func() time.Time
+	onLoad      func(KeyEvent)
+
+	mu      sync.Mutex
+	entries map[KeyID]*list.Element // of *cacheEntry
+	order   list.List               // oldest first; with a fixed TTL, also soonest to expire
+	active  map[activeID]uint32     // active version, valid while its entry is cached
+	epoch   uint64                  // incremented by Purge; loads begun before it do not cache
+	timer   *time.Timer
+	closed  bool
+
+	group singleflight.Group
+
+	hits, misses, providerCalls, evictions, purged atomic.Uint64
+}
+
+// cacheEntry is a loaded key, or (key nil) the KeySource's verdict that it
+// is missing or shredded.
+type cacheEntry struct {
+	id      KeyID
+	key     *DataKey
+	err     error // ErrKeyNotFound or ErrKeyShredded when key is nil
+	expires time.Time
+}
+
+// activeID names a key irrespective of version.
+type activeID struct {
+	tenant, class string
+	purpose       Purpose
+}
+
+// activeShredded is the version under which the cache remembers that every
+// version of a key is shredded; real versions start at 1.
+const activeShredded = 0
+
+var errCacheClosed = errors.New("crypto: key cache closed")
+
+// NewKeyCache makes a cache that loads wrapped keys from src and unwraps
+// them with p.
+func NewKeyCache(src KeySource, p Provider, opts CacheOptions) *KeyCache {
+	c := &KeyCache{
+		src:         src,
+		provider:    p,
+		ttl:         opts.TTL,
+		max:         opts.MaxEntries,
+		loadTimeout: opts.LoadTimeout,
+		now:         opts.Now,
+		onLoad:      opts.OnKeyLoad,
+		entries:     make(map[KeyID]*list.Element),
+		active:      make(map[activeID]uint32),
+	}
+	if c.ttl <= 0 {
+		c.ttl = DefaultCacheTTL
+	}
+	if c.max <= 0 {
+		c.max = DefaultCacheMaxEntries
+	}
+	if c.loadTimeout <= 0 {
+		c.loadTimeout = DefaultLoadTimeout
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	return c
+}
+
+// Keyring returns tenant's view of the cache.
+func (c *KeyCache) Keyring(tenant string) Keyring { return Keyring{cache: c, tenant: tenant} }
+
+// Active returns the active version of the (tenant, keyClass, purpose) key,
+// creating version 1 just in time when the tenant has none: the Provider
+// generates it and the KeySource keeps whichever replica's key was stored
+// first. A key whose versions are all shredded is ErrKeyShredded.
+func (c *KeyCache) Active(ctx context.Context, tenant, keyClass string, purpose Purpose) (*DataKey, error) {
+	if !purpose.Valid() {
+		return nil, fmt.Errorf("crypto: unknown key purpose %q", string(purpose))
+	}
+	aid := activeID{tenant, keyClass, purpose}
+	if k, err, ok := c.lookupActive(aid); ok {
+		c.hits.Add(1)
+		return k, err
+	}
+	c.misses.Add(1)
+	return c.load(ctx, flightKey('a', tenant, keyClass, purpose, 0), func(ctx context.Context, epoch uint64) (*DataKey, error) {
+		if k, err, ok := c.lookupActive(aid); ok {
+			return k, err // loaded while we were queueing for the flight
+		}
+		return c.loadActive(ctx, aid, epoch)
+	})
+}
+
+// Version returns one version of a key. A version the KeySource does not
+// have is ErrKeyNotFound; a shredded one is ErrKeyShredded.
+func (c *KeyCache) Version(ctx context.Context, id KeyID) (*DataKey, error) {
+	if !id.Purpose.Valid() {
+		return nil, fmt.Errorf("crypto: unknown key purpose %q", string(id.Purpose))
+	}
+	if id.Version == 0 {
+		return nil, ErrKeyNotFound
+	}
+	if k, err, ok := c.lookup(id); ok {
+		c.hits.Add(1)
+		return k, err
+	}
+	c.misses.Add(1)
+	return c.load(ctx, flightKey('v', id.Tenant, id.KeyClass, id.Purpose, id.Version), func(ctx context.Context, epoch uint64) (*DataKey, error) {
+		if k, err, ok := c.lookup(id); ok {
+			return k, err
+		}
+		return c.loadVersion(ctx, id, epoch)
+	})
+}
+
+// Purge removes every key of tenant, destroying them, and makes loads of
+// its keys that are under way not cache their result. Shredding calls it on
+// every replica. It returns how many keys it removed.
+func (c *KeyCache) Purge(tenant string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.epoch++
+	n := 0
+	for el := c.order.Front(); el != nil; {
+		next := el.Next()
+		if e := el.Value.(*cacheEntry); e.id.Tenant == tenant {
+			if e.key != nil {
+				n++
+			}
+			c.removeLocked(el)
+		}
+		el = next
+	}
+	c.purged.Add(uint64(n))
+	return n
+}
+
+// Close destroys every cached key and stops the sweeper. Loads after Close
+// fail.
+func (c *KeyCache) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	c.epoch++
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	n := 0
+	for el := c.order.Front(); el != nil; {
+		next := el.Next()
+		if el.Value.(*cacheEntry).key != nil {
+			n++
+		}
+		c.removeLocked(el)
+		el = next
+	}
+	c.purged.Add(uint64(n))
+}
+
+// Stats returns the cache's counters.
+func (c *KeyCache) Stats() CacheStats {
+	c.mu.Lock()
+	n := c.order.Len()
+	c.mu.Unlock()
+	return CacheStats{
+		Hits:          c.hits.Load(),
+		Misses:        c.misses.Load(),
+		ProviderCalls: c.providerCalls.Load(),
+		Evictions:     c.evictions.Load(),
+		Purged:        c.purged.Load(),
+		Entries:       n,
+	}
+}
+
+// lookup returns a cached key or verdict; ok is false on a miss.
+func (c *KeyCache) lookup(id KeyID) (*DataKey, error, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.getLocked(id)
+	if e == nil {
+		return nil, nil, false
+	}
+	return e.key, e.err, true
+}
+
+// lookupActive returns the cached active key, or the verdict that all its
+// versions are shredded; ok is false on a miss.
+func (c *KeyCache) lookupActive(aid activeID) (*DataKey, error, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if v, ok := c.active[aid]; ok {
+		if e := c.getLocked(KeyID{aid.tenant, aid.class, aid.purpose, v}); e != nil && e.key != nil {
+			return e.key, nil, true
+		}
+	}
+	if e := c.getLocked(KeyID{aid.tenant, aid.class, aid.purpose, activeShredded}); e != nil {
+		return nil, e.err, true
+	}
+	return nil, nil, false
+}
+
+// getLocked returns the unexpired entry for id, removing an expired one.
+func (c *KeyCache) getLocked(id KeyID) *cacheEntry {
+	el, ok := c.entries[id]
+	if !ok {
+		return nil
+	}
+	e := el.Value.(*cacheEntry)
+	if !c.now().Before(e.expires) {
+		c.evictions.Add(1)
+		c.removeLocked(el)
+		return nil
+	}
+	return e
+}
+
+// load runs fn once for all concurrent callers with the same flight key,
+// under a context of its own bounded by LoadTimeout, and waits for it as
+// long as ctx allows.
+func (c *KeyCache) load(ctx context.Context, key string, fn func(ctx context.Context, epoch uint64) (*DataKey, error)) (*DataKey, error) {
+	ch := c.group.DoChan(key, func() (any, error) {
+		c.mu.Lock()
+		epoch, closed := c.epoch, c.closed
+		c.mu.Unlock()
+		if closed {
+			return nil, errCacheClosed
+		}
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.loadTimeout)
+		defer cancel()
+		return fn(lctx, epoch)
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*DataKey), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// loadVersion fetches and unwraps one version.
+func (c *KeyCache) loadVersion(ctx context.Context, id KeyID, epoch uint64) (*DataKey, error) {
+	w, err := c.src.Version(ctx, id)
+	if isVerdict(err) {
+		c.remember(id, err, epoch)
+		return nil, err
+	}
+	if err != nil {
+		return nil, fmt.Errorf("crypto: load key %s: %w", id, err)
+	}
+	if w.ID != id {
+		return nil, fmt.Errorf("crypto: load key %s: key source returned key %s", id, w.ID)
+	}
+	k, err := c.unwrap(ctx, w)
+	if isVerdict(err) {
+		c.remember(id, err, epoch)
+		return nil, err
+	}
+	if err != nil {
+		return nil, err
+	}
+	return c.insert(k, epoch, false), nil
+}
+
+// loadActive finds the active version, creating version 1 if there is
+// none, and caches it together with the active pointer.
+func (c *KeyCache) loadActive(ctx context.Context, aid activeID, epoch uint64) (*DataKey, error) {
+	shredded := KeyID{aid.tenant, aid.class, aid.purpose, activeShredded}
+	w, err := c.src.Active(ctx, aid.tenant, aid.class, aid.purpose)
+	var k *DataKey
+	if errors.Is(err, ErrKeyNotFound) {
+		k, w, err = c.create(ctx, aid)
+	}
+	if errors.Is(err, ErrKeyShredded) {
+		c.remember(shredded, ErrKeyShredded, epoch)
+		return nil, ErrKeyShredded
+	}
+	if err != nil {
+		return nil, fmt.Errorf("crypto: load active key %s: %w", KeyID{aid.tenant, aid.class, aid.purpose, 0}, err)
+	}
+	if w.ID.Tenant != aid.tenant || w.ID.KeyClass != aid.class || w.ID.Purpose != aid.purpose || w.ID.Version == 0 {
+		return nil, fmt.Errorf("crypto: load active key %s: key source returned key %s", KeyID{aid.tenant, aid.class, aid.purpose, 0}, w.ID)
+	}
+	if k == nil {
+		if cached, _, ok := c.lookup(w.ID); ok && cached != nil {
+			k = cached
+		} else if k, err = c.unwrap(ctx, w); err != nil {
+			if errors.Is(err, ErrKeyShredded) {
+				c.remember(shredded, ErrKeyShredded, epoch)
+			}
+			return nil, err
+		}
+	}
+	return c.insert(k, epoch, true), nil
+}
+
+// create makes version 1 of a key that has no version yet. If another
+// caller stored its version 1 first, ours is discarded and k is nil: the
+// caller unwraps the winner w.
+func (c *KeyCache) create(ctx context.Context, aid activeID) (k *DataKey, w WrappedKey, err error) {
+	id := KeyID{aid.tenant, aid.class, aid.purpose, 1}
+	c.providerCalls.Add(1)
+	plaintext, wrapped, kekID, err := c.provider.GenerateDataKey(ctx, id.Context())
+	if err != nil {
+		return nil, WrappedKey{}, fmt.Errorf("crypto: generate key %s: %w", id, err)
+	}
+	defer clear(plaintext)
+	w, err = c.src.CreateIfMissing(ctx, WrappedKey{ID: id, Wrapped: wrapped, KEKID: kekID})
+	if err != nil {
+		return nil, WrappedKey{}, err
+	}
+	if w.ID != id || !bytes.Equal(w.Wrapped, wrapped) {
+		return nil, w, nil // another replica won
+	}
+	if k, err = NewDataKey(id, kekID, plaintext); err != nil {
+		return nil, WrappedKey{}, err
+	}
+	if c.onLoad != nil {
+		c.onLoad(KeyEvent{ID: id, KEKID: kekID, Created: true})
+	}
+	return k, w, nil
+}
+
+// unwrap turns a wrapped key into a DataKey through the Provider.
+func (c *KeyCache) unwrap(ctx context.Context, w WrappedKey) (*DataKey, error) {
+	c.providerCalls.Add(1)
+	plaintext, err := c.provider.Unwrap(ctx, w.ID.Context(), w.Wrapped)
+	if err != nil {
+		if errors.Is(err, ErrKeyShredded) {
+			return nil, ErrKeyShredded
+		}
+		return nil, fmt.Errorf("crypto: unwrap key %s (kek %s): %w", w.ID, w.KEKID, err)
+	}
+	defer clear(plaintext)
+	k, err := NewDataKey(w.ID, w.KEKID, plaintext)
+	if err != nil {
+		return nil, err
+	}
+	if c.onLoad != nil {
+		c.onLoad(KeyEvent{ID: w.ID, KEKID: w.KEKID})
+	}
+	return k, nil
+}
+
+// insert caches k unless a purge happened since the load began (epoch) and
+// returns the key to use: k, or an equal key cached in the meantime (then k
+// is destroyed). With setActive it also records k as the active version.
+func (c *KeyCache) insert(k *DataKey, epoch uint64, setActive bool) *DataKey {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if epoch != c.epoch {
+		return k // purged meanwhile: serve this one request, keep nothing
+	}
+	id := k.ID()
+	if e := c.getLocked(id); e != nil && e.key != nil {
+		if e.key != k {
+			k.Destroy()
+			k = e.key
+		}
+	} else {
+		if e != nil {
+			c.removeLocked(c.entries[id]) // a stale negative verdict
+		}
+		c.pushLocked(&cacheEntry{id: id, key: k})
+	}
+	if setActive {
+		c.active[activeID{id.Tenant, id.KeyClass, id.Purpose}] = id.Version
+	}
+	return k
+}
+
+// remember caches a KeySource verdict (missing or shredded) for id.
+func (c *KeyCache) remember(id KeyID, verdict error, epoch uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if epoch != c.epoch || c.getLocked(id) != nil {
+		return
+	}
+	c.pushLocked(&cacheEntry{id: id, err: verdict})
+}
+
+// pushLocked appends e as the newest entry, first expiring what is due and
+// evicting the oldest entries to stay within MaxEntries.
+func (c *KeyCache) pushLocked(e *cacheEntry) {
+	now := c.now()
+	c.expireLocked(now)
+	for c.order.Len() >= c.max {
+		c.evictions.Add(1)
+		c.removeLocked(c.order.Front())
+	}
+	e.expires = now.Add(c.ttl)
+	c.entries[e.id] = c.order.PushBack(e)
+	if c.order.Len() == 1 {
+		c.scheduleLocked()
+	}
+}
+
+// removeLocked drops an entry, destroys its key and forgets an active
+// pointer to it.
+func (c *KeyCache) removeLocked(el *list.Element) {
+	e := c.order.Remove(el).(*cacheEntry)
+	delete(c.entries, e.id)
+	aid := activeID{e.id.Tenant, e.id.KeyClass, e.id.Purpose}
+	if v, ok := c.active[aid]; ok && v == e.id.Version {
+		delete(c.active, aid)
+	}
+	if e.key != nil {
+		e.key.Destroy()
+	}
+}
+
+// expireLocked removes the entries that expired by now. They are in
+// insertion order, which with one TTL is expiry order.
+func (c *KeyCache) expireLocked(now time.Time) {
+	for el := c.order.Front(); el != nil; el = c.order.Front() {
+		if now.Before(el.Value.(*cacheEntry).expires) {
+			return
+		}
+		c.evictions.Add(1)
+		c.removeLocked(el)
+	}
+}
+
+// scheduleLocked arms the sweeper for the oldest entry's expiry. While the
+// cache holds entries a sweep is always pending no later than that.
+func (c *KeyCache) scheduleLocked() {
+	front := c.order.Front()
+	if front == nil || c.closed {
+		return
+	}
+	d := max(front.Value.(*cacheEntry).expires.Sub(c.now()), 0)
+	if c.timer == nil {
+		c.timer = time.AfterFunc(d, c.sweep)
+	} else {
+		c.timer.Reset(d)
+	}
+}
+
+// sweep is the timer's function: expire, then re-arm.
+func (c *KeyCache) sweep() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.expireLocked(c.now())
+	c.scheduleLocked()
+}
+
+// isVerdict reports whether err is the KeySource's answer about a key
+// rather than a failure to get one.
+func isVerdict(err error) bool {
+	return errors.Is(err, ErrKeyNotFound) || errors.Is(err, ErrKeyShredded)
+}
+
+// flightKey names a load for singleflight; every part is length-prefixed.
+func flightKey(kind byte, tenant, class string, purpose Purpose, version uint32) string {
+	b := make([]byte, 0, 32+len(tenant)+len(class))
+	b = append(b, kind)
+	b = appendString(b, tenant)
+	b = appendString(b, class)
+	b = appendString(b, string(purpose))
+	b = strconv.AppendUint(b, uint64(version), 10)
+	return string(b)
+}

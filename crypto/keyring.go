@@ -1,0 +1,107 @@
+package crypto
+
+import (
+	"context"
+	"fmt"
+)
+
+// Column identifies a declared column for the keyring: which cell identity
+// its values are bound to and which key class seals them.
+type Column struct {
+	Table    string // schema-qualified: "public.patients"
+	Name     string
+	KeyClass string // DefaultKeyClass unless the column declares key_class
+}
+
+// Keyring is one tenant's view of the keys: it seals and indexes with the
+// tenant's active keys and opens with whichever version a value names. It
+// is a small immutable value (the tenant and the shared KeyCache), safe for
+// concurrent use; a session holds one and replaces it when its tenant
+// changes (SET pgcloak.tenant_token), so no call can mix two tenants. The
+// zero Keyring has no tenant and fails every call with ErrNoTenant.
+//
+// Rotation and shredding never modify a Keyring or a DataKey: they change
+// the KeySource and purge the cache, and the next call loads the new state.
+type Keyring struct {
+	cache  *KeyCache
+	tenant string
+}
+
+// Tenant is the tenant whose keys the keyring uses.
+func (k Keyring) Tenant() string { return k.tenant }
+
+func (k Keyring) check() error {
+	if k.cache == nil || k.tenant == "" {
+		return ErrNoTenant
+	}
+	return nil
+}
+
+func (k Keyring) valueID(col Column) ValueID {
+	return ValueID{Tenant: k.tenant, Table: col.Table, Column: col.Name}
+}
+
+// Seal encrypts plaintext, a value's canonical text, for col with the
+// tenant's active data key of col's class, creating the key on the tenant's
+// first write, and appends the sealed value to dst (see Envelope.Seal).
+// A tenant whose keys were shredded gets ErrKeyShredded; any other error
+// is an operational fault (keystore or provider unavailable).
+func (k Keyring) Seal(ctx context.Context, dst, plaintext []byte, col Column) ([]byte, error) {
+	if err := k.check(); err != nil {
+		return nil, err
+	}
+	key, err := k.cache.Active(ctx, k.tenant, col.KeyClass, PurposeData)
+	if err != nil {
+		return nil, err
+	}
+	return key.Envelope().Seal(dst, plaintext, k.valueID(col)), nil
+}
+
+// Open decrypts a value of col sealed for this tenant and appends the
+// plaintext to dst. Everything that is about the value - malformed,
+// tampered, sealed for another tenant, table or column, naming a key
+// version the tenant does not have or has shredded - is ErrDecrypt. Any
+// other error is an operational fault (keystore or provider unavailable,
+// a master key that does not match: ErrUnwrap) and must not be treated as
+// an undecryptable value.
+func (k Keyring) Open(ctx context.Context, dst, value []byte, col Column) ([]byte, error) {
+	if err := k.check(); err != nil {
+		return nil, err
+	}
+	version, err := KeyVersion(value)
+	if err != nil {
+		return nil, ErrDecrypt
+	}
+	key, err := k.cache.Version(ctx, KeyID{k.tenant, col.KeyClass, PurposeData, version})
+	if isVerdict(err) {
+		return nil, ErrDecrypt
+	}
+	if err != nil {
+		return nil, fmt.Errorf("crypto: open %s.%s: %w", col.Table, col.Name, err)
+	}
+	return key.Envelope().Open(dst, value, k.valueID(col))
+}
+
+// BlindIndex computes the blind index of value, a value's canonical text,
+// for col with the tenant's active index key of col's class, creating the
+// key on first use, and appends it to dst (see BlindIndex.Sum). Errors are
+// as for Seal.
+//
+// The index key's version is not recorded in the index value, so rotating
+// a tenant's index key makes existing index values unmatchable until they
+// are recomputed; rotate the data purpose only, unless re-indexing.
+func (k Keyring) BlindIndex(ctx context.Context, dst, value []byte, col Column, norm Normalization) ([]byte, error) {
+	if err := k.check(); err != nil {
+		return nil, err
+	}
+	switch norm {
+	case NormalizeNone, NormalizeLower, "":
+	default:
+		return nil, fmt.Errorf("crypto: unknown normalization %q", string(norm))
+	}
+	key, err := k.cache.Active(ctx, k.tenant, col.KeyClass, PurposeIndex)
+	if err != nil {
+		return nil, err
+	}
+	return key.BlindIndex().Sum(dst, value, k.valueID(col), norm), nil
+}

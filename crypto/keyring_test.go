@@ -1,0 +1,176 @@
+package crypto
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+)
+
+var (
+	ssnColumn   = Column{Table: "public.patients", Name: "ssn"}
+	phiColumn   = Column{Table: "public.patients", Name: "diagnosis", KeyClass: "phi"}
+	emailColumn = Column{Table: "public.patients", Name: "email"}
+)
+
+func TestKeyringRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	c, _, _, _ := newTestCache(t, CacheOptions{})
+	acme := c.Keyring("acme")
+	if acme.Tenant() != "acme" {
+		t.Errorf("Tenant: got %q, want acme", acme.Tenant())
+	}
+	for _, col := range []Column{ssnColumn, phiColumn} {
+		sealed, err := acme.Seal(ctx, nil, []byte("secret"), col)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pt, err := acme.Open(ctx, nil, sealed, col)
+		if err != nil || string(pt) != "secret" {
+			t.Errorf("%s: got %q, %v, want %q, nil", col.Name, pt, err, "secret")
+		}
+	}
+	// The key class selects a separate key.
+	a, _ := c.Active(ctx, "acme", "", PurposeData)
+	b, _ := c.Active(ctx, "acme", "phi", PurposeData)
+	if bytes.Equal(a.insecureBytes(), b.insecureBytes()) {
+		t.Error("default and phi class: got the same key, want separate ones")
+	}
+}
+
+// TestKeyringIsolation: another tenant, table, column or key class cannot
+// open a value, and the failure is ErrDecrypt.
+func TestKeyringIsolation(t *testing.T) {
+	ctx := context.Background()
+	c, _, _, _ := newTestCache(t, CacheOptions{})
+	acme, globex := c.Keyring("acme"), c.Keyring("globex")
+	sealed, err := acme.Seal(ctx, nil, []byte("123-45-6789"), ssnColumn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := globex.Seal(ctx, nil, []byte("x"), ssnColumn); err != nil {
+		t.Fatal(err) // globex has keys of its own, version 1 like acme's
+	}
+	cases := map[string]struct {
+		ring Keyring
+		col  Column
+	}{
+		"other tenant":    {globex, ssnColumn},
+		"tenant w/o keys": {c.Keyring("initech"), ssnColumn},
+		"other table":     {acme, Column{Table: "public.people", Name: "ssn"}},
+		"other column":    {acme, emailColumn},
+		"other key class": {acme, Column{Table: ssnColumn.Table, Name: ssnColumn.Name, KeyClass: "phi"}},
+	}
+	for name, tc := range cases {
+		if pt, err := tc.ring.Open(ctx, nil, sealed, tc.col); err != ErrDecrypt {
+			t.Errorf("%s: got %q, %v, want ErrDecrypt", name, pt, err)
+		}
+	}
+	if _, err := acme.Open(ctx, nil, []byte("plaintext, not sealed"), ssnColumn); err != ErrDecrypt {
+		t.Errorf("garbage: got %v, want ErrDecrypt", err)
+	}
+}
+
+func TestKeyringRotation(t *testing.T) {
+	ctx := context.Background()
+	c, src, p, _ := newTestCache(t, CacheOptions{})
+	acme := c.Keyring("acme")
+	old, err := acme.Seal(ctx, nil, []byte("old"), ssnColumn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.Rotate(ctx, p.Provider, "acme", "", PurposeData); err != nil {
+		t.Fatal(err)
+	}
+	c.Purge("acme") // what the rotation notice does on every replica
+	newer, err := acme.Seal(ctx, nil, []byte("new"), ssnColumn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := KeyVersion(newer); v != 2 {
+		t.Errorf("after rotation: sealed with version %d, want 2", v)
+	}
+	for name, v := range map[string][]byte{"old": old, "new": newer} {
+		if pt, err := acme.Open(ctx, nil, v, ssnColumn); err != nil || string(pt) != name {
+			t.Errorf("%s value: got %q, %v, want %q, nil", name, pt, err, name)
+		}
+	}
+}
+
+func TestKeyringShred(t *testing.T) {
+	ctx := context.Background()
+	c, src, _, _ := newTestCache(t, CacheOptions{})
+	acme := c.Keyring("acme")
+	sealed, _ := acme.Seal(ctx, nil, []byte("secret"), ssnColumn)
+	idx, _ := acme.BlindIndex(ctx, nil, []byte("secret"), ssnColumn, NormalizeNone)
+	if len(idx) != BlindIndexSize {
+		t.Fatalf("index: got %d bytes, want %d", len(idx), BlindIndexSize)
+	}
+	src.Shred("acme")
+	c.Purge("acme")
+	if pt, err := acme.Open(ctx, nil, sealed, ssnColumn); err != ErrDecrypt {
+		t.Errorf("Open after shred: got %q, %v, want ErrDecrypt", pt, err)
+	}
+	if _, err := acme.Seal(ctx, nil, []byte("x"), ssnColumn); !errors.Is(err, ErrKeyShredded) {
+		t.Errorf("Seal after shred: got %v, want ErrKeyShredded", err)
+	}
+	if _, err := acme.BlindIndex(ctx, nil, []byte("x"), ssnColumn, NormalizeNone); !errors.Is(err, ErrKeyShredded) {
+		t.Errorf("BlindIndex after shred: got %v, want ErrKeyShredded", err)
+	}
+}
+
+func TestKeyringBlindIndex(t *testing.T) {
+	ctx := context.Background()
+	c, _, _, _ := newTestCache(t, CacheOptions{})
+	acme, globex := c.Keyring("acme"), c.Keyring("globex")
+	a1, _ := acme.BlindIndex(ctx, nil, []byte("Alice@Example.com"), emailColumn, NormalizeLower)
+	a2, _ := acme.BlindIndex(ctx, nil, []byte("alice@example.COM"), emailColumn, NormalizeLower)
+	g1, _ := globex.BlindIndex(ctx, nil, []byte("alice@example.com"), emailColumn, NormalizeLower)
+	if !bytes.Equal(a1, a2) {
+		t.Error("lower-normalised equal values: got different indexes")
+	}
+	if bytes.Equal(a1, g1) {
+		t.Error("same value, other tenant: got equal indexes")
+	}
+	if _, err := acme.BlindIndex(ctx, nil, []byte("x"), emailColumn, "upper"); err == nil {
+		t.Error("unknown normalization: got nil error")
+	}
+}
+
+// TestKeyringOperationalErrors: a keystore that cannot be reached is not a
+// decryption failure, so on_decrypt_error: null cannot hide it.
+func TestKeyringOperationalErrors(t *testing.T) {
+	ctx := context.Background()
+	good, _, p, _ := newTestCache(t, CacheOptions{})
+	sealed, _ := good.Keyring("acme").Seal(ctx, nil, []byte("x"), ssnColumn)
+
+	down := errors.New("connection refused")
+	bad := NewKeyCache(failingSource{down}, p, CacheOptions{})
+	defer bad.Close()
+	if _, err := bad.Keyring("acme").Open(ctx, nil, sealed, ssnColumn); errors.Is(err, ErrDecrypt) || !errors.Is(err, down) {
+		t.Errorf("Open with the keystore down: got %v, want the keystore error, not ErrDecrypt", err)
+	}
+
+	// A master key that does not unwrap the stored keys is ErrUnwrap.
+	wrongKEK := NewKeyCache(good.src, mustLocalProvider(t, testKey(99)), CacheOptions{})
+	defer wrongKEK.Close()
+	if _, err := wrongKEK.Keyring("acme").Open(ctx, nil, sealed, ssnColumn); !errors.Is(err, ErrUnwrap) || errors.Is(err, ErrDecrypt) {
+		t.Errorf("Open with the wrong master key: got %v, want ErrUnwrap, not ErrDecrypt", err)
+	}
+}
+
+func TestKeyringWithoutTenant(t *testing.T) {
+	ctx := context.Background()
+	c, _, _, _ := newTestCache(t, CacheOptions{})
+	for name, ring := range map[string]Keyring{"zero": {}, "empty tenant": c.Keyring("")} {
+		if _, err := ring.Seal(ctx, nil, []byte("x"), ssnColumn); !errors.Is(err, ErrNoTenant) {
+			t.Errorf("%s Seal: got %v, want ErrNoTenant", name, err)
+		}
+		if _, err := ring.Open(ctx, nil, []byte("x"), ssnColumn); !errors.Is(err, ErrNoTenant) {
+			t.Errorf("%s Open: got %v, want ErrNoTenant", name, err)
+		}
+		if _, err := ring.BlindIndex(ctx, nil, []byte("x"), ssnColumn, NormalizeNone); !errors.Is(err, ErrNoTenant) {
+			t.Errorf("%s BlindIndex: got %v, want ErrNoTenant", name, err)
+		}
+	}
+}
