@@ -18,7 +18,9 @@
 # Needs Go, the PostgreSQL server binaries and pgbench, and pgbouncer
 # (apt-get install -y postgresql pgbouncer). Everything it starts is stopped
 # and every file it writes removed on exit, Ctrl-C included.
-set -euo pipefail
+BENCH_NAME=passthrough.sh
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 DURATION=${DURATION:-15}
 ROUNDS=${ROUNDS:-1}
@@ -28,87 +30,9 @@ JOBS=${JOBS:-2}
 MODES=(simple extended prepared)
 TARGETS=(direct pgcloak pgbouncer)
 
-cd "$(dirname "$0")/.."
-
-die() {
-	echo "passthrough.sh: $*" >&2
-	exit 1
-}
-
-command -v go >/dev/null || die "go not found"
 command -v pgbouncer >/dev/null || die "pgbouncer not found; install it with: apt-get install -y pgbouncer"
 
-work=$(mktemp -d -t pgcloak-bench.XXXXXX)
-chmod 0755 "$work"
-benchenv_pid=
-pgcloak_pid=
-pgbouncer_pid=
-
-# stop PID: SIGTERM, wait up to 10s, then SIGKILL. Only PIDs this script
-# started are ever passed here.
-stop() {
-	local pid=$1
-	[[ -n $pid ]] || return 0
-	kill -TERM "$pid" 2>/dev/null || return 0
-	for _ in $(seq 100); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-	local status=$?
-	trap - EXIT INT TERM
-	stop "$pgbouncer_pid"
-	stop "$pgcloak_pid"
-	if [[ -n $benchenv_pid ]]; then
-		# Closing its stdin makes benchenv stop PostgreSQL and exit.
-		exec 3>&- || true
-		for _ in $(seq 300); do
-			kill -0 "$benchenv_pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		stop "$benchenv_pid"
-	fi
-	rm -rf "$work"
-	exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-echo "--- building pgcloak and benchenv"
-go build -o "$work/pgcloak" ./cmd/pgcloak
-go build -o "$work/benchenv" ./bench/cmd/benchenv
-
-echo "--- starting PostgreSQL"
-mkfifo "$work/benchenv.in"
-"$work/benchenv" <"$work/benchenv.in" >"$work/benchenv.out" 2>"$work/benchenv.log" &
-benchenv_pid=$!
-exec 3>"$work/benchenv.in" # held open until cleanup: benchenv's lifeline
-for _ in $(seq 1200); do
-	grep -q '^READY=1$' "$work/benchenv.out" && break
-	kill -0 "$benchenv_pid" 2>/dev/null || { cat "$work/benchenv.log" >&2; die "benchenv exited"; }
-	sleep 0.1
-done
-grep -q '^READY=1$' "$work/benchenv.out" || die "PostgreSQL did not start within 120s"
-while IFS='=' read -r key value; do
-	case $key in
-	PGHOST | PGPORT | BENCH_USER | BENCH_PASSWORD | BENCH_DB | BINDIR | PGCLOAK_PORT | PGBOUNCER_PORT)
-		printf -v "$key" '%s' "$value"
-		;;
-	esac
-done <"$work/benchenv.out"
-
-tool() { # the PostgreSQL client program $1, preferring the server's own
-	if [[ -x $BINDIR/$1 ]]; then echo "$BINDIR/$1"; else command -v "$1" || die "$1 not found"; fi
-}
-PGBENCH=$(tool pgbench)
-PSQL=$(tool psql)
-export PGPASSWORD=$BENCH_PASSWORD PGSSLMODE=disable PGCONNECT_TIMEOUT=10
-unset PGSERVICE PGSERVICEFILE PGOPTIONS
+start_postgres
 
 echo "--- pgbench -i -s $SCALE (PostgreSQL on 127.0.0.1:$PGPORT)"
 "$PGBENCH" -i -s "$SCALE" -q -h 127.0.0.1 -p "$PGPORT" -U "$BENCH_USER" "$BENCH_DB" >"$work/init.log" 2>&1 ||
@@ -132,7 +56,7 @@ log:
   level: warn
 EOF
 PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" serve -c "$work/pgcloak.yaml" 2>"$work/pgcloak.log" &
-pgcloak_pid=$!
+STOP_PIDS+=($!)
 
 echo "--- starting pgbouncer on 127.0.0.1:$PGBOUNCER_PORT (session pooling)"
 bouncer=$work/pgbouncer
@@ -164,20 +88,12 @@ if [[ $(id -u) -eq 0 ]]; then
 else
 	pgbouncer "$bouncer/pgbouncer.ini" 2>"$work/pgbouncer.stderr" &
 fi
-pgbouncer_pid=$!
+STOP_PIDS+=($!)
 
 declare -A PORT=([direct]=$PGPORT [pgcloak]=$PGCLOAK_PORT [pgbouncer]=$PGBOUNCER_PORT)
 declare -A LOG=([pgcloak]=$work/pgcloak.log [pgbouncer]=$bouncer/pgbouncer.log)
 for t in pgcloak pgbouncer; do
-	ok=
-	for _ in $(seq 100); do
-		if "$PSQL" -X -q -At -h 127.0.0.1 -p "${PORT[$t]}" -U "$BENCH_USER" -d "$BENCH_DB" -c 'select 1' >/dev/null 2>"$work/probe.err"; then
-			ok=1
-			break
-		fi
-		sleep 0.1
-	done
-	[[ -n $ok ]] || { cat "$work/probe.err" "${LOG[$t]}" >&2 || true; die "$t did not accept a login"; }
+	wait_login "$t" "${PORT[$t]}" "$BENCH_USER" "$BENCH_PASSWORD" "${LOG[$t]}"
 done
 
 results=$work/results

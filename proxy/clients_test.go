@@ -342,3 +342,27 @@ func TestNoticeAndParameterStatus(t *testing.T) {
 		t.Errorf("notices: got %q, want [notice from the server]", notices)
 	}
 }
+
+// A statement with more than 65535 parameters can be prepared: PostgreSQL's
+// ParameterDescription then carries a wrapped-around count, and the proxy
+// must relay it as it is (pgx's own suite: TestConnExecPreparedTooManyParams).
+func TestPrepareMoreThan65535Params(t *testing.T) {
+	pg := testenv.Shared(t)
+	p := startProxy(t, pg, func(c *Config) { c.Listen.MaxMessageSize = 8 << 20 })
+	ctx := ctxT(t)
+	conn, err := pgconn.Connect(ctx, p.superURL("postgres"))
+	fatalIf(t, err, "connect")
+	defer conn.Close(context.Background())
+
+	const n = 65536
+	params := make([]string, n)
+	for i := range params {
+		params[i] = fmt.Sprintf("($%d::int4)", i+1)
+	}
+	sd, err := conn.Prepare(ctx, "wide", "values "+strings.Join(params, ", "), nil)
+	fatalIf(t, err, "prepare")
+	mustEqual(t, "parameters", len(sd.ParamOIDs), n)
+	mustEqual(t, "last parameter type", sd.ParamOIDs[n-1], uint32(pgtype.Int4OID))
+	res := conn.ExecParams(ctx, "select 1", nil, nil, nil, nil).Read()
+	fatalIf(t, res.Err, "connection unusable after prepare")
+}

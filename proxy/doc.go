@@ -25,7 +25,10 @@
 //
 // proxy does not parse SQL (that is package rewrite) and does not hold key
 // material (that is package crypto). Every protocol message is decoded and
-// encoded by pgproto3; proxy decides only what to forward, refuse or answer.
+// encoded by pgproto3 (save the ParameterDescription of a statement with more
+// than 65535 parameters, which pgproto3 cannot encode; see
+// wideParameterDescription); proxy decides only what to forward, refuse or
+// answer.
 //
 // # Failure
 //

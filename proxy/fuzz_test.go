@@ -118,7 +118,7 @@ func FuzzClientLoop(f *testing.F) {
 	srv, err := NewServer(Config{
 		Listen:   config.Listen{MaxMessageSize: 1 << 16},
 		Upstream: config.Upstream{Address: up.ln.Addr().String(), ConnectTimeout: time.Second},
-	}, zerolog.Nop())
+	}, zerolog.Nop(), Deps{})
 	if err != nil {
 		f.Fatal(err)
 	}

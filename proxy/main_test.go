@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
@@ -33,6 +35,13 @@ type testProxy struct {
 // goroutine outlives it.
 func startProxy(t *testing.T, pg *testenv.Postgres, mutate ...func(*Config)) *testProxy {
 	t.Helper()
+	return startProxyDeps(t, pg, Deps{}, nil, mutate...)
+}
+
+// startProxyDeps is startProxy with dependencies; when logs is non-nil the
+// proxy's log is copied into it as well as into the test log.
+func startProxyDeps(t *testing.T, pg *testenv.Postgres, deps Deps, logs io.Writer, mutate ...func(*Config)) *testProxy {
+	t.Helper()
 	before := runtime.NumGoroutine()
 	cfg := Config{
 		Listen: config.Listen{
@@ -49,9 +58,16 @@ func startProxy(t *testing.T, pg *testenv.Postgres, mutate ...func(*Config)) *te
 	for _, m := range mutate {
 		m(&cfg)
 	}
-	srv, err := NewServer(cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel))
+	var w io.Writer = zerolog.NewTestWriter(t)
+	if logs != nil {
+		w = io.MultiWriter(w, &syncBuffer{b: logs.(*bytes.Buffer)})
+	}
+	srv, err := NewServer(cfg, zerolog.New(w).Level(zerolog.DebugLevel), deps)
 	if err != nil {
 		t.Fatalf("NewServer: %v", err)
+	}
+	if err := srv.LoadCatalog(context.Background()); err != nil {
+		t.Fatalf("LoadCatalog: %v", err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -12,7 +12,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/pgcloak/pgcloak/audit"
 	"github.com/pgcloak/pgcloak/config"
+	"github.com/pgcloak/pgcloak/rewrite"
 	"github.com/rs/zerolog"
 )
 
@@ -20,12 +23,28 @@ import (
 type Config struct {
 	Listen   config.Listen
 	Upstream config.Upstream
+	Tenancy  config.Tenancy
+	Encrypt  config.Encrypt
 }
 
 // ConfigFrom picks the proxy's part out of a loaded configuration.
 func ConfigFrom(c *config.Config) Config {
-	return Config{Listen: c.Listen, Upstream: c.Upstream}
+	return Config{Listen: c.Listen, Upstream: c.Upstream, Tenancy: c.Tenancy, Encrypt: c.Encrypt}
 }
+
+// Deps are the shared parts a Server uses and does not own.
+type Deps struct {
+	// Pool connects upstream as upstream.user, for catalog lookups.
+	// Required when tables are declared.
+	Pool *pgxpool.Pool
+	// Keys encrypts, indexes and decrypts. Required when tables are declared.
+	Keys Keys
+	// Audit receives audit events; nil discards them.
+	Audit *audit.Logger
+}
+
+// planCacheSize bounds the statement analyses kept per configuration.
+const planCacheSize = 4096
 
 // Server accepts client connections and runs a session for each.
 //
@@ -36,6 +55,16 @@ type Server struct {
 	log         zerolog.Logger
 	clientTLS   *tls.Config // nil: SSLRequest is answered 'N'
 	upstreamTLS *tls.Config // nil: upstream sslmode disable
+
+	// tenancy is on when the configuration maps roles or declares tables;
+	// without it pgcloak is a pure passthrough proxy.
+	tenancy bool
+	schema  *rewrite.Schema // nil when tenancy is off
+	plans   *rewrite.Cache
+	catalog *catalog
+	keys    Keys
+	audit   auditor
+	metrics *metrics
 
 	nextID atomic.Uint64
 
@@ -49,7 +78,7 @@ type Server struct {
 
 // NewServer validates what it can without touching the network (TLS files)
 // and returns a Server ready to Serve.
-func NewServer(cfg Config, log zerolog.Logger) (*Server, error) {
+func NewServer(cfg Config, log zerolog.Logger, deps Deps) (*Server, error) {
 	if cfg.Listen.MaxMessageSize <= 0 {
 		cfg.Listen.MaxMessageSize = 64 << 20
 	}
@@ -62,6 +91,25 @@ func NewServer(cfg Config, log zerolog.Logger) (*Server, error) {
 		listeners: make(map[net.Listener]struct{}),
 		sessions:  make(map[*session]struct{}),
 		cancels:   make(map[cancelKey]*session),
+		audit:     auditor{deps.Audit},
+		metrics:   &metrics{},
+	}
+	t := cfg.Tenancy
+	s.tenancy = len(t.Login.Roles) > 0 || len(t.UnscopedRoles) > 0 || len(cfg.Encrypt.Tables) > 0
+	if s.tenancy {
+		if cfg.Tenancy.Setting == "" {
+			cfg.Tenancy.Setting = "app.tenant_id"
+			s.cfg.Tenancy.Setting = cfg.Tenancy.Setting
+		}
+		s.schema = rewrite.NewSchema(cfg.Encrypt, cfg.Tenancy.Setting)
+		s.plans = rewrite.NewCache(planCacheSize)
+	}
+	if len(cfg.Encrypt.Tables) > 0 {
+		if deps.Pool == nil || deps.Keys == nil {
+			return nil, errors.New("proxy: declared tables need an upstream pool and a key layer")
+		}
+		s.catalog = newCatalog(deps.Pool, cfg.Encrypt)
+		s.keys = deps.Keys
 	}
 	if t := cfg.Listen.TLS; t != nil {
 		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
@@ -100,6 +148,16 @@ func upstreamTLSConfig(u config.Upstream) (*tls.Config, error) {
 	default:
 		return nil, nil
 	}
+}
+
+// LoadCatalog reads the declared tables' OIDs and attribute numbers from
+// upstream. Serve works without it (the catalog fills itself on demand), but
+// calling it at start surfaces connectivity problems early.
+func (s *Server) LoadCatalog(ctx context.Context) error {
+	if s.catalog == nil {
+		return nil
+	}
+	return s.catalog.load(ctx)
 }
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
+	"strings"
 	"sync"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -38,6 +40,17 @@ type session struct {
 
 	user, database string
 	clientTLS      bool
+
+	// tenant is the session's tenant; scoped is false for unscoped roles.
+	// Both are fixed once authentication succeeds.
+	tenant    string
+	scoped    bool
+	tenantErr error // a login that authenticates but maps to no tenant
+	// decrypts is set for scoped sessions when tables are declared: only
+	// they track responses and decrypt rows.
+	decrypts bool
+	pending  pendingQueue
+	results  resultState
 
 	// upstreamPID and upstreamSecret are the upstream backend's real
 	// BackendKeyData; cancelKey is what the client was given instead.
@@ -85,6 +98,10 @@ func (s *session) run() {
 		return
 	}
 	s.log.Info().Msg("session started")
+	if s.srv.tenancy {
+		s.srv.audit.l.SessionStarted(s.auditIdentity())
+		defer s.srv.audit.l.SessionEnded(s.auditIdentity())
+	}
 
 	if err := s.serve(); err != nil {
 		s.log.Info().Msg("session ended with an error")
@@ -173,7 +190,8 @@ func (s *session) guard(loop func() error) (err error) {
 // errDone marks a normal end of session (Terminate or upstream EOF after it).
 var errDone = errors.New("session done")
 
-// clientLoop reads client messages and forwards them upstream.
+// clientLoop reads client messages and forwards them upstream, analysing
+// those that may touch declared tables or the tenant.
 func (s *session) clientLoop() error {
 	for {
 		msg, err := s.clientIn.Receive()
@@ -183,16 +201,46 @@ func (s *session) clientLoop() error {
 			}
 			return protocolViolation("invalid message from client: %v", err)
 		}
-		switch msg.(type) {
-		case *pgproto3.Terminate:
+		if _, ok := msg.(*pgproto3.Terminate); ok {
 			s.upstreamOut.send(msg)
 			s.upstreamOut.flush()
 			return errDone
 		}
-		if err := s.upstreamOut.send(msg); err != nil {
+		if !s.srv.tenancy {
+			err = s.upstreamOut.send(msg)
+		} else {
+			err = s.handleClientMessage(msg)
+		}
+		if err != nil {
 			return fmt.Errorf("upstream write: %w", err)
 		}
 	}
+}
+
+// handleClientMessage forwards one message of a session under tenancy.
+func (s *session) handleClientMessage(msg pgproto3.FrontendMessage) error {
+	switch m := msg.(type) {
+	case *pgproto3.Query:
+		return s.handleQuery(m)
+	case *pgproto3.Parse:
+		return s.handleParse(m)
+	case *pgproto3.FunctionCall:
+		return s.handleFunctionCall(m)
+	case *pgproto3.Bind:
+		if s.decrypts {
+			s.track(&pending{kind: pendBind, name: m.DestinationPortal, stmt: m.PreparedStatement,
+				resultFormats: append([]int16(nil), m.ResultFormatCodes...)})
+		}
+	case *pgproto3.Describe:
+		s.track(&pending{kind: pendDescribe, name: m.Name, target: m.ObjectType})
+	case *pgproto3.Execute:
+		s.track(&pending{kind: pendExecute, name: m.Portal})
+	case *pgproto3.Close:
+		s.track(&pending{kind: pendClose, name: m.Name, target: m.ObjectType})
+	case *pgproto3.Sync:
+		s.track(&pending{kind: pendSync})
+	}
+	return s.upstreamOut.send(msg)
 }
 
 // upstreamLoop reads upstream messages and forwards them to the client.
@@ -209,6 +257,23 @@ func (s *session) upstreamLoop() error {
 				return fmt.Errorf("invalid message from upstream: %w", err)
 			}
 			return fmt.Errorf("upstream read: %w", err)
+		}
+		if s.decrypts {
+			keep, err := s.relay(msg)
+			if err != nil {
+				return err
+			}
+			if !keep {
+				continue
+			}
+		} else if e, ok := msg.(*pgproto3.ErrorResponse); ok && s.srv.tenancy {
+			if strings.HasPrefix(e.Message, "pgcloak: ") && strings.HasPrefix(e.Where, raiseWhere) {
+				e.Where = ""
+			}
+		}
+		// pgproto3 cannot encode it; see wideParameterDescription.
+		if pd, ok := msg.(*pgproto3.ParameterDescription); ok && len(pd.ParameterOIDs) > math.MaxUint16 {
+			msg = wideParameterDescription{pd}
 		}
 		if err := s.sendClient(msg); err != nil {
 			return fmt.Errorf("client write: %w", err)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgcloak/pgcloak/config"
 )
 
 // startupTimeout bounds everything from accept to the first ReadyForQuery,
@@ -58,6 +59,11 @@ func (s *session) startup() (bool, error) {
 			continue
 		}
 		params[k] = v
+	}
+	if s.srv.tenancy {
+		if err := s.applyTenancy(params); err != nil {
+			return false, err
+		}
 	}
 	if startup.ProtocolVersion != pgproto3.ProtocolVersion30 || len(unrecognized) > 0 {
 		if err := s.sendClient(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unrecognized}); err != nil {
@@ -174,12 +180,20 @@ func (s *session) relayAuthentication() (bool, error) {
 		var authType uint32
 		switch m := msg.(type) {
 		case *pgproto3.AuthenticationOk:
+			if s.tenantErr != nil {
+				// PostgreSQL accepted the role; pgcloak does not.
+				s.srv.audit.l.AuthRefused(s.auditIdentity(), pgerrcode.InvalidAuthorizationSpecification, "role not mapped to a tenant")
+				return false, s.tenantErr
+			}
 			if err := s.sendClient(m); err != nil {
 				return false, err
 			}
 			return true, nil
 		case *pgproto3.ErrorResponse:
 			s.log.Info().Str("sqlstate", m.Code).Msg("upstream refused login")
+			if s.srv.tenancy {
+				s.srv.audit.l.AuthRefused(s.auditIdentity(), m.Code, "refused by upstream")
+			}
 			s.sendClient(m)
 			s.flushClient()
 			return false, nil
@@ -278,6 +292,11 @@ func (s *session) relayUntilReady() error {
 			s.flushClient()
 			return errDone
 		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok && s.scoped {
+			if err := s.pinTenant(context.Background()); err != nil {
+				return err
+			}
+		}
 		if err := s.sendClient(msg); err != nil {
 			return err
 		}
@@ -285,4 +304,34 @@ func (s *session) relayUntilReady() error {
 			return s.flushClient()
 		}
 	}
+}
+
+// applyTenancy checks the startup parameters, resolves the tenant of the
+// login role, and pins the tenant as a startup parameter of the upstream
+// session. As a startup parameter the setting is what RESET ALL and DISCARD
+// ALL restore, so no client statement can leave the session without it.
+// A role that maps to no tenant is refused only once PostgreSQL has
+// authenticated it, so the refusal reveals nothing to a stranger.
+func (s *session) applyTenancy(params map[string]string) error {
+	t := s.srv.cfg.Tenancy
+	if t.Mode == config.ModeJWT {
+		return &clientError{code: pgerrcode.FeatureNotSupported, msg: "tenancy mode jwt is not supported yet", fatal: true}
+	}
+	if err := checkStartupParameters(t, params); err != nil {
+		s.srv.audit.tenantChangeRefused(s, "startup parameter")
+		return err
+	}
+	tenant, scoped, err := resolveTenant(t, s.user)
+	if err != nil {
+		s.tenantErr = err
+		return nil
+	}
+	s.tenant, s.scoped = tenant, scoped
+	s.decrypts = scoped && s.srv.catalog != nil
+	s.results = resultState{statements: make(map[string]*rowShape), portals: make(map[string]*portal)}
+	if scoped {
+		params[t.Setting] = tenant
+		s.log = s.log.With().Str("tenant", tenant).Logger()
+	}
+	return nil
 }

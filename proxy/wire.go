@@ -1,13 +1,36 @@
 package proxy
 
 import (
+	"encoding/binary"
 	"io"
+
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // encoder is any pgproto3 message: every message pgcloak writes is encoded
-// by pgproto3, never by hand.
+// by pgproto3, never by hand (with one exception, wideParameterDescription).
 type encoder interface {
 	Encode(dst []byte) ([]byte, error)
+}
+
+// wideParameterDescription is a ParameterDescription with more than 65535
+// parameters, which PostgreSQL sends for a statement prepared with that many
+// ($65536 and up): its Int16 count wraps around, and clients such as pgx take
+// the count from the message length instead. pgproto3 decodes it that way but
+// refuses to encode it, so it is written here exactly as PostgreSQL writes it:
+// the same bytes, count wrapped to 16 bits. It is the one message pgcloak
+// encodes without pgproto3.
+type wideParameterDescription struct{ *pgproto3.ParameterDescription }
+
+func (m wideParameterDescription) Encode(dst []byte) ([]byte, error) {
+	n := len(m.ParameterOIDs)
+	dst = append(dst, 't')
+	dst = binary.BigEndian.AppendUint32(dst, uint32(4+2+4*n))
+	dst = binary.BigEndian.AppendUint16(dst, uint16(n)) // wraps, as PostgreSQL's does
+	for _, oid := range m.ParameterOIDs {
+		dst = binary.BigEndian.AppendUint32(dst, oid)
+	}
+	return dst, nil
 }
 
 // outboxFlushSize bounds how much one direction buffers before it writes even

@@ -3,12 +3,8 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
-	"net"
-	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -103,7 +99,7 @@ func upstreamVersion(ctx context.Context, u config.Upstream) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
-	cc, err := upstreamConnConfig(u, timeout)
+	cc, err := upstreamConnConfig(u, timeout, "pgcloak check")
 	if err != nil {
 		return "", err
 	}
@@ -117,52 +113,6 @@ func upstreamVersion(ctx context.Context, u config.Upstream) (string, error) {
 		return "", redact(err, u.Password)
 	}
 	return v, nil
-}
-
-// upstreamConnConfig builds a pgx configuration for upstream.user. TLS
-// follows upstream.sslmode exactly as the proxy applies it: require
-// encrypts without verifying, verify-full checks the chain against
-// root_cert_file and the host name of upstream.address. Nothing is taken
-// from PG* environment variables or a service file.
-func upstreamConnConfig(u config.Upstream, timeout time.Duration) (*pgx.ConnConfig, error) {
-	host, portStr, err := net.SplitHostPort(u.Address)
-	if err != nil {
-		return nil, fmt.Errorf("upstream.address: %w", err)
-	}
-	port, err := strconv.ParseUint(portStr, 10, 16)
-	if err != nil {
-		return nil, fmt.Errorf("upstream.address: bad port %q", portStr)
-	}
-	cc, err := pgx.ParseConfig("sslmode=disable")
-	if err != nil {
-		return nil, err
-	}
-	cc.Host = host
-	cc.Port = uint16(port)
-	cc.User = u.User
-	cc.Password = u.Password.Reveal()
-	cc.Database = u.Database
-	cc.ConnectTimeout = timeout
-	cc.Fallbacks = nil
-	cc.RuntimeParams = map[string]string{"application_name": "pgcloak check"}
-
-	switch u.SSLMode {
-	case config.SSLRequire:
-		cc.TLSConfig = &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}
-	case config.SSLVerifyFull:
-		pem, err := os.ReadFile(u.RootCertFile)
-		if err != nil {
-			return nil, fmt.Errorf("upstream.root_cert_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("upstream.root_cert_file %s: no PEM certificates found", u.RootCertFile)
-		}
-		cc.TLSConfig = &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12}
-	default:
-		cc.TLSConfig = nil
-	}
-	return cc, nil
 }
 
 // redact makes sure an error about a login does not carry the password.

@@ -11,8 +11,6 @@ import (
 // line is stable, and each one fails honestly with exit code 2.
 func notImplementedCmds() []*cobra.Command {
 	stubs := []struct{ use, short string }{
-		{"schema", "Print the DDL for the declared encrypted columns (not implemented yet)"},
-		{"keys", "Create, rotate and shred tenant keys (not implemented yet)"},
 		{"reencrypt", "Re-encrypt rows written under old key versions (not implemented yet)"},
 		{"encrypt-existing", "Encrypt a table's existing plaintext in place (not implemented yet)"},
 	}

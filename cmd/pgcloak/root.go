@@ -75,10 +75,10 @@ func newRootCmd() *cobra.Command {
 		Long: `pgcloak is a PostgreSQL wire-protocol proxy. Applications keep their SQL and
 their driver and only point the connection string at pgcloak.
 
-Today pgcloak is a transparent passthrough proxy (TLS, authentication relay,
-cancel, COPY, pipelining). Column encryption, tenant pinning and key
-management are not implemented yet; the commands for them are listed below
-and say so when run.`,
+Sessions are mapped to tenants by their login role; the columns declared in
+the configuration are stored as per-tenant AES-256-GCM ciphertext and
+decrypted for the session's own tenant only. Try it with "pgcloak demo".
+Commands that are not implemented yet are listed below and say so when run.`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 	}
@@ -87,6 +87,8 @@ and say so when run.`,
 	root.AddCommand(
 		newServeCmd(),
 		newCheckCmd(),
+		newSchemaCmd(),
+		newKeysCmd(),
 		newDemoCmd(),
 		newVersionCmd(),
 	)

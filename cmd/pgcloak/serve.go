@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/signal"
@@ -27,6 +28,14 @@ func newServeCmd() *cobra.Command {
 		Short: "Run the proxy",
 		Long: `Run the proxy with the configuration in FILE.
 
+When encrypt.tables declares tables, serve first loads the key provider
+(keys.provider local: keys.local.master_key_file), connects upstream as
+upstream.user to keep the tenants' wrapped data keys in the pgcloak schema
+(created when missing) and reads the declared tables from the catalog.
+Sessions are then mapped to tenants by tenancy.login.roles, writes to the
+declared columns are encrypted and results decrypted. Audit events go to
+audit.output.
+
 SIGTERM or SIGINT stops accepting connections and lets open sessions finish
 for up to listen.shutdown_timeout, then closes the rest and exits 0.
 SIGHUP is logged and otherwise ignored: reloading is not implemented yet.`,
@@ -40,7 +49,7 @@ SIGHUP is logged and otherwise ignored: reloading is not implemented yet.`,
 			if err != nil {
 				return &exitError{code: exitFailure, err: fmt.Errorf("%s: %w", cfg.File, err)}
 			}
-			if err := serve(cmd.Context(), cfg, log); err != nil {
+			if err := serve(cmd.Context(), cfg, log, cmd.OutOrStdout(), cmd.ErrOrStderr()); err != nil {
 				log.Error().Err(err).Msg("pgcloak stopped")
 				return failed()
 			}
@@ -53,16 +62,24 @@ SIGHUP is logged and otherwise ignored: reloading is not implemented yet.`,
 
 // serve runs the proxy until a signal or ctx ends it. It returns nil after a
 // clean shutdown, including one where sessions had to be closed at the
-// deadline.
-func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
+// deadline. stdout and stderr are where audit.output "stdout" and "stderr"
+// go.
+func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger, stdout, stderr io.Writer) (err error) {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 
-	srv, err := proxy.NewServer(proxy.ConfigFrom(cfg), log)
+	rt, err := newProxyRuntime(ctx, cfg, log, stdout, stderr)
 	if err != nil {
 		return err
 	}
+	defer func() {
+		// After the server has stopped: sessions use the pool and keys.
+		if cerr := rt.close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
+	srv := rt.srv
 	ln, err := net.Listen("tcp", cfg.Listen.Address)
 	if err != nil {
 		return err
@@ -76,11 +93,9 @@ func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 		Str("upstream", cfg.Upstream.Address).
 		Str("upstream_sslmode", string(cfg.Upstream.SSLMode)).
 		Int("encrypted_tables", len(cfg.Encrypt.Tables)).
+		Str("key_provider", keyProviderName(cfg)).
 		Str("version", version).
 		Msg("pgcloak serving")
-	if len(cfg.Encrypt.Tables) > 0 {
-		log.Warn().Msg("encrypt.tables is declared but column encryption is not implemented yet; all traffic passes through unchanged")
-	}
 
 	for {
 		select {
@@ -119,4 +134,12 @@ func shutdown(srv *proxy.Server, served <-chan error, timeout time.Duration, log
 	}
 	log.Info().Msg("pgcloak stopped")
 	return nil
+}
+
+// keyProviderName is what the serving log line says about keys.
+func keyProviderName(cfg *config.Config) string {
+	if len(cfg.Encrypt.Tables) == 0 {
+		return "none (no tables declared)"
+	}
+	return string(cfg.Keys.Provider)
 }

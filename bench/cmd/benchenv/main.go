@@ -57,7 +57,7 @@ func run() (err error) {
 		}
 	}()
 	for _, sql := range []string{
-		fmt.Sprintf("create role %s login password '%s'", benchUser, benchPassword),
+		fmt.Sprintf("create role %s login createrole password '%s'", benchUser, benchPassword),
 		fmt.Sprintf("create database %s owner %s", benchDB, benchUser),
 	} {
 		if err := pg.Exec(startCtx, "postgres", sql); err != nil {

@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# bench/encrypted.sh: the cost of encryption, as a ratio to the same
+# workload on a plaintext copy of the table directly against PostgreSQL.
+#
+# Three pgbench custom scripts run on a `patients` table of ROWS rows whose
+# ssn, email and diagnosis columns are encrypted by pgcloak (tenant acme,
+# RLS forced), and the same scripts run directly on `patients_plain`, a
+# plaintext copy:
+#   read    point read by id returning the three encrypted columns
+#   search  equality search on the encrypted ssn (a blind-index lookup)
+#   insert  insert with three encrypted columns
+# In the same run, pgbench -S goes directly and through pgcloak, giving
+# pgcloak's own passthrough ratio; the table relates each encrypted ratio to
+# it. Within each workload the two targets alternate; ROUNDS repeats the
+# cycle and the table shows the mean.
+#
+# Environment (defaults in brackets):
+#   DURATION seconds per run [15]   ROUNDS cycles [1]   MODES [simple]
+#   ROWS table rows [10000]         SCALE pgbench -S scale [10]
+#   CLIENTS pgbench -c [8]          JOBS pgbench -j [2]
+set -euo pipefail
+
+BENCH_NAME=encrypted.sh
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+DURATION=${DURATION:-15}
+ROUNDS=${ROUNDS:-1}
+ROWS=${ROWS:-10000}
+SCALE=${SCALE:-10}
+CLIENTS=${CLIENTS:-8}
+JOBS=${JOBS:-2}
+read -r -a MODES <<<"${MODES:-simple}"
+TENANT_ROLE=acme_app
+TENANT_PASSWORD=acme-bench-password
+
+start_postgres
+psql_direct() { "$PSQL" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U "$BENCH_USER" -d "$BENCH_DB" "$@"; }
+
+echo "--- pgbench -i -s $SCALE and the patients tables"
+"$PGBENCH" -i -s "$SCALE" -q -h 127.0.0.1 -p "$PGPORT" -U "$BENCH_USER" "$BENCH_DB" >"$work/init.log" 2>&1 ||
+	{ cat "$work/init.log" >&2; die "pgbench -i failed"; }
+psql_direct <<SQL
+create role $TENANT_ROLE login password '$TENANT_PASSWORD';
+create table patients (
+	id serial primary key,
+	tenant_id text not null default current_setting('app.tenant_id'),
+	name text,
+	ssn bytea, ssn_bidx bytea, email bytea, email_bidx bytea, diagnosis bytea);
+create index on patients (ssn_bidx);
+alter table patients enable row level security;
+alter table patients force row level security;
+create policy tenant_isolation on patients
+	using (tenant_id = current_setting('app.tenant_id', true))
+	with check (tenant_id = current_setting('app.tenant_id', true));
+grant select, insert, update, delete on patients to $TENANT_ROLE;
+grant usage on sequence patients_id_seq to $TENANT_ROLE;
+create table patients_plain (id serial primary key, tenant_id text not null default 'acme',
+	name text, ssn text, email text, diagnosis text);
+create index on patients_plain (ssn);
+grant select, insert, update, delete on patients_plain to $TENANT_ROLE;
+grant usage on sequence patients_plain_id_seq to $TENANT_ROLE;
+SQL
+
+echo "--- starting pgcloak on 127.0.0.1:$PGCLOAK_PORT"
+"$work/pgcloak" keys init-local -o "$work/master.key" >/dev/null
+cat >"$work/pgcloak.yaml" <<EOF2
+listen:
+  address: 127.0.0.1:$PGCLOAK_PORT
+  shutdown_timeout: 5s
+upstream:
+  address: 127.0.0.1:$PGPORT
+  user: $BENCH_USER
+  password: \${PGCLOAK_UPSTREAM_PASSWORD}
+  database: $BENCH_DB
+tenancy:
+  login:
+    roles: { $TENANT_ROLE: acme }
+  unscoped_roles: [$BENCH_USER]
+keys:
+  local:
+    master_key_file: $work/master.key
+encrypt:
+  tables:
+    - name: public.patients
+      columns:
+        - { name: ssn, type: text, search: equality }
+        - { name: email, type: text, search: equality, normalize: lower }
+        - { name: diagnosis, type: text, key_class: phi }
+audit:
+  output: $work/audit.log
+log:
+  level: warn
+EOF2
+PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" serve -c "$work/pgcloak.yaml" 2>"$work/pgcloak.log" &
+STOP_PIDS+=($!)
+wait_login pgcloak "$PGCLOAK_PORT" "$TENANT_ROLE" "$TENANT_PASSWORD" "$work/pgcloak.log"
+
+echo "--- loading $ROWS rows (through pgcloak, and plaintext directly)"
+gen_rows() { # gen_rows TABLE: multi-row inserts of ROWS patients
+	awk -v rows="$ROWS" -v table="$1" 'BEGIN {
+		for (i = 1; i <= rows; i += 100) {
+			printf "insert into %s (name, ssn, email, diagnosis) values ", table
+			for (j = i; j < i + 100 && j <= rows; j++)
+				printf "%s(%cpatient %d%c, %cssn-%d%c, %cuser%d@example.com%c, %cdiagnosis %d%c)", (j > i ? ", " : ""), 39, j, 39, 39, j, 39, 39, j, 39, 39, j % 97, 39
+			print ";"
+		}
+	}'
+}
+gen_rows patients | PGPASSWORD=$TENANT_PASSWORD "$PSQL" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGCLOAK_PORT" -U "$TENANT_ROLE" -d "$BENCH_DB" >/dev/null
+gen_rows patients_plain | psql_direct >/dev/null
+psql_direct -c "analyze patients; analyze patients_plain" >/dev/null
+
+# One script per workload, with TABLE replaced per target.
+cat >"$work/read.sql.in" <<'EOF2'
+\set id random(1, :rows)
+SELECT ssn, email, diagnosis FROM TABLE WHERE id = :id;
+EOF2
+cat >"$work/search.sql.in" <<'EOF2'
+\set n random(1, :rows)
+SELECT id, name FROM TABLE WHERE ssn = 'ssn-:n';
+EOF2
+cat >"$work/insert.sql.in" <<'EOF2'
+\set n random(1, 1000000000)
+INSERT INTO TABLE (name, ssn, email, diagnosis) VALUES ('bench', 'ssn-b:n', 'bench:n@example.com', 'inserted');
+EOF2
+for w in read search insert; do
+	sed 's/TABLE/patients/' "$work/$w.sql.in" >"$work/$w-pgcloak.sql"
+	sed 's/TABLE/patients_plain/' "$work/$w.sql.in" >"$work/$w-direct.sql"
+done
+
+# Sanity: through pgcloak, search finds exactly one row and read returns
+# plaintext, so the figures below measure working queries.
+got=$(PGPASSWORD=$TENANT_PASSWORD "$PSQL" -X -At -h 127.0.0.1 -p "$PGCLOAK_PORT" -U "$TENANT_ROLE" -d "$BENCH_DB" \
+	-c "select name from patients where ssn = 'ssn-42'" -c "select ssn from patients where id = 42")
+[[ $got == $'patient 42\nssn-42' ]] || die "sanity check through pgcloak failed: got $got"
+
+# pgbench must substitute :n inside the quoted literal, or every search
+# would be the same statement text and measure only the plan cache.
+PGPASSWORD=$TENANT_PASSWORD "$PGBENCH" -n -t 1 -c 1 -d -D rows="$ROWS" -f "$work/search-direct.sql" -h 127.0.0.1 -p "$PGPORT" -U "$TENANT_ROLE" "$BENCH_DB" >"$work/debug.log" 2>&1 || true
+grep -q "ssn-[0-9]" "$work/debug.log" || { cat "$work/debug.log" >&2; die "pgbench did not substitute :n inside a literal"; }
+
+declare -A PORT=([direct]=$PGPORT [pgcloak]=$PGCLOAK_PORT)
+results=$work/results
+: >"$results"
+run() { # run ROUND MODE WORKLOAD TARGET USER PASSWORD ARGS...
+	local round=$1 mode=$2 w=$3 t=$4 user=$5 password=$6
+	shift 6
+	local out=$work/run-$round-$mode-$w-$t.log
+	if ! PGPASSWORD=$password "$PGBENCH" -n -M "$mode" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" -D rows="$ROWS" "$@" \
+		-h 127.0.0.1 -p "${PORT[$t]}" -U "$user" "$BENCH_DB" >"$out" 2>&1; then
+		cat "$out" >&2
+		die "pgbench $w against $t ($mode) failed"
+	fi
+	local tps
+	tps=$(awk '/^tps = / { print $3; exit }' "$out")
+	[[ -n $tps ]] || { cat "$out" >&2; die "no tps for $w against $t ($mode)"; }
+	if grep -q 'number of failed transactions: [1-9]' "$out"; then
+		cat "$out" >&2
+		die "failed transactions in $w against $t ($mode)"
+	fi
+	printf '  round %d  %-9s %-8s %-8s %12.1f tps\n' "$round" "$mode" "$w" "$t" "$tps"
+	echo "$mode $w $t $tps" >>"$results"
+}
+
+echo "--- pgbench -c $CLIENTS -j $JOBS -T $DURATION, $ROUNDS round(s)"
+for round in $(seq "$ROUNDS"); do
+	for mode in "${MODES[@]}"; do
+		for t in direct pgcloak; do
+			run "$round" "$mode" passthrough "$t" "$BENCH_USER" "$BENCH_PASSWORD" -S
+		done
+		for w in read search insert; do
+			for t in direct pgcloak; do
+				run "$round" "$mode" "$w" "$t" "$TENANT_ROLE" "$TENANT_PASSWORD" -f "$work/$w-$t.sql"
+			done
+		done
+	done
+done
+
+echo
+echo "encrypted workloads, $ROWS rows, $CLIENTS clients, $JOBS threads, ${DURATION}s per run, mean of $ROUNDS round(s)"
+echo "$(nproc) CPUs; $("$PGBENCH" --version); pgcloak $(git rev-parse --short HEAD 2>/dev/null || echo '(no commit)')"
+echo
+awk -v modes="${MODES[*]}" '
+	{ sum[$1, $2, $3] += $4; n[$1, $2, $3]++ }
+	END {
+		printf "| %-8s | %-11s | %11s | %11s | %14s | %24s |\n", "mode", "workload", "direct tps", "pgcloak tps", "pgcloak/direct", "ratio / passthrough ratio"
+		printf "|%s|%s|%s|%s|%s|%s|\n", "----------", "-------------", "------------:", "------------:", "---------------:", "-------------------------:"
+		m = split(modes, ms, " ")
+		split("passthrough read search insert", ws, " ")
+		for (i = 1; i <= m; i++) {
+			mode = ms[i]
+			pd = sum[mode, "passthrough", "direct"] / n[mode, "passthrough", "direct"]
+			pc = sum[mode, "passthrough", "pgcloak"] / n[mode, "passthrough", "pgcloak"]
+			for (k = 1; k <= 4; k++) {
+				w = ws[k]
+				d = sum[mode, w, "direct"] / n[mode, w, "direct"]
+				c = sum[mode, w, "pgcloak"] / n[mode, w, "pgcloak"]
+				printf "| %-8s | %-11s | %11.0f | %11.0f | %14.2f | %24.2f |\n", mode, w, d, c, c / d, (c / d) / (pc / pd)
+			}
+		}
+	}' "$results"

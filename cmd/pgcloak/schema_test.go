@@ -1,0 +1,164 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgcloak/pgcloak/testenv"
+)
+
+// schemaConfig declares public.patients with a default and a custom index
+// column, a plain column, and a second table in another schema.
+func schemaConfig(pgAddr string) string {
+	return fmt.Sprintf(`upstream:
+  address: %s
+  user: %s
+keys:
+  local:
+    master_key_file: master.key
+encrypt:
+  tables:
+    - name: patients
+      columns:
+        - name: ssn
+          type: text
+          search: equality
+        - name: email
+          type: text
+          search: equality
+          index_column: email_lookup
+          normalize: lower
+        - name: diagnosis
+          type: text
+          key_class: phi
+    - name: billing.invoices
+      columns:
+        - name: amount
+          type: numeric
+`, pgAddr, testenv.ScramUser)
+}
+
+// TestSchema applies the printed DDL twice to a table that exists with
+// only plain columns, then checks that PostgreSQL rejects plaintext and
+// accepts values in pgcloak's format.
+func TestSchema(t *testing.T) {
+	pg := testenv.Shared(t)
+	db := testenv.NewDatabase(t, pg)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+
+	r := pgcloak(t, "schema", "-c", writeFile(t, "pgcloak.yaml", schemaConfig(pg.Addr())), "--keystore")
+	if r.code != 0 {
+		t.Fatalf("exit code: got %d, want 0", r.code)
+	}
+	for _, want := range []string{
+		`ALTER TABLE "public"."patients" ADD COLUMN IF NOT EXISTS "ssn" bytea;`,
+		`ALTER TABLE "public"."patients" ADD COLUMN IF NOT EXISTS "ssn_bidx" bytea;`,
+		`ALTER TABLE "public"."patients" ADD COLUMN IF NOT EXISTS "email_lookup" bytea;`,
+		`CREATE INDEX IF NOT EXISTS "patients_ssn_bidx_idx" ON "public"."patients" ("ssn_bidx");`,
+		`CREATE INDEX IF NOT EXISTS "patients_email_lookup_idx" ON "public"."patients" ("email_lookup");`,
+		`ADD CONSTRAINT "patients_ssn_pgcloak_format" CHECK ("ssn" IS NULL OR (length("ssn") >= 33 AND get_byte("ssn", 0) = 1));`,
+		`ADD CONSTRAINT "patients_ssn_bidx_pgcloak_format" CHECK ("ssn_bidx" IS NULL OR length("ssn_bidx") = 16);`,
+		`ALTER TABLE "billing"."invoices" ADD COLUMN IF NOT EXISTS "amount" bytea;`,
+		`CREATE TABLE IF NOT EXISTS pgcloak.data_keys`,
+		`GRANT SELECT, INSERT, UPDATE ON pgcloak.data_keys TO "` + testenv.ScramUser + `";`,
+	} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("stdout: missing %q", want)
+		}
+	}
+	if strings.Contains(r.stdout, "amount_bidx") || strings.Contains(r.stdout, "diagnosis_bidx") {
+		t.Errorf("stdout: an index column for a column without search")
+	}
+
+	if err := pg.Exec(ctx, db, `create table patients (id serial primary key, name text);
+		create schema billing; create table billing.invoices (id int)`); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if err := pg.Exec(ctx, db, r.stdout); err != nil {
+			t.Fatalf("applying the DDL, time %d: %v", i+1, err)
+		}
+	}
+
+	conn, err := pgx.Connect(ctx, pg.SuperuserURL(db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+
+	var types string
+	err = conn.QueryRow(ctx, `select string_agg(column_name || ' ' || data_type, ', ' order by ordinal_position)
+		from information_schema.columns where table_name = 'patients'`).Scan(&types)
+	if want := "id integer, name text, ssn bytea, ssn_bidx bytea, email bytea, email_lookup bytea, diagnosis bytea"; err != nil || types != want {
+		t.Errorf("columns: got %q, %v; want %q", types, err, want)
+	}
+	var nCheck, nIndex int
+	err = conn.QueryRow(ctx, `select
+		(select count(*) from pg_constraint where conrelid = 'patients'::regclass and contype = 'c'),
+		(select count(*) from pg_indexes where tablename = 'patients' and indexname like '%\_idx')`).Scan(&nCheck, &nIndex)
+	if err != nil || nCheck != 5 || nIndex != 2 {
+		t.Errorf("after two runs: got %d CHECK constraints and %d indexes (%v), want 5 and 2", nCheck, nIndex, err)
+	}
+
+	sealed := append([]byte{1, 0, 0, 0, 1}, bytes.Repeat([]byte{0xab}, 12+16+3)...)
+	index := bytes.Repeat([]byte{0xcd}, 16)
+	for _, tt := range []struct {
+		name  string
+		sql   string
+		args  []any
+		valid bool
+	}{
+		{"plaintext", `insert into patients (ssn) values ($1)`, []any{[]byte("123-45-6789")}, false},
+		{"plaintext as long as a sealed value", `insert into patients (diagnosis) values ($1)`, []any{bytes.Repeat([]byte("x"), 40)}, false},
+		{"empty", `insert into patients (ssn) values ($1)`, []any{[]byte{}}, false},
+		{"short index", `insert into patients (ssn_bidx) values ($1)`, []any{index[:15]}, false},
+		{"plaintext numeric", `insert into billing.invoices (amount) values ($1)`, []any{[]byte("12.50")}, false},
+		{"pgcloak format", `insert into patients (ssn, ssn_bidx, email, email_lookup, diagnosis) values ($1, $2, $1, $2, $1)`, []any{sealed, index}, true},
+		{"shortest sealed value", `insert into patients (ssn) values ($1)`, []any{sealed[:33]}, true},
+		{"nulls", `insert into patients (name) values ('nobody')`, nil, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := conn.Exec(ctx, tt.sql, tt.args...)
+			var pgErr *pgconn.PgError
+			switch {
+			case tt.valid && err != nil:
+				t.Errorf("got %v, want it accepted", err)
+			case !tt.valid && !(errors.As(err, &pgErr) && pgErr.Code == "23514"):
+				t.Errorf("got %v, want a check violation (23514)", err)
+			}
+		})
+	}
+}
+
+func TestSchemaNoTables(t *testing.T) {
+	r := pgcloak(t, "schema", "-c", writeFile(t, "pgcloak.yaml", "upstream:\n  address: 127.0.0.1:5432\n"))
+	if r.code != 0 {
+		t.Fatalf("exit code: got %d, want 0", r.code)
+	}
+	if !strings.Contains(r.stdout, "declares no tables: nothing to do") || strings.Contains(r.stdout, "ALTER") {
+		t.Errorf("stdout: got %q, want only a note that nothing is declared", r.stdout)
+	}
+}
+
+func TestConstraintName(t *testing.T) {
+	if got := constraintName("patients", "ssn", "pgcloak_format"); got != "patients_ssn_pgcloak_format" {
+		t.Errorf("short name: got %q", got)
+	}
+	long := strings.Repeat("t", 63)
+	a := constraintName(long, strings.Repeat("a", 63), "pgcloak_format")
+	b := constraintName(long, strings.Repeat("b", 63), "pgcloak_format")
+	if len(a) > 63 || len(b) > 63 || a == b || !strings.HasSuffix(a, "_pgcloak_format") {
+		t.Errorf("long names: got %q and %q, want distinct names of at most 63 bytes", a, b)
+	}
+	if a != constraintName(long, strings.Repeat("a", 63), "pgcloak_format") {
+		t.Error("long names: not stable")
+	}
+}

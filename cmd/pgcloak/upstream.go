@@ -1,0 +1,216 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/pgcloak/pgcloak/audit"
+	"github.com/pgcloak/pgcloak/config"
+	"github.com/pgcloak/pgcloak/crypto"
+	"github.com/pgcloak/pgcloak/keystore"
+	"github.com/pgcloak/pgcloak/proxy"
+	"github.com/rs/zerolog"
+)
+
+// upstreamConnConfig builds a pgx configuration for upstream.user. TLS
+// follows upstream.sslmode exactly as the proxy applies it: require
+// encrypts without verifying, verify-full checks the chain against
+// root_cert_file and the host name of upstream.address. Nothing is taken
+// from PG* environment variables or a service file. appName becomes the
+// session's application_name, so that DBAs can tell pgcloak's own
+// sessions apart in pg_stat_activity.
+func upstreamConnConfig(u config.Upstream, timeout time.Duration, appName string) (*pgx.ConnConfig, error) {
+	host, portStr, err := net.SplitHostPort(u.Address)
+	if err != nil {
+		return nil, fmt.Errorf("upstream.address: %w", err)
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil {
+		return nil, fmt.Errorf("upstream.address: bad port %q", portStr)
+	}
+	cc, err := pgx.ParseConfig("sslmode=disable")
+	if err != nil {
+		return nil, err
+	}
+	cc.Host = host
+	cc.Port = uint16(port)
+	cc.User = u.User
+	cc.Password = u.Password.Reveal()
+	cc.Database = u.Database
+	cc.ConnectTimeout = timeout
+	cc.Fallbacks = nil
+	cc.RuntimeParams = map[string]string{"application_name": appName}
+
+	switch u.SSLMode {
+	case config.SSLRequire:
+		cc.TLSConfig = &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}
+	case config.SSLVerifyFull:
+		pem, err := os.ReadFile(u.RootCertFile)
+		if err != nil {
+			return nil, fmt.Errorf("upstream.root_cert_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("upstream.root_cert_file %s: no PEM certificates found", u.RootCertFile)
+		}
+		cc.TLSConfig = &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12}
+	default:
+		cc.TLSConfig = nil
+	}
+	return cc, nil
+}
+
+// upstreamPoolMaxConns bounds the proxy's own upstream sessions (keystore
+// and catalog lookups). Client sessions do not use the pool.
+const upstreamPoolMaxConns = 4
+
+// upstreamPool returns a pool of upstream.user sessions, configured as
+// upstreamConnConfig says. It connects lazily.
+func upstreamPool(u config.Upstream) (*pgxpool.Pool, error) {
+	timeout := u.ConnectTimeout
+	if timeout <= 0 {
+		timeout = defaultConnectTimeout
+	}
+	cc, err := upstreamConnConfig(u, timeout, "pgcloak")
+	if err != nil {
+		return nil, err
+	}
+	pc, err := pgxpool.ParseConfig("")
+	if err != nil {
+		return nil, err
+	}
+	pc.ConnConfig = cc
+	pc.MaxConns = upstreamPoolMaxConns
+	pc.MinConns = 0
+	return pgxpool.NewWithConfig(context.Background(), pc)
+}
+
+// keyProvider builds the key provider keys.provider names.
+func keyProvider(k config.Keys) (crypto.Provider, error) {
+	switch k.Provider {
+	case config.ProviderLocal, "":
+		p, err := crypto.LoadLocalProvider(k.Local.MasterKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("keys.local.master_key_file: %w", err)
+		}
+		return p, nil
+	case config.ProviderAWS:
+		return nil, errors.New("keys.provider aws is not implemented yet")
+	default:
+		return nil, fmt.Errorf("keys.provider %q is not supported", k.Provider)
+	}
+}
+
+// openAudit opens audit.output. "stderr" and "stdout" mean the command's
+// own streams (so that tests running commands in-process see them); a path
+// is appended to.
+func openAudit(output string, stdout, stderr io.Writer) (*audit.Logger, io.Closer, error) {
+	switch output {
+	case "", "stderr":
+		return audit.New(stderr), io.NopCloser(nil), nil
+	case "stdout":
+		return audit.New(stdout), io.NopCloser(nil), nil
+	}
+	return audit.Open(output)
+}
+
+// proxyRuntime is a proxy.Server with what it depends on: the upstream pool,
+// the key cache and the audit stream. close releases them after the server
+// has stopped.
+type proxyRuntime struct {
+	srv     *proxy.Server
+	closers []func() error
+}
+
+// close releases the runtime's dependencies, last opened first.
+func (r *proxyRuntime) close() error {
+	var errs []error
+	for i := len(r.closers) - 1; i >= 0; i-- {
+		errs = append(errs, r.closers[i]())
+	}
+	r.closers = nil
+	return errors.Join(errs...)
+}
+
+// newProxyRuntime builds the server for cfg. With tables declared it
+// connects upstream as upstream.user, creates the key store's schema when
+// missing, loads the key provider and reads the declared tables from the
+// catalog; a catalog failure is logged, not fatal (the catalog also fills
+// itself on demand). Audit events go to audit.output; stdout and stderr are
+// the command's streams. On error everything opened is closed again.
+func newProxyRuntime(ctx context.Context, cfg *config.Config, log zerolog.Logger, stdout, stderr io.Writer) (_ *proxyRuntime, err error) {
+	r := &proxyRuntime{}
+	defer func() {
+		if err != nil {
+			r.close()
+		}
+	}()
+
+	auditLog, auditCloser, err := openAudit(cfg.Audit.Output, stdout, stderr)
+	if err != nil {
+		return nil, err
+	}
+	r.closers = append(r.closers, auditCloser.Close)
+	deps := proxy.Deps{Audit: auditLog}
+
+	if len(cfg.Encrypt.Tables) > 0 {
+		provider, err := keyProvider(cfg.Keys)
+		if err != nil {
+			return nil, err
+		}
+		pool, err := upstreamPool(cfg.Upstream)
+		if err != nil {
+			return nil, err
+		}
+		r.closers = append(r.closers, func() error { pool.Close(); return nil })
+
+		timeout := cfg.Upstream.ConnectTimeout
+		if timeout <= 0 {
+			timeout = defaultConnectTimeout
+		}
+		kctx, cancel := context.WithTimeout(ctx, timeout)
+		store, err := keystore.Open(kctx, pool)
+		cancel()
+		if err != nil {
+			return nil, redact(fmt.Errorf("key store (upstream %s as %s): %w", cfg.Upstream.Address, cfg.Upstream.User, err), cfg.Upstream.Password)
+		}
+
+		cache := crypto.NewKeyCache(store, provider, crypto.CacheOptions{
+			TTL:        cfg.Keys.CacheTTL,
+			MaxEntries: cfg.Keys.CacheMaxEntries,
+			OnKeyLoad: func(ev crypto.KeyEvent) {
+				if ev.Created {
+					auditLog.KeyCreated(ev.ID.Tenant, ev.ID.KeyClass, string(ev.ID.Purpose), int(ev.ID.Version), ev.KEKID)
+				} else {
+					auditLog.KeyUnwrapped(ev.ID.Tenant, ev.ID.KeyClass, string(ev.ID.Purpose), int(ev.ID.Version), ev.KEKID)
+				}
+			},
+		})
+		r.closers = append(r.closers, func() error { cache.Close(); return nil })
+		deps.Pool = pool
+		deps.Keys = proxy.CacheKeys{Cache: cache}
+	}
+
+	r.srv, err = proxy.NewServer(proxy.ConfigFrom(cfg), log, deps)
+	if err != nil {
+		return nil, err
+	}
+	if len(cfg.Encrypt.Tables) > 0 {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if err := r.srv.LoadCatalog(cctx); err != nil {
+			log.Warn().Err(redact(err, cfg.Upstream.Password)).Msg("could not read the declared tables from the catalog; will retry when results name them")
+		}
+		cancel()
+	}
+	return r, nil
+}

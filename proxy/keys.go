@@ -1,0 +1,40 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+
+	"github.com/pgcloak/pgcloak/crypto"
+)
+
+// CacheKeys is the production Keys: a shared crypto.KeyCache, from which
+// each call takes the tenant's immutable Keyring.
+type CacheKeys struct {
+	Cache *crypto.KeyCache
+}
+
+func column(ref ValueRef) crypto.Column {
+	return crypto.Column{Table: ref.Table, Name: ref.Column, KeyClass: ref.KeyClass}
+}
+
+// Seal encrypts plaintext for the tenant's column.
+func (k CacheKeys) Seal(ctx context.Context, tenant string, ref ValueRef, plaintext []byte) ([]byte, error) {
+	return k.Cache.Keyring(tenant).Seal(ctx, nil, plaintext, column(ref))
+}
+
+// BlindIndex computes the tenant's index value of a canonical value.
+func (k CacheKeys) BlindIndex(ctx context.Context, tenant string, ref ValueRef, value []byte) ([]byte, error) {
+	return k.Cache.Keyring(tenant).BlindIndex(ctx, nil, value, column(ref), crypto.Normalization(ref.Normalize))
+}
+
+// Open decrypts a stored value for the tenant's column.
+func (k CacheKeys) Open(ctx context.Context, tenant string, ref ValueRef, value []byte) ([]byte, error) {
+	return k.Cache.Keyring(tenant).Open(ctx, nil, value, column(ref))
+}
+
+// isDecryptFailure reports whether err is about the value (another tenant's,
+// tampered, a shredded or unknown key version) rather than about the key
+// service being unreachable.
+func isDecryptFailure(err error) bool {
+	return errors.Is(err, crypto.ErrDecrypt)
+}

@@ -1,0 +1,100 @@
+package proxy
+
+import "sync"
+
+// pendingKind says which client message a pending entry stands for, and so
+// which upstream responses it accounts for.
+type pendingKind uint8
+
+const (
+	pendQuery        pendingKind = iota + 1 // ... ReadyForQuery
+	pendParse                               // ParseComplete
+	pendBind                                // BindComplete
+	pendDescribe                            // [ParameterDescription] RowDescription | NoData
+	pendExecute                             // DataRow* CommandComplete | EmptyQueryResponse | PortalSuspended | CopyInResponse...
+	pendClose                               // CloseComplete
+	pendSync                                // ReadyForQuery
+	pendFunctionCall                        // FunctionCallResponse ReadyForQuery
+	pendInternal                            // a statement of the proxy's own: swallow up to its ReadyForQuery
+)
+
+// pending is one client message whose responses have not all arrived. The
+// client goroutine creates it when it forwards the message; the upstream
+// goroutine consumes it as the responses arrive. Its fields are written
+// before it is pushed and only read after.
+type pending struct {
+	kind pendingKind
+
+	// name is the statement (Parse, Describe 'S', Close 'S') or portal
+	// (Bind, Describe 'P', Execute, Close 'P') the message names.
+	name string
+	// stmt is the statement a Bind binds.
+	stmt string
+	// target is 'S' or 'P' for Describe and Close.
+	target byte
+	// resultFormats are a Bind's result format codes.
+	resultFormats []int16
+}
+
+// pendingQueue is the FIFO of client messages awaiting responses, shared by
+// a session's two goroutines: the client goroutine pushes, the upstream
+// goroutine peeks and pops. PostgreSQL answers messages in order, so the
+// head of the queue is always what the next response answers.
+type pendingQueue struct {
+	mu    sync.Mutex
+	items []*pending
+	head  int
+}
+
+func (q *pendingQueue) push(p *pending) {
+	q.mu.Lock()
+	q.items = append(q.items, p)
+	q.mu.Unlock()
+}
+
+// peek returns the oldest entry, or nil.
+func (q *pendingQueue) peek() *pending {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.head == len(q.items) {
+		return nil
+	}
+	return q.items[q.head]
+}
+
+// pop removes and returns the oldest entry, or nil.
+func (q *pendingQueue) pop() *pending {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.head == len(q.items) {
+		return nil
+	}
+	p := q.items[q.head]
+	q.items[q.head] = nil
+	q.head++
+	if q.head == len(q.items) {
+		q.items = q.items[:0]
+		q.head = 0
+	}
+	return p
+}
+
+// skipToSync drops entries up to, not including, the next pendSync or
+// pendQuery: what PostgreSQL does with the rest of an extended-protocol
+// batch after an error.
+func (q *pendingQueue) skipToSync() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for q.head < len(q.items) {
+		k := q.items[q.head].kind
+		if k == pendSync || k == pendQuery || k == pendFunctionCall || k == pendInternal {
+			break
+		}
+		q.items[q.head] = nil
+		q.head++
+	}
+	if q.head == len(q.items) {
+		q.items = q.items[:0]
+		q.head = 0
+	}
+}

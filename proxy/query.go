@@ -1,0 +1,327 @@
+package proxy
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgcloak/pgcloak/coltype"
+	"github.com/pgcloak/pgcloak/config"
+	"github.com/pgcloak/pgcloak/rewrite"
+)
+
+// ValueRef names one declared column for the key layer.
+type ValueRef struct {
+	Table     string // schema.table
+	Column    string
+	KeyClass  string
+	Normalize string // a searchable column's normalisation (none | lower)
+}
+
+// Keys is the key layer as the proxy uses it: everything a session needs to
+// encrypt, index and decrypt one value for its tenant. Implementations are
+// safe for concurrent use and fail closed: an error means no value.
+type Keys interface {
+	Seal(ctx context.Context, tenant string, ref ValueRef, plaintext []byte) ([]byte, error)
+	BlindIndex(ctx context.Context, tenant string, ref ValueRef, normalized []byte) ([]byte, error)
+	Open(ctx context.Context, tenant string, ref ValueRef, value []byte) ([]byte, error)
+}
+
+func valueRef(t *config.Table, c *config.Column) ValueRef {
+	return ValueRef{Table: t.QualifiedName(), Column: c.Name, KeyClass: c.KeyClass, Normalize: string(c.Normalize)}
+}
+
+func refOf(c rewrite.ColumnRef) ValueRef {
+	return ValueRef{Table: c.Schema + "." + c.Table, Column: c.Column.Name, KeyClass: c.Column.KeyClass, Normalize: string(c.Column.Normalize)}
+}
+
+// lobFunctions are the fast-path functions libpq's lo_* calls use, by their
+// pg_proc OIDs (src/include/catalog/pg_proc.dat). Every other FunctionCall
+// is refused: a fast-path call is not SQL the proxy can analyse.
+var lobFunctions = map[uint32]bool{
+	715:  true, // lo_create
+	952:  true, // lo_open
+	953:  true, // lo_close
+	954:  true, // loread
+	955:  true, // lowrite
+	956:  true, // lo_lseek
+	957:  true, // lo_creat
+	958:  true, // lo_tell
+	964:  true, // lo_unlink
+	1004: true, // lo_truncate
+	3170: true, // lo_lseek64
+	3171: true, // lo_tell64
+	3172: true, // lo_truncate64
+}
+
+// handleQuery forwards a simple-protocol Query, rewritten when it touches
+// declared columns, or refuses it.
+func (s *session) handleQuery(q *pgproto3.Query) error {
+	s.track(&pending{kind: pendQuery})
+	if s.srv.schema == nil || !s.srv.schema.MightNeedAnalysis(q.String) {
+		return s.upstreamOut.send(q)
+	}
+	plan, err := s.srv.schema.Cached(s.srv.plans, q.String)
+	if err == nil {
+		err = s.checkPlan(plan)
+	}
+	if err != nil {
+		return s.refuseStatement(q.String, err)
+	}
+	if plan.Passthrough {
+		return s.upstreamOut.send(q)
+	}
+	text, err := s.render(plan)
+	if err != nil {
+		return s.refuse(err)
+	}
+	return s.upstreamOut.send(&pgproto3.Query{String: text})
+}
+
+// refuseStatement refuses a simple query the way PostgreSQL fails one: the
+// statements before the refused one still run (rewritten as usual), in the
+// same Query, so a BEGIN before it opens the transaction the error then
+// aborts, and an implicit transaction rolls them back.
+func (s *session) refuseStatement(sql string, err error) error {
+	var ref *rewrite.Refusal
+	if !errors.As(err, &ref) {
+		return s.refuse(err)
+	}
+	prefix, perr := s.srv.schema.RefusedPrefix(s.srv.plans, sql)
+	if prefix == nil || perr == nil {
+		return s.refuse(err)
+	}
+	if cerr := s.checkPlan(prefix); cerr != nil {
+		return s.refuse(cerr)
+	}
+	text, rerr := s.render(prefix)
+	if rerr != nil {
+		return s.refuse(rerr)
+	}
+	code, msg := s.publicError(perr)
+	return s.upstreamOut.send(&pgproto3.Query{String: text + ";" + raiseSQL(code, msg)})
+}
+
+// handleParse forwards an extended-protocol Parse or refuses it. Statements
+// whose rewrite needs parameter transformation are refused for now: the
+// extended protocol on encrypted writes and searches is not built yet.
+func (s *session) handleParse(m *pgproto3.Parse) error {
+	if s.srv.schema == nil || !s.srv.schema.MightNeedAnalysis(m.Query) {
+		s.track(&pending{kind: pendParse, name: m.Name})
+		return s.upstreamOut.send(m)
+	}
+	plan, err := s.srv.schema.Cached(s.srv.plans, m.Query)
+	if err == nil {
+		err = s.checkPlan(plan)
+	}
+	if err == nil && !plan.Passthrough {
+		if len(plan.Slots) == 0 && identityParams(plan.Params) && len(plan.RoleChanges) == 0 {
+			// Rewritten without values to transform (e.g. IS NULL on an
+			// index column): forward the rewritten text.
+			s.track(&pending{kind: pendParse, name: m.Name})
+			return s.upstreamOut.send(&pgproto3.Parse{Name: m.Name, Query: strings.Join(plan.Segments, ""), ParameterOIDs: m.ParameterOIDs})
+		}
+		err = &clientError{code: pgerrcode.FeatureNotSupported, msg: "encrypted writes and searches through the extended query protocol are not supported yet"}
+	}
+	if err != nil {
+		return s.refuseParse(err)
+	}
+	s.track(&pending{kind: pendParse, name: m.Name})
+	return s.upstreamOut.send(m)
+}
+
+// handleFunctionCall forwards large-object fast-path calls and refuses the
+// rest.
+func (s *session) handleFunctionCall(m *pgproto3.FunctionCall) error {
+	if lobFunctions[m.Function] {
+		s.track(&pending{kind: pendFunctionCall})
+		return s.upstreamOut.send(m)
+	}
+	s.track(&pending{kind: pendQuery})
+	return s.refuse(&clientError{code: pgerrcode.FeatureNotSupported, msg: fmt.Sprintf("fast-path function call %d is not supported (only large-object functions are)", m.Function)})
+}
+
+// checkPlan applies the session's tenancy to an analysed statement.
+func (s *session) checkPlan(plan *rewrite.Plan) error {
+	for _, rc := range plan.RoleChanges {
+		if rc.Target == "" {
+			continue // RESET ROLE / SESSION AUTHORIZATION DEFAULT: back to the login role
+		}
+		tenant, scoped, err := resolveTenant(s.srv.cfg.Tenancy, rc.Target)
+		if err != nil || scoped != s.scoped || tenant != s.tenant {
+			return tenantRefusal("SET " + strings.ToUpper(strings.ReplaceAll(rc.Kind, "_", " ")) + " to a role of another tenant")
+		}
+	}
+	if !s.scoped && (len(plan.Slots) > 0 || hasKeyedParams(plan.Params)) {
+		return &clientError{code: pgerrcode.InsufficientPrivilege, msg: "this session has no tenant, so it cannot write or search encrypted columns"}
+	}
+	return nil
+}
+
+// identityParams reports whether a rewritten statement takes the client's
+// parameters as they are: same numbers, all plain.
+func identityParams(ps []rewrite.ParamSource) bool {
+	for i, p := range ps {
+		if p.Kind != rewrite.ParamPlain || p.Param != i+1 {
+			return false
+		}
+	}
+	return true
+}
+
+func hasKeyedParams(ps []rewrite.ParamSource) bool {
+	for _, p := range ps {
+		if p.Kind != rewrite.ParamPlain {
+			return true
+		}
+	}
+	return false
+}
+
+// render builds the statement text of a plan, with every slot's value
+// canonicalised for its declared type and encrypted or indexed under the
+// session tenant's keys. Nothing in the result is plaintext of a declared
+// column.
+func (s *session) render(plan *rewrite.Plan) (string, error) {
+	ctx := context.Background()
+	var b strings.Builder
+	for i, seg := range plan.Segments {
+		b.WriteString(seg)
+		if i == len(plan.Slots) {
+			break
+		}
+		slot := plan.Slots[i]
+		if slot.Value == nil {
+			b.WriteString("NULL")
+			continue
+		}
+		col := slot.Column.Column
+		canonical, err := coltype.Canonical(col.Type, *slot.Value)
+		if err != nil {
+			return "", valueError(slot.Column, err)
+		}
+		ref := refOf(slot.Column)
+		var out []byte
+		switch slot.Kind {
+		case rewrite.SlotData:
+			out, err = s.srv.keys.Seal(ctx, s.tenant, ref, []byte(canonical))
+		case rewrite.SlotIndex:
+			out, err = s.srv.keys.BlindIndex(ctx, s.tenant, ref, []byte(canonical))
+		default:
+			return "", fmt.Errorf("render: unknown slot kind %d", slot.Kind)
+		}
+		if err != nil {
+			return "", keyError(s.tenant, err)
+		}
+		writeByteaLiteral(&b, out)
+	}
+	return b.String(), nil
+}
+
+// writeByteaLiteral writes v as E'\\x<hex>'::pg_catalog.bytea. The E”
+// form reads the same whatever standard_conforming_strings is.
+func writeByteaLiteral(b *strings.Builder, v []byte) {
+	b.WriteString(`E'\\x`)
+	var buf [64]byte
+	for len(v) > 0 {
+		n := min(len(v), len(buf)/2)
+		hex.Encode(buf[:], v[:n])
+		b.Write(buf[:2*n])
+		v = v[n:]
+	}
+	b.WriteString(`'::pg_catalog.bytea`)
+}
+
+// valueError turns a value that is not valid for its declared type into the
+// error PostgreSQL would give, naming the column but not the value.
+func valueError(c rewrite.ColumnRef, err error) error {
+	var ve *coltype.Error
+	if errors.As(err, &ve) {
+		return &clientError{code: ve.Code, msg: fmt.Sprintf("%s.%s.%s: %s", c.Schema, c.Table, c.Column.Name, ve.Message)}
+	}
+	return err
+}
+
+// keyError reports a key-layer failure without its cause's details.
+func keyError(tenant string, err error) error {
+	return &clientError{code: pgerrcode.SystemError, msg: fmt.Sprintf("key service unavailable for tenant %s", tenant), cause: err}
+}
+
+// refuse sends, in place of a refused simple Query or FunctionCall, a
+// statement that raises the refusal upstream. The error then arrives in
+// order with everything else the client has in flight, and PostgreSQL
+// applies its own semantics to it: a transaction block is aborted, the rest
+// of a multi-statement query is not run, and ReadyForQuery carries the true
+// transaction status. The original statement never reaches PostgreSQL.
+func (s *session) refuse(err error) error {
+	if err == nil {
+		err = errors.New("refusal without a cause")
+	}
+	code, msg := s.publicError(err)
+	return s.upstreamOut.send(&pgproto3.Query{String: raiseSQL(code, msg)})
+}
+
+// refuseParse replaces a refused Parse with Parse/Bind/Execute of the
+// raising statement: PostgreSQL reports the error where the Parse was and
+// skips the rest of the batch up to Sync, as it would have for the Parse.
+// The ParseComplete and BindComplete of the replacement are swallowed.
+func (s *session) refuseParse(err error) error {
+	code, msg := s.publicError(err)
+	s.track(&pending{kind: pendRefusal})
+	s.upstreamOut.send(&pgproto3.Parse{Query: raiseSQL(code, msg)})
+	s.upstreamOut.send(&pgproto3.Bind{})
+	return s.upstreamOut.send(&pgproto3.Execute{})
+}
+
+// publicError decides what a refused statement tells the client, logs the
+// rest, and audits refused tenant changes.
+func (s *session) publicError(err error) (code, msg string) {
+	var ref *rewrite.Refusal
+	var ce *clientError
+	switch {
+	case errors.As(err, &ref):
+		code, msg = ref.Code, ref.Message
+	case errors.As(err, &ce):
+		code, msg = ce.code, ce.msg
+		if ce.cause != nil {
+			s.log.Warn().Err(ce.cause).Str("sqlstate", code).Msg("statement refused")
+		}
+	default:
+		s.log.Error().Err(err).Msg("statement refused: internal error")
+		code, msg = pgerrcode.InternalError, fmt.Sprintf("internal error (session %d)", s.id)
+	}
+	if code == pgerrcode.InsufficientPrivilege {
+		s.srv.audit.tenantChangeRefused(s, msg)
+	}
+	s.srv.metrics.refused()
+	return code, "pgcloak: " + msg
+}
+
+// raiseSQL is a statement that fails with the given SQLSTATE and message.
+// The message travels hex-encoded, so nothing in it can end the string or
+// the dollar quote, whatever the session's standard_conforming_strings.
+func raiseSQL(code, msg string) string {
+	return "DO $pgcloak$BEGIN RAISE EXCEPTION USING ERRCODE = '" + sanitizeSQLState(code) +
+		"', MESSAGE = pg_catalog.convert_from(pg_catalog.decode('" + hex.EncodeToString([]byte(msg)) +
+		"', 'hex'), 'UTF8'); END$pgcloak$"
+}
+
+// raiseWhere is the context PostgreSQL attaches to an error raised by
+// raiseSQL; the proxy strips it so the client sees only its own message.
+const raiseWhere = "PL/pgSQL function inline_code_block"
+
+func sanitizeSQLState(code string) string {
+	if len(code) != 5 {
+		return pgerrcode.InternalError
+	}
+	for _, c := range code {
+		if !(c >= '0' && c <= '9' || c >= 'A' && c <= 'Z') {
+			return pgerrcode.InternalError
+		}
+	}
+	return code
+}

@@ -1,0 +1,276 @@
+package proxy
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgcloak/pgcloak/coltype"
+	"github.com/pgcloak/pgcloak/config"
+)
+
+// pendRefusal stands for a refused Parse replaced by the raising statement:
+// its ParseComplete and BindComplete are swallowed and its error relayed.
+const pendRefusal pendingKind = 100
+
+// rowShape is what the proxy must do to each field of a result row.
+type rowShape struct {
+	fields []fieldPlan
+	any    bool // some field is declared
+}
+
+// fieldPlan is one result field.
+type fieldPlan struct {
+	declared declaredField
+	ok       bool  // the field is a declared column (not its index column)
+	format   int16 // 0 text, 1 binary: the format upstream sends it in, which is the format the client asked for
+}
+
+// portal is what the upstream goroutine knows of a bound portal.
+type portal struct {
+	stmt    string
+	formats []int16
+	shape   *rowShape // from Describe 'P', when the client asked
+}
+
+// resultState is the upstream goroutine's view of the session's statements
+// and portals. Only upstreamLoop touches it.
+type resultState struct {
+	statements map[string]*rowShape // statement name -> shape from Describe 'S' (formats unknown)
+	portals    map[string]*portal
+	current    *rowShape // shape of the rows now arriving
+	suppress   bool      // a decrypt error was sent: drop the rest up to ReadyForQuery
+}
+
+// track records a forwarded client message whose responses are awaited. It
+// is a no-op for sessions that decrypt nothing.
+func (s *session) track(p *pending) {
+	if s.decrypts {
+		s.pending.push(p)
+	}
+}
+
+// shapeOf reads a RowDescription, rewriting declared fields in place to show
+// the declared type, and returns the shape their values need.
+func (s *session) shapeOf(rd *pgproto3.RowDescription) (*rowShape, error) {
+	shape := &rowShape{fields: make([]fieldPlan, len(rd.Fields))}
+	for i := range rd.Fields {
+		f := &rd.Fields[i]
+		d, ok, err := s.srv.catalog.lookup(context.Background(), columnOrigin{f.TableOID, f.TableAttributeNumber})
+		if err != nil {
+			return nil, err
+		}
+		shape.fields[i].format = f.Format
+		if !ok || d.index {
+			continue
+		}
+		shape.fields[i].declared = d
+		shape.fields[i].ok = true
+		shape.any = true
+		f.DataTypeOID = coltype.OID(d.column.Type)
+		f.DataTypeSize = typeSize(d.column.Type)
+		f.TypeModifier = -1
+	}
+	return shape, nil
+}
+
+// withFormats returns shape with the result formats a Bind asked for.
+func withFormats(shape *rowShape, formats []int16) *rowShape {
+	if shape == nil || !shape.any {
+		return shape
+	}
+	out := &rowShape{fields: make([]fieldPlan, len(shape.fields)), any: true}
+	copy(out.fields, shape.fields)
+	for i := range out.fields {
+		switch {
+		case len(formats) == 0:
+			out.fields[i].format = 0
+		case len(formats) == 1:
+			out.fields[i].format = formats[0]
+		case i < len(formats):
+			out.fields[i].format = formats[i]
+		}
+	}
+	return out
+}
+
+// relay handles one upstream message for a session that decrypts: it keeps
+// the pending queue and statement state in step with PostgreSQL and
+// decrypts rows. It returns false when the message must not be forwarded.
+func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
+	rs := &s.results
+	head := s.pending.peek()
+	switch m := msg.(type) {
+	case *pgproto3.ParseComplete:
+		if head != nil && head.kind == pendRefusal {
+			return false, nil // its BindComplete and error follow
+		}
+		if p := s.pending.pop(); p != nil {
+			delete(rs.statements, p.name)
+		}
+	case *pgproto3.BindComplete:
+		if head != nil && head.kind == pendRefusal {
+			return false, nil
+		}
+		if p := s.pending.pop(); p != nil {
+			rs.portals[p.name] = &portal{stmt: p.stmt, formats: p.resultFormats}
+		}
+	case *pgproto3.ParameterDescription:
+		// Part of a statement Describe; its RowDescription or NoData follows.
+	case *pgproto3.RowDescription:
+		shape, err := s.shapeOf(m)
+		if err != nil {
+			return false, err
+		}
+		if head != nil && head.kind == pendDescribe {
+			s.pending.pop()
+			if head.target == 'S' {
+				rs.statements[head.name] = shape
+			} else if p := rs.portals[head.name]; p != nil {
+				p.shape = shape
+			}
+		} else {
+			rs.current = shape // simple query, or FETCH inside one
+		}
+	case *pgproto3.NoData:
+		if head != nil && head.kind == pendDescribe {
+			s.pending.pop()
+			if head.target == 'S' {
+				delete(rs.statements, head.name)
+			}
+		}
+	case *pgproto3.DataRow:
+		if rs.suppress {
+			return false, nil
+		}
+		shape := rs.current
+		if head != nil && head.kind == pendExecute {
+			shape = s.portalShape(head.name)
+		}
+		if shape != nil && shape.any {
+			if err := s.decryptRow(m, shape); err != nil {
+				rs.suppress = true
+				if _, ok := err.(*decryptError); !ok {
+					s.log.Error().Err(err).Msg("result row not decrypted")
+				}
+				return false, s.sendClient(decryptErrorResponse(err, s.id))
+			}
+		}
+		return !rs.suppress, nil
+	case *pgproto3.CommandComplete, *pgproto3.EmptyQueryResponse, *pgproto3.PortalSuspended:
+		rs.current = nil
+		if head != nil && head.kind == pendExecute {
+			s.pending.pop()
+		}
+	case *pgproto3.CloseComplete:
+		if p := s.pending.pop(); p != nil {
+			if p.target == 'S' {
+				delete(rs.statements, p.name)
+			} else {
+				delete(rs.portals, p.name)
+			}
+		}
+	case *pgproto3.ErrorResponse:
+		rs.current = nil
+		if strings.HasPrefix(m.Message, "pgcloak: ") && strings.HasPrefix(m.Where, raiseWhere) {
+			m.Where = ""
+		}
+		if head != nil && head.kind != pendQuery && head.kind != pendFunctionCall {
+			s.pending.skipToSync()
+		}
+	case *pgproto3.ReadyForQuery:
+		s.pending.pop()
+		rs.current = nil
+		rs.suppress = false
+		if m.TxStatus == 'I' {
+			clear(rs.portals) // portals do not outlive their transaction
+		}
+	}
+	return !rs.suppress, nil
+}
+
+// portalShape is the shape of rows an Execute of the named portal returns.
+func (s *session) portalShape(name string) *rowShape {
+	p := s.results.portals[name]
+	if p == nil {
+		return nil
+	}
+	if p.shape != nil {
+		return p.shape
+	}
+	return withFormats(s.results.statements[p.stmt], p.formats)
+}
+
+// decryptError is a value that did not open for the session's tenant. Its
+// message names the column only; why it failed stays unsaid (another
+// tenant's row, tampering and a shredded key look the same).
+type decryptError struct {
+	table, column string
+}
+
+func (e *decryptError) Error() string {
+	return fmt.Sprintf("cannot decrypt %s.%s for this session's tenant", e.table, e.column)
+}
+
+func decryptErrorResponse(err error, sessionID uint64) *pgproto3.ErrorResponse {
+	if de, ok := err.(*decryptError); ok {
+		return &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "39000", Message: "pgcloak: " + de.Error()}
+	}
+	resp := errorResponse(err, sessionID)
+	resp.Severity, resp.SeverityUnlocalized = "ERROR", "ERROR"
+	return resp
+}
+
+// decryptRow replaces every declared field of row with its plaintext, in
+// the format the field asks for.
+func (s *session) decryptRow(row *pgproto3.DataRow, shape *rowShape) error {
+	ctx := context.Background()
+	for i, f := range shape.fields {
+		if !f.ok || i >= len(row.Values) || row.Values[i] == nil {
+			continue
+		}
+		t, c := f.declared.table, f.declared.column
+		stored := row.Values[i]
+		if f.format == 0 {
+			// bytea's text output: \x followed by hex digits.
+			if len(stored) < 2 || stored[0] != '\\' || stored[1] != 'x' {
+				return s.decryptFailed(t, c)
+			}
+			raw := make([]byte, hex.DecodedLen(len(stored)-2))
+			if _, err := hex.Decode(raw, stored[2:]); err != nil {
+				return s.decryptFailed(t, c)
+			}
+			stored = raw
+		}
+		plain, err := s.srv.keys.Open(ctx, s.tenant, valueRef(t, c), stored)
+		if err != nil {
+			if !isDecryptFailure(err) {
+				// The key service, not the value, failed: never hide
+				// that behind NULLs.
+				return keyError(s.tenant, err)
+			}
+			if s.srv.cfg.Encrypt.OnDecryptError == config.DecryptErrorNull {
+				s.srv.audit.decryptFailed(s, t, c)
+				row.Values[i] = nil
+				continue
+			}
+			return s.decryptFailed(t, c)
+		}
+		if f.format == 1 {
+			enc, err := encodeBinary(c.Type, plain)
+			if err != nil {
+				return err
+			}
+			plain = enc
+		}
+		row.Values[i] = plain
+	}
+	return nil
+}
+
+func (s *session) decryptFailed(t *config.Table, c *config.Column) error {
+	s.srv.audit.decryptFailed(s, t, c)
+	return &decryptError{table: t.QualifiedName(), column: c.Name}
+}

@@ -1,0 +1,118 @@
+package rewrite
+
+import "strings"
+
+// alwaysTokens are the texts that make a statement worth parsing whatever the
+// declarations say. Each one is there for a reason:
+//
+//   - set_config, pg_settings: the two ways besides SET to change a setting
+//     (pg_settings is an updatable view over set_config);
+//   - role, authorization: SET ROLE / SET SESSION AUTHORIZATION and their
+//     RESET forms, which the proxy checks against the tenant map;
+//   - reset, discard: RESET ALL / DISCARD ALL restore the tenant setting to
+//     its startup value, which the proxy wants to know about;
+//   - query_to_xml, ts_stat: built-in functions that run a query given as
+//     text, which could assemble set_config from pieces;
+//   - u&: Unicode escapes (U&'...' and U&"...") can spell any name without
+//     its letters appearing in the text;
+//   - a backslash: E'...' escapes (and backslashes in ordinary strings when
+//     standard_conforming_strings is off) can do the same;
+//   - a NUL byte: never valid in a query; Analyze refuses it.
+var alwaysTokens = []string{
+	"set_config", "pg_settings", "role", "authorization", "reset", "discard",
+	"query_to_xml", "ts_stat", "u&", `\`, "\x00",
+}
+
+// buildTokens collects the MightNeedAnalysis tokens: alwaysTokens, every
+// declared table name, every index column name and the longest component of
+// the tenant setting (a setting name always contains each of its components
+// as one identifier, quoted or not, so any one of them is a sound trigger;
+// the longest is the most selective).
+func (s *Schema) buildTokens() {
+	add := func(tok string) {
+		tok = asciiLower(tok)
+		if tok == "" {
+			return
+		}
+		list := s.byFirst[tok[0]]
+		for _, t := range list {
+			if t == tok {
+				return
+			}
+		}
+		s.byFirst[tok[0]] = append(list, tok)
+	}
+	for _, t := range alwaysTokens {
+		add(t)
+	}
+	for _, t := range s.tables {
+		add(t.name)
+		for i := range t.cols {
+			if searchable(&t.cols[i]) {
+				add(t.cols[i].IndexColumn)
+			}
+		}
+	}
+	longest := ""
+	for _, part := range strings.Split(s.setting, ".") {
+		if len(part) > len(longest) {
+			longest = part
+		}
+	}
+	add(longest)
+	// Tokens are matched case-insensitively for ASCII letters; index the
+	// upper-case first byte too so the scan needs no per-byte folding.
+	for c := 'a'; c <= 'z'; c++ {
+		s.byFirst[c-'a'+'A'] = s.byFirst[c]
+	}
+}
+
+// MightNeedAnalysis reports whether sql could need Analyze: whether it
+// mentions a declared table, an index column, the tenant setting or any of a
+// few tenancy-relevant words (see alwaysTokens). When it returns false the
+// text cannot touch a declared column or the tenant and the proxy may forward
+// it without parsing. False positives only cost a parse (and the plan cache
+// absorbs repeats); a false negative would be a security bug, so every token
+// errs on the side of true.
+//
+// MightNeedAnalysis does not allocate. It matches ASCII letters
+// case-insensitively; PostgreSQL folds only ASCII letters in unquoted
+// identifiers, and quoted identifiers or strings that differ in non-ASCII
+// case name different objects anyway.
+func (s *Schema) MightNeedAnalysis(sql string) bool {
+	for i := 0; i < len(sql); i++ {
+		for _, tok := range s.byFirst[sql[i]] {
+			if len(sql)-i >= len(tok) && hasPrefixFold(sql[i:], tok) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// hasPrefixFold reports whether s starts with tok, where tok is lower-case
+// and ASCII letters in s match either case. len(s) >= len(tok).
+func hasPrefixFold(s, tok string) bool {
+	for j := 0; j < len(tok); j++ {
+		c := s[j]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != tok[j] {
+			return false
+		}
+	}
+	return true
+}
+
+// asciiLower lower-cases ASCII letters only, as PostgreSQL's identifier
+// folding does.
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}

@@ -1,0 +1,542 @@
+#!/usr/bin/env bash
+# transparency.sh — pgcloak's transparency bar: the test suites of pgx and
+# lib/pq must pass through pgcloak exactly as they pass directly against
+# PostgreSQL.
+#
+# For each suite it starts a throwaway PostgreSQL (testenv, via
+# scripts/transparencyenv), configures it the way the suite's CI does (users,
+# pg_hba.conf auth methods, TLS certificates, extensions, databases), puts a
+# pgcloak proxy in front of it, then runs the suite twice from a writable copy
+# of the module: once directly against PostgreSQL and once through the proxy.
+# It compares the sets of failing tests and exits 1 if any test fails through
+# the proxy but not directly (0 if none does, 2 if the setup failed).
+#
+# Everything binds to 127.0.0.1 and is stopped on exit. Needs go, psql and the
+# PostgreSQL server binaries (postgresql, postgresql-contrib for hstore/ltree).
+#
+# Environment knobs (all optional):
+#   SUITES            suites to run, default "pgx pq pq_binary"
+#                     (pq_binary is lib/pq with PQTEST_BINARY_PARAMETERS=yes,
+#                     as lib/pq's CI runs it)
+#   PGX_VERSION       default v5.12.0      PQ_VERSION  default v1.12.3
+#   PGX_PKGS          pgx packages to test (default: the ones that talk to the server)
+#   GO_TEST_FLAGS     extra flags for go test (default "-p 2 -timeout 5m")
+#   UPSTREAM_SSLMODE  the proxy's upstream.sslmode: require (default) or disable
+#   PROXY_TLS         1 (default): the proxy accepts TLS with the same
+#                     certificate the server has; 0: the proxy answers 'N'
+#   RERUNS            times each proxy-only failure is run again, directly
+#                     and through the proxy, to tell flakes from real
+#                     failures (default 2; informational only, 0 to skip)
+#   ETC_HOSTS         1 (default when root): add "127.0.0.1 postgres
+#                     postgres-invalid" to /etc/hosts for lib/pq's TLS tests
+#                     while the script runs (removed on exit)
+#   KEEP_WORK         1: keep the work directory (logs, JSON results)
+#   ALLOW_PROXY_ONLY  extended regex of "package TestName" entries that may
+#                     fail through the proxy only without failing the run
+#                     (default: the TLS-termination cases below; set it
+#                     empty to be strict)
+set -euo pipefail
+export LC_ALL=C
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SUITES=${SUITES:-"pgx pq pq_binary"}
+PGX_VERSION=${PGX_VERSION:-v5.12.0}
+PQ_VERSION=${PQ_VERSION:-v1.12.3}
+PGX_PKGS=${PGX_PKGS:-". ./pgconn ./pgproto3 ./pgtype ./pgtype/zeronull ./pgxpool ./stdlib ./tracelog"}
+GO_TEST_FLAGS=${GO_TEST_FLAGS:-"-p 2 -timeout 5m"}
+UPSTREAM_SSLMODE=${UPSTREAM_SSLMODE:-require}
+PROXY_TLS=${PROXY_TLS:-1}
+RERUNS=${RERUNS:-2}
+KEEP_WORK=${KEEP_WORK:-0}
+# By default only the tests that cannot pass through any proxy that
+# terminates TLS (pgbouncer included) are allowed to differ: SCRAM channel
+# binding (channel_binding=require), logins by client certificate (the
+# certificate ends at the proxy), and lib/pq's SSL tests, which begin by
+# checking that a plaintext client is refused by a hostnossl rule (upstream
+# the proxy's connection is TLS). Set ALLOW_PROXY_ONLY= to be strict.
+DEFAULT_ALLOW='^github.com/jackc/pgx/v5/pgconn TestConnectTLS(/WithChannelBinding|PasswordProtectedClientCert.*)?$|^github.com/lib/pq TestSSL(Mode|ClientCertificates|ClientCertificateIntermediate|Defaults|RootCA|SNI|Version)$'
+ALLOW_PROXY_ONLY=${ALLOW_PROXY_ONLY-$DEFAULT_ALLOW}
+if [[ -z ${ETC_HOSTS:-} ]]; then
+	if [[ $(id -u) -eq 0 ]]; then ETC_HOSTS=1; else ETC_HOSTS=0; fi
+fi
+
+START_TIME=$(date +%s)
+log() { printf '%s [%4ss] %s\n' "$(date +%H:%M:%S)" "$(($(date +%s) - START_TIME))" "$*" >&2; }
+die() {
+	log "ERROR: $*"
+	exit 2
+}
+
+for tool in go psql jq; do
+	command -v "$tool" >/dev/null 2>&1 || die "$tool not found on PATH"
+done
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/pgcloak-transparency.XXXXXX")
+chmod 755 "$WORK"
+ENV_PID=
+TEST_PID=
+HOSTS_MARK="# pgcloak-transparency $$"
+
+cleanup() {
+	local rc=$?
+	set +e
+	trap - EXIT INT TERM HUP
+	# Closing fd 3 (the helper's stdin) makes the helper stop the proxies
+	# and PostgreSQL servers; SIGTERM does the same if it is not listening.
+	exec 3>&-
+	if [[ -n $TEST_PID ]]; then
+		kill -TERM -- "-$TEST_PID" 2>/dev/null
+		wait "$TEST_PID" 2>/dev/null
+	fi
+	if [[ -n $ENV_PID ]]; then
+		for _ in $(seq 1 100); do
+			kill -0 "$ENV_PID" 2>/dev/null || break
+			sleep 0.1
+		done
+		if kill -0 "$ENV_PID" 2>/dev/null; then
+			kill -TERM "$ENV_PID" 2>/dev/null
+			sleep 2
+			kill -KILL "$ENV_PID" 2>/dev/null
+		fi
+		wait "$ENV_PID" 2>/dev/null
+	fi
+	if grep -qF "$HOSTS_MARK" /etc/hosts 2>/dev/null; then
+		# Rewrite in place: /etc/hosts is often a bind mount that cannot be
+		# replaced by rename.
+		grep -vF "$HOSTS_MARK" /etc/hosts >"$WORK/hosts.new" && cat "$WORK/hosts.new" >/etc/hosts
+	fi
+	if [[ $KEEP_WORK == 1 ]]; then
+		log "work directory kept: $WORK"
+	else
+		chmod -R u+w "$WORK" 2>/dev/null
+		rm -rf "$WORK"
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# --- Go environment for the suites: clean, and the same for both runs.
+GOCACHE_DIR=$(go env GOCACHE)
+GOMODCACHE_DIR=$(go env GOMODCACHE)
+GOPATH_DIR=$(go env GOPATH)
+GOPROXY_VAL=$(go env GOPROXY)
+GOSUMDB_VAL=$(go env GOSUMDB)
+mkdir -p "$WORK/home" "$WORK/tmp" "$WORK/results" "$WORK/logs" "$WORK/bin"
+BASE_ENV=(PATH="$PATH" HOME="$WORK/home" USER="$(id -un)" LOGNAME="$(id -un)" LANG=C.UTF-8
+	GOCACHE="$GOCACHE_DIR" GOMODCACHE="$GOMODCACHE_DIR" GOPATH="$GOPATH_DIR"
+	GOPROXY="$GOPROXY_VAL" GOSUMDB="$GOSUMDB_VAL" GOTOOLCHAIN=local GOFLAGS= TMPDIR="$WORK/tmp")
+# suite_env runs "$@" with only the environment a suite should see (no PG*
+# variables from the caller) plus the NAME=VALUE words given before "--".
+suite_env() {
+	local extra=()
+	while [[ $1 != -- ]]; do
+		extra+=("$1")
+		shift
+	done
+	shift
+	env -i "${BASE_ENV[@]}" "${extra[@]}" "$@"
+}
+
+# --- Sources: writable copies of the modules (the module cache is read-only).
+module_dir() { (cd "$ROOT" && go mod download -json "$1@$2" | jq -r '.Dir // empty'); }
+copy_module() { # name module version
+	local dir
+	dir=$(module_dir "$2" "$3")
+	[[ -n $dir && -d $dir ]] || die "cannot find $2@$3 (go mod download failed)"
+	cp -r "$dir" "$WORK/src/$1"
+	chmod -R u+w "$WORK/src/$1"
+	(cd "$WORK/src/$1" && suite_env -- go mod download) || die "go mod download for $2@$3 failed"
+}
+
+want_suite() { [[ " $SUITES " == *" $1 "* ]]; }
+want_pgx=0 want_pq=0
+want_suite pgx && want_pgx=1
+{ want_suite pq || want_suite pq_binary; } && want_pq=1
+
+mkdir -p "$WORK/src"
+log "copying modules to $WORK/src"
+if ((want_pgx)); then
+	copy_module pgx github.com/jackc/pgx/v5 "$PGX_VERSION"
+	# pgx's CI generates its CA, server and (encrypted) client certificates.
+	(cd "$WORK/src/pgx/testsetup" && suite_env -- go run generate_certs.go) || die "pgx generate_certs.go failed"
+	PGX_CERTS="$WORK/src/pgx/testsetup"
+	chmod 600 "$PGX_CERTS"/*.key
+fi
+if ((want_pq)); then
+	copy_module pq github.com/lib/pq "$PQ_VERSION"
+	PQ_SSL="$WORK/src/pq/testdata/ssl"
+fi
+
+# --- /etc/hosts names lib/pq's TLS tests connect to.
+if ((want_pq)) && [[ $ETC_HOSTS == 1 ]]; then
+	missing=()
+	for h in postgres postgres-invalid; do
+		getent hosts "$h" >/dev/null 2>&1 || missing+=("$h")
+	done
+	if ((${#missing[@]} > 0)); then
+		if [[ -w /etc/hosts ]]; then
+			log "adding 127.0.0.1 ${missing[*]} to /etc/hosts until exit"
+			printf '127.0.0.1 %s %s\n' "${missing[*]}" "$HOSTS_MARK" >>/etc/hosts
+		else
+			log "WARNING: /etc/hosts lacks ${missing[*]} and is not writable; lib/pq's TLS tests will fail in both runs"
+		fi
+	fi
+fi
+
+# --- PostgreSQL servers and proxies.
+log "building scripts/transparencyenv"
+(cd "$ROOT" && go build -o "$WORK/bin/transparencyenv" ./scripts/transparencyenv) || die "build transparencyenv failed"
+instances=()
+if ((want_pgx)); then
+	if [[ $PROXY_TLS == 1 ]]; then
+		instances+=(-instance "pgx:$PGX_CERTS/localhost.crt:$PGX_CERTS/localhost.key")
+	else
+		instances+=(-instance pgx)
+	fi
+fi
+if ((want_pq)); then
+	if [[ $PROXY_TLS == 1 ]]; then
+		instances+=(-instance "pq:$PQ_SSL/server.crt:$PQ_SSL/server.key")
+	else
+		instances+=(-instance pq)
+	fi
+fi
+mkfifo "$WORK/env.in"
+"$WORK/bin/transparencyenv" -log-dir "$WORK/logs" -upstream-sslmode "$UPSTREAM_SSLMODE" "${instances[@]}" \
+	<"$WORK/env.in" >"$WORK/env.out" 2>"$WORK/logs/transparencyenv.err" &
+ENV_PID=$!
+exec 3>"$WORK/env.in"
+log "starting PostgreSQL and pgcloak (helper pid $ENV_PID)"
+for _ in $(seq 1 1200); do
+	grep -q '^READY=1$' "$WORK/env.out" 2>/dev/null && break
+	kill -0 "$ENV_PID" 2>/dev/null || {
+		cat "$WORK/logs/transparencyenv.err" >&2
+		die "transparencyenv exited during startup"
+	}
+	sleep 0.1
+done
+grep -q '^READY=1$' "$WORK/env.out" || die "transparencyenv not ready after 120s"
+# shellcheck disable=SC1091
+source "$WORK/env.out"
+
+server_user() { if [[ $(id -u) -eq 0 ]]; then echo postgres; else id -un; fi; }
+PGOWNER=$(server_user)
+
+# psql_on NAME [psql args...] runs psql over the server's Unix socket as the
+# testenv superuser (local connections are trusted).
+psql_on() {
+	local n=${1^^}
+	shift
+	local dir_var=${n}_PG_DIR port_var=${n}_PG_PORT
+	env -i PATH="$PATH" HOME="$WORK/home" PGOPTIONS='-c client_min_messages=warning' \
+		psql -X -q -v ON_ERROR_STOP=1 -h "${!dir_var}" -p "${!port_var}" -U postgres "$@"
+}
+
+# install_ssl NAME CERT KEY CA: copies the server's TLS files into its
+# directory and turns ssl on (ALTER SYSTEM; applied by pg_reload_conf).
+install_ssl() {
+	local n=${1^^}
+	local dir_var=${n}_PG_DIR
+	local ssl="${!dir_var}/ssl"
+	mkdir -p "$ssl"
+	cp "$2" "$ssl/server.crt"
+	cp "$3" "$ssl/server.key"
+	cp "$4" "$ssl/root.crt"
+	chmod 600 "$ssl/server.key"
+	chmod 644 "$ssl/server.crt" "$ssl/root.crt"
+	[[ $(id -u) -eq 0 ]] && chown -R "$PGOWNER:" "$ssl"
+	psql_on "$1" -d postgres <<-SQL
+		ALTER SYSTEM SET ssl = on;
+		ALTER SYSTEM SET ssl_cert_file = '$ssl/server.crt';
+		ALTER SYSTEM SET ssl_key_file = '$ssl/server.key';
+		ALTER SYSTEM SET ssl_ca_file = '$ssl/root.crt';
+	SQL
+}
+
+# install_hba NAME FILE: the suite's pg_hba.conf replaces testenv's.
+install_hba() {
+	local n=${1^^}
+	local data_var=${n}_PG_DATA
+	cp "$2" "${!data_var}/pg_hba.conf"
+	chmod 600 "${!data_var}/pg_hba.conf"
+	[[ $(id -u) -eq 0 ]] && chown "$PGOWNER:" "${!data_var}/pg_hba.conf"
+	return 0
+}
+
+reload() {
+	psql_on "$1" -d postgres -c 'SELECT pg_reload_conf()' >/dev/null
+	sleep 0.5
+}
+
+if ((want_pgx)); then
+	log "configuring PostgreSQL for pgx (port $PGX_PG_PORT, proxy $PGX_PROXY_PORT)"
+	src="$WORK/src/pgx"
+	install_ssl pgx "$PGX_CERTS/localhost.crt" "$PGX_CERTS/localhost.key" "$PGX_CERTS/ca.pem"
+	install_hba pgx "$src/testsetup/pg_hba.conf"
+	reload pgx
+	psql_on pgx -d postgres -c 'CREATE DATABASE pgx_test'
+	# The setup's \set whoami `whoami` creates a superuser for the OS user,
+	# which the Unix-socket connection string logs in as.
+	(cd "$src" && psql_on pgx -d pgx_test -f testsetup/postgresql_setup.sql)
+	psql_on pgx -d pgx_test -Atc "SELECT 'ssl=' || current_setting('ssl')" | grep -qx 'ssl=on' || die "pgx server: ssl is not on"
+fi
+if ((want_pq)); then
+	log "configuring PostgreSQL for lib/pq (port $PQ_PG_PORT, proxy $PQ_PROXY_PORT)"
+	src="$WORK/src/pq"
+	install_hba pq "$src/testdata/postgres/pg_hba.conf"
+	# What the postgres image does with POSTGRES_USER=pqgo.
+	psql_on pq -d postgres <<-SQL
+		CREATE ROLE pqgo SUPERUSER LOGIN PASSWORD 'unused';
+		CREATE DATABASE pqgo OWNER pqgo;
+	SQL
+	# Its init script, with the image's /ssl2 directory replaced by ours.
+	sed "s|/ssl2/|$PQ_PG_DIR/ssl/|g" "$src/testdata/postgres/docker-entrypoint-initdb.d/20-config.sql" >"$WORK/pq-20-config.sql"
+	psql_on pq -U pqgo -d pqgo -f "$WORK/pq-20-config.sql"
+	install_ssl pq "$PQ_SSL/server.crt" "$PQ_SSL/server.key" "$PQ_SSL/root.crt"
+	reload pq
+	psql_on pq -d pqgo -Atc "SELECT 'ssl=' || current_setting('ssl')" | grep -qx 'ssl=on' || die "pq server: ssl is not on"
+fi
+
+# --- Suite environments. $1 is the port TCP connections go to.
+pgx_env() {
+	local port=$1 c=$PGX_CERTS
+	# Unix-socket connections cannot go through the proxy: the variable
+	# points at the server's socket in both runs.
+	printf '%s\n' \
+		"PGX_TEST_DATABASE=host=127.0.0.1 port=$port user=pgx_md5 password=secret dbname=pgx_test" \
+		"PGX_TEST_UNIX_SOCKET_CONN_STRING=host=$PGX_PG_DIR port=$PGX_PG_PORT dbname=pgx_test" \
+		"PGX_TEST_TCP_CONN_STRING=host=127.0.0.1 port=$port user=pgx_md5 password=secret dbname=pgx_test" \
+		"PGX_TEST_SCRAM_PASSWORD_CONN_STRING=host=127.0.0.1 port=$port user=pgx_scram password=secret dbname=pgx_test channel_binding=disable" \
+		"PGX_TEST_SCRAM_PLUS_CONN_STRING=host=localhost port=$port user=pgx_ssl password=secret sslmode=verify-full sslrootcert=$c/ca.pem dbname=pgx_test channel_binding=require" \
+		"PGX_TEST_MD5_PASSWORD_CONN_STRING=host=127.0.0.1 port=$port user=pgx_md5 password=secret dbname=pgx_test" \
+		"PGX_TEST_PLAIN_PASSWORD_CONN_STRING=host=127.0.0.1 port=$port user=pgx_pw password=secret dbname=pgx_test" \
+		"PGX_TEST_TLS_CONN_STRING=host=localhost port=$port user=pgx_ssl password=secret sslmode=verify-full sslrootcert=$c/ca.pem dbname=pgx_test channel_binding=disable" \
+		"PGX_SSL_PASSWORD=certpw" \
+		"PGX_TEST_TLS_CLIENT_CONN_STRING=host=localhost port=$port user=pgx_sslcert sslmode=verify-full sslrootcert=$c/ca.pem sslcert=$c/pgx_sslcert.crt sslkey=$c/pgx_sslcert.key dbname=pgx_test"
+}
+pq_env() {
+	# lib/pq's defaults (pqtest.DSN): PGHOST=localhost PGUSER=pqgo
+	# PGDATABASE=pqgo PGSSLMODE=disable; only the port differs.
+	printf '%s\n' "PGPORT=$1" "PQTEST_BINARY_PARAMETERS=no"
+}
+pq_binary_env() { printf '%s\n' "PGPORT=$1" "PQTEST_BINARY_PARAMETERS=yes"; }
+
+suite_dir() { case $1 in pgx) echo "$WORK/src/pgx" ;; pq | pq_binary) echo "$WORK/src/pq" ;; esac; }
+# Example_openConfig dials localhost:5432 (hard-coded) and log.Fatal()s when
+# nothing is there, which ends the whole test binary: skip it in both runs.
+suite_pkgs() { case $1 in pgx) echo "$PGX_PKGS" ;; pq | pq_binary) echo "-skip ^Example_openConfig\$ ./..." ;; esac; }
+suite_ports() { # direct proxy
+	case $1 in
+	pgx) echo "$PGX_PG_PORT $PGX_PROXY_PORT" ;;
+	pq | pq_binary) echo "$PQ_PG_PORT $PQ_PROXY_PORT" ;;
+	esac
+}
+
+# run_suite SUITE TARGET PORT OUT [go test args...]
+run_suite() {
+	local suite=$1 target=$2 port=$3 out=$4
+	shift 4
+	local envs=()
+	mapfile -t envs < <("${suite}_env" "$port")
+	rm -rf "$WORK/home" "$WORK/tmp"
+	mkdir -p "$WORK/home" "$WORK/tmp"
+	# In the background, in a process group of its own, so that a signal
+	# interrupts the wait at once and cleanup can stop exactly this run.
+	# shellcheck disable=SC2086
+	(cd "$(suite_dir "$suite")" && exec setsid env -i "${BASE_ENV[@]}" "${envs[@]}" \
+		go test -json -count=1 $GO_TEST_FLAGS "$@") >"$out" 2>"${out%.json}.stderr" &
+	TEST_PID=$!
+	wait "$TEST_PID" || true
+	TEST_PID=
+}
+
+# summarize FILE: one line per test ("pkg test<TAB>result"). result is pass,
+# fail or skip; "incomplete" for a test that started but never finished
+# because its test binary exited early (a panic in another test, os.Exit,
+# log.Fatal, the -timeout). A package that failed without any failing test
+# (build error, TestMain) is reported as "pkg [package]" with result fail.
+summarize() {
+	jq -rs '
+	  [ .[] | select(.Action != null and .Package != null) ] as $ev
+	  | ( [ $ev[] | select(.Test != null and (.Action | IN("run","pass","fail","skip")))
+	        | {k: (.Package + " " + .Test), a: .Action} ]
+	      | group_by(.k)
+	      | map({k: .[0].k, a: ([.[].a | select(. != "run")] | last // "incomplete")}) ) as $tests
+	  | ( [ $ev[] | select(.Test == null and .Action == "fail") | .Package ] | unique ) as $failedPkgs
+	  | ( [ $tests[] | select(.a | IN("fail","incomplete")) | .k | split(" ")[0] ] | unique ) as $pkgsWithFails
+	  | ( $tests | map("\(.k)\t\(.a)") )
+	    + [ $failedPkgs[] | select(. as $p | $pkgsWithFails | index($p) | not) | "\(.) [package]\tfail" ]
+	  | .[]' "$1"
+}
+
+counts() { # file.tsv -> "passed N failed N skipped N [incomplete N]"
+	awk -F'\t' '{c[$2]++} END {
+		printf "passed %5d  failed %4d  skipped %4d", c["pass"], c["fail"], c["skip"]
+		if (c["incomplete"]) printf "  incomplete %4d (test binary exited early)", c["incomplete"]
+	}' "$1"
+}
+
+# go test -run pattern for one test name (subtests split on /).
+run_pattern() {
+	local name=$1 out="" part
+	IFS=/ read -r -a parts <<<"$name"
+	for part in "${parts[@]}"; do
+		part=$(printf '%s' "$part" | sed 's/[][\\.*+?(){}|^$]/\\&/g')
+		out+="${out:+/}^${part}\$"
+	done
+	printf '%s' "$out"
+}
+
+status=0
+n_allowed=0
+rerun_seq=0
+declare -A summary
+for suite in $SUITES; do
+	case $suite in pgx | pq | pq_binary) ;; *) die "unknown suite $suite" ;; esac
+	read -r direct_port proxy_port < <(suite_ports "$suite")
+	read -r -a pkgs <<<"$(suite_pkgs "$suite")"
+	# Compile first, so that neither run's time includes the build.
+	t0=$(date +%s)
+	pkg_args=()
+	for a in "${pkgs[@]}"; do if [[ $a == .* ]]; then pkg_args+=("$a"); fi; done
+	mkdir -p "$WORK/tmp/build"
+	(cd "$(suite_dir "$suite")" && suite_env -- go test -c -o "$WORK/tmp/build/" "${pkg_args[@]}") \
+		>"$WORK/logs/$suite-build.log" 2>&1 || {
+		cat "$WORK/logs/$suite-build.log" >&2
+		die "$suite: go test -c failed"
+	}
+	log "$suite: compiled the test binaries ($(($(date +%s) - t0))s)"
+	for target in direct proxy; do
+		port=$direct_port
+		[[ $target == proxy ]] && port=$proxy_port
+		log "$suite: go test ${pkgs[*]} ($target, port $port)"
+		t0=$(date +%s)
+		run_suite "$suite" "$target" "$port" "$WORK/results/$suite-$target.json" "${pkgs[@]}"
+		summarize "$WORK/results/$suite-$target.json" | sort >"$WORK/results/$suite-$target.tsv"
+		summary[$suite-$target]="$(counts "$WORK/results/$suite-$target.tsv")  ($(($(date +%s) - t0))s)"
+		log "$suite $target: ${summary[$suite-$target]}"
+		if [[ ! -s $WORK/results/$suite-$target.tsv ]]; then
+			cat "$WORK/results/$suite-$target.stderr" >&2
+			die "$suite $target: no test results (see above)"
+		fi
+	done
+	# "Bad" is failed or incomplete; a test that did not finish directly is
+	# not held against the proxy either.
+	for target in direct proxy; do
+		awk -F'\t' '$2 == "fail" || $2 == "incomplete" {print $1}' "$WORK/results/$suite-$target.tsv" |
+			sort -u >"$WORK/results/$suite-$target.fail"
+	done
+	comm -13 "$WORK/results/$suite-direct.fail" "$WORK/results/$suite-proxy.fail" >"$WORK/results/$suite-proxy-only.all"
+	comm -23 "$WORK/results/$suite-direct.fail" "$WORK/results/$suite-proxy.fail" >"$WORK/results/$suite-direct-only.fail"
+	# Split the proxy-only ones into failed and incomplete.
+	awk -F'\t' 'NR == FNR {bad[$1] = 1; next} bad[$1] && $2 == "fail" {print $1}' \
+		"$WORK/results/$suite-proxy-only.all" "$WORK/results/$suite-proxy.tsv" | sort -u >"$WORK/results/$suite-proxy-only.fail"
+	awk -F'\t' 'NR == FNR {bad[$1] = 1; next} bad[$1] && $2 == "incomplete" {print $1}' \
+		"$WORK/results/$suite-proxy-only.all" "$WORK/results/$suite-proxy.tsv" | sort -u >"$WORK/results/$suite-proxy-only.incomplete"
+
+	# Run each proxy-only failure again, both ways, to tell a flake from a
+	# reproducible difference (informational: the verdict stays strict).
+	: >"$WORK/results/$suite-reruns"
+	if ((RERUNS > 0)) && [[ -s $WORK/results/$suite-proxy-only.fail ]]; then
+		n=$(wc -l <"$WORK/results/$suite-proxy-only.fail")
+		if ((n > 30)); then
+			log "$suite: $n proxy-only failures; not re-running them"
+		else
+			log "$suite: re-running $n proxy-only failure(s) ${RERUNS}x each way"
+			while read -r pkg test; do
+				[[ $test == "[package]" ]] && continue
+				pat=$(run_pattern "$test")
+				res=""
+				for target in direct proxy; do
+					port=$direct_port
+					[[ $target == proxy ]] && port=$proxy_port
+					fails=0
+					for _ in $(seq 1 "$RERUNS"); do
+						rr="$WORK/results/rerun-$suite-$target-$((++rerun_seq)).json"
+						run_suite "$suite" "$target" "$port" "$rr" -run "$pat" "$pkg"
+						if summarize "$rr" | awk -F'\t' -v k="$pkg $test" '$1 == k && $2 == "fail" {f=1} END {exit !f}'; then
+							fails=$((fails + 1)) # keep the output of a failed rerun
+						else
+							rm -f "$rr" "${rr%.json}.stderr"
+						fi
+					done
+					res+="$target failed $fails/$RERUNS; "
+				done
+				printf '%s %s\t%s\n' "$pkg" "$test" "${res%; }" >>"$WORK/results/$suite-reruns"
+			done <"$WORK/results/$suite-proxy-only.fail"
+		fi
+	fi
+done
+
+echo
+echo "=== pgcloak transparency: go test directly vs through pgcloak (upstream sslmode=$UPSTREAM_SSLMODE, proxy TLS=$PROXY_TLS)"
+for suite in $SUITES; do
+	printf '%-10s direct: %s\n' "$suite" "${summary[$suite-direct]}"
+	printf '%-10s proxy:  %s\n' "$suite" "${summary[$suite-proxy]}"
+done
+for suite in $SUITES; do
+	f="$WORK/results/$suite-proxy-only.fail"
+	if [[ -s $WORK/results/$suite-direct.fail ]]; then
+		echo
+		echo "--- $suite: failing directly (not held against the proxy):"
+		awk -F'\t' '$2 == "fail" {print "    " $1}' "$WORK/results/$suite-direct.tsv"
+		awk -F'\t' '$2 == "incomplete" {split($1, a, " "); n[a[1]]++}
+			END {for (p in n) printf "    %d tests in %s did not finish (test binary exited early)\n", n[p], p}' \
+			"$WORK/results/$suite-direct.tsv"
+	fi
+	if [[ -s $WORK/results/$suite-direct-only.fail ]]; then
+		echo "--- $suite: failing directly but passing through the proxy:"
+		sed 's/^/    /' "$WORK/results/$suite-direct-only.fail"
+	fi
+	if [[ -s $f ]]; then
+		echo
+		echo "--- $suite: FAILING ONLY THROUGH THE PROXY: $(wc -l <"$f")"
+		while read -r line; do
+			note=$(awk -F'\t' -v k="$line" '$1 == k {print "  [rerun: " $2 "]"}' "$WORK/results/$suite-reruns")
+			allowed=""
+			if [[ -n $ALLOW_PROXY_ONLY ]] && [[ $line =~ $ALLOW_PROXY_ONLY ]]; then
+				allowed="  (allowed by ALLOW_PROXY_ONLY)"
+				n_allowed=$((n_allowed + 1))
+			else
+				status=1
+			fi
+			echo "    $line$note$allowed"
+			# The failure output, from the proxy run.
+			pkg=${line%% *} test=${line#* }
+			if [[ $test != "[package]" ]]; then
+				jq -j --arg p "$pkg" --arg t "$test" \
+					'select(.Package == $p and .Test == $t and .Action == "output") | .Output' \
+					"$WORK/results/$suite-proxy.json" | grep -v -E '^(=== (RUN|PAUSE|CONT|NAME)|--- (PASS|SKIP))|^\s*$' |
+					head -n 12 | sed 's/^/        | /' || true
+			fi
+		done <"$f"
+	fi
+	inc="$WORK/results/$suite-proxy-only.incomplete"
+	if [[ -s $inc ]]; then
+		status=1
+		echo
+		echo "--- $suite: DID NOT FINISH THROUGH THE PROXY (passed directly; the test binary exited early"
+		echo "    after a failure listed above, or timed out): $(wc -l <"$inc")"
+		awk '{print $1}' "$inc" | sort | uniq -c | awk '{printf "    %5d tests in %s\n", $1, $2}'
+		# The package output that explains the early exit (panic, timeout).
+		jq -j 'select(.Action == "output") | .Output' "$WORK/results/$suite-proxy.json" |
+			grep -E -A3 '^(panic: |fatal error: |\*\*\* Test killed|test timed out)' | head -n 12 | sed 's/^/        | /' || true
+	fi
+done
+echo
+if ((status == 0)); then
+	allowed_note=""
+	if ((n_allowed > 0)); then allowed_note=" except $n_allowed allowed by ALLOW_PROXY_ONLY"; fi
+	echo "RESULT: PASS — no test fails through pgcloak that passes directly$allowed_note ($(($(date +%s) - START_TIME))s)"
+else
+	echo "RESULT: FAIL — tests fail through pgcloak that pass directly ($(($(date +%s) - START_TIME))s)"
+	if [[ $KEEP_WORK == 1 ]]; then
+		echo "        logs (proxy, PostgreSQL) and go test -json results: $WORK/logs, $WORK/results"
+	else
+		echo "        run with KEEP_WORK=1 to keep the proxy and PostgreSQL logs and the go test -json results"
+	fi
+fi
+exit "$status"

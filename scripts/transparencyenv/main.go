@@ -1,0 +1,210 @@
+// Command transparencyenv starts the servers scripts/transparency.sh runs the
+// pgx and lib/pq test suites against: for each -instance, a throwaway
+// PostgreSQL (testenv) and a pgcloak proxy in front of it, both on 127.0.0.1.
+//
+// It prints shell assignments (NAME_PG_PORT=..., NAME_PROXY_PORT=..., ...)
+// followed by READY=1 on stdout, then runs until its stdin is closed or it
+// gets SIGINT/SIGTERM, and then stops every proxy and server it started.
+//
+//	transparencyenv -log-dir DIR -upstream-sslmode require \
+//	    -instance pgx:CERT:KEY -instance pq:CERT:KEY
+//
+// CERT and KEY (optional) are the certificate the proxy presents to clients
+// that send SSLRequest; without them the proxy answers 'N'.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/pgcloak/pgcloak/config"
+	"github.com/pgcloak/pgcloak/proxy"
+	"github.com/pgcloak/pgcloak/testenv"
+	"github.com/rs/zerolog"
+)
+
+type instanceFlag []string
+
+func (f *instanceFlag) String() string     { return strings.Join(*f, ",") }
+func (f *instanceFlag) Set(v string) error { *f = append(*f, v); return nil }
+
+var nameRE = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+
+type instance struct {
+	name     string
+	pg       *testenv.Postgres
+	srv      *proxy.Server
+	served   chan error
+	logFile  *os.File
+	proxyLn  net.Listener
+	certFile string
+	keyFile  string
+}
+
+func main() {
+	var (
+		instances instanceFlag
+		logDir    = flag.String("log-dir", "", "directory for the proxy logs (default: discard)")
+		logLevel  = flag.String("log-level", "info", "proxy log level")
+		sslmode   = flag.String("upstream-sslmode", "disable", "proxy upstream.sslmode: disable or require")
+	)
+	flag.Var(&instances, "instance", "NAME[:CERTFILE:KEYFILE], repeatable")
+	flag.Parse()
+	if len(instances) == 0 {
+		fmt.Fprintln(os.Stderr, "transparencyenv: at least one -instance is required")
+		os.Exit(2)
+	}
+	if m := config.SSLMode(*sslmode); m != config.SSLDisable && m != config.SSLRequire {
+		fmt.Fprintf(os.Stderr, "transparencyenv: -upstream-sslmode %q: want disable or require\n", *sslmode)
+		os.Exit(2)
+	}
+	level, err := zerolog.ParseLevel(*logLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "transparencyenv:", err)
+		os.Exit(2)
+	}
+
+	var insts []*instance
+	for _, spec := range instances {
+		parts := strings.Split(spec, ":")
+		in := &instance{name: parts[0]}
+		switch len(parts) {
+		case 1:
+		case 3:
+			in.certFile, in.keyFile = parts[1], parts[2]
+		default:
+			fmt.Fprintf(os.Stderr, "transparencyenv: bad -instance %q (want NAME or NAME:CERT:KEY)\n", spec)
+			os.Exit(2)
+		}
+		if !nameRE.MatchString(in.name) {
+			fmt.Fprintf(os.Stderr, "transparencyenv: bad instance name %q\n", in.name)
+			os.Exit(2)
+		}
+		insts = append(insts, in)
+	}
+
+	// Stop on SIGINT/SIGTERM or when stdin closes (the script holds its
+	// write end; it closes when the script exits, however it exits).
+	stopCtx, stop := context.WithCancelCause(context.Background())
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	go func() { stop(fmt.Errorf("%v", <-sigs)) }()
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		stop(errors.New("stdin closed"))
+	}()
+
+	err = start(stopCtx, insts, *logDir, level, config.SSLMode(*sslmode))
+	if err == nil {
+		fmt.Println("READY=1")
+		<-stopCtx.Done()
+		fmt.Fprintf(os.Stderr, "transparencyenv: %v: stopping\n", context.Cause(stopCtx))
+	} else {
+		fmt.Fprintln(os.Stderr, "transparencyenv:", err)
+	}
+	if serr := stopAll(insts, *logDir); serr != nil {
+		fmt.Fprintln(os.Stderr, "transparencyenv:", serr)
+		err = errors.Join(err, serr)
+	}
+	if err != nil {
+		os.Exit(1)
+	}
+}
+
+func start(ctx context.Context, insts []*instance, logDir string, level zerolog.Level, sslmode config.SSLMode) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	for _, in := range insts {
+		pg, err := testenv.Start(ctx, testenv.Options{})
+		if err != nil {
+			return fmt.Errorf("%s: start PostgreSQL: %w", in.name, err)
+		}
+		in.pg = pg
+
+		log := zerolog.Nop()
+		if logDir != "" {
+			f, err := os.Create(filepath.Join(logDir, in.name+"-proxy.log"))
+			if err != nil {
+				return err
+			}
+			in.logFile = f
+			log = zerolog.New(f).Level(level).With().Timestamp().Logger()
+		}
+		cfg := proxy.Config{
+			Listen: config.Listen{Address: "127.0.0.1:0"},
+			Upstream: config.Upstream{
+				Address: pg.Addr(),
+				SSLMode: sslmode,
+			},
+		}
+		if in.certFile != "" {
+			cfg.Listen.TLS = &config.ListenTLS{CertFile: in.certFile, KeyFile: in.keyFile}
+		}
+		// Pure passthrough: no tenancy, no declared tables, so no Deps.
+		srv, err := proxy.NewServer(cfg, log, proxy.Deps{})
+		if err != nil {
+			return fmt.Errorf("%s: proxy: %w", in.name, err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return fmt.Errorf("%s: proxy listen: %w", in.name, err)
+		}
+		in.srv, in.proxyLn = srv, ln
+		in.served = make(chan error, 1)
+		go func() { in.served <- srv.Serve(ln) }()
+
+		n := strings.ToUpper(in.name)
+		fmt.Printf("%s_PG_HOST=%s\n", n, pg.Host)
+		fmt.Printf("%s_PG_PORT=%d\n", n, pg.Port)
+		fmt.Printf("%s_PG_DIR=%s\n", n, shellQuote(pg.Dir)) // Unix socket directory too
+		fmt.Printf("%s_PG_DATA=%s\n", n, shellQuote(pg.DataDir))
+		fmt.Printf("%s_PG_LOG=%s\n", n, shellQuote(pg.LogFile))
+		fmt.Printf("%s_PG_BIN=%s\n", n, shellQuote(pg.BinDir))
+		fmt.Printf("%s_PROXY_PORT=%d\n", n, ln.Addr().(*net.TCPAddr).Port)
+	}
+	return nil
+}
+
+func stopAll(insts []*instance, logDir string) error {
+	var errs []error
+	for _, in := range insts {
+		if in.srv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			in.srv.Shutdown(ctx) // closes what is left when ctx expires
+			cancel()
+			if err := <-in.served; !errors.Is(err, proxy.ErrServerClosed) {
+				errs = append(errs, fmt.Errorf("%s: proxy Serve: %w", in.name, err))
+			}
+		}
+		if in.pg != nil {
+			if logDir != "" {
+				// Stop removes the server's directory, log included.
+				if b, err := os.ReadFile(in.pg.LogFile); err == nil {
+					os.WriteFile(filepath.Join(logDir, in.name+"-postgres.log"), b, 0o644)
+				}
+			}
+			if err := in.pg.Stop(); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", in.name, err))
+			}
+		}
+		if in.logFile != nil {
+			in.logFile.Close()
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
