@@ -322,6 +322,7 @@ func TestEncryptedRefusals(t *testing.T) {
 		{`copy (select set_config('app.tenant_id', 'globex', false)) to stdout`, "42501", "tenant"},
 		{`set role globex_app`, "42501", "tenant"},
 		{`set session authorization globex_app`, "42501", "tenant"},
+		{`set pgcloak.tenant_token = 'eyJhbGciOi.fake.token'`, "0A000", "tenant_token"},
 	}
 	for _, c := range cases {
 		t.Run(c.sql, func(t *testing.T) {

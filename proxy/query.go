@@ -62,6 +62,11 @@ var lobFunctions = map[uint32]bool{
 // declared columns, or refuses it.
 func (s *session) handleQuery(q *pgproto3.Query) error {
 	s.track(&pending{kind: pendQuery})
+	if containsFold(q.String, "tenant_token") {
+		// SET pgcloak.tenant_token is not built yet; its token must never
+		// reach PostgreSQL (or its logs) as an ordinary setting.
+		return s.refuse(&clientError{code: pgerrcode.FeatureNotSupported, msg: "pgcloak.tenant_token is not supported yet"})
+	}
 	if s.srv.schema == nil || !s.srv.schema.MightNeedAnalysis(q.String) {
 		return s.upstreamOut.send(q)
 	}
@@ -110,6 +115,9 @@ func (s *session) refuseStatement(sql string, err error) error {
 // whose rewrite needs parameter transformation are refused for now: the
 // extended protocol on encrypted writes and searches is not built yet.
 func (s *session) handleParse(m *pgproto3.Parse) error {
+	if containsFold(m.Query, "tenant_token") {
+		return s.refuseParse(&clientError{code: pgerrcode.FeatureNotSupported, msg: "pgcloak.tenant_token is not supported yet"})
+	}
 	if s.srv.schema == nil || !s.srv.schema.MightNeedAnalysis(m.Query) {
 		s.track(&pending{kind: pendParse, name: m.Name})
 		return s.upstreamOut.send(m)
@@ -199,27 +207,62 @@ func (s *session) render(plan *rewrite.Plan) (string, error) {
 			b.WriteString("NULL")
 			continue
 		}
-		col := slot.Column.Column
-		canonical, err := coltype.Canonical(col.Type, *slot.Value)
-		if err != nil {
-			return "", valueError(slot.Column, err)
+		if err := s.writeKeyedValue(ctx, &b, slot.Column, slot.Kind == rewrite.SlotIndex, *slot.Value); err != nil {
+			return "", err
 		}
-		ref := refOf(slot.Column)
-		var out []byte
-		switch slot.Kind {
-		case rewrite.SlotData:
-			out, err = s.srv.keys.Seal(ctx, s.tenant, ref, []byte(canonical))
-		case rewrite.SlotIndex:
-			out, err = s.srv.keys.BlindIndex(ctx, s.tenant, ref, []byte(canonical))
-		default:
-			return "", fmt.Errorf("render: unknown slot kind %d", slot.Kind)
-		}
-		if err != nil {
-			return "", keyError(s.tenant, err)
-		}
-		writeByteaLiteral(&b, out)
 	}
 	return b.String(), nil
+}
+
+// renderShape builds the statement text of a shape plan from the literals
+// of this statement: plain ones as written, keyed ones encrypted or indexed.
+func (s *session) renderShape(sp *rewrite.ShapePlan, lits []rewrite.Literal) (string, error) {
+	ctx := context.Background()
+	var b strings.Builder
+	for i, part := range sp.Parts {
+		b.WriteString(part)
+		if i == len(sp.Refs) {
+			break
+		}
+		ps := sp.Plan.Params[sp.Refs[i]]
+		lit := lits[ps.Param-1]
+		var err error
+		switch ps.Kind {
+		case rewrite.ParamPlain:
+			b.WriteString(lit.Text)
+		case rewrite.ParamData, rewrite.ParamIndex:
+			err = s.writeKeyedValue(ctx, &b, ps.Column, ps.Kind == rewrite.ParamIndex, lit.Value)
+		default:
+			err = fmt.Errorf("render shape: parameter kind %v", ps.Kind)
+		}
+		if err != nil {
+			return "", err
+		}
+	}
+	return b.String(), nil
+}
+
+// writeKeyedValue canonicalises value for its declared column and writes it
+// encrypted (or, for index, as its blind index) under the session tenant's
+// keys, as a bytea literal.
+func (s *session) writeKeyedValue(ctx context.Context, b *strings.Builder, c rewrite.ColumnRef, index bool, value string) error {
+	canonical, err := coltype.Canonical(c.Column.Type, value)
+	if err != nil {
+		return valueError(c, err)
+	}
+	ref := refOf(c)
+	var out []byte
+	if index {
+		out, err = s.srv.keys.BlindIndex(ctx, s.tenant, ref, []byte(canonical))
+	} else {
+		out, err = s.srv.keys.Seal(ctx, s.tenant, ref, []byte(canonical))
+	}
+	if err != nil {
+		return keyError(s.tenant, err)
+	}
+	writeByteaLiteral(b, out)
+	s.srv.metrics.rewritten.Add(1)
+	return nil
 }
 
 // writeByteaLiteral writes v as E'\\x<hex>'::pg_catalog.bytea. The E”
@@ -324,4 +367,15 @@ func sanitizeSQLState(code string) string {
 		}
 	}
 	return code
+}
+
+// containsFold reports whether s contains sub, ASCII case-insensitively,
+// without allocating.
+func containsFold(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if strings.EqualFold(s[i:i+len(sub)], sub) {
+			return true
+		}
+	}
+	return false
 }

@@ -31,6 +31,7 @@ type cacheEntry struct {
 	sql    string
 	plan   *Plan
 	err    error
+	shape  *shapeEntry // for shape keys
 }
 
 // NewCache returns a Cache holding at most size entries; size < 1 means 1.
@@ -95,4 +96,31 @@ func (c *Cache) put(e *cacheEntry) {
 		c.order.Remove(old)
 		delete(c.entries, old.Value.(*cacheEntry).sql)
 	}
+}
+
+// shapeKeyPrefix keeps shape entries apart from exact texts: no SQL text
+// holds a NUL byte.
+const shapeKeyPrefix = "\x00shape:"
+
+type shapeEntry struct{ plan *ShapePlan }
+
+// getShape returns the cached shape plan of key; found with a nil plan means
+// the shape is known to need the exact path.
+func (c *Cache) getShape(s *Schema, key string) (*ShapePlan, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, ok := c.entries[shapeKeyPrefix+key]
+	if !ok {
+		return nil, false
+	}
+	e := el.Value.(*cacheEntry)
+	if e.schema != s {
+		return nil, false
+	}
+	c.order.MoveToFront(el)
+	return e.shape.plan, true
+}
+
+func (c *Cache) putShape(s *Schema, key string, sp *ShapePlan) {
+	c.put(&cacheEntry{schema: s, sql: shapeKeyPrefix + key, shape: &shapeEntry{plan: sp}})
 }
