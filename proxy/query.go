@@ -70,6 +70,17 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 	if s.srv.schema == nil || !s.srv.schema.MightNeedAnalysis(q.String) {
 		return s.upstreamOut.send(q)
 	}
+	if sp, lits, _ := s.srv.schema.AnalyzeShape(s.srv.plans, q.String); sp != nil && s.checkPlan(sp.Plan) == nil {
+		if sp.Plan.Passthrough {
+			return s.upstreamOut.send(q)
+		}
+		text, err := s.renderShape(sp, lits)
+		if err != nil {
+			return s.refuse(err)
+		}
+		return s.upstreamOut.send(&pgproto3.Query{String: text})
+	}
+	// No shape, or a refused one: the exact text decides and explains.
 	plan, err := s.srv.schema.Cached(s.srv.plans, q.String)
 	if err == nil {
 		err = s.checkPlan(plan)
