@@ -175,3 +175,12 @@ func (c *catalog) lookup(ctx context.Context, o columnOrigin) (declaredField, bo
 	c.mu.RUnlock()
 	return f, ok, nil
 }
+
+// reset forgets everything learned, so the next lookups read pg_catalog
+// again: after SIGHUP, or DDL that renumbered a declared table's columns.
+func (c *catalog) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.fields = make(map[columnOrigin]declaredField)
+	c.declared = make(map[uint32]bool)
+}

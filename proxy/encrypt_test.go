@@ -562,3 +562,26 @@ func queryExecModeParam(m pgx.QueryExecMode) string {
 		pgx.QueryExecModeSimpleProtocol: "simple_protocol",
 	}[m]
 }
+
+// TestCatalogRefresh: a declared column recreated after start gets a new
+// attribute number; until the catalog is refreshed its values are not
+// recognised, and after RefreshCatalog (SIGHUP) they decrypt again.
+func TestCatalogRefresh(t *testing.T) {
+	env := startEncrypted(t)
+	ctx := ctxT(t)
+	acme := env.tenantConn(t, acmeRole)
+	insertPatient(t, acme, "alice", "123-45-6789", "Alice@Example.com", "influenza", "1980-01-02")
+	var diag string
+	fatalIf(t, acme.QueryRow(ctx, `select diagnosis from patients`).Scan(&diag), "read before DDL")
+	fatalIf(t, env.pg.Exec(ctx, env.db, `alter table patients rename column diagnosis to diagnosis_old; alter table patients add column diagnosis bytea`), "recreate column")
+	_, err := acme.Exec(ctx, `update patients set diagnosis = 'asthma'`)
+	fatalIf(t, err, "update")
+	var raw []byte
+	fatalIf(t, acme.QueryRow(ctx, `select diagnosis from patients`).Scan(&raw), "read before refresh")
+	if len(raw) == 0 || raw[0] != 0x01 {
+		t.Fatalf("before refresh: got %q, want the ciphertext of an unknown column", raw)
+	}
+	fatalIf(t, env.proxy.srv.RefreshCatalog(ctx), "refresh")
+	fatalIf(t, acme.QueryRow(ctx, `select diagnosis from patients`).Scan(&diag), "read after refresh")
+	mustEqual(t, "diagnosis after refresh", diag, "asthma")
+}

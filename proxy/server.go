@@ -160,6 +160,18 @@ func (s *Server) LoadCatalog(ctx context.Context) error {
 	return s.catalog.load(ctx)
 }
 
+// RefreshCatalog forgets the declared tables' OIDs and attribute numbers
+// and reads them again, for SIGHUP: a column added or renumbered since start
+// is then decrypted. Sessions keep working meanwhile; a lookup racing the
+// refresh reads pg_catalog itself.
+func (s *Server) RefreshCatalog(ctx context.Context) error {
+	if s.catalog == nil {
+		return nil
+	}
+	s.catalog.reset()
+	return s.catalog.load(ctx)
+}
+
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = errors.New("pgcloak: server closed")
 

@@ -38,7 +38,8 @@ audit.output.
 
 SIGTERM or SIGINT stops accepting connections and lets open sessions finish
 for up to listen.shutdown_timeout, then closes the rest and exits 0.
-SIGHUP is logged and otherwise ignored: reloading is not implemented yet.`,
+SIGHUP re-reads the declared tables' column numbers from pg_catalog (after
+DDL on them); reloading the configuration itself is not implemented yet.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.Load(path)
@@ -105,7 +106,16 @@ func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger, stdout, 
 			return fmt.Errorf("listener %s: %w", ln.Addr(), err)
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				log.Warn().Msg("SIGHUP received: reload not yet supported; configuration unchanged")
+				// Declarations and tenants are not reloaded yet; the
+				// catalog of declared tables is.
+				rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				err := srv.RefreshCatalog(rctx)
+				cancel()
+				if err != nil {
+					log.Warn().Err(err).Msg("SIGHUP: catalog refresh failed; lookups refill it on demand")
+				} else {
+					log.Info().Msg("SIGHUP: catalog of declared tables refreshed; configuration reload is not supported yet")
+				}
 				continue
 			}
 			log.Info().Str("signal", sig.String()).Msg("shutting down")
