@@ -118,7 +118,7 @@ func NewServer(cfg Config, log zerolog.Logger, deps Deps) (*Server, error) {
 		}
 		s.clientTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	upTLS, err := upstreamTLSConfig(cfg.Upstream)
+	upTLS, err := UpstreamTLSConfig(cfg.Upstream)
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +126,12 @@ func NewServer(cfg Config, log zerolog.Logger, deps Deps) (*Server, error) {
 	return s, nil
 }
 
-func upstreamTLSConfig(u config.Upstream) (*tls.Config, error) {
+// UpstreamTLSConfig is the TLS configuration upstream.sslmode asks for:
+// nil for disable, encryption without verification for require (as libpq's
+// sslmode=require), and certificate and host name verification against
+// root_cert_file for verify-full. Every upstream connection pgcloak makes
+// uses it, the client sessions' and its own.
+func UpstreamTLSConfig(u config.Upstream) (*tls.Config, error) {
 	host, _, err := net.SplitHostPort(u.Address)
 	if err != nil {
 		return nil, fmt.Errorf("upstream.address: %w", err)

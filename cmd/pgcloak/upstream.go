@@ -2,13 +2,10 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strconv"
 	"time"
 
@@ -51,22 +48,11 @@ func upstreamConnConfig(u config.Upstream, timeout time.Duration, appName string
 	cc.Fallbacks = nil
 	cc.RuntimeParams = map[string]string{"application_name": appName}
 
-	switch u.SSLMode {
-	case config.SSLRequire:
-		cc.TLSConfig = &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}
-	case config.SSLVerifyFull:
-		pem, err := os.ReadFile(u.RootCertFile)
-		if err != nil {
-			return nil, fmt.Errorf("upstream.root_cert_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("upstream.root_cert_file %s: no PEM certificates found", u.RootCertFile)
-		}
-		cc.TLSConfig = &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12}
-	default:
-		cc.TLSConfig = nil
+	tlsConfig, err := proxy.UpstreamTLSConfig(u)
+	if err != nil {
+		return nil, err
 	}
+	cc.TLSConfig = tlsConfig
 	return cc, nil
 }
 
