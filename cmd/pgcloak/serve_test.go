@@ -107,7 +107,7 @@ func TestServe(t *testing.T) {
 	if err := syscall.Kill(syscall.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the SIGHUP log line", func() bool { return strings.Contains(s.stderr.String(), "reload not yet supported") })
+	waitFor(t, "the SIGHUP log line", func() bool { return strings.Contains(s.stderr.String(), "SIGHUP: catalog") })
 	if err := conn.QueryRow(t.Context(), "select 1").Scan(&one); err != nil {
 		t.Fatalf("query after SIGHUP: %v", err)
 	}
