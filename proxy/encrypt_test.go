@@ -585,3 +585,51 @@ func TestCatalogRefresh(t *testing.T) {
 	fatalIf(t, acme.QueryRow(ctx, `select diagnosis from patients`).Scan(&diag), "read after refresh")
 	mustEqual(t, "diagnosis after refresh", diag, "asthma")
 }
+
+// TestSetConfigWithParametersRefused: set_config whose arguments are bound
+// parameters cannot be checked from the text, so it is refused at Parse and
+// nothing reaches PostgreSQL.
+func TestSetConfigWithParametersRefused(t *testing.T) {
+	env := startEncrypted(t)
+	ctx := ctxT(t)
+	conn := connect(t, env.proxy.url(acmeRole, rolePassword, env.db)) // extended protocol
+	_, err := conn.Exec(ctx, `select set_config($1, $2, false)`, "app.tenant_id", "globex")
+	mustEqual(t, "SQLSTATE", pgCode(err), "42501")
+	var tenant string
+	fatalIf(t, conn.QueryRow(ctx, `select current_setting('app.tenant_id')`).Scan(&tenant), "after refusal")
+	mustEqual(t, "tenant", tenant, "acme")
+}
+
+// TestNewTenantKeysCreatedOnce: two sessions of a tenant with no keys yet
+// write at the same time; the tenant ends with one version per purpose and
+// both rows read back.
+func TestNewTenantKeysCreatedOnce(t *testing.T) {
+	env := startEncrypted(t)
+	ctx := ctxT(t)
+	a := env.tenantConn(t, acmeRole)
+	b := env.tenantConn(t, acmeRole)
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, conn := range []*pgx.Conn{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = conn.Exec(ctx, fmt.Sprintf(`insert into patients (name, ssn, diagnosis) values ('racer%d', '%d', 'x')`, i, i))
+		}()
+	}
+	wg.Wait()
+	fatalIf(t, errors.Join(errs...), "concurrent first writes")
+	var versions int
+	fatalIf(t, env.pool.QueryRow(ctx, `select count(*) from pgcloak.data_keys where tenant = 'acme' and version > 1`).Scan(&versions), "versions")
+	mustEqual(t, "key versions above 1", versions, 0)
+	var purposes int
+	fatalIf(t, env.pool.QueryRow(ctx, `select count(distinct (key_class, purpose)) from pgcloak.data_keys where tenant = 'acme'`).Scan(&purposes), "purposes")
+	if purposes < 2 {
+		t.Errorf("key (class, purpose) pairs: got %d, want data and index keys", purposes)
+	}
+	for i, conn := range []*pgx.Conn{a, b} {
+		var ssn string
+		fatalIf(t, conn.QueryRow(ctx, fmt.Sprintf(`select ssn from patients where ssn = '%d'`, 1-i)).Scan(&ssn), "read the other's row")
+		mustEqual(t, "ssn", ssn, fmt.Sprint(1-i))
+	}
+}
