@@ -197,7 +197,9 @@ func (s *session) clientLoop() error {
 		msg, err := s.clientIn.Receive()
 		if err != nil {
 			if cerr := s.clientRd.connErr(); cerr != nil {
-				return cerr
+				// The client's connection itself failed (closed, reset, a
+				// broken TLS record): the client is gone, not a fault.
+				return &clientGone{cerr}
 			}
 			return protocolViolation("invalid message from client: %v", err)
 		}
@@ -281,8 +283,20 @@ func (s *session) upstreamLoop() error {
 	}
 }
 
+// clientGone wraps an error of the client's connection. Vitess's
+// go/mysql/server.go notes why these are not logged as errors: clients drop
+// connections all the time.
+type clientGone struct{ err error }
+
+func (e *clientGone) Error() string { return "client connection: " + e.err.Error() }
+func (e *clientGone) Unwrap() error { return e.err }
+
 // isDisconnect reports whether err is a peer going away rather than a fault.
 func isDisconnect(err error) bool {
+	var gone *clientGone
+	if errors.As(err, &gone) {
+		return true
+	}
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, net.ErrClosed) || errors.Is(err, errDone) ||
 		errors.Is(err, syscallECONNRESET) || errors.Is(err, syscallEPIPE)
