@@ -8,16 +8,10 @@ import (
 	"errors"
 	"io"
 	"net"
-	"runtime/debug"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
-
-var syscallEMFILE = syscall.EMFILE
-
-func stack() string { return string(debug.Stack()) }
 
 // cancelKey is what a client's BackendKeyData holds: the upstream backend's
 // real process id (so pg_stat_activity and pg_terminate_backend work) and a
@@ -126,8 +120,3 @@ func (s *Server) dialUpstream(ctx context.Context) (net.Conn, error) {
 }
 
 var errUpstreamNoTLS = errors.New("upstream server does not support TLS (sslmode requires it)")
-
-var (
-	syscallECONNRESET = syscall.ECONNRESET
-	syscallEPIPE      = syscall.EPIPE
-)

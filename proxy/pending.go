@@ -16,6 +16,7 @@ const (
 	pendSync                                // ReadyForQuery
 	pendFunctionCall                        // FunctionCallResponse ReadyForQuery
 	pendInternal                            // a statement of the proxy's own: swallow up to its ReadyForQuery
+	pendRefusal                             // a refused Parse replaced by the raising statement: swallow its ParseComplete and BindComplete, relay its error
 )
 
 // pending is one client message whose responses have not all arrived. The

@@ -61,11 +61,9 @@ var lobFunctions = map[uint32]bool{
 // handleQuery forwards a simple-protocol Query, rewritten when it touches
 // declared columns, or refuses it.
 func (s *session) handleQuery(q *pgproto3.Query) error {
-	s.track(&pending{kind: pendQuery})
-	if containsFold(q.String, "tenant_token") {
-		// SET pgcloak.tenant_token is not built yet; its token must never
-		// reach PostgreSQL (or its logs) as an ordinary setting.
-		return s.refuse(&clientError{code: pgerrcode.FeatureNotSupported, msg: "pgcloak.tenant_token is not supported yet"})
+	s.track(q)
+	if err := tenantTokenCheck(q.String); err != nil {
+		return s.refuse(err)
 	}
 	if s.srv.schema == nil || !s.srv.schema.MightNeedAnalysis(q.String) {
 		return s.upstreamOut.send(q)
@@ -126,11 +124,11 @@ func (s *session) refuseStatement(sql string, err error) error {
 // whose rewrite needs parameter transformation are refused for now: the
 // extended protocol on encrypted writes and searches is not built yet.
 func (s *session) handleParse(m *pgproto3.Parse) error {
-	if containsFold(m.Query, "tenant_token") {
-		return s.refuseParse(&clientError{code: pgerrcode.FeatureNotSupported, msg: "pgcloak.tenant_token is not supported yet"})
+	if err := tenantTokenCheck(m.Query); err != nil {
+		return s.refuseParse(err)
 	}
 	if s.srv.schema == nil || !s.srv.schema.MightNeedAnalysis(m.Query) {
-		s.track(&pending{kind: pendParse, name: m.Name})
+		s.track(m)
 		return s.upstreamOut.send(m)
 	}
 	plan, err := s.srv.schema.Cached(s.srv.plans, m.Query)
@@ -141,7 +139,7 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 		if len(plan.Slots) == 0 && identityParams(plan.Params) && len(plan.RoleChanges) == 0 {
 			// Rewritten without values to transform (e.g. IS NULL on an
 			// index column): forward the rewritten text.
-			s.track(&pending{kind: pendParse, name: m.Name})
+			s.track(m)
 			return s.upstreamOut.send(&pgproto3.Parse{Name: m.Name, Query: strings.Join(plan.Segments, ""), ParameterOIDs: m.ParameterOIDs})
 		}
 		err = &clientError{code: pgerrcode.FeatureNotSupported, msg: "encrypted writes and searches through the extended query protocol are not supported yet"}
@@ -149,7 +147,7 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 	if err != nil {
 		return s.refuseParse(err)
 	}
-	s.track(&pending{kind: pendParse, name: m.Name})
+	s.track(m)
 	return s.upstreamOut.send(m)
 }
 
@@ -157,10 +155,10 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 // rest.
 func (s *session) handleFunctionCall(m *pgproto3.FunctionCall) error {
 	if lobFunctions[m.Function] {
-		s.track(&pending{kind: pendFunctionCall})
+		s.track(m)
 		return s.upstreamOut.send(m)
 	}
-	s.track(&pending{kind: pendQuery})
+	s.expect(pendQuery) // the refusal goes upstream as a Query
 	return s.refuse(&clientError{code: pgerrcode.FeatureNotSupported, msg: fmt.Sprintf("fast-path function call %d is not supported (only large-object functions are)", m.Function)})
 }
 
@@ -272,7 +270,6 @@ func (s *session) writeKeyedValue(ctx context.Context, b *strings.Builder, c rew
 		return keyError(s.tenant, err)
 	}
 	writeByteaLiteral(b, out)
-	s.srv.metrics.rewritten.Add(1)
 	return nil
 }
 
@@ -325,7 +322,7 @@ func (s *session) refuse(err error) error {
 // The ParseComplete and BindComplete of the replacement are swallowed.
 func (s *session) refuseParse(err error) error {
 	code, msg := s.publicError(err)
-	s.track(&pending{kind: pendRefusal})
+	s.expect(pendRefusal)
 	s.upstreamOut.send(&pgproto3.Parse{Query: raiseSQL(code, msg)})
 	s.upstreamOut.send(&pgproto3.Bind{})
 	return s.upstreamOut.send(&pgproto3.Execute{})
@@ -351,7 +348,6 @@ func (s *session) publicError(err error) (code, msg string) {
 	if code == pgerrcode.InsufficientPrivilege {
 		s.srv.audit.tenantChangeRefused(s, msg)
 	}
-	s.srv.metrics.refused()
 	return code, "pgcloak: " + msg
 }
 
@@ -378,6 +374,16 @@ func sanitizeSQLState(code string) string {
 		}
 	}
 	return code
+}
+
+// tenantTokenCheck refuses any text that mentions tenant_token:
+// SET pgcloak.tenant_token is not built yet, and its token must never reach
+// PostgreSQL (or its logs) as an ordinary setting or set_config argument.
+func tenantTokenCheck(sql string) error {
+	if containsFold(sql, "tenant_token") {
+		return &clientError{code: pgerrcode.FeatureNotSupported, msg: "pgcloak.tenant_token is not supported yet"}
+	}
+	return nil
 }
 
 // containsFold reports whether s contains sub, ASCII case-insensitively,

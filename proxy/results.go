@@ -3,17 +3,14 @@ package proxy
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
-	"strings"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgcloak/pgcloak/coltype"
 	"github.com/pgcloak/pgcloak/config"
 )
-
-// pendRefusal stands for a refused Parse replaced by the raising statement:
-// its ParseComplete and BindComplete are swallowed and its error relayed.
-const pendRefusal pendingKind = 100
 
 // rowShape is what the proxy must do to each field of a result row.
 type rowShape struct {
@@ -46,9 +43,40 @@ type resultState struct {
 
 // track records a forwarded client message whose responses are awaited. It
 // is a no-op for sessions that decrypt nothing.
-func (s *session) track(p *pending) {
+//
+// Entries are built only for sessions that decrypt, so a session that does
+// not allocates nothing here.
+func (s *session) track(msg pgproto3.FrontendMessage) {
+	if !s.decrypts {
+		return
+	}
+	switch m := msg.(type) {
+	case *pgproto3.Query:
+		s.expect(pendQuery)
+	case *pgproto3.Sync:
+		s.expect(pendSync)
+	case *pgproto3.FunctionCall:
+		s.expect(pendFunctionCall)
+	case *pgproto3.Parse:
+		s.pending.push(&pending{kind: pendParse, name: m.Name})
+	case *pgproto3.Bind:
+		// The formats are copied: pgproto3 reuses the message's buffers.
+		s.pending.push(&pending{kind: pendBind, name: m.DestinationPortal, stmt: m.PreparedStatement,
+			resultFormats: append([]int16(nil), m.ResultFormatCodes...)})
+	case *pgproto3.Describe:
+		s.pending.push(&pending{kind: pendDescribe, name: m.Name, target: m.ObjectType})
+	case *pgproto3.Execute:
+		s.pending.push(&pending{kind: pendExecute, name: m.Portal})
+	case *pgproto3.Close:
+		s.pending.push(&pending{kind: pendClose, name: m.Name, target: m.ObjectType})
+	}
+}
+
+// expect records a response group of the given kind, for sessions that
+// track them.
+func (s *session) expect(kind pendingKind) {
 	if s.decrypts {
-		s.pending.push(p)
+		s.pending.push(&pending{kind: kind})
 	}
 }
 
@@ -152,10 +180,14 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 		if shape != nil && shape.any {
 			if err := s.decryptRow(m, shape); err != nil {
 				rs.suppress = true
-				if _, ok := err.(*decryptError); !ok {
+				var ce *clientError
+				if !errors.As(err, &ce) || ce.cause != nil {
 					s.log.Error().Err(err).Msg("result row not decrypted")
 				}
-				return false, s.sendClient(decryptErrorResponse(err, s.id))
+				// The session goes on: the rest of the result is dropped.
+				resp := errorResponse(err, s.id)
+				resp.Severity, resp.SeverityUnlocalized = "ERROR", "ERROR"
+				return false, s.sendClient(resp)
 			}
 		}
 		return !rs.suppress, nil
@@ -174,9 +206,6 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 		}
 	case *pgproto3.ErrorResponse:
 		rs.current = nil
-		if strings.HasPrefix(m.Message, "pgcloak: ") && strings.HasPrefix(m.Where, raiseWhere) {
-			m.Where = ""
-		}
 		if head != nil && head.kind != pendQuery && head.kind != pendFunctionCall {
 			s.pending.skipToSync()
 		}
@@ -197,30 +226,12 @@ func (s *session) portalShape(name string) *rowShape {
 	if p == nil {
 		return nil
 	}
-	if p.shape != nil {
-		return p.shape
+	if p.shape == nil {
+		// Built once per portal, not per row: the portal keeps the
+		// statement it was bound to even if the name is parsed again.
+		p.shape = withFormats(s.results.statements[p.stmt], p.formats)
 	}
-	return withFormats(s.results.statements[p.stmt], p.formats)
-}
-
-// decryptError is a value that did not open for the session's tenant. Its
-// message names the column only; why it failed stays unsaid (another
-// tenant's row, tampering and a shredded key look the same).
-type decryptError struct {
-	table, column string
-}
-
-func (e *decryptError) Error() string {
-	return fmt.Sprintf("cannot decrypt %s.%s for this session's tenant", e.table, e.column)
-}
-
-func decryptErrorResponse(err error, sessionID uint64) *pgproto3.ErrorResponse {
-	if de, ok := err.(*decryptError); ok {
-		return &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "39000", Message: "pgcloak: " + de.Error()}
-	}
-	resp := errorResponse(err, sessionID)
-	resp.Severity, resp.SeverityUnlocalized = "ERROR", "ERROR"
-	return resp
+	return p.shape
 }
 
 // decryptRow replaces every declared field of row with its plaintext, in
@@ -270,7 +281,11 @@ func (s *session) decryptRow(row *pgproto3.DataRow, shape *rowShape) error {
 	return nil
 }
 
+// decryptFailed reports a value that did not open for the session's
+// tenant. The message names the column only; why it failed stays unsaid
+// (another tenant's row, tampering and a shredded key look the same).
 func (s *session) decryptFailed(t *config.Table, c *config.Column) error {
 	s.srv.audit.decryptFailed(s, t, c)
-	return &decryptError{table: t.QualifiedName(), column: c.Name}
+	return &clientError{code: pgerrcode.ExternalRoutineInvocationException,
+		msg: fmt.Sprintf("cannot decrypt %s.%s for this session's tenant", t.QualifiedName(), c.Name)}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -64,7 +65,6 @@ type Server struct {
 	catalog *catalog
 	keys    Keys
 	audit   auditor
-	metrics *metrics
 
 	nextID atomic.Uint64
 
@@ -80,10 +80,13 @@ type Server struct {
 // and returns a Server ready to Serve.
 func NewServer(cfg Config, log zerolog.Logger, deps Deps) (*Server, error) {
 	if cfg.Listen.MaxMessageSize <= 0 {
-		cfg.Listen.MaxMessageSize = 64 << 20
+		cfg.Listen.MaxMessageSize = config.DefaultMaxMessageSize
 	}
 	if cfg.Upstream.ConnectTimeout <= 0 {
-		cfg.Upstream.ConnectTimeout = 10 * time.Second
+		cfg.Upstream.ConnectTimeout = config.DefaultConnectTimeout
+	}
+	if cfg.Tenancy.Setting == "" {
+		cfg.Tenancy.Setting = config.DefaultTenantSetting
 	}
 	s := &Server{
 		cfg:       cfg,
@@ -92,15 +95,10 @@ func NewServer(cfg Config, log zerolog.Logger, deps Deps) (*Server, error) {
 		sessions:  make(map[*session]struct{}),
 		cancels:   make(map[cancelKey]*session),
 		audit:     auditor{deps.Audit},
-		metrics:   &metrics{},
 	}
 	t := cfg.Tenancy
 	s.tenancy = len(t.Login.Roles) > 0 || len(t.UnscopedRoles) > 0 || len(cfg.Encrypt.Tables) > 0
 	if s.tenancy {
-		if cfg.Tenancy.Setting == "" {
-			cfg.Tenancy.Setting = "app.tenant_id"
-			s.cfg.Tenancy.Setting = cfg.Tenancy.Setting
-		}
 		s.schema = rewrite.NewSchema(cfg.Encrypt, cfg.Tenancy.Setting)
 		s.plans = rewrite.NewCache(planCacheSize)
 	}
@@ -209,7 +207,7 @@ func (s *Server) Serve(ln net.Listener) error {
 				return ErrServerClosed
 			}
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscallEMFILE) {
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) {
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				s.log.Warn().Err(err).Dur("retry_in", backoff).Msg("accept")
 				time.Sleep(backoff)

@@ -6,8 +6,10 @@ import (
 	"io"
 	"math"
 	"net"
+	"runtime/debug"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/rs/zerolog"
@@ -175,6 +177,8 @@ func (s *session) serve() error {
 	return first
 }
 
+func stack() string { return string(debug.Stack()) }
+
 // guard turns a panic in one session goroutine into an error for that
 // session, so it never takes the process down.
 func (s *session) guard(loop func() error) (err error) {
@@ -228,19 +232,9 @@ func (s *session) handleClientMessage(msg pgproto3.FrontendMessage) error {
 		return s.handleParse(m)
 	case *pgproto3.FunctionCall:
 		return s.handleFunctionCall(m)
-	case *pgproto3.Bind:
-		if s.decrypts {
-			s.track(&pending{kind: pendBind, name: m.DestinationPortal, stmt: m.PreparedStatement,
-				resultFormats: append([]int16(nil), m.ResultFormatCodes...)})
-		}
-	case *pgproto3.Describe:
-		s.track(&pending{kind: pendDescribe, name: m.Name, target: m.ObjectType})
-	case *pgproto3.Execute:
-		s.track(&pending{kind: pendExecute, name: m.Portal})
-	case *pgproto3.Close:
-		s.track(&pending{kind: pendClose, name: m.Name, target: m.ObjectType})
-	case *pgproto3.Sync:
-		s.track(&pending{kind: pendSync})
+	}
+	if s.decrypts {
+		s.track(msg)
 	}
 	return s.upstreamOut.send(msg)
 }
@@ -260,6 +254,10 @@ func (s *session) upstreamLoop() error {
 			}
 			return fmt.Errorf("upstream read: %w", err)
 		}
+		if e, ok := msg.(*pgproto3.ErrorResponse); ok && s.srv.tenancy &&
+			strings.HasPrefix(e.Message, "pgcloak: ") && strings.HasPrefix(e.Where, raiseWhere) {
+			e.Where = "" // a refusal raised by the proxy's own DO statement
+		}
 		if s.decrypts {
 			keep, err := s.relay(msg)
 			if err != nil {
@@ -267,10 +265,6 @@ func (s *session) upstreamLoop() error {
 			}
 			if !keep {
 				continue
-			}
-		} else if e, ok := msg.(*pgproto3.ErrorResponse); ok && s.srv.tenancy {
-			if strings.HasPrefix(e.Message, "pgcloak: ") && strings.HasPrefix(e.Where, raiseWhere) {
-				e.Where = ""
 			}
 		}
 		// pgproto3 cannot encode it; see wideParameterDescription.
@@ -299,5 +293,5 @@ func isDisconnect(err error) bool {
 	}
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, net.ErrClosed) || errors.Is(err, errDone) ||
-		errors.Is(err, syscallECONNRESET) || errors.Is(err, syscallEPIPE)
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }

@@ -69,7 +69,7 @@ func (s *session) pinTenant(ctx context.Context) error {
 	if err := s.upstreamOut.flush(); err != nil {
 		return upstreamUnavailable(err)
 	}
-	var failed *pgproto3.ErrorResponse
+	failed := "" // SQLSTATE of an error, if one came
 	for {
 		msg, err := s.upstreamIn.Receive()
 		if err != nil {
@@ -77,10 +77,10 @@ func (s *session) pinTenant(ctx context.Context) error {
 		}
 		switch m := msg.(type) {
 		case *pgproto3.ErrorResponse:
-			failed = &pgproto3.ErrorResponse{Code: m.Code}
+			failed = m.Code
 		case *pgproto3.ReadyForQuery:
-			if failed != nil {
-				return fmt.Errorf("pinning the tenant failed upstream with SQLSTATE %s", failed.Code)
+			if failed != "" {
+				return fmt.Errorf("pinning the tenant failed upstream with SQLSTATE %s", failed)
 			}
 			return nil
 		case *pgproto3.ParameterStatus, *pgproto3.NoticeResponse:

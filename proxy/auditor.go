@@ -1,20 +1,9 @@
 package proxy
 
 import (
-	"sync/atomic"
-
 	"github.com/pgcloak/pgcloak/audit"
 	"github.com/pgcloak/pgcloak/config"
 )
-
-// metrics counts what the proxy did. The Prometheus endpoint reads them.
-type metrics struct {
-	refusedStatements atomic.Uint64
-	rewritten         atomic.Uint64
-	decryptFailures   atomic.Uint64
-}
-
-func (m *metrics) refused() { m.refusedStatements.Add(1) }
 
 // auditor adds session identities to audit events.
 type auditor struct{ l *audit.Logger }
@@ -28,6 +17,5 @@ func (a auditor) tenantChangeRefused(s *session, construct string) {
 }
 
 func (a auditor) decryptFailed(s *session, t *config.Table, c *config.Column) {
-	s.srv.metrics.decryptFailures.Add(1)
 	a.l.DecryptFailed(s.auditIdentity(), t.QualifiedName(), c.Name)
 }
