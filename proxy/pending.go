@@ -35,6 +35,8 @@ type pending struct {
 	target byte
 	// resultFormats are a Bind's result format codes.
 	resultFormats []int16
+	// prepared is the rewritten statement a Parse or Describe 'S' names.
+	prepared *preparedStatement
 }
 
 // pendingQueue is the FIFO of client messages awaiting responses, shared by

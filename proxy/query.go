@@ -65,6 +65,17 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 	if err := tenantTokenCheck(q.String); err != nil {
 		return s.refuse(err)
 	}
+	if len(s.statements) > 0 && (containsFold(q.String, "deallocate") || containsFold(q.String, "discard")) && containsFold(q.String, "all") {
+		// DEALLOCATE ALL and DISCARD ALL drop the named statements,
+		// ours among them. Forgetting them is safe even if the text does
+		// something else: their Binds then name statements PostgreSQL
+		// does not have.
+		for name := range s.statements {
+			if name != "" {
+				delete(s.statements, name)
+			}
+		}
+	}
 	if s.srv.schema == nil || !s.srv.schema.MightNeedAnalysis(q.String) {
 		return s.upstreamOut.send(q)
 	}
@@ -120,35 +131,44 @@ func (s *session) refuseStatement(sql string, err error) error {
 	return s.upstreamOut.send(&pgproto3.Query{String: text + ";" + raiseSQL(code, msg)})
 }
 
-// handleParse forwards an extended-protocol Parse or refuses it. Statements
-// whose rewrite needs parameter transformation are refused for now: the
-// extended protocol on encrypted writes and searches is not built yet.
+// handleParse forwards an extended-protocol Parse, rewritten when it
+// touches declared columns, or refuses it. See extended.go.
 func (s *session) handleParse(m *pgproto3.Parse) error {
 	if err := tenantTokenCheck(m.Query); err != nil {
-		return s.refuseParse(err)
+		return s.refuseExtended(err)
+	}
+	if strings.HasPrefix(m.Name, reservedPrefix) {
+		return s.refuseExtended(reservedName(m.Name))
 	}
 	if s.srv.schema == nil || !s.srv.schema.MightNeedAnalysis(m.Query) {
-		s.track(m)
-		return s.upstreamOut.send(m)
+		return s.parsePlain(m, m.Query)
 	}
 	plan, err := s.srv.schema.Cached(s.srv.plans, m.Query)
 	if err == nil {
 		err = s.checkPlan(plan)
 	}
-	if err == nil && !plan.Passthrough {
-		if len(plan.Slots) == 0 && identityParams(plan.Params) && len(plan.RoleChanges) == 0 {
-			// Rewritten without values to transform (e.g. IS NULL on an
-			// index column): forward the rewritten text.
-			s.track(m)
-			return s.upstreamOut.send(&pgproto3.Parse{Name: m.Name, Query: strings.Join(plan.Segments, ""), ParameterOIDs: m.ParameterOIDs})
-		}
-		err = &clientError{code: pgerrcode.FeatureNotSupported, msg: "encrypted writes and searches through the extended query protocol are not supported yet"}
-	}
 	if err != nil {
-		return s.refuseParse(err)
+		return s.refuseExtended(err)
 	}
-	s.track(m)
-	return s.upstreamOut.send(m)
+	if plan.Passthrough {
+		return s.parsePlain(m, m.Query)
+	}
+	if len(plan.RoleChanges) > 0 {
+		return s.refuseExtended(&clientError{code: pgerrcode.FeatureNotSupported, msg: "SET ROLE and SET SESSION AUTHORIZATION are not supported through the extended query protocol"})
+	}
+	text := strings.Join(plan.Segments, "")
+	if len(plan.Slots) > 0 {
+		// Literals for declared columns are sealed now, once: every
+		// execution of the statement stores the same ciphertext, as it
+		// would store the same constant.
+		if text, err = s.render(plan); err != nil {
+			return s.refuseExtended(err)
+		}
+	}
+	if identityParams(plan.Params) {
+		return s.parsePlain(m, text)
+	}
+	return s.parseRewritten(m, plan, text)
 }
 
 // handleFunctionCall forwards large-object fast-path calls and refuses the
@@ -316,17 +336,6 @@ func (s *session) refuse(err error) error {
 	return s.upstreamOut.send(&pgproto3.Query{String: raiseSQL(code, msg)})
 }
 
-// refuseParse replaces a refused Parse with Parse/Bind/Execute of the
-// raising statement: PostgreSQL reports the error where the Parse was and
-// skips the rest of the batch up to Sync, as it would have for the Parse.
-// The ParseComplete and BindComplete of the replacement are swallowed.
-func (s *session) refuseParse(err error) error {
-	code, msg := s.publicError(err)
-	s.expect(pendRefusal)
-	s.upstreamOut.send(&pgproto3.Parse{Query: raiseSQL(code, msg)})
-	s.upstreamOut.send(&pgproto3.Bind{})
-	return s.upstreamOut.send(&pgproto3.Execute{})
-}
 
 // publicError decides what a refused statement tells the client, logs the
 // rest, and audits refused tenant changes.

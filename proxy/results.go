@@ -47,7 +47,7 @@ type resultState struct {
 // Entries are built only for sessions that decrypt, so a session that does
 // not allocates nothing here.
 func (s *session) track(msg pgproto3.FrontendMessage) {
-	if !s.decrypts {
+	if !s.tracks {
 		return
 	}
 	switch m := msg.(type) {
@@ -75,7 +75,7 @@ func (s *session) track(msg pgproto3.FrontendMessage) {
 // expect records a response group of the given kind, for sessions that
 // track them.
 func (s *session) expect(kind pendingKind) {
-	if s.decrypts {
+	if s.tracks {
 		s.pending.push(&pending{kind: kind})
 	}
 }
@@ -84,6 +84,9 @@ func (s *session) expect(kind pendingKind) {
 // the declared type, and returns the shape their values need.
 func (s *session) shapeOf(rd *pgproto3.RowDescription) (*rowShape, error) {
 	shape := &rowShape{fields: make([]fieldPlan, len(rd.Fields))}
+	if !s.decrypts {
+		return shape, nil // an unscoped session sees the stored bytea
+	}
 	for i := range rd.Fields {
 		f := &rd.Fields[i]
 		d, ok, err := s.srv.catalog.lookup(context.Background(), columnOrigin{f.TableOID, f.TableAttributeNumber})
@@ -131,6 +134,17 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 	rs := &s.results
 	head := s.pending.peek()
 	switch m := msg.(type) {
+	case *pgproto3.CloseComplete:
+		if head != nil && head.kind == pendRefusal {
+			return false, nil // its ParseComplete, BindComplete and error follow
+		}
+		if p := s.pending.pop(); p != nil {
+			if p.target == 'S' {
+				delete(rs.statements, p.name)
+			} else {
+				delete(rs.portals, p.name)
+			}
+		}
 	case *pgproto3.ParseComplete:
 		if head != nil && head.kind == pendRefusal {
 			return false, nil // its BindComplete and error follow
@@ -146,7 +160,11 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 			rs.portals[p.name] = &portal{stmt: p.stmt, formats: p.resultFormats}
 		}
 	case *pgproto3.ParameterDescription:
-		// Part of a statement Describe; its RowDescription or NoData follows.
+		// Part of a statement Describe; its RowDescription or NoData
+		// follows. A rewritten statement shows the client's parameters.
+		if head != nil && head.kind == pendDescribe && head.prepared != nil {
+			m.ParameterOIDs = head.prepared.clientParameterTypes(m.ParameterOIDs)
+		}
 	case *pgproto3.RowDescription:
 		shape, err := s.shapeOf(m)
 		if err != nil {
@@ -196,16 +214,11 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 		if head != nil && head.kind == pendExecute {
 			s.pending.pop()
 		}
-	case *pgproto3.CloseComplete:
-		if p := s.pending.pop(); p != nil {
-			if p.target == 'S' {
-				delete(rs.statements, p.name)
-			} else {
-				delete(rs.portals, p.name)
-			}
-		}
 	case *pgproto3.ErrorResponse:
 		rs.current = nil
+		if head != nil && head.kind == pendParse && head.prepared != nil {
+			head.prepared.failed.Store(true)
+		}
 		if head != nil && head.kind != pendQuery && head.kind != pendFunctionCall {
 			s.pending.skipToSync()
 		}
@@ -268,6 +281,9 @@ func (s *session) decryptRow(row *pgproto3.DataRow, shape *rowShape) error {
 				continue
 			}
 			return s.decryptFailed(t, c)
+		}
+		if plain == nil {
+			plain = []byte{} // an empty value, not NULL
 		}
 		if f.format == 1 {
 			enc, err := encodeBinary(c.Type, plain)

@@ -48,11 +48,19 @@ type session struct {
 	tenant    string
 	scoped    bool
 	tenantErr error // a login that authenticates but maps to no tenant
-	// decrypts is set for scoped sessions when tables are declared: only
-	// they track responses and decrypt rows.
+	// tracks is set when tables are declared: the session keeps its
+	// pending queue and statement state in step with PostgreSQL (relay).
+	// decrypts is set for scoped sessions among them: only they decrypt
+	// rows and rewrite Binds.
+	tracks   bool
 	decrypts bool
 	pending  pendingQueue
 	results  resultState
+	// statements are the client's statements whose Binds are rewritten,
+	// by the client's name; stmtSeq numbers their upstream names. Only the
+	// client goroutine touches them. See extended.go.
+	statements map[string]*preparedStatement
+	stmtSeq    uint64
 
 	// upstreamPID and upstreamSecret are the upstream backend's real
 	// BackendKeyData; cancelKey is what the client was given instead.
@@ -234,8 +242,16 @@ func (s *session) handleClientMessage(msg pgproto3.FrontendMessage) error {
 		return s.handleFunctionCall(m)
 	}
 	if s.decrypts {
-		s.track(msg)
+		switch m := msg.(type) {
+		case *pgproto3.Bind:
+			return s.handleBind(m)
+		case *pgproto3.Describe:
+			return s.handleDescribe(m)
+		case *pgproto3.Close:
+			return s.handleClose(m)
+		}
 	}
+	s.track(msg)
 	return s.upstreamOut.send(msg)
 }
 
@@ -258,7 +274,7 @@ func (s *session) upstreamLoop() error {
 			strings.HasPrefix(e.Message, "pgcloak: ") && strings.HasPrefix(e.Where, raiseWhere) {
 			e.Where = "" // a refusal raised by the proxy's own DO statement
 		}
-		if s.decrypts {
+		if s.tracks {
 			keep, err := s.relay(msg)
 			if err != nil {
 				return err

@@ -327,7 +327,9 @@ func (s *session) applyTenancy(params map[string]string) error {
 		return nil
 	}
 	s.tenant, s.scoped = tenant, scoped
-	s.decrypts = scoped && s.srv.catalog != nil
+	s.tracks = s.srv.catalog != nil
+	s.decrypts = scoped && s.tracks
+	s.statements = make(map[string]*preparedStatement)
 	s.results = resultState{statements: make(map[string]*rowShape), portals: make(map[string]*portal)}
 	if scoped {
 		params[t.Setting] = tenant

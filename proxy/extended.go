@@ -1,0 +1,411 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/pgcloak/pgcloak/coltype"
+	"github.com/pgcloak/pgcloak/rewrite"
+)
+
+// Extended query protocol on declared columns.
+//
+// A Parse whose rewrite transforms parameters (encrypts a value bound for a
+// declared column, computes a blind index for a search) is prepared
+// upstream under a name of the proxy's own, "pgcloak:s<n>", and remembered
+// in session.statements under the client's name. Every Bind of it is
+// rewritten from the plan: the client's values for declared columns are
+// canonicalised for the declared type (whatever format the client sent),
+// sealed or indexed under the session tenant's keys and sent as binary
+// bytea; plain parameters pass through as they came.
+//
+// Why a name of our own: a Bind whose values pass through untouched must
+// never reach a statement that expects ciphertext. Statements that take
+// plain parameters keep the client's names; statements that take
+// transformed ones live only under names no client Bind can reach with
+// untransformed values (client names with the reserved prefix are
+// refused). Forgetting a named entry is therefore always safe: a Bind then
+// names a statement PostgreSQL does not have. The unnamed statement keeps
+// its name: every Parse of it replaces the entry, in the same order as
+// PostgreSQL replaces the statement.
+
+// reservedPrefix starts the names of the proxy's own statements.
+const reservedPrefix = "pgcloak:"
+
+// raiseStatement is the statement name refusals in the extended protocol
+// raise their error through.
+const raiseStatement = reservedPrefix + "raise"
+
+// preparedStatement is a client statement whose Binds are transformed.
+type preparedStatement struct {
+	upstream string // the name PostgreSQL knows it by
+	plan     *rewrite.Plan
+	// clientOIDs are the parameter types the client's Parse gave (0 or
+	// missing: unspecified).
+	clientOIDs []uint32
+	// nparams is how many parameters the client's statement takes.
+	nparams int
+	// failed is set by the upstream goroutine when PostgreSQL rejected
+	// the Parse: the name is free again.
+	failed atomic.Bool
+}
+
+// clientOID is the type the client gave parameter j (0-based), or 0.
+func (ps *preparedStatement) clientOID(j int) uint32 {
+	if j < len(ps.clientOIDs) {
+		return ps.clientOIDs[j]
+	}
+	return 0
+}
+
+// newPreparedStatement builds the entry for a rewritten Parse.
+func newPreparedStatement(plan *rewrite.Plan, clientOIDs []uint32) *preparedStatement {
+	ps := &preparedStatement{plan: plan, clientOIDs: append([]uint32(nil), clientOIDs...), nparams: len(clientOIDs)}
+	for _, p := range plan.Params {
+		ps.nparams = max(ps.nparams, p.Param)
+	}
+	return ps
+}
+
+// upstreamOIDs are the parameter types of the rewritten statement's Parse:
+// bytea for what the proxy computes, the client's own types for the rest.
+func (ps *preparedStatement) upstreamOIDs() []uint32 {
+	if len(ps.plan.Params) == 0 {
+		return nil
+	}
+	oids := make([]uint32, len(ps.plan.Params))
+	for i, p := range ps.plan.Params {
+		switch p.Kind {
+		case rewrite.ParamPlain:
+			oids[i] = ps.clientOID(p.Param - 1)
+		case rewrite.ParamData, rewrite.ParamIndex:
+			oids[i] = pgtype.ByteaOID
+		case rewrite.ParamIndexArray:
+			oids[i] = pgtype.ByteaArrayOID
+		}
+	}
+	return oids
+}
+
+// clientParameterTypes turns the ParameterDescription PostgreSQL gave for
+// the rewritten statement into the one the client's statement would have
+// had: the declared type for parameters bound to declared columns.
+func (ps *preparedStatement) clientParameterTypes(upstream []uint32) []uint32 {
+	out := make([]uint32, ps.nparams)
+	for j := range out {
+		if oid := ps.clientOID(j); oid != 0 {
+			out[j] = oid
+			continue
+		}
+		out[j] = pgtype.TextOID // a parameter the statement never uses
+		for i, p := range ps.plan.Params {
+			if p.Param != j+1 {
+				continue
+			}
+			switch p.Kind {
+			case rewrite.ParamPlain:
+				if i < len(upstream) {
+					out[j] = upstream[i]
+				}
+			case rewrite.ParamData, rewrite.ParamIndex:
+				out[j] = coltype.OID(p.Column.Column.Type)
+			case rewrite.ParamIndexArray:
+				out[j] = arrayOID(p.Column.Column.Type)
+			}
+			if p.Kind == rewrite.ParamPlain {
+				break // PostgreSQL's own inference wins
+			}
+		}
+	}
+	return out
+}
+
+// parseRewritten forwards a Parse whose plan transforms parameters.
+func (s *session) parseRewritten(m *pgproto3.Parse, plan *rewrite.Plan, text string) error {
+	if m.Name != "" {
+		if old := s.statements[m.Name]; old != nil && !old.failed.Load() {
+			return s.refuseExtended(&clientError{code: pgerrcode.DuplicatePreparedStatement, msg: fmt.Sprintf("prepared statement %q already exists", m.Name)})
+		}
+	}
+	ps := newPreparedStatement(plan, m.ParameterOIDs)
+	if m.Name != "" {
+		s.stmtSeq++
+		ps.upstream = reservedPrefix + "s" + strconv.FormatUint(s.stmtSeq, 10)
+	}
+	s.statements[m.Name] = ps
+	s.pending.push(&pending{kind: pendParse, name: m.Name, prepared: ps})
+	return s.upstreamOut.send(&pgproto3.Parse{Name: ps.upstream, Query: text, ParameterOIDs: ps.upstreamOIDs()})
+}
+
+// parsePlain forwards a Parse whose parameters pass through, under the
+// client's name.
+func (s *session) parsePlain(m *pgproto3.Parse, text string) error {
+	if s.decrypts && len(s.statements) > 0 {
+		if m.Name == "" {
+			delete(s.statements, "")
+		} else if old := s.statements[m.Name]; old != nil && !old.failed.Load() {
+			return s.refuseExtended(&clientError{code: pgerrcode.DuplicatePreparedStatement, msg: fmt.Sprintf("prepared statement %q already exists", m.Name)})
+		}
+	}
+	s.track(m)
+	if text == m.Query {
+		return s.upstreamOut.send(m)
+	}
+	return s.upstreamOut.send(&pgproto3.Parse{Name: m.Name, Query: text, ParameterOIDs: m.ParameterOIDs})
+}
+
+// handleBind forwards a Bind, transforming its parameters when it binds a
+// rewritten statement.
+func (s *session) handleBind(m *pgproto3.Bind) error {
+	ps := s.statements[m.PreparedStatement]
+	if ps == nil {
+		if strings.HasPrefix(m.PreparedStatement, reservedPrefix) {
+			return s.refuseExtended(reservedName(m.PreparedStatement))
+		}
+		s.track(m)
+		return s.upstreamOut.send(m)
+	}
+	out, err := s.transformBind(m, ps)
+	if err != nil {
+		return s.refuseExtended(err)
+	}
+	s.track(m)
+	return s.upstreamOut.send(out)
+}
+
+// handleDescribe forwards a Describe, naming a rewritten statement by its
+// upstream name.
+func (s *session) handleDescribe(m *pgproto3.Describe) error {
+	if m.ObjectType != 'S' {
+		s.track(m)
+		return s.upstreamOut.send(m)
+	}
+	ps := s.statements[m.Name]
+	if ps == nil {
+		if strings.HasPrefix(m.Name, reservedPrefix) {
+			return s.refuseExtended(reservedName(m.Name))
+		}
+		s.track(m)
+		return s.upstreamOut.send(m)
+	}
+	s.pending.push(&pending{kind: pendDescribe, name: m.Name, target: 'S', prepared: ps})
+	return s.upstreamOut.send(&pgproto3.Describe{ObjectType: 'S', Name: ps.upstream})
+}
+
+// handleClose forwards a Close, naming a rewritten statement by its
+// upstream name and forgetting it.
+func (s *session) handleClose(m *pgproto3.Close) error {
+	if m.ObjectType != 'S' {
+		s.track(m)
+		return s.upstreamOut.send(m)
+	}
+	ps := s.statements[m.Name]
+	if ps == nil {
+		if strings.HasPrefix(m.Name, reservedPrefix) {
+			return s.refuseExtended(reservedName(m.Name))
+		}
+		s.track(m)
+		return s.upstreamOut.send(m)
+	}
+	delete(s.statements, m.Name)
+	s.track(m)
+	return s.upstreamOut.send(&pgproto3.Close{ObjectType: 'S', Name: ps.upstream})
+}
+
+func reservedName(name string) error {
+	return &clientError{code: pgerrcode.InvalidSQLStatementName, msg: fmt.Sprintf("statement names starting with %q are reserved", reservedPrefix)}
+}
+
+// transformBind builds the upstream Bind of a rewritten statement.
+func (s *session) transformBind(m *pgproto3.Bind, ps *preparedStatement) (*pgproto3.Bind, error) {
+	if len(m.Parameters) != ps.nparams {
+		return nil, &clientError{code: pgerrcode.ProtocolViolation,
+			msg: fmt.Sprintf("bind message supplies %d parameters, but prepared statement %q requires %d", len(m.Parameters), m.PreparedStatement, ps.nparams)}
+	}
+	fc := m.ParameterFormatCodes
+	if len(fc) > 1 && len(fc) != len(m.Parameters) {
+		return nil, &clientError{code: pgerrcode.ProtocolViolation,
+			msg: fmt.Sprintf("bind message has %d parameter formats but %d parameters", len(fc), len(m.Parameters))}
+	}
+	format := func(j int) int16 {
+		switch len(fc) {
+		case 0:
+			return pgtype.TextFormatCode
+		case 1:
+			return fc[0]
+		}
+		return fc[j]
+	}
+	ctx := context.Background()
+	n := len(ps.plan.Params)
+	out := &pgproto3.Bind{
+		DestinationPortal:    m.DestinationPortal,
+		PreparedStatement:    ps.upstream,
+		ParameterFormatCodes: make([]int16, n),
+		Parameters:           make([][]byte, n),
+		ResultFormatCodes:    m.ResultFormatCodes,
+	}
+	for i, src := range ps.plan.Params {
+		j := src.Param - 1
+		v, f := m.Parameters[j], format(j)
+		if src.Kind == rewrite.ParamPlain {
+			out.Parameters[i], out.ParameterFormatCodes[i] = v, f
+			continue
+		}
+		out.ParameterFormatCodes[i] = pgtype.BinaryFormatCode
+		if v == nil {
+			continue // NULL stays NULL: nothing to seal, no index
+		}
+		var err error
+		switch src.Kind {
+		case rewrite.ParamData, rewrite.ParamIndex:
+			out.Parameters[i], err = s.keyedParam(ctx, src, ps.clientOID(j), f, v)
+		case rewrite.ParamIndexArray:
+			out.Parameters[i], err = s.indexArrayParam(ctx, src, ps.clientOID(j), f, v)
+		default:
+			err = fmt.Errorf("bind: parameter kind %v", src.Kind)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// keyedParam seals or indexes one parameter value.
+func (s *session) keyedParam(ctx context.Context, src rewrite.ParamSource, oid uint32, format int16, v []byte) ([]byte, error) {
+	typ := src.Column.Column.Type
+	if oid == 0 {
+		oid = coltype.OID(typ)
+	}
+	text, err := paramText(typ, oid, format, v)
+	if err != nil {
+		return nil, valueError(src.Column, err)
+	}
+	return s.keyedValue(ctx, src.Column, src.Kind == rewrite.ParamIndex, text)
+}
+
+// keyedValue canonicalises text for its declared column and returns it
+// sealed, or its blind index, under the session tenant's keys.
+func (s *session) keyedValue(ctx context.Context, c rewrite.ColumnRef, index bool, text string) ([]byte, error) {
+	canonical, err := coltype.Canonical(c.Column.Type, text)
+	if err != nil {
+		return nil, valueError(c, err)
+	}
+	var out []byte
+	if index {
+		out, err = s.srv.keys.BlindIndex(ctx, s.tenant, refOf(c), []byte(canonical))
+	} else {
+		out, err = s.srv.keys.Seal(ctx, s.tenant, refOf(c), []byte(canonical))
+	}
+	if err != nil {
+		return nil, keyError(s.tenant, err)
+	}
+	return out, nil
+}
+
+// indexArrayParam turns an array of values (col = ANY($1)) into the
+// bytea[] of their blind indexes, NULL elements staying NULL.
+func (s *session) indexArrayParam(ctx context.Context, src rewrite.ParamSource, oid uint32, format int16, v []byte) ([]byte, error) {
+	typ := src.Column.Column.Type
+	if oid == 0 {
+		oid = arrayOID(typ)
+	}
+	m := typeMaps.Get().(*pgtype.Map)
+	defer typeMaps.Put(m)
+	t, ok := m.TypeForOID(oid)
+	if !ok {
+		return nil, &clientError{code: pgerrcode.DatatypeMismatch, msg: fmt.Sprintf("%s: parameter type %d is not an array of %s", src.Column, oid, typ)}
+	}
+	ac, ok := t.Codec.(*pgtype.ArrayCodec)
+	if !ok {
+		return nil, &clientError{code: pgerrcode.DatatypeMismatch, msg: fmt.Sprintf("%s: = ANY needs an array parameter", src.Column)}
+	}
+	decoded, err := t.Codec.DecodeValue(m, oid, format, v)
+	if err != nil {
+		return nil, &clientError{code: pgerrcode.InvalidTextRepresentation, msg: fmt.Sprintf("%s: malformed array parameter", src.Column)}
+	}
+	elems, _ := decoded.([]any)
+	elemOID := ac.ElementType.OID
+	indexes := make([][]byte, len(elems))
+	for k, e := range elems {
+		if e == nil {
+			continue
+		}
+		buf, err := m.Encode(elemOID, pgtype.TextFormatCode, e, nil)
+		if err != nil {
+			return nil, &clientError{code: pgerrcode.InvalidTextRepresentation, msg: fmt.Sprintf("%s: malformed array element", src.Column)}
+		}
+		if indexes[k], err = s.keyedValue(ctx, src.Column, true, string(buf)); err != nil {
+			return nil, err
+		}
+	}
+	return m.Encode(pgtype.ByteaArrayOID, pgtype.BinaryFormatCode, indexes, nil)
+}
+
+// paramText is a parameter's value in PostgreSQL's text format: as sent
+// when the client used text, decoded through pgtype's codec for oid (the
+// type the client declared, else the declared type) when it used binary.
+func paramText(typ string, oid uint32, format int16, v []byte) (string, error) {
+	if format == pgtype.TextFormatCode {
+		return string(v), nil
+	}
+	if format != pgtype.BinaryFormatCode {
+		return "", &clientError{code: pgerrcode.ProtocolViolation, msg: fmt.Sprintf("unsupported format code: %d", format)}
+	}
+	m := typeMaps.Get().(*pgtype.Map)
+	defer typeMaps.Put(m)
+	t, ok := m.TypeForOID(oid)
+	if !ok {
+		return "", &clientError{code: pgerrcode.FeatureNotSupported, msg: fmt.Sprintf("binary parameters of type %d are not supported for a %s column", oid, typ)}
+	}
+	val, err := t.Codec.DecodeValue(m, oid, pgtype.BinaryFormatCode, v)
+	if err != nil {
+		return "", &clientError{code: pgerrcode.InvalidBinaryRepresentation, msg: fmt.Sprintf("incorrect binary data format in a %s parameter", t.Name)}
+	}
+	if val == nil {
+		return "", &clientError{code: pgerrcode.InvalidBinaryRepresentation, msg: fmt.Sprintf("incorrect binary data format in a %s parameter", t.Name)}
+	}
+	buf, err := m.Encode(oid, pgtype.TextFormatCode, val, nil)
+	if err != nil {
+		return "", &clientError{code: pgerrcode.InvalidBinaryRepresentation, msg: fmt.Sprintf("incorrect binary data format in a %s parameter", t.Name)}
+	}
+	return string(buf), nil
+}
+
+// arrayOID is the OID of the array type of a declared type.
+func arrayOID(typ string) uint32 { return arrayOIDs[typ] }
+
+var arrayOIDs = func() map[string]uint32 {
+	m := pgtype.NewMap()
+	out := make(map[string]uint32)
+	for _, typ := range coltype.Types() {
+		if t, ok := m.TypeForName("_" + typ); ok {
+			out[typ] = t.OID
+		}
+	}
+	return out
+}()
+
+// refuseExtended refuses an extended-protocol message (a Parse or Bind)
+// in order with everything else the client has in flight: the proxy
+// prepares and executes, under its own statement name and the unnamed
+// portal, a statement that raises the refusal. PostgreSQL reports it where
+// the refused message was and skips the rest of the batch up to Sync, as
+// it would have after the client's own message failed. The unnamed portal
+// is lost, as it would be when the batch fails. The original message never
+// reaches PostgreSQL.
+func (s *session) refuseExtended(err error) error {
+	code, msg := s.publicError(err)
+	s.expect(pendRefusal)
+	s.upstreamOut.send(&pgproto3.Close{ObjectType: 'S', Name: raiseStatement})
+	s.upstreamOut.send(&pgproto3.Parse{Name: raiseStatement, Query: raiseSQL(code, msg)})
+	s.upstreamOut.send(&pgproto3.Bind{PreparedStatement: raiseStatement})
+	return s.upstreamOut.send(&pgproto3.Execute{})
+}
