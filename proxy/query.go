@@ -336,7 +336,6 @@ func (s *session) refuse(err error) error {
 	return s.upstreamOut.send(&pgproto3.Query{String: raiseSQL(code, msg)})
 }
 
-
 // publicError decides what a refused statement tells the client, logs the
 // rest, and audits refused tenant changes.
 func (s *session) publicError(err error) (code, msg string) {

@@ -75,23 +75,23 @@ grant usage on sequence kinds_id_seq to acme_app, globex_app, migrator;`)
 // kindsRow is one row of kinds as Go values, scanned the way applications
 // scan them.
 type kindsRow struct {
-	Text     *string
-	Varchar  *string
-	Bpchar   *string
-	Int2     *int16
-	Int4     *int32
-	Int8     *int64
-	Numeric  pgtype.Numeric
-	Float4   *float32
-	Float8   *float64
-	Bool     *bool
-	Date     pgtype.Date
-	Ts       pgtype.Timestamp
-	Tstz     pgtype.Timestamptz
-	UUID     pgtype.UUID
-	JSON     *jsonDoc
-	JSONB    map[string]any
-	Bytea    []byte
+	Text    *string
+	Varchar *string
+	Bpchar  *string
+	Int2    *int16
+	Int4    *int32
+	Int8    *int64
+	Numeric pgtype.Numeric
+	Float4  *float32
+	Float8  *float64
+	Bool    *bool
+	Date    pgtype.Date
+	Ts      pgtype.Timestamp
+	Tstz    pgtype.Timestamptz
+	UUID    pgtype.UUID
+	JSON    *jsonDoc
+	JSONB   map[string]any
+	Bytea   []byte
 }
 
 type jsonDoc struct {
