@@ -90,7 +90,7 @@ func (a *analyzer) run(tree *pg_query.ParseResult) (*Plan, error) {
 	}
 	if !anyChanged {
 		plan.Segments = []string{a.sql}
-		plan.Passthrough = len(plan.RoleChanges) == 0 && !plan.ResetsSettings
+		plan.Passthrough = len(plan.RoleChanges) == 0 && !plan.ResetsSettings && plan.Copy == nil
 		if !plan.Passthrough {
 			plan.Params = identityParams(maxParam(tree))
 		}
@@ -341,18 +341,7 @@ func (a *analyzer) dispatch(n *pg_query.Node) error {
 		}
 		return nil
 	case *pg_query.Node_CopyStmt:
-		c := x.CopyStmt
-		if rv := c.Relation; rv != nil {
-			if t := a.s.anyTableNamed(rv.Schemaname, rv.Relname); t != nil {
-				return a.refuseTable(kindCopy, t, "", rv.Location)
-			}
-		}
-		if c.Query != nil {
-			if t := a.touches(c.Query); t != nil {
-				return a.refuseTable(kindCopy, t, "", -1)
-			}
-		}
-		return nil
+		return a.copyStmt(x.CopyStmt)
 	case *pg_query.Node_ViewStmt:
 		if t := a.touches(x.ViewStmt.Query); t != nil {
 			return a.refuseTable(kindDerived, t, "CREATE VIEW", x.ViewStmt.View.GetLocation())

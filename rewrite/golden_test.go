@@ -60,6 +60,7 @@ type goldenWant struct {
 	Statements     int          `json:"statements,omitempty"` // when not 1
 	RoleChanges    []string     `json:"role_changes,omitempty"`
 	ResetsSettings bool         `json:"resets_settings,omitempty"`
+	Copy           string       `json:"copy,omitempty"`
 	Error          *goldenError `json:"error,omitempty"`
 }
 
@@ -152,6 +153,25 @@ func renderWant(plan *Plan, err error) goldenWant {
 	if plan.Passthrough {
 		w.Passthrough = true
 		return w
+	}
+	if cp := plan.Copy; cp != nil {
+		dir := "to"
+		if cp.From {
+			dir = "from"
+		}
+		w.Copy = fmt.Sprintf("%s %s delimiter=%q null=%q quote=%q escape=%q header=%v", dir, cp.Format, cp.Delimiter, cp.Null, cp.Quote, cp.Escape, cp.Header)
+		for _, c := range cp.Columns {
+			w.Copy += " " + c.Table + "." + map[bool]string{true: "plain", false: "declared"}[c.Column == nil]
+			if c.Column != nil {
+				w.Copy += ":" + c.Column.Name
+			}
+		}
+		for _, i := range cp.Indexes {
+			w.Copy += fmt.Sprintf(" index<-%d", i)
+		}
+		if cp.Describe != "" {
+			w.Copy += " describe: " + cp.Describe
+		}
 	}
 	w.SQL = renderSQL(plan, func(s Slot) string {
 		v := "NULL"

@@ -57,6 +57,11 @@ type Plan struct {
 	// maps to the session's tenant before forwarding the text.
 	RoleChanges []RoleChange
 
+	// Copy is set for a COPY to or from STDIN/STDOUT on a declared table:
+	// the text is then that one statement, and the proxy transforms the
+	// rows it carries.
+	Copy *CopyPlan
+
 	// ResetsSettings is set when the text holds RESET ALL or DISCARD ALL:
 	// PostgreSQL restores the tenant setting to its startup value, so the
 	// proxy pins the tenant as a startup parameter (or re-applies it).

@@ -166,10 +166,10 @@ var (
 		},
 		doc: "a statement naming a blind-index column"}
 	kindCopy = &refusalKind{id: "copy", code: pgerrcode.FeatureNotSupported, construct: "COPY",
-		msg: func(subject, _ string) string {
-			return subject + " has encrypted columns; COPY on encrypted tables is not supported yet"
+		msg: func(subject, construct string) string {
+			return subject + " has encrypted columns; COPY " + construct + " is not supported"
 		},
-		doc: "COPY to or from a declared table, or COPY (query) over one"}
+		doc: "COPY on a declared table with a file or program, WHERE, FORCE_* or HEADER MATCH options, inside a multi-statement query, or COPY (query) that searches a declared column"}
 	kindDerived = &refusalKind{id: "derived_object", code: pgerrcode.FeatureNotSupported,
 		msg: notSupported(hasEncryptedColumns, " over it"),
 		doc: "CREATE VIEW / MATERIALIZED VIEW / RULE / TABLE AS, SELECT INTO over a declared table"}

@@ -58,7 +58,7 @@ func (s *Schema) AnalyzeShape(cache *Cache, sql string) (*ShapePlan, []Literal, 
 // buildShape analyses a shape; nil means the exact path must decide.
 func (s *Schema) buildShape(key string) *ShapePlan {
 	plan, err := s.Analyze(key)
-	if err != nil || len(plan.Slots) > 0 {
+	if err != nil || len(plan.Slots) > 0 || plan.Copy != nil {
 		return nil
 	}
 	for _, p := range plan.Params {
