@@ -15,6 +15,7 @@ type clientError struct {
 	code  string // SQLSTATE
 	msg   string // without the "pgcloak: " prefix
 	fatal bool   // the session ends after it is sent
+	where string // CONTEXT, e.g. "COPY patients, line 3"
 	cause error
 }
 
@@ -65,5 +66,6 @@ func errorResponse(err error, sessionID uint64) *pgproto3.ErrorResponse {
 		SeverityUnlocalized: severity,
 		Code:                ce.code,
 		Message:             "pgcloak: " + ce.msg,
+		Where:               ce.where,
 	}
 }

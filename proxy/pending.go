@@ -17,6 +17,7 @@ const (
 	pendFunctionCall                        // FunctionCallResponse ReadyForQuery
 	pendInternal                            // a statement of the proxy's own: swallow up to its ReadyForQuery
 	pendRefusal                             // a refused Parse replaced by the raising statement: swallow its ParseComplete and BindComplete, relay its error
+	pendCopyDescribe                        // the describe ahead of a COPY TO: swallow everything up to its ReadyForQuery
 )
 
 // pending is one client message whose responses have not all arrived. The
@@ -37,6 +38,9 @@ type pending struct {
 	resultFormats []int16
 	// prepared is the rewritten statement a Parse or Describe 'S' names.
 	prepared *preparedStatement
+	// copy is the COPY a Query or pendCopyDescribe runs on a declared
+	// table.
+	copy *copyState
 }
 
 // pendingQueue is the FIFO of client messages awaiting responses, shared by
@@ -90,7 +94,7 @@ func (q *pendingQueue) skipToSync() {
 	defer q.mu.Unlock()
 	for q.head < len(q.items) {
 		k := q.items[q.head].kind
-		if k == pendSync || k == pendQuery || k == pendFunctionCall || k == pendInternal {
+		if k == pendSync || k == pendQuery || k == pendFunctionCall || k == pendInternal || k == pendCopyDescribe {
 			break
 		}
 		q.items[q.head] = nil

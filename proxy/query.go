@@ -61,10 +61,17 @@ var lobFunctions = map[uint32]bool{
 // handleQuery forwards a simple-protocol Query, rewritten when it touches
 // declared columns, or refuses it.
 func (s *session) handleQuery(q *pgproto3.Query) error {
-	s.track(q)
+	s.copyIn = nil // a COPY FROM the client abandoned
 	if err := tenantTokenCheck(q.String); err != nil {
+		s.track(q)
 		return s.refuse(err)
 	}
+	if s.srv.schema != nil && containsFold(q.String, "copy") && s.srv.schema.MightNeedAnalysis(q.String) {
+		if plan, err := s.srv.schema.Cached(s.srv.plans, q.String); err == nil && plan.Copy != nil {
+			return s.handleCopy(plan)
+		}
+	}
+	s.track(q)
 	if len(s.statements) > 0 && (containsFold(q.String, "deallocate") || containsFold(q.String, "discard")) && containsFold(q.String, "all") {
 		// DEALLOCATE ALL and DISCARD ALL drop the named statements,
 		// ours among them. Forgetting them is safe even if the text does
@@ -152,6 +159,9 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 	}
 	if plan.Passthrough {
 		return s.parsePlain(m, m.Query)
+	}
+	if plan.Copy != nil {
+		return s.refuseExtended(&clientError{code: pgerrcode.FeatureNotSupported, msg: "COPY on a table with encrypted columns must be sent as a simple query, not through the extended query protocol"})
 	}
 	if len(plan.RoleChanges) > 0 {
 		return s.refuseExtended(&clientError{code: pgerrcode.FeatureNotSupported, msg: "SET ROLE and SET SESSION AUTHORIZATION are not supported through the extended query protocol"})

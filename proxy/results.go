@@ -38,6 +38,7 @@ type resultState struct {
 	statements map[string]*rowShape // statement name -> shape from Describe 'S' (formats unknown)
 	portals    map[string]*portal
 	current    *rowShape // shape of the rows now arriving
+	copyOut    *copyOut  // the COPY TO whose rows are now arriving
 	suppress   bool      // a decrypt error was sent: drop the rest up to ReadyForQuery
 }
 
@@ -133,7 +134,36 @@ func withFormats(shape *rowShape, formats []int16) *rowShape {
 func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 	rs := &s.results
 	head := s.pending.peek()
+	if head != nil && head.kind == pendCopyDescribe {
+		return s.relayCopyDescribe(msg, head)
+	}
 	switch m := msg.(type) {
+	case *pgproto3.CopyInResponse:
+		if head != nil && head.copy != nil && head.copy.plan.From {
+			// The client sends its own columns; the index columns are
+			// the proxy's.
+			if n := len(head.copy.plan.Columns); len(m.ColumnFormatCodes) > n {
+				m.ColumnFormatCodes = m.ColumnFormatCodes[:n]
+			}
+		}
+	case *pgproto3.CopyOutResponse:
+		if head != nil && head.copy != nil && !head.copy.plan.From && head.copy.shape != nil && head.copy.shape.any {
+			rs.copyOut = &copyOut{state: head.copy, plan: head.copy.plan}
+		}
+	case *pgproto3.CopyData:
+		if rs.suppress {
+			return false, nil
+		}
+		if rs.copyOut != nil {
+			data, err := rs.copyOut.transform(s, m.Data)
+			if err != nil {
+				rs.copyOut = nil
+				return false, s.suppressWith(err)
+			}
+			m.Data = data
+		}
+	case *pgproto3.CopyDone:
+		rs.copyOut = nil
 	case *pgproto3.CloseComplete:
 		if head != nil && head.kind == pendRefusal {
 			return false, nil // its ParseComplete, BindComplete and error follow
@@ -197,15 +227,7 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 		}
 		if shape != nil && shape.any {
 			if err := s.decryptRow(m, shape); err != nil {
-				rs.suppress = true
-				var ce *clientError
-				if !errors.As(err, &ce) || ce.cause != nil {
-					s.log.Error().Err(err).Msg("result row not decrypted")
-				}
-				// The session goes on: the rest of the result is dropped.
-				resp := errorResponse(err, s.id)
-				resp.Severity, resp.SeverityUnlocalized = "ERROR", "ERROR"
-				return false, s.sendClient(resp)
+				return false, s.suppressWith(err)
 			}
 		}
 		return !rs.suppress, nil
@@ -216,6 +238,14 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 		}
 	case *pgproto3.ErrorResponse:
 		rs.current = nil
+		rs.copyOut = nil
+		if head != nil && head.copy != nil {
+			if ce := head.copy.failure.Load(); ce != nil {
+				// The proxy aborted the COPY: say why, not "COPY from
+				// stdin failed".
+				m.Code, m.Message, m.Where, m.Detail, m.Hint = ce.code, "pgcloak: "+ce.msg, ce.where, "", ""
+			}
+		}
 		if head != nil && head.kind == pendParse && head.prepared != nil {
 			head.prepared.failed.Store(true)
 		}
@@ -225,12 +255,26 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 	case *pgproto3.ReadyForQuery:
 		s.pending.pop()
 		rs.current = nil
+		rs.copyOut = nil
 		rs.suppress = false
 		if m.TxStatus == 'I' {
 			clear(rs.portals) // portals do not outlive their transaction
 		}
 	}
 	return !rs.suppress, nil
+}
+
+// suppressWith reports a result that could not be decrypted and drops the
+// rest of it, up to ReadyForQuery. The session goes on.
+func (s *session) suppressWith(err error) error {
+	s.results.suppress = true
+	var ce *clientError
+	if !errors.As(err, &ce) || ce.cause != nil {
+		s.log.Error().Err(err).Msg("result not decrypted")
+	}
+	resp := errorResponse(err, s.id)
+	resp.Severity, resp.SeverityUnlocalized = "ERROR", "ERROR"
+	return s.sendClient(resp)
 }
 
 // portalShape is the shape of rows an Execute of the named portal returns.

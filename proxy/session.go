@@ -61,6 +61,8 @@ type session struct {
 	// client goroutine touches them. See extended.go.
 	statements map[string]*preparedStatement
 	stmtSeq    uint64
+	// copyIn is the COPY FROM whose rows the client goroutine transforms.
+	copyIn *copyIn
 
 	// upstreamPID and upstreamSecret are the upstream backend's real
 	// BackendKeyData; cancelKey is what the client was given instead.
@@ -240,6 +242,10 @@ func (s *session) handleClientMessage(msg pgproto3.FrontendMessage) error {
 		return s.handleParse(m)
 	case *pgproto3.FunctionCall:
 		return s.handleFunctionCall(m)
+	case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail:
+		if s.copyIn != nil {
+			return s.handleCopyMessage(m)
+		}
 	}
 	if s.decrypts {
 		switch m := msg.(type) {
