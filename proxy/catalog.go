@@ -22,6 +22,7 @@ type declaredField struct {
 	table  *config.Table
 	column *config.Column // the declared column, also set for its index column
 	index  bool           // the field is the column's index column
+	ref    ValueRef       // the column for the key layer, built once
 }
 
 // catalog maps RowDescription origins (table OID, attribute number) to
@@ -123,10 +124,10 @@ func (c *catalog) learn(ctx context.Context, oid uint32, qual string) error {
 			col := &t.Columns[i]
 			switch name {
 			case col.Name:
-				found[columnOrigin{oid, uint16(attnum)}] = declaredField{table: t, column: col}
+				found[columnOrigin{oid, uint16(attnum)}] = declaredField{table: t, column: col, ref: valueRef(t, col)}
 			case col.IndexColumn:
 				if col.IndexColumn != "" {
-					found[columnOrigin{oid, uint16(attnum)}] = declaredField{table: t, column: col, index: true}
+					found[columnOrigin{oid, uint16(attnum)}] = declaredField{table: t, column: col, index: true, ref: valueRef(t, col)}
 				}
 			}
 		}

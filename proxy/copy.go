@@ -720,7 +720,7 @@ func decodeByteaText(v []byte) ([]byte, bool) {
 // tenant: nil (and no error) when it does not open and on_decrypt_error is
 // null; an error naming the column otherwise.
 func (s *session) openValue(ctx context.Context, t *config.Table, c *config.Column, stored []byte) ([]byte, error) {
-	plain, err := s.srv.keys.Open(ctx, s.tenant, valueRef(t, c), stored)
+	plain, err := s.srv.keys.Open(ctx, s.tenant, valueRef(t, c), nil, stored)
 	if err == nil {
 		if plain == nil {
 			plain = []byte{}

@@ -77,7 +77,7 @@ grant select, insert, update, delete on patients to acme_app, globex_app, migrat
 grant usage on sequence patients_id_seq to acme_app, globex_app, migrator;
 `
 
-func startEncrypted(t *testing.T, mutate ...func(*Config)) *encryptedEnv {
+func startEncrypted(t testing.TB, mutate ...func(*Config)) *encryptedEnv {
 	t.Helper()
 	pg := testenv.Shared(t)
 	ctx := ctxT(t)
@@ -488,7 +488,7 @@ func TestNoSecretsInLogsOrAudit(t *testing.T) {
 
 // newTestKeys is the production key stack over the test database: wrapped
 // keys in pgcloak.data_keys, a local master key, and the shared cache.
-func newTestKeys(t *testing.T, pool *pgxpool.Pool) Keys {
+func newTestKeys(t testing.TB, pool *pgxpool.Pool) Keys {
 	t.Helper()
 	store, err := keystore.Open(ctxT(t), pool)
 	fatalIf(t, err, "keystore")

@@ -27,9 +27,10 @@ func (k CacheKeys) BlindIndex(ctx context.Context, tenant string, ref ValueRef, 
 	return k.Cache.Keyring(tenant).BlindIndex(ctx, nil, value, column(ref), crypto.Normalization(ref.Normalize))
 }
 
-// Open decrypts a stored value for the tenant's column.
-func (k CacheKeys) Open(ctx context.Context, tenant string, ref ValueRef, value []byte) ([]byte, error) {
-	return k.Cache.Keyring(tenant).Open(ctx, nil, value, column(ref))
+// Open decrypts a stored value for the tenant's column and appends the
+// plaintext to dst.
+func (k CacheKeys) Open(ctx context.Context, tenant string, ref ValueRef, dst, value []byte) ([]byte, error) {
+	return k.Cache.Keyring(tenant).Open(ctx, dst, value, column(ref))
 }
 
 // isDecryptFailure reports whether err is about the value (another tenant's,

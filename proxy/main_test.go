@@ -33,14 +33,14 @@ type testProxy struct {
 // startProxy starts a proxy in front of pg; mutate adjusts its config. The
 // proxy is closed when the test ends, and the test fails if any session
 // goroutine outlives it.
-func startProxy(t *testing.T, pg *testenv.Postgres, mutate ...func(*Config)) *testProxy {
+func startProxy(t testing.TB, pg *testenv.Postgres, mutate ...func(*Config)) *testProxy {
 	t.Helper()
 	return startProxyDeps(t, pg, Deps{}, nil, mutate...)
 }
 
 // startProxyDeps is startProxy with dependencies; when logs is non-nil the
 // proxy's log is copied into it as well as into the test log.
-func startProxyDeps(t *testing.T, pg *testenv.Postgres, deps Deps, logs io.Writer, mutate ...func(*Config)) *testProxy {
+func startProxyDeps(t testing.TB, pg *testenv.Postgres, deps Deps, logs io.Writer, mutate ...func(*Config)) *testProxy {
 	t.Helper()
 	before := runtime.NumGoroutine()
 	cfg := Config{
@@ -88,7 +88,7 @@ func startProxyDeps(t *testing.T, pg *testenv.Postgres, deps Deps, logs io.Write
 // waitGoroutines fails the test if the goroutine count does not return to
 // at most want within a few seconds (lingering client libraries get a small
 // allowance).
-func waitGoroutines(t *testing.T, want int) {
+func waitGoroutines(t testing.TB, want int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -130,14 +130,14 @@ func (p *testProxy) superURL(database string, params ...string) string {
 	return p.url("postgres", testenv.SuperuserPassword, database, params...)
 }
 
-func ctxT(t *testing.T) context.Context {
+func ctxT(t testing.TB) context.Context {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
 	return ctx
 }
 
-func connect(t *testing.T, connString string) *pgx.Conn {
+func connect(t testing.TB, connString string) *pgx.Conn {
 	t.Helper()
 	conn, err := pgx.Connect(ctxT(t), connString)
 	if err != nil {
@@ -154,14 +154,14 @@ func mustExec(t *testing.T, conn *pgx.Conn, sql string, args ...any) {
 	}
 }
 
-func mustEqual[T comparable](t *testing.T, what string, got, want T) {
+func mustEqual[T comparable](t testing.TB, what string, got, want T) {
 	t.Helper()
 	if got != want {
 		t.Errorf("%s: got %v, want %v", what, got, want)
 	}
 }
 
-func fatalIf(t *testing.T, err error, format string, args ...any) {
+func fatalIf(t testing.TB, err error, format string, args ...any) {
 	t.Helper()
 	if err != nil {
 		t.Fatalf("%s: %v", fmt.Sprintf(format, args...), err)

@@ -28,7 +28,8 @@ type ValueRef struct {
 type Keys interface {
 	Seal(ctx context.Context, tenant string, ref ValueRef, plaintext []byte) ([]byte, error)
 	BlindIndex(ctx context.Context, tenant string, ref ValueRef, normalized []byte) ([]byte, error)
-	Open(ctx context.Context, tenant string, ref ValueRef, value []byte) ([]byte, error)
+	// Open appends the plaintext to dst.
+	Open(ctx context.Context, tenant string, ref ValueRef, dst, value []byte) ([]byte, error)
 }
 
 func valueRef(t *config.Table, c *config.Column) ValueRef {

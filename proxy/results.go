@@ -39,6 +39,7 @@ type resultState struct {
 	portals    map[string]*portal
 	current    *rowShape // shape of the rows now arriving
 	copyOut    *copyOut  // the COPY TO whose rows are now arriving
+	scratch    []byte    // decryptRow's plaintext buffer
 	suppress   bool      // a decrypt error was sent: drop the rest up to ReadyForQuery
 }
 
@@ -293,8 +294,17 @@ func (s *session) portalShape(name string) *rowShape {
 
 // decryptRow replaces every declared field of row with its plaintext, in
 // the format the field asks for.
+//
+// The plaintexts of a row share one buffer that the next row reuses: the
+// row is encoded for the client before the next one is read.
 func (s *session) decryptRow(row *pgproto3.DataRow, shape *rowShape) error {
 	ctx := context.Background()
+	buf := s.results.scratch[:0]
+	defer func() {
+		if cap(buf) <= 1<<20 { // keep a long value's buffer no longer than its row
+			s.results.scratch = buf[:0]
+		}
+	}()
 	for i, f := range shape.fields {
 		if !f.ok || i >= len(row.Values) || row.Values[i] == nil {
 			continue
@@ -302,17 +312,19 @@ func (s *session) decryptRow(row *pgproto3.DataRow, shape *rowShape) error {
 		t, c := f.declared.table, f.declared.column
 		stored := row.Values[i]
 		if f.format == 0 {
-			// bytea's text output: \x followed by hex digits.
+			// bytea's text output: \x followed by hex digits, decoded in
+			// place (the row's buffer is the proxy's until the next read).
 			if len(stored) < 2 || stored[0] != '\\' || stored[1] != 'x' {
 				return s.decryptFailed(t, c)
 			}
-			raw := make([]byte, hex.DecodedLen(len(stored)-2))
-			if _, err := hex.Decode(raw, stored[2:]); err != nil {
+			n, err := hex.Decode(stored[2:], stored[2:])
+			if err != nil {
 				return s.decryptFailed(t, c)
 			}
-			stored = raw
+			stored = stored[2 : 2+n]
 		}
-		plain, err := s.srv.keys.Open(ctx, s.tenant, valueRef(t, c), stored)
+		start := len(buf)
+		out, err := s.srv.keys.Open(ctx, s.tenant, f.declared.ref, buf, stored)
 		if err != nil {
 			if !isDecryptFailure(err) {
 				// The key service, not the value, failed: never hide
@@ -326,7 +338,9 @@ func (s *session) decryptRow(row *pgproto3.DataRow, shape *rowShape) error {
 			}
 			return s.decryptFailed(t, c)
 		}
-		if plain == nil {
+		buf = out
+		plain := buf[start:len(buf):len(buf)]
+		if len(plain) == 0 {
 			plain = []byte{} // an empty value, not NULL
 		}
 		if f.format == 1 {
