@@ -7,6 +7,10 @@
 #
 # The entrypoint runs `pgcloak serve -c /etc/pgcloak/pgcloak.yaml`. For another
 # subcommand, override it: docker run --entrypoint pgcloak pgcloak check -c ...
+# Port 6432 speaks the PostgreSQL protocol; 9187 serves /metrics, /healthz
+# and /readyz when the configuration sets admin.address (docker-compose.yml
+# does). The Go version of the builder must be at least go.mod's (a test in
+# cmd/pgcloak checks it).
 
 # Builder: cgo is on because SQL parsing uses pg_query (libpg_query in C).
 FROM golang:1.26-bookworm AS build
@@ -28,5 +32,5 @@ RUN apt-get update \
  && mkdir -p /etc/pgcloak
 COPY --from=build /out/pgcloak /usr/local/bin/pgcloak
 USER 10001:10001
-EXPOSE 6432
+EXPOSE 6432 9187
 ENTRYPOINT ["/usr/local/bin/pgcloak", "serve", "-c", "/etc/pgcloak/pgcloak.yaml"]

@@ -30,6 +30,10 @@ const (
 	DecryptFailed       Event = "decrypt_failed"
 	KeyCreated          Event = "key_created"
 	KeyUnwrapped        Event = "key_unwrapped"
+	KeyRotated          Event = "key_rotated"
+	KeyRewrapped        Event = "key_rewrapped"
+	TenantShredded      Event = "tenant_shredded"
+	KeyPurgeReceived    Event = "key_purge_received"
 )
 
 // Session identifies the session an event belongs to.
@@ -140,4 +144,111 @@ func (l *Logger) KeyUnwrapped(tenant, keyClass, purpose string, version int, kek
 	if l != nil {
 		l.event(KeyUnwrapped, nil).Str("tenant", tenant).Str("key_class", keyClass).Str("purpose", purpose).Int("version", version).Str("kek_id", kekID).Send()
 	}
+}
+
+// KeyRotated records a new active data key version made by rotation.
+// reason is "" for an operator's rotation and "encryption limit" when
+// pgcloak rotated a key that reached its encryption limit.
+func (l *Logger) KeyRotated(tenant, keyClass, purpose string, version int, reason string) {
+	if l != nil {
+		e := l.event(KeyRotated, nil).Str("tenant", tenant).Str("key_class", keyClass).Str("purpose", purpose).Int("version", version)
+		if reason != "" {
+			e = e.Str("reason", reason)
+		}
+		e.Send()
+	}
+}
+
+// KeyRewrapped records a data key version wrapped again under another (or
+// the same) key-encryption key; the data key itself is unchanged.
+func (l *Logger) KeyRewrapped(tenant, keyClass, purpose string, version int, oldKEKID, newKEKID string) {
+	if l != nil {
+		l.event(KeyRewrapped, nil).Str("tenant", tenant).Str("key_class", keyClass).Str("purpose", purpose).Int("version", version).Str("old_kek_id", oldKEKID).Str("kek_id", newKEKID).Send()
+	}
+}
+
+// Shred describes a crypto-shredding for TenantShredded.
+type Shred struct {
+	Tenant   string
+	KeyClass string // the class shredded when OneClass
+	OneClass bool   // false: every class of the tenant
+	Versions int    // key versions destroyed
+	// KEKID is the tenant's own key-encryption key whose deletion was
+	// scheduled, "" when there is none.
+	KEKID             string
+	DeletionScheduled bool
+}
+
+// TenantShredded records the destruction of a tenant's data keys (all its
+// key classes, or one).
+func (l *Logger) TenantShredded(s Shred) {
+	if l != nil {
+		e := l.event(TenantShredded, nil).Str("tenant", s.Tenant).Int("versions", s.Versions)
+		if s.OneClass {
+			e = e.Str("key_class", s.KeyClass)
+		} else {
+			e = e.Bool("all_key_classes", true)
+		}
+		if s.KEKID != "" {
+			e = e.Str("kek_id", s.KEKID).Bool("kek_deletion_scheduled", s.DeletionScheduled)
+		}
+		e.Send()
+	}
+}
+
+// KeyPurgeReceived records a replica purging cached keys on a key event
+// from another process (kind "rotate" or "shred"), or all of them after
+// its event connection was re-established (kind "reconnect", tenant "").
+// keys is how many cached keys were destroyed.
+func (l *Logger) KeyPurgeReceived(kind, tenant, keyClass string, keys int) {
+	if l != nil {
+		e := l.event(KeyPurgeReceived, nil).Str("kind", kind)
+		if tenant != "" {
+			e = e.Str("tenant", tenant).Str("key_class", keyClass)
+		} else {
+			e = e.Bool("all_tenants", true)
+		}
+		e.Int("keys", keys).Send()
+	}
+}
+
+// Event kinds of `pgcloak reencrypt`. Persisted: never change them.
+const (
+	ReencryptStart  Event = "reencrypt_started"
+	ReencryptFinish Event = "reencrypt_finished"
+)
+
+// Reencrypt describes a run of `pgcloak reencrypt` for ReencryptStarted
+// and ReencryptFinished: what it covered and, when finished, what it did.
+type Reencrypt struct {
+	Tables  []string // schema.table
+	Tenant  string   // "" for every tenant
+	Reindex bool     // blind indexes recomputed too
+
+	// Set by ReencryptFinished only.
+	Updated int64  // rows rewritten
+	Left    int64  // rows it could not finish (raced, undecryptable, no tenant)
+	Outcome string // "complete", "incomplete", "interrupted" or "failed"
+}
+
+// ReencryptStarted records the start of a re-encryption run.
+func (l *Logger) ReencryptStarted(r Reencrypt) {
+	if l != nil {
+		l.reencrypt(ReencryptStart, r).Send()
+	}
+}
+
+// ReencryptFinished records the end of a re-encryption run.
+func (l *Logger) ReencryptFinished(r Reencrypt) {
+	if l != nil {
+		l.reencrypt(ReencryptFinish, r).Int64("updated", r.Updated).Int64("left", r.Left).Str("outcome", r.Outcome).Send()
+	}
+}
+
+func (l *Logger) reencrypt(ev Event, r Reencrypt) *zerolog.Event {
+	e := l.event(ev, nil).Strs("tables", r.Tables).Bool("reindex", r.Reindex)
+	if r.Tenant != "" {
+		return e.Str("tenant", r.Tenant)
+	}
+	return e.Bool("all_tenants", true)
 }

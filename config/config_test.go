@@ -62,7 +62,7 @@ func TestLoadSpecExample(t *testing.T) {
 			MaxMessageSize:  64 << 20,
 			ShutdownTimeout: 30 * time.Second,
 		},
-		Admin: Admin{Address: "127.0.0.1:9187"},
+		Admin: Admin{Address: "127.0.0.1:9187", MaxTenantLabels: 100},
 		Upstream: Upstream{
 			Address:        "127.0.0.1:5432",
 			SSLMode:        SSLDisable,
@@ -138,6 +138,7 @@ func TestDefaults(t *testing.T) {
 			MaxMessageSize:  64 << 20,
 			ShutdownTimeout: 30 * time.Second,
 		},
+		Admin: Admin{MaxTenantLabels: 100},
 		Upstream: Upstream{
 			Address:        "db.internal:5432",
 			SSLMode:        SSLDisable,
@@ -280,6 +281,24 @@ func TestParseValues(t *testing.T) {
 			},
 		},
 		{
+			name: "admin max_tenant_labels",
+			yaml: withMinimal("admin: {address: '127.0.0.1:9187', max_tenant_labels: 2_500}"),
+			check: func(t *testing.T, c *Config) {
+				if got, want := c.Admin.MaxTenantLabels, 2500; got != want {
+					t.Errorf("got admin.max_tenant_labels %d, want %d", got, want)
+				}
+			},
+		},
+		{
+			name: "no tenant labels",
+			yaml: withMinimal("admin: {max_tenant_labels: 0}"),
+			check: func(t *testing.T, c *Config) {
+				if got, want := c.Admin, (Admin{MaxTenantLabels: 0}); got != want {
+					t.Errorf("got admin %+v, want %+v", got, want)
+				}
+			},
+		},
+		{
 			name: "listener on any port",
 			yaml: withMinimal("listen: {address: ':0'}", "admin: {address: 'localhost:0'}"),
 			check: func(t *testing.T, c *Config) {
@@ -415,6 +434,21 @@ var errorCases = []struct {
 		name: "admin address",
 		yaml: withMinimal("admin: {address: 'localhost:http'}"),
 		want: []string{`t.yaml:5: admin.address: "localhost:http": the port must be a number from 0 to 65535`},
+	},
+	{
+		name: "negative max_tenant_labels",
+		yaml: withMinimal("admin: {max_tenant_labels: -1}"),
+		want: []string{`t.yaml:5: admin.max_tenant_labels: must be from 0 (no tenant labels) to 10000, got -1`},
+	},
+	{
+		name: "too many tenant labels",
+		yaml: withMinimal("admin:", "  address: 127.0.0.1:9187", "  max_tenant_labels: 100000"),
+		want: []string{`t.yaml:7: admin.max_tenant_labels: must be from 0 (no tenant labels) to 10000, got 100000`},
+	},
+	{
+		name: "max_tenant_labels not an integer",
+		yaml: withMinimal("admin: {max_tenant_labels: lots}"),
+		want: []string{`t.yaml:5: admin.max_tenant_labels: "lots" is not an integer`},
 	},
 	{
 		name: "unsupported sslmode",

@@ -81,10 +81,18 @@ func (d *decoder) listenTLS(n *yaml.Node, p string, t *ListenTLS) {
 }
 
 func (d *decoder) admin(n *yaml.Node, p string, a *Admin) {
+	a.MaxTenantLabels = DefaultMaxTenantLabels
 	ok := d.mapping(n, p, []field{
 		{"address", d.text(&a.Address)},
+		{"max_tenant_labels", d.integer(&a.MaxTenantLabels)},
 	})
-	if !ok || a.Address == "" {
+	if !ok {
+		return
+	}
+	if a.MaxTenantLabels < 0 || a.MaxTenantLabels > maxMaxTenantLabels {
+		d.errorf(join(p, "max_tenant_labels"), "must be from 0 (no tenant labels) to %d, got %d", maxMaxTenantLabels, a.MaxTenantLabels)
+	}
+	if a.Address == "" {
 		return
 	}
 	if msg := checkHostPort(a.Address, true); msg != "" {

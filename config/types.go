@@ -45,7 +45,20 @@ type ListenTLS struct {
 // Admin configures the HTTP endpoint for /metrics, /healthz and /readyz.
 type Admin struct {
 	Address string // empty: no admin listener
+
+	// MaxTenantLabels bounds the distinct tenant label values of the
+	// per-tenant metrics: the first MaxTenantLabels tenants a process sees
+	// get their own label, later ones share "other"; 0 labels every tenant
+	// "other". Key admin.max_tenant_labels, default 100, at most 10000.
+	MaxTenantLabels int
 }
+
+// Bounds of admin.max_tenant_labels. Every label value is a time series
+// that Prometheus keeps, so the cap must stay modest.
+const (
+	DefaultMaxTenantLabels = 100
+	maxMaxTenantLabels     = 10000
+)
 
 // SSLMode is upstream.sslmode.
 type SSLMode string

@@ -21,6 +21,42 @@ const (
 	DefaultLoadTimeout     = 30 * time.Second
 )
 
+// Defaults of the encryption limit (CacheOptions.RotateAfterSeals and
+// SealBlock).
+const (
+	// DefaultRotateAfterSeals is 2^30. AES-GCM with random 96-bit nonces
+	// stays within NIST SP 800-38D's bound on nonce collisions for about
+	// 2^32 encryptions under one key; 2^30 keeps a wide margin.
+	DefaultRotateAfterSeals = 1 << 30
+	// DefaultSealBlock is how many encryptions a replica reserves at once:
+	// one keystore round trip per 4096 seals.
+	DefaultSealBlock = 4096
+)
+
+// ReasonEncryptionLimit is the reason KeyCache gives SealCounter.RotateFrom
+// when a data key reached its encryption limit. Persisted in key events and
+// audit logs: never change it.
+const ReasonEncryptionLimit = "encryption limit"
+
+// SealCounter is implemented by a KeySource that counts encryptions per
+// data key version for every replica together; package keystore's Store
+// does. When the KeySource of a KeyCache is one, Keyring.Seal counts every
+// seal and rotates a data key that reached CacheOptions.RotateAfterSeals.
+type SealCounter interface {
+	// ReserveSeals adds up to n to the encryptions reserved under data key
+	// id, never beyond limit in total, and returns how many it added: 0
+	// once the version has reached limit. Concurrent calls, from any
+	// replica, never reserve more than limit between them. A shredded
+	// version is ErrKeyShredded.
+	ReserveSeals(ctx context.Context, id KeyID, n, limit uint64) (uint64, error)
+
+	// RotateFrom makes a new active version of from's key, as an
+	// operator's rotation does, but only while from is still the active
+	// version; it returns the active version afterwards and whether this
+	// call created it.
+	RotateFrom(ctx context.Context, p Provider, from KeyID, reason string) (KeyID, bool, error)
+}
+
 // CacheOptions tunes a KeyCache. The zero value means the defaults.
 type CacheOptions struct {
 	// TTL is the longest a plaintext data key stays in the cache, counted
@@ -45,6 +81,24 @@ type CacheOptions struct {
 	// through the Provider, for the audit log ("key unwrap"). It must not
 	// block for long.
 	OnKeyLoad func(KeyEvent)
+
+	// RotateAfterSeals is how many values one data key version may seal,
+	// counted across replicas, before the cache rotates the key (only when
+	// the KeySource is a SealCounter). Zero means DefaultRotateAfterSeals.
+	// The configuration has no key for it yet.
+	RotateAfterSeals uint64
+
+	// SealBlock is how many encryptions the cache reserves in the
+	// KeySource at a time; zero means DefaultSealBlock. Reserved
+	// encryptions that a replica does not use (it stopped, or the key was
+	// purged or evicted from its cache) are lost, which only makes the
+	// count err on the safe side.
+	SealBlock uint64
+
+	// OnSealLimitRotate, when set, is called after this cache rotated a
+	// data key because it reached RotateAfterSeals, with the version that
+	// reached it and the new one. It must not block for long.
+	OnSealLimitRotate func(from, to KeyID)
 }
 
 // KeyEvent describes a key the cache obtained through the Provider. It
@@ -78,6 +132,11 @@ type CacheStats struct {
 // well, so that rows naming a version a tenant does not have cannot turn
 // every decryption into a query.
 //
+// When the KeySource is a SealCounter, the cache also counts seals per
+// data key version against RotateAfterSeals, reserving blocks of them in
+// the KeySource, and rotates a version that reached the limit (see
+// Keyring.Seal).
+//
 // A KeyCache is safe for concurrent use. Call Close when done with it.
 type KeyCache struct {
 	src         KeySource
@@ -88,11 +147,17 @@ type KeyCache struct {
 	now         func() time.Time
 	onLoad      func(KeyEvent)
 
+	sealer        SealCounter // nil: seals are not counted
+	sealLimit     uint64
+	sealBlock     uint64
+	onLimitRotate func(from, to KeyID)
+
 	mu      sync.Mutex
 	entries map[KeyID]*list.Element // of *cacheEntry
 	order   list.List               // oldest first; with a fixed TTL, also soonest to expire
 	active  map[activeID]uint32     // active version, valid while its entry is cached
 	epoch   uint64                  // incremented by Purge; loads begun before it do not cache
+	seals   map[KeyID]*sealCounter  // of cached data keys, while counting
 	timer   *time.Timer
 	closed  bool
 
@@ -135,6 +200,18 @@ func NewKeyCache(src KeySource, p Provider, opts CacheOptions) *KeyCache {
 		onLoad:      opts.OnKeyLoad,
 		entries:     make(map[KeyID]*list.Element),
 		active:      make(map[activeID]uint32),
+
+		sealLimit:     opts.RotateAfterSeals,
+		sealBlock:     opts.SealBlock,
+		onLimitRotate: opts.OnSealLimitRotate,
+		seals:         make(map[KeyID]*sealCounter),
+	}
+	c.sealer, _ = src.(SealCounter)
+	if c.sealLimit == 0 {
+		c.sealLimit = DefaultRotateAfterSeals
+	}
+	if c.sealBlock == 0 {
+		c.sealBlock = DefaultSealBlock
 	}
 	if c.ttl <= 0 {
 		c.ttl = DefaultCacheTTL
@@ -214,6 +291,26 @@ func (c *KeyCache) Purge(tenant string) int {
 			}
 			c.removeLocked(el)
 		}
+		el = next
+	}
+	c.purged.Add(uint64(n))
+	return n
+}
+
+// PurgeAll removes every key of every tenant, destroying them, as Purge
+// does for one. A replica calls it when it may have missed key events (its
+// listening connection was lost). It returns how many keys it removed.
+func (c *KeyCache) PurgeAll() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.epoch++
+	n := 0
+	for el := c.order.Front(); el != nil; {
+		next := el.Next()
+		if el.Value.(*cacheEntry).key != nil {
+			n++
+		}
+		c.removeLocked(el)
 		el = next
 	}
 	c.purged.Add(uint64(n))
@@ -487,6 +584,7 @@ func (c *KeyCache) pushLocked(e *cacheEntry) {
 func (c *KeyCache) removeLocked(el *list.Element) {
 	e := c.order.Remove(el).(*cacheEntry)
 	delete(c.entries, e.id)
+	delete(c.seals, e.id)
 	aid := activeID{e.id.Tenant, e.id.KeyClass, e.id.Purpose}
 	if v, ok := c.active[aid]; ok && v == e.id.Version {
 		delete(c.active, aid)
@@ -546,4 +644,139 @@ func flightKey(kind byte, tenant, class string, purpose Purpose, version uint32)
 	b = appendString(b, string(purpose))
 	b = strconv.AppendUint(b, uint64(version), 10)
 	return string(b)
+}
+
+// sealCounter counts one data key version's seals in this process against
+// the encryptions it reserved in the SealCounter. The hot path is one
+// atomic decrement; the keystore is asked for more once per block.
+type sealCounter struct {
+	left  atomic.Int64 // reserved and unused; negative while a reservation is due
+	mu    sync.Mutex   // serialises reservations
+	spent bool         // under mu: the version reached the limit
+}
+
+// sealKey returns the tenant's active data key of keyClass for one seal,
+// counting the seal when the KeySource is a SealCounter and rotating the
+// key first when its version has reached the limit.
+func (c *KeyCache) sealKey(ctx context.Context, tenant, keyClass string) (*DataKey, error) {
+	var (
+		spent KeyID // the last version found at its limit
+		stuck int   // how often in a row rotating it did not help
+	)
+	for {
+		key, err := c.Active(ctx, tenant, keyClass, PurposeData)
+		if err != nil || c.sealer == nil {
+			return key, err
+		}
+		id := key.ID()
+		ok, err := c.takeSeal(ctx, c.sealCounterFor(id), id)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			return key, nil
+		}
+		// Under heavy load other callers may use up several versions
+		// while this one waits; only the same version coming back means
+		// that rotation does not work.
+		if id == spent {
+			stuck++
+		} else {
+			spent, stuck = id, 0
+		}
+		if stuck == 3 {
+			return nil, fmt.Errorf("crypto: key %s reached its encryption limit and rotating it did not take effect", id)
+		}
+		if err := c.rotateSpent(ctx, id); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// sealCounterFor returns the counter of a cached data key. A key that is
+// no longer cached (purged while in use) gets a counter of its own that
+// is not kept: its seal still reserves, only a whole block for one seal.
+func (c *KeyCache) sealCounterFor(id KeyID) *sealCounter {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if sc, ok := c.seals[id]; ok {
+		return sc
+	}
+	sc := new(sealCounter)
+	if _, cached := c.entries[id]; cached {
+		c.seals[id] = sc
+	}
+	return sc
+}
+
+// takeSeal counts one seal under id; ok is false when id has reached the
+// limit and must be rotated.
+func (c *KeyCache) takeSeal(ctx context.Context, sc *sealCounter, id KeyID) (ok bool, err error) {
+	for {
+		if sc.left.Add(-1) >= 0 {
+			return true, nil
+		}
+		sc.mu.Lock()
+		if sc.left.Load() > 0 {
+			sc.mu.Unlock() // another caller reserved meanwhile
+			continue
+		}
+		if sc.spent {
+			sc.mu.Unlock()
+			return false, nil
+		}
+		lctx, cancel := context.WithTimeout(ctx, c.loadTimeout)
+		n, err := c.sealer.ReserveSeals(lctx, id, c.sealBlock, c.sealLimit)
+		cancel()
+		switch {
+		case errors.Is(err, ErrKeyShredded):
+			sc.mu.Unlock()
+			return false, ErrKeyShredded
+		case err != nil:
+			sc.mu.Unlock()
+			return false, fmt.Errorf("crypto: count encryptions under %s: %w", id, err)
+		case n == 0:
+			sc.spent = true
+		default:
+			sc.left.Store(int64(min(n, 1<<62)))
+		}
+		sc.mu.Unlock()
+	}
+}
+
+// rotateSpent rotates id's key, which reached the limit, unless another
+// caller or replica already has, and makes the next Active load the new
+// version. Concurrent callers share one rotation.
+func (c *KeyCache) rotateSpent(ctx context.Context, id KeyID) error {
+	ch := c.group.DoChan(flightKey('r', id.Tenant, id.KeyClass, id.Purpose, id.Version), func() (any, error) {
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.loadTimeout)
+		defer cancel()
+		to, rotated, err := c.sealer.RotateFrom(lctx, c.provider, id, ReasonEncryptionLimit)
+		if err != nil {
+			return nil, err
+		}
+		c.mu.Lock()
+		c.epoch++ // loads under way may still name id as active
+		aid := activeID{id.Tenant, id.KeyClass, id.Purpose}
+		if v, ok := c.active[aid]; ok && v == id.Version {
+			delete(c.active, aid)
+		}
+		c.mu.Unlock()
+		if rotated && c.onLimitRotate != nil {
+			c.onLimitRotate(id, to)
+		}
+		return nil, nil
+	})
+	select {
+	case r := <-ch:
+		if errors.Is(r.Err, ErrKeyShredded) {
+			return ErrKeyShredded
+		}
+		if r.Err != nil {
+			return fmt.Errorf("crypto: rotate %s at its encryption limit: %w", id, r.Err)
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

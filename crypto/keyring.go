@@ -46,11 +46,16 @@ func (k Keyring) valueID(col Column) ValueID {
 // first write, and appends the sealed value to dst (see Envelope.Seal).
 // A tenant whose keys were shredded gets ErrKeyShredded; any other error
 // is an operational fault (keystore or provider unavailable).
+//
+// When the KeySource is a SealCounter, every seal is counted against the
+// data key version's limit (CacheOptions.RotateAfterSeals), and the key is
+// rotated when the limit is reached: mostly one atomic decrement, and one
+// keystore round trip per reserved block.
 func (k Keyring) Seal(ctx context.Context, dst, plaintext []byte, col Column) ([]byte, error) {
 	if err := k.check(); err != nil {
 		return nil, err
 	}
-	key, err := k.cache.Active(ctx, k.tenant, col.KeyClass, PurposeData)
+	key, err := k.cache.sealKey(ctx, k.tenant, col.KeyClass)
 	if err != nil {
 		return nil, err
 	}

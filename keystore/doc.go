@@ -20,6 +20,7 @@
 //	    kek_id text        which KEK wrapped it
 //	    created_at timestamptz
 //	    state text         'active' (the newest) | 'retired' | 'shredded'
+//	    sealed_reserved bigint  encryptions replicas reserved under it
 //
 // under a transaction-level advisory lock, so replicas that start together
 // do not race on CREATE SCHEMA, and not at all when the table is already
@@ -32,11 +33,26 @@
 // CONFLICT DO NOTHING followed by a fresh read, so replicas racing for a
 // new tenant agree on the one row that won. Rotate adds version max+1 under
 // an advisory lock on the key. Shred sets every version of a tenant to
-// 'shredded' and its wrapped bytes to NULL.
+// 'shredded' and its wrapped bytes to NULL; ShredKeyClass does that for
+// one key class. Rewrap unwraps a tenant's versions and wraps them again
+// under the KEK the provider now uses for it, in one transaction, without
+// changing a data key.
+//
+// # Counting encryptions
+//
+// AES-GCM with random nonces is safe for about 2^32 encryptions per key, so
+// Store implements crypto.SealCounter: replicas reserve blocks of
+// encryptions per data key version with one UPDATE of sealed_reserved that
+// never goes past the limit, and the crypto.KeyCache rotates the key
+// (RotateFrom, which rotates only while that version is still active, so
+// replicas reaching the limit together rotate once) when no more can be
+// reserved. EnsureSchema adds the column to a table made by an older
+// pgcloak (ALTER TABLE, which needs the table's owner).
 //
 // # Events
 //
-// Rotate and Shred notify NotifyChannel in the same transaction; Listen
+// Rotate, RotateFrom, Shred and ShredKeyClass notify NotifyChannel in the
+// same transaction; Listen
 // delivers those notifications so that each replica can purge its
 // crypto.KeyCache at once instead of waiting for the cache TTL.
 //

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS pgcloak.data_keys (
     created_at timestamptz NOT NULL DEFAULT now(),
     state      text        NOT NULL DEFAULT 'active'
                            CHECK (state IN ('active', 'retired', 'shredded')),
+    sealed_reserved bigint NOT NULL DEFAULT 0 CHECK (sealed_reserved >= 0),
     PRIMARY KEY (tenant, key_class, purpose, version),
     CHECK ((state = 'shredded') = (wrapped IS NULL))
 );
@@ -61,8 +62,15 @@ const (
 	StateShredded State = "shredded" // destroyed; its values read as undecryptable
 )
 
+// addSealedReserved upgrades a table created before encryptions were
+// counted. It needs ownership of the table, so it only runs when the
+// column is missing.
+const addSealedReserved = `ALTER TABLE pgcloak.data_keys
+    ADD COLUMN IF NOT EXISTS sealed_reserved bigint NOT NULL DEFAULT 0 CHECK (sealed_reserved >= 0)`
+
 // EnsureSchema creates the pgcloak schema and table unless the table is
-// already there. Any number of processes may call it at once: they
+// already there, and adds the sealed_reserved column to a table made by an
+// older pgcloak. Any number of processes may call it at once: they
 // serialise on a transaction-level advisory lock.
 func EnsureSchema(ctx context.Context, pool *pgxpool.Pool) error {
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
@@ -73,11 +81,24 @@ func EnsureSchema(ctx context.Context, pool *pgxpool.Pool) error {
 		if err := tx.QueryRow(ctx, `SELECT to_regclass('pgcloak.data_keys') IS NOT NULL`).Scan(&exists); err != nil {
 			return err
 		}
-		if exists {
+		if !exists {
+			_, err := tx.Exec(ctx, Schema)
+			return err
+		}
+		var counted bool
+		if err := tx.QueryRow(ctx, `
+			SELECT EXISTS (SELECT FROM pg_attribute
+			               WHERE attrelid = 'pgcloak.data_keys'::regclass
+			                 AND attname = 'sealed_reserved' AND NOT attisdropped)`).Scan(&counted); err != nil {
+			return err
+		}
+		if counted {
 			return nil
 		}
-		_, err := tx.Exec(ctx, Schema)
-		return err
+		if _, err := tx.Exec(ctx, addSealedReserved); err != nil {
+			return fmt.Errorf("add column sealed_reserved (run as the table's owner: %s): %w", addSealedReserved, err)
+		}
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("keystore: create %s: %w", TableName, err)
@@ -202,13 +223,32 @@ func (s *Store) CreateIfMissing(ctx context.Context, w crypto.WrappedKey) (crypt
 // Rotating the index purpose makes existing blind indexes unmatchable
 // until they are recomputed; see crypto.Keyring.BlindIndex.
 func (s *Store) Rotate(ctx context.Context, p crypto.Provider, tenant, keyClass string, purpose crypto.Purpose) (crypto.KeyID, error) {
+	id, _, err := s.rotate(ctx, p, crypto.KeyID{Tenant: tenant, KeyClass: keyClass, Purpose: purpose}, "")
+	return id, err
+}
+
+// rotate is Rotate of from's key. With from.Version set it only rotates
+// when from is still the active version, and otherwise reports
+// rotated false and the active version; reason goes into the event.
+func (s *Store) rotate(ctx context.Context, p crypto.Provider, from crypto.KeyID, reason string) (_ crypto.KeyID, rotated bool, _ error) {
+	tenant, keyClass, purpose := from.Tenant, from.KeyClass, from.Purpose
 	if !purpose.Valid() {
-		return crypto.KeyID{}, fmt.Errorf("keystore: rotate: unknown purpose %q", string(purpose))
+		return crypto.KeyID{}, false, fmt.Errorf("keystore: rotate: unknown purpose %q", string(purpose))
 	}
 	id := crypto.KeyID{Tenant: tenant, KeyClass: keyClass, Purpose: purpose}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, keyLock(id)); err != nil {
 			return err
+		}
+		if from.Version != 0 {
+			w, err := active(ctx, tx, tenant, keyClass, purpose)
+			if err != nil {
+				return err
+			}
+			if w.ID.Version != from.Version {
+				id = w.ID // another replica rotated first
+				return nil
+			}
 		}
 		var latest int32
 		if err := tx.QueryRow(ctx, `
@@ -238,12 +278,13 @@ func (s *Store) Rotate(ctx context.Context, p crypto.Provider, tenant, keyClass 
 			tenant, keyClass, string(purpose), int32(id.Version), wrapped, kekID); err != nil {
 			return err
 		}
-		return notify(ctx, tx, Event{Kind: EventRotate, Tenant: tenant, KeyClass: keyClass, Purpose: purpose, Version: id.Version})
+		rotated = true
+		return notify(ctx, tx, Event{Kind: EventRotate, Tenant: tenant, KeyClass: keyClass, Purpose: purpose, Version: id.Version, Reason: reason})
 	})
 	if err != nil {
-		return crypto.KeyID{}, fmt.Errorf("keystore: rotate %s: %w", id, err)
+		return crypto.KeyID{}, false, fmt.Errorf("keystore: rotate %s: %w", id, err)
 	}
-	return id, nil
+	return id, rotated, nil
 }
 
 // Shred destroys every key version of tenant: their wrapped bytes become
@@ -251,16 +292,31 @@ func (s *Store) Rotate(ctx context.Context, p crypto.Provider, tenant, keyClass 
 // shredded. Replicas learn of it through NotifyChannel and purge their
 // caches; see the package documentation for what shredding is worth.
 func (s *Store) Shred(ctx context.Context, tenant string) (int, error) {
+	return s.shred(ctx, tenant, "", true)
+}
+
+// ShredKeyClass is Shred for one key class of tenant: the versions of both
+// purposes of (tenant, keyClass) are destroyed, the tenant's other classes
+// stay as they are.
+func (s *Store) ShredKeyClass(ctx context.Context, tenant, keyClass string) (int, error) {
+	return s.shred(ctx, tenant, keyClass, false)
+}
+
+func (s *Store) shred(ctx context.Context, tenant, keyClass string, allClasses bool) (int, error) {
 	var n int64
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `
 			UPDATE pgcloak.data_keys SET state = 'shredded', wrapped = NULL
-			WHERE tenant = $1 AND state <> 'shredded'`, tenant)
+			WHERE tenant = $1 AND ($2 OR key_class = $3) AND state <> 'shredded'`, tenant, allClasses, keyClass)
 		if err != nil {
 			return err
 		}
 		n = tag.RowsAffected()
-		return notify(ctx, tx, Event{Kind: EventShred, Tenant: tenant})
+		ev := Event{Kind: EventShred, Tenant: tenant}
+		if !allClasses {
+			ev.KeyClass, ev.OneClass = keyClass, true
+		}
+		return notify(ctx, tx, ev)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("keystore: shred tenant %q: %w", tenant, err)
@@ -274,13 +330,17 @@ type KeyInfo struct {
 	KEKID     string
 	CreatedAt time.Time
 	State     State
+	// SealsReserved is how many encryptions replicas have reserved under
+	// this version (data keys; see ReserveSeals): an upper bound on the
+	// encryptions done with it.
+	SealsReserved uint64
 }
 
 // List returns the key versions of tenant, or of every tenant when tenant
 // is "", ordered by tenant, class, purpose and version.
 func (s *Store) List(ctx context.Context, tenant string) ([]KeyInfo, error) {
 	rows, err := s.pool.Query(ctx, `
-		SELECT tenant, key_class, purpose, version, kek_id, created_at, state
+		SELECT tenant, key_class, purpose, version, kek_id, created_at, state, sealed_reserved
 		FROM pgcloak.data_keys
 		WHERE $1 = '' OR tenant = $1
 		ORDER BY tenant, key_class, purpose, version`, tenant)
@@ -292,9 +352,10 @@ func (s *Store) List(ctx context.Context, tenant string) ([]KeyInfo, error) {
 			k       KeyInfo
 			purpose string
 			version int32
+			sealed  int64
 		)
-		err := row.Scan(&k.ID.Tenant, &k.ID.KeyClass, &purpose, &version, &k.KEKID, &k.CreatedAt, &k.State)
-		k.ID.Purpose, k.ID.Version = crypto.Purpose(purpose), uint32(version)
+		err := row.Scan(&k.ID.Tenant, &k.ID.KeyClass, &purpose, &version, &k.KEKID, &k.CreatedAt, &k.State, &sealed)
+		k.ID.Purpose, k.ID.Version, k.SealsReserved = crypto.Purpose(purpose), uint32(version), uint64(sealed)
 		return k, err
 	})
 	if err != nil {
@@ -335,6 +396,12 @@ type Event struct {
 	KeyClass string         `json:"key_class,omitempty"`
 	Purpose  crypto.Purpose `json:"purpose,omitempty"`
 	Version  uint32         `json:"version,omitempty"`
+	// OneClass says that a shred event concerns KeyClass only; without it
+	// a shred covers every class of the tenant.
+	OneClass bool `json:"one_class,omitempty"`
+	// Reason says why a rotation happened when pgcloak did it by itself
+	// (ReasonEncryptionLimit); empty for an operator's rotation.
+	Reason string `json:"reason,omitempty"`
 }
 
 func notify(ctx context.Context, tx pgx.Tx, ev Event) error {

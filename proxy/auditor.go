@@ -5,8 +5,19 @@ import (
 	"github.com/pgcloak/pgcloak/config"
 )
 
-// auditor adds session identities to audit events.
-type auditor struct{ l *audit.Logger }
+// auditor adds session identities to audit events, and passes the events
+// operations count to the observer.
+type auditor struct {
+	l   *audit.Logger
+	obs Observer
+}
+
+func observerOr(o Observer) Observer {
+	if o == nil {
+		return nopObserver{}
+	}
+	return o
+}
 
 func (s *session) auditIdentity() audit.Session {
 	return audit.Session{ID: s.id, Role: s.user, Database: s.database, Tenant: s.tenant}
@@ -18,4 +29,5 @@ func (a auditor) tenantChangeRefused(s *session, construct string) {
 
 func (a auditor) decryptFailed(s *session, t *config.Table, c *config.Column) {
 	a.l.DecryptFailed(s.auditIdentity(), t.QualifiedName(), c.Name)
+	a.obs.DecryptFailed(t.QualifiedName(), c.Name)
 }

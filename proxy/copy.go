@@ -799,5 +799,6 @@ func (s *session) handleCopy(plan *rewrite.Plan) error {
 		return s.refuse(err)
 	}
 	s.startCopyIn(st)
+	s.srv.audit.obs.StatementRewritten()
 	return query()
 }

@@ -140,6 +140,7 @@ func (s *session) parseRewritten(m *pgproto3.Parse, plan *rewrite.Plan, text str
 	}
 	s.statements[m.Name] = ps
 	s.pending.push(&pending{kind: pendParse, name: m.Name, prepared: ps})
+	s.srv.audit.obs.StatementRewritten()
 	return s.upstreamOut.send(&pgproto3.Parse{Name: ps.upstream, Query: text, ParameterOIDs: ps.upstreamOIDs()})
 }
 
@@ -157,6 +158,7 @@ func (s *session) parsePlain(m *pgproto3.Parse, text string) error {
 	if text == m.Query {
 		return s.upstreamOut.send(m)
 	}
+	s.srv.audit.obs.StatementRewritten()
 	return s.upstreamOut.send(&pgproto3.Parse{Name: m.Name, Query: text, ParameterOIDs: m.ParameterOIDs})
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgcloak/pgcloak/coltype"
 	"github.com/pgcloak/pgcloak/config"
+	"github.com/pgcloak/pgcloak/crypto"
 	"github.com/pgcloak/pgcloak/rewrite"
 )
 
@@ -95,6 +96,7 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 		if err != nil {
 			return s.refuse(err)
 		}
+		s.srv.audit.obs.StatementRewritten()
 		return s.upstreamOut.send(&pgproto3.Query{String: text})
 	}
 	// No shape, or a refused one: the exact text decides and explains.
@@ -112,6 +114,7 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 	if err != nil {
 		return s.refuse(err)
 	}
+	s.srv.audit.obs.StatementRewritten()
 	return s.upstreamOut.send(&pgproto3.Query{String: text})
 }
 
@@ -330,6 +333,10 @@ func valueError(c rewrite.ColumnRef, err error) error {
 
 // keyError reports a key-layer failure without its cause's details.
 func keyError(tenant string, err error) error {
+	if errors.Is(err, crypto.ErrKeyShredded) {
+		return &clientError{code: pgerrcode.ObjectNotInPrerequisiteState,
+			msg: fmt.Sprintf("the keys of tenant %s were shredded; its writes are refused until an operator creates new keys (pgcloak keys create --tenant %s)", tenant, tenant)}
+	}
 	return &clientError{code: pgerrcode.SystemError, msg: fmt.Sprintf("key service unavailable for tenant %s", tenant), cause: err}
 }
 
@@ -367,6 +374,7 @@ func (s *session) publicError(err error) (code, msg string) {
 	if code == pgerrcode.InsufficientPrivilege {
 		s.srv.audit.tenantChangeRefused(s, msg)
 	}
+	s.srv.audit.obs.StatementRefused(code)
 	return code, "pgcloak: " + msg
 }
 

@@ -76,4 +76,3 @@ func startBenchEncrypted(b *testing.B) *encryptedEnv {
 	b.StartTimer()
 	return env
 }
-

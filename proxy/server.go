@@ -42,6 +42,9 @@ type Deps struct {
 	Keys Keys
 	// Audit receives audit events; nil discards them.
 	Audit *audit.Logger
+	// Observer counts sessions, rewrites, refusals and decrypt failures
+	// (package metrics); nil counts nothing.
+	Observer Observer
 }
 
 // planCacheSize bounds the statement analyses kept per configuration.
@@ -94,7 +97,7 @@ func NewServer(cfg Config, log zerolog.Logger, deps Deps) (*Server, error) {
 		listeners: make(map[net.Listener]struct{}),
 		sessions:  make(map[*session]struct{}),
 		cancels:   make(map[cancelKey]*session),
-		audit:     auditor{deps.Audit},
+		audit:     auditor{l: deps.Audit, obs: observerOr(deps.Observer)},
 	}
 	t := cfg.Tenancy
 	s.tenancy = len(t.Login.Roles) > 0 || len(t.UnscopedRoles) > 0 || len(cfg.Encrypt.Tables) > 0

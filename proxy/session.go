@@ -110,6 +110,9 @@ func (s *session) run() {
 		return
 	}
 	s.log.Info().Msg("session started")
+	tenant := s.tenant
+	s.srv.audit.obs.SessionStarted(tenant)
+	defer s.srv.audit.obs.SessionEnded(tenant)
 	if s.srv.tenancy {
 		s.srv.audit.l.SessionStarted(s.auditIdentity())
 		defer s.srv.audit.l.SessionEnded(s.auditIdentity())

@@ -8,22 +8,23 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// keysNotYet are the keys subcommands the specification promises that do
-// not exist yet. Each fails honestly with exit code 2.
-var keysNotYet = []struct{ use, short string }{
-	{"rotate", "Make a new active data key version for a tenant (not implemented yet)"},
-	{"shred", "Destroy a tenant's keys (crypto-shredding) (not implemented yet)"},
-}
-
 func newKeysCmd() *cobra.Command {
 	keys := &cobra.Command{
 		Use:   "keys",
 		Short: "Create and manage keys",
-		Long: `Create and manage pgcloak's keys.
+		Long: `Create and manage pgcloak's keys. Every command but init-local reads the
+configuration (-c FILE), works on pgcloak.data_keys as upstream.user and
+writes its audit events to audit.output.
 
   init-local  write a new local master key file (keys.provider: local)
-  rotate      not implemented yet
-  shred       not implemented yet`,
+  list        list a tenant's key versions (--count: values per version)
+  rotate      make a new active data key version for a tenant
+  rewrap      wrap a tenant's data keys again under its current KEK
+  shred       destroy a tenant's keys (crypto-shredding), with --yes
+  create      give a tenant new keys after a shred
+
+Running replicas learn of rotate and shred at once (LISTEN/NOTIFY on
+pgcloak_key_events) and purge their caches.`,
 		// A bare "keys" or an unknown subcommand is a usage mistake.
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -33,18 +34,14 @@ func newKeysCmd() *cobra.Command {
 			return usageError(cmd, fmt.Errorf("keys needs a command: %s", strings.Join(keysCommandNames(cmd), ", ")))
 		},
 	}
-	keys.AddCommand(newKeysInitLocalCmd())
-	for _, s := range keysNotYet {
-		name := "keys " + s.use
-		keys.AddCommand(&cobra.Command{
-			Use:                s.use,
-			Short:              s.short,
-			DisableFlagParsing: true,
-			RunE: func(*cobra.Command, []string) error {
-				return &exitError{code: exitUsageErr, err: fmt.Errorf("pgcloak: %s is not implemented yet", name)}
-			},
-		})
-	}
+	keys.AddCommand(
+		newKeysInitLocalCmd(),
+		newKeysListCmd(),
+		newKeysRotateCmd(),
+		newKeysRewrapCmd(),
+		newKeysShredCmd(),
+		newKeysCreateCmd(),
+	)
 	return keys
 }
 

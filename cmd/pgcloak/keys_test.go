@@ -53,11 +53,13 @@ func TestKeysUsage(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"keys"}, "keys needs a command: init-local, rotate, shred"},
+		{[]string{"keys"}, "keys needs a command: create, init-local, list, rewrap, rotate, shred"},
 		{[]string{"keys", "frob"}, `unknown keys command "frob"`},
 		{[]string{"keys", "init-local"}, `required flag(s) "output" not set`},
-		{[]string{"keys", "rotate", "--tenant", "acme"}, "pgcloak: keys rotate is not implemented yet"},
-		{[]string{"keys", "shred", "--tenant", "acme"}, "pgcloak: keys shred is not implemented yet"},
+		{[]string{"keys", "rotate", "-c", "x.yaml"}, `required flag(s) "tenant" not set`},
+		{[]string{"keys", "rotate", "-c", "x.yaml", "--tenant", "acme", "--purpose", "mac"}, `--purpose must be data or index, got "mac"`},
+		{[]string{"keys", "shred", "-c", "x.yaml", "--tenant", "acme"}, "add --yes to confirm"},
+		{[]string{"keys", "create", "--tenant", "acme"}, `required flag(s) "config" not set`},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			r := pgcloak(t, tt.args...)

@@ -92,7 +92,7 @@ Commands that are not implemented yet are listed below and say so when run.`,
 		newDemoCmd(),
 		newVersionCmd(),
 	)
-	root.AddCommand(notImplementedCmds()...)
+	root.AddCommand(newReencryptCmd(), newEncryptExistingCmd())
 	return root
 }
 

@@ -80,6 +80,13 @@ func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger, stdout, 
 			err = errors.Join(err, cerr)
 		}
 	}()
+	// admin.address: /healthz and /readyz (readiness dials upstream
+	// itself). Stopped before the runtime closes.
+	adm, err := startAdmin(ctx, cfg, log, adminDeps{Metrics: rt.metrics, Pool: rt.pool, Provider: rt.provider})
+	if err != nil {
+		return fmt.Errorf("admin.address: %w", err)
+	}
+	defer adm.Stop()
 	srv := rt.srv
 	ln, err := net.Listen("tcp", cfg.Listen.Address)
 	if err != nil {
@@ -122,6 +129,7 @@ func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger, stdout, 
 		case <-ctx.Done():
 			log.Info().Msg("shutting down")
 		}
+		adm.Drain() // /readyz answers 503 while sessions drain
 		return shutdown(srv, served, cfg.Listen.ShutdownTimeout, log)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/pgcloak/pgcloak/config"
 	"github.com/pgcloak/pgcloak/crypto"
 	"github.com/pgcloak/pgcloak/keystore"
+	"github.com/pgcloak/pgcloak/metrics"
 	"github.com/pgcloak/pgcloak/proxy"
 	"github.com/rs/zerolog"
 )
@@ -81,22 +82,6 @@ func upstreamPool(u config.Upstream) (*pgxpool.Pool, error) {
 	return pgxpool.NewWithConfig(context.Background(), pc)
 }
 
-// keyProvider builds the key provider keys.provider names.
-func keyProvider(k config.Keys) (crypto.Provider, error) {
-	switch k.Provider {
-	case config.ProviderLocal, "":
-		p, err := crypto.LoadLocalProvider(k.Local.MasterKeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("keys.local.master_key_file: %w", err)
-		}
-		return p, nil
-	case config.ProviderAWS:
-		return nil, errors.New("keys.provider aws is not implemented yet")
-	default:
-		return nil, fmt.Errorf("keys.provider %q is not supported", k.Provider)
-	}
-}
-
 // openAudit opens audit.output. "stderr" and "stdout" mean the command's
 // own streams (so that tests running commands in-process see them); a path
 // is appended to.
@@ -114,8 +99,11 @@ func openAudit(output string, stdout, stderr io.Writer) (*audit.Logger, io.Close
 // the key cache and the audit stream. close releases them after the server
 // has stopped.
 type proxyRuntime struct {
-	srv     *proxy.Server
-	closers []func() error
+	srv      *proxy.Server
+	metrics  *metrics.Metrics
+	pool     *pgxpool.Pool   // nil without declared tables
+	provider crypto.Provider // nil without declared tables
+	closers  []func() error
 }
 
 // close releases the runtime's dependencies, last opened first.
@@ -147,13 +135,16 @@ func newProxyRuntime(ctx context.Context, cfg *config.Config, log zerolog.Logger
 		return nil, err
 	}
 	r.closers = append(r.closers, auditCloser.Close)
-	deps := proxy.Deps{Audit: auditLog}
+	r.metrics = metrics.New(metrics.Options{MaxTenantLabels: cfg.Admin.MaxTenantLabels, Version: version})
+	deps := proxy.Deps{Audit: auditLog, Observer: r.metrics}
 
 	if len(cfg.Encrypt.Tables) > 0 {
-		provider, err := keyProvider(cfg.Keys)
+		provider, err := keyProvider(ctx, cfg.Keys)
 		if err != nil {
 			return nil, err
 		}
+		provider = r.metrics.InstrumentProvider(provider)
+		r.provider = provider
 		pool, err := upstreamPool(cfg.Upstream)
 		if err != nil {
 			return nil, err
@@ -175,16 +166,27 @@ func newProxyRuntime(ctx context.Context, cfg *config.Config, log zerolog.Logger
 			TTL:        cfg.Keys.CacheTTL,
 			MaxEntries: cfg.Keys.CacheMaxEntries,
 			OnKeyLoad: func(ev crypto.KeyEvent) {
+				r.metrics.KeyLoaded(ev)
 				if ev.Created {
 					auditLog.KeyCreated(ev.ID.Tenant, ev.ID.KeyClass, string(ev.ID.Purpose), int(ev.ID.Version), ev.KEKID)
 				} else {
 					auditLog.KeyUnwrapped(ev.ID.Tenant, ev.ID.KeyClass, string(ev.ID.Purpose), int(ev.ID.Version), ev.KEKID)
 				}
 			},
+			OnSealLimitRotate: sealLimitAudit(auditLog, log),
 		})
 		r.closers = append(r.closers, func() error { cache.Close(); return nil })
+		r.metrics.ObserveKeyCache(cache)
+		// Key events from other processes purge the cache; stopped before
+		// the cache closes.
+		stopKeyEvents, err := startKeyEvents(cfg.Upstream, cache, auditLog, log)
+		if err != nil {
+			return nil, err
+		}
+		r.closers = append(r.closers, stopKeyEvents)
 		deps.Pool = pool
 		deps.Keys = proxy.CacheKeys{Cache: cache}
+		r.pool = pool
 	}
 
 	r.srv, err = proxy.NewServer(proxy.ConfigFrom(cfg), log, deps)

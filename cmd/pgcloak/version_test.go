@@ -20,20 +20,6 @@ func TestVersion(t *testing.T) {
 	}
 }
 
-func TestNotImplemented(t *testing.T) {
-	for _, name := range []string{"reencrypt", "encrypt-existing"} {
-		t.Run(name, func(t *testing.T) {
-			r := pgcloak(t, name, "-c", "pgcloak.yaml")
-			if r.code != 2 {
-				t.Errorf("exit code: got %d, want 2", r.code)
-			}
-			if want := "pgcloak: " + name + " is not implemented yet\n"; r.stderr != want {
-				t.Errorf("stderr: got %q, want %q", r.stderr, want)
-			}
-		})
-	}
-}
-
 func TestUsageErrors(t *testing.T) {
 	tests := []struct {
 		name string

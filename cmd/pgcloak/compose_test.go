@@ -1,0 +1,446 @@
+package main
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/pgcloak/pgcloak/config"
+	"github.com/pgcloak/pgcloak/testenv"
+	"gopkg.in/yaml.v3"
+)
+
+// repoRoot is where docker-compose.yml, the Dockerfile and go.mod live,
+// seen from this package's directory.
+const repoRoot = "../.."
+
+// composeFile is the part of docker-compose.yml the test reads.
+type composeFile struct {
+	Services map[string]composeService `yaml:"services"`
+	Volumes  map[string]any            `yaml:"volumes"`
+}
+
+type composeService struct {
+	Image       string            `yaml:"image"`
+	Build       any               `yaml:"build"`
+	Environment map[string]string `yaml:"environment"`
+	Volumes     []string          `yaml:"volumes"`
+	Ports       []string          `yaml:"ports"`
+	DependsOn   map[string]struct {
+		Condition string `yaml:"condition"`
+	} `yaml:"depends_on"`
+}
+
+// mount is one "source:target[:mode]" entry of a service's volumes.
+type mount struct{ source, target string }
+
+func (s composeService) mounts(t *testing.T) []mount {
+	t.Helper()
+	var ms []mount
+	for _, v := range s.Volumes {
+		parts := strings.Split(v, ":")
+		if len(parts) < 2 || len(parts) > 3 || (len(parts) == 3 && parts[2] != "ro" && parts[2] != "rw") {
+			t.Errorf("volume %q: want source:target[:ro]", v)
+			continue
+		}
+		ms = append(ms, mount{parts[0], parts[1]})
+	}
+	return ms
+}
+
+// mountOf returns the local file mounted at target, relative to repoRoot.
+func (s composeService) mountOf(t *testing.T, target string) (string, bool) {
+	t.Helper()
+	for _, m := range s.mounts(t) {
+		if m.target == target && strings.HasPrefix(m.source, "./") {
+			return m.source, true
+		}
+	}
+	return "", false
+}
+
+// publishes reports whether the service publishes containerPort on the host.
+func (s composeService) publishes(containerPort string) bool {
+	for _, p := range s.Ports {
+		if strings.HasSuffix(p, ":"+containerPort) {
+			return true
+		}
+	}
+	return false
+}
+
+func readCompose(t *testing.T) composeFile {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(repoRoot, "docker-compose.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c composeFile
+	if err := yaml.Unmarshal(data, &c); err != nil {
+		t.Fatalf("docker-compose.yml: %v", err)
+	}
+	return c
+}
+
+// pgcloakServices returns the names of the services built from the
+// Dockerfile, sorted.
+func pgcloakServices(c composeFile) []string {
+	var names []string
+	for name, s := range c.Services {
+		if s.Build != nil {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// TestCompose checks docker-compose.yml without a Docker engine: the
+// services exist, what they mount exists, ports stay on loopback, and each
+// replica's configuration loads and points at the compose services.
+func TestCompose(t *testing.T) {
+	c := readCompose(t)
+
+	pg, ok := c.Services["postgres"]
+	if !ok || !strings.HasPrefix(pg.Image, "postgres:15") {
+		t.Errorf("service postgres: got image %q, want postgres:15", pg.Image)
+	}
+	kms, ok := c.Services["kms"]
+	if !ok || !strings.HasPrefix(kms.Image, "nsmithuk/local-kms") {
+		t.Errorf("service kms: got image %q, want nsmithuk/local-kms", kms.Image)
+	}
+	replicas := pgcloakServices(c)
+	if len(replicas) < 2 {
+		t.Fatalf("got pgcloak services %v, want at least two replicas built from the Dockerfile", replicas)
+	}
+
+	t.Run("mounts exist", func(t *testing.T) {
+		for name, s := range c.Services {
+			for _, m := range s.mounts(t) {
+				if !strings.HasPrefix(m.source, ".") && !strings.HasPrefix(m.source, "/") {
+					if _, ok := c.Volumes[m.source]; !ok {
+						t.Errorf("%s: volume %q is not declared under volumes", name, m.source)
+					}
+					continue
+				}
+				if _, err := os.Stat(filepath.Join(repoRoot, m.source)); err != nil {
+					t.Errorf("%s: mounts %s: %v", name, m.source, err)
+				}
+			}
+		}
+	})
+
+	t.Run("ports on loopback", func(t *testing.T) {
+		for name, s := range c.Services {
+			for _, p := range s.Ports {
+				if !strings.HasPrefix(p, "127.0.0.1:") {
+					t.Errorf("%s: port %q is published on every interface; want 127.0.0.1:host:container", name, p)
+				}
+			}
+		}
+	})
+
+	t.Run("host ports distinct", func(t *testing.T) {
+		seen := make(map[string]string)
+		for name, s := range c.Services {
+			for _, p := range s.Ports {
+				host := strings.Join(strings.Split(p, ":")[:2], ":")
+				if prev, dup := seen[host]; dup {
+					t.Errorf("%s and %s both publish %s", prev, name, host)
+				}
+				seen[host] = name
+			}
+		}
+	})
+
+	seedFile, ok := kms.mountOf(t, kms.Environment["KMS_SEED_PATH"])
+	if !ok {
+		t.Errorf("kms: nothing mounted at KMS_SEED_PATH %q", kms.Environment["KMS_SEED_PATH"])
+	}
+	seed := readSeed(t, seedFile)
+	initSQL, ok := pg.mountOf(t, "/docker-entrypoint-initdb.d/10-pgcloak.sql")
+	if !ok {
+		t.Fatalf("postgres: no init SQL mounted under /docker-entrypoint-initdb.d")
+	}
+	initData, err := os.ReadFile(filepath.Join(repoRoot, initSQL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema := string(initData)
+
+	for _, name := range replicas {
+		t.Run(name, func(t *testing.T) {
+			s := c.Services[name]
+			if dep, ok := s.DependsOn["postgres"]; !ok || dep.Condition != "service_healthy" {
+				t.Errorf("depends_on postgres: got %+v, want condition service_healthy", dep)
+			}
+			if _, ok := s.DependsOn["kms"]; !ok {
+				t.Errorf("depends_on: got %v, want kms among them", s.DependsOn)
+			}
+			file, ok := s.mountOf(t, "/etc/pgcloak/pgcloak.yaml")
+			if !ok {
+				t.Fatal("no configuration mounted at /etc/pgcloak/pgcloak.yaml (the Dockerfile's entrypoint)")
+			}
+			if !strings.HasPrefix(file, "./docker/") {
+				t.Errorf("configuration %s: want it under docker/", file)
+			}
+			cfg := loadComposeConfig(t, filepath.Join(repoRoot, file), s.Environment)
+
+			// Addresses name compose services and the ports they listen on.
+			wantHostPort(t, "upstream.address", cfg.Upstream.Address, "postgres", "5432")
+			if cfg.Keys.Provider != config.ProviderAWS {
+				t.Errorf("keys.provider: got %q, want aws (the KMS emulator)", cfg.Keys.Provider)
+			}
+			wantHostPort(t, "keys.aws.endpoint", strings.TrimPrefix(cfg.Keys.AWS.Endpoint, "http://"), "kms", kms.Environment["PORT"])
+			if got, want := cfg.Keys.AWS.Region, kms.Environment["KMS_REGION"]; got != want {
+				t.Errorf("keys.aws.region: got %q, want the emulator's KMS_REGION %q", got, want)
+			}
+			if !slices.Contains(seed.aliases, cfg.Keys.AWS.KeyID) {
+				t.Errorf("keys.aws.key_id: got %q, want one of the seeded aliases %v", cfg.Keys.AWS.KeyID, seed.aliases)
+			}
+			if got, want := cfg.Upstream.Password.Reveal(), roleSQLPassword(schema, cfg.Upstream.User); got != want || got == "" {
+				t.Errorf("upstream.password does not match the password init SQL gives role %q", cfg.Upstream.User)
+			}
+
+			// The container listens where compose publishes.
+			for key, addr := range map[string]string{"listen.address": cfg.Listen.Address, "admin.address": cfg.Admin.Address} {
+				host, port, err := net.SplitHostPort(addr)
+				switch {
+				case err != nil:
+					t.Errorf("%s %q: %v", key, addr, err)
+				case host != "0.0.0.0":
+					t.Errorf("%s: got host %q, want 0.0.0.0 (inside the container; compose publishes on 127.0.0.1)", key, host)
+				case !s.publishes(port):
+					t.Errorf("%s: port %s is not published (ports %v)", key, port, s.Ports)
+				}
+			}
+
+			// Every role and table the configuration names is made by init SQL.
+			roles := []string{cfg.Upstream.User}
+			for role := range cfg.Tenancy.Login.Roles {
+				roles = append(roles, role)
+			}
+			roles = append(roles, cfg.Tenancy.UnscopedRoles...)
+			for _, role := range roles {
+				if !regexp.MustCompile(`(?m)^create role ` + regexp.QuoteMeta(role) + ` `).MatchString(schema) {
+					t.Errorf("role %q is not created by %s", role, initSQL)
+				}
+			}
+			if len(cfg.Encrypt.Tables) == 0 {
+				t.Error("encrypt.tables: none declared; the compose setup should show encryption")
+			}
+			for _, tbl := range cfg.Encrypt.Tables {
+				if !strings.Contains(schema, "create table "+tbl.QualifiedName()+" (") {
+					t.Errorf("table %s is not created by %s", tbl.QualifiedName(), initSQL)
+				}
+				for _, col := range tbl.Columns {
+					for _, name := range []string{col.Name, col.IndexColumn} {
+						if name != "" && !regexp.MustCompile(`(?m)^\s+`+name+`\s+bytea\b`).MatchString(schema) {
+							t.Errorf("%s.%s: no bytea column %s in %s", tbl.QualifiedName(), col.Name, name, initSQL)
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+// loadComposeConfig loads a replica's configuration with exactly the
+// service's environment: every ${NAME} it references must be set there.
+func loadComposeConfig(t *testing.T, path string, env map[string]string) *config.Config {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`\$\{(\w+)\}`).FindAllStringSubmatch(string(data), -1) {
+		if _, ok := env[m[1]]; !ok {
+			t.Errorf("%s references ${%s}, which the service's environment does not set", path, m[1])
+		}
+		// Whatever the machine running the test has set must not count.
+		t.Setenv(m[1], "")
+	}
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatalf("config.Load: %v", err)
+	}
+	return cfg
+}
+
+func wantHostPort(t *testing.T, key, addr, host, port string) {
+	t.Helper()
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil || h != host || p != port {
+		t.Errorf("%s: got %q, want %s:%s (the compose service)", key, addr, host, port)
+	}
+}
+
+// roleSQLPassword returns the password init SQL gives role, or "".
+func roleSQLPassword(schema, role string) string {
+	m := regexp.MustCompile(`(?m)^create role ` + regexp.QuoteMeta(role) + ` +login[^;]* password '([^']*)'`).FindStringSubmatch(schema)
+	if m == nil {
+		return ""
+	}
+	return m[1]
+}
+
+// kmsSeed is what the test reads from local-kms's seed file.
+type kmsSeed struct {
+	aliases []string
+}
+
+func readSeed(t *testing.T, file string) kmsSeed {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(repoRoot, file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seed struct {
+		Keys struct {
+			Symmetric struct {
+				Aes []struct {
+					Metadata struct {
+						KeyID string `yaml:"KeyId"`
+					} `yaml:"Metadata"`
+					BackingKeys []string `yaml:"BackingKeys"`
+				} `yaml:"Aes"`
+			} `yaml:"Symmetric"`
+		} `yaml:"Keys"`
+		Aliases []struct {
+			AliasName   string `yaml:"AliasName"`
+			TargetKeyID string `yaml:"TargetKeyId"`
+		} `yaml:"Aliases"`
+	}
+	if err := yaml.Unmarshal(data, &seed); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	uuid := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+	hex256 := regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
+	keys := make(map[string]bool)
+	for _, k := range seed.Keys.Symmetric.Aes {
+		if !uuid.MatchString(k.Metadata.KeyID) {
+			t.Errorf("%s: key id %q is not a UUID", file, k.Metadata.KeyID)
+		}
+		if len(k.BackingKeys) == 0 {
+			t.Errorf("%s: key %s has no backing key", file, k.Metadata.KeyID)
+		}
+		for _, b := range k.BackingKeys {
+			if !hex256.MatchString(b) {
+				t.Errorf("%s: key %s: a backing key is not 64 hex digits (256 bits)", file, k.Metadata.KeyID)
+			}
+		}
+		keys[k.Metadata.KeyID] = true
+	}
+	var s kmsSeed
+	for _, a := range seed.Aliases {
+		if !strings.HasPrefix(a.AliasName, "alias/") || !keys[a.TargetKeyID] {
+			t.Errorf("%s: alias %q -> %q: want alias/... naming a seeded key", file, a.AliasName, a.TargetKeyID)
+			continue
+		}
+		s.aliases = append(s.aliases, a.AliasName)
+	}
+	return s
+}
+
+// TestDockerfileGoVersion checks that the image builds with a Go at least
+// as new as go.mod asks for.
+func TestDockerfileGoVersion(t *testing.T) {
+	mod, err := os.ReadFile(filepath.Join(repoRoot, "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^go (\d+)\.(\d+)(?:\.(\d+))?\s*$`).FindStringSubmatch(string(mod))
+	if m == nil {
+		t.Fatal("go.mod has no go directive")
+	}
+	want := versionOf(m[1:])
+
+	docker, err := os.ReadFile(filepath.Join(repoRoot, "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	froms := regexp.MustCompile(`(?mi)^FROM\s+(?:--\S+\s+)*golang:(\d+)\.(\d+)(?:\.(\d+))?(?:-(\S+))?\s+AS\s+(\S+)`).FindAllStringSubmatch(string(docker), -1)
+	if len(froms) == 0 {
+		t.Fatal("Dockerfile: no FROM golang:X.Y... AS stage")
+	}
+	for _, f := range froms {
+		got := versionOf(f[1:4])
+		if f[3] == "" {
+			// golang:1.26 is the newest 1.26.x, so any patch go.mod asks for.
+			got[2] = want[2]
+		}
+		if slices.Compare(got, want) < 0 {
+			t.Errorf("Dockerfile stage %s: golang:%s.%s is older than go.mod's go %s.%s", f[5], f[1], f[2], m[1], m[2])
+		}
+		if !strings.HasPrefix(f[4], "bookworm") {
+			t.Errorf("Dockerfile stage %s: got golang variant %q, want bookworm (the runtime stage's Debian, for glibc)", f[5], f[4])
+		}
+	}
+	if !regexp.MustCompile(`(?m)^FROM\s+debian:bookworm-slim\s*$`).Match(docker) {
+		t.Error("Dockerfile: no debian:bookworm-slim runtime stage")
+	}
+	if !regexp.MustCompile(`(?m)^ENV CGO_ENABLED=1\s*$`).Match(docker) {
+		t.Error("Dockerfile: the build stage must set CGO_ENABLED=1 (pg_query is C)")
+	}
+}
+
+func versionOf(parts []string) []int {
+	v := make([]int, 3)
+	for i, p := range parts[:3] {
+		v[i], _ = strconv.Atoi(p)
+	}
+	return v
+}
+
+// TestComposeInitSQL runs docker/postgres/init.sql on a real PostgreSQL,
+// inside a transaction that is rolled back (roles are cluster-wide), and
+// checks that it leaves the table under forced row-level security.
+func TestComposeInitSQL(t *testing.T) {
+	pg := testenv.Shared(t)
+	db := testenv.NewDatabase(t, pg)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+
+	data, err := os.ReadFile(filepath.Join(repoRoot, "docker", "postgres", "init.sql"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The compose database is "app"; this test's has another name.
+	sql := regexp.MustCompile(`\bon database app\b`).ReplaceAllString(string(data), "on database "+db)
+
+	conn, err := pgx.Connect(ctx, pg.SuperuserURL(db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, sql); err != nil {
+		t.Fatalf("init.sql: %v", err)
+	}
+	var enabled, forced bool
+	if err := tx.QueryRow(ctx, "select relrowsecurity, relforcerowsecurity from pg_class where oid = 'public.patients'::regclass").Scan(&enabled, &forced); err != nil {
+		t.Fatal(err)
+	}
+	if !enabled || !forced {
+		t.Errorf("public.patients: got row security enabled %v, forced %v; want both", enabled, forced)
+	}
+	var bypass bool
+	if err := tx.QueryRow(ctx, "select rolbypassrls from pg_roles where rolname = 'pgcloak'").Scan(&bypass); err != nil || bypass {
+		t.Errorf("role pgcloak: got bypassrls %v, %v; want false", bypass, err)
+	}
+}

@@ -1,0 +1,277 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgcloak/pgcloak/testenv"
+)
+
+// Tenant roles of the keys tests (roles are cluster-wide).
+const (
+	keysAcmeRole   = "cmd_keys_acme"
+	keysGlobexRole = "cmd_keys_globex"
+	keysRolePass   = "cmd-keys-tenant-pw"
+)
+
+// keysFixture is a database with a declared table patients (ssn in the
+// default key class, diagnosis in class phi) under row-level security,
+// tenant roles for acme and globex, a master key, and the configuration
+// that serve and the keys commands share.
+type keysFixture struct {
+	pg     *testenv.Postgres
+	db     string
+	edit   func(string) string // turns checkConfig's output into the shared configuration
+	config string              // path of that configuration, for the keys commands
+	direct *pgx.Conn           // superuser, bypassing the proxy
+}
+
+func newKeysFixture(t *testing.T) *keysFixture {
+	t.Helper()
+	pg := testenv.Shared(t)
+	db := testenv.NewDatabase(t, pg)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	setup := fmt.Sprintf(`
+do $$ begin
+  if not exists (select from pg_roles where rolname = '%[1]s') then create role %[1]s login password '%[3]s'; end if;
+  if not exists (select from pg_roles where rolname = '%[2]s') then create role %[2]s login password '%[3]s'; end if;
+end $$;
+create table patients (
+	id serial primary key,
+	tenant_id text not null default current_setting('app.tenant_id'),
+	name text, ssn bytea, ssn_bidx bytea, diagnosis bytea
+);
+alter table patients enable row level security;
+alter table patients force row level security;
+create policy tenant_isolation on patients
+	using (tenant_id = current_setting('app.tenant_id', true))
+	with check (tenant_id = current_setting('app.tenant_id', true));
+grant select, insert, update on patients to %[1]s, %[2]s;
+grant usage on sequence patients_id_seq to %[1]s, %[2]s;
+grant select on patients to %[5]s;
+grant create on database %[4]s to %[5]s;
+create table backup (id int, ssn bytea);`, keysAcmeRole, keysGlobexRole, keysRolePass, db, testenv.ScramUser)
+	if err := pg.Exec(ctx, db, setup); err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "master.key")
+	if r := pgcloak(t, "keys", "init-local", "-o", keyFile); r.code != 0 {
+		t.Fatalf("keys init-local: exit %d", r.code)
+	}
+	f := &keysFixture{pg: pg, db: db}
+	f.edit = func(cfg string) string {
+		cfg = strings.Replace(cfg, "master_key_file: master.key", "master_key_file: "+keyFile, 1)
+		return cfg + fmt.Sprintf(`tenancy:
+  login:
+    roles:
+      %s: acme
+      %s: globex
+encrypt:
+  tables:
+    - name: patients
+      columns:
+        - name: ssn
+          type: text
+          search: equality
+        - name: diagnosis
+          type: text
+          key_class: phi
+audit:
+  output: stdout
+`, keysAcmeRole, keysGlobexRole)
+	}
+	f.config = writeFile(t, "pgcloak.yaml", f.edit(checkConfig(pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, db)))
+	direct, err := pgx.Connect(ctx, pg.SuperuserURL(db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { direct.Close(context.Background()) })
+	f.direct = direct
+	return f
+}
+
+// keys runs a keys command with the fixture's configuration and fails the
+// test unless it exits with want.
+func (f *keysFixture) keys(t *testing.T, want int, args ...string) result {
+	t.Helper()
+	r := pgcloak(t, append([]string{"keys", args[0], "-c", f.config}, args[1:]...)...)
+	if r.code != want {
+		t.Fatalf("keys %s: exit %d, want %d; stderr: %s", strings.Join(args, " "), r.code, want, r.stderr)
+	}
+	return r
+}
+
+// storedVersion is the key version in the header of a stored value.
+func storedVersion(t *testing.T, v []byte) uint32 {
+	t.Helper()
+	if len(v) < 5 || v[0] != 1 {
+		t.Fatalf("stored value %x is not in pgcloak's format", v)
+	}
+	return uint32(v[1])<<24 | uint32(v[2])<<16 | uint32(v[3])<<8 | uint32(v[4])
+}
+
+// stored returns the stored bytes of column col of the row named name.
+func (f *keysFixture) stored(t *testing.T, col, name string) []byte {
+	t.Helper()
+	var v []byte
+	if err := f.direct.QueryRow(t.Context(), fmt.Sprintf("select %s from patients where name = $1", col), name).Scan(&v); err != nil {
+		t.Fatalf("stored %s of %s: %v", col, name, err)
+	}
+	return v
+}
+
+// sqlstate is the SQLSTATE of err, "" when it is not a server error.
+func sqlstate(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
+}
+
+// TestKeysCommands runs the key lifecycle against one serve: list, rotate
+// (new writes use the new version, old values stay readable), list
+// --count, rewrap (rows untouched), shred of class phi only, create, and
+// the audit events of each.
+func TestKeysCommands(t *testing.T) {
+	f := newKeysFixture(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	s := startServe(t, f.pg, f.db, f.edit)
+	acme := s.connectAs(t, keysAcmeRole, keysRolePass, f.db)
+
+	if _, err := acme.Exec(ctx, "insert into patients (name, ssn, diagnosis) values ('alice', '123-45-6789', 'flu')"); err != nil {
+		t.Fatal(err)
+	}
+	if v := storedVersion(t, f.stored(t, "ssn", "alice")); v != 1 {
+		t.Errorf("alice's ssn: version %d, want 1", v)
+	}
+
+	r := f.keys(t, 0, "list", "--tenant", "acme")
+	for _, want := range []string{"TENANT", "KEK ID", "CREATED AT", "default", "phi", "active"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("keys list: missing %q", want)
+		}
+	}
+	if rows := regexp.MustCompile(`(?m)^acme\s`).FindAllString(r.stdout, -1); len(rows) != 3 {
+		t.Errorf("keys list: got %d acme rows, want 3 (default data and index, phi data)", len(rows))
+	}
+
+	r = f.keys(t, 0, "rotate", "--tenant", "acme")
+	if !strings.Contains(r.stdout, "version 2 is active") {
+		t.Errorf("keys rotate: stdout %q, want it to name version 2", r.stdout)
+	}
+	if !strings.Contains(r.stdout, `"event":"key_rotated"`) {
+		t.Errorf("keys rotate: no key_rotated audit event")
+	}
+	waitFor(t, "the rotate event on serve", func() bool {
+		return regexp.MustCompile(`"event":"key_purge_received".*"kind":"rotate"`).MatchString(s.stdout.String())
+	})
+	if _, err := acme.Exec(ctx, "insert into patients (name, ssn, diagnosis) values ('bob', '987-65-4321', 'cold')"); err != nil {
+		t.Fatal(err)
+	}
+	if v := storedVersion(t, f.stored(t, "ssn", "bob")); v != 2 {
+		t.Errorf("bob's ssn after rotate: version %d, want 2", v)
+	}
+	if v := storedVersion(t, f.stored(t, "diagnosis", "bob")); v != 1 {
+		t.Errorf("bob's diagnosis (class phi, not rotated): version %d, want 1", v)
+	}
+	var ssn string
+	if err := acme.QueryRow(ctx, "select ssn from patients where name = 'alice'").Scan(&ssn); err != nil || ssn != "123-45-6789" {
+		t.Errorf("alice's ssn (version 1) after rotate: got %q, %v", ssn, err)
+	}
+	if err := acme.QueryRow(ctx, "select name from patients where ssn = '987-65-4321'").Scan(&ssn); err != nil || ssn != "bob" {
+		t.Errorf("search after a data rotation: got %q, %v; want bob", ssn, err)
+	}
+
+	r = f.keys(t, 0, "list", "--tenant", "acme", "--count")
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`public\.patients\s+ssn\s+default\s+1\s+1\s+tenant acme \(row-level security\)`),
+		regexp.MustCompile(`public\.patients\s+ssn\s+default\s+2\s+1\s+tenant acme`),
+		regexp.MustCompile(`public\.patients\s+diagnosis\s+phi\s+1\s+2\s+tenant acme`),
+		regexp.MustCompile(`(?m)^acme\s+default\s+data\s+1\s+retired`),
+		regexp.MustCompile(`(?m)^acme\s+default\s+data\s+2\s+active`),
+	} {
+		if !want.MatchString(r.stdout) {
+			t.Errorf("keys list --count: no line matching %s", want)
+		}
+	}
+
+	before := f.stored(t, "ssn", "alice")
+	r = f.keys(t, 0, "rewrap", "--tenant", "acme")
+	// default data 1 and 2, default index 1, phi data 1 (diagnosis is not
+	// searchable, so phi has no index key).
+	if !strings.Contains(r.stdout, "Rewrapped 4 key versions of tenant acme") {
+		t.Errorf("keys rewrap: stdout %q, want 4 versions", r.stdout)
+	}
+	if n := strings.Count(r.stdout, `"event":"key_rewrapped"`); n != 4 {
+		t.Errorf("keys rewrap: %d key_rewrapped events, want 4", n)
+	}
+	if after := f.stored(t, "ssn", "alice"); string(after) != string(before) {
+		t.Error("keys rewrap changed a stored value")
+	}
+
+	// Shredding class phi leaves the default class readable and writable.
+	f.keys(t, 2, "shred", "--tenant", "acme", "--key-class", "phi")
+	r = f.keys(t, 0, "shred", "--tenant", "acme", "--key-class", "phi", "--yes")
+	if !strings.Contains(r.stdout, "key class phi") || !strings.Contains(r.stdout, `"event":"tenant_shredded"`) {
+		t.Errorf("keys shred --key-class phi: stdout %q", r.stdout)
+	}
+	waitFor(t, "diagnosis to fail closed", func() bool {
+		var d string
+		err := acme.QueryRow(ctx, "select diagnosis from patients where name = 'alice'").Scan(&d)
+		return sqlstate(err) == "39000"
+	})
+	if err := acme.QueryRow(ctx, "select ssn from patients where name = 'bob'").Scan(&ssn); err != nil || ssn != "987-65-4321" {
+		t.Errorf("ssn (default class) after shredding phi: got %q, %v", ssn, err)
+	}
+	if _, err := acme.Exec(ctx, "insert into patients (name, ssn) values ('carol', '111-22-3333')"); err != nil {
+		t.Errorf("write of the default class after shredding phi: %v", err)
+	}
+	_, err := acme.Exec(ctx, "insert into patients (name, diagnosis) values ('dave', 'measles')")
+	if err == nil {
+		t.Error("write of class phi after shredding it: got nil error")
+	}
+	t.Logf("write of a shredded class: SQLSTATE %s (%v)", sqlstate(err), err)
+	var n int
+	if err := f.direct.QueryRow(ctx, "select count(*) from patients where name = 'dave'").Scan(&n); err != nil || n != 0 {
+		t.Errorf("refused write: %d rows stored, %v", n, err)
+	}
+
+	r = f.keys(t, 1, "rotate", "--tenant", "acme", "--key-class", "phi")
+	if !strings.Contains(r.stderr, "run keys create") {
+		t.Errorf("rotate of a shredded class: stderr %q, want it to point at keys create", r.stderr)
+	}
+	f.keys(t, 1, "create", "--tenant", "acme") // the default class is active
+	r = f.keys(t, 0, "create", "--tenant", "acme", "--key-class", "phi")
+	if !strings.Contains(r.stdout, "purpose data: version 2 is active") || !strings.Contains(r.stdout, `"event":"key_created"`) {
+		t.Errorf("keys create: stdout %q", r.stdout)
+	}
+	waitFor(t, "class phi to accept writes again", func() bool {
+		_, err := acme.Exec(ctx, "insert into patients (name, diagnosis) values ('erin', 'mumps')")
+		return err == nil
+	})
+	var d string
+	if err := acme.QueryRow(ctx, "select diagnosis from patients where name = 'erin'").Scan(&d); err != nil || d != "mumps" {
+		t.Errorf("diagnosis under the new phi key: got %q, %v", d, err)
+	}
+
+	acme.Close(context.Background())
+	if code := s.shutdown(t); code != 0 {
+		t.Errorf("serve exit code: got %d, want 0", code)
+	}
+	for _, secret := range []string{"123-45-6789", "flu", keysRolePass, testenv.ScramPassword} {
+		if strings.Contains(s.stdout.String()+s.stderr.String(), secret) {
+			t.Errorf("serve's audit or log contains %q", secret)
+		}
+	}
+}

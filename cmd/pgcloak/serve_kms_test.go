@@ -1,0 +1,262 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgcloak/pgcloak/crypto"
+	"github.com/pgcloak/pgcloak/testenv"
+)
+
+// Tenant roles of TestServeKMS (roles are cluster-wide).
+const (
+	kmsAcmeRole    = "cmd_kms_acme"
+	kmsGlobexRole  = "cmd_kms_globex"
+	kmsInitechRole = "cmd_kms_initech"
+	kmsRolePass    = "cmd-kms-tenant-pw"
+)
+
+// TestServeKMS runs serve with keys.provider aws against testenv's KMS
+// emulator: acme has a key of its own (keys.tenants), globex uses the
+// default key. Tenants write and read through the proxy; when KMS fails, a
+// tenant whose keys are not cached gets SQLSTATE 58000 while a tenant whose
+// keys are keeps working, and everyone recovers when KMS does.
+func TestServeKMS(t *testing.T) {
+	pg := testenv.Shared(t)
+	db := testenv.NewDatabase(t, pg)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+
+	setup := fmt.Sprintf(`
+do $$ begin
+  if not exists (select from pg_roles where rolname = '%[1]s') then create role %[1]s login password '%[4]s'; end if;
+  if not exists (select from pg_roles where rolname = '%[2]s') then create role %[2]s login password '%[4]s'; end if;
+  if not exists (select from pg_roles where rolname = '%[3]s') then create role %[3]s login password '%[4]s'; end if;
+end $$;
+create table patients (
+	id serial primary key,
+	tenant_id text not null default current_setting('app.tenant_id'),
+	name text, ssn bytea, ssn_bidx bytea
+);
+alter table patients enable row level security;
+alter table patients force row level security;
+create policy tenant_isolation on patients
+	using (tenant_id = current_setting('app.tenant_id', true))
+	with check (tenant_id = current_setting('app.tenant_id', true));
+grant select, insert on patients to %[1]s, %[2]s, %[3]s;
+grant usage on sequence patients_id_seq to %[1]s, %[2]s, %[3]s;
+grant create on database %[5]s to %[6]s;`, kmsAcmeRole, kmsGlobexRole, kmsInitechRole, kmsRolePass, db, testenv.ScramUser)
+	if err := pg.Exec(ctx, db, setup); err != nil {
+		t.Fatal(err)
+	}
+
+	setFakeAWSCredentials(t)
+	emu := testenv.StartKMS(t)
+	defaultKey := emu.CreateKey("pgcloak default")
+	acmeKey := emu.CreateKey("acme's own")
+	for alias, key := range map[string]string{"alias/pgcloak": defaultKey.ID, "alias/acme": acmeKey.ID} {
+		if err := emu.CreateAlias(alias, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	withKMS := func(cfg string) string {
+		cfg = strings.Replace(cfg, "keys:\n  local:\n    master_key_file: master.key\n", fmt.Sprintf(`keys:
+  provider: aws
+  aws:
+    region: %s
+    endpoint: %s
+    key_id: alias/pgcloak
+  tenants:
+    acme: { key_id: alias/acme }
+`, testenv.KMSRegion, emu.URL), 1)
+		if !strings.Contains(cfg, "provider: aws") {
+			t.Fatal("config: could not replace the keys section")
+		}
+		return cfg + fmt.Sprintf(`tenancy:
+  login:
+    roles:
+      %s: acme
+      %s: globex
+      %s: initech
+encrypt:
+  tables:
+    - name: patients
+      columns:
+        - name: ssn
+          type: text
+          search: equality
+audit:
+  output: stdout
+`, kmsAcmeRole, kmsGlobexRole, kmsInitechRole)
+	}
+
+	// First process: both tenants' keys are created by KMS, each under its
+	// own KEK.
+	s := startServe(t, pg, db, withKMS)
+	acme := s.connectAs(t, kmsAcmeRole, kmsRolePass, db)
+	globex := s.connectAs(t, kmsGlobexRole, kmsRolePass, db)
+	for _, w := range []struct {
+		conn      *pgx.Conn
+		name, ssn string
+	}{{acme, "alice", "123-45-6789"}, {globex, "carol", "555-12-3456"}} {
+		if _, err := w.conn.Exec(ctx, fmt.Sprintf("insert into patients (name, ssn) values ('%s', '%s')", w.name, w.ssn)); err != nil {
+			t.Fatalf("insert %s: %v", w.name, err)
+		}
+	}
+	wantRead(ctx, t, "acme", acme, "alice", "123-45-6789")
+	wantRead(ctx, t, "globex", globex, "carol", "555-12-3456")
+	for _, c := range []struct {
+		key  testenv.KMSKey
+		what string
+	}{{acmeKey, "acme's key"}, {defaultKey, "the default key"}} {
+		// One data key and one index key each.
+		if got := emu.KeyCalls("GenerateDataKey", c.key.ID); got != 2 {
+			t.Errorf("GenerateDataKey calls on %s: got %d, want 2", c.what, got)
+		}
+	}
+	acme.Close(ctx)
+	globex.Close(ctx)
+	if code := s.shutdown(t); code != 0 {
+		t.Fatalf("first serve: exit code %d, want 0", code)
+	}
+	audit := s.stdout.String()
+	for _, want := range []string{`"kek_id":"` + acmeKey.ARN + `"`, `"kek_id":"` + defaultKey.ARN + `"`} {
+		if !strings.Contains(audit, want) {
+			t.Errorf("audit: missing %s", want)
+		}
+	}
+
+	// The wrapped keys are bound to their tenant by the encryption context:
+	// KMS itself refuses globex's key under acme's context.
+	t.Run("context", func(t *testing.T) {
+		direct, err := pgx.Connect(ctx, pg.SuperuserURL(db))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer direct.Close(context.Background())
+		var wrapped []byte
+		if err := direct.QueryRow(ctx, "select wrapped from pgcloak.data_keys where tenant = 'globex' and purpose = 'data' and version = 1").Scan(&wrapped); err != nil {
+			t.Fatal(err)
+		}
+		client := emulatorClient(ctx, t, emu)
+		globexCtx := crypto.KeyContext{Tenant: "globex", Purpose: crypto.PurposeData}.EncryptionContext()
+		acmeCtx := crypto.KeyContext{Tenant: "acme", Purpose: crypto.PurposeData}.EncryptionContext()
+		_, err = client.Decrypt(ctx, &kms.DecryptInput{CiphertextBlob: wrapped, EncryptionContext: acmeCtx})
+		var invalid *types.InvalidCiphertextException
+		if !errors.As(err, &invalid) {
+			t.Errorf("Decrypt of globex's key under acme's context: got %v, want InvalidCiphertextException", err)
+		}
+		out, err := client.Decrypt(ctx, &kms.DecryptInput{CiphertextBlob: wrapped, EncryptionContext: globexCtx})
+		if err != nil || len(out.Plaintext) != crypto.KeySize || aws.ToString(out.KeyId) != defaultKey.ARN {
+			t.Errorf("Decrypt of globex's key under its context: got %v; want a %d-byte key of %s", err, crypto.KeySize, defaultKey.ARN)
+		}
+	})
+
+	// Second process: its cache starts empty. acme reads (its keys are
+	// unwrapped and cached), then KMS fails.
+	s = startServe(t, pg, db, withKMS)
+	acme = s.connectAs(t, kmsAcmeRole, kmsRolePass, db)
+	wantRead(ctx, t, "acme", acme, "alice", "123-45-6789")
+	emu.Fail("Decrypt", testenv.KMSInternalException, -1)
+	emu.Fail("GenerateDataKey", testenv.KMSInternalException, -1)
+	failedDecrypts := emu.Calls("Decrypt")
+
+	globex = s.connectAs(t, kmsGlobexRole, kmsRolePass, db)
+	initech := s.connectAs(t, kmsInitechRole, kmsRolePass, db)
+	t.Run("cold tenant read", func(t *testing.T) {
+		var name, ssn string
+		err := globex.QueryRow(ctx, "select name, ssn from patients").Scan(&name, &ssn)
+		wantKeyServiceError(t, err, "globex")
+		if got := emu.Calls("Decrypt") - failedDecrypts; got < 1 {
+			t.Errorf("Decrypt calls while failing: got %d, want at least 1", got)
+		}
+	})
+	t.Run("cold tenant first write", func(t *testing.T) {
+		_, err := initech.Exec(ctx, "insert into patients (name, ssn) values ('dave', '999-00-1111')")
+		wantKeyServiceError(t, err, "initech")
+	})
+	t.Run("cached tenant", func(t *testing.T) {
+		if _, err := acme.Exec(ctx, "insert into patients (name, ssn) values ('bob', '222-33-4444')"); err != nil {
+			t.Errorf("acme's insert while KMS fails: %v", err)
+		}
+		wantRead(ctx, t, "acme", acme, "bob", "222-33-4444")
+	})
+
+	// KMS is back: the refused sessions are still usable.
+	emu.ClearFaults()
+	wantRead(ctx, t, "globex after recovery", globex, "carol", "555-12-3456")
+	if _, err := initech.Exec(ctx, "insert into patients (name, ssn) values ('dave', '999-00-1111')"); err != nil {
+		t.Errorf("initech's insert after recovery: %v", err)
+	}
+	wantRead(ctx, t, "initech after recovery", initech, "dave", "999-00-1111")
+
+	for _, c := range []*pgx.Conn{acme, globex, initech} {
+		c.Close(ctx)
+	}
+	if code := s.shutdown(t); code != 0 {
+		t.Errorf("second serve: exit code %d, want 0", code)
+	}
+	logs := s.stdout.String() + s.stderr.String()
+	for _, secret := range []string{"123-45-6789", "555-12-3456", "222-33-4444", "999-00-1111", kmsRolePass, "pgcloak-cmd-test-secret"} {
+		if strings.Contains(audit+logs, secret) {
+			t.Errorf("audit or log contains %q", secret)
+		}
+	}
+}
+
+// wantRead checks that the tenant of conn finds name by its SSN and reads
+// the SSN back in plaintext.
+func wantRead(ctx context.Context, t *testing.T, what string, conn *pgx.Conn, name, ssn string) {
+	t.Helper()
+	var gotName, gotSSN string
+	err := conn.QueryRow(ctx, "select name, ssn from patients where ssn = $1", ssn).Scan(&gotName, &gotSSN)
+	if err != nil || gotName != name || gotSSN != ssn {
+		t.Errorf("%s: got %q %q, %v; want %s %s", what, gotName, gotSSN, err, name, ssn)
+	}
+}
+
+// wantKeyServiceError checks that err is the proxy's ErrorResponse for a
+// key service failure of tenant.
+func wantKeyServiceError(t *testing.T, err error, tenant string) {
+	t.Helper()
+	var pgErr *pgconn.PgError
+	want := "pgcloak: key service unavailable for tenant " + tenant
+	if !errors.As(err, &pgErr) || pgErr.Code != "58000" || !strings.HasPrefix(pgErr.Message, want) {
+		t.Errorf("got %v, want SQLSTATE 58000 %q", err, want)
+	}
+}
+
+// setFakeAWSCredentials points the AWS SDK's default chain at static test
+// credentials only: no shared files, no instance metadata.
+func setFakeAWSCredentials(t *testing.T) {
+	t.Helper()
+	dir := t.TempDir()
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDPGCLOAKCMDTEST")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "pgcloak-cmd-test-secret")
+	t.Setenv("AWS_SESSION_TOKEN", "")
+	t.Setenv("AWS_PROFILE", "")
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(dir, "config"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(dir, "credentials"))
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+}
+
+// emulatorClient is a KMS client of the emulator, without retries.
+func emulatorClient(ctx context.Context, t *testing.T, emu *testenv.KMS) *kms.Client {
+	t.Helper()
+	cfg, err := awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion(testenv.KMSRegion), awsconfig.WithRetryMaxAttempts(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kms.NewFromConfig(cfg, func(o *kms.Options) { o.BaseEndpoint = aws.String(emu.URL) })
+}
