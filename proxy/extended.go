@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/jackc/pgerrcode"
@@ -139,6 +140,7 @@ func (s *session) parseRewritten(m *pgproto3.Parse, plan *rewrite.Plan, text str
 		ps.upstream = reservedPrefix + "s" + strconv.FormatUint(s.stmtSeq, 10)
 	}
 	s.statements[m.Name] = ps
+	s.newGeneration(m.Name)
 	s.pending.push(&pending{kind: pendParse, name: m.Name, prepared: ps})
 	s.srv.audit.obs.StatementRewritten()
 	return s.upstreamOut.send(&pgproto3.Parse{Name: ps.upstream, Query: text, ParameterOIDs: ps.upstreamOIDs()})
@@ -154,6 +156,9 @@ func (s *session) parsePlain(m *pgproto3.Parse, text string) error {
 			return s.refuseExtended(&clientError{code: pgerrcode.DuplicatePreparedStatement, msg: fmt.Sprintf("prepared statement %q already exists", m.Name)})
 		}
 	}
+	if s.decrypts {
+		s.newGeneration(m.Name)
+	}
 	s.track(m)
 	if text == m.Query {
 		return s.upstreamOut.send(m)
@@ -166,18 +171,27 @@ func (s *session) parsePlain(m *pgproto3.Parse, text string) error {
 // rewritten statement.
 func (s *session) handleBind(m *pgproto3.Bind) error {
 	ps := s.statements[m.PreparedStatement]
-	if ps == nil {
-		if strings.HasPrefix(m.PreparedStatement, reservedPrefix) {
-			return s.refuseExtended(reservedName(m.PreparedStatement))
+	if ps == nil && strings.HasPrefix(m.PreparedStatement, reservedPrefix) {
+		return s.refuseExtended(reservedName(m.PreparedStatement))
+	}
+	out := m
+	if ps != nil {
+		var err error
+		if out, err = s.transformBind(m, ps); err != nil {
+			return s.refuseExtended(err)
 		}
-		s.track(m)
-		return s.upstreamOut.send(m)
 	}
-	out, err := s.transformBind(m, ps)
-	if err != nil {
-		return s.refuseExtended(err)
+	// The formats are copied: pgproto3 reuses the message's buffers.
+	p := &pending{kind: pendBind, name: m.DestinationPortal, stmt: m.PreparedStatement,
+		resultFormats: append([]int16(nil), m.ResultFormatCodes...)}
+	if up := s.binaryResults(m.PreparedStatement, m.ResultFormatCodes); up != nil {
+		if out == m {
+			b := *m
+			out = &b
+		}
+		out.ResultFormatCodes, p.upFormats = up, up
 	}
-	s.track(m)
+	s.pending.push(p)
 	return s.upstreamOut.send(out)
 }
 
@@ -196,7 +210,7 @@ func (s *session) handleDescribe(m *pgproto3.Describe) error {
 		s.track(m)
 		return s.upstreamOut.send(m)
 	}
-	s.pending.push(&pending{kind: pendDescribe, name: m.Name, target: 'S', prepared: ps})
+	s.pending.push(&pending{kind: pendDescribe, name: m.Name, target: 'S', prepared: ps, gen: s.stmtGen[m.Name]})
 	return s.upstreamOut.send(&pgproto3.Describe{ObjectType: 'S', Name: ps.upstream})
 }
 
@@ -207,6 +221,7 @@ func (s *session) handleClose(m *pgproto3.Close) error {
 		s.track(m)
 		return s.upstreamOut.send(m)
 	}
+	s.newGeneration(m.Name)
 	ps := s.statements[m.Name]
 	if ps == nil {
 		if strings.HasPrefix(m.Name, reservedPrefix) {
@@ -410,4 +425,70 @@ func (s *session) refuseExtended(err error) error {
 	s.upstreamOut.send(&pgproto3.Parse{Name: raiseStatement, Query: raiseSQL(code, msg)})
 	s.upstreamOut.send(&pgproto3.Bind{PreparedStatement: raiseStatement})
 	return s.upstreamOut.send(&pgproto3.Execute{})
+}
+
+// Results of declared columns in binary.
+//
+// PostgreSQL sends a bytea in text format as \x and hex digits: twice the
+// bytes, and a decode per value. When the client goroutine binds a
+// statement whose row shape it knows (from an earlier Describe), it asks
+// upstream for the declared columns in binary whatever the client asked
+// for; the upstream goroutine opens the raw value and answers in the
+// client's format. The shape is trusted only if the statement has not been
+// parsed or closed since it was described: each Parse and Close of a name
+// starts a new generation, and the board keeps the generation a shape was
+// described in.
+
+// shapeBoard is where the upstream goroutine posts the row shapes of
+// described statements for the client goroutine.
+type shapeBoard struct {
+	mu sync.Mutex
+	m  map[string]postedShape
+}
+
+type postedShape struct {
+	gen   uint64
+	shape *rowShape // nil: the statement returns no rows
+}
+
+func (b *shapeBoard) put(name string, gen uint64, shape *rowShape) {
+	b.mu.Lock()
+	if b.m == nil {
+		b.m = make(map[string]postedShape)
+	}
+	b.m[name] = postedShape{gen, shape}
+	b.mu.Unlock()
+}
+
+func (b *shapeBoard) get(name string, gen uint64) *rowShape {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if p, ok := b.m[name]; ok && p.gen == gen {
+		return p.shape
+	}
+	return nil
+}
+
+// newGeneration marks a statement name as parsed or closed again.
+func (s *session) newGeneration(name string) {
+	s.genSeq++
+	s.stmtGen[name] = s.genSeq
+}
+
+// binaryResults returns the result formats to send upstream for a Bind of
+// the named statement, or nil to send the client's as they are.
+func (s *session) binaryResults(stmt string, client []int16) []int16 {
+	shape := s.shapes.get(stmt, s.stmtGen[stmt])
+	if shape == nil || !shape.any {
+		return nil
+	}
+	up := make([]int16, len(shape.fields))
+	for i, f := range shape.fields {
+		if f.ok {
+			up[i] = pgtype.BinaryFormatCode
+		} else {
+			up[i] = formatAt(client, i)
+		}
+	}
+	return up
 }

@@ -34,8 +34,12 @@ type pending struct {
 	stmt string
 	// target is 'S' or 'P' for Describe and Close.
 	target byte
-	// resultFormats are a Bind's result format codes.
+	// resultFormats are a Bind's result format codes; upFormats, when
+	// set, the ones the proxy sent upstream instead.
 	resultFormats []int16
+	upFormats     []int16
+	// gen is the statement's generation a Describe 'S' saw (shapeBoard).
+	gen uint64
 	// prepared is the rewritten statement a Parse or Describe 'S' names.
 	prepared *preparedStatement
 	// copy is the COPY a Query or pendCopyDescribe runs on a declared

@@ -22,13 +22,18 @@ type rowShape struct {
 type fieldPlan struct {
 	declared declaredField
 	ok       bool  // the field is a declared column (not its index column)
-	format   int16 // 0 text, 1 binary: the format upstream sends it in, which is the format the client asked for
+	format   int16 // 0 text, 1 binary: the format the client asked for
+	// upFormat is the format upstream sends the field in: the client's,
+	// or binary for a declared column of a Bind the proxy rewrote so (see
+	// binaryResults).
+	upFormat int16
 }
 
 // portal is what the upstream goroutine knows of a bound portal.
 type portal struct {
-	stmt    string
-	formats []int16
+	stmt      string
+	formats   []int16 // the client's result formats
+	upFormats []int16 // what upstream was asked for; nil: the same
 	shape   *rowShape // from Describe 'P', when the client asked
 }
 
@@ -66,7 +71,7 @@ func (s *session) track(msg pgproto3.FrontendMessage) {
 		s.pending.push(&pending{kind: pendBind, name: m.DestinationPortal, stmt: m.PreparedStatement,
 			resultFormats: append([]int16(nil), m.ResultFormatCodes...)})
 	case *pgproto3.Describe:
-		s.pending.push(&pending{kind: pendDescribe, name: m.Name, target: m.ObjectType})
+		s.pending.push(&pending{kind: pendDescribe, name: m.Name, target: m.ObjectType, gen: s.stmtGen[m.Name]})
 	case *pgproto3.Execute:
 		s.pending.push(&pending{kind: pendExecute, name: m.Portal})
 	case *pgproto3.Close:
@@ -96,6 +101,7 @@ func (s *session) shapeOf(rd *pgproto3.RowDescription) (*rowShape, error) {
 			return nil, err
 		}
 		shape.fields[i].format = f.Format
+		shape.fields[i].upFormat = f.Format
 		if !ok || d.index {
 			continue
 		}
@@ -109,24 +115,36 @@ func (s *session) shapeOf(rd *pgproto3.RowDescription) (*rowShape, error) {
 	return shape, nil
 }
 
-// withFormats returns shape with the result formats a Bind asked for.
-func withFormats(shape *rowShape, formats []int16) *rowShape {
+// withFormats returns shape with the result formats of a Bind: what the
+// client asked for, and what upstream was asked for (nil: the same).
+func withFormats(shape *rowShape, formats, upFormats []int16) *rowShape {
 	if shape == nil || !shape.any {
 		return shape
+	}
+	if upFormats == nil {
+		upFormats = formats
 	}
 	out := &rowShape{fields: make([]fieldPlan, len(shape.fields)), any: true}
 	copy(out.fields, shape.fields)
 	for i := range out.fields {
-		switch {
-		case len(formats) == 0:
-			out.fields[i].format = 0
-		case len(formats) == 1:
-			out.fields[i].format = formats[0]
-		case i < len(formats):
-			out.fields[i].format = formats[i]
-		}
+		out.fields[i].format = formatAt(formats, i)
+		out.fields[i].upFormat = formatAt(upFormats, i)
 	}
 	return out
+}
+
+// formatAt is the format code of column i under a Bind's result format
+// codes: none means text, one applies to all.
+func formatAt(formats []int16, i int) int16 {
+	switch {
+	case len(formats) == 0:
+		return 0
+	case len(formats) == 1:
+		return formats[0]
+	case i < len(formats):
+		return formats[i]
+	}
+	return 0
 }
 
 // relay handles one upstream message for a session that decrypts: it keeps
@@ -188,7 +206,7 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 			return false, nil
 		}
 		if p := s.pending.pop(); p != nil {
-			rs.portals[p.name] = &portal{stmt: p.stmt, formats: p.resultFormats}
+			rs.portals[p.name] = &portal{stmt: p.stmt, formats: p.resultFormats, upFormats: p.upFormats}
 		}
 	case *pgproto3.ParameterDescription:
 		// Part of a statement Describe; its RowDescription or NoData
@@ -205,7 +223,16 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 			s.pending.pop()
 			if head.target == 'S' {
 				rs.statements[head.name] = shape
+				s.shapes.put(head.name, head.gen, shape)
 			} else if p := rs.portals[head.name]; p != nil {
+				if p.upFormats != nil {
+					// Show the client the formats it asked for.
+					for i := range m.Fields {
+						f := formatAt(p.formats, i)
+						m.Fields[i].Format = f
+						shape.fields[i].format = f
+					}
+				}
 				p.shape = shape
 			}
 		} else {
@@ -216,6 +243,7 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 			s.pending.pop()
 			if head.target == 'S' {
 				delete(rs.statements, head.name)
+				s.shapes.put(head.name, head.gen, nil)
 			}
 		}
 	case *pgproto3.DataRow:
@@ -287,7 +315,7 @@ func (s *session) portalShape(name string) *rowShape {
 	if p.shape == nil {
 		// Built once per portal, not per row: the portal keeps the
 		// statement it was bound to even if the name is parsed again.
-		p.shape = withFormats(s.results.statements[p.stmt], p.formats)
+		p.shape = withFormats(s.results.statements[p.stmt], p.formats, p.upFormats)
 	}
 	return p.shape
 }
@@ -311,7 +339,7 @@ func (s *session) decryptRow(row *pgproto3.DataRow, shape *rowShape) error {
 		}
 		t, c := f.declared.table, f.declared.column
 		stored := row.Values[i]
-		if f.format == 0 {
+		if f.upFormat == 0 {
 			// bytea's text output: \x followed by hex digits, decoded in
 			// place (the row's buffer is the proxy's until the next read).
 			if len(stored) < 2 || stored[0] != '\\' || stored[1] != 'x' {

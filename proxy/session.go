@@ -63,6 +63,11 @@ type session struct {
 	stmtSeq    uint64
 	// copyIn is the COPY FROM whose rows the client goroutine transforms.
 	copyIn *copyIn
+	// stmtGen and genSeq number the generations of statement names (client
+	// goroutine); shapes is where described row shapes are posted.
+	stmtGen map[string]uint64
+	genSeq  uint64
+	shapes  shapeBoard
 
 	// upstreamPID and upstreamSecret are the upstream backend's real
 	// BackendKeyData; cancelKey is what the client was given instead.

@@ -330,6 +330,7 @@ func (s *session) applyTenancy(params map[string]string) error {
 	s.tracks = s.srv.catalog != nil
 	s.decrypts = scoped && s.tracks
 	s.statements = make(map[string]*preparedStatement)
+	s.stmtGen = make(map[string]uint64)
 	s.results = resultState{statements: make(map[string]*rowShape), portals: make(map[string]*portal)}
 	if scoped {
 		params[t.Setting] = tenant

@@ -47,4 +47,14 @@
 // per test, dropped in t.Cleanup. A missing PostgreSQL installation fails the
 // test with [ErrServerBinariesNotFound], which says what to install; testenv
 // never skips.
+//
+// # AWS KMS
+//
+// AWS KMS cannot be reached from the machines pgcloak is tested on, so
+// testenv also serves the KMS JSON 1.1 API itself ([KMS], [NewKMS],
+// [StartKMS]): real AES-256-GCM under per-key material, the encryption
+// context enforced on Decrypt as KMS does, disabled and deleted keys
+// refused, call counting and injected faults and latency. The production
+// provider (crypto/awskms) reaches it only through the AWS SDK with an
+// endpoint override, exactly as it reaches KMS.
 package testenv

@@ -389,10 +389,10 @@ func (k *KMS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case <-t.C:
 		case <-r.Context().Done():
 			t.Stop()
-			return
+			panic(http.ErrAbortHandler) // no answer at all, not an empty 200
 		case <-k.done:
 			t.Stop()
-			return
+			panic(http.ErrAbortHandler)
 		}
 	}
 	if err != nil {

@@ -140,25 +140,6 @@ audit:
 	}
 }
 
-// TestServeAWSProvider checks that serve says plainly that the AWS provider
-// does not exist yet.
-func TestServeAWSProvider(t *testing.T) {
-	pg := testenv.Shared(t)
-	cfg := checkConfig(pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, "postgres")
-	cfg = strings.Replace(cfg, "keys:\n  local:\n    master_key_file: master.key\n",
-		"keys:\n  provider: aws\n  aws:\n    region: us-east-1\n    key_id: alias/pgcloak\n", 1)
-	cfg += "encrypt:\n  tables:\n    - name: patients\n      columns:\n        - name: ssn\n          type: text\n"
-	r := pgcloak(t, "serve", "-c", writeFile(t, "pgcloak.yaml", cfg))
-	if r.code != 1 {
-		t.Errorf("exit code: got %d, want 1", r.code)
-	}
-	if !strings.Contains(r.stderr, "keys.provider aws is not implemented yet") {
-		t.Errorf("stderr: want it to say the aws provider is not implemented yet")
-	}
-}
-
-// connectAs connects through the proxy as role with the simple protocol,
-// retrying until serve accepts connections.
 func (s *serving) connectAs(t *testing.T, role, password, db string) *pgx.Conn {
 	t.Helper()
 	url := fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable&default_query_exec_mode=simple_protocol", role, password, s.listen, db)

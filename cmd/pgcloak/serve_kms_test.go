@@ -260,3 +260,40 @@ func emulatorClient(ctx context.Context, t *testing.T, emu *testenv.KMS) *kms.Cl
 	}
 	return kms.NewFromConfig(cfg, func(o *kms.Options) { o.BaseEndpoint = aws.String(emu.URL) })
 }
+
+// TestServeKMSUnreachable checks that serve refuses to start when the
+// default key cannot be reached, saying which setting to look at.
+func TestServeKMSUnreachable(t *testing.T) {
+	pg := testenv.Shared(t)
+	setFakeAWSCredentials(t)
+	emu := testenv.StartKMS(t)
+	cases := []struct{ name, keyID, endpoint, want string }{
+		{"unknown key", "alias/missing", emu.URL, "NotFoundException"},
+		{"disabled key", "", emu.URL, "Disabled"},
+		{"nothing listening", "alias/pgcloak", "http://" + freeAddr(t), "key service unavailable"},
+	}
+	key := emu.CreateKey("disabled")
+	if err := emu.DisableKey(key.ID); err != nil {
+		t.Fatal(err)
+	}
+	cases[1].keyID = key.ARN
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := checkConfig(pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, "postgres")
+			cfg = strings.Replace(cfg, "keys:\n  local:\n    master_key_file: master.key\n", fmt.Sprintf(
+				"keys:\n  provider: aws\n  aws:\n    region: %s\n    endpoint: %s\n    key_id: %s\n", testenv.KMSRegion, c.endpoint, c.keyID), 1)
+			cfg += "encrypt:\n  tables:\n    - name: patients\n      columns:\n        - name: ssn\n          type: text\n"
+			start := time.Now()
+			r := pgcloak(t, "serve", "-c", writeFile(t, "pgcloak.yaml", cfg))
+			if r.code != 1 {
+				t.Errorf("exit code: got %d, want 1", r.code)
+			}
+			if !strings.Contains(r.stderr, "keys.aws.key_id: ") || !strings.Contains(r.stderr, c.want) {
+				t.Errorf("stderr: got %q, want keys.aws.key_id and %q", r.stderr, c.want)
+			}
+			if d := time.Since(start); d > 30*time.Second {
+				t.Errorf("serve took %v to give up", d)
+			}
+		})
+	}
+}

@@ -139,7 +139,7 @@ func newProxyRuntime(ctx context.Context, cfg *config.Config, log zerolog.Logger
 	deps := proxy.Deps{Audit: auditLog, Observer: r.metrics}
 
 	if len(cfg.Encrypt.Tables) > 0 {
-		provider, err := keyProvider(ctx, cfg.Keys)
+		provider, err := servingKeyProvider(ctx, cfg.Keys)
 		if err != nil {
 			return nil, err
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+	"github.com/aws/smithy-go/logging"
 	"github.com/pgcloak/pgcloak/crypto"
 )
 
@@ -103,6 +104,9 @@ func New(ctx context.Context, o Options) (*Provider, error) {
 
 	cfg, err := config.LoadDefaultConfig(ctx,
 		config.WithRegion(o.Region),
+		// The SDK would print its warnings to stderr, outside pgcloak's
+		// log; what matters reaches the caller in the errors.
+		config.WithLogger(logging.Nop{}),
 		config.WithRetryer(func() aws.Retryer {
 			return retry.NewStandard(func(so *retry.StandardOptions) {
 				so.MaxAttempts = o.MaxAttempts
