@@ -32,9 +32,9 @@ type fieldPlan struct {
 // portal is what the upstream goroutine knows of a bound portal.
 type portal struct {
 	stmt      string
-	formats   []int16 // the client's result formats
-	upFormats []int16 // what upstream was asked for; nil: the same
-	shape   *rowShape // from Describe 'P', when the client asked
+	formats   []int16   // the client's result formats
+	upFormats []int16   // what upstream was asked for; nil: the same
+	shape     *rowShape // from Describe 'P', when the client asked
 }
 
 // resultState is the upstream goroutine's view of the session's statements
