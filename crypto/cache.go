@@ -164,6 +164,11 @@ type KeyCache struct {
 	group singleflight.Group
 
 	hits, misses, providerCalls, evictions, purged atomic.Uint64
+
+	// removals counts entries removed (expired, evicted, purged, closed),
+	// for Opener: a key it remembers is still the cache's while removals
+	// has not moved.
+	removals atomic.Uint64
 }
 
 // cacheEntry is a loaded key, or (key nil) the KeySource's verdict that it
@@ -582,6 +587,7 @@ func (c *KeyCache) pushLocked(e *cacheEntry) {
 // removeLocked drops an entry, destroys its key and forgets an active
 // pointer to it.
 func (c *KeyCache) removeLocked(el *list.Element) {
+	c.removals.Add(1)
 	e := c.order.Remove(el).(*cacheEntry)
 	delete(c.entries, e.id)
 	delete(c.seals, e.id)

@@ -110,3 +110,43 @@ func (k Keyring) BlindIndex(ctx context.Context, dst, value []byte, col Column, 
 	}
 	return key.BlindIndex().Sum(dst, value, k.valueID(col), norm), nil
 }
+
+// Opener is Keyring.Open for one goroutine that opens many values, such as
+// the rows of a result: it remembers the last data key it used and skips
+// the cache lookup while the cache has removed nothing since (no expiry,
+// eviction, purge or shred). It is not safe for concurrent use.
+type Opener struct {
+	ring     Keyring
+	id       KeyID
+	key      *DataKey
+	removals uint64
+}
+
+// Opener returns an Opener over the keyring.
+func (k Keyring) Opener() *Opener { return &Opener{ring: k} }
+
+// Open is Keyring.Open.
+func (o *Opener) Open(ctx context.Context, dst, value []byte, col Column) ([]byte, error) {
+	k := o.ring
+	if err := k.check(); err != nil {
+		return nil, err
+	}
+	version, err := KeyVersion(value)
+	if err != nil {
+		return nil, ErrDecrypt
+	}
+	id := KeyID{k.tenant, col.KeyClass, PurposeData, version}
+	key := o.key
+	if key == nil || id != o.id || k.cache.removals.Load() != o.removals {
+		removals := k.cache.removals.Load() // before the lookup: a removal after it invalidates
+		key, err = k.cache.Version(ctx, id)
+		if isVerdict(err) {
+			return nil, ErrDecrypt
+		}
+		if err != nil {
+			return nil, fmt.Errorf("crypto: open %s.%s: %w", col.Table, col.Name, err)
+		}
+		o.id, o.key, o.removals = id, key, removals
+	}
+	return key.Envelope().Open(dst, value, k.valueID(col))
+}

@@ -174,3 +174,34 @@ func TestKeyringWithoutTenant(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenerForgetsPurgedKeys: an Opener's remembered key is dropped as
+// soon as the cache removes anything, so a shred reaches it at once.
+func TestOpenerForgetsPurgedKeys(t *testing.T) {
+	ctx := context.Background()
+	c, src, _, _ := newTestCache(t, CacheOptions{})
+	acme := c.Keyring("acme")
+	sealed, err := acme.Seal(ctx, nil, []byte("secret"), ssnColumn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := acme.Opener()
+	for i := range 3 {
+		if pt, err := o.Open(ctx, nil, sealed, ssnColumn); err != nil || string(pt) != "secret" {
+			t.Fatalf("Open %d: got %q, %v", i, pt, err)
+		}
+	}
+	hits := c.Stats().Hits
+	o.Open(ctx, nil, sealed, ssnColumn)
+	if got := c.Stats().Hits; got != hits {
+		t.Errorf("a remembered key still went to the cache: hits %d -> %d", hits, got)
+	}
+	if _, err := o.Open(ctx, nil, sealed, emailColumn); err != ErrDecrypt {
+		t.Errorf("value of another column: got %v, want ErrDecrypt", err)
+	}
+	src.Shred("acme")
+	c.Purge("acme")
+	if pt, err := o.Open(ctx, nil, sealed, ssnColumn); err != ErrDecrypt {
+		t.Errorf("Open after shred: got %q, %v, want ErrDecrypt", pt, err)
+	}
+}

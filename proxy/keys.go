@@ -33,6 +33,17 @@ func (k CacheKeys) Open(ctx context.Context, tenant string, ref ValueRef, dst, v
 	return k.Cache.Keyring(tenant).Open(ctx, dst, value, column(ref))
 }
 
+// NewOpener returns an Opener that remembers the data key it last used.
+func (k CacheKeys) NewOpener(tenant string) Opener {
+	return cacheOpener{k.Cache.Keyring(tenant).Opener()}
+}
+
+type cacheOpener struct{ o *crypto.Opener }
+
+func (c cacheOpener) Open(ctx context.Context, ref ValueRef, dst, value []byte) ([]byte, error) {
+	return c.o.Open(ctx, dst, value, column(ref))
+}
+
 // isDecryptFailure reports whether err is about the value (another tenant's,
 // tampered, a shredded or unknown key version) rather than about the key
 // service being unreachable.

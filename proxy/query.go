@@ -31,6 +31,14 @@ type Keys interface {
 	BlindIndex(ctx context.Context, tenant string, ref ValueRef, normalized []byte) ([]byte, error)
 	// Open appends the plaintext to dst.
 	Open(ctx context.Context, tenant string, ref ValueRef, dst, value []byte) ([]byte, error)
+	// NewOpener returns an Opener of the tenant's values for one
+	// goroutine that opens many.
+	NewOpener(tenant string) Opener
+}
+
+// Opener opens values as Keys.Open does, for one goroutine.
+type Opener interface {
+	Open(ctx context.Context, ref ValueRef, dst, value []byte) ([]byte, error)
 }
 
 func valueRef(t *config.Table, c *config.Column) ValueRef {

@@ -45,6 +45,7 @@ type resultState struct {
 	current    *rowShape // shape of the rows now arriving
 	copyOut    *copyOut  // the COPY TO whose rows are now arriving
 	scratch    []byte    // decryptRow's plaintext buffer
+	opener     Opener    // decryptRow's, made on first use
 	suppress   bool      // a decrypt error was sent: drop the rest up to ReadyForQuery
 }
 
@@ -352,7 +353,10 @@ func (s *session) decryptRow(row *pgproto3.DataRow, shape *rowShape) error {
 			stored = stored[2 : 2+n]
 		}
 		start := len(buf)
-		out, err := s.srv.keys.Open(ctx, s.tenant, f.declared.ref, buf, stored)
+		if s.results.opener == nil {
+			s.results.opener = s.srv.keys.NewOpener(s.tenant)
+		}
+		out, err := s.results.opener.Open(ctx, f.declared.ref, buf, stored)
 		if err != nil {
 			if !isDecryptFailure(err) {
 				// The key service, not the value, failed: never hide
