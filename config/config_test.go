@@ -453,7 +453,7 @@ var errorCases = []struct {
 	{
 		name: "unsupported sslmode",
 		yaml: y("upstream:", "  address: db:5432", "  sslmode: verify-ca", "keys: {local: {master_key_file: m.key}}"),
-		want: []string{`t.yaml:3: upstream.sslmode: "verify-ca" is not a supported sslmode (disable, require, verify-full)`},
+		want: []string{`t.yaml:3: upstream.sslmode: "verify-ca" is not a supported sslmode (disable, require, verify-full, follow)`},
 	},
 	{
 		name: "verify-full without root cert",
@@ -824,7 +824,7 @@ var errorCases = []struct {
 		),
 		want: []string{
 			`t.yaml:2: listen.address: "nowhere" is not host:port (e.g. 127.0.0.1:6432)`,
-			`t.yaml:5: upstream.sslmode: "prefer" is not a supported sslmode (disable, require, verify-full)`,
+			`t.yaml:5: upstream.sslmode: "prefer" is not a supported sslmode (disable, require, verify-full, follow)`,
 			`t.yaml:8: log.level: "loud" is not a supported log level (debug, info, warn, error)`,
 		},
 	},

@@ -118,7 +118,7 @@ func (d *decoder) upstream(n *yaml.Node, p string, u *Upstream) {
 	} else if msg := checkHostPort(u.Address, false); msg != "" {
 		d.errorf(join(p, "address"), "%s", msg)
 	}
-	if oneOf(d, join(p, "sslmode"), "sslmode", u.SSLMode, SSLDisable, SSLRequire, SSLVerifyFull) {
+	if oneOf(d, join(p, "sslmode"), "sslmode", u.SSLMode, SSLDisable, SSLRequire, SSLVerifyFull, SSLFollow) {
 		switch {
 		case u.SSLMode == SSLVerifyFull && u.RootCertFile == "":
 			d.errorf(join(p, "root_cert_file"), "is required with sslmode verify-full (the CA certificate that signed the server's, PEM)")

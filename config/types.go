@@ -68,6 +68,10 @@ const (
 	SSLDisable    SSLMode = "disable"
 	SSLRequire    SSLMode = "require"
 	SSLVerifyFull SSLMode = "verify-full"
+	// SSLFollow uses TLS upstream (without verifying, as require) exactly
+	// when the client used TLS to pgcloak, so that pg_hba.conf's hostssl
+	// and hostnossl rules see what the client did.
+	SSLFollow SSLMode = "follow"
 )
 
 // Upstream is the PostgreSQL server pgcloak proxies to.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgcloak/pgcloak/config"
 )
 
 // cancelKey is what a client's BackendKeyData holds: the upstream backend's
@@ -61,7 +62,7 @@ func (s *Server) forwardCancel(req *pgproto3.CancelRequest) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cancelTimeout)
 	defer cancel()
-	conn, err := s.dialUpstream(ctx)
+	conn, err := s.dialUpstream(ctx, false)
 	if err != nil {
 		sess.log.Warn().Err(err).Msg("forward cancel: dial upstream")
 		return
@@ -84,14 +85,15 @@ func (s *Server) forwardCancel(req *pgproto3.CancelRequest) {
 }
 
 // dialUpstream opens a connection to the upstream server and, when
-// upstream.sslmode asks for it, negotiates TLS on it.
-func (s *Server) dialUpstream(ctx context.Context) (net.Conn, error) {
+// upstream.sslmode asks for it, negotiates TLS on it. clientTLS says
+// whether the client uses TLS, which sslmode follow follows.
+func (s *Server) dialUpstream(ctx context.Context, clientTLS bool) (net.Conn, error) {
 	d := net.Dialer{Timeout: s.cfg.Upstream.ConnectTimeout, KeepAlive: 30 * time.Second}
 	conn, err := d.DialContext(ctx, "tcp", s.cfg.Upstream.Address)
 	if err != nil {
 		return nil, err
 	}
-	if s.upstreamTLS == nil {
+	if s.upstreamTLS == nil || s.cfg.Upstream.SSLMode == config.SSLFollow && !clientTLS {
 		return conn, nil
 	}
 	deadline := time.Now().Add(s.cfg.Upstream.ConnectTimeout)

@@ -138,7 +138,7 @@ func UpstreamTLSConfig(u config.Upstream) (*tls.Config, error) {
 		return nil, fmt.Errorf("upstream.address: %w", err)
 	}
 	switch u.SSLMode {
-	case config.SSLRequire:
+	case config.SSLRequire, config.SSLFollow:
 		// Like libpq's sslmode=require: encrypt, do not verify.
 		return &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}, nil
 	case config.SSLVerifyFull:

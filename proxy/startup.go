@@ -73,7 +73,7 @@ func (s *session) startup() (bool, error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.Upstream.ConnectTimeout)
 	defer cancel()
-	up, err := s.srv.dialUpstream(ctx)
+	up, err := s.srv.dialUpstream(ctx, s.clientTLS)
 	if err != nil {
 		return false, upstreamUnavailable(err)
 	}

@@ -281,6 +281,23 @@ func TestUpstreamTLS(t *testing.T) {
 			mustEqual(t, "upstream session uses TLS", ssl, true)
 		})
 	}
+	t.Run("follow", func(t *testing.T) {
+		_, certFile, keyFile, err := testenv.WriteTLSCerts(t.TempDir())
+		fatalIf(t, err, "certs")
+		p := startProxy(t, pg, func(c *Config) {
+			c.Upstream.SSLMode = config.SSLFollow
+			c.Listen.TLS = &config.ListenTLS{CertFile: certFile, KeyFile: keyFile}
+		})
+		for _, tc := range []struct {
+			sslmode string
+			want    bool
+		}{{"disable", false}, {"require", true}} {
+			conn := connect(t, p.superURL("postgres", "sslmode="+tc.sslmode, "channel_binding=disable"))
+			var ssl bool
+			fatalIf(t, conn.QueryRow(ctxT(t), `select ssl from pg_stat_ssl where pid = pg_backend_pid()`).Scan(&ssl), "pg_stat_ssl")
+			mustEqual(t, "client sslmode="+tc.sslmode+": upstream session uses TLS", ssl, tc.want)
+		}
+	})
 	t.Run("verify-full with the wrong CA fails", func(t *testing.T) {
 		otherCA, _, _, err := testenv.WriteTLSCerts(t.TempDir())
 		fatalIf(t, err, "certs")

@@ -65,8 +65,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "transparencyenv: at least one -instance is required")
 		os.Exit(2)
 	}
-	if m := config.SSLMode(*sslmode); m != config.SSLDisable && m != config.SSLRequire {
-		fmt.Fprintf(os.Stderr, "transparencyenv: -upstream-sslmode %q: want disable or require\n", *sslmode)
+	if m := config.SSLMode(*sslmode); m != config.SSLDisable && m != config.SSLRequire && m != config.SSLFollow {
+		fmt.Fprintf(os.Stderr, "transparencyenv: -upstream-sslmode %q: want disable, require or follow\n", *sslmode)
 		os.Exit(2)
 	}
 	level, err := zerolog.ParseLevel(*logLevel)
