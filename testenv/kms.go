@@ -88,7 +88,8 @@ const kmsMaxBody = 1 << 20
 // latency (SetLatency). A delayed call honours the client's cancellation
 // and Close. All methods are safe for concurrent use.
 type KMS struct {
-	// URL is the endpoint, "http://127.0.0.1:<port>".
+	// URL is the endpoint, "http://<listen address>": "http://127.0.0.1:<port>"
+	// for NewKMS.
 	URL string
 
 	srv       *http.Server
@@ -144,8 +145,15 @@ func kmsErrorf(errType, format string, args ...any) *KMSError {
 }
 
 // NewKMS starts an emulator on a free 127.0.0.1 port. Stop it with Close.
-func NewKMS() (*KMS, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+func NewKMS() (*KMS, error) { return NewKMSAt("127.0.0.1:0") }
+
+// NewKMSAt starts an emulator listening on addr (host:port; port 0 picks a
+// free port), for cmd/pgcloak-kms. The emulator authenticates nobody and
+// its keys live in memory only, so addr should be a loopback address, or
+// an address inside a private network such as a docker compose project's.
+// Stop it with Close.
+func NewKMSAt(addr string) (*KMS, error) {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("testenv: kms emulator: %w", err)
 	}
