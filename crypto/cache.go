@@ -473,7 +473,7 @@ func (c *KeyCache) loadActive(ctx context.Context, aid activeID, epoch uint64) (
 	if k == nil {
 		if cached, _, ok := c.lookup(w.ID); ok && cached != nil {
 			k = cached
-		} else if k, err = c.unwrap(ctx, w); err != nil {
+		} else if k, err = c.unwrapShared(ctx, w); err != nil {
 			if errors.Is(err, ErrKeyShredded) {
 				c.remember(shredded, ErrKeyShredded, epoch)
 			}
@@ -785,4 +785,25 @@ func (c *KeyCache) rotateSpent(ctx context.Context, id KeyID) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// unwrapShared unwraps w in the flight of its version, so that a Version
+// miss for the same key while the active one loads waits for this one
+// provider call instead of making its own.
+func (c *KeyCache) unwrapShared(ctx context.Context, w WrappedKey) (*DataKey, error) {
+	id := w.ID
+	return c.load(ctx, flightKey('v', id.Tenant, id.KeyClass, id.Purpose, id.Version), func(ctx context.Context, epoch uint64) (*DataKey, error) {
+		if k, err, ok := c.lookup(id); ok {
+			return k, err
+		}
+		k, err := c.unwrap(ctx, w)
+		if isVerdict(err) {
+			c.remember(id, err, epoch)
+			return nil, err
+		}
+		if err != nil {
+			return nil, err
+		}
+		return c.insert(k, epoch, false), nil
+	})
 }

@@ -445,3 +445,35 @@ func TestCacheClose(t *testing.T) {
 		t.Error("Active after Close: got nil error, want one")
 	}
 }
+
+// TestActiveAndVersionShareOneUnwrap: after the cache lost a key, a write
+// (Active) and a read (Version) of the same version that miss at once make
+// one provider call between them, not one each.
+func TestActiveAndVersionShareOneUnwrap(t *testing.T) {
+	ctx := context.Background()
+	c, _, p, _ := newTestCache(t, CacheOptions{TTL: time.Minute})
+	k, err := c.Active(ctx, "acme", "", PurposeData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := k.ID()
+	c.Purge("acme")
+	p.gate = make(chan struct{})
+	before := p.unwraps.Load()
+	errs := make(chan error, 2)
+	go func() { _, err := c.Active(ctx, "acme", "", PurposeData); errs <- err }()
+	go func() { _, err := c.Version(ctx, id); errs <- err }()
+	for p.unwraps.Load() == before {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond) // let the second lookup join or start its own call
+	close(p.gate)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := p.unwraps.Load() - before; got != 1 {
+		t.Errorf("unwraps: got %d, want 1", got)
+	}
+}
