@@ -31,10 +31,17 @@ type composeFile struct {
 type composeService struct {
 	Image       string            `yaml:"image"`
 	Build       any               `yaml:"build"`
+	Entrypoint  []string          `yaml:"entrypoint"`
+	Command     []string          `yaml:"command"`
 	Environment map[string]string `yaml:"environment"`
 	Volumes     []string          `yaml:"volumes"`
+	Tmpfs       []string          `yaml:"tmpfs"`
 	Ports       []string          `yaml:"ports"`
-	DependsOn   map[string]struct {
+	Restart     string            `yaml:"restart"`
+	Healthcheck *struct {
+		Test []string `yaml:"test"`
+	} `yaml:"healthcheck"`
+	DependsOn map[string]struct {
 		Condition string `yaml:"condition"`
 	} `yaml:"depends_on"`
 }
@@ -90,17 +97,61 @@ func readCompose(t *testing.T) composeFile {
 	return c
 }
 
-// pgcloakServices returns the names of the services built from the
-// Dockerfile, sorted.
+// pgcloakServices returns the names of the services that run the
+// Dockerfile's image as it is, `pgcloak serve`, sorted: the replicas.
 func pgcloakServices(c composeFile) []string {
 	var names []string
 	for name, s := range c.Services {
-		if s.Build != nil {
+		if s.Build != nil && s.Entrypoint == nil {
 			names = append(names, name)
 		}
 	}
 	slices.Sort(names)
 	return names
+}
+
+// kmsArgs is what the test reads from the kms service's pgcloak-kms
+// command line.
+type kmsArgs struct {
+	host, port string
+	alias      string            // --alias: the default KEK
+	tenantKeys map[string]string // --tenant-key TENANT=ALIAS
+}
+
+// parseKMSArgs reads pgcloak-kms's flags (see cmd/pgcloak-kms; its
+// TestComposeKMSCommand runs the real command with these arguments).
+func parseKMSArgs(t *testing.T, args []string) kmsArgs {
+	t.Helper()
+	a := kmsArgs{host: "127.0.0.1", port: "4599", alias: "alias/pgcloak", tenantKeys: map[string]string{}}
+	for i := 0; i < len(args); i++ {
+		flag, value, inline := strings.Cut(args[i], "=")
+		if !inline {
+			if i+1 >= len(args) {
+				t.Errorf("kms: flag %s has no value", flag)
+				break
+			}
+			i++
+			value = args[i]
+		}
+		switch flag {
+		case "--listen":
+			var err error
+			if a.host, a.port, err = net.SplitHostPort(value); err != nil {
+				t.Errorf("kms: --listen %q: %v", value, err)
+			}
+		case "--alias":
+			a.alias = value
+		case "--tenant-key":
+			tenant, alias, ok := strings.Cut(value, "=")
+			if !ok {
+				alias = "alias/" + tenant
+			}
+			a.tenantKeys[tenant] = alias
+		default:
+			t.Errorf("kms: unknown pgcloak-kms flag %q", flag)
+		}
+	}
+	return a
 }
 
 // TestCompose checks docker-compose.yml without a Docker engine: the
@@ -114,8 +165,36 @@ func TestCompose(t *testing.T) {
 		t.Errorf("service postgres: got image %q, want postgres:15", pg.Image)
 	}
 	kms, ok := c.Services["kms"]
-	if !ok || !strings.HasPrefix(kms.Image, "nsmithuk/local-kms") {
-		t.Errorf("service kms: got image %q, want nsmithuk/local-kms", kms.Image)
+	if !ok || kms.Build == nil || kms.Image != "" {
+		t.Errorf("service kms: got image %q, build %v; want it built from the Dockerfile", kms.Image, kms.Build)
+	}
+	if want := "/usr/local/bin/pgcloak-kms"; len(kms.Entrypoint) == 0 || kms.Entrypoint[0] != want {
+		t.Errorf("service kms: got entrypoint %q, want %s (where the Dockerfile installs it)", kms.Entrypoint, want)
+	}
+	emu := parseKMSArgs(t, append(slices.Clone(kms.Entrypoint[min(1, len(kms.Entrypoint)):]), kms.Command...))
+	if emu.host != "0.0.0.0" {
+		t.Errorf("kms: --listen host %q, want 0.0.0.0 (reachable from the replicas in the compose network)", emu.host)
+	}
+	if len(kms.Ports) > 0 {
+		t.Errorf("kms: publishes %v; the emulator authenticates nobody, publish nothing", kms.Ports)
+	}
+	if kms.Healthcheck == nil || len(kms.Healthcheck.Test) == 0 || !strings.Contains(strings.Join(kms.Healthcheck.Test, " "), "/"+emu.port) {
+		t.Errorf("kms: want a healthcheck of port %s, so that replicas start once it serves", emu.port)
+	}
+	// The emulator keeps its keys in memory: PostgreSQL's wrapped data keys
+	// must not outlive them, or restarts leave data no KEK can open.
+	if !slices.Contains(pg.Tmpfs, "/var/lib/postgresql/data") {
+		t.Errorf("postgres: got tmpfs %v, want /var/lib/postgresql/data (lost together with the emulator's keys)", pg.Tmpfs)
+	}
+	for name, s := range map[string]composeService{"postgres": pg, "kms": kms} {
+		if s.Restart != "" && s.Restart != "no" {
+			t.Errorf("%s: restart %q; want none, so that one never restarts without the other", name, s.Restart)
+		}
+		for _, m := range s.mounts(t) {
+			if !strings.HasPrefix(m.source, ".") && !strings.HasPrefix(m.source, "/") {
+				t.Errorf("%s: named volume %q outlives the emulator's keys", name, m.source)
+			}
+		}
 	}
 	replicas := pgcloakServices(c)
 	if len(replicas) < 2 {
@@ -161,11 +240,6 @@ func TestCompose(t *testing.T) {
 		}
 	})
 
-	seedFile, ok := kms.mountOf(t, kms.Environment["KMS_SEED_PATH"])
-	if !ok {
-		t.Errorf("kms: nothing mounted at KMS_SEED_PATH %q", kms.Environment["KMS_SEED_PATH"])
-	}
-	seed := readSeed(t, seedFile)
 	initSQL, ok := pg.mountOf(t, "/docker-entrypoint-initdb.d/10-pgcloak.sql")
 	if !ok {
 		t.Fatalf("postgres: no init SQL mounted under /docker-entrypoint-initdb.d")
@@ -182,8 +256,8 @@ func TestCompose(t *testing.T) {
 			if dep, ok := s.DependsOn["postgres"]; !ok || dep.Condition != "service_healthy" {
 				t.Errorf("depends_on postgres: got %+v, want condition service_healthy", dep)
 			}
-			if _, ok := s.DependsOn["kms"]; !ok {
-				t.Errorf("depends_on: got %v, want kms among them", s.DependsOn)
+			if dep, ok := s.DependsOn["kms"]; !ok || dep.Condition != "service_healthy" {
+				t.Errorf("depends_on kms: got %+v, want condition service_healthy", dep)
 			}
 			file, ok := s.mountOf(t, "/etc/pgcloak/pgcloak.yaml")
 			if !ok {
@@ -199,12 +273,35 @@ func TestCompose(t *testing.T) {
 			if cfg.Keys.Provider != config.ProviderAWS {
 				t.Errorf("keys.provider: got %q, want aws (the KMS emulator)", cfg.Keys.Provider)
 			}
-			wantHostPort(t, "keys.aws.endpoint", strings.TrimPrefix(cfg.Keys.AWS.Endpoint, "http://"), "kms", kms.Environment["PORT"])
-			if got, want := cfg.Keys.AWS.Region, kms.Environment["KMS_REGION"]; got != want {
-				t.Errorf("keys.aws.region: got %q, want the emulator's KMS_REGION %q", got, want)
+			endpoint, ok := strings.CutPrefix(cfg.Keys.AWS.Endpoint, "http://")
+			if !ok {
+				t.Errorf("keys.aws.endpoint: got %q, want http:// (the emulator speaks plain HTTP)", cfg.Keys.AWS.Endpoint)
 			}
-			if !slices.Contains(seed.aliases, cfg.Keys.AWS.KeyID) {
-				t.Errorf("keys.aws.key_id: got %q, want one of the seeded aliases %v", cfg.Keys.AWS.KeyID, seed.aliases)
+			wantHostPort(t, "keys.aws.endpoint", endpoint, "kms", emu.port)
+			if got, want := cfg.Keys.AWS.Region, testenv.KMSRegion; got != want {
+				t.Errorf("keys.aws.region: got %q, want the emulator's %q", got, want)
+			}
+			if got := s.Environment["AWS_REGION"]; got != cfg.Keys.AWS.Region {
+				t.Errorf("environment AWS_REGION: got %q, want keys.aws.region %q", got, cfg.Keys.AWS.Region)
+			}
+			for _, name := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} {
+				if s.Environment[name] == "" {
+					t.Errorf("environment: %s is not set; the SDK sends nothing unsigned", name)
+				}
+			}
+			if cfg.Keys.AWS.KeyID != emu.alias {
+				t.Errorf("keys.aws.key_id: got %q, want the emulator's default alias %q", cfg.Keys.AWS.KeyID, emu.alias)
+			}
+			if len(cfg.Keys.Tenants) == 0 {
+				t.Error("keys.tenants: none; the compose setup should show a tenant with its own KEK")
+			}
+			for tenant, tk := range cfg.Keys.Tenants {
+				if got := emu.tenantKeys[tenant]; got != tk.KeyID {
+					t.Errorf("keys.tenants.%s.key_id: got %q, but pgcloak-kms creates %q for it", tenant, tk.KeyID, got)
+				}
+				if _, known := cfg.Tenancy.Login.Roles[tenantRole(cfg, tenant)]; !known {
+					t.Errorf("keys.tenants.%s: no login role maps to that tenant", tenant)
+				}
 			}
 			if got, want := cfg.Upstream.Password.Reveal(), roleSQLPassword(schema, cfg.Upstream.User); got != want || got == "" {
 				t.Errorf("upstream.password does not match the password init SQL gives role %q", cfg.Upstream.User)
@@ -295,62 +392,15 @@ func roleSQLPassword(schema, role string) string {
 	return m[1]
 }
 
-// kmsSeed is what the test reads from local-kms's seed file.
-type kmsSeed struct {
-	aliases []string
-}
-
-func readSeed(t *testing.T, file string) kmsSeed {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join(repoRoot, file))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var seed struct {
-		Keys struct {
-			Symmetric struct {
-				Aes []struct {
-					Metadata struct {
-						KeyID string `yaml:"KeyId"`
-					} `yaml:"Metadata"`
-					BackingKeys []string `yaml:"BackingKeys"`
-				} `yaml:"Aes"`
-			} `yaml:"Symmetric"`
-		} `yaml:"Keys"`
-		Aliases []struct {
-			AliasName   string `yaml:"AliasName"`
-			TargetKeyID string `yaml:"TargetKeyId"`
-		} `yaml:"Aliases"`
-	}
-	if err := yaml.Unmarshal(data, &seed); err != nil {
-		t.Fatalf("%s: %v", file, err)
-	}
-	uuid := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
-	hex256 := regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
-	keys := make(map[string]bool)
-	for _, k := range seed.Keys.Symmetric.Aes {
-		if !uuid.MatchString(k.Metadata.KeyID) {
-			t.Errorf("%s: key id %q is not a UUID", file, k.Metadata.KeyID)
+// tenantRole returns a login role that tenancy.login.roles maps to
+// tenant, or "".
+func tenantRole(cfg *config.Config, tenant string) string {
+	for role, t := range cfg.Tenancy.Login.Roles {
+		if t == tenant {
+			return role
 		}
-		if len(k.BackingKeys) == 0 {
-			t.Errorf("%s: key %s has no backing key", file, k.Metadata.KeyID)
-		}
-		for _, b := range k.BackingKeys {
-			if !hex256.MatchString(b) {
-				t.Errorf("%s: key %s: a backing key is not 64 hex digits (256 bits)", file, k.Metadata.KeyID)
-			}
-		}
-		keys[k.Metadata.KeyID] = true
 	}
-	var s kmsSeed
-	for _, a := range seed.Aliases {
-		if !strings.HasPrefix(a.AliasName, "alias/") || !keys[a.TargetKeyID] {
-			t.Errorf("%s: alias %q -> %q: want alias/... naming a seeded key", file, a.AliasName, a.TargetKeyID)
-			continue
-		}
-		s.aliases = append(s.aliases, a.AliasName)
-	}
-	return s
+	return ""
 }
 
 // TestDockerfileGoVersion checks that the image builds with a Go at least
@@ -392,6 +442,64 @@ func TestDockerfileGoVersion(t *testing.T) {
 	}
 	if !regexp.MustCompile(`(?m)^ENV CGO_ENABLED=1\s*$`).Match(docker) {
 		t.Error("Dockerfile: the build stage must set CGO_ENABLED=1 (pg_query is C)")
+	}
+}
+
+// TestDockerfileImage checks the image's contents without a Docker
+// engine: the build stage builds both commands, the runtime stage installs
+// them where docker-compose.yml runs them and runs as an unprivileged user.
+func TestDockerfileImage(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(repoRoot, "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Join continued lines, drop comments: one instruction per line.
+	text := regexp.MustCompile(`\\\n\s*`).ReplaceAllString(string(data), " ")
+	var stages [][]string
+	for _, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case line == "" || strings.HasPrefix(line, "#"):
+		case strings.HasPrefix(strings.ToUpper(line), "FROM "):
+			stages = append(stages, []string{line})
+		case len(stages) > 0:
+			stages[len(stages)-1] = append(stages[len(stages)-1], line)
+		}
+	}
+	if len(stages) < 2 {
+		t.Fatalf("Dockerfile: got %d stages, want a build stage and a runtime stage", len(stages))
+	}
+	build, runtime := strings.Join(stages[0], "\n"), stages[len(stages)-1]
+
+	for _, cmd := range []string{"pgcloak", "pgcloak-kms"} {
+		if _, err := os.Stat(filepath.Join(repoRoot, "cmd", cmd)); err != nil {
+			t.Errorf("cmd/%s: %v", cmd, err)
+		}
+		if !regexp.MustCompile(`go build [^\n&]*-o /out/` + regexp.QuoteMeta(cmd) + ` \./cmd/` + regexp.QuoteMeta(cmd) + `(\s|$)`).MatchString(build) {
+			t.Errorf("Dockerfile: the build stage does not build ./cmd/%s into /out/%s", cmd, cmd)
+		}
+		installed := false
+		for _, line := range runtime {
+			f := strings.Fields(line)
+			if len(f) >= 3 && strings.EqualFold(f[0], "COPY") && strings.HasPrefix(f[1], "--from=") &&
+				slices.Contains(f[2:len(f)-1], "/out/"+cmd) && (f[len(f)-1] == "/usr/local/bin/" || f[len(f)-1] == "/usr/local/bin/"+cmd) {
+				installed = true
+			}
+		}
+		if !installed {
+			t.Errorf("Dockerfile: the runtime stage does not copy /out/%s to /usr/local/bin", cmd)
+		}
+	}
+
+	var user string
+	for _, line := range runtime {
+		if f := strings.Fields(line); len(f) == 2 && strings.EqualFold(f[0], "USER") {
+			user = f[1]
+		}
+	}
+	name, _, _ := strings.Cut(user, ":")
+	if name == "" || name == "root" || name == "0" {
+		t.Errorf("Dockerfile: the runtime stage runs as %q; want a USER other than root", user)
 	}
 }
 

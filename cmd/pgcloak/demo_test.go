@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"net"
 	"os"
 	"regexp"
 	"strings"
@@ -9,25 +11,44 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// TestDemo runs the demo until it prints its psql connection strings,
-// checks what it showed, connects as tenant acme with the printed string,
-// stops the demo, and checks that its temporary directory is gone.
-func TestDemo(t *testing.T) {
+// demoProcess is a `pgcloak demo` run in-process by startDemo.
+type demoProcess struct {
+	stdout, stderr syncBuffer
+	exited         chan int
+	cancel         context.CancelFunc
+	out            string // stdout up to the end of "Try it yourself"
+	dir            string // its temporary directory
+	acmeURL        string // the printed psql string of tenant acme
+}
+
+// startDemo runs pgcloak with args until the demo has printed its psql
+// connection strings.
+func startDemo(t *testing.T, args ...string) *demoProcess {
+	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	var stdout, stderr syncBuffer
-	exited := make(chan int, 1)
-	go func() { exited <- run(ctx, []string{"demo"}, &stdout, &stderr) }()
-	defer func() { t.Logf("demo stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String()) }()
+	d := &demoProcess{exited: make(chan int, 1), cancel: cancel}
+	go func() { d.exited <- run(ctx, args, &d.stdout, &d.stderr) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case code := <-d.exited:
+			d.exited <- code
+		case <-time.After(30 * time.Second):
+			t.Error("demo did not stop within 30s")
+		}
+		t.Logf("demo stdout:\n%s\nstderr:\n%s", d.stdout.String(), d.stderr.String())
+	})
 
 	acmeURL := regexp.MustCompile(`psql "(postgres://acme_app:acme@127\.0\.0\.1:\d+/demo\?sslmode=disable)"`)
 	removed := regexp.MustCompile(`(/\S*pgcloak-demo-\d+) is removed`)
 	deadline := time.Now().Add(2 * time.Minute)
-	for !removed.MatchString(stdout.String()) {
+	for !removed.MatchString(d.stdout.String()) {
 		select {
-		case code := <-exited:
+		case code := <-d.exited:
+			d.exited <- code
 			t.Fatalf("demo exited with %d before printing its connection strings", code)
 		case <-time.After(50 * time.Millisecond):
 		}
@@ -35,17 +56,45 @@ func TestDemo(t *testing.T) {
 			t.Fatal("demo did not print its connection strings within 2 minutes")
 		}
 	}
-	out := stdout.String()
-	m := acmeURL.FindStringSubmatch(out)
+	d.out = d.stdout.String()
+	m := acmeURL.FindStringSubmatch(d.out)
 	if m == nil {
 		t.Fatal("stdout: no psql connection string for tenant acme")
 	}
-	url := m[1]
-	dir := removed.FindStringSubmatch(out)[1]
-	if !strings.Contains(out, `psql "postgres://globex_app:globex@127.0.0.1:`) {
+	d.acmeURL = m[1]
+	d.dir = removed.FindStringSubmatch(d.out)[1]
+	if !strings.Contains(d.out, `psql "postgres://globex_app:globex@127.0.0.1:`) {
 		t.Error("stdout: no psql connection string for tenant globex")
 	}
+	return d
+}
 
+// stop stops the demo as Ctrl-C does and checks that it exits 0, logs no
+// error and removes its temporary directory.
+func (d *demoProcess) stop(t *testing.T) {
+	t.Helper()
+	d.cancel()
+	select {
+	case code := <-d.exited:
+		d.exited <- code
+		if code != 0 {
+			t.Errorf("exit code: got %d, want 0", code)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("demo did not stop within 30s")
+	}
+	if _, err := os.Stat(d.dir); !os.IsNotExist(err) {
+		t.Errorf("temporary directory %s: got %v, want it removed", d.dir, err)
+	}
+	if strings.Contains(d.stderr.String(), "ERR") {
+		t.Errorf("stderr: want no errors logged")
+	}
+}
+
+// checkDemoShows checks what every variant of the demo shows: each tenant
+// its own plaintext, ciphertext in storage, search, refusals, RLS off.
+func checkDemoShows(t *testing.T, out string) {
+	t.Helper()
 	acmePlain := []string{"Alice Jones", "123-45-6789", "987-65-4321", "Alice.Jones@Example.com", "asthma", "hypertension", "1980-01-02"}
 	globexPlain := []string{"Carol White", "222-33-4444", "carol@globex.test", "migraine", "diabetes type 2", "1968-11-12"}
 	allSSNs := []string{"123-45-6789", "987-65-4321", "222-33-4444"}
@@ -68,13 +117,37 @@ func TestDemo(t *testing.T) {
 	rls := demoSection(t, out, "If row-level security fails")
 	containsAll(t, "RLS off", rls, "Carol White", "ERROR 39000: pgcloak: cannot decrypt", "(restored)")
 	containsNone(t, "RLS off", rls, "222-33-4444", "migraine", "diabetes")
+}
 
-	// The printed string works through the proxy, with pgx's default
-	// (extended) protocol, and shows acme its own rows only.
+// demoKEKRows returns the rows of the demo's table of data keys as
+// tenant -> the kek_id of each of its keys.
+func demoKEKRows(t *testing.T, out string) map[string][]string {
+	t.Helper()
+	section := demoSection(t, out, "Which key-encryption key protects each tenant")
+	rows := regexp.MustCompile(`(?m)^  (acme|globex) +\S+ +(data|index) +\d+ +(\S+)$`).FindAllStringSubmatch(section, -1)
+	keks := make(map[string][]string)
+	for _, r := range rows {
+		keks[r[1]] = append(keks[r[1]], r[3])
+	}
+	// Each tenant has a data and an index key of the default class and a
+	// data key of class phi.
+	for _, tenant := range []string{"acme", "globex"} {
+		if len(keks[tenant]) != 3 {
+			t.Errorf("data keys of %s: got %d rows, want 3:\n%s", tenant, len(keks[tenant]), section)
+		}
+	}
+	return keks
+}
+
+// wantAcmeRows reads through the proxy with the printed string, with
+// pgx's default (extended) protocol, and wants acme's own rows only.
+func wantAcmeRows(ctx context.Context, t *testing.T, url string) {
+	t.Helper()
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		t.Fatalf("connect with the printed string: %v", err)
 	}
+	defer conn.Close(context.Background())
 	rows, err := conn.Query(ctx, "select name, ssn, diagnosis from patients order by id")
 	if err != nil {
 		t.Fatalf("select through the proxy as acme: %v", err)
@@ -94,22 +167,127 @@ func TestDemo(t *testing.T) {
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("acme's rows through the printed string: got %q, want %q", got, want)
 	}
-	conn.Close(context.Background())
+}
 
-	cancel()
-	select {
-	case code := <-exited:
-		if code != 0 {
-			t.Errorf("exit code: got %d, want 0", code)
+// TestDemo runs the demo until it prints its psql connection strings,
+// checks what it showed, connects as tenant acme with the printed string,
+// stops the demo, and checks that its temporary directory is gone.
+func TestDemo(t *testing.T) {
+	d := startDemo(t, "demo")
+	checkDemoShows(t, d.out)
+
+	// One local master key wraps every tenant's keys.
+	keks := demoKEKRows(t, d.out)
+	local := regexp.MustCompile(`^local:[0-9a-f]{16}$`)
+	for tenant, ids := range keks {
+		for _, id := range ids {
+			if !local.MatchString(id) || id != keks["acme"][0] {
+				t.Errorf("kek_id of a data key of %s: got %q, want the one local master key", tenant, id)
+			}
 		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("demo did not stop within 30s")
 	}
-	if _, err := os.Stat(dir); !os.IsNotExist(err) {
-		t.Errorf("temporary directory %s: got %v, want it removed", dir, err)
+	containsAll(t, "KEK summary", demoSection(t, d.out, "Which key-encryption key protects each tenant"),
+		"acme: 3 data keys, wrapped by local:", "globex: 3 data keys, wrapped by local:", "(the local master key, master.key, for every tenant)")
+	containsNone(t, "stdout", d.out, "KMS", "alias/")
+
+	wantAcmeRows(t.Context(), t, d.acmeURL)
+	d.stop(t)
+}
+
+// TestDemoKMS runs `pgcloak demo --kms`: the KEKs live in the in-process
+// KMS emulator, acme's data keys under its own key and globex's under the
+// default one, as the key store records and the demo says. The printed
+// `keys shred` hint then works against the running demo: acme's KMS key is
+// scheduled for deletion and acme's values become unreadable while
+// globex's stay readable. The demo restores the AWS environment it set.
+func TestDemoKMS(t *testing.T) {
+	setFakeAWSCredentials(t)
+	d := startDemo(t, "demo", "--kms")
+	checkDemoShows(t, d.out)
+	ctx := t.Context()
+
+	arns := make(map[string]string)
+	for _, m := range regexp.MustCompile(`(?m)^  (alias/\w+) = (arn:aws:kms:\S+:key/\S+)  \(`).FindAllStringSubmatch(d.out, -1) {
+		arns[m[1]] = m[2]
 	}
-	if strings.Contains(stderr.String(), "ERR") {
-		t.Errorf("stderr: want no errors logged")
+	if len(arns) != 2 || arns["alias/pgcloak"] == "" || arns["alias/acme"] == "" || arns["alias/pgcloak"] == arns["alias/acme"] {
+		t.Fatalf("stdout: got KEKs %v, want two keys, alias/pgcloak and alias/acme", arns)
+	}
+	keks := demoKEKRows(t, d.out)
+	for tenant, want := range map[string]string{"acme": arns["alias/acme"], "globex": arns["alias/pgcloak"]} {
+		for _, id := range keks[tenant] {
+			if id != want {
+				t.Errorf("kek_id of a data key of %s: got %q, want %s", tenant, id, want)
+			}
+		}
+	}
+	containsAll(t, "KEK summary", demoSection(t, d.out, "Which key-encryption key protects each tenant"),
+		"acme: 3 data keys, wrapped by alias/acme (acme's own KEK: bring your own key)",
+		"globex: 3 data keys, wrapped by alias/pgcloak (the default KEK",
+		"crypto-shredding")
+	containsNone(t, "stdout", d.out, "master.key", "local:")
+
+	wantAcmeRows(ctx, t, d.acmeURL)
+
+	// The environment the demo prints is the one it set for itself.
+	tryIt := demoSection(t, d.out, "Try it yourself")
+	containsAll(t, "try it yourself", tryIt,
+		"export AWS_ACCESS_KEY_ID="+demoAWSAccessKeyID+" AWS_SECRET_ACCESS_KEY="+demoAWSSecretAccessKey,
+		"--tenant acme --yes")
+	if got := os.Getenv("AWS_ACCESS_KEY_ID"); got != demoAWSAccessKeyID {
+		t.Errorf("AWS_ACCESS_KEY_ID while the demo runs: got %q, want %q", got, demoAWSAccessKeyID)
+	}
+	m := regexp.MustCompile(`(?m)^  go run \./cmd/pgcloak (keys shred -c \S+ --tenant acme --yes)$`).FindStringSubmatch(tryIt)
+	if m == nil {
+		t.Fatalf("try it yourself: no keys shred command:\n%s", tryIt)
+	}
+	var shredOut, shredErr syncBuffer
+	if code := run(ctx, strings.Fields(m[1]), &shredOut, &shredErr); code != 0 {
+		t.Fatalf("%s: exit code %d; stderr:\n%s", m[1], code, shredErr.String())
+	}
+	containsAll(t, "keys shred", shredOut.String(), "Shredded tenant acme", "Scheduled the deletion of the tenant's KMS key "+arns["alias/acme"])
+
+	// The proxy purges acme's keys on the shred's notification.
+	conn, err := pgx.Connect(ctx, d.acmeURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var pgErr *pgconn.PgError
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		var ssn string
+		err := conn.QueryRow(ctx, "select ssn from patients where id = 1").Scan(&ssn)
+		if errors.As(err, &pgErr) && pgErr.Code == "39000" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("acme's ssn after the shred: got %q, %v; want SQLSTATE 39000", ssn, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	globexURL := strings.Replace(d.acmeURL, "acme_app:acme@", "globex_app:globex@", 1)
+	globex, err := pgx.Connect(ctx, globexURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer globex.Close(context.Background())
+	var name, ssn string
+	if err := globex.QueryRow(ctx, "select name, ssn from patients where ssn = '222-33-4444'").Scan(&name, &ssn); err != nil || name != "Dan Brown" {
+		t.Errorf("globex after acme's shred: got %q %q, %v; want Dan Brown", name, ssn, err)
+	}
+
+	d.stop(t)
+	endpoint := regexp.MustCompile(`The KMS emulator is at http://(\S+)\.`).FindStringSubmatch(d.out)
+	if endpoint == nil {
+		t.Fatal("stdout: no KMS emulator endpoint")
+	}
+	if c, err := net.DialTimeout("tcp", endpoint[1], time.Second); err == nil {
+		c.Close()
+		t.Errorf("the KMS emulator at %s still accepts connections after the demo stopped", endpoint[1])
+	}
+	if got := os.Getenv("AWS_ACCESS_KEY_ID"); got != "AKIDPGCLOAKCMDTEST" {
+		t.Errorf("AWS_ACCESS_KEY_ID after the demo: got %q, want the value it had before", got)
 	}
 }
 
