@@ -183,7 +183,7 @@ func (s *session) handleBind(m *pgproto3.Bind) error {
 	}
 	// The formats are copied: pgproto3 reuses the message's buffers.
 	p := &pending{kind: pendBind, name: m.DestinationPortal, stmt: m.PreparedStatement,
-		resultFormats: append([]int16(nil), m.ResultFormatCodes...)}
+		resultFormats: append([]int16(nil), m.ResultFormatCodes...), gen: s.stmtGen[m.PreparedStatement]}
 	if up := s.binaryResults(m.PreparedStatement, m.ResultFormatCodes); up != nil {
 		if out == m {
 			b := *m

@@ -32,6 +32,7 @@ type fieldPlan struct {
 // portal is what the upstream goroutine knows of a bound portal.
 type portal struct {
 	stmt      string
+	gen       uint64    // the statement's generation when it was bound
 	formats   []int16   // the client's result formats
 	upFormats []int16   // what upstream was asked for; nil: the same
 	shape     *rowShape // from Describe 'P', when the client asked
@@ -207,7 +208,7 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 			return false, nil
 		}
 		if p := s.pending.pop(); p != nil {
-			rs.portals[p.name] = &portal{stmt: p.stmt, formats: p.resultFormats, upFormats: p.upFormats}
+			rs.portals[p.name] = &portal{stmt: p.stmt, gen: p.gen, formats: p.resultFormats, upFormats: p.upFormats}
 		}
 	case *pgproto3.ParameterDescription:
 		// Part of a statement Describe; its RowDescription or NoData
@@ -235,6 +236,12 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 					}
 				}
 				p.shape = shape
+				if p.gen != 0 {
+					// libpq's PQexecPrepared describes the portal, never
+					// the statement: post the statement's shape from it.
+					rs.statements[p.stmt] = shape
+					s.shapes.put(p.stmt, p.gen, shape)
+				}
 			}
 		} else {
 			rs.current = shape // simple query, or FETCH inside one

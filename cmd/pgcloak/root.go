@@ -9,8 +9,7 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// Exit codes. A failed command exits 1; a usage mistake or a command that is
-// not implemented yet exits 2.
+// Exit codes. A failed command exits 1; a usage mistake exits 2.
 const (
 	exitOK       = 0
 	exitFailure  = 1
@@ -77,8 +76,8 @@ their driver and only point the connection string at pgcloak.
 
 Sessions are mapped to tenants by their login role; the columns declared in
 the configuration are stored as per-tenant AES-256-GCM ciphertext and
-decrypted for the session's own tenant only. Try it with "pgcloak demo".
-Commands that are not implemented yet are listed below and say so when run.`,
+decrypted for the session's own tenant only. Try it with "pgcloak demo"
+(or "pgcloak demo --kms" for the AWS KMS provider against an emulator).`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 	}

@@ -23,10 +23,15 @@ async function main() {
   out.row.birth_date = r.rows[0].birth_date.toISOString();
   out.fields = r.fields.map((f) => [f.name, f.dataTypeID]);
 
-  const q = { name: 'by-email', text: 'select name from patients where email = $1' };
-  const p1 = await c.query({ ...q, values: ['nina@example.ORG'] });
-  const p2 = await c.query({ ...q, values: ['NINA@EXAMPLE.ORG'] });
-  out.byEmail = [p1.rows.length, p2.rows.length];
+  // A named statement, executed three times: the first execution's
+  // Describe teaches pgcloak the row shape, later ones fetch the encrypted
+  // columns in binary upstream.
+  const q = { name: 'by-email', text: 'select name, ssn, birth_date from patients where email = $1' };
+  out.byEmail = [];
+  for (const email of ['nina@example.ORG', 'NINA@EXAMPLE.ORG', 'Nina@Example.org']) {
+    const res = await c.query({ ...q, values: [email] });
+    out.byEmail.push(res.rows.map((r) => r.ssn + ' ' + r.birth_date.toISOString()).join());
+  }
 
   const any = await c.query('select count(*)::int as n from patients where ssn = any($1)', [['555-12-3456', 'nobody']]);
   out.any = any.rows[0].n;
