@@ -112,14 +112,16 @@ func (k Keyring) BlindIndex(ctx context.Context, dst, value []byte, col Column, 
 }
 
 // Opener is Keyring.Open for one goroutine that opens many values, such as
-// the rows of a result: it remembers the last data key it used and skips
-// the cache lookup while the cache has removed nothing since (no expiry,
-// eviction, purge or shred). It is not safe for concurrent use.
+// the rows of a result: it remembers the last few data keys it used (a row
+// often holds columns of several key classes) and skips the cache lookup
+// while the cache has removed nothing since (no expiry, eviction, purge or
+// shred). It is not safe for concurrent use.
 type Opener struct {
 	ring     Keyring
-	id       KeyID
-	key      *DataKey
 	removals uint64
+	keys     [4]*DataKey
+	next     int    // the slot the next miss fills
+	aad      []byte // reused associated-data buffer
 }
 
 // Opener returns an Opener over the keyring.
@@ -136,8 +138,17 @@ func (o *Opener) Open(ctx context.Context, dst, value []byte, col Column) ([]byt
 		return nil, ErrDecrypt
 	}
 	id := KeyID{k.tenant, col.KeyClass, PurposeData, version}
-	key := o.key
-	if key == nil || id != o.id || k.cache.removals.Load() != o.removals {
+	if removals := k.cache.removals.Load(); removals != o.removals {
+		o.keys, o.removals = [4]*DataKey{}, removals
+	}
+	var key *DataKey
+	for _, c := range o.keys {
+		if c != nil && c.id == id {
+			key = c
+			break
+		}
+	}
+	if key == nil {
 		removals := k.cache.removals.Load() // before the lookup: a removal after it invalidates
 		key, err = k.cache.Version(ctx, id)
 		if isVerdict(err) {
@@ -146,7 +157,11 @@ func (o *Opener) Open(ctx context.Context, dst, value []byte, col Column) ([]byt
 		if err != nil {
 			return nil, fmt.Errorf("crypto: open %s.%s: %w", col.Table, col.Name, err)
 		}
-		o.id, o.key, o.removals = id, key, removals
+		if removals == o.removals {
+			o.keys[o.next] = key
+			o.next = (o.next + 1) % len(o.keys)
+		}
 	}
-	return key.Envelope().Open(dst, value, k.valueID(col))
+	o.aad = appendAAD(o.aad[:0], version, k.valueID(col))
+	return key.Envelope().openAAD(dst, value, o.aad)
 }
