@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -80,7 +81,10 @@ func (s *session) startup() (bool, error) {
 	s.upstream = up
 	up.SetDeadline(time.Now().Add(startupTimeout))
 	s.upstreamRd = &flushingReader{r: up}
-	s.upstreamIn = pgproto3.NewFrontend(s.upstreamRd, nil)
+	// Results can be large: read upstream in bigger chunks than
+	// pgproto3's own 8 KiB, so a long result costs fewer reads (and fewer
+	// flushes to the client, which happen before each read).
+	s.upstreamIn = pgproto3.NewFrontend(bufio.NewReaderSize(s.upstreamRd, upstreamReadBuffer), nil)
 	s.upstreamIn.SetMaxBodyLen(s.srv.cfg.Listen.MaxMessageSize)
 	s.upstreamOut = newOutbox(up)
 	if err := s.upstreamOut.send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: params}); err != nil {

@@ -130,3 +130,6 @@ func (fr *flushingReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// upstreamReadBuffer is the size of a session's upstream read buffer.
+const upstreamReadBuffer = 32 << 10
