@@ -40,6 +40,16 @@ const (
 	maxMessageSize = 1 << 30 // 1 GiB
 )
 
+// Default and bound of keys.rotate_after_encryptions.
+const (
+	// DefaultRotateAfterEncryptions is 2^30, as crypto's
+	// DefaultRotateAfterSeals (config imports no crypto).
+	DefaultRotateAfterEncryptions = 1 << 30
+	// MaxRotateAfterEncryptions is 2^32: NIST SP 800-38D allows about that
+	// many encryptions under one AES-GCM key with random 96-bit nonces.
+	MaxRotateAfterEncryptions = 1 << 32
+)
+
 // Load reads and validates the configuration file at path. Problems with
 // the content come back as a *ValidationError; a file that cannot be read,
 // as the error from os.ReadFile.
@@ -101,6 +111,8 @@ func defaults() *Config {
 			Provider:        ProviderLocal,
 			CacheTTL:        DefaultCacheTTL,
 			CacheMaxEntries: DefaultCacheMaxEntries,
+
+			RotateAfterEncryptions: DefaultRotateAfterEncryptions,
 		},
 		Encrypt: Encrypt{OnDecryptError: DecryptErrorFail},
 		Audit:   Audit{Output: DefaultAuditOutput},

@@ -92,6 +92,8 @@ func TestLoadSpecExample(t *testing.T) {
 			},
 			CacheTTL:        60 * time.Second,
 			CacheMaxEntries: 10000,
+
+			RotateAfterEncryptions: 1 << 30,
 		},
 		Encrypt: Encrypt{
 			OnDecryptError: DecryptErrorFail,
@@ -155,6 +157,8 @@ func TestDefaults(t *testing.T) {
 			Local:           LocalKeys{MasterKeyFile: "m.key"},
 			CacheTTL:        60 * time.Second,
 			CacheMaxEntries: 10000,
+
+			RotateAfterEncryptions: 1 << 30,
 		},
 		Encrypt: Encrypt{OnDecryptError: DecryptErrorFail},
 		Audit:   Audit{Output: "stderr"},
@@ -184,6 +188,52 @@ func TestParseValues(t *testing.T) {
 		env   map[string]string
 		check func(t *testing.T, c *Config)
 	}{
+		{
+			name: "rotate_after_encryptions default",
+			yaml: withMinimal(),
+			check: func(t *testing.T, c *Config) {
+				if got, want := c.Keys.RotateAfterEncryptions, uint64(1<<30); got != want {
+					t.Errorf("got rotate_after_encryptions %d, want %d", got, want)
+				}
+			},
+		},
+		{
+			name: "rotate_after_encryptions set",
+			yaml: withMinimal("  rotate_after_encryptions: 1_000_000"),
+			check: func(t *testing.T, c *Config) {
+				if got, want := c.Keys.RotateAfterEncryptions, uint64(1000000); got != want {
+					t.Errorf("got rotate_after_encryptions %d, want %d", got, want)
+				}
+			},
+		},
+		{
+			name: "rotate_after_encryptions bounds",
+			yaml: withMinimal("  rotate_after_encryptions: 4294967296"),
+			check: func(t *testing.T, c *Config) {
+				if got, want := c.Keys.RotateAfterEncryptions, uint64(1<<32); got != want {
+					t.Errorf("got rotate_after_encryptions %d, want %d", got, want)
+				}
+			},
+		},
+		{
+			name: "rotate_after_encryptions one",
+			yaml: withMinimal("  rotate_after_encryptions: 1"),
+			check: func(t *testing.T, c *Config) {
+				if got, want := c.Keys.RotateAfterEncryptions, uint64(1); got != want {
+					t.Errorf("got rotate_after_encryptions %d, want %d", got, want)
+				}
+			},
+		},
+		{
+			name: "rotate_after_encryptions from env",
+			yaml: withMinimal("  rotate_after_encryptions: ${LIMIT}"),
+			env:  map[string]string{"LIMIT": "65536"},
+			check: func(t *testing.T, c *Config) {
+				if got, want := c.Keys.RotateAfterEncryptions, uint64(65536); got != want {
+					t.Errorf("got rotate_after_encryptions %d, want %d", got, want)
+				}
+			},
+		},
 		{
 			name: "max_message_size units",
 			yaml: withMinimal("listen: {max_message_size: 512kB}"),
@@ -617,6 +667,36 @@ var errorCases = []struct {
 		name: "cache_max_entries not an integer",
 		yaml: withMinimal("  cache_max_entries: lots"),
 		want: []string{`t.yaml:5: keys.cache_max_entries: "lots" is not an integer`},
+	},
+	{
+		name: "rotate_after_encryptions zero",
+		yaml: withMinimal("  rotate_after_encryptions: 0"),
+		want: []string{`t.yaml:5: keys.rotate_after_encryptions: must be from 1 to 4294967296 (2^32, the most encryptions under one AES-GCM key with random nonces), got 0`},
+	},
+	{
+		name: "rotate_after_encryptions negative",
+		yaml: withMinimal("  rotate_after_encryptions: -1"),
+		want: []string{`t.yaml:5: keys.rotate_after_encryptions: must be from 1 to 4294967296 (2^32, the most encryptions under one AES-GCM key with random nonces), got -1`},
+	},
+	{
+		name: "rotate_after_encryptions above 2^32",
+		yaml: withMinimal("  rotate_after_encryptions: 4294967297"),
+		want: []string{`t.yaml:5: keys.rotate_after_encryptions: must be from 1 to 4294967296 (2^32, the most encryptions under one AES-GCM key with random nonces), got 4294967297`},
+	},
+	{
+		name: "rotate_after_encryptions beyond int64",
+		yaml: withMinimal("  rotate_after_encryptions: 99999999999999999999"),
+		want: []string{`t.yaml:5: keys.rotate_after_encryptions: must be from 1 to 4294967296 (2^32, the most encryptions under one AES-GCM key with random nonces), got 99999999999999999999`},
+	},
+	{
+		name: "rotate_after_encryptions not an integer",
+		yaml: withMinimal("  rotate_after_encryptions: 1.5e9"),
+		want: []string{`t.yaml:5: keys.rotate_after_encryptions: "1.5e9" is not an integer`},
+	},
+	{
+		name: "rotate_after_encryptions not a scalar",
+		yaml: withMinimal("  rotate_after_encryptions: [1]"),
+		want: []string{`t.yaml:5: keys.rotate_after_encryptions: expected an integer, got a list`},
 	},
 	{
 		name: "unsupported on_decrypt_error",

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -268,6 +269,7 @@ func (d *decoder) keys(n *yaml.Node, p string, k *Keys) {
 		}},
 		{"cache_ttl", d.duration(&k.CacheTTL)},
 		{"cache_max_entries", d.integer(&k.CacheMaxEntries)},
+		{"rotate_after_encryptions", d.encryptionLimit(&k.RotateAfterEncryptions)},
 	})
 	if !ok {
 		return
@@ -296,6 +298,27 @@ func (d *decoder) keys(n *yaml.Node, p string, k *Keys) {
 	}
 	if k.CacheMaxEntries <= 0 {
 		d.errorf(join(p, "cache_max_entries"), "must be positive, got %d", k.CacheMaxEntries)
+	}
+}
+
+// encryptionLimit decodes keys.rotate_after_encryptions: a whole number
+// from 1 to MaxRotateAfterEncryptions.
+func (d *decoder) encryptionLimit(dst *uint64) func(*yaml.Node, string) {
+	return func(n *yaml.Node, path string) {
+		v, ok := d.scalar(n, path, "an integer", false)
+		if !ok {
+			return
+		}
+		i, err := strconv.ParseInt(strings.ReplaceAll(v, "_", ""), 10, 64)
+		if err != nil && !errors.Is(err, strconv.ErrRange) {
+			d.problem(n.Line, path, "%q is not an integer", v)
+			return
+		}
+		if err != nil || i < 1 || i > MaxRotateAfterEncryptions {
+			d.problem(n.Line, path, "must be from 1 to %d (2^32, the most encryptions under one AES-GCM key with random nonces), got %s", MaxRotateAfterEncryptions, v)
+			return
+		}
+		*dst = uint64(i)
 	}
 }
 

@@ -156,6 +156,11 @@ type Keys struct {
 	Tenants         map[string]TenantKeys // tenant -> per-tenant KEK
 	CacheTTL        time.Duration         // default 60s
 	CacheMaxEntries int                   // default 10000
+
+	// RotateAfterEncryptions is how many values one data-key version may
+	// seal, counted across replicas, before pgcloak rotates the key
+	// (default 2^30, at most MaxRotateAfterEncryptions).
+	RotateAfterEncryptions uint64
 }
 
 // LocalKeys configures the local master-key provider.

@@ -85,7 +85,7 @@ type CacheOptions struct {
 	// RotateAfterSeals is how many values one data key version may seal,
 	// counted across replicas, before the cache rotates the key (only when
 	// the KeySource is a SealCounter). Zero means DefaultRotateAfterSeals.
-	// The configuration has no key for it yet.
+	// serve sets it from keys.rotate_after_encryptions.
 	RotateAfterSeals uint64
 
 	// SealBlock is how many encryptions the cache reserves in the

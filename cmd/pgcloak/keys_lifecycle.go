@@ -373,7 +373,8 @@ func newKeysListCmd() *cobra.Command {
 tenant: key class, purpose, version, state (active, retired, shredded), the
 KEK that wraps it, when it was created, and for data keys how many
 encryptions replicas have reserved under it (an upper bound on the values it
-sealed; pgcloak rotates a key after 2^30).
+sealed; pgcloak rotates a key after keys.rotate_after_encryptions, 2^30 by
+default).
 
 With --count it also counts, per declared column, the stored values by the key
 version in their header (0x01 | version). A value does not say which tenant

@@ -295,8 +295,9 @@ func openMigration(ctx context.Context, cfg *config.Config, appName string, stdo
 		return nil, redact(fmt.Errorf("key store (upstream %s as %s): %w", cfg.Upstream.Address, cfg.Upstream.User, err), cfg.Upstream.Password)
 	}
 	m.cache = crypto.NewKeyCache(m.store, provider, crypto.CacheOptions{
-		TTL:        cfg.Keys.CacheTTL,
-		MaxEntries: cfg.Keys.CacheMaxEntries,
+		TTL:              cfg.Keys.CacheTTL,
+		MaxEntries:       cfg.Keys.CacheMaxEntries,
+		RotateAfterSeals: cfg.Keys.RotateAfterEncryptions,
 		OnKeyLoad: func(ev crypto.KeyEvent) {
 			if ev.Created {
 				auditLog.KeyCreated(ev.ID.Tenant, ev.ID.KeyClass, string(ev.ID.Purpose), int(ev.ID.Version), ev.KEKID)

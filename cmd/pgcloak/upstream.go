@@ -163,8 +163,9 @@ func newProxyRuntime(ctx context.Context, cfg *config.Config, log zerolog.Logger
 		}
 
 		cache := crypto.NewKeyCache(store, provider, crypto.CacheOptions{
-			TTL:        cfg.Keys.CacheTTL,
-			MaxEntries: cfg.Keys.CacheMaxEntries,
+			TTL:              cfg.Keys.CacheTTL,
+			MaxEntries:       cfg.Keys.CacheMaxEntries,
+			RotateAfterSeals: cfg.Keys.RotateAfterEncryptions,
 			OnKeyLoad: func(ev crypto.KeyEvent) {
 				r.metrics.KeyLoaded(ev)
 				if ev.Created {

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/pgcloak/pgcloak/testenv"
+)
+
+// Tenant role of TestServeRotateAfterEncryptions (roles are cluster-wide).
+const (
+	limitAcmeRole = "cmd_limit_acme"
+	limitRolePass = "cmd-limit-tenant-pw"
+)
+
+// TestServeRotateAfterEncryptions runs serve with
+// keys.rotate_after_encryptions: 3. The fourth value sealed for a tenant is
+// sealed under version 2, and the rotation is audited with its reason.
+func TestServeRotateAfterEncryptions(t *testing.T) {
+	pg := testenv.Shared(t)
+	db := testenv.NewDatabase(t, pg)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	setup := fmt.Sprintf(`
+do $$ begin
+  if not exists (select from pg_roles where rolname = '%[1]s') then create role %[1]s login password '%[2]s'; end if;
+end $$;
+create table patients (
+	id int primary key,
+	tenant_id text not null default current_setting('app.tenant_id'),
+	diagnosis bytea
+);
+alter table patients enable row level security;
+alter table patients force row level security;
+create policy tenant_isolation on patients
+	using (tenant_id = current_setting('app.tenant_id', true))
+	with check (tenant_id = current_setting('app.tenant_id', true));
+grant select, insert on patients to %[1]s;
+grant create on database %[3]s to %[4]s;`, limitAcmeRole, limitRolePass, db, testenv.ScramUser)
+	if err := pg.Exec(ctx, db, setup); err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "master.key")
+	if r := pgcloak(t, "keys", "init-local", "-o", keyFile); r.code != 0 {
+		t.Fatalf("keys init-local: exit %d", r.code)
+	}
+	s := startServe(t, pg, db, func(cfg string) string {
+		cfg = strings.Replace(cfg, "master_key_file: master.key", "master_key_file: "+keyFile+"\n  rotate_after_encryptions: 3", 1)
+		return cfg + fmt.Sprintf(`tenancy:
+  login:
+    roles:
+      %s: acme
+encrypt:
+  tables:
+    - name: patients
+      columns:
+        - name: diagnosis
+          type: text
+audit:
+  output: stdout
+`, limitAcmeRole)
+	})
+	acme := s.connectAs(t, limitAcmeRole, limitRolePass, db)
+	for id := 1; id <= 4; id++ {
+		if _, err := acme.Exec(ctx, fmt.Sprintf("insert into patients (id, diagnosis) values (%d, 'dx-%d')", id, id)); err != nil {
+			t.Fatalf("insert %d: %v", id, err)
+		}
+	}
+	direct, err := pgx.Connect(ctx, pg.SuperuserURL(db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(context.Background())
+	for id, want := range map[int]uint32{1: 1, 3: 1, 4: 2} {
+		var v []byte
+		if err := direct.QueryRow(ctx, "select diagnosis from patients where id = $1", id).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		if got := storedVersion(t, v); got != want {
+			t.Errorf("row %d: sealed under version %d, want %d", id, got, want)
+		}
+	}
+	var dx string
+	if err := acme.QueryRow(ctx, "select diagnosis from patients where id = 1").Scan(&dx); err != nil || dx != "dx-1" {
+		t.Errorf("read of a version 1 value: got %q, %v", dx, err)
+	}
+	if audit := s.stdout.String(); !strings.Contains(audit, `"event":"key_rotated"`) || !strings.Contains(audit, "encryption limit") {
+		t.Errorf("audit: no key_rotated event for the encryption limit")
+	}
+}
