@@ -174,6 +174,10 @@ func (s *session) handleBind(m *pgproto3.Bind) error {
 	if ps == nil && strings.HasPrefix(m.PreparedStatement, reservedPrefix) {
 		return s.refuseExtended(reservedName(m.PreparedStatement))
 	}
+	if ps != nil && ps.failed.Load() {
+		// PostgreSQL rejected its Parse: say so in the client's terms.
+		return s.refuseExtended(&clientError{code: pgerrcode.InvalidSQLStatementName, msg: fmt.Sprintf("prepared statement %q does not exist", m.PreparedStatement)})
+	}
 	out := m
 	if ps != nil {
 		var err error

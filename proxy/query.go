@@ -153,6 +153,7 @@ func (s *session) refuseStatement(sql string, err error) error {
 // handleParse forwards an extended-protocol Parse, rewritten when it
 // touches declared columns, or refuses it. See extended.go.
 func (s *session) handleParse(m *pgproto3.Parse) error {
+	s.copyIn = nil // a COPY FROM the client abandoned
 	if err := tenantTokenCheck(m.Query); err != nil {
 		return s.refuseExtended(err)
 	}
@@ -196,6 +197,7 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 // handleFunctionCall forwards large-object fast-path calls and refuses the
 // rest.
 func (s *session) handleFunctionCall(m *pgproto3.FunctionCall) error {
+	s.copyIn = nil
 	if lobFunctions[m.Function] {
 		s.track(m)
 		return s.upstreamOut.send(m)
