@@ -423,7 +423,7 @@ func splitFields(p *rewrite.CopyPlan, row []byte) []field {
 			start, quoted = i+1, false
 		}
 	}
-	return append(fields, field{text: row[start:min(len(row), len(row))], quoted: quoted})
+	return append(fields, field{text: row[start:], quoted: quoted})
 }
 
 // decodeField returns a field's value, or null.
