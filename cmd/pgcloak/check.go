@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -20,13 +23,28 @@ func newCheckCmd() *cobra.Command {
 	var path string
 	cmd := &cobra.Command{
 		Use:   "check -c FILE",
-		Short: "Validate the configuration and the upstream connection",
+		Short: "Validate the configuration, the upstream connection and the encrypted tables",
 		Long: `Validate the configuration in FILE, load the listener's TLS certificate if one
 is configured, and connect to the upstream server as upstream.user (honouring
 upstream.sslmode and upstream.root_cert_file) to run "select version()".
 
-Exits 0 when every check passed and 1 otherwise. Checks of the encrypted
-tables (column types, row-level security posture) are not implemented yet.`,
+Then, for every table in encrypt.tables, it checks as upstream.user that the
+table exists; that every declared column and blind-index column is bytea (a
+text column would store plaintext); whether row-level security is enabled
+and forced; and whether upstream.user and the tenant roles of
+tenancy.login.roles bypass it (superuser, BYPASSRLS, or having the table
+owner's privileges while RLS is not forced).
+
+Each check prints one line: "ok", "WARN" or "FAIL". A tenant role that
+bypasses RLS fails: that tenant could read other tenants' rows (as
+ciphertext). RLS disabled, or not forced while one of these roles owns the
+table, is a warning: encryption remains the second wall. In tenancy mode
+login upstream.user may bypass RLS (encrypt-existing without --tenant needs
+it to); in mode jwt it is every tenant session's role and must not. A
+configured role that does not exist is a warning.
+
+Exits 0 when no check failed (warnings allowed) and 1 otherwise. Never
+prints a password.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.Load(path)
@@ -44,22 +62,55 @@ tables (column types, row-level security posture) are not implemented yet.`,
 	return cmd
 }
 
-// check runs every check on a loaded configuration, printing one line per
-// check to w, and reports whether all passed. It never prints a secret.
-func check(ctx context.Context, cfg *config.Config, w io.Writer) bool {
-	ok := true
-	report := func(err error, what, detail string) {
-		if err != nil {
-			ok = false
-			fmt.Fprintf(w, "FAIL  %s: %v\n", what, err)
-			return
-		}
-		fmt.Fprintf(w, "ok    %s: %s\n", what, detail)
-	}
+// checker prints one line per check and remembers whether any failed. A
+// warning is printed but does not fail the check.
+type checker struct {
+	w        io.Writer
+	failed   bool
+	warnings int
+}
 
-	report(nil, "config", cfg.File+" is valid")
+// level is the outcome of one check.
+type level int
+
+const (
+	levelOK level = iota
+	levelWarn
+	levelFail
+)
+
+// line prints "ok    what: detail", "WARN  what: detail" or
+// "FAIL  what: detail".
+func (c *checker) line(l level, what, detail string) {
+	prefix := "ok    "
+	switch l {
+	case levelWarn:
+		c.warnings++
+		prefix = "WARN  "
+	case levelFail:
+		c.failed = true
+		prefix = "FAIL  "
+	}
+	fmt.Fprintf(c.w, "%s%s: %s\n", prefix, what, detail)
+}
+
+// result prints a failure for err, or detail when err is nil.
+func (c *checker) result(err error, what, detail string) {
+	if err != nil {
+		c.line(levelFail, what, err.Error())
+		return
+	}
+	c.line(levelOK, what, detail)
+}
+
+// check runs every check on a loaded configuration, printing one line per
+// check to w, and reports whether none failed. It never prints a secret.
+func check(ctx context.Context, cfg *config.Config, w io.Writer) bool {
+	c := &checker{w: w}
+
+	c.result(nil, "config", cfg.File+" is valid")
 	if _, err := newLogger(cfg.Log, io.Discard); err != nil {
-		report(err, "log", "")
+		c.result(err, "log", "")
 	}
 
 	if t := cfg.Listen.TLS; t != nil {
@@ -67,52 +118,286 @@ func check(ctx context.Context, cfg *config.Config, w io.Writer) bool {
 		if err != nil {
 			err = fmt.Errorf("listen.tls: %w", err)
 		}
-		report(err, "listen", fmt.Sprintf("%s, TLS certificate %s loads (require: %t)", cfg.Listen.Address, t.CertFile, t.Require))
+		c.result(err, "listen", fmt.Sprintf("%s, TLS certificate %s loads (require: %t)", cfg.Listen.Address, t.CertFile, t.Require))
 	} else {
-		report(nil, "listen", cfg.Listen.Address+", TLS off (SSLRequest is answered 'N')")
+		c.result(nil, "listen", cfg.Listen.Address+", TLS off (SSLRequest is answered 'N')")
 	}
 
-	u := cfg.Upstream
-	target := fmt.Sprintf("%s user=%s database=%s sslmode=%s", u.Address, u.User, u.Database, u.SSLMode)
-	v, err := upstreamVersion(ctx, u)
-	report(err, "upstream", "connected to "+target)
-	if err == nil {
-		report(nil, "upstream server", v)
-	}
+	checkUpstream(ctx, cfg, c)
 
-	fmt.Fprintf(w, "      encrypted tables: %d declared (checks not yet implemented)\n", len(cfg.Encrypt.Tables))
-	if ok {
-		fmt.Fprintln(w, "check passed")
-	} else {
+	switch {
+	case c.failed:
 		fmt.Fprintln(w, "check FAILED")
+	case c.warnings == 1:
+		fmt.Fprintln(w, "check passed (1 warning)")
+	case c.warnings > 1:
+		fmt.Fprintf(w, "check passed (%d warnings)\n", c.warnings)
+	default:
+		fmt.Fprintln(w, "check passed")
 	}
-	return ok
+	return !c.failed
 }
 
-// upstreamVersion logs in to the upstream server the way the proxy's own
-// login will and returns its version string.
-func upstreamVersion(ctx context.Context, u config.Upstream) (string, error) {
+// checkUpstream logs in to the upstream server the way the proxy's own
+// login will, reports its version and then checks every declared table.
+func checkUpstream(ctx context.Context, cfg *config.Config, c *checker) {
+	u := cfg.Upstream
 	timeout := u.ConnectTimeout
 	if timeout <= 0 {
 		timeout = defaultConnectTimeout
 	}
+	target := fmt.Sprintf("%s user=%s database=%s sslmode=%s", u.Address, u.User, u.Database, u.SSLMode)
+	conn, v, err := connectUpstream(ctx, u, timeout)
+	c.result(err, "upstream", "connected to "+target)
+	if err != nil {
+		if n := len(cfg.Encrypt.Tables); n > 0 {
+			fmt.Fprintf(c.w, "      encrypted tables: %d declared, not checked without an upstream connection\n", n)
+		}
+		return
+	}
+	defer conn.Close(context.Background())
+	c.result(nil, "upstream server", v)
+
+	if len(cfg.Encrypt.Tables) == 0 {
+		fmt.Fprintln(c.w, "      encrypted tables: none declared")
+		return
+	}
+	roles := checkedRoles(cfg)
+	for _, t := range cfg.Encrypt.Tables {
+		tctx, cancel := context.WithTimeout(ctx, timeout)
+		err := checkTable(tctx, conn, t, roles, c)
+		cancel()
+		if err != nil {
+			c.line(levelFail, "table "+t.QualifiedName(), redact(err, u.Password).Error())
+		}
+	}
+}
+
+// connectUpstream logs in as upstream.user and returns the session and the
+// server's version string. The caller closes the session.
+func connectUpstream(ctx context.Context, u config.Upstream, timeout time.Duration) (*pgx.Conn, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
 	cc, err := upstreamConnConfig(u, timeout, "pgcloak check")
 	if err != nil {
-		return "", err
+		return nil, "", err
 	}
 	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
-		return "", redact(err, u.Password)
+		return nil, "", redact(err, u.Password)
 	}
-	defer conn.Close(context.Background())
 	var v string
 	if err := conn.QueryRow(ctx, "select version()").Scan(&v); err != nil {
-		return "", redact(err, u.Password)
+		conn.Close(context.Background())
+		return nil, "", redact(err, u.Password)
 	}
-	return v, nil
+	return conn, v, nil
+}
+
+// checkedRole is a role whose relation to a declared table's row-level
+// security check reports.
+type checkedRole struct {
+	name  string
+	label string // how lines name it: "tenant acme", "upstream.user"
+
+	// tenant is set when tenants' sessions run as the role: a tenant login
+	// role, or upstream.user in tenancy mode jwt. Such a role must not
+	// bypass row-level security.
+	tenant bool
+}
+
+// checkedRoles lists upstream.user and every tenant login role, each once
+// (a role that is both is checked as a tenant's), in a stable order.
+func checkedRoles(cfg *config.Config) []checkedRole {
+	up := cfg.Upstream.User
+	roles := []checkedRole{{name: up, label: "upstream.user", tenant: cfg.Tenancy.Mode == config.ModeJWT}}
+	if cfg.Tenancy.Mode == config.ModeJWT {
+		roles[0].label = "upstream.user, tenant sessions in mode jwt"
+	}
+	for _, name := range slices.Sorted(maps.Keys(cfg.Tenancy.Login.Roles)) {
+		label := "tenant " + cfg.Tenancy.Login.Roles[name]
+		if name == up {
+			roles[0].label, roles[0].tenant = "upstream.user and "+label, true
+			continue
+		}
+		roles = append(roles, checkedRole{name: name, label: label, tenant: true})
+	}
+	return roles
+}
+
+// tableRLS is a table's row-level security state from pg_class.
+type tableRLS struct {
+	enabled, forced bool
+	ownerOID        uint32
+	owner           string
+}
+
+// roleFacts is what pg_roles says about a role, relative to one table.
+type roleFacts struct {
+	exists    bool
+	superuser bool
+	bypassRLS bool
+	owner     bool // the role has the privileges of the table's owner
+}
+
+// checkTable reports, for declared table t, that it exists, that every
+// declared column and index column is bytea, its row-level security state,
+// and whether any of roles bypasses it. An error is a failed catalog
+// query; the caller reports it.
+func checkTable(ctx context.Context, conn *pgx.Conn, t config.Table, roles []checkedRole, c *checker) error {
+	qual := t.QualifiedName()
+	what := "table " + qual
+
+	var oid uint32
+	var rls tableRLS
+	err := conn.QueryRow(ctx, `
+		SELECT c.oid, c.relrowsecurity, c.relforcerowsecurity, c.relowner, pg_catalog.pg_get_userbyid(c.relowner)
+		FROM pg_catalog.pg_class c
+		WHERE c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident($1) || '.' || pg_catalog.quote_ident($2))`,
+		t.Schema, t.Name).Scan(&oid, &rls.enabled, &rls.forced, &rls.ownerOID, &rls.owner)
+	if errors.Is(err, pgx.ErrNoRows) {
+		c.line(levelFail, what, "does not exist (create it, then run pgcloak schema for its bytea columns)")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	c.line(levelOK, what, "exists (owner "+rls.owner+")")
+
+	types := make(map[string]string)
+	rows, err := conn.Query(ctx, `
+		SELECT attname, pg_catalog.format_type(atttypid, atttypmod)
+		FROM pg_catalog.pg_attribute
+		WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped`, oid)
+	if err != nil {
+		return err
+	}
+	var name, typ string
+	if _, err := pgx.ForEachRow(rows, []any{&name, &typ}, func() error {
+		types[name] = typ
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, col := range t.Columns {
+		checkColumnType(c, what, col.Name, "", types)
+		if col.IndexColumn != "" {
+			checkColumnType(c, what, col.IndexColumn, "blind index of "+col.Name, types)
+		}
+	}
+
+	facts, err := rolesFacts(ctx, conn, roles, rls.ownerOID)
+	if err != nil {
+		return err
+	}
+	var owners []string
+	for _, r := range roles {
+		if facts[r.name].owner {
+			owners = append(owners, r.name+" ("+r.label+")")
+		}
+	}
+	l, detail := rlsPosture(rls, owners)
+	c.line(l, what+" rls", detail)
+	for _, r := range roles {
+		l, detail := rolePosture(r, facts[r.name], rls)
+		c.line(l, what+" role "+r.name+" ("+r.label+")", detail)
+	}
+	return nil
+}
+
+// checkColumnType reports whether column name of the table is bytea.
+// Anything else would hold what pgcloak writes as plaintext or refuse it.
+func checkColumnType(c *checker, table, name, role string, types map[string]string) {
+	what := table + " column " + name
+	typ, ok := types[name]
+	switch {
+	case !ok:
+		c.line(levelFail, what, "does not exist (pgcloak schema prints the DDL that adds it)")
+	case typ != "bytea":
+		c.line(levelFail, what, "is "+typ+", want bytea (pgcloak schema prints the DDL; encrypt-existing moves plaintext)")
+	case role != "":
+		c.line(levelOK, what, "bytea ("+role+")")
+	default:
+		c.line(levelOK, what, "bytea")
+	}
+}
+
+// rolesFacts reads pg_roles for roles. A role has the table owner's
+// privileges when it is the owner or inherits the owner's role, as
+// PostgreSQL's own ownership check does. Roles that do not exist are
+// missing from the result.
+func rolesFacts(ctx context.Context, conn *pgx.Conn, roles []checkedRole, ownerOID uint32) (map[string]roleFacts, error) {
+	names := make([]string, len(roles))
+	for i, r := range roles {
+		names[i] = r.name
+	}
+	rows, err := conn.Query(ctx, `
+		SELECT rolname, rolsuper, rolbypassrls, pg_catalog.pg_has_role(oid, $2::pg_catalog.oid, 'USAGE')
+		FROM pg_catalog.pg_roles
+		WHERE rolname = ANY($1)`, names, ownerOID)
+	if err != nil {
+		return nil, err
+	}
+	facts := make(map[string]roleFacts)
+	var name string
+	f := roleFacts{exists: true}
+	_, err = pgx.ForEachRow(rows, []any{&name, &f.superuser, &f.bypassRLS, &f.owner}, func() error {
+		facts[name] = f
+		return nil
+	})
+	return facts, err
+}
+
+// rlsPosture decides a table's row-level security line. owners are the
+// checked roles that have the owner's privileges. Without RLS pgcloak still
+// works, encryption being the second wall, so only a warning; without FORCE
+// the owner bypasses the policies, which matters only if one of pgcloak's
+// roles is the owner.
+func rlsPosture(rls tableRLS, owners []string) (level, string) {
+	switch {
+	case !rls.enabled:
+		return levelWarn, "disabled: rows are not isolated by tenant, only by encryption (ALTER TABLE ... ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY)"
+	case rls.forced:
+		return levelOK, "enabled and forced"
+	case len(owners) > 0:
+		return levelWarn, "enabled, not forced (the table owner bypasses it), and " + strings.Join(owners, ", ") + " has the owner's privileges (ALTER TABLE ... FORCE ROW LEVEL SECURITY)"
+	default:
+		return levelOK, "enabled, not forced (the table owner " + rls.owner + " bypasses it; none of pgcloak's roles is the owner)"
+	}
+}
+
+// rolePosture decides whether a role bypasses the table's row-level
+// security. A tenant's role that bypasses it fails: that tenant's sessions
+// would see other tenants' rows (as ciphertext, but the first wall is
+// gone). upstream.user is pgcloak's own login in mode login and may bypass
+// it; encrypt-existing without --tenant needs it to.
+func rolePosture(r checkedRole, f roleFacts, rls tableRLS) (level, string) {
+	if !f.exists {
+		return levelWarn, "role does not exist"
+	}
+	var why []string
+	if f.superuser {
+		why = append(why, "superuser")
+	}
+	if f.bypassRLS {
+		why = append(why, "BYPASSRLS")
+	}
+	if f.owner && rls.enabled && !rls.forced {
+		why = append(why, "owns the table (as "+rls.owner+") without FORCE ROW LEVEL SECURITY")
+	}
+	switch {
+	case len(why) == 0 && r.tenant:
+		return levelOK, "does not bypass RLS"
+	case len(why) == 0:
+		return levelOK, "does not bypass RLS (encrypt-existing then needs --tenant)"
+	case r.tenant:
+		return levelFail, "bypasses RLS (" + strings.Join(why, ", ") + "): a tenant could read other tenants' rows, still as ciphertext, but the RLS wall is gone"
+	case f.superuser:
+		return levelWarn, "bypasses RLS (" + strings.Join(why, ", ") + "): allowed for pgcloak's own login (encrypt-existing without --tenant needs to bypass RLS), but BYPASSRLS would do without superuser"
+	default:
+		return levelOK, "bypasses RLS (" + strings.Join(why, ", ") + "): allowed for pgcloak's own login; encrypt-existing without --tenant needs it"
+	}
 }
 
 // redact makes sure an error about a login does not carry the password.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -49,7 +50,7 @@ func TestCheck(t *testing.T) {
 			"ok    config: " + path + " is valid",
 			"ok    upstream: connected to " + pg.Addr() + " user=" + testenv.ScramUser + " database=" + db + " sslmode=disable",
 			"ok    upstream server: PostgreSQL ",
-			"encrypted tables: 0 declared (checks not yet implemented)",
+			"encrypted tables: none declared",
 			"check passed",
 		} {
 			if !strings.Contains(r.stdout, want) {
@@ -116,6 +117,244 @@ func TestCheck(t *testing.T) {
 			t.Errorf("stdout: missing the listen.tls failure")
 		}
 	})
+}
+
+// Roles of TestCheckTables (roles are cluster-wide).
+const (
+	checkAcmeRole   = "cmd_check_acme"
+	checkGlobexRole = "cmd_check_globex"
+	checkBypassRole = "cmd_check_bypass" // BYPASSRLS
+	checkOwnerRole  = "cmd_check_owner"  // owns table owned_by_tenant
+	checkGoneRole   = "cmd_check_no_such_role"
+)
+
+// TestCheckTables runs check on declared tables: column types, row-level
+// security and the roles that bypass it.
+func TestCheckTables(t *testing.T) {
+	pg := testenv.Shared(t)
+	db := testenv.NewDatabase(t, pg)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+
+	// Every table is created by the superuser, so owned by postgres unless
+	// altered; the policy is the one of the README.
+	table := func(name, ssnType, rls string) string {
+		return fmt.Sprintf(`
+create table %[1]s (id int primary key, tenant_id text not null, ssn %[2]s, ssn_bidx bytea, diagnosis bytea);
+%[3]s
+create policy tenant_isolation on %[1]s using (tenant_id = current_setting('app.tenant_id', true));`, name, ssnType, rls)
+	}
+	const forced = "alter table %s enable row level security; alter table %[1]s force row level security;"
+	setup := fmt.Sprintf(`
+do $$ begin
+  if not exists (select from pg_roles where rolname = '%[1]s') then create role %[1]s login; end if;
+  if not exists (select from pg_roles where rolname = '%[2]s') then create role %[2]s login; end if;
+  if not exists (select from pg_roles where rolname = '%[3]s') then create role %[3]s login bypassrls; end if;
+  if not exists (select from pg_roles where rolname = '%[4]s') then create role %[4]s login; end if;
+end $$;`, checkAcmeRole, checkGlobexRole, checkBypassRole, checkOwnerRole) +
+		table("patients", "bytea", fmt.Sprintf(forced, "patients")) +
+		table("plain_ssn", "text", fmt.Sprintf(forced, "plain_ssn")) +
+		table("no_rls", "bytea", "") +
+		table("not_forced", "bytea", "alter table not_forced enable row level security;") +
+		table("owned_by_upstream", "bytea", "alter table owned_by_upstream enable row level security;") +
+		table("owned_by_tenant", "bytea", "alter table owned_by_tenant enable row level security;") + fmt.Sprintf(`
+alter table owned_by_upstream owner to %s;
+alter table owned_by_tenant owner to %s;`, testenv.ScramUser, checkOwnerRole)
+	if err := pg.Exec(ctx, db, setup); err != nil {
+		t.Fatal(err)
+	}
+
+	// configFor declares table with ssn (searchable, so ssn_bidx) and
+	// diagnosis, and maps roles (role: tenant) for mode login.
+	configFor := func(table string, roles ...string) string {
+		cfg := checkConfig(pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, db)
+		cfg += "tenancy:\n  login:\n    roles:\n"
+		for i := 0; i < len(roles); i += 2 {
+			cfg += fmt.Sprintf("      %s: %s\n", roles[i], roles[i+1])
+		}
+		return cfg + fmt.Sprintf(`encrypt:
+  tables:
+    - name: %s
+      columns:
+        - name: ssn
+          type: text
+          search: equality
+        - name: diagnosis
+          type: text
+`, table)
+	}
+	tenants := []string{checkAcmeRole, "acme", checkGlobexRole, "globex"}
+	upstream := "role " + testenv.ScramUser + " (upstream.user)"
+
+	for _, tt := range []struct {
+		name     string
+		config   string
+		code     int
+		want     []string // whole lines
+		unwanted []string // substrings
+	}{{
+		name:   "good",
+		config: configFor("patients", tenants...),
+		want: []string{
+			"ok    table public.patients: exists (owner postgres)",
+			"ok    table public.patients column ssn: bytea",
+			"ok    table public.patients column ssn_bidx: bytea (blind index of ssn)",
+			"ok    table public.patients column diagnosis: bytea",
+			"ok    table public.patients rls: enabled and forced",
+			"ok    table public.patients " + upstream + ": does not bypass RLS (encrypt-existing then needs --tenant)",
+			"ok    table public.patients role cmd_check_acme (tenant acme): does not bypass RLS",
+			"ok    table public.patients role cmd_check_globex (tenant globex): does not bypass RLS",
+			"check passed",
+		},
+		unwanted: []string{"WARN", "FAIL"},
+	}, {
+		name:   "text column",
+		config: configFor("plain_ssn", tenants...),
+		code:   1,
+		want: []string{
+			"FAIL  table public.plain_ssn column ssn: is text, want bytea (pgcloak schema prints the DDL; encrypt-existing moves plaintext)",
+			"ok    table public.plain_ssn column ssn_bidx: bytea (blind index of ssn)",
+			"check FAILED",
+		},
+	}, {
+		name:   "rls disabled",
+		config: configFor("no_rls", tenants...),
+		want: []string{
+			"WARN  table public.no_rls rls: disabled: rows are not isolated by tenant, only by encryption (ALTER TABLE ... ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY)",
+			"ok    table public.no_rls role cmd_check_acme (tenant acme): does not bypass RLS",
+			"check passed (1 warning)",
+		},
+	}, {
+		name:   "tenant role with BYPASSRLS",
+		config: configFor("patients", append(tenants, checkBypassRole, "initech")...),
+		code:   1,
+		want: []string{
+			"ok    table public.patients rls: enabled and forced",
+			"ok    table public.patients role cmd_check_acme (tenant acme): does not bypass RLS",
+			"FAIL  table public.patients role cmd_check_bypass (tenant initech): bypasses RLS (BYPASSRLS): a tenant could read other tenants' rows, still as ciphertext, but the RLS wall is gone",
+			"check FAILED",
+		},
+	}, {
+		name:   "missing table",
+		config: configFor("no_such_table", tenants...),
+		code:   1,
+		want: []string{
+			"FAIL  table public.no_such_table: does not exist (create it, then run pgcloak schema for its bytea columns)",
+			"check FAILED",
+		},
+		unwanted: []string{"column ssn", "rls:"},
+	}, {
+		name:   "missing role",
+		config: configFor("patients", checkAcmeRole, "acme", checkGoneRole, "gone"),
+		want: []string{
+			"WARN  table public.patients role cmd_check_no_such_role (tenant gone): role does not exist",
+			"check passed (1 warning)",
+		},
+	}, {
+		name:   "not forced, owned by postgres",
+		config: configFor("not_forced", tenants...),
+		want: []string{
+			"ok    table public.not_forced rls: enabled, not forced (the table owner postgres bypasses it; none of pgcloak's roles is the owner)",
+			"check passed",
+		},
+	}, {
+		name:   "not forced, owned by upstream.user",
+		config: configFor("owned_by_upstream", tenants...),
+		want: []string{
+			"WARN  table public.owned_by_upstream rls: enabled, not forced (the table owner bypasses it), and scram_user (upstream.user) has the owner's privileges (ALTER TABLE ... FORCE ROW LEVEL SECURITY)",
+			"ok    table public.owned_by_upstream " + upstream + ": bypasses RLS (owns the table (as scram_user) without FORCE ROW LEVEL SECURITY): allowed for pgcloak's own login; encrypt-existing without --tenant needs it",
+			"check passed (1 warning)",
+		},
+	}, {
+		name:   "not forced, owned by a tenant role",
+		config: configFor("owned_by_tenant", append(tenants, checkOwnerRole, "owner")...),
+		code:   1,
+		want: []string{
+			"WARN  table public.owned_by_tenant rls: enabled, not forced (the table owner bypasses it), and cmd_check_owner (tenant owner) has the owner's privileges (ALTER TABLE ... FORCE ROW LEVEL SECURITY)",
+			"FAIL  table public.owned_by_tenant role cmd_check_owner (tenant owner): bypasses RLS (owns the table (as cmd_check_owner) without FORCE ROW LEVEL SECURITY): a tenant could read other tenants' rows, still as ciphertext, but the RLS wall is gone",
+			"check FAILED",
+		},
+	}} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := pgcloak(t, "check", "-c", writeFile(t, "pgcloak.yaml", tt.config))
+			if r.code != tt.code {
+				t.Errorf("exit code: got %d, want %d", r.code, tt.code)
+			}
+			lines := strings.Split(r.stdout, "\n")
+			for _, want := range tt.want {
+				if !slices.Contains(lines, want) {
+					t.Errorf("stdout: missing the line %q", want)
+				}
+			}
+			for _, unwanted := range tt.unwanted {
+				if strings.Contains(r.stdout, unwanted) {
+					t.Errorf("stdout: contains %q", unwanted)
+				}
+			}
+			if strings.Contains(r.output(), testenv.ScramPassword) {
+				t.Errorf("output contains the upstream password")
+			}
+		})
+	}
+}
+
+// TestCheckRolePosture covers the verdicts that need roles the shared
+// server does not have (superusers) or a tenancy mode sessions do not
+// support yet (jwt).
+func TestCheckRolePosture(t *testing.T) {
+	forced := tableRLS{enabled: true, forced: true, owner: "app"}
+	notForced := tableRLS{enabled: true, owner: "app"}
+	upstream := checkedRole{name: "pgcloak", label: "upstream.user"}
+	tenant := checkedRole{name: "acme_app", label: "tenant acme", tenant: true}
+	jwt := checkedRole{name: "pgcloak", label: "upstream.user, tenant sessions in mode jwt", tenant: true}
+	for _, tt := range []struct {
+		name string
+		role checkedRole
+		f    roleFacts
+		rls  tableRLS
+		want level
+		says string
+	}{
+		{"tenant plain", tenant, roleFacts{exists: true}, forced, levelOK, "does not bypass RLS"},
+		{"tenant superuser", tenant, roleFacts{exists: true, superuser: true, bypassRLS: true}, forced, levelFail, "superuser, BYPASSRLS"},
+		{"tenant owner, forced", tenant, roleFacts{exists: true, owner: true}, forced, levelOK, "does not bypass"},
+		{"tenant owner, not forced", tenant, roleFacts{exists: true, owner: true}, notForced, levelFail, "owns the table (as app)"},
+		{"tenant owner, rls off", tenant, roleFacts{exists: true, owner: true}, tableRLS{owner: "app"}, levelOK, "does not bypass"},
+		{"tenant missing", tenant, roleFacts{}, forced, levelWarn, "does not exist"},
+		{"upstream superuser", upstream, roleFacts{exists: true, superuser: true, bypassRLS: true}, forced, levelWarn, "BYPASSRLS would do without superuser"},
+		{"upstream BYPASSRLS", upstream, roleFacts{exists: true, bypassRLS: true}, forced, levelOK, "encrypt-existing without --tenant needs it"},
+		{"upstream plain", upstream, roleFacts{exists: true}, forced, levelOK, "encrypt-existing then needs --tenant"},
+		{"jwt upstream BYPASSRLS", jwt, roleFacts{exists: true, bypassRLS: true}, forced, levelFail, "a tenant could read other tenants' rows"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, says := rolePosture(tt.role, tt.f, tt.rls)
+			if got != tt.want || !strings.Contains(says, tt.says) {
+				t.Errorf("rolePosture: got %d %q, want %d and %q", got, says, tt.want, tt.says)
+			}
+		})
+	}
+}
+
+// TestCheckRoles checks which roles check looks at and how it names them.
+func TestCheckRoles(t *testing.T) {
+	cfg := &config.Config{
+		Upstream: config.Upstream{User: "pgcloak"},
+		Tenancy:  config.Tenancy{Mode: config.ModeLogin, Login: config.LoginTenancy{Roles: map[string]string{"globex_app": "globex", "acme_app": "acme"}}},
+	}
+	want := []checkedRole{
+		{name: "pgcloak", label: "upstream.user"},
+		{name: "acme_app", label: "tenant acme", tenant: true},
+		{name: "globex_app", label: "tenant globex", tenant: true},
+	}
+	if got := checkedRoles(cfg); !slices.Equal(got, want) {
+		t.Errorf("mode login: got %+v, want %+v", got, want)
+	}
+	cfg.Tenancy.Mode = config.ModeJWT
+	cfg.Tenancy.Login.Roles = nil
+	want = []checkedRole{{name: "pgcloak", label: "upstream.user, tenant sessions in mode jwt", tenant: true}}
+	if got := checkedRoles(cfg); !slices.Equal(got, want) {
+		t.Errorf("mode jwt: got %+v, want %+v", got, want)
+	}
 }
 
 // TestCheckUpstreamTLS runs check against a server with TLS, verifying its
