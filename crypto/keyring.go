@@ -115,13 +115,23 @@ func (k Keyring) BlindIndex(ctx context.Context, dst, value []byte, col Column, 
 // the rows of a result: it remembers the last few data keys it used (a row
 // often holds columns of several key classes) and skips the cache lookup
 // while the cache has removed nothing since (no expiry, eviction, purge or
-// shred). It is not safe for concurrent use.
+// shred), and it keeps the associated data of the last few columns. It is
+// not safe for concurrent use.
 type Opener struct {
 	ring     Keyring
 	removals uint64
 	keys     [4]*DataKey
-	next     int    // the slot the next miss fills
-	aad      []byte // reused associated-data buffer
+	nextKey  int // the slot the next key miss fills
+	aads     [4]openerAAD
+	nextAAD  int
+}
+
+// openerAAD is the associated data of one column's values under one key
+// version.
+type openerAAD struct {
+	version       uint32
+	table, column string
+	aad           []byte
 }
 
 // Opener returns an Opener over the keyring.
@@ -137,20 +147,20 @@ func (o *Opener) Open(ctx context.Context, dst, value []byte, col Column) ([]byt
 	if err != nil {
 		return nil, ErrDecrypt
 	}
-	id := KeyID{k.tenant, col.KeyClass, PurposeData, version}
 	if removals := k.cache.removals.Load(); removals != o.removals {
 		o.keys, o.removals = [4]*DataKey{}, removals
 	}
 	var key *DataKey
 	for _, c := range o.keys {
-		if c != nil && c.id == id {
+		// The tenant and purpose are the Opener's own.
+		if c != nil && c.id.Version == version && c.id.KeyClass == col.KeyClass {
 			key = c
 			break
 		}
 	}
 	if key == nil {
 		removals := k.cache.removals.Load() // before the lookup: a removal after it invalidates
-		key, err = k.cache.Version(ctx, id)
+		key, err = k.cache.Version(ctx, KeyID{k.tenant, col.KeyClass, PurposeData, version})
 		if isVerdict(err) {
 			return nil, ErrDecrypt
 		}
@@ -158,10 +168,24 @@ func (o *Opener) Open(ctx context.Context, dst, value []byte, col Column) ([]byt
 			return nil, fmt.Errorf("crypto: open %s.%s: %w", col.Table, col.Name, err)
 		}
 		if removals == o.removals {
-			o.keys[o.next] = key
-			o.next = (o.next + 1) % len(o.keys)
+			o.keys[o.nextKey] = key
+			o.nextKey = (o.nextKey + 1) % len(o.keys)
 		}
 	}
-	o.aad = appendAAD(o.aad[:0], version, k.valueID(col))
-	return key.Envelope().openAAD(dst, value, o.aad)
+	return key.Envelope().openAAD(dst, value, o.aad(version, col))
+}
+
+// aad returns the associated data of col's values under version.
+func (o *Opener) aad(version uint32, col Column) []byte {
+	for i := range o.aads {
+		a := &o.aads[i]
+		if a.aad != nil && a.version == version && a.table == col.Table && a.column == col.Name {
+			return a.aad
+		}
+	}
+	a := &o.aads[o.nextAAD]
+	o.nextAAD = (o.nextAAD + 1) % len(o.aads)
+	*a = openerAAD{version: version, table: col.Table, column: col.Name,
+		aad: appendAAD(a.aad[:0], version, o.ring.valueID(col))}
+	return a.aad
 }
