@@ -730,7 +730,7 @@ func (s *session) openValue(ctx context.Context, t *config.Table, c *config.Colu
 	if !isDecryptFailure(err) {
 		return nil, keyError(s.tenant, err)
 	}
-	if s.srv.cfg.Encrypt.OnDecryptError == config.DecryptErrorNull {
+	if s.decl.encrypt.OnDecryptError == config.DecryptErrorNull {
 		s.srv.audit.decryptFailed(s, t, c)
 		return nil, nil
 	}

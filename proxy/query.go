@@ -76,8 +76,8 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 		s.track(q)
 		return s.refuse(err)
 	}
-	if s.srv.schema != nil && containsFold(q.String, "copy") && s.srv.schema.MightNeedAnalysis(q.String) {
-		if plan, err := s.srv.schema.Cached(s.srv.plans, q.String); err == nil && plan.Copy != nil {
+	if s.decl.schema != nil && containsFold(q.String, "copy") && s.decl.schema.MightNeedAnalysis(q.String) {
+		if plan, err := s.decl.schema.Cached(s.decl.plans, q.String); err == nil && plan.Copy != nil {
 			return s.handleCopy(plan)
 		}
 	}
@@ -93,10 +93,10 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 			}
 		}
 	}
-	if s.srv.schema == nil || !s.srv.schema.MightNeedAnalysis(q.String) {
+	if s.decl.schema == nil || !s.decl.schema.MightNeedAnalysis(q.String) {
 		return s.upstreamOut.send(q)
 	}
-	if sp, lits, _ := s.srv.schema.AnalyzeShape(s.srv.plans, q.String); sp != nil && s.checkPlan(sp.Plan) == nil {
+	if sp, lits, _ := s.decl.schema.AnalyzeShape(s.decl.plans, q.String); sp != nil && s.checkPlan(sp.Plan) == nil {
 		if sp.Plan.Passthrough {
 			return s.upstreamOut.send(q)
 		}
@@ -108,7 +108,7 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 		return s.upstreamOut.send(&pgproto3.Query{String: text})
 	}
 	// No shape, or a refused one: the exact text decides and explains.
-	plan, err := s.srv.schema.Cached(s.srv.plans, q.String)
+	plan, err := s.decl.schema.Cached(s.decl.plans, q.String)
 	if err == nil {
 		err = s.checkPlan(plan)
 	}
@@ -135,7 +135,7 @@ func (s *session) refuseStatement(sql string, err error) error {
 	if !errors.As(err, &ref) {
 		return s.refuse(err)
 	}
-	prefix, perr := s.srv.schema.RefusedPrefix(s.srv.plans, sql)
+	prefix, perr := s.decl.schema.RefusedPrefix(s.decl.plans, sql)
 	if prefix == nil || perr == nil {
 		return s.refuse(err)
 	}
@@ -160,10 +160,10 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 	if strings.HasPrefix(m.Name, reservedPrefix) {
 		return s.refuseExtended(reservedName(m.Name))
 	}
-	if s.srv.schema == nil || !s.srv.schema.MightNeedAnalysis(m.Query) {
+	if s.decl.schema == nil || !s.decl.schema.MightNeedAnalysis(m.Query) {
 		return s.parsePlain(m, m.Query)
 	}
-	plan, err := s.srv.schema.Cached(s.srv.plans, m.Query)
+	plan, err := s.decl.schema.Cached(s.decl.plans, m.Query)
 	if err == nil {
 		err = s.checkPlan(plan)
 	}
@@ -212,7 +212,7 @@ func (s *session) checkPlan(plan *rewrite.Plan) error {
 		if rc.Target == "" {
 			continue // RESET ROLE / SESSION AUTHORIZATION DEFAULT: back to the login role
 		}
-		tenant, scoped, err := resolveTenant(s.srv.cfg.Tenancy, rc.Target)
+		tenant, scoped, err := resolveTenant(s.decl.tenancyCfg, rc.Target)
 		if err != nil || scoped != s.scoped || tenant != s.tenant {
 			return tenantRefusal("SET " + strings.ToUpper(strings.ReplaceAll(rc.Kind, "_", " ")) + " to a role of another tenant")
 		}

@@ -98,7 +98,7 @@ func (s *session) shapeOf(rd *pgproto3.RowDescription) (*rowShape, error) {
 	}
 	for i := range rd.Fields {
 		f := &rd.Fields[i]
-		d, ok, err := s.srv.catalog.lookup(context.Background(), columnOrigin{f.TableOID, f.TableAttributeNumber})
+		d, ok, err := s.decl.catalog.lookup(context.Background(), columnOrigin{f.TableOID, f.TableAttributeNumber})
 		if err != nil {
 			return nil, err
 		}
@@ -370,7 +370,7 @@ func (s *session) decryptRow(row *pgproto3.DataRow, shape *rowShape) error {
 				// that behind NULLs.
 				return keyError(s.tenant, err)
 			}
-			if s.srv.cfg.Encrypt.OnDecryptError == config.DecryptErrorNull {
+			if s.decl.encrypt.OnDecryptError == config.DecryptErrorNull {
 				s.srv.audit.decryptFailed(s, t, c)
 				row.Values[i] = nil
 				continue

@@ -60,14 +60,12 @@ type Server struct {
 	clientTLS   *tls.Config // nil: SSLRequest is answered 'N'
 	upstreamTLS *tls.Config // nil: upstream sslmode disable
 
-	// tenancy is on when the configuration maps roles or declares tables;
-	// without it pgcloak is a pure passthrough proxy.
-	tenancy bool
-	schema  *rewrite.Schema // nil when tenancy is off
-	plans   *rewrite.Cache
-	catalog *catalog
-	keys    Keys
-	audit   auditor
+	// decl is what Reload replaces: the declared tables and the tenancy.
+	// A session keeps the declarations it started with.
+	decl  atomic.Pointer[declarations]
+	pool  *pgxpool.Pool
+	keys  Keys
+	audit auditor
 
 	nextID atomic.Uint64
 
@@ -99,19 +97,12 @@ func NewServer(cfg Config, log zerolog.Logger, deps Deps) (*Server, error) {
 		cancels:   make(map[cancelKey]*session),
 		audit:     auditor{l: deps.Audit, obs: observerOr(deps.Observer)},
 	}
-	t := cfg.Tenancy
-	s.tenancy = len(t.Login.Roles) > 0 || len(t.UnscopedRoles) > 0 || len(cfg.Encrypt.Tables) > 0
-	if s.tenancy {
-		s.schema = rewrite.NewSchema(cfg.Encrypt, cfg.Tenancy.Setting)
-		s.plans = rewrite.NewCache(planCacheSize)
+	s.pool, s.keys = deps.Pool, deps.Keys
+	d, err := s.newDeclarations(cfg.Tenancy, cfg.Encrypt)
+	if err != nil {
+		return nil, err
 	}
-	if len(cfg.Encrypt.Tables) > 0 {
-		if deps.Pool == nil || deps.Keys == nil {
-			return nil, errors.New("proxy: declared tables need an upstream pool and a key layer")
-		}
-		s.catalog = newCatalog(deps.Pool, cfg.Encrypt)
-		s.keys = deps.Keys
-	}
+	s.decl.Store(d)
 	if t := cfg.Listen.TLS; t != nil {
 		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
 		if err != nil {
@@ -125,6 +116,57 @@ func NewServer(cfg Config, log zerolog.Logger, deps Deps) (*Server, error) {
 	}
 	s.upstreamTLS = upTLS
 	return s, nil
+}
+
+// declarations are the parts of the configuration that Reload replaces:
+// the tenancy and the declared tables, with what is derived from them.
+type declarations struct {
+	tenancyCfg config.Tenancy
+	encrypt    config.Encrypt
+	// tenancy is on when the configuration maps roles or declares tables;
+	// without it pgcloak is a pure passthrough proxy.
+	tenancy bool
+	schema  *rewrite.Schema // nil when tenancy is off
+	plans   *rewrite.Cache
+	catalog *catalog // nil without declared tables
+}
+
+func (s *Server) newDeclarations(t config.Tenancy, enc config.Encrypt) (*declarations, error) {
+	if t.Setting == "" {
+		t.Setting = config.DefaultTenantSetting
+	}
+	d := &declarations{tenancyCfg: t, encrypt: enc}
+	d.tenancy = len(t.Login.Roles) > 0 || len(t.UnscopedRoles) > 0 || len(enc.Tables) > 0
+	if d.tenancy {
+		d.schema = rewrite.NewSchema(enc, t.Setting)
+		d.plans = rewrite.NewCache(planCacheSize)
+	}
+	if len(enc.Tables) > 0 {
+		if s.pool == nil || s.keys == nil {
+			return nil, errors.New("proxy: declared tables need an upstream pool and a key layer")
+		}
+		d.catalog = newCatalog(s.pool, enc)
+	}
+	return d, nil
+}
+
+// Reload replaces the tenancy and the declared tables (SIGHUP). Sessions
+// that are open keep the declarations they started with; new sessions use
+// these. Listen, upstream and keys settings are not reloaded. Declaring
+// tables for the first time needs a server built with a pool and a key
+// layer (a restart when it started without tables).
+func (s *Server) Reload(ctx context.Context, t config.Tenancy, enc config.Encrypt) error {
+	d, err := s.newDeclarations(t, enc)
+	if err != nil {
+		return err
+	}
+	if d.catalog != nil {
+		if err := d.catalog.load(ctx); err != nil {
+			s.log.Warn().Err(err).Msg("reload: could not read the declared tables from the catalog; lookups fill it on demand")
+		}
+	}
+	s.decl.Store(d)
+	return nil
 }
 
 // UpstreamTLSConfig is the TLS configuration upstream.sslmode asks for:
@@ -160,10 +202,11 @@ func UpstreamTLSConfig(u config.Upstream) (*tls.Config, error) {
 // upstream. Serve works without it (the catalog fills itself on demand), but
 // calling it at start surfaces connectivity problems early.
 func (s *Server) LoadCatalog(ctx context.Context) error {
-	if s.catalog == nil {
+	c := s.decl.Load().catalog
+	if c == nil {
 		return nil
 	}
-	return s.catalog.load(ctx)
+	return c.load(ctx)
 }
 
 // RefreshCatalog forgets the declared tables' OIDs and attribute numbers
@@ -171,11 +214,12 @@ func (s *Server) LoadCatalog(ctx context.Context) error {
 // is then decrypted. Sessions keep working meanwhile; a lookup racing the
 // refresh reads pg_catalog itself.
 func (s *Server) RefreshCatalog(ctx context.Context) error {
-	if s.catalog == nil {
+	c := s.decl.Load().catalog
+	if c == nil {
 		return nil
 	}
-	s.catalog.reset()
-	return s.catalog.load(ctx)
+	c.reset()
+	return c.load(ctx)
 }
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.

@@ -24,9 +24,10 @@ import (
 // a message is always encoded whole under the lock, so messages from the two
 // goroutines never interleave inside each other.
 type session struct {
-	srv *Server
-	id  uint64
-	log zerolog.Logger
+	srv  *Server
+	decl *declarations // as they were when the session started
+	id   uint64
+	log  zerolog.Logger
 
 	client   net.Conn
 	clientRd *flushingReader
@@ -79,7 +80,7 @@ type session struct {
 }
 
 func newSession(srv *Server, id uint64, conn net.Conn, log zerolog.Logger) *session {
-	s := &session{srv: srv, id: id, log: log, client: conn}
+	s := &session{srv: srv, id: id, log: log, client: conn, decl: srv.decl.Load()}
 	s.clientRd = &flushingReader{r: conn}
 	s.clientIn = pgproto3.NewBackend(s.clientRd, nil)
 	s.clientIn.SetMaxBodyLen(srv.cfg.Listen.MaxMessageSize)
@@ -118,7 +119,7 @@ func (s *session) run() {
 	tenant := s.tenant
 	s.srv.audit.obs.SessionStarted(tenant)
 	defer s.srv.audit.obs.SessionEnded(tenant)
-	if s.srv.tenancy {
+	if s.decl.tenancy {
 		s.srv.audit.l.SessionStarted(s.auditIdentity())
 		defer s.srv.audit.l.SessionEnded(s.auditIdentity())
 	}
@@ -230,7 +231,7 @@ func (s *session) clientLoop() error {
 			s.upstreamOut.flush()
 			return errDone
 		}
-		if !s.srv.tenancy {
+		if !s.decl.tenancy {
 			err = s.upstreamOut.send(msg)
 		} else {
 			err = s.handleClientMessage(msg)
@@ -284,7 +285,7 @@ func (s *session) upstreamLoop() error {
 			}
 			return fmt.Errorf("upstream read: %w", err)
 		}
-		if e, ok := msg.(*pgproto3.ErrorResponse); ok && s.srv.tenancy &&
+		if e, ok := msg.(*pgproto3.ErrorResponse); ok && s.decl.tenancy &&
 			strings.HasPrefix(e.Message, "pgcloak: ") && strings.HasPrefix(e.Where, raiseWhere) {
 			e.Where = "" // a refusal raised by the proxy's own DO statement
 		}

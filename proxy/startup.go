@@ -61,7 +61,7 @@ func (s *session) startup() (bool, error) {
 		}
 		params[k] = v
 	}
-	if s.srv.tenancy {
+	if s.decl.tenancy {
 		if err := s.applyTenancy(params); err != nil {
 			return false, err
 		}
@@ -195,7 +195,7 @@ func (s *session) relayAuthentication() (bool, error) {
 			return true, nil
 		case *pgproto3.ErrorResponse:
 			s.log.Info().Str("sqlstate", m.Code).Msg("upstream refused login")
-			if s.srv.tenancy {
+			if s.decl.tenancy {
 				s.srv.audit.l.AuthRefused(s.auditIdentity(), m.Code, "refused by upstream")
 			}
 			s.sendClient(m)
@@ -317,7 +317,7 @@ func (s *session) relayUntilReady() error {
 // A role that maps to no tenant is refused only once PostgreSQL has
 // authenticated it, so the refusal reveals nothing to a stranger.
 func (s *session) applyTenancy(params map[string]string) error {
-	t := s.srv.cfg.Tenancy
+	t := s.decl.tenancyCfg
 	if t.Mode == config.ModeJWT {
 		return &clientError{code: pgerrcode.FeatureNotSupported, msg: "tenancy mode jwt is not supported yet", fatal: true}
 	}
@@ -331,7 +331,7 @@ func (s *session) applyTenancy(params map[string]string) error {
 		return nil
 	}
 	s.tenant, s.scoped = tenant, scoped
-	s.tracks = s.srv.catalog != nil
+	s.tracks = s.decl.catalog != nil
 	s.decrypts = scoped && s.tracks
 	s.statements = make(map[string]*preparedStatement)
 	s.stmtGen = make(map[string]uint64)

@@ -62,7 +62,7 @@ func resolveTenant(t config.Tenancy, role string) (tenant string, scoped bool, e
 // failure ends the session: it must never run without its tenant.
 func (s *session) pinTenant(ctx context.Context) error {
 	s.upstreamOut.send(&pgproto3.Parse{Query: "SELECT pg_catalog.set_config($1, $2, false)"})
-	s.upstreamOut.send(&pgproto3.Bind{Parameters: [][]byte{[]byte(s.srv.cfg.Tenancy.Setting), []byte(s.tenant)}})
+	s.upstreamOut.send(&pgproto3.Bind{Parameters: [][]byte{[]byte(s.decl.tenancyCfg.Setting), []byte(s.tenant)}})
 	s.upstreamOut.send(&pgproto3.Execute{})
 	s.upstreamOut.send(&pgproto3.Close{ObjectType: 'S'})
 	s.upstreamOut.send(&pgproto3.Sync{})

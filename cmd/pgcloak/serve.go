@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"reflect"
 	"syscall"
 	"time"
 
@@ -38,8 +39,11 @@ audit.output.
 
 SIGTERM or SIGINT stops accepting connections and lets open sessions finish
 for up to listen.shutdown_timeout, then closes the rest and exits 0.
-SIGHUP re-reads the declared tables' column numbers from pg_catalog (after
-DDL on them); reloading the configuration itself is not implemented yet.`,
+SIGHUP reloads the configuration file's tenancy and encrypt sections: new
+sessions use the new tenant roles and declared tables (whose column numbers
+are read from pg_catalog again, after DDL on them); open sessions keep what
+they started with. Changes to the other sections are logged and need a
+restart. An invalid file is logged and changes nothing.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.Load(path)
@@ -113,16 +117,7 @@ func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger, stdout, 
 			return fmt.Errorf("listener %s: %w", ln.Addr(), err)
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				// Declarations and tenants are not reloaded yet; the
-				// catalog of declared tables is.
-				rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				err := srv.RefreshCatalog(rctx)
-				cancel()
-				if err != nil {
-					log.Warn().Err(err).Msg("SIGHUP: catalog refresh failed; lookups refill it on demand")
-				} else {
-					log.Info().Msg("SIGHUP: catalog of declared tables refreshed; configuration reload is not supported yet")
-				}
+				reload(srv, cfg, log)
 				continue
 			}
 			log.Info().Str("signal", sig.String()).Msg("shutting down")
@@ -160,4 +155,44 @@ func keyProviderName(cfg *config.Config) string {
 		return "none (no tables declared)"
 	}
 	return string(cfg.Keys.Provider)
+}
+
+// reload applies a SIGHUP: it re-reads cfg.File and hands its tenancy and
+// encrypt sections to the server. The other sections need a restart; an
+// invalid file changes nothing.
+func reload(srv *proxy.Server, cfg *config.Config, log zerolog.Logger) {
+	next, err := config.Load(cfg.File)
+	if err != nil {
+		log.Error().Err(err).Msg("SIGHUP: configuration not reloaded")
+		return
+	}
+	for _, sec := range []struct {
+		name      string
+		old, next any
+	}{
+		{"listen", cfg.Listen, next.Listen},
+		{"upstream", cfg.Upstream, next.Upstream},
+		{"keys", cfg.Keys, next.Keys},
+		{"admin", cfg.Admin, next.Admin},
+		{"audit", cfg.Audit, next.Audit},
+		{"log", cfg.Log, next.Log},
+	} {
+		if !reflect.DeepEqual(sec.old, sec.next) {
+			log.Warn().Str("section", sec.name).Msg("SIGHUP: this section changed; it takes effect after a restart")
+		}
+	}
+	if len(cfg.Encrypt.Tables) == 0 && len(next.Encrypt.Tables) > 0 {
+		log.Error().Msg("SIGHUP: configuration not reloaded: declaring the first encrypted table needs a restart (the key store and provider start with it)")
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Reload(ctx, next.Tenancy, next.Encrypt); err != nil {
+		log.Error().Err(err).Msg("SIGHUP: configuration not reloaded")
+		return
+	}
+	log.Info().
+		Int("encrypted_tables", len(next.Encrypt.Tables)).
+		Int("tenant_roles", len(next.Tenancy.Login.Roles)).
+		Msg("SIGHUP: configuration reloaded; new sessions use it, open sessions keep what they started with")
 }

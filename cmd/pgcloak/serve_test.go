@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,6 +16,7 @@ import (
 
 // serving is a `pgcloak serve` running in-process.
 type serving struct {
+	path           string // the configuration file
 	listen         string
 	stop           context.CancelFunc
 	exited         chan int
@@ -34,6 +36,7 @@ func startServe(t *testing.T, pg *testenv.Postgres, db string, edit func(string)
 		cfg = edit(cfg)
 	}
 	path := writeFile(t, "pgcloak.yaml", cfg)
+	s.path = path
 
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stop = cancel
@@ -107,7 +110,7 @@ func TestServe(t *testing.T) {
 	if err := syscall.Kill(syscall.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the SIGHUP log line", func() bool { return strings.Contains(s.stderr.String(), "SIGHUP: catalog") })
+	waitFor(t, "the SIGHUP log line", func() bool { return strings.Contains(s.stderr.String(), "SIGHUP: configuration reloaded") })
 	if err := conn.QueryRow(t.Context(), "select 1").Scan(&one); err != nil {
 		t.Fatalf("query after SIGHUP: %v", err)
 	}
@@ -163,5 +166,58 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestServeReload: SIGHUP applies a changed tenancy section to new
+// sessions, while an open session keeps its tenant.
+func TestServeReload(t *testing.T) {
+	pg := testenv.Shared(t)
+	db := testenv.NewDatabase(t, pg)
+	tenancy := "tenancy:\n  login:\n    roles:\n      " + testenv.ScramUser + ": acme\n"
+	s := startServe(t, pg, db, func(cfg string) string { return cfg + tenancy })
+	tenantOf := func(conn *pgx.Conn) string {
+		var tenant string
+		if err := conn.QueryRow(t.Context(), "select current_setting('app.tenant_id')").Scan(&tenant); err != nil {
+			t.Fatalf("tenant: %v", err)
+		}
+		return tenant
+	}
+	before := s.connect(t, db, "sslmode=disable")
+	if got := tenantOf(before); got != "acme" {
+		t.Fatalf("tenant before the reload: got %q, want acme", got)
+	}
+	cfg, err := os.ReadFile(s.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := strings.Replace(string(cfg), ": acme", ": globex", 1)
+	changed = strings.Replace(changed, "shutdown_timeout: 5s", "shutdown_timeout: 6s", 1)
+	if err := os.WriteFile(s.path, []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(syscall.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the reload log line", func() bool { return strings.Contains(s.stderr.String(), "SIGHUP: configuration reloaded") })
+	if !strings.Contains(s.stderr.String(), `"section":"listen"`) {
+		t.Errorf("log: want a warning that the listen section needs a restart")
+	}
+	after := s.connect(t, db, "sslmode=disable")
+	if got := tenantOf(after); got != "globex" {
+		t.Errorf("tenant of a new session: got %q, want globex", got)
+	}
+	if got := tenantOf(before); got != "acme" {
+		t.Errorf("tenant of the open session: got %q, want acme", got)
+	}
+
+	// An invalid file changes nothing.
+	if err := os.WriteFile(s.path, []byte("listen: [\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(syscall.Getpid(), syscall.SIGHUP)
+	waitFor(t, "the failed reload log line", func() bool { return strings.Contains(s.stderr.String(), "SIGHUP: configuration not reloaded") })
+	if got := tenantOf(s.connect(t, db, "sslmode=disable")); got != "globex" {
+		t.Errorf("tenant after an invalid reload: got %q, want globex", got)
 	}
 }
