@@ -14,6 +14,8 @@
 #   DURATION  seconds per pgbench run [15]   ROUNDS   cycles [1]
 #   SCALE     pgbench scale [10]              CLIENTS  pgbench -c [8]
 #   JOBS      pgbench -j [2]
+#   PIPE      1: also measure bench/cmd/bytepipe, a Go byte pipe (the floor
+#             for any Go proxy), and print its ratios [0]
 #
 # Needs Go, the PostgreSQL server binaries and pgbench, and pgbouncer
 # (apt-get install -y postgresql pgbouncer). Everything it starts is stopped
@@ -29,6 +31,7 @@ CLIENTS=${CLIENTS:-8}
 JOBS=${JOBS:-2}
 MODES=(simple extended prepared)
 TARGETS=(direct pgcloak pgbouncer)
+PIPE=${PIPE:-0}
 
 command -v pgbouncer >/dev/null || die "pgbouncer not found; install it with: apt-get install -y pgbouncer"
 
@@ -91,6 +94,16 @@ fi
 STOP_PIDS+=($!)
 
 declare -A PORT=([direct]=$PGPORT [pgcloak]=$PGCLOAK_PORT [pgbouncer]=$PGBOUNCER_PORT)
+if [[ $PIPE == 1 ]]; then
+	echo "--- starting bytepipe (a Go byte pipe, the floor for a Go proxy)"
+	go build -o "$work/bytepipe" ./bench/cmd/bytepipe
+	"$work/bytepipe" -upstream "127.0.0.1:$PGPORT" >"$work/bytepipe.out" 2>&1 &
+	STOP_PIDS+=($!)
+	for _ in $(seq 50); do grep -q '^PORT=' "$work/bytepipe.out" && break; sleep 0.1; done
+	PORT[pipe]=$(sed -n 's/^PORT=//p' "$work/bytepipe.out")
+	[[ -n ${PORT[pipe]} ]] || die "bytepipe did not start"
+	TARGETS+=(pipe)
+fi
 declare -A LOG=([pgcloak]=$work/pgcloak.log [pgbouncer]=$bouncer/pgbouncer.log)
 for t in pgcloak pgbouncer; do
 	wait_login "$t" "${PORT[$t]}" "$BENCH_USER" "$BENCH_PASSWORD" "${LOG[$t]}"
@@ -120,6 +133,18 @@ echo
 echo "pgbench -S, scale $SCALE, $CLIENTS clients, $JOBS threads, ${DURATION}s per run, mean of $ROUNDS round(s)"
 echo "$(nproc) CPUs; $("$PGBENCH" --version); $(pgbouncer --version | head -n1); pgcloak $(git rev-parse --short HEAD 2>/dev/null || echo '(no commit)')"
 echo
+if [[ $PIPE == 1 ]]; then
+	awk -v modes="${MODES[*]}" '
+		{ sum[$1, $2] += $3; n[$1, $2]++ }
+		END {
+			m = split(modes, ms, " ")
+			for (i = 1; i <= m; i++)
+				printf "bytepipe %-9s %8.0f tps, bytepipe/pgbouncer %.2f, pgcloak/bytepipe %.2f\n", ms[i], sum[ms[i], "pipe"] / n[ms[i], "pipe"],
+					(sum[ms[i], "pipe"] / n[ms[i], "pipe"]) / (sum[ms[i], "pgbouncer"] / n[ms[i], "pgbouncer"]),
+					(sum[ms[i], "pgcloak"] / n[ms[i], "pgcloak"]) / (sum[ms[i], "pipe"] / n[ms[i], "pipe"])
+		}' "$work/results"
+	echo
+fi
 awk -v modes="${MODES[*]}" '
 	{ sum[$1, $2] += $3; n[$1, $2]++ }
 	END {
