@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgcloak/pgcloak/config"
 )
 
@@ -200,4 +201,35 @@ func pgWhere(err error) string {
 		return pgErr.Where
 	}
 	return ""
+}
+
+// TestRefusedCopyDropsPipelinedData: COPY data a client pipelines behind a
+// refused COPY is dropped by the proxy, and the session goes on.
+func TestRefusedCopyDropsPipelinedData(t *testing.T) {
+	env := startVisits(t)
+	ctx := ctxT(t)
+	conn := connect(t, env.proxy.url(acmeRole, rolePassword, env.db))
+	pc := conn.PgConn()
+	fe := pc.Frontend()
+	fe.Send(&pgproto3.Query{String: `copy visits (id, ssn) from stdin with (format csv, force_null (ssn))`})
+	fe.Send(&pgproto3.CopyData{Data: []byte("1,111-22-3333\n")})
+	fe.Send(&pgproto3.CopyDone{})
+	fatalIf(t, fe.Flush(), "flush")
+	var gotErr *pgproto3.ErrorResponse
+	for {
+		msg, err := pc.ReceiveMessage(ctx)
+		fatalIf(t, err, "receive")
+		if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+			gotErr = e
+		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+	}
+	if gotErr == nil || gotErr.Code != "0A000" {
+		t.Fatalf("refused COPY: got %+v, want 0A000", gotErr)
+	}
+	var n int
+	fatalIf(t, conn.QueryRow(ctx, `select count(*) from visits`).Scan(&n), "session after the refusal")
+	mustEqual(t, "rows", n, 0)
 }

@@ -71,7 +71,7 @@ var lobFunctions = map[uint32]bool{
 // handleQuery forwards a simple-protocol Query, rewritten when it touches
 // declared columns, or refuses it.
 func (s *session) handleQuery(q *pgproto3.Query) error {
-	s.copyIn = nil // a COPY FROM the client abandoned
+	s.copyIn, s.dropCopy = nil, false // a COPY FROM the client abandoned
 	if err := tenantTokenCheck(q.String); err != nil {
 		s.track(q)
 		return s.refuse(err)
@@ -153,7 +153,7 @@ func (s *session) refuseStatement(sql string, err error) error {
 // handleParse forwards an extended-protocol Parse, rewritten when it
 // touches declared columns, or refuses it. See extended.go.
 func (s *session) handleParse(m *pgproto3.Parse) error {
-	s.copyIn = nil // a COPY FROM the client abandoned
+	s.copyIn, s.dropCopy = nil, false // a COPY FROM the client abandoned
 	if err := tenantTokenCheck(m.Query); err != nil {
 		return s.refuseExtended(err)
 	}
@@ -197,7 +197,7 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 // handleFunctionCall forwards large-object fast-path calls and refuses the
 // rest.
 func (s *session) handleFunctionCall(m *pgproto3.FunctionCall) error {
-	s.copyIn = nil
+	s.copyIn, s.dropCopy = nil, false
 	if lobFunctions[m.Function] {
 		s.track(m)
 		return s.upstreamOut.send(m)
@@ -367,6 +367,9 @@ func (s *session) refuse(err error) error {
 // publicError decides what a refused statement tells the client, logs the
 // rest, and audits refused tenant changes.
 func (s *session) publicError(err error) (code, msg string) {
+	// A client that pipelined COPY data behind a refused statement (a
+	// refused COPY) must not have it reach PostgreSQL, even to be ignored.
+	s.dropCopy = true
 	var ref *rewrite.Refusal
 	var ce *clientError
 	switch {

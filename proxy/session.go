@@ -62,8 +62,10 @@ type session struct {
 	// client goroutine touches them. See extended.go.
 	statements map[string]*preparedStatement
 	stmtSeq    uint64
-	// copyIn is the COPY FROM whose rows the client goroutine transforms.
-	copyIn *copyIn
+	// copyIn is the COPY FROM whose rows the client goroutine transforms;
+	// dropCopy drops COPY data that follows a refused statement.
+	copyIn   *copyIn
+	dropCopy bool
 	// stmtGen and genSeq number the generations of statement names (client
 	// goroutine); shapes is where described row shapes are posted.
 	stmtGen map[string]uint64
@@ -254,6 +256,9 @@ func (s *session) handleClientMessage(msg pgproto3.FrontendMessage) error {
 	case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail:
 		if s.copyIn != nil {
 			return s.handleCopyMessage(m)
+		}
+		if s.dropCopy {
+			return nil
 		}
 	}
 	if s.decrypts {
