@@ -286,11 +286,38 @@ func (c *KeyCache) Version(ctx context.Context, id KeyID) (*DataKey, error) {
 func (c *KeyCache) Purge(tenant string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.purgeLocked(func(e *cacheEntry) bool { return e.id.Tenant == tenant })
+}
+
+// PurgeAll removes every key of every tenant, destroying them, as Purge
+// does for one. A replica calls it when it may have missed key events (its
+// listening connection was lost). It returns how many keys it removed.
+func (c *KeyCache) PurgeAll() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.purgeLocked(func(*cacheEntry) bool { return true })
+}
+
+// Close destroys every cached key and stops the sweeper. Loads after Close
+// fail.
+func (c *KeyCache) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	c.purgeLocked(func(*cacheEntry) bool { return true })
+}
+
+// purgeLocked removes the entries match selects, counting the keys among
+// them as purged, and makes loads under way not cache their result.
+func (c *KeyCache) purgeLocked(match func(*cacheEntry) bool) int {
 	c.epoch++
 	n := 0
 	for el := c.order.Front(); el != nil; {
 		next := el.Next()
-		if e := el.Value.(*cacheEntry); e.id.Tenant == tenant {
+		if e := el.Value.(*cacheEntry); match(e) {
 			if e.key != nil {
 				n++
 			}
@@ -300,48 +327,6 @@ func (c *KeyCache) Purge(tenant string) int {
 	}
 	c.purged.Add(uint64(n))
 	return n
-}
-
-// PurgeAll removes every key of every tenant, destroying them, as Purge
-// does for one. A replica calls it when it may have missed key events (its
-// listening connection was lost). It returns how many keys it removed.
-func (c *KeyCache) PurgeAll() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.epoch++
-	n := 0
-	for el := c.order.Front(); el != nil; {
-		next := el.Next()
-		if el.Value.(*cacheEntry).key != nil {
-			n++
-		}
-		c.removeLocked(el)
-		el = next
-	}
-	c.purged.Add(uint64(n))
-	return n
-}
-
-// Close destroys every cached key and stops the sweeper. Loads after Close
-// fail.
-func (c *KeyCache) Close() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.closed = true
-	c.epoch++
-	if c.timer != nil {
-		c.timer.Stop()
-	}
-	n := 0
-	for el := c.order.Front(); el != nil; {
-		next := el.Next()
-		if el.Value.(*cacheEntry).key != nil {
-			n++
-		}
-		c.removeLocked(el)
-		el = next
-	}
-	c.purged.Add(uint64(n))
 }
 
 // Stats returns the cache's counters.

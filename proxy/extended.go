@@ -170,9 +170,9 @@ func (s *session) parsePlain(m *pgproto3.Parse, text string) error {
 // handleBind forwards a Bind, transforming its parameters when it binds a
 // rewritten statement.
 func (s *session) handleBind(m *pgproto3.Bind) error {
-	ps := s.statements[m.PreparedStatement]
-	if ps == nil && strings.HasPrefix(m.PreparedStatement, reservedPrefix) {
-		return s.refuseExtended(reservedName(m.PreparedStatement))
+	ps, err := s.rewritten(m.PreparedStatement)
+	if err != nil {
+		return s.refuseExtended(err)
 	}
 	if ps != nil && ps.failed.Load() {
 		// PostgreSQL rejected its Parse: say so in the client's terms.
@@ -180,7 +180,6 @@ func (s *session) handleBind(m *pgproto3.Bind) error {
 	}
 	out := m
 	if ps != nil {
-		var err error
 		if out, err = s.transformBind(m, ps); err != nil {
 			return s.refuseExtended(err)
 		}
@@ -206,11 +205,11 @@ func (s *session) handleDescribe(m *pgproto3.Describe) error {
 		s.track(m)
 		return s.upstreamOut.send(m)
 	}
-	ps := s.statements[m.Name]
+	ps, err := s.rewritten(m.Name)
+	if err != nil {
+		return s.refuseExtended(err)
+	}
 	if ps == nil {
-		if strings.HasPrefix(m.Name, reservedPrefix) {
-			return s.refuseExtended(reservedName(m.Name))
-		}
 		s.track(m)
 		return s.upstreamOut.send(m)
 	}
@@ -226,11 +225,11 @@ func (s *session) handleClose(m *pgproto3.Close) error {
 		return s.upstreamOut.send(m)
 	}
 	s.newGeneration(m.Name)
-	ps := s.statements[m.Name]
+	ps, err := s.rewritten(m.Name)
+	if err != nil {
+		return s.refuseExtended(err)
+	}
 	if ps == nil {
-		if strings.HasPrefix(m.Name, reservedPrefix) {
-			return s.refuseExtended(reservedName(m.Name))
-		}
 		s.track(m)
 		return s.upstreamOut.send(m)
 	}
@@ -239,9 +238,18 @@ func (s *session) handleClose(m *pgproto3.Close) error {
 	return s.upstreamOut.send(&pgproto3.Close{ObjectType: 'S', Name: ps.upstream})
 }
 
-func reservedName(name string) error {
-	return &clientError{code: pgerrcode.InvalidSQLStatementName, msg: fmt.Sprintf("statement names starting with %q are reserved", reservedPrefix)}
+// rewritten returns the rewritten statement the client calls name, nil for
+// a statement whose parameters pass through, and an error for a name the
+// proxy reserves.
+func (s *session) rewritten(name string) (*preparedStatement, error) {
+	ps := s.statements[name]
+	if ps == nil && strings.HasPrefix(name, reservedPrefix) {
+		return nil, errReservedName
+	}
+	return ps, nil
 }
+
+var errReservedName = &clientError{code: pgerrcode.InvalidSQLStatementName, msg: fmt.Sprintf("statement names starting with %q are reserved", reservedPrefix)}
 
 // transformBind builds the upstream Bind of a rewritten statement.
 func (s *session) transformBind(m *pgproto3.Bind, ps *preparedStatement) (*pgproto3.Bind, error) {

@@ -158,7 +158,7 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 		return s.refuseExtended(err)
 	}
 	if strings.HasPrefix(m.Name, reservedPrefix) {
-		return s.refuseExtended(reservedName(m.Name))
+		return s.refuseExtended(errReservedName)
 	}
 	if s.decl.schema == nil || !s.decl.schema.MightNeedAnalysis(m.Query) {
 		return s.parsePlain(m, m.Query)

@@ -198,7 +198,7 @@ func TestAdminReadyz(t *testing.T) {
 
 	t.Run("postgres up, pool", func(t *testing.T) {
 		cfg := adminConfig(pg.Addr(), testenv.ScramPassword, db)
-		pool, err := upstreamPool(cfg.Upstream)
+		pool, err := upstreamPool(cfg.Upstream, "pgcloak", upstreamPoolMaxConns)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -234,7 +234,7 @@ func TestAdminReadyz(t *testing.T) {
 	t.Run("postgres up, wrong password, pool", func(t *testing.T) {
 		// With a pool the proxy's own login is needed (keys, catalog).
 		cfg := adminConfig(pg.Addr(), "not-the-password", db)
-		pool, err := upstreamPool(cfg.Upstream)
+		pool, err := upstreamPool(cfg.Upstream, "pgcloak", upstreamPoolMaxConns)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -142,10 +142,7 @@ func check(ctx context.Context, cfg *config.Config, w io.Writer) bool {
 // login will, reports its version and then checks every declared table.
 func checkUpstream(ctx context.Context, cfg *config.Config, c *checker) {
 	u := cfg.Upstream
-	timeout := u.ConnectTimeout
-	if timeout <= 0 {
-		timeout = defaultConnectTimeout
-	}
+	timeout := connectTimeout(u)
 	target := fmt.Sprintf("%s user=%s database=%s sslmode=%s", u.Address, u.User, u.Database, u.SSLMode)
 	conn, v, err := connectUpstream(ctx, u, timeout)
 	c.result(err, "upstream", "connected to "+target)

@@ -47,10 +47,7 @@ type keyEvents struct {
 // upstream.user. Its stop function ends it and waits for it; call it before
 // closing the cache.
 func startKeyEvents(u config.Upstream, cache *crypto.KeyCache, auditLog *audit.Logger, log zerolog.Logger) (stop func() error, err error) {
-	timeout := u.ConnectTimeout
-	if timeout <= 0 {
-		timeout = defaultConnectTimeout
-	}
+	timeout := connectTimeout(u)
 	cc, err := upstreamConnConfig(u, timeout, "pgcloak key events")
 	if err != nil {
 		return nil, err

@@ -62,7 +62,7 @@ func openKeyAdmin(ctx context.Context, cmd *cobra.Command, path string, ensure b
 	}
 	a.audit = auditLog
 	a.closers = append(a.closers, auditCloser.Close)
-	a.pool, err = upstreamPool(cfg.Upstream)
+	a.pool, err = upstreamPool(cfg.Upstream, "pgcloak", upstreamPoolMaxConns)
 	if err != nil {
 		return nil, a.fail(err)
 	}
@@ -95,6 +95,27 @@ func (a *keyAdmin) provider(ctx context.Context) (crypto.Provider, error) {
 		return nil, a.fail(err)
 	}
 	return p, nil
+}
+
+// withKeyAdmin runs fn for a keys command under keysTimeout with the key
+// store open (created when ensure) and, when withProvider, the key provider
+// loaded first, so that a broken provider configuration fails before
+// anything changes. It closes what it opened.
+func withKeyAdmin(cmd *cobra.Command, path string, ensure, withProvider bool, fn func(ctx context.Context, a *keyAdmin, provider crypto.Provider) error) error {
+	ctx, cancel := context.WithTimeout(cmd.Context(), keysTimeout)
+	defer cancel()
+	a, err := openKeyAdmin(ctx, cmd, path, ensure)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+	var provider crypto.Provider
+	if withProvider {
+		if provider, err = a.provider(ctx); err != nil {
+			return err
+		}
+	}
+	return fn(ctx, a, provider)
 }
 
 // className is how output names a key class.
@@ -134,35 +155,26 @@ keys are shredded is refused: re-enable it with keys create.`,
 			if !p.Valid() {
 				return usageError(cmd, fmt.Errorf("--purpose must be data or index, got %q", purpose))
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), keysTimeout)
-			defer cancel()
-			a, err := openKeyAdmin(ctx, cmd, path, true)
-			if err != nil {
-				return err
-			}
-			defer a.close()
-			provider, err := a.provider(ctx)
-			if err != nil {
-				return err
-			}
-			if _, err := a.store.Active(ctx, tenant, class, p); errors.Is(err, crypto.ErrKeyShredded) {
-				return a.fail(fmt.Errorf("tenant %s's keys of class %s are shredded; run keys create to give it new ones", tenant, className(class)))
-			} else if err != nil && !errors.Is(err, crypto.ErrKeyNotFound) {
-				return a.fail(err)
-			}
-			id, err := a.store.Rotate(ctx, provider, tenant, class, p)
-			if err != nil {
-				return a.fail(err)
-			}
-			a.audit.KeyRotated(id.Tenant, id.KeyClass, string(id.Purpose), int(id.Version), "")
-			fmt.Fprintf(a.stdout, "Rotated tenant %s, key class %s, purpose %s: version %d is active.\n", tenant, className(class), p, id.Version)
-			if id.Version > 1 {
-				fmt.Fprintln(a.stdout, "Older versions stay readable; pgcloak reencrypt moves their values to the new version.")
-			}
-			if p == crypto.PurposeIndex {
-				fmt.Fprintln(a.stdout, "Existing blind indexes no longer match until they are recomputed.")
-			}
-			return nil
+			return withKeyAdmin(cmd, path, true, true, func(ctx context.Context, a *keyAdmin, provider crypto.Provider) error {
+				if _, err := a.store.Active(ctx, tenant, class, p); errors.Is(err, crypto.ErrKeyShredded) {
+					return a.fail(fmt.Errorf("tenant %s's keys of class %s are shredded; run keys create to give it new ones", tenant, className(class)))
+				} else if err != nil && !errors.Is(err, crypto.ErrKeyNotFound) {
+					return a.fail(err)
+				}
+				id, err := a.store.Rotate(ctx, provider, tenant, class, p)
+				if err != nil {
+					return a.fail(err)
+				}
+				a.audit.KeyRotated(id.Tenant, id.KeyClass, string(id.Purpose), int(id.Version), "")
+				fmt.Fprintf(a.stdout, "Rotated tenant %s, key class %s, purpose %s: version %d is active.\n", tenant, className(class), p, id.Version)
+				if id.Version > 1 {
+					fmt.Fprintln(a.stdout, "Older versions stay readable; pgcloak reencrypt moves their values to the new version.")
+				}
+				if p == crypto.PurposeIndex {
+					fmt.Fprintln(a.stdout, "Existing blind indexes no longer match until they are recomputed.")
+				}
+				return nil
+			})
 		},
 	}
 	configFlag(cmd, &path)
@@ -183,46 +195,37 @@ write anyway, so this is only needed after a shred. It refuses a tenant that
 already has an active data key: use keys rotate for that.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), keysTimeout)
-			defer cancel()
-			a, err := openKeyAdmin(ctx, cmd, path, true)
-			if err != nil {
-				return err
-			}
-			defer a.close()
-			provider, err := a.provider(ctx)
-			if err != nil {
-				return err
-			}
-			w, err := a.store.Active(ctx, tenant, class, crypto.PurposeData)
-			switch {
-			case err == nil:
-				return a.fail(fmt.Errorf("tenant %s already has an active data key of class %s (version %d); use keys rotate", tenant, className(class), w.ID.Version))
-			case !errors.Is(err, crypto.ErrKeyNotFound) && !errors.Is(err, crypto.ErrKeyShredded):
-				return a.fail(err)
-			}
-			for _, p := range []crypto.Purpose{crypto.PurposeData, crypto.PurposeIndex} {
-				if p == crypto.PurposeIndex {
-					_, err := a.store.Active(ctx, tenant, class, p)
-					if err == nil {
-						continue // the index key survived (only data was shredded by hand)
+			return withKeyAdmin(cmd, path, true, true, func(ctx context.Context, a *keyAdmin, provider crypto.Provider) error {
+				w, err := a.store.Active(ctx, tenant, class, crypto.PurposeData)
+				switch {
+				case err == nil:
+					return a.fail(fmt.Errorf("tenant %s already has an active data key of class %s (version %d); use keys rotate", tenant, className(class), w.ID.Version))
+				case !errors.Is(err, crypto.ErrKeyNotFound) && !errors.Is(err, crypto.ErrKeyShredded):
+					return a.fail(err)
+				}
+				for _, p := range []crypto.Purpose{crypto.PurposeData, crypto.PurposeIndex} {
+					if p == crypto.PurposeIndex {
+						_, err := a.store.Active(ctx, tenant, class, p)
+						if err == nil {
+							continue // the index key survived (only data was shredded by hand)
+						}
+						if !errors.Is(err, crypto.ErrKeyNotFound) && !errors.Is(err, crypto.ErrKeyShredded) {
+							return a.fail(err)
+						}
 					}
-					if !errors.Is(err, crypto.ErrKeyNotFound) && !errors.Is(err, crypto.ErrKeyShredded) {
+					id, err := a.store.Rotate(ctx, provider, tenant, class, p)
+					if err != nil {
 						return a.fail(err)
 					}
+					w, err := a.store.Version(ctx, id)
+					if err != nil {
+						return a.fail(err)
+					}
+					a.audit.KeyCreated(id.Tenant, id.KeyClass, string(id.Purpose), int(id.Version), w.KEKID)
+					fmt.Fprintf(a.stdout, "Created tenant %s, key class %s, purpose %s: version %d is active.\n", tenant, className(class), p, id.Version)
 				}
-				id, err := a.store.Rotate(ctx, provider, tenant, class, p)
-				if err != nil {
-					return a.fail(err)
-				}
-				w, err := a.store.Version(ctx, id)
-				if err != nil {
-					return a.fail(err)
-				}
-				a.audit.KeyCreated(id.Tenant, id.KeyClass, string(id.Purpose), int(id.Version), w.KEKID)
-				fmt.Fprintf(a.stdout, "Created tenant %s, key class %s, purpose %s: version %d is active.\n", tenant, className(class), p, id.Version)
-			}
-			return nil
+				return nil
+			})
 		},
 	}
 	configFlag(cmd, &path)
@@ -243,30 +246,21 @@ touched and nothing needs re-encrypting. Use it after moving a tenant to a KEK
 of its own, or after a KMS key change. It is all or nothing.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), keysTimeout)
-			defer cancel()
-			a, err := openKeyAdmin(ctx, cmd, path, true)
-			if err != nil {
-				return err
-			}
-			defer a.close()
-			provider, err := a.provider(ctx)
-			if err != nil {
-				return err
-			}
-			done, err := a.store.Rewrap(ctx, provider, tenant)
-			if err != nil {
-				return a.fail(err)
-			}
-			for _, r := range done {
-				a.audit.KeyRewrapped(r.ID.Tenant, r.ID.KeyClass, string(r.ID.Purpose), int(r.ID.Version), r.OldKEK, r.NewKEK)
-			}
-			if len(done) == 0 {
-				fmt.Fprintf(a.stdout, "Tenant %s has no keys to rewrap.\n", tenant)
+			return withKeyAdmin(cmd, path, true, true, func(ctx context.Context, a *keyAdmin, provider crypto.Provider) error {
+				done, err := a.store.Rewrap(ctx, provider, tenant)
+				if err != nil {
+					return a.fail(err)
+				}
+				for _, r := range done {
+					a.audit.KeyRewrapped(r.ID.Tenant, r.ID.KeyClass, string(r.ID.Purpose), int(r.ID.Version), r.OldKEK, r.NewKEK)
+				}
+				if len(done) == 0 {
+					fmt.Fprintf(a.stdout, "Tenant %s has no keys to rewrap.\n", tenant)
+					return nil
+				}
+				fmt.Fprintf(a.stdout, "Rewrapped %d key versions of tenant %s under KEK %s.\n", len(done), tenant, done[len(done)-1].NewKEK)
 				return nil
-			}
-			fmt.Fprintf(a.stdout, "Rewrapped %d key versions of tenant %s under KEK %s.\n", len(done), tenant, done[len(done)-1].NewKEK)
-			return nil
+			})
 		},
 	}
 	configFlag(cmd, &path)
@@ -301,58 +295,50 @@ This cannot be undone. It refuses to run without --yes.`,
 				return usageError(cmd, fmt.Errorf("keys shred destroys tenant %s's keys for good; add --yes to confirm", tenant))
 			}
 			oneClass := cmd.Flags().Changed("key-class")
-			ctx, cancel := context.WithTimeout(cmd.Context(), keysTimeout)
-			defer cancel()
-			a, err := openKeyAdmin(ctx, cmd, path, true)
-			if err != nil {
-				return err
-			}
-			defer a.close()
-			// Loaded first, so that a broken provider configuration fails
-			// before anything is destroyed.
-			provider, err := a.provider(ctx)
-			if err != nil {
-				return err
-			}
-			var n int
-			if oneClass {
-				n, err = a.store.ShredKeyClass(ctx, tenant, class)
-			} else {
-				n, err = a.store.Shred(ctx, tenant)
-			}
-			if err != nil {
-				return a.fail(err)
-			}
-			ev := audit.Shred{Tenant: tenant, KeyClass: class, OneClass: oneClass, Versions: n}
-			what := "all key classes"
-			if oneClass {
-				what = "key class " + className(class)
-			}
-			fmt.Fprintf(a.stdout, "Shredded tenant %s (%s): %d key versions destroyed; running replicas purge them now.\n", tenant, what, n)
-
-			var kekErr error
-			switch d, ok := provider.(tenantKeyDeleter); {
-			case oneClass:
-				fmt.Fprintln(a.stdout, "The tenant's KEK is kept: its other key classes still use it.")
-			case ok:
-				ev.KEKID, ev.DeletionScheduled, kekErr = d.ScheduleTenantKeyDeletion(ctx, tenant)
-				switch {
-				case kekErr != nil:
-				case ev.KEKID == "":
-					fmt.Fprintln(a.stdout, "The tenant has no KEK of its own: backups of pgcloak.data_keys taken before now still open its values with the shared KEK.")
-				case ev.DeletionScheduled:
-					fmt.Fprintf(a.stdout, "Scheduled the deletion of the tenant's KMS key %s.\n", ev.KEKID)
-				default:
-					fmt.Fprintf(a.stdout, "The tenant's KMS key %s was already scheduled for deletion.\n", ev.KEKID)
+			return withKeyAdmin(cmd, path, true, true, func(ctx context.Context, a *keyAdmin, provider crypto.Provider) error {
+				var (
+					n   int
+					err error
+				)
+				if oneClass {
+					n, err = a.store.ShredKeyClass(ctx, tenant, class)
+				} else {
+					n, err = a.store.Shred(ctx, tenant)
 				}
-			default:
-				fmt.Fprintln(a.stdout, "The key provider has no per-tenant KEK: backups of pgcloak.data_keys taken before now still open the tenant's values with the master key.")
-			}
-			a.audit.TenantShredded(ev)
-			if kekErr != nil {
-				return a.fail(fmt.Errorf("the keys are shredded, but scheduling the deletion of tenant %s's KMS key failed (run keys shred again): %w", tenant, kekErr))
-			}
-			return nil
+				if err != nil {
+					return a.fail(err)
+				}
+				ev := audit.Shred{Tenant: tenant, KeyClass: class, OneClass: oneClass, Versions: n}
+				what := "all key classes"
+				if oneClass {
+					what = "key class " + className(class)
+				}
+				fmt.Fprintf(a.stdout, "Shredded tenant %s (%s): %d key versions destroyed; running replicas purge them now.\n", tenant, what, n)
+
+				var kekErr error
+				switch d, ok := provider.(tenantKeyDeleter); {
+				case oneClass:
+					fmt.Fprintln(a.stdout, "The tenant's KEK is kept: its other key classes still use it.")
+				case ok:
+					ev.KEKID, ev.DeletionScheduled, kekErr = d.ScheduleTenantKeyDeletion(ctx, tenant)
+					switch {
+					case kekErr != nil:
+					case ev.KEKID == "":
+						fmt.Fprintln(a.stdout, "The tenant has no KEK of its own: backups of pgcloak.data_keys taken before now still open its values with the shared KEK.")
+					case ev.DeletionScheduled:
+						fmt.Fprintf(a.stdout, "Scheduled the deletion of the tenant's KMS key %s.\n", ev.KEKID)
+					default:
+						fmt.Fprintf(a.stdout, "The tenant's KMS key %s was already scheduled for deletion.\n", ev.KEKID)
+					}
+				default:
+					fmt.Fprintln(a.stdout, "The key provider has no per-tenant KEK: backups of pgcloak.data_keys taken before now still open the tenant's values with the master key.")
+				}
+				a.audit.TenantShredded(ev)
+				if kekErr != nil {
+					return a.fail(fmt.Errorf("the keys are shredded, but scheduling the deletion of tenant %s's KMS key failed (run keys shred again): %w", tenant, kekErr))
+				}
+				return nil
+			})
 		},
 	}
 	configFlag(cmd, &path)
@@ -385,30 +371,25 @@ count every tenant's rows, whose versions are numbered per tenant. The output
 says which applies to each table.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), keysTimeout)
-			defer cancel()
-			a, err := openKeyAdmin(ctx, cmd, path, false)
-			if err != nil {
-				return err
-			}
-			defer a.close()
-			infos, err := a.store.List(ctx, tenant)
-			var pgErr *pgconn.PgError
-			if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UndefinedTable {
-				fmt.Fprintln(a.stdout, "No keys: pgcloak.data_keys does not exist yet (serve creates it).")
-				return nil
-			}
-			if err != nil {
-				return a.fail(err)
-			}
-			printKeys(a.stdout, infos)
-			if count {
-				fmt.Fprintln(a.stdout)
-				if err := countVersions(ctx, a, tenant); err != nil {
+			return withKeyAdmin(cmd, path, false, false, func(ctx context.Context, a *keyAdmin, _ crypto.Provider) error {
+				infos, err := a.store.List(ctx, tenant)
+				var pgErr *pgconn.PgError
+				if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UndefinedTable {
+					fmt.Fprintln(a.stdout, "No keys: pgcloak.data_keys does not exist yet (serve creates it).")
+					return nil
+				}
+				if err != nil {
 					return a.fail(err)
 				}
-			}
-			return nil
+				printKeys(a.stdout, infos)
+				if count {
+					fmt.Fprintln(a.stdout)
+					if err := countVersions(ctx, a, tenant); err != nil {
+						return a.fail(err)
+					}
+				}
+				return nil
+			})
 		},
 	}
 	configFlag(cmd, &path)

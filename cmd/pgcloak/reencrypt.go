@@ -268,43 +268,19 @@ func openMigration(ctx context.Context, cfg *config.Config, appName string, stdo
 	if err != nil {
 		return nil, err
 	}
-	timeout := cfg.Upstream.ConnectTimeout
-	if timeout <= 0 {
-		timeout = defaultConnectTimeout
-	}
-	cc, err := upstreamConnConfig(cfg.Upstream, timeout, appName)
-	if err != nil {
-		return nil, err
-	}
-	pc, err := pgxpool.ParseConfig("")
-	if err != nil {
-		return nil, err
-	}
-	pc.ConnConfig = cc
-	pc.MaxConns = migrationMaxConns
-	m.pool, err = pgxpool.NewWithConfig(ctx, pc)
+	m.pool, err = upstreamPool(cfg.Upstream, appName, migrationMaxConns)
 	if err != nil {
 		return nil, err
 	}
 	m.closers = append(m.closers, func() error { m.pool.Close(); return nil })
-
-	kctx, cancel := context.WithTimeout(ctx, timeout)
-	m.store, err = keystore.Open(kctx, m.pool)
-	cancel()
-	if err != nil {
-		return nil, redact(fmt.Errorf("key store (upstream %s as %s): %w", cfg.Upstream.Address, cfg.Upstream.User, err), cfg.Upstream.Password)
+	if m.store, err = openKeyStore(ctx, cfg.Upstream, m.pool); err != nil {
+		return nil, err
 	}
 	m.cache = crypto.NewKeyCache(m.store, provider, crypto.CacheOptions{
 		TTL:              cfg.Keys.CacheTTL,
 		MaxEntries:       cfg.Keys.CacheMaxEntries,
 		RotateAfterSeals: cfg.Keys.RotateAfterEncryptions,
-		OnKeyLoad: func(ev crypto.KeyEvent) {
-			if ev.Created {
-				auditLog.KeyCreated(ev.ID.Tenant, ev.ID.KeyClass, string(ev.ID.Purpose), int(ev.ID.Version), ev.KEKID)
-			} else {
-				auditLog.KeyUnwrapped(ev.ID.Tenant, ev.ID.KeyClass, string(ev.ID.Purpose), int(ev.ID.Version), ev.KEKID)
-			}
-		},
+		OnKeyLoad:        auditKeyLoad(auditLog),
 	})
 	m.closers = append(m.closers, func() error { m.cache.Close(); return nil })
 	return m, nil

@@ -61,14 +61,18 @@ func upstreamConnConfig(u config.Upstream, timeout time.Duration, appName string
 // and catalog lookups). Client sessions do not use the pool.
 const upstreamPoolMaxConns = 4
 
-// upstreamPool returns a pool of upstream.user sessions, configured as
-// upstreamConnConfig says. It connects lazily.
-func upstreamPool(u config.Upstream) (*pgxpool.Pool, error) {
-	timeout := u.ConnectTimeout
-	if timeout <= 0 {
-		timeout = defaultConnectTimeout
+// connectTimeout is upstream.connect_timeout, or its default.
+func connectTimeout(u config.Upstream) time.Duration {
+	if u.ConnectTimeout <= 0 {
+		return defaultConnectTimeout
 	}
-	cc, err := upstreamConnConfig(u, timeout, "pgcloak")
+	return u.ConnectTimeout
+}
+
+// upstreamPool returns a pool of at most maxConns upstream.user sessions
+// named appName, configured as upstreamConnConfig says. It connects lazily.
+func upstreamPool(u config.Upstream, appName string, maxConns int32) (*pgxpool.Pool, error) {
+	cc, err := upstreamConnConfig(u, connectTimeout(u), appName)
 	if err != nil {
 		return nil, err
 	}
@@ -77,9 +81,33 @@ func upstreamPool(u config.Upstream) (*pgxpool.Pool, error) {
 		return nil, err
 	}
 	pc.ConnConfig = cc
-	pc.MaxConns = upstreamPoolMaxConns
+	pc.MaxConns = maxConns
 	pc.MinConns = 0
 	return pgxpool.NewWithConfig(context.Background(), pc)
+}
+
+// openKeyStore opens the key store over pool, creating its schema when it
+// is missing, within upstream.connect_timeout.
+func openKeyStore(ctx context.Context, u config.Upstream, pool *pgxpool.Pool) (*keystore.Store, error) {
+	kctx, cancel := context.WithTimeout(ctx, connectTimeout(u))
+	defer cancel()
+	store, err := keystore.Open(kctx, pool)
+	if err != nil {
+		return nil, redact(fmt.Errorf("key store (upstream %s as %s): %w", u.Address, u.User, err), u.Password)
+	}
+	return store, nil
+}
+
+// auditKeyLoad is the KeyCache's OnKeyLoad for the audit log: key_created
+// or key_unwrapped.
+func auditKeyLoad(auditLog *audit.Logger) func(crypto.KeyEvent) {
+	return func(ev crypto.KeyEvent) {
+		if ev.Created {
+			auditLog.KeyCreated(ev.ID.Tenant, ev.ID.KeyClass, string(ev.ID.Purpose), int(ev.ID.Version), ev.KEKID)
+		} else {
+			auditLog.KeyUnwrapped(ev.ID.Tenant, ev.ID.KeyClass, string(ev.ID.Purpose), int(ev.ID.Version), ev.KEKID)
+		}
+	}
 }
 
 // openAudit opens audit.output. "stderr" and "stdout" mean the command's
@@ -145,22 +173,17 @@ func newProxyRuntime(ctx context.Context, cfg *config.Config, log zerolog.Logger
 		}
 		provider = r.metrics.InstrumentProvider(provider)
 		r.provider = provider
-		pool, err := upstreamPool(cfg.Upstream)
+		pool, err := upstreamPool(cfg.Upstream, "pgcloak", upstreamPoolMaxConns)
 		if err != nil {
 			return nil, err
 		}
 		r.closers = append(r.closers, func() error { pool.Close(); return nil })
 
-		timeout := cfg.Upstream.ConnectTimeout
-		if timeout <= 0 {
-			timeout = defaultConnectTimeout
-		}
-		kctx, cancel := context.WithTimeout(ctx, timeout)
-		store, err := keystore.Open(kctx, pool)
-		cancel()
+		store, err := openKeyStore(ctx, cfg.Upstream, pool)
 		if err != nil {
-			return nil, redact(fmt.Errorf("key store (upstream %s as %s): %w", cfg.Upstream.Address, cfg.Upstream.User, err), cfg.Upstream.Password)
+			return nil, err
 		}
+		audited := auditKeyLoad(auditLog)
 
 		cache := crypto.NewKeyCache(store, provider, crypto.CacheOptions{
 			TTL:              cfg.Keys.CacheTTL,
@@ -168,11 +191,7 @@ func newProxyRuntime(ctx context.Context, cfg *config.Config, log zerolog.Logger
 			RotateAfterSeals: cfg.Keys.RotateAfterEncryptions,
 			OnKeyLoad: func(ev crypto.KeyEvent) {
 				r.metrics.KeyLoaded(ev)
-				if ev.Created {
-					auditLog.KeyCreated(ev.ID.Tenant, ev.ID.KeyClass, string(ev.ID.Purpose), int(ev.ID.Version), ev.KEKID)
-				} else {
-					auditLog.KeyUnwrapped(ev.ID.Tenant, ev.ID.KeyClass, string(ev.ID.Purpose), int(ev.ID.Version), ev.KEKID)
-				}
+				audited(ev)
 			},
 			OnSealLimitRotate: sealLimitAudit(auditLog, log),
 		})
