@@ -58,6 +58,7 @@ type Server struct {
 	cfg         Config
 	log         zerolog.Logger
 	clientTLS   *tls.Config // nil: SSLRequest is answered 'N'
+	listenCert  []byte      // DER of the certificate clientTLS presents
 	upstreamTLS *tls.Config // nil: upstream sslmode disable
 
 	// decl is what Reload replaces: the declared tables and the tenancy.
@@ -109,6 +110,7 @@ func NewServer(cfg Config, log zerolog.Logger, deps Deps) (*Server, error) {
 			return nil, fmt.Errorf("listen.tls: %w", err)
 		}
 		s.clientTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		s.listenCert = cert.Certificate[0]
 	}
 	upTLS, err := UpstreamTLSConfig(cfg.Upstream)
 	if err != nil {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -171,6 +172,23 @@ func (s *session) receiveStartup() (*pgproto3.StartupMessage, error) {
 	}
 }
 
+// channelBindingPasses reports whether SCRAM channel binding
+// (SCRAM-SHA-256-PLUS) can be relayed. The proxy terminates the client's
+// TLS, and PostgreSQL checks the binding (tls-server-end-point: a hash of
+// the server's certificate) against its own certificate. The client binds
+// to the certificate pgcloak presents, so the two agree only when both
+// sides use TLS and pgcloak presents the very certificate PostgreSQL
+// presented upstream. Otherwise -PLUS is taken out of the mechanisms the
+// client is offered.
+func (s *session) channelBindingPasses() bool {
+	up, ok := s.upstream.(*tls.Conn)
+	if !s.clientTLS || !ok {
+		return false
+	}
+	peer := up.ConnectionState().PeerCertificates
+	return len(peer) > 0 && bytes.Equal(peer[0].Raw, s.srv.listenCert)
+}
+
 // relayAuthentication relays the authentication exchange between upstream
 // and the client until upstream says AuthenticationOk (true) or refuses the
 // login (false: its ErrorResponse has been relayed and the session ends;
@@ -211,18 +229,18 @@ func (s *session) relayAuthentication() (bool, error) {
 		case *pgproto3.AuthenticationMD5Password:
 			authType = pgproto3.AuthTypeMD5Password
 		case *pgproto3.AuthenticationSASL:
-			// The proxy terminates the client's TLS, so channel binding
-			// (SCRAM-SHA-256-PLUS) cannot reach upstream intact.
-			mechs := make([]string, 0, len(m.AuthMechanisms))
-			for _, mech := range m.AuthMechanisms {
-				if !strings.HasSuffix(mech, "-PLUS") {
-					mechs = append(mechs, mech)
+			if !s.channelBindingPasses() {
+				mechs := make([]string, 0, len(m.AuthMechanisms))
+				for _, mech := range m.AuthMechanisms {
+					if !strings.HasSuffix(mech, "-PLUS") {
+						mechs = append(mechs, mech)
+					}
 				}
+				if len(mechs) == 0 {
+					return false, &clientError{code: pgerrcode.InvalidAuthorizationSpecification, msg: "upstream offers only SASL channel binding, which the proxy cannot relay", fatal: true}
+				}
+				m.AuthMechanisms = mechs
 			}
-			if len(mechs) == 0 {
-				return false, &clientError{code: pgerrcode.InvalidAuthorizationSpecification, msg: "upstream offers only SASL channel binding, which the proxy cannot relay", fatal: true}
-			}
-			m.AuthMechanisms = mechs
 			authType = pgproto3.AuthTypeSASL
 		case *pgproto3.AuthenticationSASLContinue:
 			authType = pgproto3.AuthTypeSASLContinue

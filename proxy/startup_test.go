@@ -298,6 +298,43 @@ func TestUpstreamTLS(t *testing.T) {
 			mustEqual(t, "client sslmode="+tc.sslmode+": upstream session uses TLS", ssl, tc.want)
 		}
 	})
+	t.Run("channel binding", func(t *testing.T) {
+		upstreamSSL := func(t *testing.T, conn *pgx.Conn) {
+			t.Helper()
+			var ssl bool
+			fatalIf(t, conn.QueryRow(ctxT(t), `select ssl from pg_stat_ssl where pid = pg_backend_pid()`).Scan(&ssl), "pg_stat_ssl")
+			mustEqual(t, "upstream session uses TLS", ssl, true)
+		}
+		// pgcloak presents PostgreSQL's own certificate: the client's
+		// binding is to that certificate, so SCRAM-SHA-256-PLUS passes.
+		same := startProxy(t, pg, func(c *Config) {
+			c.Upstream.SSLMode = config.SSLFollow
+			c.Listen.TLS = &config.ListenTLS{CertFile: pg.CertFile, KeyFile: pg.KeyFile}
+		})
+		for _, cb := range []string{"require", "prefer"} {
+			upstreamSSL(t, connect(t, same.superURL("postgres", "sslmode=require", "channel_binding="+cb)))
+		}
+		// libpq's default is channel_binding=prefer: with -PLUS stripped it
+		// would send the gs2 flag "y", which PostgreSQL rejects.
+		out, err := exec.Command(pg.Bin("psql"), "-X", "-At", "-c", "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+			same.url(testenv.ScramUser, testenv.ScramPassword, "postgres", "sslmode=require")).CombinedOutput()
+		fatalIf(t, err, "psql with channel_binding=prefer: %s", out)
+		mustEqual(t, "psql: upstream session uses TLS", strings.TrimSpace(string(out)), "t")
+
+		// Another certificate: the binding could not verify, so -PLUS is
+		// not offered.
+		_, certFile, keyFile, err := testenv.WriteTLSCerts(t.TempDir())
+		fatalIf(t, err, "certs")
+		other := startProxy(t, pg, func(c *Config) {
+			c.Upstream.SSLMode = config.SSLFollow
+			c.Listen.TLS = &config.ListenTLS{CertFile: certFile, KeyFile: keyFile}
+		})
+		if conn, err := pgx.Connect(ctxT(t), other.superURL("postgres", "sslmode=require", "channel_binding=require")); err == nil {
+			conn.Close(ctxT(t))
+			t.Fatal("channel_binding=require passed through a proxy presenting another certificate")
+		}
+		upstreamSSL(t, connect(t, other.superURL("postgres", "sslmode=require", "channel_binding=disable")))
+	})
 	t.Run("verify-full with the wrong CA fails", func(t *testing.T) {
 		otherCA, _, _, err := testenv.WriteTLSCerts(t.TempDir())
 		fatalIf(t, err, "certs")

@@ -64,6 +64,9 @@ type Postgres struct {
 	Dir    string // temporary root: data directory, Unix socket, certificates, log
 	BinDir string // where initdb and postgres were found; see Bin for other tools
 	CAFile string // with Options.TLS: the CA that signed the server certificate (for verify-full)
+	// CertFile and KeyFile are the server's certificate and key, with
+	// Options.TLS (a proxy may present the same certificate).
+	CertFile, KeyFile string
 
 	DataDir string // Dir/data
 	LogFile string // the server's stderr
@@ -251,7 +254,7 @@ func (p *Postgres) writeCerts() (map[string]string, error) {
 			return nil, err
 		}
 	}
-	p.CAFile = caFile
+	p.CAFile, p.CertFile, p.KeyFile = caFile, certFile, keyFile
 	return map[string]string{
 		"ssl":           "on",
 		"ssl_cert_file": certFile,
