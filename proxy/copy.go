@@ -599,7 +599,8 @@ func (co *copyOut) transform(s *session, data []byte) ([]byte, error) {
 		return co.transformBinary(s, data)
 	}
 	co.rows++
-	if co.rows == 1 && p.Header {
+	header := co.rows == 1 && p.Header
+	if header && shape.hidden == 0 {
 		return data, nil
 	}
 	row := bytes.TrimSuffix(data, []byte("\n"))
@@ -609,12 +610,17 @@ func (co *copyOut) transform(s *session, data []byte) ([]byte, error) {
 	}
 	ctx := context.Background()
 	out := make([]byte, 0, len(data)*2)
+	first := true
 	for i, f := range fields {
-		if i > 0 {
+		fp := shape.fields[i]
+		if fp.hidden {
+			continue // an index column; in the header, its name
+		}
+		if !first {
 			out = append(out, p.Delimiter)
 		}
-		fp := shape.fields[i]
-		if !fp.ok {
+		first = false
+		if !fp.ok || header {
 			out = append(out, f.text...)
 			continue
 		}
@@ -673,12 +679,16 @@ func (co *copyOut) transformBinary(s *session, data []byte) ([]byte, error) {
 			used += n
 			continue
 		}
-		if len(tuple) != len(co.state.shape.fields) {
-			return nil, fmt.Errorf("COPY TO: tuple has %d fields, the describe %d", len(tuple), len(co.state.shape.fields))
+		shape := co.state.shape
+		if len(tuple) != len(shape.fields) {
+			return nil, fmt.Errorf("COPY TO: tuple has %d fields, the describe %d", len(tuple), len(shape.fields))
 		}
-		out = binary.BigEndian.AppendUint16(out, uint16(len(tuple)))
+		out = binary.BigEndian.AppendUint16(out, uint16(len(tuple)-shape.hidden))
 		for i, v := range tuple {
-			fp := co.state.shape.fields[i]
+			fp := shape.fields[i]
+			if fp.hidden {
+				continue
+			}
 			if !fp.ok || v == nil {
 				out = appendBinaryField(out, v)
 				continue

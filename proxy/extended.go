@@ -141,6 +141,7 @@ func (s *session) parseRewritten(m *pgproto3.Parse, plan *rewrite.Plan, text str
 	}
 	s.statements[m.Name] = ps
 	s.newGeneration(m.Name)
+	s.shapes.parsed(m.Name, s.stmtGen[m.Name], text)
 	s.pending.push(&pending{kind: pendParse, name: m.Name, prepared: ps})
 	s.srv.audit.obs.StatementRewritten()
 	return s.upstreamOut.send(&pgproto3.Parse{Name: ps.upstream, Query: text, ParameterOIDs: ps.upstreamOIDs()})
@@ -158,6 +159,7 @@ func (s *session) parsePlain(m *pgproto3.Parse, text string) error {
 	}
 	if s.decrypts {
 		s.newGeneration(m.Name)
+		s.shapes.parsed(m.Name, s.stmtGen[m.Name], text)
 	}
 	s.track(m)
 	if text == m.Query {
@@ -450,12 +452,21 @@ func (s *session) refuseExtended(err error) error {
 // parsed or closed since it was described: each Parse and Close of a name
 // starts a new generation, and the board keeps the generation a shape was
 // described in.
+//
+// Drivers that cache descriptions but not statements (pgx's cache-describe
+// mode) parse the unnamed statement again for every execution and bind it
+// with the result formats of a Describe made long before, so the board also
+// remembers shapes by statement text: a new generation of the same text has
+// the same shape unless DDL changed the table, and then the driver's own
+// cached description is as stale as the board's (see binaryResults).
 
 // shapeBoard is where the upstream goroutine posts the row shapes of
 // described statements for the client goroutine.
 type shapeBoard struct {
-	mu sync.Mutex
-	m  map[string]postedShape
+	mu     sync.Mutex
+	m      map[string]postedShape
+	texts  map[string]parsedText // statement name -> its text, per generation
+	byText map[string]*rowShape  // statement text -> the shape last described
 }
 
 type postedShape struct {
@@ -463,20 +474,52 @@ type postedShape struct {
 	shape *rowShape // nil: the statement returns no rows
 }
 
+type parsedText struct {
+	gen  uint64
+	text string
+}
+
+// maxShapesByText bounds shapeBoard.byText; when full it starts over.
+const maxShapesByText = 4096
+
+// parsed records the text a statement name was parsed with in a generation.
+func (b *shapeBoard) parsed(name string, gen uint64, text string) {
+	b.mu.Lock()
+	if b.texts == nil {
+		b.texts = make(map[string]parsedText)
+	}
+	b.texts[name] = parsedText{gen, text}
+	b.mu.Unlock()
+}
+
 func (b *shapeBoard) put(name string, gen uint64, shape *rowShape) {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	if b.m == nil {
 		b.m = make(map[string]postedShape)
 	}
 	b.m[name] = postedShape{gen, shape}
-	b.mu.Unlock()
+	if t, ok := b.texts[name]; ok && t.gen == gen && shape != nil && shape.any {
+		if b.byText == nil || len(b.byText) >= maxShapesByText {
+			b.byText = make(map[string]*rowShape)
+		}
+		b.byText[t.text] = shape
+	}
 }
 
-func (b *shapeBoard) get(name string, gen uint64) *rowShape {
+// get returns the shape of a generation of a statement, or of the same
+// text when that generation was not described (byText, with visible the
+// number of fields the client expects: a shape that disagrees is stale).
+func (b *shapeBoard) get(name string, gen uint64, visible int) *rowShape {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if p, ok := b.m[name]; ok && p.gen == gen {
 		return p.shape
+	}
+	if t, ok := b.texts[name]; ok && t.gen == gen {
+		if shape := b.byText[t.text]; shape != nil && (visible <= 1 || visible == len(shape.fields)-shape.hidden) {
+			return shape
+		}
 	}
 	return nil
 }
@@ -490,16 +533,21 @@ func (s *session) newGeneration(name string) {
 // binaryResults returns the result formats to send upstream for a Bind of
 // the named statement, or nil to send the client's as they are.
 func (s *session) binaryResults(stmt string, client []int16) []int16 {
-	shape := s.shapes.get(stmt, s.stmtGen[stmt])
+	shape := s.shapes.get(stmt, s.stmtGen[stmt], len(client))
 	if shape == nil || !shape.any {
 		return nil
 	}
 	up := make([]int16, len(shape.fields))
+	visible := 0 // the client's formats count the fields it sees
 	for i, f := range shape.fields {
-		if f.ok {
+		switch {
+		case f.ok || f.hidden:
 			up[i] = pgtype.BinaryFormatCode
-		} else {
-			up[i] = formatAt(client, i)
+		default:
+			up[i] = formatAt(client, visible)
+		}
+		if !f.hidden {
+			visible++
 		}
 	}
 	return up

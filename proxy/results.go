@@ -15,13 +15,15 @@ import (
 // rowShape is what the proxy must do to each field of a result row.
 type rowShape struct {
 	fields []fieldPlan
-	any    bool // some field is declared
+	any    bool // some field is declared or hidden
+	hidden int  // fields the client does not see
 }
 
 // fieldPlan is one result field.
 type fieldPlan struct {
 	declared declaredField
 	ok       bool  // the field is a declared column (not its index column)
+	hidden   bool  // the field is an index column: the client never sees it
 	format   int16 // 0 text, 1 binary: the format the client asked for
 	// upFormat is the format upstream sends the field in: the client's,
 	// or binary for a declared column of a Bind the proxy rewrote so (see
@@ -104,17 +106,48 @@ func (s *session) shapeOf(rd *pgproto3.RowDescription) (*rowShape, error) {
 		}
 		shape.fields[i].format = f.Format
 		shape.fields[i].upFormat = f.Format
-		if !ok || d.index {
+		if !ok {
+			continue
+		}
+		shape.any = true
+		if d.index {
+			// The application never names an index column (the rewriter
+			// refuses it), so it only arrives through * or RETURNING *.
+			shape.fields[i].hidden = true
+			shape.hidden++
 			continue
 		}
 		shape.fields[i].declared = d
 		shape.fields[i].ok = true
-		shape.any = true
 		f.DataTypeOID = coltype.OID(d.column.Type)
 		f.DataTypeSize = typeSize(d.column.Type)
 		f.TypeModifier = -1
 	}
+	if shape.hidden > 0 {
+		visible := rd.Fields[:0]
+		for i, f := range rd.Fields {
+			if !shape.fields[i].hidden {
+				visible = append(visible, f)
+			}
+		}
+		rd.Fields = visible
+	}
 	return shape, nil
+}
+
+// dropHidden removes the values of hidden fields from a row's values, in
+// place.
+func dropHidden(values [][]byte, shape *rowShape) [][]byte {
+	if shape.hidden == 0 {
+		return values
+	}
+	out := values[:0]
+	for i, v := range values {
+		if i >= len(shape.fields) || !shape.fields[i].hidden {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 // withFormats returns shape with the result formats of a Bind: what the
@@ -126,11 +159,15 @@ func withFormats(shape *rowShape, formats, upFormats []int16) *rowShape {
 	if upFormats == nil {
 		upFormats = formats
 	}
-	out := &rowShape{fields: make([]fieldPlan, len(shape.fields)), any: true}
+	out := &rowShape{fields: make([]fieldPlan, len(shape.fields)), any: true, hidden: shape.hidden}
 	copy(out.fields, shape.fields)
+	visible := 0 // the client's formats count the fields it sees
 	for i := range out.fields {
-		out.fields[i].format = formatAt(formats, i)
+		out.fields[i].format = formatAt(formats, visible)
 		out.fields[i].upFormat = formatAt(upFormats, i)
+		if !out.fields[i].hidden {
+			visible++
+		}
 	}
 	return out
 }
@@ -170,6 +207,15 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 	case *pgproto3.CopyOutResponse:
 		if head != nil && head.copy != nil && !head.copy.plan.From && head.copy.shape != nil && head.copy.shape.any {
 			rs.copyOut = &copyOut{state: head.copy, plan: head.copy.plan}
+			if shape := head.copy.shape; shape.hidden > 0 && len(m.ColumnFormatCodes) == len(shape.fields) {
+				visible := m.ColumnFormatCodes[:0]
+				for i, f := range m.ColumnFormatCodes {
+					if !shape.fields[i].hidden {
+						visible = append(visible, f)
+					}
+				}
+				m.ColumnFormatCodes = visible
+			}
 		}
 	case *pgproto3.CopyData:
 		if rs.suppress {
@@ -229,10 +275,15 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 			} else if p := rs.portals[head.name]; p != nil {
 				if p.upFormats != nil {
 					// Show the client the formats it asked for.
-					for i := range m.Fields {
-						f := formatAt(p.formats, i)
-						m.Fields[i].Format = f
+					visible := 0
+					for i := range shape.fields {
+						if shape.fields[i].hidden {
+							continue
+						}
+						f := formatAt(p.formats, visible)
+						m.Fields[visible].Format = f
 						shape.fields[i].format = f
+						visible++
 					}
 				}
 				p.shape = shape
@@ -266,6 +317,7 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 			if err := s.decryptRow(m, shape); err != nil {
 				return false, s.suppressWith(err)
 			}
+			m.Values = dropHidden(m.Values, shape)
 		}
 		return !rs.suppress, nil
 	case *pgproto3.CommandComplete, *pgproto3.EmptyQueryResponse, *pgproto3.PortalSuspended:
