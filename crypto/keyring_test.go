@@ -205,3 +205,69 @@ func TestOpenerForgetsPurgedKeys(t *testing.T) {
 		t.Errorf("Open after shred: got %q, %v, want ErrDecrypt", pt, err)
 	}
 }
+
+// TestColumnOpener: a ColumnOpener opens its column's values of every key
+// version, refuses another column's, skips the cache while it keeps a key,
+// and drops the key as soon as the cache removes one.
+func TestColumnOpener(t *testing.T) {
+	ctx := context.Background()
+	c, src, p, _ := newTestCache(t, CacheOptions{})
+	acme := c.Keyring("acme")
+	seal := func(plain string, col Column) []byte {
+		t.Helper()
+		v, err := acme.Seal(ctx, nil, []byte(plain), col)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	v1 := seal("one", ssnColumn)
+	other := seal("other column", emailColumn)
+	if _, err := src.Rotate(ctx, p.Provider, "acme", "", PurposeData); err != nil {
+		t.Fatal(err)
+	}
+	c.Purge("acme")
+	v2 := seal("two", ssnColumn)
+	if mustVersion(t, v1) == mustVersion(t, v2) {
+		t.Fatalf("rotation kept version %d", mustVersion(t, v1))
+	}
+
+	col := acme.Opener().Column(ssnColumn)
+	for i := range 3 { // alternating versions
+		for _, tc := range []struct {
+			v    []byte
+			want string
+		}{{v1, "one"}, {v2, "two"}, {v2, "two"}} {
+			if pt, err := col.Open(ctx, nil, tc.v); err != nil || string(pt) != tc.want {
+				t.Fatalf("round %d: got %q, %v, want %q", i, pt, err, tc.want)
+			}
+		}
+	}
+	hits := c.Stats().Hits
+	col.Open(ctx, nil, v2)
+	if got := c.Stats().Hits; got != hits {
+		t.Errorf("a kept key still went to the cache: hits %d -> %d", hits, got)
+	}
+	if _, err := col.Open(ctx, nil, other); err != ErrDecrypt {
+		t.Errorf("value of another column: got %v, want ErrDecrypt", err)
+	}
+	tampered := append([]byte(nil), v2...)
+	tampered[len(tampered)-1] ^= 1
+	if _, err := col.Open(ctx, nil, tampered); err != ErrDecrypt {
+		t.Errorf("tampered value: got %v, want ErrDecrypt", err)
+	}
+	src.Shred("acme")
+	c.Purge("acme")
+	if pt, err := col.Open(ctx, nil, v2); err != ErrDecrypt {
+		t.Errorf("Open after shred: got %q, %v, want ErrDecrypt", pt, err)
+	}
+}
+
+func mustVersion(t *testing.T, v []byte) uint32 {
+	t.Helper()
+	n, err := KeyVersion(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

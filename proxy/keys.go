@@ -44,6 +44,8 @@ func (c cacheOpener) Open(ctx context.Context, ref ValueRef, dst, value []byte) 
 	return c.o.Open(ctx, dst, value, column(ref))
 }
 
+func (c cacheOpener) Column(ref ValueRef) ColumnOpener { return c.o.Column(column(ref)) }
+
 // isDecryptFailure reports whether err is about the value (another tenant's,
 // tampered, a shredded or unknown key version) rather than about the key
 // service being unreachable.

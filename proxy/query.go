@@ -39,6 +39,14 @@ type Keys interface {
 // Opener opens values as Keys.Open does, for one goroutine.
 type Opener interface {
 	Open(ctx context.Context, ref ValueRef, dst, value []byte) ([]byte, error)
+	// Column returns an opener of one column's values that keeps what it
+	// can between them.
+	Column(ref ValueRef) ColumnOpener
+}
+
+// ColumnOpener opens one column's values for an Opener's goroutine.
+type ColumnOpener interface {
+	Open(ctx context.Context, dst, value []byte) ([]byte, error)
 }
 
 func valueRef(t *config.Table, c *config.Column) ValueRef {

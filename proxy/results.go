@@ -22,9 +22,10 @@ type rowShape struct {
 // fieldPlan is one result field.
 type fieldPlan struct {
 	declared declaredField
-	ok       bool  // the field is a declared column (not its index column)
-	hidden   bool  // the field is an index column: the client never sees it
-	format   int16 // 0 text, 1 binary: the format the client asked for
+	ok       bool         // the field is a declared column (not its index column)
+	hidden   bool         // the field is an index column: the client never sees it
+	opener   ColumnOpener // decryptRow's, for a declared field: set on first use
+	format   int16        // 0 text, 1 binary: the format the client asked for
 	// upFormat is the format upstream sends the field in: the client's,
 	// or binary for a declared column of a Bind the proxy rewrote so (see
 	// binaryResults).
@@ -45,11 +46,12 @@ type portal struct {
 type resultState struct {
 	statements map[string]*rowShape // statement name -> shape from Describe 'S' (formats unknown)
 	portals    map[string]*portal
-	current    *rowShape // shape of the rows now arriving
-	copyOut    *copyOut  // the COPY TO whose rows are now arriving
-	scratch    []byte    // decryptRow's plaintext buffer
-	opener     Opener    // decryptRow's, made on first use
-	suppress   bool      // a decrypt error was sent: drop the rest up to ReadyForQuery
+	current    *rowShape                 // shape of the rows now arriving
+	copyOut    *copyOut                  // the COPY TO whose rows are now arriving
+	scratch    []byte                    // decryptRow's plaintext buffer
+	opener     Opener                    // decryptRow's, made on first use
+	columns    map[ValueRef]ColumnOpener // the opener's, per declared column
+	suppress   bool                      // a decrypt error was sent: drop the rest up to ReadyForQuery
 }
 
 // track records a forwarded client message whose responses are awaited. It
@@ -393,7 +395,8 @@ func (s *session) decryptRow(row *pgproto3.DataRow, shape *rowShape) error {
 			s.results.scratch = buf[:0]
 		}
 	}()
-	for i, f := range shape.fields {
+	for i := range shape.fields {
+		f := &shape.fields[i]
 		if !f.ok || i >= len(row.Values) || row.Values[i] == nil {
 			continue
 		}
@@ -412,10 +415,10 @@ func (s *session) decryptRow(row *pgproto3.DataRow, shape *rowShape) error {
 			stored = stored[2 : 2+n]
 		}
 		start := len(buf)
-		if s.results.opener == nil {
-			s.results.opener = s.srv.keys.NewOpener(s.tenant)
+		if f.opener == nil {
+			f.opener = s.columnOpener(f.declared.ref)
 		}
-		out, err := s.results.opener.Open(ctx, f.declared.ref, buf, stored)
+		out, err := f.opener.Open(ctx, buf, stored)
 		if err != nil {
 			if !isDecryptFailure(err) {
 				// The key service, not the value, failed: never hide
@@ -444,6 +447,22 @@ func (s *session) decryptRow(row *pgproto3.DataRow, shape *rowShape) error {
 		row.Values[i] = plain
 	}
 	return nil
+}
+
+// columnOpener returns the session's opener of a declared column's values.
+// Shapes keep it per field, so this runs once per result, not per row.
+func (s *session) columnOpener(ref ValueRef) ColumnOpener {
+	rs := &s.results
+	if rs.opener == nil {
+		rs.opener = s.srv.keys.NewOpener(s.tenant)
+		rs.columns = make(map[ValueRef]ColumnOpener)
+	}
+	c := rs.columns[ref]
+	if c == nil {
+		c = rs.opener.Column(ref)
+		rs.columns[ref] = c
+	}
+	return c
 }
 
 // decryptFailed reports a value that did not open for the session's
