@@ -344,7 +344,21 @@ func (s *session) keyedValue(ctx context.Context, c rewrite.ColumnRef, index boo
 // indexArrayParam turns an array of values (col = ANY($1)) into the
 // bytea[] of their blind indexes, NULL elements staying NULL.
 func (s *session) indexArrayParam(ctx context.Context, src rewrite.ParamSource, oid uint32, format int16, v []byte) ([]byte, error) {
-	typ := src.Column.Column.Type
+	indexes, err := s.indexArray(ctx, src.Column, oid, format, v)
+	if err != nil {
+		return nil, err
+	}
+	m := typeMaps.Get().(*pgtype.Map)
+	defer typeMaps.Put(m)
+	return m.Encode(pgtype.ByteaArrayOID, pgtype.BinaryFormatCode, indexes, nil)
+}
+
+// indexArray returns the blind indexes of the elements of an array of c's
+// values, given in format as the array type oid (0: the declared type's
+// array); a NULL element's index is nil.
+func (s *session) indexArray(ctx context.Context, c rewrite.ColumnRef, oid uint32, format int16, v []byte) ([][]byte, error) {
+	src := rewrite.ParamSource{Column: c}
+	typ := c.Column.Type
 	if oid == 0 {
 		oid = arrayOID(typ)
 	}
@@ -360,7 +374,7 @@ func (s *session) indexArrayParam(ctx context.Context, src rewrite.ParamSource, 
 	}
 	decoded, err := t.Codec.DecodeValue(m, oid, format, v)
 	if err != nil {
-		return nil, &clientError{code: pgerrcode.InvalidTextRepresentation, msg: fmt.Sprintf("%s: malformed array parameter", src.Column)}
+		return nil, &clientError{code: pgerrcode.InvalidTextRepresentation, msg: fmt.Sprintf("%s: malformed array value", src.Column)}
 	}
 	elems, _ := decoded.([]any)
 	elemOID := ac.ElementType.OID
@@ -377,7 +391,7 @@ func (s *session) indexArrayParam(ctx context.Context, src rewrite.ParamSource, 
 			return nil, err
 		}
 	}
-	return m.Encode(pgtype.ByteaArrayOID, pgtype.BinaryFormatCode, indexes, nil)
+	return indexes, nil
 }
 
 // paramText is a parameter's value in PostgreSQL's text format: as sent

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/pgcloak/pgcloak/coltype"
 	"github.com/pgcloak/pgcloak/config"
 	"github.com/pgcloak/pgcloak/crypto"
@@ -268,7 +269,13 @@ func (s *session) render(plan *rewrite.Plan) (string, error) {
 			b.WriteString("NULL")
 			continue
 		}
-		if err := s.writeKeyedValue(ctx, &b, slot.Column, slot.Kind == rewrite.SlotIndex, *slot.Value); err != nil {
+		var err error
+		if slot.Kind == rewrite.SlotIndexArray {
+			err = s.writeIndexArray(ctx, &b, slot.Column, *slot.Value)
+		} else {
+			err = s.writeKeyedValue(ctx, &b, slot.Column, slot.Kind == rewrite.SlotIndex, *slot.Value)
+		}
+		if err != nil {
 			return "", err
 		}
 	}
@@ -322,6 +329,32 @@ func (s *session) writeKeyedValue(ctx context.Context, b *strings.Builder, c rew
 		return keyError(s.tenant, err)
 	}
 	writeByteaLiteral(b, out)
+	return nil
+}
+
+// writeIndexArray writes the blind indexes of an array literal's elements
+// (col = ANY('{...}')) as a bytea[] literal.
+func (s *session) writeIndexArray(ctx context.Context, b *strings.Builder, c rewrite.ColumnRef, literal string) error {
+	indexes, err := s.indexArray(ctx, c, arrayOID(c.Column.Type), pgtype.TextFormatCode, []byte(literal))
+	if err != nil {
+		return err
+	}
+	m := typeMaps.Get().(*pgtype.Map)
+	defer typeMaps.Put(m)
+	text, err := m.Encode(pgtype.ByteaArrayOID, pgtype.TextFormatCode, indexes, nil)
+	if err != nil {
+		return err
+	}
+	// The E'' form reads the same whatever standard_conforming_strings is.
+	b.WriteString("E'")
+	for _, ch := range text {
+		switch ch {
+		case '\\', '\'':
+			b.WriteByte(ch)
+		}
+		b.WriteByte(ch)
+	}
+	b.WriteString("'::pg_catalog.bytea[]")
 	return nil
 }
 

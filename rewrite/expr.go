@@ -351,7 +351,16 @@ func (a *analyzer) anyAll(e *pg_query.A_Expr, sc *scope, display string) (bool, 
 		e.Rexpr = r
 		return true, nil
 	case *pg_query.Node_AConst:
-		return true, a.refuseColumn(kindArrayLiteral, use.ref(), display+" with an array literal", loc)
+		// An array literal, as pgx's simple protocol writes an array
+		// parameter: its cast, if any, is dropped; the proxy reads the
+		// elements as the declared type's values.
+		sval := x.AConst.GetSval()
+		if sval == nil {
+			return true, a.refuseColumn(kindArrayLiteral, use.ref(), display+" with a constant that is not an array literal", loc)
+		}
+		a.renameToIndex(e.Lexpr, use)
+		e.Rexpr = a.slot(SlotIndexArray, use.ref(), sval.Sval)
+		return true, nil
 	}
 	return true, a.refuseColumn(kindComparison, use.ref(), display+" with an expression", loc)
 }

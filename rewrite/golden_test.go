@@ -230,7 +230,7 @@ func checkPlan(t testing.TB, s *Schema, sql string, plan *Plan) {
 		}
 	}
 	for i, sl := range plan.Slots {
-		if sl.Kind != SlotData && sl.Kind != SlotIndex || sl.Column.Column == nil || sl.Value == nil {
+		if sl.Kind != SlotData && sl.Kind != SlotIndex && sl.Kind != SlotIndexArray || sl.Column.Column == nil || sl.Value == nil {
 			t.Fatalf("Slots[%d] = %+v is malformed", i, sl)
 		}
 	}

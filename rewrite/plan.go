@@ -109,15 +109,21 @@ const (
 	SlotData SlotKind = 1
 	// SlotIndex: the blind index of Value (normalised as Column says).
 	SlotIndex SlotKind = 2
+	// SlotIndexArray: Value is an array literal of Column's values (col =
+	// ANY('{...}')); the proxy renders the bytea[] of their blind indexes,
+	// NULL elements staying NULL.
+	SlotIndexArray SlotKind = 3
 )
 
-// String returns "data" or "index".
+// String returns "data", "index" or "index-array".
 func (k SlotKind) String() string {
 	switch k {
 	case SlotData:
 		return "data"
 	case SlotIndex:
 		return "index"
+	case SlotIndexArray:
+		return "index-array"
 	}
 	return "unknown"
 }

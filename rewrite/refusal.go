@@ -106,8 +106,8 @@ var (
 		msg: notSupported(isEncrypted, ""),
 		doc: "comparing a declared column with a subquery (IN (SELECT ...), = (SELECT ...), = ANY (SELECT ...))"}
 	kindArrayLiteral = &refusalKind{id: "array_literal", code: pgerrcode.FeatureNotSupported,
-		msg: notSupported(isEncrypted, " (use = ANY($n) with an array parameter, = ANY(ARRAY[...]) or IN (...))"),
-		doc: "= ANY / <> ALL on a searchable column with an operand that is not a parameter or ARRAY[...] of values"}
+		msg: notSupported(isEncrypted, " (use = ANY($n) with an array parameter, = ANY('{...}'), = ANY(ARRAY[...]) or IN (...))"),
+		doc: "= ANY / <> ALL on a searchable column with an operand that is not a parameter, an array literal or ARRAY[...] of values"}
 	kindLiteral = &refusalKind{id: "literal", code: pgerrcode.FeatureNotSupported,
 		msg: notSupported(isEncrypted, ""),
 		doc: "a constant pgcloak cannot carry for a declared column (bit strings)"}
