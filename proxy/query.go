@@ -91,14 +91,22 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 		}
 	}
 	s.track(q)
-	if len(s.statements) > 0 && (containsFold(q.String, "deallocate") || containsFold(q.String, "discard")) && containsFold(q.String, "all") {
-		// DEALLOCATE ALL and DISCARD ALL drop the named statements,
-		// ours among them. Forgetting them is safe even if the text does
-		// something else: their Binds then name statements PostgreSQL
-		// does not have.
-		for name := range s.statements {
-			if name != "" {
+	if len(s.statements) > 0 && (containsFold(q.String, "deallocate") || containsFold(q.String, "discard")) {
+		if name, ok := rewrite.Deallocation(q.String); ok {
+			// DEALLOCATE name of a statement prepared upstream under
+			// pgcloak's own name drops that one.
+			if ps := s.statements[name]; ps != nil && ps.upstream != "" && !ps.failed.Load() {
 				delete(s.statements, name)
+				s.newGeneration(name)
+				return s.upstreamOut.send(&pgproto3.Query{String: rewrite.DeallocateSQL(ps.upstream)})
+			}
+		} else if rewrite.DropsAllStatements(q.String) {
+			// DEALLOCATE ALL and DISCARD ALL drop the named statements,
+			// ours among them.
+			for name := range s.statements {
+				if name != "" {
+					delete(s.statements, name)
+				}
 			}
 		}
 	}
