@@ -189,6 +189,11 @@ func (s *session) handleBind(m *pgproto3.Bind) error {
 	// The formats are copied: pgproto3 reuses the message's buffers.
 	p := &pending{kind: pendBind, name: m.DestinationPortal, stmt: m.PreparedStatement,
 		resultFormats: append([]int16(nil), m.ResultFormatCodes...), gen: s.stmtGen[m.PreparedStatement]}
+	if _, known := s.shapes.lookup(m.PreparedStatement, s.stmtGen[m.PreparedStatement], len(m.ResultFormatCodes)); known {
+		delete(s.unshaped, m.DestinationPortal)
+	} else {
+		s.unshaped[m.DestinationPortal] = true
+	}
 	if up := s.binaryResults(m.PreparedStatement, m.ResultFormatCodes); up != nil {
 		if out == m {
 			b := *m
@@ -204,6 +209,7 @@ func (s *session) handleBind(m *pgproto3.Bind) error {
 // upstream name.
 func (s *session) handleDescribe(m *pgproto3.Describe) error {
 	if m.ObjectType != 'S' {
+		delete(s.unshaped, m.Name) // its RowDescription gives the shape
 		s.track(m)
 		return s.upstreamOut.send(m)
 	}
@@ -219,10 +225,29 @@ func (s *session) handleDescribe(m *pgproto3.Describe) error {
 	return s.upstreamOut.send(&pgproto3.Describe{ObjectType: 'S', Name: ps.upstream})
 }
 
+// handleExecute forwards an Execute. When neither the client nor an
+// earlier Describe of its statement told the proxy the portal's row shape
+// (a driver that binds and executes without describing), a Describe of the
+// portal goes first, whose answer only the proxy reads: a result whose
+// declared columns the proxy could not tell would reach the client as
+// ciphertext.
+func (s *session) handleExecute(m *pgproto3.Execute) error {
+	if s.unshaped[m.Portal] {
+		delete(s.unshaped, m.Portal)
+		s.pending.push(&pending{kind: pendDescribe, name: m.Portal, target: 'P', own: true})
+		if err := s.upstreamOut.send(&pgproto3.Describe{ObjectType: 'P', Name: m.Portal}); err != nil {
+			return err
+		}
+	}
+	s.track(m)
+	return s.upstreamOut.send(m)
+}
+
 // handleClose forwards a Close, naming a rewritten statement by its
 // upstream name and forgetting it.
 func (s *session) handleClose(m *pgproto3.Close) error {
 	if m.ObjectType != 'S' {
+		delete(s.unshaped, m.Name)
 		s.track(m)
 		return s.upstreamOut.send(m)
 	}
@@ -525,17 +550,24 @@ func (b *shapeBoard) put(name string, gen uint64, shape *rowShape) {
 // text when that generation was not described (byText, with visible the
 // number of fields the client expects: a shape that disagrees is stale).
 func (b *shapeBoard) get(name string, gen uint64, visible int) *rowShape {
+	shape, _ := b.lookup(name, gen, visible)
+	return shape
+}
+
+// lookup is get, and also says whether the shape is known at all: a
+// statement described as returning no rows has a nil shape, found.
+func (b *shapeBoard) lookup(name string, gen uint64, visible int) (*rowShape, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if p, ok := b.m[name]; ok && p.gen == gen {
-		return p.shape
+		return p.shape, true
 	}
 	if t, ok := b.texts[name]; ok && t.gen == gen {
 		if shape := b.byText[t.text]; shape != nil && (visible <= 1 || visible == len(shape.fields)-shape.hidden) {
-			return shape
+			return shape, true
 		}
 	}
-	return nil
+	return nil, false
 }
 
 // newGeneration marks a statement name as parsed or closed again.

@@ -45,6 +45,9 @@ type pending struct {
 	// copy is the COPY a Query or pendCopyDescribe runs on a declared
 	// table.
 	copy *copyState
+	// own marks a Describe 'P' the proxy sent itself (see handleExecute):
+	// its RowDescription or NoData is not relayed.
+	own bool
 }
 
 // pendingQueue is the FIFO of client messages awaiting responses, shared by

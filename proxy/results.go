@@ -296,6 +296,9 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 					s.shapes.put(p.stmt, p.gen, shape)
 				}
 			}
+			if head.own {
+				return false, nil // the proxy's own Describe
+			}
 		} else {
 			rs.current = shape // simple query, or FETCH inside one
 		}
@@ -305,6 +308,11 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 			if head.target == 'S' {
 				delete(rs.statements, head.name)
 				s.shapes.put(head.name, head.gen, nil)
+			} else if p := rs.portals[head.name]; p != nil && p.gen != 0 {
+				s.shapes.put(p.stmt, p.gen, nil) // known to return no rows
+			}
+			if head.own {
+				return false, nil // the proxy's own Describe
 			}
 		}
 	case *pgproto3.DataRow:

@@ -71,6 +71,10 @@ type session struct {
 	stmtGen map[string]uint64
 	genSeq  uint64
 	shapes  shapeBoard
+	// unshaped are the portals bound since their statement's row shape
+	// was last known, and not described since (client goroutine): an
+	// Execute of one is preceded by a Describe of the proxy's own.
+	unshaped map[string]bool
 
 	// upstreamPID and upstreamSecret are the upstream backend's real
 	// BackendKeyData; cancelKey is what the client was given instead.
@@ -269,6 +273,8 @@ func (s *session) handleClientMessage(msg pgproto3.FrontendMessage) error {
 			return s.handleDescribe(m)
 		case *pgproto3.Close:
 			return s.handleClose(m)
+		case *pgproto3.Execute:
+			return s.handleExecute(m)
 		}
 	}
 	s.track(msg)

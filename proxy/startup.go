@@ -353,6 +353,7 @@ func (s *session) applyTenancy(params map[string]string) error {
 	s.decrypts = scoped && s.tracks
 	s.statements = make(map[string]*preparedStatement)
 	s.stmtGen = make(map[string]uint64)
+	s.unshaped = make(map[string]bool)
 	s.results = resultState{statements: make(map[string]*rowShape), portals: make(map[string]*portal)}
 	if scoped {
 		params[t.Setting] = tenant

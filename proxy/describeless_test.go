@@ -1,0 +1,68 @@
+package proxy
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// TestDescribelessExecute: a driver may Parse, Bind and Execute without
+// ever describing the statement or the portal. The proxy then describes the
+// portal itself, so declared columns are decrypted (never relayed as
+// ciphertext), and the client sees only the responses to what it sent.
+func TestDescribelessExecute(t *testing.T) {
+	env := startEncrypted(t)
+	ctx := ctxT(t)
+	insertPatient(t, env.tenantConn(t, acmeRole), "alice", "123-45-6789", "alice@example.com", "flu", "1980-01-02")
+	conn := connect(t, env.proxy.url(acmeRole, rolePassword, env.db)).PgConn()
+	fe := conn.Frontend()
+
+	// Unnamed statement; text results, then binary results (a text value's
+	// binary form is its bytes); then an INSERT that returns no rows, and
+	// a named statement executed twice.
+	fe.Send(&pgproto3.Parse{Query: "select ssn, email from patients where name = $1"})
+	fe.Send(&pgproto3.Bind{Parameters: [][]byte{[]byte("alice")}})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Bind{Parameters: [][]byte{[]byte("alice")}, ResultFormatCodes: []int16{1}})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Parse{Query: "insert into patients (name, ssn) values ($1, $2)"})
+	fe.Send(&pgproto3.Bind{Parameters: [][]byte{[]byte("bob"), []byte("987-65-4321")}})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Parse{Name: "byname", Query: "select ssn from patients where name = $1"})
+	for _, name := range []string{"alice", "bob"} {
+		fe.Send(&pgproto3.Bind{PreparedStatement: "byname", Parameters: [][]byte{[]byte(name)}})
+		fe.Send(&pgproto3.Execute{})
+	}
+	fe.Send(&pgproto3.Sync{})
+	fatalIf(t, fe.Flush(), "flush")
+
+	var got []string
+	for {
+		msg, err := conn.ReceiveMessage(ctx)
+		fatalIf(t, err, "receive")
+		switch m := msg.(type) {
+		case *pgproto3.DataRow:
+			for _, v := range m.Values {
+				got = append(got, string(v))
+			}
+		case *pgproto3.CommandComplete:
+			got = append(got, string(m.CommandTag))
+		case *pgproto3.ParseComplete, *pgproto3.BindComplete:
+		case *pgproto3.ErrorResponse:
+			t.Fatalf("error: %s %s", m.Code, m.Message)
+		case *pgproto3.ReadyForQuery:
+			want := []string{
+				"123-45-6789", "alice@example.com", "SELECT 1",
+				"123-45-6789", "alice@example.com", "SELECT 1",
+				"INSERT 0 1",
+				"123-45-6789", "SELECT 1",
+				"987-65-4321", "SELECT 1",
+			}
+			mustEqual(t, "responses", strings.Join(got, "|"), strings.Join(want, "|"))
+			return
+		default:
+			t.Fatalf("the client received %T, which it did not ask for", msg)
+		}
+	}
+}
