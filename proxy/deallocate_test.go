@@ -2,16 +2,16 @@ package proxy
 
 import (
 	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // TestDeallocateRewrittenStatement: DEALLOCATE name (SQL, as psycopg 3
 // evicts its prepared statements) drops a statement pgcloak prepared
 // upstream under its own name, and the name can be prepared again.
 func TestDeallocateRewrittenStatement(t *testing.T) {
-	env := startEncrypted(t)
+	conn := aliceConn(t)
 	ctx := ctxT(t)
-	insertPatient(t, env.tenantConn(t, acmeRole), "alice", "123-45-6789", "alice@example.com", "flu", "1980-01-02")
-	conn := connect(t, env.proxy.url(acmeRole, rolePassword, env.db)).PgConn()
 	const search = `select name from patients where ssn = $1`
 	find := func(stmt string) (string, error) {
 		res := conn.ExecPrepared(ctx, stmt, [][]byte{[]byte("123-45-6789")}, nil, nil).Read()
@@ -54,4 +54,13 @@ func TestDeallocateRewrittenStatement(t *testing.T) {
 	fatalIf(t, err, "prepare keep again")
 	_, err = find("keep")
 	fatalIf(t, err, "execute keep again")
+}
+
+// aliceConn is a protocol-level connection of tenant acme through the proxy,
+// with one patient, alice (ssn 123-45-6789).
+func aliceConn(t *testing.T) *pgconn.PgConn {
+	t.Helper()
+	env := startEncrypted(t)
+	insertPatient(t, env.tenantConn(t, acmeRole), "alice", "123-45-6789", "alice@example.com", "flu", "1980-01-02")
+	return connect(t, env.proxy.url(acmeRole, rolePassword, env.db)).PgConn()
 }

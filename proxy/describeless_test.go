@@ -12,10 +12,8 @@ import (
 // portal itself, so declared columns are decrypted (never relayed as
 // ciphertext), and the client sees only the responses to what it sent.
 func TestDescribelessExecute(t *testing.T) {
-	env := startEncrypted(t)
+	conn := aliceConn(t)
 	ctx := ctxT(t)
-	insertPatient(t, env.tenantConn(t, acmeRole), "alice", "123-45-6789", "alice@example.com", "flu", "1980-01-02")
-	conn := connect(t, env.proxy.url(acmeRole, rolePassword, env.db)).PgConn()
 	fe := conn.Frontend()
 
 	// Unnamed statement; text results, then binary results (a text value's
