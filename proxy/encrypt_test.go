@@ -317,6 +317,10 @@ func TestEncryptedRefusals(t *testing.T) {
 		{`prepare p as select set_config('app.tenant_id', 'globex', false)`, "42501", "tenant"},
 		{`explain analyze select set_config('app.tenant_id', 'globex', false)`, "42501", "tenant"},
 		{`copy (select set_config('app.tenant_id', 'globex', false)) to stdout`, "42501", "tenant"},
+		// SQL inside a string constant, run by a function of the client's:
+		// simple-protocol texts with constants take the shape path first.
+		{`select my_exec('set app.tenant_id = ''globex''')`, "42501", "tenant"},
+		{`select my_exec('select set_config(''app.'' || ''tenant_id'', ''globex'', false)')`, "42501", "tenant"},
 		{`set role globex_app`, "42501", "tenant"},
 		{`set session authorization globex_app`, "42501", "tenant"},
 		{`set pgcloak.tenant_token = 'eyJhbGciOi.fake.token'`, "0A000", "tenant_token"},

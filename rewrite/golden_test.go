@@ -481,6 +481,36 @@ func isPlainConst(n *pg_query.Node) bool {
 	return c != nil && !c.Isnull
 }
 
+// TestGoldenShapes runs every golden case through the shape path: a text
+// that gets a shape must be one the exact analysis accepts, and a rewriting
+// shape must render the statement the exact analysis renders.
+func TestGoldenShapes(t *testing.T) {
+	s := testSchema(t)
+	cache := NewCache(1024)
+	for _, file := range goldenFiles(t) {
+		for _, c := range loadCases(t, file) {
+			sp, lits, _ := s.AnalyzeShape(cache, c.SQL)
+			if sp == nil {
+				continue
+			}
+			exact, err := s.Analyze(c.SQL)
+			if err != nil {
+				t.Errorf("%s: the shape passes what the exact analysis refuses: %v", c.SQL, err)
+				continue
+			}
+			if sp.Plan.Passthrough != exact.Passthrough {
+				t.Errorf("%s: passthrough: shape %v, exact %v", c.SQL, sp.Plan.Passthrough, exact.Passthrough)
+				continue
+			}
+			if !exact.Passthrough {
+				if got, want := canonical(t, renderShape(sp, lits)), canonical(t, renderExact(exact)); got != want {
+					t.Errorf("%s:\nshape: %s\nexact: %s", c.SQL, got, want)
+				}
+			}
+		}
+	}
+}
+
 // TestGolden runs every case of testdata/*.json. With -update it writes the
 // current results back instead of comparing.
 func TestGolden(t *testing.T) {

@@ -89,9 +89,6 @@ func NewSchema(enc config.Encrypt, tenantSetting string) *Schema {
 	return s
 }
 
-// Setting returns the tenant setting the Schema guards.
-func (s *Schema) Setting() string { return s.setting }
-
 // lookup resolves a table name as written in SQL (schema may be empty) to a
 // declared table. An unqualified name that matches declared tables in more
 // than one schema cannot be resolved without the session's search_path and

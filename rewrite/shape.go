@@ -41,6 +41,16 @@ func (s *Schema) AnalyzeShape(cache *Cache, sql string) (*ShapePlan, []Literal, 
 	if !ok || len(lits) == 0 || cache == nil || len(key) > maxCachedSQL {
 		return nil, nil, nil
 	}
+	// The tenancy checks read string constants (a function argument that
+	// is SQL, a routine body): a shape has none left, so a text whose
+	// constants mention the setting, set_config or pg_settings is the
+	// exact path's to judge.
+	setting := asciiLower(s.setting)
+	for _, lit := range lits {
+		if mentionsTenancy(lit.Value, setting) {
+			return nil, nil, nil
+		}
+	}
 	if sp, found := cache.getShape(s, key); found {
 		if sp == nil || sp.maxParam() > len(lits) {
 			return nil, nil, nil

@@ -63,21 +63,21 @@ func (a *analyzer) tenancy(n *pg_query.Node) error {
 		case *pg_query.DoStmt:
 			for _, arg := range x.Args {
 				if d := arg.GetDefElem(); d != nil && d.Defname == "as" {
-					if a.mentionsTenancy(d.Arg.GetString_().GetSval(), setting) {
+					if mentionsTenancy(d.Arg.GetString_().GetSval(), setting) {
 						return false, a.refuseTenant(kindTenantBody, "a DO block that mentions it, set_config or pg_settings", d.Location)
 					}
 				}
 			}
 		case *pg_query.CreateFunctionStmt:
 			bad := false
-			forBodyStrings(x, func(s string) { bad = bad || a.mentionsTenancy(s, setting) })
+			forBodyStrings(x, func(s string) { bad = bad || mentionsTenancy(s, setting) })
 			if !bad && x.SqlBody != nil {
 				_ = visit(x.SqlBody, func(m proto.Message) (bool, error) {
 					switch y := m.(type) {
 					case *pg_query.String:
-						bad = bad || a.mentionsTenancy(y.Sval, setting)
+						bad = bad || mentionsTenancy(y.Sval, setting)
 					case *pg_query.A_Const:
-						bad = bad || a.mentionsTenancy(y.GetSval().GetSval(), setting)
+						bad = bad || mentionsTenancy(y.GetSval().GetSval(), setting)
 					}
 					return !bad, nil
 				})
@@ -160,9 +160,9 @@ func (a *analyzer) tenancyString(s, setting string, loc int32) error {
 	return nil
 }
 
-// mentionsTenancy reports whether a routine body mentions the setting,
-// set_config or pg_settings.
-func (a *analyzer) mentionsTenancy(body, setting string) bool {
+// mentionsTenancy reports whether text (a routine body, a string constant)
+// mentions the setting (lower-case), set_config or pg_settings.
+func mentionsTenancy(body, setting string) bool {
 	return (setting != "" && containsFold(body, setting)) ||
 		containsFold(body, "set_config") || containsFold(body, "pg_settings")
 }
