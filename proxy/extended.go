@@ -186,15 +186,19 @@ func (s *session) handleBind(m *pgproto3.Bind) error {
 			return s.refuseExtended(err)
 		}
 	}
-	// The formats are copied: pgproto3 reuses the message's buffers.
+	// The formats are copied: pgproto3 reuses the message's buffers. The
+	// shape the Bind goes by travels with it, so that both goroutines use
+	// the same one whatever happens to the statement's name meanwhile.
+	gen := s.stmtGen[m.PreparedStatement]
+	shape, known := s.shapes.lookup(m.PreparedStatement, gen, len(m.ResultFormatCodes))
 	p := &pending{kind: pendBind, name: m.DestinationPortal, stmt: m.PreparedStatement,
-		resultFormats: append([]int16(nil), m.ResultFormatCodes...), gen: s.stmtGen[m.PreparedStatement]}
-	if _, known := s.shapes.lookup(m.PreparedStatement, s.stmtGen[m.PreparedStatement], len(m.ResultFormatCodes)); known {
+		resultFormats: append([]int16(nil), m.ResultFormatCodes...), gen: gen, shape: shape}
+	if known {
 		delete(s.unshaped, m.DestinationPortal)
 	} else {
 		s.unshaped[m.DestinationPortal] = true
 	}
-	if up := s.binaryResults(m.PreparedStatement, m.ResultFormatCodes); up != nil {
+	if up := binaryResults(shape, m.ResultFormatCodes); up != nil {
 		if out == m {
 			b := *m
 			out = &b
@@ -546,16 +550,11 @@ func (b *shapeBoard) put(name string, gen uint64, shape *rowShape) {
 	}
 }
 
-// get returns the shape of a generation of a statement, or of the same
+// lookup returns the shape of a generation of a statement, or of the same
 // text when that generation was not described (byText, with visible the
-// number of fields the client expects: a shape that disagrees is stale).
-func (b *shapeBoard) get(name string, gen uint64, visible int) *rowShape {
-	shape, _ := b.lookup(name, gen, visible)
-	return shape
-}
-
-// lookup is get, and also says whether the shape is known at all: a
-// statement described as returning no rows has a nil shape, found.
+// number of fields the client expects: a shape that disagrees is stale),
+// and whether it is known at all: a statement described as returning no
+// rows has a nil shape, found.
 func (b *shapeBoard) lookup(name string, gen uint64, visible int) (*rowShape, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -577,9 +576,8 @@ func (s *session) newGeneration(name string) {
 }
 
 // binaryResults returns the result formats to send upstream for a Bind of
-// the named statement, or nil to send the client's as they are.
-func (s *session) binaryResults(stmt string, client []int16) []int16 {
-	shape := s.shapes.get(stmt, s.stmtGen[stmt], len(client))
+// a statement of the given shape, or nil to send the client's as they are.
+func binaryResults(shape *rowShape, client []int16) []int16 {
 	if shape == nil || !shape.any {
 		return nil
 	}

@@ -38,8 +38,11 @@ type pending struct {
 	// set, the ones the proxy sent upstream instead.
 	resultFormats []int16
 	upFormats     []int16
-	// gen is the statement's generation a Describe 'S' saw (shapeBoard).
-	gen uint64
+	// gen is the statement's generation a Describe 'S' or Bind saw
+	// (shapeBoard); shape is the statement's row shape a Bind went by (nil:
+	// none, or unknown and the proxy describes the portal).
+	gen   uint64
+	shape *rowShape
 	// prepared is the rewritten statement a Parse or Describe 'S' names.
 	prepared *preparedStatement
 	// copy is the COPY a Query or pendCopyDescribe runs on a declared

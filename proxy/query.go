@@ -91,23 +91,9 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 		}
 	}
 	s.track(q)
-	if len(s.statements) > 0 && (containsFold(q.String, "deallocate") || containsFold(q.String, "discard")) {
-		if name, ok := rewrite.Deallocation(q.String); ok {
-			// DEALLOCATE name of a statement prepared upstream under
-			// pgcloak's own name drops that one.
-			if ps := s.statements[name]; ps != nil && ps.upstream != "" && !ps.failed.Load() {
-				delete(s.statements, name)
-				s.newGeneration(name)
-				return s.upstreamOut.send(&pgproto3.Query{String: rewrite.DeallocateSQL(ps.upstream)})
-			}
-		} else if rewrite.DropsAllStatements(q.String) {
-			// DEALLOCATE ALL and DISCARD ALL drop the named statements,
-			// ours among them.
-			for name := range s.statements {
-				if name != "" {
-					delete(s.statements, name)
-				}
-			}
+	if s.decrypts && (containsFold(q.String, "deallocate") || containsFold(q.String, "discard")) {
+		if sent, err := s.deallocate(q); sent || err != nil {
+			return err
 		}
 	}
 	if s.decl.schema == nil || !s.decl.schema.MightNeedAnalysis(q.String) {
@@ -338,6 +324,37 @@ func (s *session) writeKeyedValue(ctx context.Context, b *strings.Builder, c rew
 	}
 	writeByteaLiteral(b, out)
 	return nil
+}
+
+// deallocate keeps the session's view of its prepared statements in step
+// with a text that deallocates some, and reports whether it sent the text
+// itself. A statement deallocated by name starts a new generation, so no
+// shape of its is trusted for a statement later prepared under that name
+// (by SQL PREPARE, which the proxy does not see as a Parse). A text that is
+// just DEALLOCATE name of a statement pgcloak prepared upstream under its
+// own name drops that one instead.
+func (s *session) deallocate(q *pgproto3.Query) (bool, error) {
+	d := rewrite.ReadDeallocations(q.String)
+	if d.Whole {
+		name := d.Names[0]
+		if ps := s.statements[name]; ps != nil && ps.upstream != "" && !ps.failed.Load() {
+			delete(s.statements, name)
+			s.newGeneration(name)
+			return true, s.upstreamOut.send(&pgproto3.Query{String: rewrite.DeallocateSQL(ps.upstream)})
+		}
+	}
+	for _, name := range d.Names {
+		s.newGeneration(name)
+	}
+	if d.All {
+		for name := range s.stmtGen {
+			if name != "" {
+				s.newGeneration(name)
+				delete(s.statements, name)
+			}
+		}
+	}
+	return false, nil
 }
 
 // writeIndexArray writes the blind indexes of an array literal's elements

@@ -38,13 +38,13 @@ type portal struct {
 	gen       uint64    // the statement's generation when it was bound
 	formats   []int16   // the client's result formats
 	upFormats []int16   // what upstream was asked for; nil: the same
-	shape     *rowShape // from Describe 'P', when the client asked
+	bound     *rowShape // the statement's shape as the Bind knew it (pending.shape)
+	shape     *rowShape // its rows' shape: from a Describe 'P', else bound with the formats
 }
 
 // resultState is the upstream goroutine's view of the session's statements
 // and portals. Only upstreamLoop touches it.
 type resultState struct {
-	statements map[string]*rowShape // statement name -> shape from Describe 'S' (formats unknown)
 	portals    map[string]*portal
 	current    *rowShape                 // shape of the rows now arriving
 	copyOut    *copyOut                  // the COPY TO whose rows are now arriving
@@ -237,26 +237,20 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 		if head != nil && head.kind == pendRefusal {
 			return false, nil // its ParseComplete, BindComplete and error follow
 		}
-		if p := s.pending.pop(); p != nil {
-			if p.target == 'S' {
-				delete(rs.statements, p.name)
-			} else {
-				delete(rs.portals, p.name)
-			}
+		if p := s.pending.pop(); p != nil && p.target != 'S' {
+			delete(rs.portals, p.name)
 		}
 	case *pgproto3.ParseComplete:
 		if head != nil && head.kind == pendRefusal {
 			return false, nil // its BindComplete and error follow
 		}
-		if p := s.pending.pop(); p != nil {
-			delete(rs.statements, p.name)
-		}
+		s.pending.pop()
 	case *pgproto3.BindComplete:
 		if head != nil && head.kind == pendRefusal {
 			return false, nil
 		}
 		if p := s.pending.pop(); p != nil {
-			rs.portals[p.name] = &portal{stmt: p.stmt, gen: p.gen, formats: p.resultFormats, upFormats: p.upFormats}
+			rs.portals[p.name] = &portal{stmt: p.stmt, gen: p.gen, formats: p.resultFormats, upFormats: p.upFormats, bound: p.shape}
 		}
 	case *pgproto3.ParameterDescription:
 		// Part of a statement Describe; its RowDescription or NoData
@@ -272,7 +266,6 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 		if head != nil && head.kind == pendDescribe {
 			s.pending.pop()
 			if head.target == 'S' {
-				rs.statements[head.name] = shape
 				s.shapes.put(head.name, head.gen, shape)
 			} else if p := rs.portals[head.name]; p != nil {
 				if p.upFormats != nil {
@@ -292,7 +285,6 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 				if p.gen != 0 {
 					// libpq's PQexecPrepared describes the portal, never
 					// the statement: post the statement's shape from it.
-					rs.statements[p.stmt] = shape
 					s.shapes.put(p.stmt, p.gen, shape)
 				}
 			}
@@ -306,7 +298,6 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 		if head != nil && head.kind == pendDescribe {
 			s.pending.pop()
 			if head.target == 'S' {
-				delete(rs.statements, head.name)
 				s.shapes.put(head.name, head.gen, nil)
 			} else if p := rs.portals[head.name]; p != nil && p.gen != 0 {
 				s.shapes.put(p.stmt, p.gen, nil) // known to return no rows
@@ -383,9 +374,11 @@ func (s *session) portalShape(name string) *rowShape {
 		return nil
 	}
 	if p.shape == nil {
-		// Built once per portal, not per row: the portal keeps the
-		// statement it was bound to even if the name is parsed again.
-		p.shape = withFormats(s.results.statements[p.stmt], p.formats, p.upFormats)
+		// Built once per portal, not per row, from the shape the Bind
+		// went by: the portal keeps the statement it was bound to even if
+		// the name is parsed again. A Bind that knew none made the proxy
+		// describe the portal (handleExecute), which set p.shape.
+		p.shape = withFormats(p.bound, p.formats, p.upFormats)
 	}
 	return p.shape
 }

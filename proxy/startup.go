@@ -354,7 +354,7 @@ func (s *session) applyTenancy(params map[string]string) error {
 	s.statements = make(map[string]*preparedStatement)
 	s.stmtGen = make(map[string]uint64)
 	s.unshaped = make(map[string]bool)
-	s.results = resultState{statements: make(map[string]*rowShape), portals: make(map[string]*portal)}
+	s.results = resultState{portals: make(map[string]*portal)}
 	if scoped {
 		params[t.Setting] = tenant
 		s.log = s.log.With().Str("tenant", tenant).Logger()

@@ -6,45 +6,45 @@ import (
 	pg_query "github.com/pganalyze/pg_query_go/v5"
 )
 
-// Deallocation reads sql as one DEALLOCATE [PREPARE] name statement. It
-// returns the statement name it drops, and ok false for anything else
-// (DEALLOCATE ALL, several statements, other SQL, SQL that does not parse).
-//
-// Drivers that evict prepared statements with SQL (psycopg 3 does) name the
-// statement as they prepared it; a session whose statement pgcloak prepared
-// upstream under a name of its own must send that name instead.
-func Deallocation(sql string) (name string, ok bool) {
+// Deallocations is what a simple-protocol text drops of the session's
+// prepared statements. The proxy keeps its own view of them (rewritten
+// statements, row shapes by statement name), which must follow.
+type Deallocations struct {
+	// Names are the statements DEALLOCATE [PREPARE] name drops, in order.
+	Names []string
+	// Whole: the text is exactly one DEALLOCATE name (Names[0]). Drivers
+	// that evict prepared statements with SQL (psycopg 3 does) send it so;
+	// a statement pgcloak prepared upstream under a name of its own must
+	// be dropped by that name instead.
+	Whole bool
+	// All: DEALLOCATE ALL or DISCARD ALL, which drop every statement. A
+	// text that does not parse counts too: forgetting statements is the
+	// safe side (a Bind of a forgotten name fails upstream).
+	All bool
+}
+
+// ReadDeallocations parses sql once for what it deallocates. Call it only
+// for texts that mention DEALLOCATE or DISCARD.
+func ReadDeallocations(sql string) Deallocations {
 	tree, err := pg_query.Parse(sql)
-	if err != nil || len(tree.Stmts) != 1 {
-		return "", false
+	if err != nil {
+		lower := strings.ToLower(sql)
+		return Deallocations{All: strings.Contains(lower, "deallocate") || strings.Contains(lower, "discard")}
 	}
-	d := tree.Stmts[0].GetStmt().GetDeallocateStmt()
-	if d == nil || d.Name == "" {
-		return "", false
+	var d Deallocations
+	for _, raw := range tree.Stmts {
+		switch n := raw.GetStmt(); {
+		case n.GetDeallocateStmt() != nil && n.GetDeallocateStmt().Name == "":
+			d.All = true
+		case n.GetDeallocateStmt() != nil:
+			d.Names = append(d.Names, n.GetDeallocateStmt().Name)
+		case n.GetDiscardStmt() != nil && n.GetDiscardStmt().Target == pg_query.DiscardMode_DISCARD_ALL:
+			d.All = true
+		}
 	}
-	return d.Name, true
+	d.Whole = len(tree.Stmts) == 1 && len(d.Names) == 1
+	return d
 }
 
 // DeallocateSQL is the DEALLOCATE statement that drops the named statement.
 func DeallocateSQL(name string) string { return "DEALLOCATE " + quoteIdent(name) }
-
-// DropsAllStatements reports whether sql holds DEALLOCATE ALL or DISCARD
-// ALL, which drop every prepared statement of the session. SQL that does
-// not parse counts when it mentions either: forgetting statements is the
-// safe side (a Bind of a forgotten name fails upstream).
-func DropsAllStatements(sql string) bool {
-	tree, err := pg_query.Parse(sql)
-	if err != nil {
-		lower := strings.ToLower(sql)
-		return strings.Contains(lower, "deallocate") || strings.Contains(lower, "discard")
-	}
-	for _, raw := range tree.Stmts {
-		switch n := raw.GetStmt(); {
-		case n.GetDeallocateStmt() != nil && n.GetDeallocateStmt().Name == "":
-			return true
-		case n.GetDiscardStmt() != nil && n.GetDiscardStmt().Target == pg_query.DiscardMode_DISCARD_ALL:
-			return true
-		}
-	}
-	return false
-}

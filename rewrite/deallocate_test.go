@@ -1,44 +1,36 @@
 package rewrite
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
-func TestDeallocation(t *testing.T) {
+func TestReadDeallocations(t *testing.T) {
 	for _, tc := range []struct {
-		sql  string
-		name string
-		ok   bool
+		sql   string
+		names []string
+		whole bool
+		all   bool
 	}{
-		{`DEALLOCATE _pg3_0`, "_pg3_0", true},
-		{`deallocate prepare "Mixed Case"`, "Mixed Case", true},
-		{`DEALLOCATE stmt;`, "stmt", true},
-		{`DEALLOCATE ALL`, "", false},
-		{`DEALLOCATE a; DEALLOCATE b`, "", false},
-		{`SELECT 'DEALLOCATE a'`, "", false},
-		{`DEALLOCATE`, "", false},
+		{`DEALLOCATE _pg3_0`, []string{"_pg3_0"}, true, false},
+		{`deallocate prepare "Mixed Case"`, []string{"Mixed Case"}, true, false},
+		{`DEALLOCATE stmt;`, []string{"stmt"}, true, false},
+		{`DEALLOCATE ALL`, nil, false, true},
+		{`deallocate prepare all`, nil, false, true},
+		{`BEGIN; DISCARD ALL; COMMIT`, nil, false, true},
+		{`DEALLOCATE a; DEALLOCATE b`, []string{"a", "b"}, false, false},
+		{`DISCARD PLANS`, nil, false, false},
+		{`SELECT 'DEALLOCATE ALL'`, nil, false, false},
+		{`DEALLOCATE ALL garbage (`, nil, false, true}, // does not parse: the safe side
+		{`DEALLOCATE`, nil, false, true},
+		{`select * from patients where id = 1`, nil, false, false},
 	} {
-		name, ok := Deallocation(tc.sql)
-		if name != tc.name || ok != tc.ok {
-			t.Errorf("Deallocation(%q) = %q, %v; want %q, %v", tc.sql, name, ok, tc.name, tc.ok)
+		d := ReadDeallocations(tc.sql)
+		if !slices.Equal(d.Names, tc.names) || d.Whole != tc.whole || d.All != tc.all {
+			t.Errorf("ReadDeallocations(%q) = %+v; want names %q, whole %v, all %v", tc.sql, d, tc.names, tc.whole, tc.all)
 		}
 	}
 	if got := DeallocateSQL(`pgcloak:s1"x`); got != `DEALLOCATE "pgcloak:s1""x"` {
 		t.Errorf("DeallocateSQL = %s", got)
-	}
-}
-
-func TestDropsAllStatements(t *testing.T) {
-	for sql, want := range map[string]bool{
-		`DEALLOCATE ALL`:                      true,
-		`deallocate prepare all`:              true,
-		`BEGIN; DISCARD ALL; COMMIT`:          true,
-		`DEALLOCATE _pg3_0`:                   false,
-		`DISCARD PLANS`:                       false,
-		`SELECT 'DEALLOCATE ALL'`:             false,
-		`DEALLOCATE ALL garbage (`:            true, // does not parse: the safe side
-		`select * from patients where id = 1`: false,
-	} {
-		if got := DropsAllStatements(sql); got != want {
-			t.Errorf("DropsAllStatements(%q) = %v, want %v", sql, got, want)
-		}
 	}
 }
