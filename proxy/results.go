@@ -45,13 +45,13 @@ type portal struct {
 // resultState is the upstream goroutine's view of the session's statements
 // and portals. Only upstreamLoop touches it.
 type resultState struct {
-	portals    map[string]*portal
-	current    *rowShape                 // shape of the rows now arriving
-	copyOut    *copyOut                  // the COPY TO whose rows are now arriving
-	scratch    []byte                    // decryptRow's plaintext buffer
-	opener     Opener                    // decryptRow's, made on first use
-	columns    map[ValueRef]ColumnOpener // the opener's, per declared column
-	suppress   bool                      // a decrypt error was sent: drop the rest up to ReadyForQuery
+	portals  map[string]*portal
+	current  *rowShape                 // shape of the rows now arriving
+	copyOut  *copyOut                  // the COPY TO whose rows are now arriving
+	scratch  []byte                    // decryptRow's plaintext buffer
+	opener   Opener                    // decryptRow's, made on first use
+	columns  map[ValueRef]ColumnOpener // the opener's, per declared column
+	suppress bool                      // a decrypt error was sent: drop the rest up to ReadyForQuery
 }
 
 // track records a forwarded client message whose responses are awaited. It
