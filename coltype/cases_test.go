@@ -349,6 +349,8 @@ var canonCases = []canonCase{
 	{typ: "jsonb", in: `"\ude00"`, code: syntax},
 	{typ: "jsonb", in: `"\ud83d\u0041"`, code: syntax},
 	{typ: "jsonb", in: `1e1000000`, code: rangeErr},
+	{typ: "jsonb", in: `1e9999999999`, code: rangeErr}, // beyond numeric's exponent limit
+	{typ: "jsonb", in: `1e-9999999999`, code: rangeErr},
 	{typ: "jsonb", in: `{"a":}`, code: syntax},
 	{typ: "jsonb", in: `{"a" "\u0000"}`, code: pgerrcode.UntranslatableCharacter}, // the lexer reads the token first
 

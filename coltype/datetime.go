@@ -355,21 +355,7 @@ func appendTimestamp(b []byte, t time.Time, utc bool) []byte {
 	if bc {
 		b = b[:len(b)-3]
 	}
-	h, m, s := t.Clock()
-	b = append(b, ' ')
-	b = appendPadded(b, h, 2)
-	b = append(b, ':')
-	b = appendPadded(b, m, 2)
-	b = append(b, ':')
-	b = appendPadded(b, s, 2)
-	if usec := t.Nanosecond() / 1000; usec != 0 {
-		frac := appendPadded(nil, usec, 6)
-		for frac[len(frac)-1] == '0' {
-			frac = frac[:len(frac)-1]
-		}
-		b = append(b, '.')
-		b = append(b, frac...)
-	}
+	b = t.AppendFormat(b, " 15:04:05.999999")
 	if utc {
 		b = append(b, "+00"...)
 	}

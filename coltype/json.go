@@ -139,88 +139,78 @@ func (p *jsonParser) enter() error {
 
 func (p *jsonParser) object() (jsonValue, error) {
 	v := jsonValue{kind: '{'}
-	if err := p.enter(); err != nil {
-		return v, err
-	}
-	defer func() { p.depth-- }()
-	p.i++ // {
-	p.space()
-	if p.i < len(p.s) && p.s[p.i] == '}' {
-		p.i++
-		return v, nil
-	}
-	for {
+	err := p.list('}', func() error {
 		if p.i >= len(p.s) || p.s[p.i] != '"' {
-			return v, errJSONSyntax
+			return errJSONSyntax
 		}
 		key, err := p.str()
 		if err != nil {
-			return v, err
+			return err
 		}
 		p.space()
 		if p.i >= len(p.s) || p.s[p.i] != ':' {
-			return v, p.unexpected()
+			return p.unexpected()
 		}
 		p.i++
 		p.space()
 		elem, err := p.value()
 		if err != nil {
-			return v, err
+			return err
 		}
 		if p.jsonb {
 			v.keys = append(v.keys, key)
 			v.elems = append(v.elems, elem)
 		}
-		p.space()
-		if p.i >= len(p.s) {
-			return v, errJSONSyntax
-		}
-		switch p.s[p.i] {
-		case ',':
-			p.i++
-			p.space()
-		case '}':
-			p.i++
-			return v, nil
-		default:
-			return v, p.unexpected()
-		}
-	}
+		return nil
+	})
+	return v, err
 }
 
 func (p *jsonParser) array() (jsonValue, error) {
 	v := jsonValue{kind: '['}
-	if err := p.enter(); err != nil {
-		return v, err
-	}
-	defer func() { p.depth-- }()
-	p.i++ // [
-	p.space()
-	if p.i < len(p.s) && p.s[p.i] == ']' {
-		p.i++
-		return v, nil
-	}
-	for {
+	err := p.list(']', func() error {
 		elem, err := p.value()
 		if err != nil {
-			return v, err
+			return err
 		}
 		if p.jsonb {
 			v.elems = append(v.elems, elem)
 		}
+		return nil
+	})
+	return v, err
+}
+
+// list reads an object or array from its opening bracket to end, the
+// closing one: member reads each member, list the commas between them.
+func (p *jsonParser) list(end byte, member func() error) error {
+	if err := p.enter(); err != nil {
+		return err
+	}
+	defer func() { p.depth-- }()
+	p.i++ // { or [
+	p.space()
+	if p.i < len(p.s) && p.s[p.i] == end {
+		p.i++
+		return nil
+	}
+	for {
+		if err := member(); err != nil {
+			return err
+		}
 		p.space()
 		if p.i >= len(p.s) {
-			return v, errJSONSyntax
+			return errJSONSyntax
 		}
 		switch p.s[p.i] {
 		case ',':
 			p.i++
 			p.space()
-		case ']':
+		case end:
 			p.i++
-			return v, nil
+			return nil
 		default:
-			return v, p.unexpected()
+			return p.unexpected()
 		}
 	}
 }
@@ -370,7 +360,10 @@ func (v jsonValue) write(b *bytes.Buffer) error {
 		b.WriteString("false")
 	case '0':
 		d, rest, err := parseDecimal(v.text)
-		if err != nil || rest != "" {
+		if err != nil {
+			return err // an exponent numeric cannot hold: out of range, as in jsonb_in
+		}
+		if rest != "" {
 			return errJSONSyntax
 		}
 		s, err := d.String()

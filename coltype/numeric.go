@@ -267,13 +267,8 @@ func canonFloat(bits int, pgName string) func(string, *time.Location) (string, e
 		if s == "" {
 			return "", syntaxError(pgName)
 		}
-		switch strings.ToLower(s) {
-		case "nan":
-			return "NaN", nil
-		case "infinity", "+infinity", "inf", "+inf":
-			return "Infinity", nil
-		case "-infinity", "-inf":
-			return "-Infinity", nil
+		if out, rest, ok := numericSpecial(s); ok && rest == "" {
+			return out, nil
 		}
 		// strtod reads the longest number it can; overflow or underflow of
 		// that prefix is out of range even when junk follows. Hexadecimal

@@ -425,9 +425,15 @@ func (c *KeyCache) loadVersion(ctx context.Context, id KeyID, epoch uint64) (*Da
 	if w.ID != id {
 		return nil, fmt.Errorf("crypto: load key %s: key source returned key %s", id, w.ID)
 	}
+	return c.unwrapInsert(ctx, w, epoch)
+}
+
+// unwrapInsert unwraps w and caches the key, or remembers the verdict
+// that it is shredded.
+func (c *KeyCache) unwrapInsert(ctx context.Context, w WrappedKey, epoch uint64) (*DataKey, error) {
 	k, err := c.unwrap(ctx, w)
 	if isVerdict(err) {
-		c.remember(id, err, epoch)
+		c.remember(w.ID, err, epoch)
 		return nil, err
 	}
 	if err != nil {
@@ -576,12 +582,18 @@ func (c *KeyCache) removeLocked(el *list.Element) {
 	e := c.order.Remove(el).(*cacheEntry)
 	delete(c.entries, e.id)
 	delete(c.seals, e.id)
-	aid := activeID{e.id.Tenant, e.id.KeyClass, e.id.Purpose}
-	if v, ok := c.active[aid]; ok && v == e.id.Version {
-		delete(c.active, aid)
-	}
+	c.forgetActiveLocked(e.id)
 	if e.key != nil {
 		e.key.Destroy()
+	}
+}
+
+// forgetActiveLocked drops the active pointer of id's key if it names id's
+// version.
+func (c *KeyCache) forgetActiveLocked(id KeyID) {
+	aid := activeID{id.Tenant, id.KeyClass, id.Purpose}
+	if v, ok := c.active[aid]; ok && v == id.Version {
+		delete(c.active, aid)
 	}
 }
 
@@ -748,10 +760,7 @@ func (c *KeyCache) rotateSpent(ctx context.Context, id KeyID) error {
 		}
 		c.mu.Lock()
 		c.epoch++ // loads under way may still name id as active
-		aid := activeID{id.Tenant, id.KeyClass, id.Purpose}
-		if v, ok := c.active[aid]; ok && v == id.Version {
-			delete(c.active, aid)
-		}
+		c.forgetActiveLocked(id)
 		c.mu.Unlock()
 		if rotated && c.onLimitRotate != nil {
 			c.onLimitRotate(id, to)
@@ -781,14 +790,6 @@ func (c *KeyCache) unwrapShared(ctx context.Context, w WrappedKey) (*DataKey, er
 		if k, err, ok := c.lookup(id); ok {
 			return k, err
 		}
-		k, err := c.unwrap(ctx, w)
-		if isVerdict(err) {
-			c.remember(id, err, epoch)
-			return nil, err
-		}
-		if err != nil {
-			return nil, err
-		}
-		return c.insert(k, epoch, false), nil
+		return c.unwrapInsert(ctx, w, epoch)
 	})
 }

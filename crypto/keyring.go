@@ -2,7 +2,6 @@ package crypto
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 )
 
@@ -78,6 +77,17 @@ func (k Keyring) Open(ctx context.Context, dst, value []byte, col Column) ([]byt
 	if err != nil {
 		return nil, ErrDecrypt
 	}
+	key, err := k.dataKey(ctx, version, col)
+	if err != nil {
+		return nil, err
+	}
+	return key.Envelope().Open(dst, value, k.valueID(col))
+}
+
+// dataKey returns the data key of col's class at version for opening a
+// value: a version the tenant does not have or has shredded is ErrDecrypt,
+// any other error an operational fault.
+func (k Keyring) dataKey(ctx context.Context, version uint32, col Column) (*DataKey, error) {
 	key, err := k.cache.Version(ctx, KeyID{k.tenant, col.KeyClass, PurposeData, version})
 	if isVerdict(err) {
 		return nil, ErrDecrypt
@@ -85,7 +95,7 @@ func (k Keyring) Open(ctx context.Context, dst, value []byte, col Column) ([]byt
 	if err != nil {
 		return nil, fmt.Errorf("crypto: open %s.%s: %w", col.Table, col.Name, err)
 	}
-	return key.Envelope().Open(dst, value, k.valueID(col))
+	return key, nil
 }
 
 // BlindIndex computes the blind index of value, a value's canonical text,
@@ -168,12 +178,9 @@ func (o *Opener) key(ctx context.Context, version uint32, col Column) (*DataKey,
 		}
 	}
 	removals := k.cache.removals.Load() // before the lookup: a removal after it invalidates
-	key, err := k.cache.Version(ctx, KeyID{k.tenant, col.KeyClass, PurposeData, version})
-	if isVerdict(err) {
-		return nil, ErrDecrypt
-	}
+	key, err := k.dataKey(ctx, version, col)
 	if err != nil {
-		return nil, fmt.Errorf("crypto: open %s.%s: %w", col.Table, col.Name, err)
+		return nil, err
 	}
 	if removals == o.removals {
 		o.keys[o.nextKey] = key
@@ -190,8 +197,7 @@ func (o *Opener) key(ctx context.Context, version uint32, col Column) (*DataKey,
 type ColumnOpener struct {
 	o        *Opener
 	col      Column
-	env      *Envelope // nil: nothing kept
-	version  uint32
+	env      *Envelope // of the key version opened last; nil: nothing kept
 	removals uint64
 	aad      []byte
 }
@@ -201,28 +207,28 @@ func (o *Opener) Column(col Column) *ColumnOpener { return &ColumnOpener{o: o, c
 
 // Open is Keyring.Open for the column.
 func (c *ColumnOpener) Open(ctx context.Context, dst, value []byte) ([]byte, error) {
-	if c.env != nil && len(value) >= Overhead && value[0] == FormatV1 &&
-		binary.BigEndian.Uint32(value[1:5]) == c.version && c.o.ring.cache.removals.Load() == c.removals {
-		out, err := c.env.aead.Open(dst, value[5:headerSize], value[headerSize:], c.aad)
-		if err != nil {
-			return nil, ErrDecrypt
-		}
-		return out, nil
-	}
 	version, err := KeyVersion(value)
 	if err != nil {
 		return nil, ErrDecrypt
 	}
-	c.env = nil
-	removals := c.o.ring.cache.removals.Load() // before the lookup: a removal after it invalidates
-	key, err := c.o.key(ctx, version, c.col)
-	if err != nil {
-		return nil, err
+	if c.env == nil || version != c.env.version || c.o.ring.cache.removals.Load() != c.removals {
+		c.env = nil
+		if err := c.o.ring.check(); err != nil {
+			return nil, err
+		}
+		removals := c.o.ring.cache.removals.Load() // before the lookup: a removal after it invalidates
+		key, err := c.o.key(ctx, version, c.col)
+		if err != nil {
+			return nil, err
+		}
+		c.aad = appendAAD(c.aad[:0], version, c.o.ring.valueID(c.col))
+		c.env, c.removals = key.Envelope(), removals
 	}
-	env := key.Envelope()
-	c.aad = appendAAD(c.aad[:0], version, c.o.ring.valueID(c.col))
-	c.env, c.version, c.removals = env, version, removals
-	return env.openAAD(dst, value, c.aad)
+	out, err := c.env.aead.Open(dst, value[5:headerSize], value[headerSize:], c.aad)
+	if err != nil {
+		return nil, ErrDecrypt
+	}
+	return out, nil
 }
 
 // aad returns the associated data of col's values under version.

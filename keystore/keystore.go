@@ -153,13 +153,8 @@ func active(ctx context.Context, q querier, tenant, keyClass string, purpose cry
 		ORDER BY state <> 'shredded' DESC, version DESC
 		LIMIT 1`, tenant, keyClass, string(purpose)).Scan(&version, &wrapped, &kekID, &state)
 	id := crypto.KeyID{Tenant: tenant, KeyClass: keyClass, Purpose: purpose}
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return crypto.WrappedKey{}, crypto.ErrKeyNotFound
-	case err != nil:
-		return crypto.WrappedKey{}, fmt.Errorf("keystore: active key %s: %w", id, err)
-	case state == StateShredded:
-		return crypto.WrappedKey{}, crypto.ErrKeyShredded
+	if err := keyRowErr(err, state, "active key", id); err != nil {
+		return crypto.WrappedKey{}, err
 	}
 	id.Version = uint32(version)
 	return crypto.WrappedKey{ID: id, Wrapped: wrapped, KEKID: kekID}, nil
@@ -180,15 +175,26 @@ func (s *Store) Version(ctx context.Context, id crypto.KeyID) (crypto.WrappedKey
 		FROM pgcloak.data_keys
 		WHERE tenant = $1 AND key_class = $2 AND purpose = $3 AND version = $4`,
 		id.Tenant, id.KeyClass, string(id.Purpose), int32(id.Version)).Scan(&wrapped, &kekID, &state)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return crypto.WrappedKey{}, crypto.ErrKeyNotFound
-	case err != nil:
-		return crypto.WrappedKey{}, fmt.Errorf("keystore: key %s: %w", id, err)
-	case state == StateShredded:
-		return crypto.WrappedKey{}, crypto.ErrKeyShredded
+	if err := keyRowErr(err, state, "key", id); err != nil {
+		return crypto.WrappedKey{}, err
 	}
 	return crypto.WrappedKey{ID: id, Wrapped: wrapped, KEKID: kekID}, nil
+}
+
+// keyRowErr classifies the result of reading one key version's row and
+// state: no row is crypto.ErrKeyNotFound, a failed query is wrapped as
+// "keystore: <what> <id>: ...", a shredded version is
+// crypto.ErrKeyShredded, anything else nil.
+func keyRowErr(err error, state State, what string, id crypto.KeyID) error {
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return crypto.ErrKeyNotFound
+	case err != nil:
+		return fmt.Errorf("keystore: %s %s: %w", what, id, err)
+	case state == StateShredded:
+		return crypto.ErrKeyShredded
+	}
+	return nil
 }
 
 // CreateIfMissing implements crypto.KeySource. The INSERT does nothing when
@@ -400,7 +406,7 @@ type Event struct {
 	// a shred covers every class of the tenant.
 	OneClass bool `json:"one_class,omitempty"`
 	// Reason says why a rotation happened when pgcloak did it by itself
-	// (ReasonEncryptionLimit); empty for an operator's rotation.
+	// (crypto.ReasonEncryptionLimit); empty for an operator's rotation.
 	Reason string `json:"reason,omitempty"`
 }
 

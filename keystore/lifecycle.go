@@ -2,7 +2,6 @@ package keystore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 
@@ -10,11 +9,6 @@ import (
 
 	"github.com/pgcloak/pgcloak/crypto"
 )
-
-// ReasonEncryptionLimit is the Event.Reason of a rotation pgcloak made
-// because a data key reached its encryption limit. Persisted in events and
-// audit logs: never change it.
-const ReasonEncryptionLimit = crypto.ReasonEncryptionLimit
 
 var _ crypto.SealCounter = (*Store)(nil)
 
@@ -48,13 +42,8 @@ func (s *Store) ReserveSeals(ctx context.Context, id crypto.KeyID, n, limit uint
 		WHERE d.tenant = $1 AND d.key_class = $2 AND d.purpose = $3 AND d.version = $4
 		RETURNING d.sealed_reserved - cur.sealed_reserved, cur.state`,
 		id.Tenant, id.KeyClass, string(id.Purpose), int32(id.Version), int64(n), int64(limit)).Scan(&granted, &state)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return 0, crypto.ErrKeyNotFound
-	case err != nil:
-		return 0, fmt.Errorf("keystore: reserve encryptions under %s: %w", id, err)
-	case state == StateShredded:
-		return 0, crypto.ErrKeyShredded
+	if err := keyRowErr(err, state, "reserve encryptions under", id); err != nil {
+		return 0, err
 	}
 	return uint64(granted), nil
 }

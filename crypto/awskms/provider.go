@@ -188,10 +188,9 @@ func (p *Provider) Wrap(ctx context.Context, kc crypto.KeyContext, plaintextKey 
 // the blob names (see the package documentation).
 func (p *Provider) Unwrap(ctx context.Context, kc crypto.KeyContext, wrapped []byte) ([]byte, error) {
 	in := &kms.DecryptInput{CiphertextBlob: wrapped, EncryptionContext: kc.EncryptionContext()}
-	key := p.defaultKey
-	if own, ok := p.tenantKeys[kc.Tenant]; ok {
-		key = own
-		in.KeyId = aws.String(own)
+	key := p.TenantKEK(kc.Tenant)
+	if _, own := p.tenantKeys[kc.Tenant]; own {
+		in.KeyId = aws.String(key)
 	}
 	cctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
