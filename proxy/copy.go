@@ -14,7 +14,6 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/pgcloak/pgcloak/coltype"
-	"github.com/pgcloak/pgcloak/config"
 	"github.com/pgcloak/pgcloak/rewrite"
 )
 
@@ -585,11 +584,12 @@ func appendCSVValue(p *rewrite.CopyPlan, out, value []byte) []byte {
 
 // copyOut decrypts the rows of one COPY TO STDOUT (upstream goroutine).
 type copyOut struct {
-	state  *copyState
-	plan   *rewrite.CopyPlan
-	rows   int
-	buf    []byte // binary: an incomplete tuple
-	header bool   // binary: the file header has been passed on
+	state   *copyState
+	plan    *rewrite.CopyPlan
+	rows    int
+	buf     []byte // binary: an incomplete tuple
+	header  bool   // binary: the file header has been passed on
+	scratch []byte // the plaintext of the value being written
 }
 
 // transform decrypts the declared fields of the rows in one CopyData.
@@ -612,7 +612,7 @@ func (co *copyOut) transform(s *session, data []byte) ([]byte, error) {
 	out := make([]byte, 0, len(data)*2)
 	first := true
 	for i, f := range fields {
-		fp := shape.fields[i]
+		fp := &shape.fields[i]
 		if fp.hidden {
 			continue // an index column; in the header, its name
 		}
@@ -629,16 +629,18 @@ func (co *copyOut) transform(s *session, data []byte) ([]byte, error) {
 			out = append(out, f.text...)
 			continue
 		}
-		stored, ok := decodeByteaText(value)
+		stored, ok := decodeBytea(value)
 		if !ok {
 			return nil, s.decryptFailed(fp.declared.table, fp.declared.column)
 		}
-		plain, err := s.openValue(ctx, fp.declared.table, fp.declared.column, stored)
+		var plain []byte
+		plain, null, err = s.openField(ctx, fp, co.scratch[:0], stored)
 		if err != nil {
 			return nil, err
 		}
+		co.scratch = plain
 		switch {
-		case plain == nil:
+		case null:
 			out = append(out, p.Null...) // on_decrypt_error: null
 		case p.Format == rewrite.CopyCSV:
 			out = appendCSVValue(p, out, plain)
@@ -685,7 +687,7 @@ func (co *copyOut) transformBinary(s *session, data []byte) ([]byte, error) {
 		}
 		out = binary.BigEndian.AppendUint16(out, uint16(len(tuple)-shape.hidden))
 		for i, v := range tuple {
-			fp := shape.fields[i]
+			fp := &shape.fields[i]
 			if fp.hidden {
 				continue
 			}
@@ -693,11 +695,12 @@ func (co *copyOut) transformBinary(s *session, data []byte) ([]byte, error) {
 				out = appendBinaryField(out, v)
 				continue
 			}
-			plain, err := s.openValue(ctx, fp.declared.table, fp.declared.column, v)
+			plain, null, err := s.openField(ctx, fp, co.scratch[:0], v)
 			if err != nil {
 				return nil, err
 			}
-			if plain == nil {
+			co.scratch = plain
+			if null {
 				out = appendBinaryField(out, nil)
 				continue
 			}
@@ -712,39 +715,6 @@ func (co *copyOut) transformBinary(s *session, data []byte) ([]byte, error) {
 	rest := copy(co.buf, co.buf[used:])
 	co.buf = co.buf[:rest]
 	return out, nil
-}
-
-// decodeByteaText decodes bytea's text output, \x and hex digits.
-func decodeByteaText(v []byte) ([]byte, bool) {
-	if len(v) < 2 || v[0] != '\\' || v[1] != 'x' {
-		return nil, false
-	}
-	raw := make([]byte, hex.DecodedLen(len(v)-2))
-	if _, err := hex.Decode(raw, v[2:]); err != nil {
-		return nil, false
-	}
-	return raw, true
-}
-
-// openValue decrypts a stored value of a declared column for the session's
-// tenant: nil (and no error) when it does not open and on_decrypt_error is
-// null; an error naming the column otherwise.
-func (s *session) openValue(ctx context.Context, t *config.Table, c *config.Column, stored []byte) ([]byte, error) {
-	plain, err := s.srv.keys.Open(ctx, s.tenant, valueRef(t, c), nil, stored)
-	if err == nil {
-		if plain == nil {
-			plain = []byte{}
-		}
-		return plain, nil
-	}
-	if !isDecryptFailure(err) {
-		return nil, keyError(s.tenant, err)
-	}
-	if s.decl.encrypt.OnDecryptError == config.DecryptErrorNull {
-		s.srv.audit.decryptFailed(s, t, c)
-		return nil, nil
-	}
-	return nil, s.decryptFailed(t, c)
 }
 
 // describeForCopy sends, ahead of a COPY TO, the describe of its query

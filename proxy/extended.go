@@ -293,15 +293,6 @@ func (s *session) transformBind(m *pgproto3.Bind, ps *preparedStatement) (*pgpro
 		return nil, &clientError{code: pgerrcode.ProtocolViolation,
 			msg: fmt.Sprintf("bind message has %d parameter formats but %d parameters", len(fc), len(m.Parameters))}
 	}
-	format := func(j int) int16 {
-		switch len(fc) {
-		case 0:
-			return pgtype.TextFormatCode
-		case 1:
-			return fc[0]
-		}
-		return fc[j]
-	}
 	ctx := context.Background()
 	n := len(ps.plan.Params)
 	out := &pgproto3.Bind{
@@ -313,7 +304,7 @@ func (s *session) transformBind(m *pgproto3.Bind, ps *preparedStatement) (*pgpro
 	}
 	for i, src := range ps.plan.Params {
 		j := src.Param - 1
-		v, f := m.Parameters[j], format(j)
+		v, f := m.Parameters[j], formatAt(fc, j)
 		if src.Kind == rewrite.ParamPlain {
 			out.Parameters[i], out.ParameterFormatCodes[i] = v, f
 			continue

@@ -27,22 +27,12 @@ func (k CacheKeys) BlindIndex(ctx context.Context, tenant string, ref ValueRef, 
 	return k.Cache.Keyring(tenant).BlindIndex(ctx, nil, value, column(ref), crypto.Normalization(ref.Normalize))
 }
 
-// Open decrypts a stored value for the tenant's column and appends the
-// plaintext to dst.
-func (k CacheKeys) Open(ctx context.Context, tenant string, ref ValueRef, dst, value []byte) ([]byte, error) {
-	return k.Cache.Keyring(tenant).Open(ctx, dst, value, column(ref))
-}
-
 // NewOpener returns an Opener that remembers the data key it last used.
 func (k CacheKeys) NewOpener(tenant string) Opener {
 	return cacheOpener{k.Cache.Keyring(tenant).Opener()}
 }
 
 type cacheOpener struct{ o *crypto.Opener }
-
-func (c cacheOpener) Open(ctx context.Context, ref ValueRef, dst, value []byte) ([]byte, error) {
-	return c.o.Open(ctx, dst, value, column(ref))
-}
 
 func (c cacheOpener) Column(ref ValueRef) ColumnOpener { return c.o.Column(column(ref)) }
 

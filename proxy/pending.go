@@ -15,7 +15,6 @@ const (
 	pendClose                               // CloseComplete
 	pendSync                                // ReadyForQuery
 	pendFunctionCall                        // FunctionCallResponse ReadyForQuery
-	pendInternal                            // a statement of the proxy's own: swallow up to its ReadyForQuery
 	pendRefusal                             // a refused Parse replaced by the raising statement: swallow its ParseComplete and BindComplete, relay its error
 	pendCopyDescribe                        // the describe ahead of a COPY TO: swallow everything up to its ReadyForQuery
 )
@@ -104,7 +103,7 @@ func (q *pendingQueue) skipToSync() {
 	defer q.mu.Unlock()
 	for q.head < len(q.items) {
 		k := q.items[q.head].kind
-		if k == pendSync || k == pendQuery || k == pendFunctionCall || k == pendInternal || k == pendCopyDescribe {
+		if k == pendSync || k == pendQuery || k == pendFunctionCall || k == pendCopyDescribe {
 			break
 		}
 		q.items[q.head] = nil

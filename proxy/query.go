@@ -30,22 +30,20 @@ type ValueRef struct {
 type Keys interface {
 	Seal(ctx context.Context, tenant string, ref ValueRef, plaintext []byte) ([]byte, error)
 	BlindIndex(ctx context.Context, tenant string, ref ValueRef, normalized []byte) ([]byte, error)
-	// Open appends the plaintext to dst.
-	Open(ctx context.Context, tenant string, ref ValueRef, dst, value []byte) ([]byte, error)
 	// NewOpener returns an Opener of the tenant's values for one
 	// goroutine that opens many.
 	NewOpener(tenant string) Opener
 }
 
-// Opener opens values as Keys.Open does, for one goroutine.
+// Opener opens the tenant's values for one goroutine.
 type Opener interface {
-	Open(ctx context.Context, ref ValueRef, dst, value []byte) ([]byte, error)
 	// Column returns an opener of one column's values that keeps what it
 	// can between them.
 	Column(ref ValueRef) ColumnOpener
 }
 
-// ColumnOpener opens one column's values for an Opener's goroutine.
+// ColumnOpener opens one column's stored values for an Opener's goroutine
+// and appends the plaintext to dst.
 type ColumnOpener interface {
 	Open(ctx context.Context, dst, value []byte) ([]byte, error)
 }
@@ -308,19 +306,9 @@ func (s *session) renderShape(sp *rewrite.ShapePlan, lits []rewrite.Literal) (st
 // encrypted (or, for index, as its blind index) under the session tenant's
 // keys, as a bytea literal.
 func (s *session) writeKeyedValue(ctx context.Context, b *strings.Builder, c rewrite.ColumnRef, index bool, value string) error {
-	canonical, err := coltype.Canonical(c.Column.Type, value)
+	out, err := s.keyedValue(ctx, c, index, value)
 	if err != nil {
-		return valueError(c, err)
-	}
-	ref := refOf(c)
-	var out []byte
-	if index {
-		out, err = s.srv.keys.BlindIndex(ctx, s.tenant, ref, []byte(canonical))
-	} else {
-		out, err = s.srv.keys.Seal(ctx, s.tenant, ref, []byte(canonical))
-	}
-	if err != nil {
-		return keyError(s.tenant, err)
+		return err
 	}
 	writeByteaLiteral(b, out)
 	return nil

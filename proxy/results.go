@@ -401,37 +401,22 @@ func (s *session) decryptRow(row *pgproto3.DataRow, shape *rowShape) error {
 		if !f.ok || i >= len(row.Values) || row.Values[i] == nil {
 			continue
 		}
-		t, c := f.declared.table, f.declared.column
 		stored := row.Values[i]
 		if f.upFormat == 0 {
-			// bytea's text output: \x followed by hex digits, decoded in
-			// place (the row's buffer is the proxy's until the next read).
-			if len(stored) < 2 || stored[0] != '\\' || stored[1] != 'x' {
-				return s.decryptFailed(t, c)
+			// The row's buffer is the proxy's until the next read.
+			var ok bool
+			if stored, ok = decodeBytea(stored); !ok {
+				return s.decryptFailed(f.declared.table, f.declared.column)
 			}
-			n, err := hex.Decode(stored[2:], stored[2:])
-			if err != nil {
-				return s.decryptFailed(t, c)
-			}
-			stored = stored[2 : 2+n]
 		}
 		start := len(buf)
-		if f.opener == nil {
-			f.opener = s.columnOpener(f.declared.ref)
-		}
-		out, err := f.opener.Open(ctx, buf, stored)
+		out, null, err := s.openField(ctx, f, buf, stored)
 		if err != nil {
-			if !isDecryptFailure(err) {
-				// The key service, not the value, failed: never hide
-				// that behind NULLs.
-				return keyError(s.tenant, err)
-			}
-			if s.decl.encrypt.OnDecryptError == config.DecryptErrorNull {
-				s.srv.audit.decryptFailed(s, t, c)
-				row.Values[i] = nil
-				continue
-			}
-			return s.decryptFailed(t, c)
+			return err
+		}
+		if null {
+			row.Values[i] = nil
+			continue
 		}
 		buf = out
 		plain := buf[start:len(buf):len(buf)]
@@ -439,7 +424,7 @@ func (s *session) decryptRow(row *pgproto3.DataRow, shape *rowShape) error {
 			plain = []byte{} // an empty value, not NULL
 		}
 		if f.format == 1 {
-			enc, err := encodeBinary(c.Type, plain)
+			enc, err := encodeBinary(f.declared.column.Type, plain)
 			if err != nil {
 				return err
 			}
@@ -448,6 +433,43 @@ func (s *session) decryptRow(row *pgproto3.DataRow, shape *rowShape) error {
 		row.Values[i] = plain
 	}
 	return nil
+}
+
+// decodeBytea decodes bytea's text output, \x and hex digits, in place.
+func decodeBytea(v []byte) ([]byte, bool) {
+	if len(v) < 2 || v[0] != '\\' || v[1] != 'x' {
+		return nil, false
+	}
+	n, err := hex.Decode(v[2:], v[2:])
+	if err != nil {
+		return nil, false
+	}
+	return v[2 : 2+n], true
+}
+
+// openField opens a stored value of a declared field for the session's
+// tenant and appends the plaintext to dst. null reports a value that did
+// not open while on_decrypt_error is null (audited); any other failure is
+// the error the client gets.
+func (s *session) openField(ctx context.Context, f *fieldPlan, dst, stored []byte) (out []byte, null bool, err error) {
+	if f.opener == nil {
+		f.opener = s.columnOpener(f.declared.ref)
+	}
+	out, err = f.opener.Open(ctx, dst, stored)
+	if err == nil {
+		return out, false, nil
+	}
+	t, c := f.declared.table, f.declared.column
+	if !isDecryptFailure(err) {
+		// The key service, not the value, failed: never hide that
+		// behind NULLs.
+		return dst, false, keyError(s.tenant, err)
+	}
+	if s.decl.encrypt.OnDecryptError == config.DecryptErrorNull {
+		s.srv.audit.decryptFailed(s, t, c)
+		return dst, true, nil
+	}
+	return dst, false, s.decryptFailed(t, c)
 }
 
 // columnOpener returns the session's opener of a declared column's values.

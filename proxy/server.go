@@ -87,9 +87,6 @@ func NewServer(cfg Config, log zerolog.Logger, deps Deps) (*Server, error) {
 	if cfg.Upstream.ConnectTimeout <= 0 {
 		cfg.Upstream.ConnectTimeout = config.DefaultConnectTimeout
 	}
-	if cfg.Tenancy.Setting == "" {
-		cfg.Tenancy.Setting = config.DefaultTenantSetting
-	}
 	s := &Server{
 		cfg:       cfg,
 		log:       log,
