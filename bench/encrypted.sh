@@ -19,8 +19,6 @@
 #   MODES pgbench -M modes [simple extended prepared]
 #   ROWS table rows [10000]         SCALE pgbench -S scale [10]
 #   CLIENTS pgbench -c [8]          JOBS pgbench -j [2]
-set -euo pipefail
-
 BENCH_NAME=encrypted.sh
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -36,7 +34,6 @@ TENANT_ROLE=acme_app
 TENANT_PASSWORD=acme-bench-password
 
 start_postgres
-psql_direct() { "$PSQL" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U "$BENCH_USER" -d "$BENCH_DB" "$@"; }
 
 echo "--- pgbench -i -s $SCALE and the patients tables"
 "$PGBENCH" -i -s "$SCALE" -q -h 127.0.0.1 -p "$PGPORT" -U "$BENCH_USER" "$BENCH_DB" >"$work/init.log" 2>&1 ||
@@ -142,19 +139,10 @@ results=$work/results
 run() { # run ROUND MODE WORKLOAD TARGET USER PASSWORD ARGS...
 	local round=$1 mode=$2 w=$3 t=$4 user=$5 password=$6
 	shift 6
-	local out=$work/run-$round-$mode-$w-$t.log
-	if ! PGPASSWORD=$password "$PGBENCH" -n -M "$mode" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" -D rows="$ROWS" "$@" \
-		-h 127.0.0.1 -p "${PORT[$t]}" -U "$user" "$BENCH_DB" >"$out" 2>&1; then
-		cat "$out" >&2
-		die "pgbench $w against $t ($mode) failed"
-	fi
 	local tps
-	tps=$(awk '/^tps = / { print $3; exit }' "$out")
-	[[ -n $tps ]] || { cat "$out" >&2; die "no tps for $w against $t ($mode)"; }
-	if grep -q 'number of failed transactions: [1-9]' "$out"; then
-		cat "$out" >&2
-		die "failed transactions in $w against $t ($mode)"
-	fi
+	tps=$(PGPASSWORD=$password pgbench_tps "$work/run-$round-$mode-$w-$t.log" "$w against $t ($mode)" \
+		-n -M "$mode" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" -D rows="$ROWS" "$@" \
+		-h 127.0.0.1 -p "${PORT[$t]}" -U "$user" "$BENCH_DB")
 	printf '  round %d  %-9s %-8s %-8s %12.1f tps\n' "$round" "$mode" "$w" "$t" "$tps"
 	echo "$mode $w $t $tps" >>"$results"
 }
@@ -175,7 +163,7 @@ done
 
 echo
 echo "encrypted workloads, $ROWS rows, $CLIENTS clients, $JOBS threads, ${DURATION}s per run, mean of $ROUNDS round(s)"
-echo "$(nproc) CPUs; $("$PGBENCH" --version); pgcloak $(git rev-parse --short HEAD 2>/dev/null || echo '(no commit)')"
+versions
 echo
 awk -v modes="${MODES[*]}" '
 	{ sum[$1, $2, $3] += $4; n[$1, $2, $3]++ }

@@ -28,8 +28,6 @@
 #   ROWS [100000]  REENCRYPT_BATCH [500]  REENCRYPT_PAUSE [50ms]
 #   DURATION pgbench seconds, at most [15]  ROUNDS [2]
 #   CLIENTS pgbench -c [4]  JOBS pgbench -j [2]  MODE pgbench -M [simple]
-set -euo pipefail
-
 BENCH_NAME=keys.sh
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -59,17 +57,8 @@ go build -o "$work/kmsenv" ./bench/cmd/kmsenv
 go build -o "$work/keyload" ./bench/cmd/keyload
 
 echo "--- starting the KMS emulator (latency $KMS_LATENCY per call)"
-mkfifo "$work/kmsenv.in"
-"$work/kmsenv" -latency "$KMS_LATENCY" <"$work/kmsenv.in" >"$work/kmsenv.out" 2>"$work/kmsenv.log" &
-STOP_PIDS+=($!)
-exec 4>"$work/kmsenv.in" # held open until the script ends: kmsenv's lifeline
-for _ in $(seq 100); do
-	grep -q '^READY=1$' "$work/kmsenv.out" && break
-	sleep 0.1
-done
-grep -q '^READY=1$' "$work/kmsenv.out" || { cat "$work/kmsenv.log" >&2; die "kmsenv did not start"; }
-KMS_URL=$(sed -n 's/^KMS_URL=//p' "$work/kmsenv.out")
-KMS_CONTROL=$(sed -n 's/^KMS_CONTROL=//p' "$work/kmsenv.out")
+start_env kmsenv "$work/kmsenv" -latency "$KMS_LATENCY"
+env_vars kmsenv KMS_URL KMS_CONTROL
 # Static credentials for the SDK; the emulator checks that they are there,
 # not what they are. No shared files, no instance metadata.
 export AWS_ACCESS_KEY_ID=AKIDPGCLOAKBENCH AWS_SECRET_ACCESS_KEY=pgcloak-bench-secret AWS_EC2_METADATA_DISABLED=true
@@ -77,7 +66,6 @@ export AWS_CONFIG_FILE=$work/aws-config AWS_SHARED_CREDENTIALS_FILE=$work/aws-cr
 unset AWS_PROFILE AWS_SESSION_TOKEN
 export PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD
 
-psql_direct() { "$PSQL" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U "$BENCH_USER" -d "$BENCH_DB" "$@"; }
 psql_acme() { PGPASSWORD=$TENANT_PASSWORD "$PSQL" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGCLOAK_PORT" -U "$ACME_ROLE" -d "$BENCH_DB" "$@"; }
 role() { printf 'kt_%03d' "$1"; }
 
@@ -224,20 +212,9 @@ results=$work/results
 : >"$results"
 # pgbench_run LABEL: one pgbench run as acme through pgcloak; prints tps.
 pgbench_run() {
-	local out=$work/pgbench-$1.log
-	if ! PGPASSWORD=$TENANT_PASSWORD "$PGBENCH" -n -M "$MODE" -c "$CLIENTS" -j "$JOBS" -T "$duration" -D rows="$ROWS" \
-		-f "$work/app.sql" -h 127.0.0.1 -p "$PGCLOAK_PORT" -U "$ACME_ROLE" "$BENCH_DB" >"$out" 2>&1; then
-		cat "$out" >&2
-		die "pgbench ($1) failed"
-	fi
-	if grep -q 'number of failed transactions: [1-9]' "$out"; then
-		cat "$out" >&2
-		die "failed transactions in pgbench ($1)"
-	fi
-	local tps
-	tps=$(awk '/^tps = / { print $3; exit }' "$out")
-	[[ -n $tps ]] || { cat "$out" >&2; die "no tps in pgbench ($1)"; }
-	echo "$tps"
+	PGPASSWORD=$TENANT_PASSWORD pgbench_tps "$work/pgbench-$1.log" "($1)" \
+		-n -M "$MODE" -c "$CLIENTS" -j "$JOBS" -T "$duration" -D rows="$ROWS" \
+		-f "$work/app.sql" -h 127.0.0.1 -p "$PGCLOAK_PORT" -U "$ACME_ROLE" "$BENCH_DB"
 }
 echo "--- (c) pgbench -M $MODE -c $CLIENTS -j $JOBS -T $duration through pgcloak, alone and during reencrypt, $ROUNDS round(s)"
 for round in $(seq "$ROUNDS"); do
@@ -272,7 +249,7 @@ ttl_s=$(awk -v t="$CACHE_TTL" 'BEGIN {
 	else print 0 }')
 echo
 echo "keys benchmark: keys.provider aws (emulator, ${KMS_LATENCY} per call), keys.cache_ttl $CACHE_TTL"
-echo "$(nproc) CPUs; $("$PGBENCH" --version); pgcloak $(git rev-parse --short HEAD 2>/dev/null || echo '(no commit)'); $(($(date +%s) - began))s in all"
+versions "$(($(date +%s) - began))s in all"
 echo
 echo "(a) KMS calls, $TENANTS tenants, one session each, $LOAD_CLIENTS clients"
 awk -v tenants="$TENANTS" -v ttl="$ttl_s" '

@@ -115,14 +115,9 @@ echo "--- pgbench -S -c $CLIENTS -j $JOBS -T $DURATION, $ROUNDS round(s)"
 for round in $(seq "$ROUNDS"); do
 	for mode in "${MODES[@]}"; do
 		for t in "${TARGETS[@]}"; do
-			out=$work/run-$round-$mode-$t.log
-			if ! "$PGBENCH" -n -S -M "$mode" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" \
-				-h 127.0.0.1 -p "${PORT[$t]}" -U "$BENCH_USER" "$BENCH_DB" >"$out" 2>&1; then
-				cat "$out" >&2
-				die "pgbench against $t ($mode) failed"
-			fi
-			tps=$(awk '/^tps = / { print $3; exit }' "$out")
-			[[ -n $tps ]] || { cat "$out" >&2; die "no tps in pgbench output for $t ($mode)"; }
+			tps=$(pgbench_tps "$work/run-$round-$mode-$t.log" "against $t ($mode)" \
+				-n -S -M "$mode" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" \
+				-h 127.0.0.1 -p "${PORT[$t]}" -U "$BENCH_USER" "$BENCH_DB")
 			printf '  round %d  %-9s %-10s %12.1f tps\n' "$round" "$mode" "$t" "$tps"
 			echo "$mode $t $tps" >>"$results"
 		done
@@ -131,7 +126,7 @@ done
 
 echo
 echo "pgbench -S, scale $SCALE, $CLIENTS clients, $JOBS threads, ${DURATION}s per run, mean of $ROUNDS round(s)"
-echo "$(nproc) CPUs; $("$PGBENCH" --version); $(pgbouncer --version | head -n1); pgcloak $(git rev-parse --short HEAD 2>/dev/null || echo '(no commit)')"
+versions "$(pgbouncer --version | head -n1)"
 echo
 if [[ $PIPE == 1 ]]; then
 	awk -v modes="${MODES[*]}" '

@@ -47,7 +47,6 @@ type instance struct {
 	srv      *proxy.Server
 	served   chan error
 	logFile  *os.File
-	proxyLn  net.Listener
 	certFile string
 	keyFile  string
 }
@@ -57,7 +56,7 @@ func main() {
 		instances instanceFlag
 		logDir    = flag.String("log-dir", "", "directory for the proxy logs (default: discard)")
 		logLevel  = flag.String("log-level", "info", "proxy log level")
-		sslmode   = flag.String("upstream-sslmode", "disable", "proxy upstream.sslmode: disable or require")
+		sslmode   = flag.String("upstream-sslmode", "disable", "proxy upstream.sslmode: disable, require or follow")
 	)
 	flag.Var(&instances, "instance", "NAME[:CERTFILE:KEYFILE], repeatable")
 	flag.Parse()
@@ -160,17 +159,14 @@ func start(ctx context.Context, insts []*instance, logDir string, level zerolog.
 		if err != nil {
 			return fmt.Errorf("%s: proxy listen: %w", in.name, err)
 		}
-		in.srv, in.proxyLn = srv, ln
+		in.srv = srv
 		in.served = make(chan error, 1)
 		go func() { in.served <- srv.Serve(ln) }()
 
 		n := strings.ToUpper(in.name)
-		fmt.Printf("%s_PG_HOST=%s\n", n, pg.Host)
 		fmt.Printf("%s_PG_PORT=%d\n", n, pg.Port)
 		fmt.Printf("%s_PG_DIR=%s\n", n, shellQuote(pg.Dir)) // Unix socket directory too
 		fmt.Printf("%s_PG_DATA=%s\n", n, shellQuote(pg.DataDir))
-		fmt.Printf("%s_PG_LOG=%s\n", n, shellQuote(pg.LogFile))
-		fmt.Printf("%s_PG_BIN=%s\n", n, shellQuote(pg.BinDir))
 		fmt.Printf("%s_PROXY_PORT=%d\n", n, ln.Addr().(*net.TCPAddr).Port)
 	}
 	return nil

@@ -1,6 +1,7 @@
-// Command benchenv starts a throwaway PostgreSQL for bench/passthrough.sh and
-// keeps it running until its standard input closes or it receives SIGINT or
-// SIGTERM; then it stops the server and removes its files.
+// Command benchenv starts a throwaway PostgreSQL for the benchmark scripts in
+// bench/ (bench/lib.sh starts it for each of them) and keeps it running until
+// its standard input closes or it receives SIGINT or SIGTERM; then it stops
+// the server and removes its files.
 //
 // Once the server is up it prints KEY=VALUE lines on standard output, ending
 // with READY=1:
