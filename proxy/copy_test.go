@@ -233,3 +233,18 @@ func TestRefusedCopyDropsPipelinedData(t *testing.T) {
 	fatalIf(t, conn.QueryRow(ctx, `select count(*) from visits`).Scan(&n), "session after the refusal")
 	mustEqual(t, "rows", n, 0)
 }
+
+// TestCopyThroughExtendedProtocolRefused: COPY on a declared table is only
+// transformed in the simple protocol; a Parse of one is refused (0A000)
+// and the session goes on.
+func TestCopyThroughExtendedProtocolRefused(t *testing.T) {
+	env := startVisits(t)
+	ctx := ctxT(t)
+	conn := connect(t, env.proxy.url(acmeRole, rolePassword, env.db))
+	for _, sql := range []string{`copy visits (id, ssn) from stdin`, `copy visits to stdout`} {
+		_, err := conn.Prepare(ctx, "", sql)
+		mustEqual(t, sql, pgCode(err), "0A000")
+	}
+	var one int
+	fatalIf(t, conn.QueryRow(ctx, `select 1`).Scan(&one), "session after the refusals")
+}

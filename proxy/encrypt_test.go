@@ -475,7 +475,26 @@ func TestNoSecretsInLogsOrAudit(t *testing.T) {
 	env := startEncrypted(t)
 	acme := env.tenantConn(t, acmeRole)
 	insertPatient(t, acme, "alice", "123-45-6789", "Alice@Example.com", "influenza", "1980-01-02")
-	acme.Exec(ctxT(t), `select * from patients where ssn < '123-45-6789'`)
+	// A refused statement's text never reaches PostgreSQL: the last
+	// statement acme's backend ran is the proxy's stand-in, in the simple
+	// and in the extended protocol.
+	lastQuery := func(conn *pgx.Conn) string {
+		t.Helper()
+		var q string
+		fatalIf(t, env.pool.QueryRow(ctxT(t), `select query from pg_stat_activity where pid = $1`, conn.PgConn().PID()).Scan(&q), "pg_stat_activity")
+		return q
+	}
+	_, err := acme.Exec(ctxT(t), `select * from patients where ssn < '123-45-6789'`)
+	mustEqual(t, "simple refusal", pgCode(err), "0A000")
+	if q := lastQuery(acme); strings.Contains(q, "123-45-6789") || !strings.Contains(q, "$pgcloak$") {
+		t.Errorf("a refused simple query reached PostgreSQL: %s", q)
+	}
+	extended := connect(t, env.proxy.url(acmeRole, rolePassword, env.db))
+	_, err = extended.Exec(ctxT(t), `select * from patients where ssn < '987-65-4321' and id > $1`, 0)
+	mustEqual(t, "extended refusal", pgCode(err), "0A000")
+	if q := lastQuery(extended); strings.Contains(q, "987-65-4321") || !strings.Contains(q, "$pgcloak$") {
+		t.Errorf("a refused Parse reached PostgreSQL: %s", q)
+	}
 	acme.Exec(ctxT(t), `set app.tenant_id = '987-65-4321'`)
 	pgx.Connect(ctxT(t), env.proxy.url(acmeRole, "wrong-"+rolePassword, env.db))
 	for _, s := range secrets {
