@@ -116,13 +116,7 @@ func TestCacheSweepsIdleEntries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for c.Stats().Entries != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("after 5s: got the entry still cached, want it swept after 50ms")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFor(t, func() bool { return c.Stats().Entries == 0 }) // swept after 50ms
 	if !isZero(k.insecureBytes()) {
 		t.Error("swept key: got its bytes intact, want them zeroed")
 	}
@@ -463,9 +457,7 @@ func TestActiveAndVersionShareOneUnwrap(t *testing.T) {
 	errs := make(chan error, 2)
 	go func() { _, err := c.Active(ctx, "acme", "", PurposeData); errs <- err }()
 	go func() { _, err := c.Version(ctx, id); errs <- err }()
-	for p.unwraps.Load() == before {
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, func() bool { return p.unwraps.Load() != before })
 	time.Sleep(20 * time.Millisecond) // let the second lookup join or start its own call
 	close(p.gate)
 	for range 2 {

@@ -101,8 +101,14 @@ func TestKeyringShred(t *testing.T) {
 	ctx := context.Background()
 	c, src, _, _ := newTestCache(t, CacheOptions{})
 	acme := c.Keyring("acme")
-	sealed, _ := acme.Seal(ctx, nil, []byte("secret"), ssnColumn)
-	idx, _ := acme.BlindIndex(ctx, nil, []byte("secret"), ssnColumn, NormalizeNone)
+	sealed, err := acme.Seal(ctx, nil, []byte("secret"), ssnColumn)
+	if err != nil {
+		t.Fatalf("Seal: %v", err)
+	}
+	idx, err := acme.BlindIndex(ctx, nil, []byte("secret"), ssnColumn, NormalizeNone)
+	if err != nil {
+		t.Fatalf("BlindIndex: %v", err)
+	}
 	if len(idx) != BlindIndexSize {
 		t.Fatalf("index: got %d bytes, want %d", len(idx), BlindIndexSize)
 	}
@@ -123,9 +129,17 @@ func TestKeyringBlindIndex(t *testing.T) {
 	ctx := context.Background()
 	c, _, _, _ := newTestCache(t, CacheOptions{})
 	acme, globex := c.Keyring("acme"), c.Keyring("globex")
-	a1, _ := acme.BlindIndex(ctx, nil, []byte("Alice@Example.com"), emailColumn, NormalizeLower)
-	a2, _ := acme.BlindIndex(ctx, nil, []byte("alice@example.COM"), emailColumn, NormalizeLower)
-	g1, _ := globex.BlindIndex(ctx, nil, []byte("alice@example.com"), emailColumn, NormalizeLower)
+	index := func(ring Keyring, value string) []byte {
+		t.Helper()
+		idx, err := ring.BlindIndex(ctx, nil, []byte(value), emailColumn, NormalizeLower)
+		if err != nil {
+			t.Fatalf("BlindIndex of %q: %v", value, err)
+		}
+		return idx
+	}
+	a1 := index(acme, "Alice@Example.com")
+	a2 := index(acme, "alice@example.COM")
+	g1 := index(globex, "alice@example.com")
 	if !bytes.Equal(a1, a2) {
 		t.Error("lower-normalised equal values: got different indexes")
 	}

@@ -37,6 +37,17 @@ func (db testDB) pool(t *testing.T) *pgxpool.Pool {
 	return db.poolURL(t, db.pg.SuperuserURL(db.name))
 }
 
+// store opens the key store (its schema ensured) over a pool on the test
+// database as the superuser.
+func (db testDB) store(t *testing.T) *Store {
+	t.Helper()
+	store, err := Open(context.Background(), db.pool(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store
+}
+
 func (db testDB) poolURL(t *testing.T, url string) *pgxpool.Pool {
 	t.Helper()
 	pool, err := pgxpool.New(context.Background(), url)
@@ -198,11 +209,8 @@ func TestCreateRace(t *testing.T) {
 func TestStoreLifecycle(t *testing.T) {
 	db := newTestDB(t)
 	ctx := context.Background()
-	pool := db.pool(t)
-	store, err := Open(ctx, pool)
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := db.store(t)
+	pool := store.pool
 	p := testProvider(t)
 
 	if _, err := store.Active(ctx, "acme", "", crypto.PurposeData); !errors.Is(err, crypto.ErrKeyNotFound) {
@@ -294,10 +302,7 @@ func TestStoreLifecycle(t *testing.T) {
 func TestKeyringThroughStore(t *testing.T) {
 	db := newTestDB(t)
 	ctx := context.Background()
-	store, err := Open(ctx, db.pool(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := db.store(t)
 	p := testProvider(t)
 	r1 := crypto.NewKeyCache(store, p, crypto.CacheOptions{})
 	defer r1.Close()
@@ -315,8 +320,11 @@ func TestKeyringThroughStore(t *testing.T) {
 	if _, err := r2.Keyring("globex").Open(ctx, nil, sealed, col); err != crypto.ErrDecrypt {
 		t.Errorf("another tenant opens: got %v, want ErrDecrypt", err)
 	}
-	i1, _ := r1.Keyring("acme").BlindIndex(ctx, nil, []byte("123-45-6789"), col, crypto.NormalizeNone)
-	i2, _ := r2.Keyring("acme").BlindIndex(ctx, nil, []byte("123-45-6789"), col, crypto.NormalizeNone)
+	i1, err1 := r1.Keyring("acme").BlindIndex(ctx, nil, []byte("123-45-6789"), col, crypto.NormalizeNone)
+	i2, err2 := r2.Keyring("acme").BlindIndex(ctx, nil, []byte("123-45-6789"), col, crypto.NormalizeNone)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("blind index on two replicas: got errors %v and %v", err1, err2)
+	}
 	if string(i1) != string(i2) {
 		t.Error("blind index on two replicas: got different values")
 	}
@@ -337,10 +345,7 @@ func TestListen(t *testing.T) {
 	db := newTestDB(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	store, err := Open(ctx, db.pool(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := db.store(t)
 	conn, err := pgx.Connect(ctx, db.pg.SuperuserURL(db.name))
 	if err != nil {
 		t.Fatal(err)

@@ -43,10 +43,7 @@ func TestEnsureSchemaAddsSealedReserved(t *testing.T) {
 func TestShredKeyClass(t *testing.T) {
 	db := newTestDB(t)
 	ctx := context.Background()
-	store, err := Open(ctx, db.pool(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := db.store(t)
 	p := testProvider(t)
 	cache := crypto.NewKeyCache(store, p, crypto.CacheOptions{})
 	defer cache.Close()
@@ -103,11 +100,8 @@ func (m migratingProvider) GenerateDataKey(ctx context.Context, kc crypto.KeyCon
 func TestRewrap(t *testing.T) {
 	db := newTestDB(t)
 	ctx := context.Background()
-	pool := db.pool(t)
-	store, err := Open(ctx, pool)
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := db.store(t)
+	pool := store.pool
 	oldKEK := testProvider(t)
 	newKey := make([]byte, crypto.KeySize)
 	newKey[0] = 0x42
@@ -182,10 +176,7 @@ func TestRewrap(t *testing.T) {
 func TestReserveSeals(t *testing.T) {
 	db := newTestDB(t)
 	ctx := context.Background()
-	store, err := Open(ctx, db.pool(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := db.store(t)
 	id, err := store.Rotate(ctx, testProvider(t), "acme", "", crypto.PurposeData)
 	if err != nil {
 		t.Fatal(err)
@@ -242,10 +233,7 @@ func TestReserveSeals(t *testing.T) {
 func TestSealLimitRotates(t *testing.T) {
 	db := newTestDB(t)
 	ctx := context.Background()
-	store, err := Open(ctx, db.pool(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := db.store(t)
 	p := testProvider(t)
 	var (
 		mu        sync.Mutex
@@ -338,10 +326,7 @@ func TestSealLimitRotates(t *testing.T) {
 func TestSealAfterShredCounting(t *testing.T) {
 	db := newTestDB(t)
 	ctx := context.Background()
-	store, err := Open(ctx, db.pool(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := db.store(t)
 	cache := crypto.NewKeyCache(store, testProvider(t), crypto.CacheOptions{SealBlock: 1})
 	defer cache.Close()
 	col := crypto.Column{Table: "public.patients", Name: "ssn"}

@@ -46,17 +46,13 @@ func TestCheck(t *testing.T) {
 		if r.code != 0 {
 			t.Fatalf("exit code: got %d, want 0", r.code)
 		}
-		for _, want := range []string{
-			"ok    config: " + path + " is valid",
-			"ok    upstream: connected to " + pg.Addr() + " user=" + testenv.ScramUser + " database=" + db + " sslmode=disable",
+		containsAll(t, "stdout", r.stdout,
+			"ok    config: "+path+" is valid",
+			"ok    upstream: connected to "+pg.Addr()+" user="+testenv.ScramUser+" database="+db+" sslmode=disable",
 			"ok    upstream server: PostgreSQL ",
 			"encrypted tables: none declared",
 			"check passed",
-		} {
-			if !strings.Contains(r.stdout, want) {
-				t.Errorf("stdout: missing %q", want)
-			}
-		}
+		)
 		if strings.Contains(r.output(), testenv.ScramPassword) {
 			t.Errorf("output contains the upstream password")
 		}
@@ -69,11 +65,7 @@ func TestCheck(t *testing.T) {
 		if r.code != 1 {
 			t.Errorf("exit code: got %d, want 1", r.code)
 		}
-		for _, want := range []string{"FAIL  upstream:", "28P01", "check FAILED"} {
-			if !strings.Contains(r.stdout, want) {
-				t.Errorf("stdout: missing %q", want)
-			}
-		}
+		containsAll(t, "stdout", r.stdout, "FAIL  upstream:", "28P01", "check FAILED")
 		if strings.Contains(r.output(), wrong) {
 			t.Errorf("output contains the password from the configuration")
 		}
@@ -286,11 +278,7 @@ alter table owned_by_tenant owner to %s;`, testenv.ScramUser, checkOwnerRole)
 					t.Errorf("stdout: missing the line %q", want)
 				}
 			}
-			for _, unwanted := range tt.unwanted {
-				if strings.Contains(r.stdout, unwanted) {
-					t.Errorf("stdout: contains %q", unwanted)
-				}
-			}
+			containsNone(t, "stdout", r.stdout, tt.unwanted...)
 			if strings.Contains(r.output(), testenv.ScramPassword) {
 				t.Errorf("output contains the upstream password")
 			}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"net"
 	"os"
 	"regexp"
@@ -11,7 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgcloak/pgcloak/testenv"
 )
 
 // demoProcess is a `pgcloak demo` run in-process by startDemo.
@@ -201,7 +200,7 @@ func TestDemo(t *testing.T) {
 // scheduled for deletion and acme's values become unreadable while
 // globex's stay readable. The demo restores the AWS environment it set.
 func TestDemoKMS(t *testing.T) {
-	setFakeAWSCredentials(t)
+	testenv.FakeAWSCredentials(t)
 	d := startDemo(t, "demo", "--kms")
 	checkDemoShows(t, d.out)
 	ctx := t.Context()
@@ -253,12 +252,11 @@ func TestDemoKMS(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(context.Background())
-	var pgErr *pgconn.PgError
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		var ssn string
 		err := conn.QueryRow(ctx, "select ssn from patients where id = 1").Scan(&ssn)
-		if errors.As(err, &pgErr) && pgErr.Code == "39000" {
+		if sqlstate(err) == "39000" {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -286,7 +284,7 @@ func TestDemoKMS(t *testing.T) {
 		c.Close()
 		t.Errorf("the KMS emulator at %s still accepts connections after the demo stopped", endpoint[1])
 	}
-	if got := os.Getenv("AWS_ACCESS_KEY_ID"); got != "AKIDPGCLOAKCMDTEST" {
+	if got := os.Getenv("AWS_ACCESS_KEY_ID"); got != testenv.FakeAWSAccessKeyID {
 		t.Errorf("AWS_ACCESS_KEY_ID after the demo: got %q, want the value it had before", got)
 	}
 }
@@ -305,22 +303,4 @@ func demoSection(t *testing.T, out, title string) string {
 		rest = rest[:j]
 	}
 	return rest
-}
-
-func containsAll(t *testing.T, what, s string, want ...string) {
-	t.Helper()
-	for _, w := range want {
-		if !strings.Contains(s, w) {
-			t.Errorf("%s: missing %q", what, w)
-		}
-	}
-}
-
-func containsNone(t *testing.T, what, s string, unwanted ...string) {
-	t.Helper()
-	for _, u := range unwanted {
-		if strings.Contains(s, u) {
-			t.Errorf("%s: contains %q", what, u)
-		}
-	}
 }

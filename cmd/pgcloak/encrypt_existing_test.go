@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"fmt"
-	"path/filepath"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/pgcloak/pgcloak/crypto"
 	"github.com/pgcloak/pgcloak/testenv"
 )
 
@@ -36,8 +38,10 @@ audit:
 `
 
 // TestEncryptExisting runs the whole documented migration on a table of
-// 50,000 plaintext rows of three tenants: prepare, encrypt-existing in
-// batches of 2000, finish; then reads through the proxy.
+// 50,000 plaintext rows of three tenants: prepare; finish, refused while
+// plaintext is left; a write through the proxy, which the trigger keeps;
+// encrypt-existing in batches of 2000; finish; then reads through the
+// proxy.
 func TestEncryptExisting(t *testing.T) {
 	start := time.Now()
 	pg := testenv.Shared(t)
@@ -45,28 +49,14 @@ func TestEncryptExisting(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 
-	setup := `
-create table patients (
-	id bigint primary key,
+	roles := slices.Sorted(maps.Keys(eeRoles))
+	setup := rlsTableSQL("patients", `id bigint primary key,
 	tenant_id text not null default current_setting('app.tenant_id'),
 	name text,
 	ssn text not null,
 	email text,
-	birth_date date
-);
-alter table patients enable row level security;
-alter table patients force row level security;
-create policy tenant_isolation on patients
-	using (tenant_id = current_setting('app.tenant_id', true))
-	with check (tenant_id = current_setting('app.tenant_id', true));
-do $$ begin`
-	for role := range eeRoles {
-		setup += fmt.Sprintf("\n  if not exists (select from pg_roles where rolname = '%[1]s') then create role %[1]s login password '%[2]s'; end if;", role, eeRolePass)
-	}
-	setup += "\nend $$;\n"
-	for role := range eeRoles {
-		setup += fmt.Sprintf("grant select, insert, update on patients to %s;\n", role)
-	}
+	birth_date date`) + tenantRolesSQL(eeRolePass, roles...) +
+		fmt.Sprintf("grant select, insert, update on patients to %s;\n", strings.Join(roles, ", "))
 	if err := pg.Exec(ctx, db, setup); err != nil {
 		t.Fatal(err)
 	}
@@ -92,14 +82,10 @@ do $$ begin`
 	}
 	t.Logf("loaded %d rows in %s", n, time.Since(start))
 
-	keyFile := filepath.Join(t.TempDir(), "master.key")
-	if r := pgcloak(t, "keys", "init-local", "-o", keyFile); r.code != 0 {
-		t.Fatalf("keys init-local: exit %d", r.code)
-	}
+	keyFile := initLocalKey(t)
 	// upstream.user is the superuser here: it bypasses row-level security,
 	// so encrypt-existing visits every tenant's rows in one run.
-	base := checkConfig(pg.Addr(), "disable", "", testenv.SuperuserName, testenv.SuperuserPassword, db)
-	base = strings.Replace(base, "master_key_file: master.key", "master_key_file: "+keyFile, 1)
+	base := useKeyFile(checkConfig(pg.Addr(), "disable", "", testenv.SuperuserName, testenv.SuperuserPassword, db), keyFile)
 	tenancy := "tenancy:\n  login:\n    roles:\n"
 	for role, tenant := range eeRoles {
 		tenancy += fmt.Sprintf("      %s: %s\n", role, tenant)
@@ -116,6 +102,47 @@ do $$ begin`
 	}
 	if err := pg.Exec(ctx, db, r.stdout); err != nil {
 		t.Fatalf("prepare, run again: %v", err)
+	}
+
+	// Step 3 refuses while plaintext is left.
+	r = pgcloak(t, "encrypt-existing", "-c", cfg, "--table", "patients", "--print-finish")
+	if r.code != 0 {
+		t.Fatalf("--print-finish: exit %d", r.code)
+	}
+	finish := r.stdout
+	if err := pg.Exec(ctx, db, finish); sqlstate(err) != "P0001" || !strings.Contains(err.Error(), "still holds plaintext") {
+		t.Errorf("finish before encrypt-existing: got %v, want its refusal (P0001, still holds plaintext)", err)
+	}
+
+	// The application, pointed at pgcloak after step 1, writes an ssn: the
+	// trigger clears the row's plaintext ssn, so that step 2 keeps the new
+	// value.
+	serveEdit := func(c string) string {
+		c = strings.Replace(c, fmt.Sprintf("user: %s\n  password: %q", testenv.ScramUser, testenv.ScramPassword),
+			fmt.Sprintf("user: %s\n  password: %q", testenv.SuperuserName, testenv.SuperuserPassword), 1)
+		return useKeyFile(c, keyFile) + tenancy + eeDecl
+	}
+	const writtenID, writtenSSN = 7, "900-07-0007" // acme's row
+	early := startServe(t, pg, db, serveEdit)
+	if _, err := early.connectAs(t, "cmd_ee_acme", eeRolePass, db).Exec(ctx, fmt.Sprintf("update patients set ssn = '%s' where id = %d", writtenSSN, writtenID)); err != nil {
+		t.Fatalf("update of row %d through the proxy: %v", writtenID, err)
+	}
+	var (
+		plainSSN   *string
+		written    []byte
+		plainEmail *string
+	)
+	if err := direct.QueryRow(ctx, "select ssn_plain, ssn, email_plain from patients where id = $1", writtenID).Scan(&plainSSN, &written, &plainEmail); err != nil {
+		t.Fatal(err)
+	}
+	if plainSSN != nil || plainEmail == nil {
+		t.Errorf("row %d after an ssn written through the proxy: ssn_plain cleared %v, email_plain kept %v; want both", writtenID, plainSSN == nil, plainEmail != nil)
+	}
+	if _, err := crypto.KeyVersion(written); err != nil {
+		t.Errorf("row %d: stored ssn %x is not in pgcloak's format", writtenID, written)
+	}
+	if code := early.shutdown(t); code != 0 {
+		t.Fatalf("serve after step 1: exit code %d, want 0", code)
 	}
 
 	// Step 2.
@@ -143,11 +170,7 @@ do $$ begin`
 	t.Logf("encrypted in %s", time.Since(start))
 
 	// Step 3.
-	r = pgcloak(t, "encrypt-existing", "-c", cfg, "--table", "patients", "--print-finish")
-	if r.code != 0 {
-		t.Fatalf("--print-finish: exit %d", r.code)
-	}
-	if err := pg.Exec(ctx, db, r.stdout); err != nil {
+	if err := pg.Exec(ctx, db, finish); err != nil {
 		t.Fatalf("finish: %v", err)
 	}
 	var plainCols int
@@ -156,11 +179,7 @@ do $$ begin`
 	}
 
 	// Read back through the proxy.
-	s := startServe(t, pg, db, func(c string) string {
-		c = strings.Replace(c, fmt.Sprintf("user: %s\n  password: %q", testenv.ScramUser, testenv.ScramPassword),
-			fmt.Sprintf("user: %s\n  password: %q", testenv.SuperuserName, testenv.SuperuserPassword), 1)
-		return strings.Replace(c, "master_key_file: master.key", "master_key_file: "+keyFile, 1) + tenancy + eeDecl
-	})
+	s := startServe(t, pg, db, serveEdit)
 	acme := s.connectAs(t, "cmd_ee_acme", eeRolePass, db)
 	globex := s.connectAs(t, "cmd_ee_globex", eeRolePass, db)
 	for _, id := range []int{1, 4, 30001, 49999} { // acme's: i%3 == 0 for i = id-1
@@ -173,6 +192,10 @@ do $$ begin`
 		if err != nil || gotSSN != ssn(id) || gotEmail != email(id) || gotBirth != birth(id) {
 			t.Errorf("row %d through the proxy: got %v, same values %v", id, err, gotSSN == ssn(id) && gotEmail == email(id) && gotBirth == birth(id))
 		}
+	}
+	var gotSSN, gotEmail string
+	if err := acme.QueryRow(ctx, "select ssn, email from patients where id = $1", writtenID).Scan(&gotSSN, &gotEmail); err != nil || gotSSN != writtenSSN || gotEmail != email(writtenID) {
+		t.Errorf("row %d, its ssn written through the proxy before step 2: got %v, same values %v; want the written ssn kept", writtenID, err, gotSSN == writtenSSN && gotEmail == email(writtenID))
 	}
 	var id int
 	if err := acme.QueryRow(ctx, fmt.Sprintf("select id from patients where ssn = '%s' and id > 40000", ssn(40003))).Scan(&id); err != nil || id != 40003 {
@@ -201,13 +224,8 @@ func TestEncryptExistingRefusals(t *testing.T) {
 	if err := pg.Exec(t.Context(), db, `create table patients (id int primary key, ssn_plain text, ssn bytea, ssn_bidx bytea)`); err != nil {
 		t.Fatal(err)
 	}
-	keyFile := filepath.Join(t.TempDir(), "master.key")
-	if r := pgcloak(t, "keys", "init-local", "-o", keyFile); r.code != 0 {
-		t.Fatalf("keys init-local: exit %d", r.code)
-	}
-	base := checkConfig(pg.Addr(), "disable", "", testenv.SuperuserName, testenv.SuperuserPassword, db)
-	base = strings.Replace(base, "master_key_file: master.key", "master_key_file: "+keyFile, 1)
-	cfg := writeFile(t, "pgcloak.yaml", base+reencryptDecl)
+	base := useKeyFile(checkConfig(pg.Addr(), "disable", "", testenv.SuperuserName, testenv.SuperuserPassword, db), initLocalKey(t))
+	cfg := writeFile(t, "pgcloak.yaml", base+patientsSSNDecl)
 	noTables := writeFile(t, "none.yaml", base)
 	for _, tc := range []struct {
 		name string

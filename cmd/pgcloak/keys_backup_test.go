@@ -44,34 +44,9 @@ func testShredBackupAWS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 
-	setFakeAWSCredentials(t)
-	emu := testenv.StartKMS(t)
-	defaultKey := emu.CreateKey("pgcloak default")
-	acmeKey := emu.CreateKey("acme's own")
-	for alias, key := range map[string]string{"alias/pgcloak": defaultKey.ID, "alias/acme": acmeKey.ID} {
-		if err := emu.CreateAlias(alias, key); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// The fixture's configuration with keys.provider aws: acme has a KEK
-	// of its own, globex uses the default one.
-	localEdit := f.edit
-	f.edit = func(cfg string) string {
-		cfg = strings.Replace(cfg, "keys:\n  local:\n    master_key_file: master.key\n", fmt.Sprintf(`keys:
-  provider: aws
-  aws:
-    region: %s
-    endpoint: %s
-    key_id: alias/pgcloak
-  tenants:
-    acme: { key_id: alias/acme }
-`, testenv.KMSRegion, emu.URL), 1)
-		if !strings.Contains(cfg, "provider: aws") {
-			t.Fatal("config: could not replace the keys section")
-		}
-		return localEdit(cfg)
-	}
-	f.config = writeFile(t, "pgcloak.yaml", f.edit(checkConfig(f.pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, f.db)))
+	// keys.provider aws: acme has a KEK of its own, globex uses the
+	// default one.
+	emu, defaultKey, acmeKey := f.useKMS(t)
 
 	// Two replicas write: acme through both, globex through the second.
 	s1 := startServe(t, f.pg, f.db, f.edit)

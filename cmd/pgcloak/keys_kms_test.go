@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"regexp"
 	"strings"
 	"testing"
@@ -20,34 +19,9 @@ func TestKeysShredKMS(t *testing.T) {
 	f := newKeysFixture(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	setFakeAWSCredentials(t)
-	emu := testenv.StartKMS(t)
-	defaultKey := emu.CreateKey("pgcloak default")
-	acmeKey := emu.CreateKey("acme's own")
-	for alias, key := range map[string]string{"alias/pgcloak": defaultKey.ID, "alias/acme": acmeKey.ID} {
-		if err := emu.CreateAlias(alias, key); err != nil {
-			t.Fatal(err)
-		}
-	}
-	localKeys := regexp.MustCompile(`keys:\n  local:\n    master_key_file: [^\n]*\n`)
-	edit := func(cfg string) string {
-		out := localKeys.ReplaceAllLiteralString(f.edit(cfg), fmt.Sprintf(`keys:
-  provider: aws
-  aws:
-    region: %s
-    endpoint: %s
-    key_id: alias/pgcloak
-  tenants:
-    acme: { key_id: alias/acme }
-`, testenv.KMSRegion, emu.URL))
-		if !strings.Contains(out, "provider: aws") {
-			t.Fatal("config: could not replace the keys section")
-		}
-		return out
-	}
-	f.config = writeFile(t, "pgcloak-kms.yaml", edit(checkConfig(f.pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, f.db)))
+	emu, defaultKey, acmeKey := f.useKMS(t)
 
-	s := startServe(t, f.pg, f.db, edit)
+	s := startServe(t, f.pg, f.db, f.edit)
 	acme := s.connectAs(t, keysAcmeRole, keysRolePass, f.db)
 	globex := s.connectAs(t, keysGlobexRole, keysRolePass, f.db)
 	if _, err := acme.Exec(ctx, "insert into patients (name, ssn) values ('alice', '123-45-6789')"); err != nil {

@@ -56,74 +56,40 @@ func TestKMSCallsPerTTL(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 
-	var roles, grants strings.Builder
-	for i := range kmsCallsTenants {
-		fmt.Fprintf(&roles, "  if not exists (select from pg_roles where rolname = '%[1]s') then create role %[1]s login password '%[2]s'; end if;\n", kmsCallsRole(i), kmsCallsRolePass)
-		if i > 0 {
-			grants.WriteString(", ")
-		}
-		grants.WriteString(kmsCallsRole(i))
+	roles := make([]string, kmsCallsTenants)
+	for i := range roles {
+		roles[i] = kmsCallsRole(i)
 	}
-	setup := fmt.Sprintf(`
-do $$ begin
-%[1]send $$;
-create table patients (
-	id serial primary key,
+	setup := tenantRolesSQL(kmsCallsRolePass, roles...) +
+		rlsTableSQL("patients", `id serial primary key,
 	tenant_id text not null default current_setting('app.tenant_id'),
-	name text, ssn bytea, ssn_bidx bytea
-);
-create index on patients (ssn_bidx);
-alter table patients enable row level security;
-alter table patients force row level security;
-create policy tenant_isolation on patients
-	using (tenant_id = current_setting('app.tenant_id', true))
-	with check (tenant_id = current_setting('app.tenant_id', true));
-grant select, insert on patients to %[2]s;
-grant usage on sequence patients_id_seq to %[2]s;
-grant create on database %[3]s to %[4]s;`, roles.String(), grants.String(), db, testenv.ScramUser)
+	name text, ssn bytea, ssn_bidx bytea`) +
+		fmt.Sprintf(`create index on patients (ssn_bidx);
+grant select, insert on patients to %[1]s;
+grant usage on sequence patients_id_seq to %[1]s;
+grant create on database %[2]s to %[3]s;`, strings.Join(roles, ", "), db, testenv.ScramUser)
 	if err := pg.Exec(ctx, db, setup); err != nil {
 		t.Fatal(err)
 	}
 
-	setFakeAWSCredentials(t)
+	testenv.FakeAWSCredentials(t)
 	emu := testenv.StartKMS(t)
 	if err := emu.CreateAlias("alias/pgcloak", emu.CreateKey("pgcloak default").ID); err != nil {
 		t.Fatal(err)
 	}
 	tenantKeys := make([]testenv.KMSKey, kmsCallsTenants)
 	var keys, mapping strings.Builder
+	keys.WriteString("  tenants:\n")
 	for i := range kmsCallsTenants {
 		tenantKeys[i] = emu.CreateKey(kmsCallsTenant(i) + "'s own")
 		fmt.Fprintf(&keys, "    %s: { key_id: %s }\n", kmsCallsTenant(i), tenantKeys[i].ARN)
 		fmt.Fprintf(&mapping, "      %s: %s\n", kmsCallsRole(i), kmsCallsTenant(i))
 	}
+	fmt.Fprintf(&keys, "  cache_ttl: %s\n", kmsCallsTTL)
 	emu.SetLatency("", kmsCallsLatency)
 	s := startServe(t, pg, db, func(cfg string) string {
-		cfg = strings.Replace(cfg, "keys:\n  local:\n    master_key_file: master.key\n", fmt.Sprintf(`keys:
-  provider: aws
-  aws:
-    region: %s
-    endpoint: %s
-    key_id: alias/pgcloak
-  tenants:
-%s  cache_ttl: %s
-`, testenv.KMSRegion, emu.URL, keys.String(), kmsCallsTTL), 1)
-		if !strings.Contains(cfg, "provider: aws") {
-			t.Fatal("config: could not replace the keys section")
-		}
-		return cfg + fmt.Sprintf(`tenancy:
-  login:
-    roles:
-%sencrypt:
-  tables:
-    - name: patients
-      columns:
-        - name: ssn
-          type: text
-          search: equality
-audit:
-  output: stdout
-`, mapping.String())
+		cfg = withKeys(t, cfg, awsKeysYAML(emu.URL, "alias/pgcloak", keys.String()))
+		return cfg + "tenancy:\n  login:\n    roles:\n" + mapping.String() + patientsSSNDecl
 	})
 
 	conns := make([][]*pgx.Conn, kmsCallsTenants)

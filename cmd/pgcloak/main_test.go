@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -10,6 +12,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pgcloak/pgcloak/testenv"
 )
 
@@ -78,4 +81,89 @@ func freeAddr(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// patientsSSNDecl declares the column ssn of table patients, searchable,
+// and sends the audit stream to stdout.
+const patientsSSNDecl = `encrypt:
+  tables:
+    - name: patients
+      columns:
+        - name: ssn
+          type: text
+          search: equality
+audit:
+  output: stdout
+`
+
+// tenantRolesSQL creates the login roles, each with password, unless they
+// exist (roles are cluster-wide, and the tests share one server).
+func tenantRolesSQL(password string, roles ...string) string {
+	var b strings.Builder
+	b.WriteString("do $$ begin\n")
+	for _, role := range roles {
+		fmt.Fprintf(&b, "  if not exists (select from pg_roles where rolname = '%[1]s') then create role %[1]s login password '%[2]s'; end if;\n", role, password)
+	}
+	b.WriteString("end $$;\n")
+	return b.String()
+}
+
+// rlsTableSQL creates table with the given column definitions, under a
+// forced row-level security policy that shows a session the rows of the
+// tenant in its app.tenant_id (the column tenant_id).
+func rlsTableSQL(table, columns string) string {
+	return fmt.Sprintf(`create table %[1]s (
+	%[2]s
+);
+alter table %[1]s enable row level security;
+alter table %[1]s force row level security;
+create policy tenant_isolation on %[1]s
+	using (tenant_id = current_setting('app.tenant_id', true))
+	with check (tenant_id = current_setting('app.tenant_id', true));
+`, table, columns)
+}
+
+// initLocalKey writes a new master key with "pgcloak keys init-local" into
+// a temporary directory and returns its path.
+func initLocalKey(t *testing.T) string {
+	t.Helper()
+	keyFile := filepath.Join(t.TempDir(), "master.key")
+	if r := pgcloak(t, "keys", "init-local", "-o", keyFile); r.code != 0 {
+		t.Fatalf("keys init-local: exit %d", r.code)
+	}
+	return keyFile
+}
+
+// useKeyFile points checkConfig's keys.local.master_key_file at keyFile.
+func useKeyFile(cfg, keyFile string) string {
+	return strings.Replace(cfg, "master_key_file: master.key", "master_key_file: "+keyFile, 1)
+}
+
+// sqlstate is the SQLSTATE of err, "" when it is not a server error.
+func sqlstate(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
+}
+
+// containsAll reports each of want that s lacks.
+func containsAll(t *testing.T, what, s string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(s, w) {
+			t.Errorf("%s: missing %q", what, w)
+		}
+	}
+}
+
+// containsNone reports each of unwanted that s contains.
+func containsNone(t *testing.T, what, s string, unwanted ...string) {
+	t.Helper()
+	for _, u := range unwanted {
+		if strings.Contains(s, u) {
+			t.Errorf("%s: contains %q", what, u)
+		}
+	}
 }

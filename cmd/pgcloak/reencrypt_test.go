@@ -15,18 +15,6 @@ import (
 	"github.com/pgcloak/pgcloak/testenv"
 )
 
-// reencryptDecl declares the patients table of the reencrypt tests.
-const reencryptDecl = `encrypt:
-  tables:
-    - name: patients
-      columns:
-        - name: ssn
-          type: text
-          search: equality
-audit:
-  output: stdout
-`
-
 // TestReencryptCommand writes rows for two tenants under version 1,
 // rotates both tenants' data keys, and runs "pgcloak reencrypt" as
 // upstream.user, a login subject to row-level security.
@@ -35,13 +23,7 @@ func TestReencryptCommand(t *testing.T) {
 	db := testenv.NewDatabase(t, pg)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	if err := pg.Exec(ctx, db, fmt.Sprintf(`
-create table patients (id int primary key, tenant_id text, ssn bytea, ssn_bidx bytea);
-alter table patients enable row level security;
-alter table patients force row level security;
-create policy tenant_isolation on patients
-	using (tenant_id = current_setting('app.tenant_id', true))
-	with check (tenant_id = current_setting('app.tenant_id', true));
+	if err := pg.Exec(ctx, db, rlsTableSQL("patients", "id int primary key, tenant_id text, ssn bytea, ssn_bidx bytea")+fmt.Sprintf(`
 grant select, update on patients to %[1]s;
 grant create on database %[2]s to %[1]s;`, testenv.ScramUser, db)); err != nil {
 		t.Fatal(err)
@@ -96,8 +78,8 @@ grant create on database %[2]s to %[1]s;`, testenv.ScramUser, db)); err != nil {
 	}
 
 	base := checkConfig(pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, db)
-	base = strings.Replace(base, "master_key_file: master.key", "master_key_file: "+keyFile, 1)
-	cfg := writeFile(t, "pgcloak.yaml", base+reencryptDecl)
+	base = useKeyFile(base, keyFile)
+	cfg := writeFile(t, "pgcloak.yaml", base+patientsSSNDecl)
 
 	t.Run("refusals", func(t *testing.T) {
 		noTables := writeFile(t, "none.yaml", base)
@@ -126,11 +108,7 @@ grant create on database %[2]s to %[1]s;`, testenv.ScramUser, db)); err != nil {
 	if r.code != 0 {
 		t.Fatalf("reencrypt: exit %d, want 0", r.code)
 	}
-	for _, want := range []string{"reencrypt: re-encrypted 10 rows in 4 batches", `"event":"reencrypt_started"`, `"event":"reencrypt_finished"`, `"outcome":"complete"`, `"updated":10`} {
-		if !strings.Contains(r.stdout, want) {
-			t.Errorf("stdout: missing %q", want)
-		}
-	}
+	containsAll(t, "stdout", r.stdout, "reencrypt: re-encrypted 10 rows in 4 batches", `"event":"reencrypt_started"`, `"event":"reencrypt_finished"`, `"outcome":"complete"`, `"updated":10`)
 	if !strings.Contains(r.stderr, "reencrypt: 10/10 rows (100%)") {
 		t.Errorf("stderr: want a final progress line")
 	}

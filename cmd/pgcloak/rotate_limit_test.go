@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -26,31 +25,18 @@ func TestServeRotateAfterEncryptions(t *testing.T) {
 	db := testenv.NewDatabase(t, pg)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	setup := fmt.Sprintf(`
-do $$ begin
-  if not exists (select from pg_roles where rolname = '%[1]s') then create role %[1]s login password '%[2]s'; end if;
-end $$;
-create table patients (
-	id int primary key,
+	setup := tenantRolesSQL(limitRolePass, limitAcmeRole) +
+		rlsTableSQL("patients", `id int primary key,
 	tenant_id text not null default current_setting('app.tenant_id'),
-	diagnosis bytea
-);
-alter table patients enable row level security;
-alter table patients force row level security;
-create policy tenant_isolation on patients
-	using (tenant_id = current_setting('app.tenant_id', true))
-	with check (tenant_id = current_setting('app.tenant_id', true));
-grant select, insert on patients to %[1]s;
-grant create on database %[3]s to %[4]s;`, limitAcmeRole, limitRolePass, db, testenv.ScramUser)
+	diagnosis bytea`) +
+		fmt.Sprintf(`grant select, insert on patients to %[1]s;
+grant create on database %[2]s to %[3]s;`, limitAcmeRole, db, testenv.ScramUser)
 	if err := pg.Exec(ctx, db, setup); err != nil {
 		t.Fatal(err)
 	}
-	keyFile := filepath.Join(t.TempDir(), "master.key")
-	if r := pgcloak(t, "keys", "init-local", "-o", keyFile); r.code != 0 {
-		t.Fatalf("keys init-local: exit %d", r.code)
-	}
+	keyFile := initLocalKey(t)
 	s := startServe(t, pg, db, func(cfg string) string {
-		cfg = strings.Replace(cfg, "master_key_file: master.key", "master_key_file: "+keyFile+"\n  rotate_after_encryptions: 3", 1)
+		cfg = strings.Replace(useKeyFile(cfg, keyFile), "keys:\n", "keys:\n  rotate_after_encryptions: 3\n", 1)
 		return cfg + fmt.Sprintf(`tenancy:
   login:
     roles:

@@ -3,14 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pgcloak/pgcloak/testenv"
 )
 
@@ -58,7 +56,7 @@ func TestSchema(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("exit code: got %d, want 0", r.code)
 	}
-	for _, want := range []string{
+	containsAll(t, "stdout", r.stdout,
 		`ALTER TABLE "public"."patients" ADD COLUMN IF NOT EXISTS "ssn" bytea;`,
 		`ALTER TABLE "public"."patients" ADD COLUMN IF NOT EXISTS "ssn_bidx" bytea;`,
 		`ALTER TABLE "public"."patients" ADD COLUMN IF NOT EXISTS "email_lookup" bytea;`,
@@ -68,12 +66,8 @@ func TestSchema(t *testing.T) {
 		`ADD CONSTRAINT "patients_ssn_bidx_pgcloak_format" CHECK ("ssn_bidx" IS NULL OR length("ssn_bidx") = 16);`,
 		`ALTER TABLE "billing"."invoices" ADD COLUMN IF NOT EXISTS "amount" bytea;`,
 		`CREATE TABLE IF NOT EXISTS pgcloak.data_keys`,
-		`GRANT SELECT, INSERT, UPDATE ON pgcloak.data_keys TO "` + testenv.ScramUser + `";`,
-	} {
-		if !strings.Contains(r.stdout, want) {
-			t.Errorf("stdout: missing %q", want)
-		}
-	}
+		`GRANT SELECT, INSERT, UPDATE ON pgcloak.data_keys TO "`+testenv.ScramUser+`";`,
+	)
 	if strings.Contains(r.stdout, "amount_bidx") || strings.Contains(r.stdout, "diagnosis_bidx") {
 		t.Errorf("stdout: an index column for a column without search")
 	}
@@ -127,11 +121,10 @@ func TestSchema(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := conn.Exec(ctx, tt.sql, tt.args...)
-			var pgErr *pgconn.PgError
 			switch {
 			case tt.valid && err != nil:
 				t.Errorf("got %v, want it accepted", err)
-			case !tt.valid && !(errors.As(err, &pgErr) && pgErr.Code == "23514"):
+			case !tt.valid && sqlstate(err) != "23514":
 				t.Errorf("got %v, want a check violation (23514)", err)
 			}
 		})

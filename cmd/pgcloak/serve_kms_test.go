@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -19,93 +18,22 @@ import (
 	"github.com/pgcloak/pgcloak/testenv"
 )
 
-// Tenant roles of TestServeKMS (roles are cluster-wide).
-const (
-	kmsAcmeRole    = "cmd_kms_acme"
-	kmsGlobexRole  = "cmd_kms_globex"
-	kmsInitechRole = "cmd_kms_initech"
-	kmsRolePass    = "cmd-kms-tenant-pw"
-)
-
 // TestServeKMS runs serve with keys.provider aws against testenv's KMS
 // emulator: acme has a key of its own (keys.tenants), globex uses the
 // default key. Tenants write and read through the proxy; when KMS fails, a
 // tenant whose keys are not cached gets SQLSTATE 58000 while a tenant whose
 // keys are keeps working, and everyone recovers when KMS does.
 func TestServeKMS(t *testing.T) {
-	pg := testenv.Shared(t)
-	db := testenv.NewDatabase(t, pg)
+	f := newKeysFixture(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-
-	setup := fmt.Sprintf(`
-do $$ begin
-  if not exists (select from pg_roles where rolname = '%[1]s') then create role %[1]s login password '%[4]s'; end if;
-  if not exists (select from pg_roles where rolname = '%[2]s') then create role %[2]s login password '%[4]s'; end if;
-  if not exists (select from pg_roles where rolname = '%[3]s') then create role %[3]s login password '%[4]s'; end if;
-end $$;
-create table patients (
-	id serial primary key,
-	tenant_id text not null default current_setting('app.tenant_id'),
-	name text, ssn bytea, ssn_bidx bytea
-);
-alter table patients enable row level security;
-alter table patients force row level security;
-create policy tenant_isolation on patients
-	using (tenant_id = current_setting('app.tenant_id', true))
-	with check (tenant_id = current_setting('app.tenant_id', true));
-grant select, insert on patients to %[1]s, %[2]s, %[3]s;
-grant usage on sequence patients_id_seq to %[1]s, %[2]s, %[3]s;
-grant create on database %[5]s to %[6]s;`, kmsAcmeRole, kmsGlobexRole, kmsInitechRole, kmsRolePass, db, testenv.ScramUser)
-	if err := pg.Exec(ctx, db, setup); err != nil {
-		t.Fatal(err)
-	}
-
-	setFakeAWSCredentials(t)
-	emu := testenv.StartKMS(t)
-	defaultKey := emu.CreateKey("pgcloak default")
-	acmeKey := emu.CreateKey("acme's own")
-	for alias, key := range map[string]string{"alias/pgcloak": defaultKey.ID, "alias/acme": acmeKey.ID} {
-		if err := emu.CreateAlias(alias, key); err != nil {
-			t.Fatal(err)
-		}
-	}
-	withKMS := func(cfg string) string {
-		cfg = strings.Replace(cfg, "keys:\n  local:\n    master_key_file: master.key\n", fmt.Sprintf(`keys:
-  provider: aws
-  aws:
-    region: %s
-    endpoint: %s
-    key_id: alias/pgcloak
-  tenants:
-    acme: { key_id: alias/acme }
-`, testenv.KMSRegion, emu.URL), 1)
-		if !strings.Contains(cfg, "provider: aws") {
-			t.Fatal("config: could not replace the keys section")
-		}
-		return cfg + fmt.Sprintf(`tenancy:
-  login:
-    roles:
-      %s: acme
-      %s: globex
-      %s: initech
-encrypt:
-  tables:
-    - name: patients
-      columns:
-        - name: ssn
-          type: text
-          search: equality
-audit:
-  output: stdout
-`, kmsAcmeRole, kmsGlobexRole, kmsInitechRole)
-	}
+	emu, defaultKey, acmeKey := f.useKMS(t)
 
 	// First process: both tenants' keys are created by KMS, each under its
 	// own KEK.
-	s := startServe(t, pg, db, withKMS)
-	acme := s.connectAs(t, kmsAcmeRole, kmsRolePass, db)
-	globex := s.connectAs(t, kmsGlobexRole, kmsRolePass, db)
+	s := startServe(t, f.pg, f.db, f.edit)
+	acme := s.connectAs(t, keysAcmeRole, keysRolePass, f.db)
+	globex := s.connectAs(t, keysGlobexRole, keysRolePass, f.db)
 	for _, w := range []struct {
 		conn      *pgx.Conn
 		name, ssn string
@@ -131,28 +59,19 @@ audit:
 		t.Fatalf("first serve: exit code %d, want 0", code)
 	}
 	audit := s.stdout.String()
-	for _, want := range []string{`"kek_id":"` + acmeKey.ARN + `"`, `"kek_id":"` + defaultKey.ARN + `"`} {
-		if !strings.Contains(audit, want) {
-			t.Errorf("audit: missing %s", want)
-		}
-	}
+	containsAll(t, "audit", audit, `"kek_id":"`+acmeKey.ARN+`"`, `"kek_id":"`+defaultKey.ARN+`"`)
 
 	// The wrapped keys are bound to their tenant by the encryption context:
 	// KMS itself refuses globex's key under acme's context.
 	t.Run("context", func(t *testing.T) {
-		direct, err := pgx.Connect(ctx, pg.SuperuserURL(db))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer direct.Close(context.Background())
 		var wrapped []byte
-		if err := direct.QueryRow(ctx, "select wrapped from pgcloak.data_keys where tenant = 'globex' and purpose = 'data' and version = 1").Scan(&wrapped); err != nil {
+		if err := f.direct.QueryRow(ctx, "select wrapped from pgcloak.data_keys where tenant = 'globex' and purpose = 'data' and version = 1").Scan(&wrapped); err != nil {
 			t.Fatal(err)
 		}
 		client := emulatorClient(ctx, t, emu)
 		globexCtx := crypto.KeyContext{Tenant: "globex", Purpose: crypto.PurposeData}.EncryptionContext()
 		acmeCtx := crypto.KeyContext{Tenant: "acme", Purpose: crypto.PurposeData}.EncryptionContext()
-		_, err = client.Decrypt(ctx, &kms.DecryptInput{CiphertextBlob: wrapped, EncryptionContext: acmeCtx})
+		_, err := client.Decrypt(ctx, &kms.DecryptInput{CiphertextBlob: wrapped, EncryptionContext: acmeCtx})
 		var invalid *types.InvalidCiphertextException
 		if !errors.As(err, &invalid) {
 			t.Errorf("Decrypt of globex's key under acme's context: got %v, want InvalidCiphertextException", err)
@@ -165,15 +84,15 @@ audit:
 
 	// Second process: its cache starts empty. acme reads (its keys are
 	// unwrapped and cached), then KMS fails.
-	s = startServe(t, pg, db, withKMS)
-	acme = s.connectAs(t, kmsAcmeRole, kmsRolePass, db)
+	s = startServe(t, f.pg, f.db, f.edit)
+	acme = s.connectAs(t, keysAcmeRole, keysRolePass, f.db)
 	wantRead(ctx, t, "acme", acme, "alice", "123-45-6789")
 	emu.Fail("Decrypt", testenv.KMSInternalException, -1)
 	emu.Fail("GenerateDataKey", testenv.KMSInternalException, -1)
 	failedDecrypts := emu.Calls("Decrypt")
 
-	globex = s.connectAs(t, kmsGlobexRole, kmsRolePass, db)
-	initech := s.connectAs(t, kmsInitechRole, kmsRolePass, db)
+	globex = s.connectAs(t, keysGlobexRole, keysRolePass, f.db)
+	initech := s.connectAs(t, keysInitechRole, keysRolePass, f.db)
 	t.Run("cold tenant read", func(t *testing.T) {
 		var name, ssn string
 		err := globex.QueryRow(ctx, "select name, ssn from patients").Scan(&name, &ssn)
@@ -208,11 +127,7 @@ audit:
 		t.Errorf("second serve: exit code %d, want 0", code)
 	}
 	logs := s.stdout.String() + s.stderr.String()
-	for _, secret := range []string{"123-45-6789", "555-12-3456", "222-33-4444", "999-00-1111", kmsRolePass, "pgcloak-cmd-test-secret"} {
-		if strings.Contains(audit+logs, secret) {
-			t.Errorf("audit or log contains %q", secret)
-		}
-	}
+	containsNone(t, "audit or log", audit+logs, "123-45-6789", "555-12-3456", "222-33-4444", "999-00-1111", keysRolePass, testenv.FakeAWSSecretAccessKey)
 }
 
 // wantRead checks that the tenant of conn finds name by its SSN and reads
@@ -237,18 +152,27 @@ func wantKeyServiceError(t *testing.T, err error, tenant string) {
 	}
 }
 
-// setFakeAWSCredentials points the AWS SDK's default chain at static test
-// credentials only: no shared files, no instance metadata.
-func setFakeAWSCredentials(t *testing.T) {
+// awsKeysYAML is a keys section with keys.provider aws: the emulator at
+// endpoint, the default KEK keyID, then extra, more lines of the section
+// (tenants, cache_ttl) indented by two spaces.
+func awsKeysYAML(endpoint, keyID, extra string) string {
+	return fmt.Sprintf(`keys:
+  provider: aws
+  aws:
+    region: %s
+    endpoint: %s
+    key_id: %s
+`, testenv.KMSRegion, endpoint, keyID) + extra
+}
+
+// withKeys replaces the keys section of checkConfig's output cfg with keys.
+func withKeys(t *testing.T, cfg, keys string) string {
 	t.Helper()
-	dir := t.TempDir()
-	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDPGCLOAKCMDTEST")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "pgcloak-cmd-test-secret")
-	t.Setenv("AWS_SESSION_TOKEN", "")
-	t.Setenv("AWS_PROFILE", "")
-	t.Setenv("AWS_CONFIG_FILE", filepath.Join(dir, "config"))
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(dir, "credentials"))
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	const local = "keys:\n  local:\n    master_key_file: master.key\n"
+	if !strings.Contains(cfg, local) {
+		t.Fatal("config: no keys section to replace")
+	}
+	return strings.Replace(cfg, local, keys, 1)
 }
 
 // emulatorClient is a KMS client of the emulator, without retries.
@@ -265,7 +189,7 @@ func emulatorClient(ctx context.Context, t *testing.T, emu *testenv.KMS) *kms.Cl
 // default key cannot be reached, saying which setting to look at.
 func TestServeKMSUnreachable(t *testing.T) {
 	pg := testenv.Shared(t)
-	setFakeAWSCredentials(t)
+	testenv.FakeAWSCredentials(t)
 	emu := testenv.StartKMS(t)
 	cases := []struct{ name, keyID, endpoint, want string }{
 		{"unknown key", "alias/missing", emu.URL, "NotFoundException"},
@@ -280,8 +204,7 @@ func TestServeKMSUnreachable(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := checkConfig(pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, "postgres")
-			cfg = strings.Replace(cfg, "keys:\n  local:\n    master_key_file: master.key\n", fmt.Sprintf(
-				"keys:\n  provider: aws\n  aws:\n    region: %s\n    endpoint: %s\n    key_id: %s\n", testenv.KMSRegion, c.endpoint, c.keyID), 1)
+			cfg = withKeys(t, cfg, awsKeysYAML(c.endpoint, c.keyID, ""))
 			cfg += "encrypt:\n  tables:\n    - name: patients\n      columns:\n        - name: ssn\n          type: text\n"
 			start := time.Now()
 			r := pgcloak(t, "serve", "-c", writeFile(t, "pgcloak.yaml", cfg))

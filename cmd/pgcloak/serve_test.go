@@ -53,11 +53,26 @@ func startServe(t *testing.T, pg *testenv.Postgres, db string, edit func(string)
 	return s
 }
 
-// connect connects through the proxy until it works, failing if serve exits
-// first. params is appended to the connection URL's query.
+// connect connects through the proxy as the testenv SCRAM role; params is
+// appended to the connection URL's query.
 func (s *serving) connect(t *testing.T, db, params string) *pgx.Conn {
 	t.Helper()
-	url := fmt.Sprintf("postgres://%s:%s@%s/%s?%s", testenv.ScramUser, testenv.ScramPassword, s.listen, db, params)
+	return s.dial(t, testenv.ScramUser, testenv.ScramPassword, db, params)
+}
+
+// connectAs connects through the proxy as a tenant's login role, without
+// TLS and with the simple protocol.
+func (s *serving) connectAs(t *testing.T, role, password, db string) *pgx.Conn {
+	t.Helper()
+	return s.dial(t, role, password, db, "sslmode=disable&default_query_exec_mode=simple_protocol")
+}
+
+// dial connects through the proxy as user until it works, failing if serve
+// exits first. params is the connection URL's query. The connection is
+// closed when the test ends.
+func (s *serving) dial(t *testing.T, user, password, db, params string) *pgx.Conn {
+	t.Helper()
+	url := fmt.Sprintf("postgres://%s:%s@%s/%s?%s", user, password, s.listen, db, params)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
@@ -74,7 +89,7 @@ func (s *serving) connect(t *testing.T, db, params string) *pgx.Conn {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("connect through the proxy: %v", err)
+			t.Fatalf("connect through the proxy as %s: %v", user, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
