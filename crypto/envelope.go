@@ -121,21 +121,8 @@ func (e *Envelope) Open(dst, value []byte, id ValueID) ([]byte, error) {
 		return nil, ErrDecrypt
 	}
 	aad := getAAD(e.version, id)
-	out, err := e.openAAD(dst, value, *aad)
+	out, err := e.aead.Open(dst, value[5:headerSize], value[headerSize:], *aad)
 	putAAD(aad)
-	if err != nil {
-		return nil, ErrDecrypt
-	}
-	return out, nil
-}
-
-// openAAD is Open with the associated data already built (appendAAD).
-func (e *Envelope) openAAD(dst, value, aad []byte) ([]byte, error) {
-	if len(value) < Overhead || value[0] != FormatV1 ||
-		binary.BigEndian.Uint32(value[1:5]) != e.version {
-		return nil, ErrDecrypt
-	}
-	out, err := e.aead.Open(dst, value[5:headerSize], value[headerSize:], aad)
 	if err != nil {
 		return nil, ErrDecrypt
 	}

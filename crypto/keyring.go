@@ -123,43 +123,20 @@ func (k Keyring) BlindIndex(ctx context.Context, dst, value []byte, col Column, 
 }
 
 // Opener is Keyring.Open for one goroutine that opens many values, such as
-// the rows of a result: it remembers the last few data keys it used (a row
-// often holds columns of several key classes) and skips the cache lookup
-// while the cache has removed nothing since (no expiry, eviction, purge or
-// shred), and it keeps the associated data of the last few columns. It is
-// not safe for concurrent use.
+// the rows of a result, through a ColumnOpener per column: it remembers the
+// last few data keys its column openers used (a row often holds columns of
+// several key classes) and skips the cache lookup while the cache has
+// removed nothing since (no expiry, eviction, purge or shred). It is not
+// safe for concurrent use.
 type Opener struct {
 	ring     Keyring
 	removals uint64
 	keys     [4]*DataKey
 	nextKey  int // the slot the next key miss fills
-	aads     [4]openerAAD
-	nextAAD  int
-}
-
-// openerAAD is the associated data of one column's values under one key
-// version.
-type openerAAD struct {
-	version       uint32
-	table, column string
-	aad           []byte
 }
 
 // Opener returns an Opener over the keyring.
 func (k Keyring) Opener() *Opener { return &Opener{ring: k} }
-
-// Open is Keyring.Open.
-func (o *Opener) Open(ctx context.Context, dst, value []byte, col Column) ([]byte, error) {
-	version, err := KeyVersion(value)
-	if err != nil {
-		return nil, ErrDecrypt
-	}
-	key, err := o.key(ctx, version, col)
-	if err != nil {
-		return nil, err
-	}
-	return key.Envelope().openAAD(dst, value, o.aad(version, col))
-}
 
 // key returns the data key of col's class at version, from the Opener's
 // memory when the cache has removed nothing since it was remembered.
@@ -229,19 +206,4 @@ func (c *ColumnOpener) Open(ctx context.Context, dst, value []byte) ([]byte, err
 		return nil, ErrDecrypt
 	}
 	return out, nil
-}
-
-// aad returns the associated data of col's values under version.
-func (o *Opener) aad(version uint32, col Column) []byte {
-	for i := range o.aads {
-		a := &o.aads[i]
-		if a.aad != nil && a.version == version && a.table == col.Table && a.column == col.Name {
-			return a.aad
-		}
-	}
-	a := &o.aads[o.nextAAD]
-	o.nextAAD = (o.nextAAD + 1) % len(o.aads)
-	*a = openerAAD{version: version, table: col.Table, column: col.Name,
-		aad: appendAAD(a.aad[:0], version, o.ring.valueID(col))}
-	return a.aad
 }

@@ -189,8 +189,9 @@ func TestKeyringWithoutTenant(t *testing.T) {
 	}
 }
 
-// TestOpenerForgetsPurgedKeys: an Opener's remembered key is dropped as
-// soon as the cache removes anything, so a shred reaches it at once.
+// TestOpenerForgetsPurgedKeys: the data keys an Opener remembers serve all
+// of its column openers without going to the cache, and are dropped as soon
+// as the cache removes anything, so a shred reaches them at once.
 func TestOpenerForgetsPurgedKeys(t *testing.T) {
 	ctx := context.Background()
 	c, src, _, _ := newTestCache(t, CacheOptions{})
@@ -199,23 +200,31 @@ func TestOpenerForgetsPurgedKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	mail, err := acme.Seal(ctx, nil, []byte("a@b"), emailColumn)
+	if err != nil {
+		t.Fatal(err)
+	}
 	o := acme.Opener()
+	ssn := o.Column(ssnColumn)
 	for i := range 3 {
-		if pt, err := o.Open(ctx, nil, sealed, ssnColumn); err != nil || string(pt) != "secret" {
+		if pt, err := ssn.Open(ctx, nil, sealed); err != nil || string(pt) != "secret" {
 			t.Fatalf("Open %d: got %q, %v", i, pt, err)
 		}
 	}
 	hits := c.Stats().Hits
-	o.Open(ctx, nil, sealed, ssnColumn)
+	email := o.Column(emailColumn)
+	if pt, err := email.Open(ctx, nil, mail); err != nil || string(pt) != "a@b" {
+		t.Fatalf("another column: got %q, %v", pt, err)
+	}
 	if got := c.Stats().Hits; got != hits {
 		t.Errorf("a remembered key still went to the cache: hits %d -> %d", hits, got)
 	}
-	if _, err := o.Open(ctx, nil, sealed, emailColumn); err != ErrDecrypt {
+	if _, err := email.Open(ctx, nil, sealed); err != ErrDecrypt {
 		t.Errorf("value of another column: got %v, want ErrDecrypt", err)
 	}
 	src.Shred("acme")
 	c.Purge("acme")
-	if pt, err := o.Open(ctx, nil, sealed, ssnColumn); err != ErrDecrypt {
+	if pt, err := ssn.Open(ctx, nil, sealed); err != ErrDecrypt {
 		t.Errorf("Open after shred: got %q, %v, want ErrDecrypt", pt, err)
 	}
 }
