@@ -97,7 +97,7 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 	if s.decl.schema == nil || !s.decl.schema.MightNeedAnalysis(q.String) {
 		return s.upstreamOut.send(q)
 	}
-	if sp, lits, _ := s.decl.schema.AnalyzeShape(s.decl.plans, q.String); sp != nil && s.checkPlan(sp.Plan) == nil {
+	if sp, lits := s.decl.schema.AnalyzeShape(s.decl.plans, q.String); sp != nil && s.checkPlan(sp.Plan) == nil {
 		if sp.Plan.Passthrough {
 			return s.upstreamOut.send(q)
 		}

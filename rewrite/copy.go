@@ -100,8 +100,9 @@ func (a *analyzer) copyStmt(c *pg_query.CopyStmt) error {
 		if a.edits != before {
 			return a.refuseTable(kindCopy, t, "(query) that searches an encrypted column", loc)
 		}
+		// The describe must report the very columns the COPY writes.
 		text, err := deparseNode(c.Query)
-		if err != nil {
+		if err != nil || verifyDeparse(c.Query, text) != nil {
 			return a.refuseRewrite("the SQL deparser cannot render the COPY query")
 		}
 		cp.Describe = text

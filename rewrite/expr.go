@@ -68,15 +68,9 @@ func (a *analyzer) expr(n *pg_query.Node, sc *scope, u usage) error {
 	case *pg_query.Node_NullTest:
 		// IS [NOT] NULL tests the data column itself: ciphertext is NULL
 		// exactly when the value is.
-		if cr := x.NullTest.Arg.GetColumnRef(); cr != nil {
-			_, stars, err := a.resolve(sc, cr)
-			if err != nil {
-				return err
-			}
-			if len(stars) > 0 {
-				return a.refuseTable(kindWholeRow, stars[0], "a whole-row reference", cr.Location)
-			}
-			return nil
+		if x.NullTest.Arg.GetColumnRef() != nil {
+			_, err := a.declaredOperand(x.NullTest.Arg, sc)
+			return err
 		}
 		return a.expr(x.NullTest.Arg, sc, usage{kindExpression, "IS NULL on an expression"})
 	case *pg_query.Node_FuncCall:
@@ -427,12 +421,9 @@ func (a *analyzer) funcCall(f *pg_query.FuncCall, sc *scope) error {
 		// when the value is.
 		for _, arg := range f.Args {
 			if cr := arg.GetColumnRef(); cr != nil {
-				use, stars, err := a.resolve(sc, cr)
+				use, err := a.declaredOperand(arg, sc)
 				if err != nil {
 					return err
-				}
-				if len(stars) > 0 {
-					return a.refuseTable(kindWholeRow, stars[0], "a whole-row reference", cr.Location)
 				}
 				if use != nil && f.AggDistinct {
 					return a.refuseColumn(kindDistinct, use.ref(), "count(DISTINCT)", cr.Location)

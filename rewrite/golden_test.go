@@ -489,7 +489,7 @@ func TestGoldenShapes(t *testing.T) {
 	cache := NewCache(1024)
 	for _, file := range goldenFiles(t) {
 		for _, c := range loadCases(t, file) {
-			sp, lits, _ := s.AnalyzeShape(cache, c.SQL)
+			sp, lits := s.AnalyzeShape(cache, c.SQL)
 			if sp == nil {
 				continue
 			}

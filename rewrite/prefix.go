@@ -22,7 +22,7 @@ func (s *Schema) RefusedPrefix(cache *Cache, sql string) (*Plan, error) {
 		return whole, nil
 	}
 	var r *Refusal
-	if !errors.As(err, &r) || r.Code == "42601" {
+	if !errors.As(err, &r) || r.kind == kindSyntax {
 		return nil, err
 	}
 	stmts, serr := pg_query.SplitWithParser(sql, false)

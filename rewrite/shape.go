@@ -25,10 +25,10 @@ type ShapePlan struct {
 
 // AnalyzeShape analyses a simple-protocol text once per shape, so that
 // statements differing only in their constants (pgbench, ORMs that inline
-// values) cost no parse after the first. It returns nil and no error when
-// the text has no shape it can use safely; the caller then analyses the
-// exact text with Cached, which also produces the precise refusal for texts
-// whose shape is refused.
+// values) cost no parse after the first. It returns nil when the text has
+// no shape it can use safely; the caller then analyses the exact text with
+// Cached, which also produces the precise refusal for texts whose shape is
+// refused.
 //
 // Only constants whose meaning cannot depend on being a constant become
 // parameters: plain single-quoted strings without backslashes, and unsigned
@@ -36,10 +36,10 @@ type ShapePlan struct {
 // may be a column position). Prefixed strings (E”, U&”, B”, X”), dollar
 // quotes and parameters already in the text send the statement down the
 // exact path.
-func (s *Schema) AnalyzeShape(cache *Cache, sql string) (*ShapePlan, []Literal, error) {
+func (s *Schema) AnalyzeShape(cache *Cache, sql string) (*ShapePlan, []Literal) {
 	key, lits, ok := shapeOf(sql)
 	if !ok || len(lits) == 0 || cache == nil || len(key) > maxCachedSQL {
-		return nil, nil, nil
+		return nil, nil
 	}
 	// The tenancy checks read string constants (a function argument that
 	// is SQL, a routine body): a shape has none left, so a text whose
@@ -48,21 +48,18 @@ func (s *Schema) AnalyzeShape(cache *Cache, sql string) (*ShapePlan, []Literal, 
 	setting := asciiLower(s.setting)
 	for _, lit := range lits {
 		if mentionsTenancy(lit.Value, setting) {
-			return nil, nil, nil
+			return nil, nil
 		}
 	}
-	if sp, found := cache.getShape(s, key); found {
-		if sp == nil || sp.maxParam() > len(lits) {
-			return nil, nil, nil
-		}
-		return sp, lits, nil
+	sp, found := cache.getShape(s, key)
+	if !found {
+		sp = s.buildShape(key)
+		cache.putShape(s, key, sp)
 	}
-	sp := s.buildShape(key)
-	cache.putShape(s, key, sp)
 	if sp == nil || sp.maxParam() > len(lits) {
-		return nil, nil, nil
+		return nil, nil
 	}
-	return sp, lits, nil
+	return sp, lits
 }
 
 // buildShape analyses a shape; nil means the exact path must decide.
