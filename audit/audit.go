@@ -55,14 +55,16 @@ func New(w io.Writer) *Logger {
 	return &Logger{z: zerolog.New(&lockedWriter{w: w}).With().Timestamp().Str("stream", "audit").Logger()}
 }
 
-// Open opens audit.output: "stderr", "stdout" or a file path (appended to,
-// created 0600). The returned closer closes the file, if any.
-func Open(output string) (*Logger, io.Closer, error) {
+// Open opens audit.output: "stderr" (or "") and "stdout" write to the
+// streams given, which a command passes as its own (so that tests running
+// commands in-process see them); anything else is a file path, appended to
+// and created 0600. The returned closer closes the file, if any.
+func Open(output string, stdout, stderr io.Writer) (*Logger, io.Closer, error) {
 	switch output {
 	case "", "stderr":
-		return New(os.Stderr), io.NopCloser(nil), nil
+		return New(stderr), io.NopCloser(nil), nil
 	case "stdout":
-		return New(os.Stdout), io.NopCloser(nil), nil
+		return New(stdout), io.NopCloser(nil), nil
 	}
 	f, err := os.OpenFile(output, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {

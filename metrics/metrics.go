@@ -39,11 +39,10 @@ const maxDecryptLabels = 1000
 
 // Provider operations, the values of the "operation" label.
 const (
-	OpWrap             = "wrap"
-	OpUnwrap           = "unwrap"
-	OpGenerateDataKey  = "generate_data_key"
-	OpPing             = "ping"
-	OpScheduleDeletion = "schedule_key_deletion"
+	OpWrap            = "wrap"
+	OpUnwrap          = "unwrap"
+	OpGenerateDataKey = "generate_data_key"
+	OpPing            = "ping"
 )
 
 // Options configures New.
@@ -352,16 +351,9 @@ func (c *cacheCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // InstrumentProvider returns p with every call counted and timed under
-// pgcloak_key_provider_*. The result also has:
-//
-//   - Ping(ctx) error: p's own Ping when it has one (counted as "ping"),
-//     else nil at once; a local master key is always ready.
-//   - ScheduleTenantKeyDeletion(ctx, tenant) (keyID string, scheduled
-//     bool, err error): p's own when it has one (counted as
-//     "schedule_key_deletion"), else "", false, nil - what a provider says
-//     for a tenant without a key of its own.
-//   - Underlying() crypto.Provider: p itself, for any other optional
-//     method. See Underlying.
+// pgcloak_key_provider_*. The result also has Ping(ctx) error: p's own
+// Ping when it has one (counted as "ping"), else nil at once; a local
+// master key is always ready. It has none of p's other optional methods.
 //
 // Wrapping an instrumented provider again returns it unchanged.
 func (m *Metrics) InstrumentProvider(p crypto.Provider) crypto.Provider {
@@ -369,19 +361,6 @@ func (m *Metrics) InstrumentProvider(p crypto.Provider) crypto.Provider {
 		return p
 	}
 	return &instrumentedProvider{p: p, m: m}
-}
-
-// Underlying peels InstrumentProvider's decorator (any number of them) off
-// p and returns the provider it wraps; any other p is returned as it is.
-// Use it before asserting a provider's optional interfaces.
-func Underlying(p crypto.Provider) crypto.Provider {
-	for {
-		u, ok := p.(interface{ Underlying() crypto.Provider })
-		if !ok {
-			return p
-		}
-		p = u.Underlying()
-	}
 }
 
 // instrumentedProvider is InstrumentProvider's decorator.
@@ -438,22 +417,3 @@ func (ip *instrumentedProvider) Ping(ctx context.Context) error {
 	ip.observe(OpPing, start, err)
 	return err
 }
-
-// ScheduleTenantKeyDeletion forwards to the wrapped provider's method of
-// that name (crypto/awskms: deletes a tenant's own KMS key). Without one
-// there is no tenant key to delete.
-func (ip *instrumentedProvider) ScheduleTenantKeyDeletion(ctx context.Context, tenant string) (keyID string, scheduled bool, err error) {
-	s, ok := ip.p.(interface {
-		ScheduleTenantKeyDeletion(context.Context, string) (string, bool, error)
-	})
-	if !ok {
-		return "", false, nil
-	}
-	start := time.Now()
-	keyID, scheduled, err = s.ScheduleTenantKeyDeletion(ctx, tenant)
-	ip.observe(OpScheduleDeletion, start, err)
-	return keyID, scheduled, err
-}
-
-// Underlying returns the provider InstrumentProvider wrapped.
-func (ip *instrumentedProvider) Underlying() crypto.Provider { return ip.p }

@@ -141,25 +141,14 @@ func TestRegistriesAreSeparate(t *testing.T) {
 	}
 }
 
-// pingProvider is a crypto.Provider with the optional methods a KMS
-// provider has.
+// pingProvider is a crypto.Provider with the Ping method a KMS provider
+// has.
 type pingProvider struct {
 	*crypto.LocalProvider
-	pingErr   error
-	scheduled []string
+	pingErr error
 }
 
 func (p *pingProvider) Ping(context.Context) error { return p.pingErr }
-
-func (p *pingProvider) ScheduleTenantKeyDeletion(_ context.Context, tenant string) (string, bool, error) {
-	p.scheduled = append(p.scheduled, tenant)
-	return "arn:aws:kms:us-east-1:111122223333:key/" + tenant, true, nil
-}
-
-// tenantKeyDeleter is the optional method `pgcloak keys shred` uses.
-type tenantKeyDeleter interface {
-	ScheduleTenantKeyDeletion(context.Context, string) (string, bool, error)
-}
 
 func newLocal(t *testing.T) *crypto.LocalProvider {
 	t.Helper()
@@ -203,34 +192,21 @@ func TestInstrumentProvider(t *testing.T) {
 		t.Errorf("Ping: got %v, want the wrapped provider's error", err)
 	}
 
-	// Optional methods are forwarded, and reachable through Underlying.
-	if id, scheduled, err := p.(tenantKeyDeleter).ScheduleTenantKeyDeletion(ctx, "acme"); err != nil || !scheduled || id == "" || len(base.scheduled) != 1 {
-		t.Errorf("ScheduleTenantKeyDeletion: got %q, %v, %v (calls %v); want the wrapped provider's answer", id, scheduled, err, base.scheduled)
-	}
-	if u, ok := metrics.Underlying(p).(*pingProvider); !ok || u != base {
-		t.Errorf("Underlying: got %T, want the wrapped *pingProvider", metrics.Underlying(p))
-	}
-	if got := metrics.Underlying(base); got != base {
-		t.Errorf("Underlying of an undecorated provider: got %T, want it unchanged", got)
-	}
-
 	compare(t, m, `
 # HELP pgcloak_key_provider_calls_total Calls to the key provider (AWS KMS or the local master key), by operation.
 # TYPE pgcloak_key_provider_calls_total counter
 pgcloak_key_provider_calls_total{operation="generate_data_key"} 1
 pgcloak_key_provider_calls_total{operation="ping"} 1
-pgcloak_key_provider_calls_total{operation="schedule_key_deletion"} 1
 pgcloak_key_provider_calls_total{operation="unwrap"} 2
 pgcloak_key_provider_calls_total{operation="wrap"} 1
 # HELP pgcloak_key_provider_errors_total Key provider calls that returned an error, by operation.
 # TYPE pgcloak_key_provider_errors_total counter
 pgcloak_key_provider_errors_total{operation="generate_data_key"} 0
 pgcloak_key_provider_errors_total{operation="ping"} 1
-pgcloak_key_provider_errors_total{operation="schedule_key_deletion"} 0
 pgcloak_key_provider_errors_total{operation="unwrap"} 1
 pgcloak_key_provider_errors_total{operation="wrap"} 0
 `, "pgcloak_key_provider_calls_total", "pgcloak_key_provider_errors_total")
-	if got, want := testutil.CollectAndCount(m.Registry(), "pgcloak_key_provider_call_duration_seconds"), 5; got != want {
+	if got, want := testutil.CollectAndCount(m.Registry(), "pgcloak_key_provider_call_duration_seconds"), 4; got != want {
 		t.Errorf("got %d duration histograms, want %d (one per operation called)", got, want)
 	}
 }
@@ -241,12 +217,8 @@ func TestInstrumentProviderWithoutPing(t *testing.T) {
 	if err := p.(interface{ Ping(context.Context) error }).Ping(t.Context()); err != nil {
 		t.Errorf("Ping of a local provider: got %v, want nil (always ready)", err)
 	}
-	id, scheduled, err := p.(tenantKeyDeleter).ScheduleTenantKeyDeletion(t.Context(), "acme")
-	if id != "" || scheduled || err != nil {
-		t.Errorf("ScheduleTenantKeyDeletion of a local provider: got %q, %v, %v; want \"\", false, nil (no tenant key)", id, scheduled, err)
-	}
-	if out := scrape(t, m); strings.Contains(out, `operation="ping"`) || strings.Contains(out, `operation="schedule_key_deletion"`) {
-		t.Errorf("a provider without Ping or tenant keys was counted as called:\n%s", out)
+	if out := scrape(t, m); strings.Contains(out, `operation="ping"`) {
+		t.Errorf("a provider without Ping was counted as pinged:\n%s", out)
 	}
 }
 
@@ -319,8 +291,9 @@ pgcloak_key_provider_calls_total{operation="wrap"} 0
 `, "pgcloak_key_cache_misses_total", "pgcloak_key_unwraps_total", "pgcloak_key_provider_calls_total")
 }
 
-// TestExposition checks every metric name an operator's dashboard uses is
-// served, before any event.
+// TestExposition checks that every metric name an operator's dashboard uses
+// is served after only a session, a refused statement and a decryption
+// failure were recorded: no key loaded, no provider called.
 func TestExposition(t *testing.T) {
 	m := metrics.New(metrics.Options{MaxTenantLabels: 100, Version: "v0.1.0"})
 	m.SessionStarted("acme")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/pgcloak/pgcloak/coltype"
 	"github.com/pgcloak/pgcloak/config"
@@ -27,11 +28,8 @@ type EncryptOptions struct {
 }
 
 // PlaintextColumn is the name of the plaintext column of a declared column
-// during a migration.
+// during a migration: the column's name plus suffix (PlaintextSuffix).
 func PlaintextColumn(column, suffix string) string {
-	if suffix == "" {
-		suffix = DefaultPlaintextSuffix
-	}
 	return column + suffix
 }
 
@@ -51,6 +49,9 @@ func PlaintextColumn(column, suffix string) string {
 // counted and left as they are.
 func EncryptExisting(ctx context.Context, o EncryptOptions) (Stats, error) {
 	o.defaults()
+	if o.PlaintextSuffix == "" {
+		o.PlaintextSuffix = DefaultPlaintextSuffix
+	}
 	var st Stats
 	if o.Table == nil {
 		return st, errors.New("no table to encrypt")
@@ -91,17 +92,9 @@ func encryptTargets(o EncryptOptions, t *tableInfo) ([]encTarget, error) {
 		targets = append(targets, tg)
 	}
 	if len(targets) == 0 {
-		return nil, &SchemaError{Table: t.name, Problem: fmt.Sprintf("no declared column has a plaintext column (<column>%s): nothing to encrypt", o.PlaintextSuffixOrDefault())}
+		return nil, &SchemaError{Table: t.name, Problem: fmt.Sprintf("no declared column has a plaintext column (<column>%s): nothing to encrypt", o.PlaintextSuffix)}
 	}
 	return targets, nil
-}
-
-// PlaintextSuffixOrDefault is PlaintextSuffix, or its default when empty.
-func (o EncryptOptions) PlaintextSuffixOrDefault() string {
-	if o.PlaintextSuffix == "" {
-		return DefaultPlaintextSuffix
-	}
-	return o.PlaintextSuffix
 }
 
 type encTarget struct {
@@ -124,7 +117,7 @@ func encryptWork(o EncryptOptions, t *tableInfo) (*work, error) {
 		preds = append(preds, tg.plain.ident+" IS NOT NULL")
 		w.selects = append(w.selects, tg.plain.ident+"::text", tg.ident)
 	}
-	w.where = joinOr(preds)
+	w.where = strings.Join(preds, " OR ")
 	w.dest = func() []any {
 		d := make([]any, 0, 2*len(targets))
 		for range targets {
@@ -171,9 +164,6 @@ func encryptWork(o EncryptOptions, t *tableInfo) (*work, error) {
 			up.guards = append(up.guards,
 				guard{col: tg.ident, op: guardIsNull},
 				guard{col: tg.plain.ident, op: guardText, val: *plain})
-		}
-		if len(up.sets) == 0 {
-			return nil, why, nil
 		}
 		return up, why, nil
 	}

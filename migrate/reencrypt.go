@@ -6,7 +6,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 
 	"github.com/pgcloak/pgcloak/config"
 	"github.com/pgcloak/pgcloak/crypto"
@@ -45,13 +47,12 @@ func Reencrypt(ctx context.Context, o ReencryptOptions) (Stats, error) {
 	if err != nil {
 		return st, err
 	}
-	tenants := slices.Sorted(func(yield func(string) bool) {
-		for t := range versions {
-			if !yield(t) {
-				return
-			}
+	tenants := slices.Sorted(maps.Keys(versions))
+	for _, tenant := range tenants {
+		if versions[tenant] == nil {
+			st.ShreddedTenants = append(st.ShreddedTenants, tenant)
 		}
-	})
+	}
 	r := &runner{o: o.Options, stats: &st}
 	for i := range o.Tables {
 		t, err := inspect(ctx, o.Pool, &o.Tables[i], o.TenantColumn)
@@ -61,10 +62,7 @@ func Reencrypt(ctx context.Context, o ReencryptOptions) (Stats, error) {
 		for _, tenant := range tenants {
 			active := versions[tenant]
 			if active == nil {
-				if i == 0 {
-					st.ShreddedTenants = append(st.ShreddedTenants, tenant)
-				}
-				continue
+				continue // shredded
 			}
 			w := reencryptWork(r, t, tenant, active, o.Reindex)
 			if w == nil {
@@ -155,7 +153,7 @@ func reencryptWork(r *runner, t *tableInfo, tenant string, active map[string]uin
 	if len(targets) == 0 {
 		return nil
 	}
-	w.where = joinOr(preds)
+	w.where = strings.Join(preds, " OR ")
 	w.dest = func() []any {
 		d := make([]any, 0, len(w.selects))
 		for _, tg := range targets {
@@ -225,21 +223,7 @@ func reencryptWork(r *runner, t *tableInfo, tenant string, active map[string]uin
 				up.guards = append(up.guards, guard{col: tg.ident, op: guardEqual, val: value})
 			}
 		}
-		if len(up.sets) == 0 {
-			return nil, why, nil
-		}
 		return up, why, nil
 	}
 	return w
-}
-
-func joinOr(preds []string) string {
-	s := ""
-	for i, p := range preds {
-		if i > 0 {
-			s += " OR "
-		}
-		s += p
-	}
-	return s
 }

@@ -12,15 +12,15 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgcloak/pgcloak/config"
 	"github.com/pgcloak/pgcloak/crypto"
 )
 
 // Defaults of Options.
 const (
-	DefaultTenantColumn  = "tenant_id"
-	DefaultTenantSetting = "app.tenant_id"
-	DefaultBatchSize     = 500
-	DefaultMaxPasses     = 3
+	DefaultTenantColumn = "tenant_id"
+	DefaultBatchSize    = 500
+	DefaultMaxPasses    = 3
 )
 
 // Options are what both migrations share.
@@ -106,7 +106,7 @@ func (o *Options) defaults() {
 		o.TenantColumn = DefaultTenantColumn
 	}
 	if o.TenantSetting == "" {
-		o.TenantSetting = DefaultTenantSetting
+		o.TenantSetting = config.DefaultTenantSetting
 	}
 	if o.BatchSize <= 0 {
 		o.BatchSize = DefaultBatchSize
@@ -132,8 +132,9 @@ type work struct {
 	selects []string
 	dest    func() []any
 
-	// handle decides what to do with one row: an update, or nil with the
-	// reason the row is skipped (skipNone when it needs nothing).
+	// handle decides what to do with one row: an update, written only when
+	// it assigns something (it may be nil), and the reason the row or a
+	// value of it is left as it is (skipNone when none is).
 	handle func(ctx context.Context, tenant *string, vals []any) (*update, skip, error)
 }
 
@@ -311,7 +312,7 @@ func (r *runner) runBatch(ctx context.Context, w *work, after []string, first bo
 				return err
 			}
 			skipped[why]++
-			if up != nil {
+			if up != nil && len(up.sets) > 0 {
 				up.key = key
 				ups = append(ups, up)
 			}

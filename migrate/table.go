@@ -3,6 +3,7 @@ package migrate
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -45,7 +46,8 @@ type column struct {
 
 // inspect reads decl's table from the catalog and checks what every
 // migration needs: the table exists, has a primary key and the tenant
-// column, and every declared column and index column is bytea.
+// column (tenantColumn, already defaulted by Options.defaults), and every
+// declared column and index column is bytea.
 func inspect(ctx context.Context, pool *pgxpool.Pool, decl *config.Table, tenantColumn string) (*tableInfo, error) {
 	t := &tableInfo{
 		decl:  decl,
@@ -96,9 +98,6 @@ func inspect(ctx context.Context, pool *pgxpool.Pool, decl *config.Table, tenant
 		return nil, &SchemaError{Table: t.name, Problem: "has no primary key; rows are visited in key order and updated by key, so one is needed"}
 	}
 
-	if tenantColumn == "" {
-		tenantColumn = DefaultTenantColumn
-	}
 	tc, ok := t.cols[tenantColumn]
 	if !ok {
 		return nil, &SchemaError{Table: t.name, Column: tenantColumn, Problem: "no such column: the tenant column holds each row's tenant (name it with the tenant column option)"}
@@ -132,39 +131,27 @@ func inspect(ctx context.Context, pool *pgxpool.Pool, decl *config.Table, tenant
 // keyList is the primary key's columns, comma-separated, for ORDER BY and
 // row comparisons.
 func (t *tableInfo) keyList() string {
-	s := ""
-	for i, k := range t.key {
-		if i > 0 {
-			s += ", "
-		}
-		s += k.ident
-	}
-	return s
+	return t.joinKey(func(_ int, k column) string { return k.ident })
 }
 
 // keyParams is the row of parameters $first... cast from text to the key's
 // types, matching keyList.
 func (t *tableInfo) keyParams(first int) string {
-	s := ""
-	for i, k := range t.key {
-		if i > 0 {
-			s += ", "
-		}
-		s += fmt.Sprintf("$%d::text::%s", first+i, k.typ)
-	}
-	return s
+	return t.joinKey(func(i int, k column) string { return fmt.Sprintf("$%d::text::%s", first+i, k.typ) })
 }
 
 // keyText is the select list of the key columns as text. The aliases
 // matter: an output column named like a key column would be what ORDER BY
 // sorts by, in text order.
 func (t *tableInfo) keyText() string {
-	s := ""
+	return t.joinKey(func(i int, k column) string { return fmt.Sprintf("%s::text AS pgcloak_key_%d", k.ident, i) })
+}
+
+// joinKey is f of each key column (with its position), comma-separated.
+func (t *tableInfo) joinKey(f func(i int, k column) string) string {
+	s := make([]string, len(t.key))
 	for i, k := range t.key {
-		if i > 0 {
-			s += ", "
-		}
-		s += fmt.Sprintf("%s::text AS pgcloak_key_%d", k.ident, i)
+		s[i] = f(i, k)
 	}
-	return s
+	return strings.Join(s, ", ")
 }

@@ -137,8 +137,9 @@ func (ke *keyEvents) handle(ev keystore.Event) {
 	ke.log.Info().Str("kind", string(ev.Kind)).Str("tenant", ev.Tenant).Str("key_class", ev.KeyClass).Int("keys", n).Msg("key events: purged tenant's cached keys")
 }
 
-// sealLimitAudit is the crypto.CacheOptions.OnSealLimitRotate of serve: the
-// audit event of a rotation at the encryption limit.
+// sealLimitAudit is the crypto.CacheOptions.OnSealLimitRotate of serve and
+// the migrations (see keyCacheOptions): the audit event and log line of a
+// rotation at the encryption limit.
 func sealLimitAudit(auditLog *audit.Logger, log zerolog.Logger) func(from, to crypto.KeyID) {
 	return func(from, to crypto.KeyID) {
 		auditLog.KeyRotated(to.Tenant, to.KeyClass, string(to.Purpose), int(to.Version), crypto.ReasonEncryptionLimit)

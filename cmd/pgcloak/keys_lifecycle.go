@@ -34,12 +34,12 @@ const keysTimeout = 2 * time.Minute
 // keyAdmin is what the keys commands that work on the key store share: the
 // configuration, a pool as upstream.user, the store and the audit stream.
 type keyAdmin struct {
-	cfg     *config.Config
-	pool    *pgxpool.Pool
-	store   *keystore.Store
-	audit   *audit.Logger
-	closers []func() error
-	stdout  io.Writer
+	cfg    *config.Config
+	pool   *pgxpool.Pool
+	store  *keystore.Store
+	audit  *audit.Logger
+	stdout io.Writer
+	closers
 }
 
 // openKeyAdmin loads the configuration at path and opens the key store
@@ -56,7 +56,7 @@ func openKeyAdmin(ctx context.Context, cmd *cobra.Command, path string, ensure b
 			a.close()
 		}
 	}()
-	auditLog, auditCloser, err := openAudit(cfg.Audit.Output, cmd.OutOrStdout(), cmd.ErrOrStderr())
+	auditLog, auditCloser, err := audit.Open(cfg.Audit.Output, cmd.OutOrStdout(), cmd.ErrOrStderr())
 	if err != nil {
 		return nil, a.fail(err)
 	}
@@ -67,20 +67,14 @@ func openKeyAdmin(ctx context.Context, cmd *cobra.Command, path string, ensure b
 		return nil, a.fail(err)
 	}
 	a.closers = append(a.closers, func() error { a.pool.Close(); return nil })
-	if ensure {
-		if err := keystore.EnsureSchema(ctx, a.pool); err != nil {
-			return nil, a.fail(fmt.Errorf("key store (upstream %s as %s): %w", cfg.Upstream.Address, cfg.Upstream.User, err))
-		}
+	if !ensure {
+		a.store = keystore.New(a.pool)
+		return a, nil
 	}
-	a.store = keystore.New(a.pool)
+	if a.store, err = openKeyStore(ctx, cfg.Upstream, a.pool); err != nil {
+		return nil, a.fail(err)
+	}
 	return a, nil
-}
-
-func (a *keyAdmin) close() {
-	for i := len(a.closers) - 1; i >= 0; i-- {
-		a.closers[i]()
-	}
-	a.closers = nil
 }
 
 // fail turns err into exit status 1 with the upstream password redacted.
@@ -88,31 +82,23 @@ func (a *keyAdmin) fail(err error) error {
 	return &exitError{code: exitFailure, err: fmt.Errorf("pgcloak: %w", redact(err, a.cfg.Upstream.Password))}
 }
 
-// provider loads keys.provider.
-func (a *keyAdmin) provider(ctx context.Context) (crypto.Provider, error) {
-	p, err := keyProvider(ctx, a.cfg.Keys)
-	if err != nil {
-		return nil, a.fail(err)
-	}
-	return p, nil
-}
-
 // withKeyAdmin runs fn for a keys command under keysTimeout with the key
-// store open (created when ensure) and, when withProvider, the key provider
-// loaded first, so that a broken provider configuration fails before
-// anything changes. It closes what it opened.
-func withKeyAdmin(cmd *cobra.Command, path string, ensure, withProvider bool, fn func(ctx context.Context, a *keyAdmin, provider crypto.Provider) error) error {
+// store open. When changes is set (a command that changes keys) it creates
+// the key store's schema when missing and then loads keys.provider, before
+// fn runs, so that a broken provider configuration fails before any key
+// changes; otherwise provider is nil. It closes what it opened.
+func withKeyAdmin(cmd *cobra.Command, path string, changes bool, fn func(ctx context.Context, a *keyAdmin, provider crypto.Provider) error) error {
 	ctx, cancel := context.WithTimeout(cmd.Context(), keysTimeout)
 	defer cancel()
-	a, err := openKeyAdmin(ctx, cmd, path, ensure)
+	a, err := openKeyAdmin(ctx, cmd, path, changes)
 	if err != nil {
 		return err
 	}
 	defer a.close()
 	var provider crypto.Provider
-	if withProvider {
-		if provider, err = a.provider(ctx); err != nil {
-			return err
+	if changes {
+		if provider, err = keyProvider(ctx, a.cfg.Keys); err != nil {
+			return a.fail(err)
 		}
 	}
 	return fn(ctx, a, provider)
@@ -155,7 +141,7 @@ keys are shredded is refused: re-enable it with keys create.`,
 			if !p.Valid() {
 				return usageError(cmd, fmt.Errorf("--purpose must be data or index, got %q", purpose))
 			}
-			return withKeyAdmin(cmd, path, true, true, func(ctx context.Context, a *keyAdmin, provider crypto.Provider) error {
+			return withKeyAdmin(cmd, path, true, func(ctx context.Context, a *keyAdmin, provider crypto.Provider) error {
 				if _, err := a.store.Active(ctx, tenant, class, p); errors.Is(err, crypto.ErrKeyShredded) {
 					return a.fail(fmt.Errorf("tenant %s's keys of class %s are shredded; run keys create to give it new ones", tenant, className(class)))
 				} else if err != nil && !errors.Is(err, crypto.ErrKeyNotFound) {
@@ -195,7 +181,7 @@ write anyway, so this is only needed after a shred. It refuses a tenant that
 already has an active data key: use keys rotate for that.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withKeyAdmin(cmd, path, true, true, func(ctx context.Context, a *keyAdmin, provider crypto.Provider) error {
+			return withKeyAdmin(cmd, path, true, func(ctx context.Context, a *keyAdmin, provider crypto.Provider) error {
 				w, err := a.store.Active(ctx, tenant, class, crypto.PurposeData)
 				switch {
 				case err == nil:
@@ -246,7 +232,7 @@ touched and nothing needs re-encrypting. Use it after moving a tenant to a KEK
 of its own, or after a KMS key change. It is all or nothing.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withKeyAdmin(cmd, path, true, true, func(ctx context.Context, a *keyAdmin, provider crypto.Provider) error {
+			return withKeyAdmin(cmd, path, true, func(ctx context.Context, a *keyAdmin, provider crypto.Provider) error {
 				done, err := a.store.Rewrap(ctx, provider, tenant)
 				if err != nil {
 					return a.fail(err)
@@ -295,7 +281,7 @@ This cannot be undone. It refuses to run without --yes.`,
 				return usageError(cmd, fmt.Errorf("keys shred destroys tenant %s's keys for good; add --yes to confirm", tenant))
 			}
 			oneClass := cmd.Flags().Changed("key-class")
-			return withKeyAdmin(cmd, path, true, true, func(ctx context.Context, a *keyAdmin, provider crypto.Provider) error {
+			return withKeyAdmin(cmd, path, true, func(ctx context.Context, a *keyAdmin, provider crypto.Provider) error {
 				var (
 					n   int
 					err error
@@ -371,7 +357,7 @@ count every tenant's rows, whose versions are numbered per tenant. The output
 says which applies to each table.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withKeyAdmin(cmd, path, false, false, func(ctx context.Context, a *keyAdmin, _ crypto.Provider) error {
+			return withKeyAdmin(cmd, path, false, func(ctx context.Context, a *keyAdmin, _ crypto.Provider) error {
 				infos, err := a.store.List(ctx, tenant)
 				var pgErr *pgconn.PgError
 				if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UndefinedTable {

@@ -234,13 +234,14 @@ func reportEnd(ctx context.Context, name string, cfg *config.Config, st migrate.
 
 // migration is what reencrypt and encrypt-existing run on: a pool of
 // upstream.user sessions of their own, the key store and a key cache.
+// close releases what openMigration opened, last first.
 type migration struct {
-	cfg     *config.Config
-	pool    *pgxpool.Pool
-	store   *keystore.Store
-	cache   *crypto.KeyCache
-	audit   *audit.Logger
-	closers []func() error
+	cfg   *config.Config
+	pool  *pgxpool.Pool
+	store *keystore.Store
+	cache *crypto.KeyCache
+	audit *audit.Logger
+	closers
 }
 
 // migrationMaxConns is one connection for a batch's transaction and one
@@ -248,8 +249,10 @@ type migration struct {
 const migrationMaxConns = 2
 
 // openMigration connects as upstream.user (application_name appName),
-// opens the key store and the key provider, and builds a key cache whose
-// key loads go to the audit stream. On error it closes what it opened.
+// opens the key store and the key provider, and builds a key cache as
+// serve's (keyCacheOptions): key loads and rotations at the encryption
+// limit go to the audit stream, and such rotations to the log (the log
+// section, on stderr) too. On error it closes what it opened.
 func openMigration(ctx context.Context, cfg *config.Config, appName string, stdout, stderr io.Writer) (_ *migration, err error) {
 	m := &migration{cfg: cfg}
 	defer func() {
@@ -257,7 +260,11 @@ func openMigration(ctx context.Context, cfg *config.Config, appName string, stdo
 			m.close()
 		}
 	}()
-	auditLog, auditCloser, err := openAudit(cfg.Audit.Output, stdout, stderr)
+	log, err := newLogger(cfg.Log, stderr)
+	if err != nil {
+		return nil, err
+	}
+	auditLog, auditCloser, err := audit.Open(cfg.Audit.Output, stdout, stderr)
 	if err != nil {
 		return nil, err
 	}
@@ -276,12 +283,7 @@ func openMigration(ctx context.Context, cfg *config.Config, appName string, stdo
 	if m.store, err = openKeyStore(ctx, cfg.Upstream, m.pool); err != nil {
 		return nil, err
 	}
-	m.cache = crypto.NewKeyCache(m.store, provider, crypto.CacheOptions{
-		TTL:              cfg.Keys.CacheTTL,
-		MaxEntries:       cfg.Keys.CacheMaxEntries,
-		RotateAfterSeals: cfg.Keys.RotateAfterEncryptions,
-		OnKeyLoad:        auditKeyLoad(auditLog),
-	})
+	m.cache = crypto.NewKeyCache(m.store, provider, keyCacheOptions(cfg.Keys, auditLog, log, nil))
 	m.closers = append(m.closers, func() error { m.cache.Close(); return nil })
 	return m, nil
 }
@@ -297,14 +299,6 @@ func (m *migration) options(f batchFlags, p migrate.Progress) migrate.Options {
 		Pause:         f.pause,
 		Progress:      p,
 	}
-}
-
-// close releases what openMigration opened, last first.
-func (m *migration) close() {
-	for i := len(m.closers) - 1; i >= 0; i-- {
-		m.closers[i]()
-	}
-	m.closers = nil
 }
 
 // progress shows a run's progress on w: a progress bar when w is a

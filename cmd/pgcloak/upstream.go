@@ -110,38 +110,50 @@ func auditKeyLoad(auditLog *audit.Logger) func(crypto.KeyEvent) {
 	}
 }
 
-// openAudit opens audit.output. "stderr" and "stdout" mean the command's
-// own streams (so that tests running commands in-process see them); a path
-// is appended to.
-func openAudit(output string, stdout, stderr io.Writer) (*audit.Logger, io.Closer, error) {
-	switch output {
-	case "", "stderr":
-		return audit.New(stderr), io.NopCloser(nil), nil
-	case "stdout":
-		return audit.New(stdout), io.NopCloser(nil), nil
+// keyCacheOptions are the key cache options of serve and of the
+// migrations: the keys section's cache size, TTL and encryption limit; each
+// key load goes to observe (when not nil) and the audit stream; a rotation
+// at the encryption limit goes to the audit stream and log.
+func keyCacheOptions(k config.Keys, auditLog *audit.Logger, log zerolog.Logger, observe func(crypto.KeyEvent)) crypto.CacheOptions {
+	audited := auditKeyLoad(auditLog)
+	return crypto.CacheOptions{
+		TTL:              k.CacheTTL,
+		MaxEntries:       k.CacheMaxEntries,
+		RotateAfterSeals: k.RotateAfterEncryptions,
+		OnKeyLoad: func(ev crypto.KeyEvent) {
+			if observe != nil {
+				observe(ev)
+			}
+			audited(ev)
+		},
+		OnSealLimitRotate: sealLimitAudit(auditLog, log),
 	}
-	return audit.Open(output)
+}
+
+// closers are the Close functions of what a command opened, in the order
+// it opened them.
+type closers []func() error
+
+// close calls the Close functions, last opened first, and joins their
+// errors. A second call does nothing.
+func (c *closers) close() error {
+	var errs []error
+	for i := len(*c) - 1; i >= 0; i-- {
+		errs = append(errs, (*c)[i]())
+	}
+	*c = nil
+	return errors.Join(errs...)
 }
 
 // proxyRuntime is a proxy.Server with what it depends on: the upstream pool,
-// the key cache and the audit stream. close releases them after the server
-// has stopped.
+// the key cache and the audit stream. close releases them, last opened
+// first, after the server has stopped.
 type proxyRuntime struct {
 	srv      *proxy.Server
 	metrics  *metrics.Metrics
 	pool     *pgxpool.Pool   // nil without declared tables
 	provider crypto.Provider // nil without declared tables
-	closers  []func() error
-}
-
-// close releases the runtime's dependencies, last opened first.
-func (r *proxyRuntime) close() error {
-	var errs []error
-	for i := len(r.closers) - 1; i >= 0; i-- {
-		errs = append(errs, r.closers[i]())
-	}
-	r.closers = nil
-	return errors.Join(errs...)
+	closers
 }
 
 // newProxyRuntime builds the server for cfg. With tables declared it
@@ -158,7 +170,7 @@ func newProxyRuntime(ctx context.Context, cfg *config.Config, log zerolog.Logger
 		}
 	}()
 
-	auditLog, auditCloser, err := openAudit(cfg.Audit.Output, stdout, stderr)
+	auditLog, auditCloser, err := audit.Open(cfg.Audit.Output, stdout, stderr)
 	if err != nil {
 		return nil, err
 	}
@@ -183,18 +195,7 @@ func newProxyRuntime(ctx context.Context, cfg *config.Config, log zerolog.Logger
 		if err != nil {
 			return nil, err
 		}
-		audited := auditKeyLoad(auditLog)
-
-		cache := crypto.NewKeyCache(store, provider, crypto.CacheOptions{
-			TTL:              cfg.Keys.CacheTTL,
-			MaxEntries:       cfg.Keys.CacheMaxEntries,
-			RotateAfterSeals: cfg.Keys.RotateAfterEncryptions,
-			OnKeyLoad: func(ev crypto.KeyEvent) {
-				r.metrics.KeyLoaded(ev)
-				audited(ev)
-			},
-			OnSealLimitRotate: sealLimitAudit(auditLog, log),
-		})
+		cache := crypto.NewKeyCache(store, provider, keyCacheOptions(cfg.Keys, auditLog, log, r.metrics.KeyLoaded))
 		r.closers = append(r.closers, func() error { cache.Close(); return nil })
 		r.metrics.ObserveKeyCache(cache)
 		// Key events from other processes purge the cache; stopped before
