@@ -30,6 +30,7 @@ func TestServeRotateAfterEncryptions(t *testing.T) {
 	tenant_id text not null default current_setting('app.tenant_id'),
 	diagnosis bytea`) +
 		fmt.Sprintf(`grant select, insert on patients to %[1]s;
+grant select, update on patients to %[3]s;
 grant create on database %[2]s to %[3]s;`, limitAcmeRole, db, testenv.ScramUser)
 	if err := pg.Exec(ctx, db, setup); err != nil {
 		t.Fatal(err)
@@ -77,5 +78,16 @@ audit:
 	}
 	if audit := s.stdout.String(); !strings.Contains(audit, `"event":"key_rotated"`) || !strings.Contains(audit, "encryption limit") {
 		t.Errorf("audit: no key_rotated event for the encryption limit")
+	}
+
+	// A migration seals under the same limit and audits its rotations
+	// the same way: reencrypt moves rows 1-3 off version 1, and version 2
+	// has no encryptions left to give.
+	r := pgcloak(t, "reencrypt", "-c", s.path)
+	if r.code != 0 {
+		t.Fatalf("reencrypt: exit %d", r.code)
+	}
+	if !strings.Contains(r.stdout, `"event":"key_rotated"`) || !strings.Contains(r.stdout, "encryption limit") {
+		t.Errorf("reencrypt's audit: no key_rotated event for the encryption limit")
 	}
 }
