@@ -544,6 +544,29 @@ var errorCases = []struct {
 		want: []string{`t.yaml:9: listen.tls.require: "yes" is not a boolean (true or false)`},
 	},
 	{
+		name: "client_certs without client_ca_file",
+		yaml: y("listen:", "  tls: {cert_file: c, key_file: k}", "upstream:", "  address: db:5432", "  sslmode: require",
+			"  client_certs:", "    - {user: app, cert_file: app.crt, key_file: app.key}", "keys: {local: {master_key_file: m.key}}"),
+		want: []string{`t.yaml:6: upstream.client_certs: is set, but listen.tls.client_ca_file is not: pgcloak presents these certificates only for clients whose own certificate it has verified`},
+	},
+	{
+		name: "client_certs with sslmode disable",
+		yaml: y("listen:", "  tls: {cert_file: c, key_file: k, client_ca_file: ca}", "upstream:", "  address: db:5432",
+			"  client_certs:", "    - {user: app, cert_file: app.crt, key_file: app.key}", "keys: {local: {master_key_file: m.key}}"),
+		want: []string{`t.yaml:5: upstream.client_certs: needs TLS upstream, but sslmode is disable; use sslmode require, verify-full or follow`},
+	},
+	{
+		name: "client_certs entry incomplete",
+		yaml: y("listen:", "  tls: {cert_file: c, key_file: k, client_ca_file: ca}", "upstream:", "  address: db:5432", "  sslmode: follow",
+			"  client_certs:", "    - user: 'app['", "      cert_file: app.crt", "    - {cert_file: x.crt, key_file: x.key, password: pw}", "keys: {local: {master_key_file: m.key}}"),
+		want: []string{
+			`t.yaml:7: upstream.client_certs[0].user: "app[" is not a valid pattern: syntax error in pattern (want a role name, or a glob using *, ? and [...])`,
+			`t.yaml:7: upstream.client_certs[0].key_file: is required (the certificate's private key, PEM)`,
+			`t.yaml:9: upstream.client_certs[1].password: unknown key (expected one of user, cert_file, key_file)`,
+			`t.yaml:9: upstream.client_certs[1].user: is required (the role this certificate logs in as, or a glob pattern)`,
+		},
+	},
+	{
 		name: "max_message_size not a size",
 		yaml: withMinimal("listen: {max_message_size: 64XB}"),
 		want: []string{`t.yaml:5: listen.max_message_size: "64XB" is not a size (a number of bytes, or a whole number with a unit: B, kB, MB, GB, KiB, MiB, GiB)`},
@@ -1098,6 +1121,36 @@ func TestTenancyLookups(t *testing.T) {
 			}
 		}
 	})
+}
+
+func TestClientCertFor(t *testing.T) {
+	c, err := parse("t.yaml", y(
+		"listen:",
+		"  tls: {cert_file: c, key_file: k, client_ca_file: ca.crt}",
+		"upstream:",
+		"  address: db:5432",
+		"  sslmode: verify-full",
+		"  root_cert_file: root.crt",
+		"  client_certs:",
+		"    - {user: billing, cert_file: billing.crt, key_file: billing.key}",
+		"    - {user: 'app_*', cert_file: app.crt, key_file: app.key}",
+		"keys: {local: {master_key_file: m.key}}",
+	), noEnv)
+	if err != nil {
+		t.Fatalf("got error %v, want nil", err)
+	}
+	if got := c.Listen.TLS.ClientCAFile; got != "ca.crt" {
+		t.Errorf("client_ca_file: got %q, want ca.crt", got)
+	}
+	for role, want := range map[string]string{"billing": "billing.crt", "app_web": "app.crt", "app_": "app.crt", "billing2": "", "": ""} {
+		got, ok := c.Upstream.ClientCertFor(role)
+		if got.CertFile != want || ok != (want != "") {
+			t.Errorf("ClientCertFor(%q): got %q, %v, want %q", role, got.CertFile, ok, want)
+		}
+	}
+	if got, _ := c.Upstream.ClientCertFor("billing"); got.KeyFile != "billing.key" || got.User != "billing" {
+		t.Errorf("ClientCertFor(billing): got %+v", got)
+	}
 }
 
 func TestTableAndColumnLookups(t *testing.T) {

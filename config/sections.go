@@ -33,6 +33,9 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 	if !ok {
 		return
 	}
+	if len(c.Upstream.ClientCerts) > 0 && (c.Listen.TLS == nil || c.Listen.TLS.ClientCAFile == "") {
+		d.errorf("upstream.client_certs", "is set, but listen.tls.client_ca_file is not: pgcloak presents these certificates only for clients whose own certificate it has verified")
+	}
 	if c.Tenancy.Mode == ModeJWT && c.Upstream.User == "" {
 		d.errorf("upstream.user", "is required with tenancy.mode jwt (the proxy logs in upstream as this role)")
 	}
@@ -69,6 +72,7 @@ func (d *decoder) listenTLS(n *yaml.Node, p string, t *ListenTLS) {
 		{"cert_file", d.text(&t.CertFile)},
 		{"key_file", d.text(&t.KeyFile)},
 		{"require", d.boolean(&t.Require)},
+		{"client_ca_file", d.text(&t.ClientCAFile)},
 	})
 	if !ok {
 		return
@@ -110,9 +114,19 @@ func (d *decoder) upstream(n *yaml.Node, p string, u *Upstream) {
 		{"password", d.secret(&u.Password)},
 		{"database", d.text(&u.Database)},
 		{"connect_timeout", d.duration(&u.ConnectTimeout)},
+		{"client_certs", func(n *yaml.Node, p string) {
+			d.sequence(n, p, func(_ int, item *yaml.Node, p string) {
+				if c, ok := d.clientCert(item, p); ok {
+					u.ClientCerts = append(u.ClientCerts, c)
+				}
+			})
+		}},
 	})
 	if !ok {
 		return
+	}
+	if len(u.ClientCerts) > 0 && u.SSLMode == SSLDisable {
+		d.errorf(join(p, "client_certs"), "needs TLS upstream, but sslmode is disable; use sslmode require, verify-full or follow")
 	}
 	if u.Address == "" {
 		d.errorf(join(p, "address"), "is required (host:port of the PostgreSQL server)")
@@ -133,6 +147,35 @@ func (d *decoder) upstream(n *yaml.Node, p string, u *Upstream) {
 	if u.ConnectTimeout <= 0 {
 		d.errorf(join(p, "connect_timeout"), "must be positive, got %s", u.ConnectTimeout)
 	}
+}
+
+// clientCert decodes one entry of upstream.client_certs.
+func (d *decoder) clientCert(n *yaml.Node, p string) (ClientCert, bool) {
+	var c ClientCert
+	if !d.mapping(n, p, []field{
+		{"user", d.text(&c.User)},
+		{"cert_file", d.text(&c.CertFile)},
+		{"key_file", d.text(&c.KeyFile)},
+	}) {
+		return c, false
+	}
+	ok := true
+	if c.User == "" {
+		d.errorf(join(p, "user"), "is required (the role this certificate logs in as, or a glob pattern)")
+		ok = false
+	} else if _, err := path.Match(c.User, ""); err != nil {
+		d.errorf(join(p, "user"), "%q is not a valid pattern: %v (want a role name, or a glob using *, ? and [...])", c.User, err)
+		ok = false
+	}
+	if c.CertFile == "" {
+		d.errorf(join(p, "cert_file"), "is required (the client certificate pgcloak presents upstream, PEM)")
+		ok = false
+	}
+	if c.KeyFile == "" {
+		d.errorf(join(p, "key_file"), "is required (the certificate's private key, PEM)")
+		ok = false
+	}
+	return c, ok
 }
 
 // settingName is a custom PostgreSQL setting: identifiers joined by dots,

@@ -1,6 +1,9 @@
 package config
 
-import "time"
+import (
+	"path"
+	"time"
+)
 
 // Config is a loaded, validated and immutable pgcloak configuration. Callers
 // must not modify it; SIGHUP builds a new one and swaps the pointer.
@@ -40,6 +43,13 @@ type ListenTLS struct {
 	CertFile string
 	KeyFile  string
 	Require  bool // refuse clients that do not use TLS
+
+	// ClientCAFile, when set, makes pgcloak ask TLS clients for a
+	// certificate and verify any it gets against these CAs, as PostgreSQL
+	// does with ssl_ca_file: a certificate that does not verify fails the
+	// handshake, and no certificate is fine. A verified certificate is what
+	// lets a client log in with upstream.client_certs.
+	ClientCAFile string
 }
 
 // Admin configures the HTTP endpoint for /metrics, /healthz and /readyz.
@@ -83,6 +93,30 @@ type Upstream struct {
 	Password       Secret
 	Database       string
 	ConnectTimeout time.Duration // key upstream.connect_timeout, default 10s
+
+	// ClientCerts are certificates pgcloak presents upstream on behalf of
+	// clients that logged in to it with a certificate of their own, so that
+	// pg_hba.conf's cert method (or clientcert=verify-full) works through
+	// the proxy, which ends the client's TLS. See ClientCertFor.
+	ClientCerts []ClientCert
+}
+
+// ClientCert is one entry of upstream.client_certs.
+type ClientCert struct {
+	User     string // a role name, or a glob pattern as in unscoped_roles
+	CertFile string // the certificate (chain), PEM
+	KeyFile  string // its private key, PEM, not encrypted
+}
+
+// ClientCertFor returns the first entry of ClientCerts whose user matches
+// role, and false when none does.
+func (u Upstream) ClientCertFor(role string) (ClientCert, bool) {
+	for _, c := range u.ClientCerts {
+		if ok, _ := path.Match(c.User, role); ok {
+			return c, true
+		}
+	}
+	return ClientCert{}, false
 }
 
 // Secret is a string that never prints itself: String, GoString and

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
-	"github.com/pgcloak/pgcloak/config"
 )
 
 // cancelKey is what a client's BackendKeyData holds: the upstream backend's
@@ -62,7 +61,7 @@ func (s *Server) forwardCancel(req *pgproto3.CancelRequest) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cancelTimeout)
 	defer cancel()
-	conn, err := s.dialUpstream(ctx, false)
+	conn, err := s.dialUpstream(ctx, s.upstreamTLSFor(false, "", ""))
 	if err != nil {
 		sess.log.Warn().Err(err).Msg("forward cancel: dial upstream")
 		return
@@ -84,16 +83,15 @@ func (s *Server) forwardCancel(req *pgproto3.CancelRequest) {
 	sess.log.Debug().Msg("cancel request forwarded")
 }
 
-// dialUpstream opens a connection to the upstream server and, when
-// upstream.sslmode asks for it, negotiates TLS on it. clientTLS says
-// whether the client uses TLS, which sslmode follow follows.
-func (s *Server) dialUpstream(ctx context.Context, clientTLS bool) (net.Conn, error) {
+// dialUpstream opens a connection to the upstream server and, unless tc is
+// nil, negotiates TLS on it with tc (see upstreamTLSFor).
+func (s *Server) dialUpstream(ctx context.Context, tc *tls.Config) (net.Conn, error) {
 	d := net.Dialer{Timeout: s.cfg.Upstream.ConnectTimeout, KeepAlive: 30 * time.Second}
 	conn, err := d.DialContext(ctx, "tcp", s.cfg.Upstream.Address)
 	if err != nil {
 		return nil, err
 	}
-	if s.upstreamTLS == nil || s.cfg.Upstream.SSLMode == config.SSLFollow && !clientTLS {
+	if tc == nil {
 		return conn, nil
 	}
 	deadline := time.Now().Add(s.cfg.Upstream.ConnectTimeout)
@@ -112,7 +110,7 @@ func (s *Server) dialUpstream(ctx context.Context, clientTLS bool) (net.Conn, er
 		conn.Close()
 		return nil, errUpstreamNoTLS
 	}
-	tconn := tls.Client(conn, s.upstreamTLS)
+	tconn := tls.Client(conn, tc)
 	if err := tconn.HandshakeContext(ctx); err != nil {
 		conn.Close()
 		return nil, err

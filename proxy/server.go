@@ -60,6 +60,9 @@ type Server struct {
 	clientTLS   *tls.Config // nil: SSLRequest is answered 'N'
 	listenCert  []byte      // DER of the certificate clientTLS presents
 	upstreamTLS *tls.Config // nil: upstream sslmode disable
+	// clientCerts is upstreamTLS presenting each upstream.client_certs
+	// entry's certificate; see upstreamTLSFor.
+	clientCerts map[config.ClientCert]*tls.Config
 
 	// decl is what Reload replaces: the declared tables and the tenancy.
 	// A session keeps the declarations it started with.
@@ -108,13 +111,68 @@ func NewServer(cfg Config, log zerolog.Logger, deps Deps) (*Server, error) {
 		}
 		s.clientTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 		s.listenCert = cert.Certificate[0]
+		if t.ClientCAFile != "" {
+			// As PostgreSQL with ssl_ca_file: ask for a certificate, fail
+			// the handshake when one is given and does not verify.
+			if s.clientTLS.ClientCAs, err = LoadCertPool("listen.tls.client_ca_file", t.ClientCAFile); err != nil {
+				return nil, err
+			}
+			s.clientTLS.ClientAuth = tls.VerifyClientCertIfGiven
+		}
 	}
 	upTLS, err := UpstreamTLSConfig(cfg.Upstream)
 	if err != nil {
 		return nil, err
 	}
 	s.upstreamTLS = upTLS
+	if upTLS != nil && len(cfg.Upstream.ClientCerts) > 0 {
+		s.clientCerts = make(map[config.ClientCert]*tls.Config, len(cfg.Upstream.ClientCerts))
+		for i, c := range cfg.Upstream.ClientCerts {
+			cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("upstream.client_certs[%d]: %w", i, err)
+			}
+			tc := upTLS.Clone()
+			tc.Certificates = []tls.Certificate{cert}
+			s.clientCerts[c] = tc
+		}
+	}
 	return s, nil
+}
+
+// upstreamTLSFor is the TLS configuration of a session's upstream
+// connection, nil for plain TCP. clientTLS says whether the client uses TLS,
+// which sslmode follow follows. certName is the common name of the
+// certificate the client logged in to pgcloak with, verified against
+// listen.tls.client_ca_file, or "". When it is the very role the client asks
+// for (what PostgreSQL's cert method checks) and upstream.client_certs has
+// an entry for that role, pgcloak presents that entry's certificate
+// upstream; a certificate for another role gets nothing presented, so
+// PostgreSQL refuses a cert login as it would have refused the client's.
+func (s *Server) upstreamTLSFor(clientTLS bool, user, certName string) *tls.Config {
+	if s.upstreamTLS == nil || s.cfg.Upstream.SSLMode == config.SSLFollow && !clientTLS {
+		return nil
+	}
+	if certName != "" && certName == user {
+		if c, ok := s.cfg.Upstream.ClientCertFor(user); ok {
+			return s.clientCerts[c]
+		}
+	}
+	return s.upstreamTLS
+}
+
+// LoadCertPool reads the PEM certificates of file; key is the
+// configuration key that names it, for the error.
+func LoadCertPool(key, file string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s %s: no PEM certificates found", key, file)
+	}
+	return pool, nil
 }
 
 // declarations are the parts of the configuration that Reload replaces:
@@ -183,13 +241,9 @@ func UpstreamTLSConfig(u config.Upstream) (*tls.Config, error) {
 		// Like libpq's sslmode=require: encrypt, do not verify.
 		return &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}, nil
 	case config.SSLVerifyFull:
-		pem, err := os.ReadFile(u.RootCertFile)
+		pool, err := LoadCertPool("upstream.root_cert_file", u.RootCertFile)
 		if err != nil {
-			return nil, fmt.Errorf("upstream.root_cert_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("upstream.root_cert_file %s: no PEM certificates found", u.RootCertFile)
+			return nil, err
 		}
 		return &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12}, nil
 	default:

@@ -43,6 +43,7 @@ type session struct {
 
 	user, database string
 	clientTLS      bool
+	clientCertName string // common name of the client's verified certificate, or ""
 
 	// tenant is the session's tenant; scoped is false for unscoped roles.
 	// Both are fixed once authentication succeeds.

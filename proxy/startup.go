@@ -75,7 +75,7 @@ func (s *session) startup() (bool, error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.Upstream.ConnectTimeout)
 	defer cancel()
-	up, err := s.srv.dialUpstream(ctx, s.clientTLS)
+	up, err := s.srv.dialUpstream(ctx, s.srv.upstreamTLSFor(s.clientTLS, s.user, s.clientCertName))
 	if err != nil {
 		return false, upstreamUnavailable(err)
 	}
@@ -162,6 +162,9 @@ func (s *session) receiveStartup() (*pgproto3.StartupMessage, error) {
 			}
 			s.client = tconn
 			s.clientTLS = true
+			if st := tconn.ConnectionState(); len(st.VerifiedChains) > 0 {
+				s.clientCertName = st.PeerCertificates[0].Subject.CommonName
+			}
 			s.clientRd = &flushingReader{r: tconn}
 			s.clientIn = pgproto3.NewBackend(s.clientRd, nil)
 			s.clientIn.SetMaxBodyLen(s.srv.cfg.Listen.MaxMessageSize)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -334,6 +335,51 @@ func TestUpstreamTLS(t *testing.T) {
 			t.Fatal("channel_binding=require passed through a proxy presenting another certificate")
 		}
 		upstreamSSL(t, connect(t, other.superURL("postgres", "sslmode=require", "channel_binding=disable")))
+	})
+	t.Run("client certificates", func(t *testing.T) {
+		own := pg.Clients[testenv.CertUser]
+		p := startProxy(t, pg, func(c *Config) {
+			c.Upstream.SSLMode = config.SSLFollow
+			c.Listen.TLS = &config.ListenTLS{CertFile: pg.CertFile, KeyFile: pg.KeyFile, ClientCAFile: pg.CAFile}
+			c.Upstream.ClientCerts = []config.ClientCert{{User: testenv.CertUser, CertFile: own.CertFile, KeyFile: own.KeyFile}}
+		})
+		certURL := func(c testenv.ClientFiles) string {
+			params := []string{"sslmode=verify-full", "sslrootcert=" + pg.CAFile}
+			if c.CertFile != "" {
+				params = append(params, "sslcert="+c.CertFile, "sslkey="+c.KeyFile)
+			}
+			return p.url(testenv.CertUser, "", "postgres", params...)
+		}
+
+		// The client's own certificate: PostgreSQL's cert method sees the
+		// one pgcloak presents for the same role.
+		conn := connect(t, certURL(own))
+		var user, dn string
+		fatalIf(t, conn.QueryRow(ctxT(t), `select current_user, client_dn from pg_stat_ssl where pid = pg_backend_pid()`).Scan(&user, &dn), "pg_stat_ssl")
+		mustEqual(t, "user", user, testenv.CertUser)
+		mustEqual(t, "client certificate upstream", dn, "/CN="+testenv.CertUser)
+		out, err := exec.Command(pg.Bin("psql"), "-X", "-At", "-c", "select current_user", certURL(own)).CombinedOutput()
+		fatalIf(t, err, "psql with a client certificate: %s", out)
+		mustEqual(t, "psql: user", strings.TrimSpace(string(out)), testenv.CertUser)
+
+		// No certificate, or a valid one for another name: pgcloak presents
+		// nothing, and PostgreSQL refuses the login with its own error.
+		for name, c := range map[string]testenv.ClientFiles{"no certificate": {}, "another name's certificate": pg.Clients[testenv.CertStranger]} {
+			_, err := pgx.Connect(ctxT(t), certURL(c))
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != pgerrcode.InvalidAuthorizationSpecification {
+				t.Errorf("%s: got %v, want SQLSTATE 28000", name, err)
+			}
+		}
+
+		// A certificate from a CA pgcloak does not trust fails the
+		// handshake, as it does with PostgreSQL.
+		other, err := testenv.WriteTLSFiles(t.TempDir(), testenv.CertUser)
+		fatalIf(t, err, "certs")
+		_, err = pgx.Connect(ctxT(t), certURL(other.Clients[testenv.CertUser]))
+		if err == nil || !strings.Contains(err.Error(), "unknown certificate authority") {
+			t.Errorf("certificate from an unknown CA: got %v, want a TLS alert: unknown certificate authority", err)
+		}
 	})
 	t.Run("verify-full with the wrong CA fails", func(t *testing.T) {
 		otherCA, _, _, err := testenv.WriteTLSCerts(t.TempDir())

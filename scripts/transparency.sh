@@ -11,7 +11,7 @@
 # It compares the sets of failing tests and exits 1 if any test fails through
 # the proxy but not directly (0 if none does, 2 if the setup failed).
 #
-# Everything binds to 127.0.0.1 and is stopped on exit. Needs go, psql and the
+# Everything binds to 127.0.0.1 and is stopped on exit. Needs go, psql, openssl and the
 # PostgreSQL server binaries (postgresql, postgresql-contrib for hstore/ltree).
 #
 # Environment knobs (all optional):
@@ -34,8 +34,7 @@
 #   KEEP_WORK         1: keep the work directory (logs, JSON results)
 #   ALLOW_PROXY_ONLY  extended regex of "package TestName" entries that may
 #                     fail through the proxy only without failing the run
-#                     (default: the TLS-termination cases below; set it
-#                     empty to be strict)
+#                     (default: none)
 set -euo pipefail
 export LC_ALL=C
 
@@ -49,15 +48,14 @@ UPSTREAM_SSLMODE=${UPSTREAM_SSLMODE:-follow}
 PROXY_TLS=${PROXY_TLS:-1}
 RERUNS=${RERUNS:-2}
 KEEP_WORK=${KEEP_WORK:-0}
-# By default only the tests that cannot pass through any proxy that
-# terminates TLS (pgbouncer included) are allowed to differ: logins by
-# client certificate (the certificate ends at the proxy). SCRAM channel
-# binding passes, because the proxy presents the server's own certificate
-# (PROXY_TLS=1). With upstream.sslmode follow, pg_hba's hostssl and
-# hostnossl rules see what the client did, so lib/pq's other SSL tests pass.
-# Set ALLOW_PROXY_ONLY= to be strict.
-DEFAULT_ALLOW='^github.com/jackc/pgx/v5/pgconn TestConnectTLSPasswordProtectedClientCert.*$|^github.com/lib/pq TestSSL(ClientCertificates|ClientCertificateIntermediate|Defaults)(/.*)?$'
-ALLOW_PROXY_ONLY=${ALLOW_PROXY_ONLY-$DEFAULT_ALLOW}
+# Strict by default: no test may fail through the proxy only. With
+# PROXY_TLS=1 the proxy presents the server's own certificate, so SCRAM
+# channel binding passes; it verifies client certificates against the
+# server's CA and presents the suite's client certificate upstream
+# (upstream.client_certs), so logins by certificate pass; and with
+# upstream.sslmode follow, pg_hba's hostssl and hostnossl rules see what the
+# client did.
+ALLOW_PROXY_ONLY=${ALLOW_PROXY_ONLY-}
 if [[ -z ${ETC_HOSTS:-} ]]; then
 	if [[ $(id -u) -eq 0 ]]; then ETC_HOSTS=1; else ETC_HOSTS=0; fi
 fi
@@ -194,14 +192,23 @@ log "building scripts/transparencyenv"
 instances=()
 if ((want_pgx)); then
 	if [[ $PROXY_TLS == 1 ]]; then
-		instances+=(-instance "pgx:$PGX_CERTS/localhost.crt:$PGX_CERTS/localhost.key")
+		# The proxy verifies client certificates against the server's CA,
+		# and presents pgx_sslcert's own upstream for a client that proved
+		# to be pgx_sslcert. pgx encrypts that key (password certpw, in a
+		# PEM block typed CERTIFICATE); the proxy's copy is decrypted.
+		sed 's/ CERTIFICATE-----$/ RSA PRIVATE KEY-----/' "$PGX_CERTS/pgx_sslcert.key" |
+			openssl rsa -passin pass:certpw -out "$WORK/pgx_sslcert.key" 2>"$WORK/logs/openssl.log" ||
+			{ cat "$WORK/logs/openssl.log" >&2; die "could not decrypt pgx_sslcert.key"; }
+		instances+=(-instance "pgx:$PGX_CERTS/localhost.crt:$PGX_CERTS/localhost.key:$PGX_CERTS/ca.pem"
+			-client-cert "pgx:pgx_sslcert:$PGX_CERTS/pgx_sslcert.crt:$WORK/pgx_sslcert.key")
 	else
 		instances+=(-instance pgx)
 	fi
 fi
 if ((want_pq)); then
 	if [[ $PROXY_TLS == 1 ]]; then
-		instances+=(-instance "pq:$PQ_SSL/server.crt:$PQ_SSL/server.key")
+		instances+=(-instance "pq:$PQ_SSL/server.crt:$PQ_SSL/server.key:$PQ_SSL/root.crt"
+			-client-cert "pq:pqgosslcert:$PQ_SSL/postgresql.crt:$PQ_SSL/postgresql.key")
 	else
 		instances+=(-instance pq)
 	fi

@@ -37,6 +37,13 @@ const (
 	PasswordPassword = "cleartext-secret"
 
 	TrustUser = "trust_user" // trust: no password
+
+	// CertUser logs in with a client certificate (hostssl, method cert),
+	// which a server started with Options.TLS issues: Postgres.Clients.
+	CertUser = "cert_user"
+	// CertStranger is the common name of a second client certificate, for
+	// which no role exists: it is valid, but logs in as nobody.
+	CertStranger = "cert_stranger"
 )
 
 // Options tunes Start. The zero value is a plain server without TLS.
@@ -67,6 +74,10 @@ type Postgres struct {
 	// CertFile and KeyFile are the server's certificate and key, with
 	// Options.TLS (a proxy may present the same certificate).
 	CertFile, KeyFile string
+	// Clients are client certificates signed by CAFile, with Options.TLS,
+	// for CertUser and CertStranger. The server verifies client
+	// certificates against CAFile (ssl_ca_file).
+	Clients map[string]ClientFiles
 
 	DataDir string // Dir/data
 	LogFile string // the server's stderr
@@ -183,6 +194,7 @@ local   all       all                           trust
 host    all       ` + TrustUser + `     127.0.0.1/32   trust
 host    all       ` + MD5User + `       127.0.0.1/32   md5
 host    all       ` + PasswordUser + `  127.0.0.1/32   password
+hostssl all       ` + CertUser + `      127.0.0.1/32   cert
 host    all       all            127.0.0.1/32   scram-sha-256
 `
 
@@ -196,7 +208,8 @@ CREATE ROLE ` + MD5User + ` LOGIN PASSWORD '` + MD5Password + `';
 RESET password_encryption;
 CREATE ROLE ` + PasswordUser + ` LOGIN PASSWORD '` + PasswordPassword + `';
 CREATE ROLE ` + TrustUser + ` LOGIN;
-GRANT CREATE ON DATABASE postgres TO ` + ScramUser + `, ` + MD5User + `, ` + PasswordUser + `, ` + TrustUser + `;
+CREATE ROLE ` + CertUser + ` LOGIN;
+GRANT CREATE ON DATABASE postgres TO ` + ScramUser + `, ` + MD5User + `, ` + PasswordUser + `, ` + TrustUser + `, ` + CertUser + `;
 `
 
 // initdb creates the data directory with the superuser and its password.
@@ -245,20 +258,22 @@ func (p *Postgres) initdb(ctx context.Context) error {
 // writeCerts writes the TLS files into Dir, owned by the server's user, and
 // returns the settings that turn ssl on.
 func (p *Postgres) writeCerts() (map[string]string, error) {
-	caFile, certFile, keyFile, err := WriteTLSCerts(p.Dir)
+	f, err := WriteTLSFiles(p.Dir, CertUser, CertStranger)
 	if err != nil {
 		return nil, err
 	}
-	for _, f := range []string{caFile, certFile, keyFile} {
-		if err := p.chown(f); err != nil {
+	// The client keys stay ours: clients read them, the server does not.
+	for _, name := range []string{f.CAFile, f.CertFile, f.KeyFile} {
+		if err := p.chown(name); err != nil {
 			return nil, err
 		}
 	}
-	p.CAFile, p.CertFile, p.KeyFile = caFile, certFile, keyFile
+	p.CAFile, p.CertFile, p.KeyFile, p.Clients = f.CAFile, f.CertFile, f.KeyFile, f.Clients
 	return map[string]string{
 		"ssl":           "on",
-		"ssl_cert_file": certFile,
-		"ssl_key_file":  keyFile,
+		"ssl_cert_file": f.CertFile,
+		"ssl_key_file":  f.KeyFile,
+		"ssl_ca_file":   f.CAFile,
 	}, nil
 }
 

@@ -492,3 +492,43 @@ func TestWriteTLSCerts(t *testing.T) {
 		}
 	})
 }
+
+func TestClientCertificateLogin(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p, err := Start(ctx, Options{TLS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Stop() })
+
+	login := func(certName string) error {
+		u := p.TLSURL(CertUser, "", "postgres")
+		if certName != "" {
+			c := p.Clients[certName]
+			u += "&" + url.Values{"sslcert": {c.CertFile}, "sslkey": {c.KeyFile}}.Encode()
+		}
+		conn, err := pgx.Connect(ctx, u)
+		if err != nil {
+			return err
+		}
+		defer conn.Close(ctx)
+		var user string
+		if err := conn.QueryRow(ctx, "select current_user").Scan(&user); err != nil {
+			return err
+		}
+		if user != CertUser {
+			return fmt.Errorf("logged in as %q", user)
+		}
+		return nil
+	}
+	if err := login(CertUser); err != nil {
+		t.Fatalf("login with %s's certificate: %v", CertUser, err)
+	}
+	for _, name := range []string{"", CertStranger} {
+		var pgErr *pgconn.PgError
+		if err := login(name); !errors.As(err, &pgErr) || pgErr.Code != pgerrcode.InvalidAuthorizationSpecification {
+			t.Errorf("login as %s with certificate %q: got %v, want SQLSTATE 28000", CertUser, name, err)
+		}
+	}
+}

@@ -22,23 +22,42 @@ const (
 	serverKeyName  = "server.key"
 )
 
-// WriteTLSCerts creates a fresh self-signed CA and a server certificate signed
-// by it, valid for 127.0.0.1, ::1 and localhost, both ECDSA P-256, and writes
-// them to dir as ca.crt, server.crt and server.key (PKCS #8). Certificates are
-// 0644 and the key 0600, which is what PostgreSQL demands of ssl_key_file when
-// its owner is the server's user. The CA's private key is discarded: nothing
-// else can ever be signed by this CA.
+// TLSFiles names the files WriteTLSFiles wrote.
+type TLSFiles struct {
+	CAFile   string // the CA certificate
+	CertFile string // the server certificate, signed by the CA
+	KeyFile  string // its key
+	// Clients maps each common name asked for to a client certificate for
+	// it, signed by the same CA.
+	Clients map[string]ClientFiles
+}
+
+// ClientFiles are a client certificate and its key.
+type ClientFiles struct{ CertFile, KeyFile string }
+
+// WriteTLSCerts is WriteTLSFiles without client certificates.
+func WriteTLSCerts(dir string) (caFile, certFile, keyFile string, err error) {
+	f, err := WriteTLSFiles(dir)
+	return f.CAFile, f.CertFile, f.KeyFile, err
+}
+
+// WriteTLSFiles creates a fresh self-signed CA, a server certificate signed
+// by it, valid for 127.0.0.1, ::1 and localhost, and one client certificate
+// for each of clientNames (its subject's common name, which PostgreSQL's
+// cert authentication compares with the user name), all ECDSA P-256. It
+// writes them to dir as ca.crt, server.crt and server.key, and
+// client-NAME.crt and client-NAME.key (keys in PKCS #8). Certificates are
+// 0644 and keys 0600, which is what PostgreSQL and libpq demand of key files.
+// The CA's private key is discarded: nothing else can ever be signed by this
+// CA.
 //
 // Clients that use sslmode=verify-full (or a tls.Config with RootCAs) trust
-// caFile; servers (PostgreSQL, the proxy's listener) use certFile and keyFile.
-func WriteTLSCerts(dir string) (caFile, certFile, keyFile string, err error) {
+// CAFile; servers (PostgreSQL, the proxy's listener) use CertFile and
+// KeyFile, and trust CAFile to verify client certificates.
+func WriteTLSFiles(dir string, clientNames ...string) (TLSFiles, error) {
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return "", "", "", fmt.Errorf("testenv: generate CA key: %w", err)
-	}
-	serverKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return "", "", "", fmt.Errorf("testenv: generate server key: %w", err)
+		return TLSFiles{}, fmt.Errorf("testenv: generate CA key: %w", err)
 	}
 
 	// Backdated by an hour so that a skewed clock in a VM or container does
@@ -58,49 +77,65 @@ func WriteTLSCerts(dir string) (caFile, certFile, keyFile string, err error) {
 	}
 	caDER, err := x509.CreateCertificate(rand.Reader, caTemplate, caTemplate, &caKey.PublicKey, caKey)
 	if err != nil {
-		return "", "", "", fmt.Errorf("testenv: create CA certificate: %w", err)
+		return TLSFiles{}, fmt.Errorf("testenv: create CA certificate: %w", err)
 	}
 	caCert, err := x509.ParseCertificate(caDER)
 	if err != nil {
-		return "", "", "", fmt.Errorf("testenv: parse CA certificate: %w", err)
+		return TLSFiles{}, fmt.Errorf("testenv: parse CA certificate: %w", err)
+	}
+	f := TLSFiles{CAFile: filepath.Join(dir, caCertName), Clients: make(map[string]ClientFiles, len(clientNames))}
+	if err := writeFileMode(f.CAFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o644); err != nil {
+		return TLSFiles{}, err
 	}
 
-	serverTemplate := &x509.Certificate{
-		SerialNumber: randomSerial(),
-		Subject:      pkix.Name{CommonName: "localhost"},
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-		NotBefore:    notBefore,
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	serverDER, err := x509.CreateCertificate(rand.Reader, serverTemplate, caCert, &serverKey.PublicKey, caKey)
-	if err != nil {
-		return "", "", "", fmt.Errorf("testenv: create server certificate: %w", err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(serverKey)
-	if err != nil {
-		return "", "", "", fmt.Errorf("testenv: marshal server key: %w", err)
-	}
-
-	caFile = filepath.Join(dir, caCertName)
-	certFile = filepath.Join(dir, serverCertName)
-	keyFile = filepath.Join(dir, serverKeyName)
-	for _, f := range []struct {
-		path  string
-		block *pem.Block
-		mode  os.FileMode
-	}{
-		{caFile, &pem.Block{Type: "CERTIFICATE", Bytes: caDER}, 0o644},
-		{certFile, &pem.Block{Type: "CERTIFICATE", Bytes: serverDER}, 0o644},
-		{keyFile, &pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}, 0o600},
-	} {
-		if err := writeFileMode(f.path, pem.EncodeToMemory(f.block), f.mode); err != nil {
-			return "", "", "", err
+	// issue signs a certificate from template and writes it and its key.
+	issue := func(template *x509.Certificate, certName, keyName string) (certFile, keyFile string, err error) {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return "", "", fmt.Errorf("testenv: generate key: %w", err)
 		}
+		template.SerialNumber = randomSerial()
+		template.NotBefore, template.NotAfter = notBefore, notAfter
+		template.KeyUsage = x509.KeyUsageDigitalSignature
+		der, err := x509.CreateCertificate(rand.Reader, template, caCert, &key.PublicKey, caKey)
+		if err != nil {
+			return "", "", fmt.Errorf("testenv: create certificate %s: %w", template.Subject.CommonName, err)
+		}
+		keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			return "", "", fmt.Errorf("testenv: marshal key: %w", err)
+		}
+		certFile, keyFile = filepath.Join(dir, certName), filepath.Join(dir, keyName)
+		if err := writeFileMode(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+			return "", "", err
+		}
+		if err := writeFileMode(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+			return "", "", err
+		}
+		return certFile, keyFile, nil
 	}
-	return caFile, certFile, keyFile, nil
+
+	f.CertFile, f.KeyFile, err = issue(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: "localhost"},
+		DNSNames:    []string{"localhost"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}, serverCertName, serverKeyName)
+	if err != nil {
+		return TLSFiles{}, err
+	}
+	for _, name := range clientNames {
+		var c ClientFiles
+		c.CertFile, c.KeyFile, err = issue(&x509.Certificate{
+			Subject:     pkix.Name{CommonName: name},
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		}, "client-"+name+".crt", "client-"+name+".key")
+		if err != nil {
+			return TLSFiles{}, err
+		}
+		f.Clients[name] = c
+	}
+	return f, nil
 }
 
 // writeFileMode writes data to path and leaves it with exactly mode, even

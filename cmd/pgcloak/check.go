@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/pgcloak/pgcloak/config"
+	"github.com/pgcloak/pgcloak/proxy"
 	"github.com/spf13/cobra"
 )
 
@@ -25,7 +26,7 @@ func newCheckCmd() *cobra.Command {
 		Use:   "check -c FILE",
 		Short: "Validate the configuration, the upstream connection and the encrypted tables",
 		Long: `Validate the configuration in FILE, load the listener's TLS certificate if one
-is configured, and connect to the upstream server as upstream.user (honouring
+is configured (and listen.tls.client_ca_file and upstream.client_certs), and connect to the upstream server as upstream.user (honouring
 upstream.sslmode and upstream.root_cert_file) to run "select version()".
 
 Then, for every table in encrypt.tables, it checks as upstream.user that the
@@ -121,6 +122,17 @@ func check(ctx context.Context, cfg *config.Config, w io.Writer) bool {
 		c.result(err, "listen", fmt.Sprintf("%s, TLS certificate %s loads (require: %t)", cfg.Listen.Address, t.CertFile, t.Require))
 	} else {
 		c.result(nil, "listen", cfg.Listen.Address+", TLS off (SSLRequest is answered 'N')")
+	}
+	if t := cfg.Listen.TLS; t != nil && t.ClientCAFile != "" {
+		_, err := proxy.LoadCertPool("listen.tls.client_ca_file", t.ClientCAFile)
+		c.result(err, "client certificates", "verified against "+t.ClientCAFile)
+	}
+	for i, cc := range cfg.Upstream.ClientCerts {
+		_, err := tls.LoadX509KeyPair(cc.CertFile, cc.KeyFile)
+		if err != nil {
+			err = fmt.Errorf("upstream.client_certs[%d]: %w", i, err)
+		}
+		c.result(err, "upstream client certificate", fmt.Sprintf("%s loads, presented for role %s", cc.CertFile, cc.User))
 	}
 
 	checkUpstream(ctx, cfg, c)

@@ -373,6 +373,25 @@ func TestCheckUpstreamTLS(t *testing.T) {
 		})
 	}
 
+	t.Run("client certificates", func(t *testing.T) {
+		own := pg.Clients[testenv.CertUser]
+		cfg := checkConfig(pg.Addr(), "verify-full", pg.CAFile, testenv.ScramUser, testenv.ScramPassword, "postgres")
+		cfg = strings.Replace(cfg, "upstream:\n", fmt.Sprintf(`  tls: {cert_file: %s, key_file: %s, client_ca_file: %s}
+upstream:
+  client_certs:
+    - {user: %s, cert_file: %s, key_file: %s}
+`, pg.CertFile, pg.KeyFile, pg.CAFile, testenv.CertUser, own.CertFile, own.KeyFile), 1)
+		r := pgcloak(t, "check", "-c", writeFile(t, "pgcloak.yaml", cfg))
+		if r.code != 0 || !strings.Contains(r.stdout, "presented for role "+testenv.CertUser) {
+			t.Fatalf("exit code %d, stdout:\n%s", r.code, r.stdout)
+		}
+		// The key of another certificate: the pair does not load.
+		bad := strings.Replace(cfg, "key_file: "+own.KeyFile, "key_file: "+pg.Clients[testenv.CertStranger].KeyFile, 1)
+		r = pgcloak(t, "check", "-c", writeFile(t, "pgcloak.yaml", bad))
+		if r.code != 1 || !strings.Contains(r.stdout, "upstream.client_certs[0]: tls: private key does not match public key") {
+			t.Errorf("mismatched key: exit code %d, stdout:\n%s", r.code, r.stdout)
+		}
+	})
 	t.Run("verify-full wrong CA", func(t *testing.T) {
 		caFile, _, _, err := testenv.WriteTLSCerts(t.TempDir())
 		if err != nil {

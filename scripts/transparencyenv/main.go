@@ -6,11 +6,14 @@
 // followed by READY=1 on stdout, then runs until its stdin is closed or it
 // gets SIGINT/SIGTERM, and then stops every proxy and server it started.
 //
-//	transparencyenv -log-dir DIR -upstream-sslmode require \
-//	    -instance pgx:CERT:KEY -instance pq:CERT:KEY
+//	transparencyenv -log-dir DIR -upstream-sslmode follow \
+//	    -instance pgx:CERT:KEY:CA -instance pq:CERT:KEY \
+//	    -client-cert pgx:USER:CERT:KEY
 //
 // CERT and KEY (optional) are the certificate the proxy presents to clients
-// that send SSLRequest; without them the proxy answers 'N'.
+// that send SSLRequest; without them the proxy answers 'N'. CA (optional)
+// is its listen.tls.client_ca_file. Each -client-cert adds an entry to the
+// named instance's upstream.client_certs.
 package main
 
 import (
@@ -42,55 +45,70 @@ func (f *instanceFlag) Set(v string) error { *f = append(*f, v); return nil }
 var nameRE = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
 
 type instance struct {
-	name     string
-	pg       *testenv.Postgres
-	srv      *proxy.Server
-	served   chan error
-	logFile  *os.File
-	certFile string
-	keyFile  string
+	name        string
+	pg          *testenv.Postgres
+	srv         *proxy.Server
+	served      chan error
+	logFile     *os.File
+	tls         *config.ListenTLS
+	clientCerts []config.ClientCert
+}
+
+func usage(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "transparencyenv: "+format+"\n", args...)
+	os.Exit(2)
 }
 
 func main() {
 	var (
-		instances instanceFlag
-		logDir    = flag.String("log-dir", "", "directory for the proxy logs (default: discard)")
-		logLevel  = flag.String("log-level", "info", "proxy log level")
-		sslmode   = flag.String("upstream-sslmode", "disable", "proxy upstream.sslmode: disable, require or follow")
+		instances   instanceFlag
+		clientCerts instanceFlag
+		logDir      = flag.String("log-dir", "", "directory for the proxy logs (default: discard)")
+		logLevel    = flag.String("log-level", "info", "proxy log level")
+		sslmode     = flag.String("upstream-sslmode", "disable", "proxy upstream.sslmode: disable, require or follow")
 	)
-	flag.Var(&instances, "instance", "NAME[:CERTFILE:KEYFILE], repeatable")
+	flag.Var(&instances, "instance", "NAME[:CERTFILE:KEYFILE[:CAFILE]], repeatable")
+	flag.Var(&clientCerts, "client-cert", "NAME:USER:CERTFILE:KEYFILE, repeatable")
 	flag.Parse()
 	if len(instances) == 0 {
-		fmt.Fprintln(os.Stderr, "transparencyenv: at least one -instance is required")
-		os.Exit(2)
+		usage("at least one -instance is required")
 	}
 	if m := config.SSLMode(*sslmode); m != config.SSLDisable && m != config.SSLRequire && m != config.SSLFollow {
-		fmt.Fprintf(os.Stderr, "transparencyenv: -upstream-sslmode %q: want disable, require or follow\n", *sslmode)
-		os.Exit(2)
+		usage("-upstream-sslmode %q: want disable, require or follow", *sslmode)
 	}
 	level, err := zerolog.ParseLevel(*logLevel)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "transparencyenv:", err)
-		os.Exit(2)
+		usage("%v", err)
 	}
 
 	var insts []*instance
+	byName := make(map[string]*instance)
 	for _, spec := range instances {
 		parts := strings.Split(spec, ":")
 		in := &instance{name: parts[0]}
 		switch len(parts) {
 		case 1:
-		case 3:
-			in.certFile, in.keyFile = parts[1], parts[2]
+		case 3, 4:
+			in.tls = &config.ListenTLS{CertFile: parts[1], KeyFile: parts[2]}
+			if len(parts) == 4 {
+				in.tls.ClientCAFile = parts[3]
+			}
 		default:
-			fmt.Fprintf(os.Stderr, "transparencyenv: bad -instance %q (want NAME or NAME:CERT:KEY)\n", spec)
-			os.Exit(2)
+			usage("bad -instance %q (want NAME, NAME:CERT:KEY or NAME:CERT:KEY:CA)", spec)
 		}
 		if !nameRE.MatchString(in.name) {
-			fmt.Fprintf(os.Stderr, "transparencyenv: bad instance name %q\n", in.name)
-			os.Exit(2)
+			usage("bad instance name %q", in.name)
 		}
 		insts = append(insts, in)
+		byName[in.name] = in
+	}
+	for _, spec := range clientCerts {
+		parts := strings.Split(spec, ":")
+		if len(parts) != 4 || byName[parts[0]] == nil {
+			usage("bad -client-cert %q (want NAME:USER:CERT:KEY for an -instance NAME)", spec)
+		}
+		in := byName[parts[0]]
+		in.clientCerts = append(in.clientCerts, config.ClientCert{User: parts[1], CertFile: parts[2], KeyFile: parts[3]})
 	}
 
 	// Stop on SIGINT/SIGTERM or when stdin closes (the script holds its
@@ -141,14 +159,12 @@ func start(ctx context.Context, insts []*instance, logDir string, level zerolog.
 			log = zerolog.New(f).Level(level).With().Timestamp().Logger()
 		}
 		cfg := proxy.Config{
-			Listen: config.Listen{Address: "127.0.0.1:0"},
+			Listen: config.Listen{Address: "127.0.0.1:0", TLS: in.tls},
 			Upstream: config.Upstream{
-				Address: pg.Addr(),
-				SSLMode: sslmode,
+				Address:     pg.Addr(),
+				SSLMode:     sslmode,
+				ClientCerts: in.clientCerts,
 			},
-		}
-		if in.certFile != "" {
-			cfg.Listen.TLS = &config.ListenTLS{CertFile: in.certFile, KeyFile: in.keyFile}
 		}
 		// Pure passthrough: no tenancy, no declared tables, so no Deps.
 		srv, err := proxy.NewServer(cfg, log, proxy.Deps{})
