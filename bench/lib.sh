@@ -58,7 +58,7 @@ trap 'exit 143' TERM
 
 # start_postgres builds pgcloak and benchenv into $work, starts PostgreSQL,
 # and sets PGHOST PGPORT BENCH_USER BENCH_PASSWORD BENCH_DB BINDIR
-# PGCLOAK_PORT PGBOUNCER_PORT PGBENCH PSQL.
+# PGCLOAK_PORT PGBOUNCER_PORT SPARE_PORT PGBENCH PSQL.
 start_postgres() {
 	echo "--- building pgcloak and benchenv"
 	go build -o "$work/pgcloak" ./cmd/pgcloak
@@ -66,7 +66,7 @@ start_postgres() {
 
 	echo "--- starting PostgreSQL"
 	start_env benchenv "$work/benchenv"
-	env_vars benchenv PGHOST PGPORT BENCH_USER BENCH_PASSWORD BENCH_DB BINDIR PGCLOAK_PORT PGBOUNCER_PORT
+	env_vars benchenv PGHOST PGPORT BENCH_USER BENCH_PASSWORD BENCH_DB BINDIR PGCLOAK_PORT PGBOUNCER_PORT SPARE_PORT
 	PGBENCH=$(tool pgbench)
 	PSQL=$(tool psql)
 	export PGPASSWORD=$BENCH_PASSWORD PGSSLMODE=disable PGCONNECT_TIMEOUT=10

@@ -16,6 +16,9 @@
 #   JOBS      pgbench -j [2]
 #   PIPE      1: also measure bench/cmd/bytepipe, a Go byte pipe (the floor
 #             for any Go proxy), and print its ratios [0]
+#   RELAY_AB  1: also measure a second pgcloak that keeps every session on
+#             its own goroutines (PGCLOAK_RELAY=goroutines) instead of the
+#             relay loop, and print its ratios [0]
 #
 # Needs Go, the PostgreSQL server binaries and pgbench, and pgbouncer
 # (apt-get install -y postgresql pgbouncer). Everything it starts is stopped
@@ -32,6 +35,7 @@ JOBS=${JOBS:-2}
 MODES=(simple extended prepared)
 TARGETS=(direct pgcloak pgbouncer)
 PIPE=${PIPE:-0}
+RELAY_AB=${RELAY_AB:-0}
 
 command -v pgbouncer >/dev/null || die "pgbouncer not found; install it with: apt-get install -y pgbouncer"
 
@@ -105,7 +109,18 @@ if [[ $PIPE == 1 ]]; then
 	TARGETS+=(pipe)
 fi
 declare -A LOG=([pgcloak]=$work/pgcloak.log [pgbouncer]=$bouncer/pgbouncer.log)
-for t in pgcloak pgbouncer; do
+login_targets=(pgcloak pgbouncer)
+if [[ $RELAY_AB == 1 ]]; then
+	echo "--- starting pgcloak with PGCLOAK_RELAY=goroutines on 127.0.0.1:$SPARE_PORT"
+	sed "s/127.0.0.1:$PGCLOAK_PORT/127.0.0.1:$SPARE_PORT/" "$work/pgcloak.yaml" >"$work/pgcloak-goroutines.yaml"
+	PGCLOAK_RELAY=goroutines PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" serve -c "$work/pgcloak-goroutines.yaml" 2>"$work/pgcloak-goroutines.log" &
+	STOP_PIDS+=($!)
+	PORT[goroutines]=$SPARE_PORT
+	LOG[goroutines]=$work/pgcloak-goroutines.log
+	TARGETS+=(goroutines)
+	login_targets+=(goroutines)
+fi
+for t in "${login_targets[@]}"; do
 	wait_login "$t" "${PORT[$t]}" "$BENCH_USER" "$BENCH_PASSWORD" "${LOG[$t]}"
 done
 
@@ -137,6 +152,18 @@ if [[ $PIPE == 1 ]]; then
 				printf "bytepipe %-9s %8.0f tps, bytepipe/pgbouncer %.2f, pgcloak/bytepipe %.2f\n", ms[i], sum[ms[i], "pipe"] / n[ms[i], "pipe"],
 					(sum[ms[i], "pipe"] / n[ms[i], "pipe"]) / (sum[ms[i], "pgbouncer"] / n[ms[i], "pgbouncer"]),
 					(sum[ms[i], "pgcloak"] / n[ms[i], "pgcloak"]) / (sum[ms[i], "pipe"] / n[ms[i], "pipe"])
+		}' "$work/results"
+	echo
+fi
+if [[ $RELAY_AB == 1 ]]; then
+	awk -v modes="${MODES[*]}" '
+		{ sum[$1, $2] += $3; n[$1, $2]++ }
+		END {
+			m = split(modes, ms, " ")
+			for (i = 1; i <= m; i++)
+				printf "goroutines %-9s %8.0f tps, goroutines/pgbouncer %.2f, pgcloak (relay loop)/goroutines %.2f\n", ms[i], sum[ms[i], "goroutines"] / n[ms[i], "goroutines"],
+					(sum[ms[i], "goroutines"] / n[ms[i], "goroutines"]) / (sum[ms[i], "pgbouncer"] / n[ms[i], "pgbouncer"]),
+					(sum[ms[i], "pgcloak"] / n[ms[i], "pgcloak"]) / (sum[ms[i], "goroutines"] / n[ms[i], "goroutines"])
 		}' "$work/results"
 	echo
 fi

@@ -63,6 +63,9 @@ type Server struct {
 	// clientCerts is upstreamTLS presenting each upstream.client_certs
 	// entry's certificate; see upstreamTLSFor.
 	clientCerts map[config.ClientCert]*tls.Config
+	// goroutineRelay keeps passthrough sessions off the relay loop
+	// (PGCLOAK_RELAY=goroutines), for benchmarks that compare the two.
+	goroutineRelay bool
 
 	// decl is what Reload replaces: the declared tables and the tenancy.
 	// A session keeps the declarations it started with.
@@ -99,6 +102,7 @@ func NewServer(cfg Config, log zerolog.Logger, deps Deps) (*Server, error) {
 		audit:     auditor{l: deps.Audit, obs: observerOr(deps.Observer)},
 	}
 	s.pool, s.keys = deps.Pool, deps.Keys
+	s.goroutineRelay = os.Getenv("PGCLOAK_RELAY") == "goroutines"
 	d, err := s.newDeclarations(cfg.Tenancy, cfg.Encrypt)
 	if err != nil {
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -83,7 +84,15 @@ type session struct {
 	upstreamSecret []byte
 	cancelKey      cancelKey
 
+	// clientConsumed and upstreamConsumed count the bytes of the messages
+	// received during startup, which relayable compares with the bytes
+	// read: equal, nothing read is waiting in a buffer.
+	clientConsumed, upstreamConsumed int64
+	// relayed is set once the relay loop carries the session.
+	relayed atomic.Pointer[relayed]
+
 	closeOnce sync.Once
+	closed    atomic.Bool
 }
 
 func newSession(srv *Server, id uint64, conn net.Conn, log zerolog.Logger) *session {
@@ -98,12 +107,16 @@ func newSession(srv *Server, id uint64, conn net.Conn, log zerolog.Logger) *sess
 // close closes both connections, which ends both goroutines of a running
 // session. It is safe to call more than once and from any goroutine.
 func (s *session) close() {
+	s.closed.Store(true)
 	s.closeOnce.Do(func() {
 		s.client.Close()
 		if s.upstream != nil {
 			s.upstream.Close()
 		}
 	})
+	if rs := s.relayed.Load(); rs != nil {
+		rs.shutdown()
+	}
 }
 
 // run serves the connection from its first byte to its end.
@@ -141,17 +154,26 @@ func (s *session) run() {
 // fail reports err to the client as an ErrorResponse (best effort) and logs
 // it. The connection is closed by run.
 func (s *session) fail(err error) {
-	var ce *clientError
-	if errors.As(err, &ce) {
-		s.log.Info().Err(err).Msg("session refused")
-	} else if isDisconnect(err) {
-		s.log.Debug().Err(err).Msg("session ended by disconnect")
+	if !s.logFailure(err) {
 		return
-	} else {
-		s.log.Error().Err(err).Msg("session failed")
 	}
 	s.sendClient(errorResponse(err, s.id))
 	s.flushClient()
+}
+
+// logFailure logs err and reports whether the client is to be told.
+func (s *session) logFailure(err error) bool {
+	var ce *clientError
+	switch {
+	case errors.As(err, &ce):
+		s.log.Info().Err(err).Msg("session refused")
+	case isDisconnect(err):
+		s.log.Debug().Err(err).Msg("session ended by disconnect")
+		return false
+	default:
+		s.log.Error().Err(err).Msg("session failed")
+	}
+	return true
 }
 
 // sendClient queues msg for the client.
@@ -172,6 +194,15 @@ func (s *session) flushClient() error {
 // reports its error to the client (when there is one to report) and closes
 // both connections, which ends the other. serve returns nil for a normal end.
 func (s *session) serve() error {
+	if s.relayable() {
+		if ok, err := s.serveRelayed(); ok {
+			if err != nil && !isDisconnect(err) {
+				s.logFailure(err) // the loop has told the client
+				return err
+			}
+			return nil
+		}
+	}
 	// Each direction flushes the other just before blocking on its socket.
 	s.clientRd.beforeRead = s.upstreamOut.flush
 	s.upstreamRd.beforeRead = s.flushClient

@@ -123,6 +123,7 @@ func (s *session) receiveStartup() (*pgproto3.StartupMessage, error) {
 		}
 		switch msg := msg.(type) {
 		case *pgproto3.StartupMessage:
+			s.clientConsumed = wireLen(msg)
 			return msg, nil
 		case *pgproto3.CancelRequest:
 			s.srv.forwardCancel(msg)
@@ -175,6 +176,18 @@ func (s *session) receiveStartup() (*pgproto3.StartupMessage, error) {
 	}
 }
 
+// wireLen is the length msg has on the wire, as pgproto3 encodes it: the
+// length it arrived with unless the sender encoded it in some other valid
+// way, in which case relayable sees a mismatch and the session stays on the
+// goroutine relay. -1 when it cannot be encoded.
+func wireLen(msg encoder) int64 {
+	buf, err := msg.Encode(nil)
+	if err != nil {
+		return -1
+	}
+	return int64(len(buf))
+}
+
 // channelBindingPasses reports whether SCRAM channel binding
 // (SCRAM-SHA-256-PLUS) can be relayed. The proxy terminates the client's
 // TLS, and PostgreSQL checks the binding (tls-server-end-point: a hash of
@@ -202,6 +215,7 @@ func (s *session) relayAuthentication() (bool, error) {
 		if err != nil {
 			return false, upstreamUnavailable(fmt.Errorf("during authentication: %w", err))
 		}
+		s.upstreamConsumed += wireLen(msg)
 		var authType uint32
 		switch m := msg.(type) {
 		case *pgproto3.AuthenticationOk:
@@ -277,6 +291,7 @@ func (s *session) relayAuthentication() (bool, error) {
 			}
 			return false, protocolViolation("invalid authentication message: %v", err)
 		}
+		s.clientConsumed += wireLen(resp)
 		switch resp.(type) {
 		case *pgproto3.PasswordMessage, *pgproto3.SASLInitialResponse, *pgproto3.SASLResponse:
 		default:
@@ -300,6 +315,7 @@ func (s *session) relayUntilReady() error {
 		if err != nil {
 			return upstreamUnavailable(fmt.Errorf("after authentication: %w", err))
 		}
+		s.upstreamConsumed += wireLen(msg)
 		switch m := msg.(type) {
 		case *pgproto3.BackendKeyData:
 			s.upstreamPID = m.ProcessID

@@ -10,8 +10,8 @@
 //	BENCH_USER, BENCH_PASSWORD, BENCH_DB
 //	                      a login role (SCRAM) owning the benchmark database
 //	BINDIR                the PostgreSQL binaries (pgbench, psql)
-//	PGCLOAK_PORT, PGBOUNCER_PORT
-//	                      two more 127.0.0.1 ports that were free just now
+//	PGCLOAK_PORT, PGBOUNCER_PORT, SPARE_PORT
+//	                      three more 127.0.0.1 ports that were free just now
 //
 // It is a tool for the benchmark, not part of pgcloak.
 package main
@@ -65,7 +65,7 @@ func run() (err error) {
 			return err
 		}
 	}
-	ports, err := freePorts(2)
+	ports, err := freePorts(3)
 	if err != nil {
 		return err
 	}
@@ -73,7 +73,7 @@ func run() (err error) {
 	fmt.Printf("PGHOST=%s\nPGPORT=%d\n", pg.Host, pg.Port)
 	fmt.Printf("BENCH_USER=%s\nBENCH_PASSWORD=%s\nBENCH_DB=%s\n", benchUser, benchPassword, benchDB)
 	fmt.Printf("BINDIR=%s\n", pg.BinDir)
-	fmt.Printf("PGCLOAK_PORT=%d\nPGBOUNCER_PORT=%d\n", ports[0], ports[1])
+	fmt.Printf("PGCLOAK_PORT=%d\nPGBOUNCER_PORT=%d\nSPARE_PORT=%d\n", ports[0], ports[1], ports[2])
 	fmt.Println("READY=1")
 
 	stdinClosed := make(chan struct{})
