@@ -14,12 +14,20 @@
 // upstream backend's real process id with a secret of the proxy's own; the
 // real secret never leaves the proxy.
 //
-// After the first ReadyForQuery a session is two goroutines: one reads the
-// client and forwards to upstream, one reads upstream and forwards to the
-// client. Each flushes the other direction's buffered output just before it
-// blocks on its own socket, so a pipelined batch costs one write per read and
-// nothing waits in a buffer while its sender waits for an answer. When either
-// goroutine ends, both connections are closed and the other ends too.
+// After the first ReadyForQuery a session under tenancy, or over TLS, is two
+// goroutines: one reads the client and forwards to upstream, one reads
+// upstream and forwards to the client. Each flushes the other direction's
+// buffered output just before it blocks on its own socket, so a pipelined
+// batch costs one write per read and nothing waits in a buffer while its
+// sender waits for an answer. When either goroutine ends, both connections
+// are closed and the other ends too.
+//
+// A pure passthrough session over plain TCP is handed to the relay loop
+// instead (relay_linux.go): one thread waiting in epoll_wait for all such
+// sockets, which reads a socket only once it is readable, as pgbouncer does;
+// Go's netpoller would first try every read and park on EAGAIN. The loop
+// still frames each client message and decodes it with pgproto3 before
+// forwarding it; what PostgreSQL sends is forwarded unchanged.
 //
 // # What it refuses to know
 //
@@ -33,7 +41,8 @@
 // # Failure
 //
 // Anything a client or server sends is untrusted: message bodies are capped
-// before allocation on both sides, a malformed message ends only its own
+// before allocation on both sides (the relay loop does not allocate per
+// server message: it forwards PostgreSQL's bytes without decoding them), a malformed message ends only its own
 // session with SQLSTATE 08P01, and a panic in one session is recovered, logged
 // with its stack, and closes that session alone.
 package proxy
