@@ -143,30 +143,23 @@ echo
 echo "pgbench -S, scale $SCALE, $CLIENTS clients, $JOBS threads, ${DURATION}s per run, mean of $ROUNDS round(s)"
 versions "$(pgbouncer --version | head -n1)"
 echo
-if [[ $PIPE == 1 ]]; then
-	awk -v modes="${MODES[*]}" '
+# extra_ratios TARGET NAME: one line per mode with TARGET's mean tps, its
+# ratio to pgbouncer and pgcloak's ratio to it.
+extra_ratios() {
+	awk -v modes="${MODES[*]}" -v t="$1" -v name="$2" '
 		{ sum[$1, $2] += $3; n[$1, $2]++ }
 		END {
 			m = split(modes, ms, " ")
-			for (i = 1; i <= m; i++)
-				printf "bytepipe %-9s %8.0f tps, bytepipe/pgbouncer %.2f, pgcloak/bytepipe %.2f\n", ms[i], sum[ms[i], "pipe"] / n[ms[i], "pipe"],
-					(sum[ms[i], "pipe"] / n[ms[i], "pipe"]) / (sum[ms[i], "pgbouncer"] / n[ms[i], "pgbouncer"]),
-					(sum[ms[i], "pgcloak"] / n[ms[i], "pgcloak"]) / (sum[ms[i], "pipe"] / n[ms[i], "pipe"])
+			for (i = 1; i <= m; i++) {
+				x = sum[ms[i], t] / n[ms[i], t]
+				printf "%s %-9s %8.0f tps, %s/pgbouncer %.2f, pgcloak/%s %.2f\n", name, ms[i], x, name, x / (sum[ms[i], "pgbouncer"] / n[ms[i], "pgbouncer"]),
+					name, (sum[ms[i], "pgcloak"] / n[ms[i], "pgcloak"]) / x
+			}
 		}' "$work/results"
 	echo
-fi
-if [[ $RELAY_AB == 1 ]]; then
-	awk -v modes="${MODES[*]}" '
-		{ sum[$1, $2] += $3; n[$1, $2]++ }
-		END {
-			m = split(modes, ms, " ")
-			for (i = 1; i <= m; i++)
-				printf "goroutines %-9s %8.0f tps, goroutines/pgbouncer %.2f, pgcloak (relay loop)/goroutines %.2f\n", ms[i], sum[ms[i], "goroutines"] / n[ms[i], "goroutines"],
-					(sum[ms[i], "goroutines"] / n[ms[i], "goroutines"]) / (sum[ms[i], "pgbouncer"] / n[ms[i], "pgbouncer"]),
-					(sum[ms[i], "pgcloak"] / n[ms[i], "pgcloak"]) / (sum[ms[i], "goroutines"] / n[ms[i], "goroutines"])
-		}' "$work/results"
-	echo
-fi
+}
+if [[ $PIPE == 1 ]]; then extra_ratios pipe bytepipe; fi
+if [[ $RELAY_AB == 1 ]]; then extra_ratios goroutines goroutines; fi
 awk -v modes="${MODES[*]}" '
 	{ sum[$1, $2] += $3; n[$1, $2]++ }
 	END {
