@@ -209,6 +209,19 @@ func TestRelayLoopEligibility(t *testing.T) {
 		mustEqual(t, "sessions", total, 1)
 		mustEqual(t, "relayed", relayed, want)
 	}
+	// Every authentication method leaves nothing buffered, so every login
+	// reaches the loop.
+	for _, u := range []struct{ user, password string }{
+		{testenv.ScramUser, testenv.ScramPassword},
+		{testenv.MD5User, testenv.MD5Password},
+		{testenv.PasswordUser, testenv.PasswordPassword},
+		{testenv.TrustUser, ""},
+	} {
+		t.Run("relayed after "+u.user, func(t *testing.T) {
+			p := startProxy(t, pg)
+			check(t, p, p.url(u.user, u.password, "postgres"), 1)
+		})
+	}
 	t.Run("goroutines by request", func(t *testing.T) {
 		t.Setenv("PGCLOAK_RELAY", "goroutines")
 		p := startProxy(t, pg)

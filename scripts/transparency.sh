@@ -28,6 +28,9 @@
 #   RERUNS            times each proxy-only failure is run again, directly
 #                     and through the proxy, to tell flakes from real
 #                     failures (default 2; informational only, 0 to skip)
+#   TOLERATE_FLAKES   1: a proxy-only failure that passes in every one of
+#                     at least 2 reruns through the proxy is reported as a
+#                     flake and does not fail the run (CI sets it; default 0)
 #   ETC_HOSTS         1 (default when root): add "127.0.0.1 postgres
 #                     postgres-invalid" to /etc/hosts for lib/pq's TLS tests
 #                     while the script runs (removed on exit)
@@ -47,6 +50,7 @@ GO_TEST_FLAGS=${GO_TEST_FLAGS:-"-p 2 -timeout 5m"}
 UPSTREAM_SSLMODE=${UPSTREAM_SSLMODE:-follow}
 PROXY_TLS=${PROXY_TLS:-1}
 RERUNS=${RERUNS:-2}
+TOLERATE_FLAKES=${TOLERATE_FLAKES:-0}
 KEEP_WORK=${KEEP_WORK:-0}
 # Strict by default: no test may fail through the proxy only. With
 # PROXY_TLS=1 the proxy presents the server's own certificate, so SCRAM
@@ -67,7 +71,7 @@ die() {
 	exit 2
 }
 
-for tool in go psql jq; do
+for tool in go psql jq openssl; do
 	command -v "$tool" >/dev/null 2>&1 || die "$tool not found on PATH"
 done
 
@@ -509,6 +513,9 @@ for suite in $SUITES; do
 			if [[ -n $ALLOW_PROXY_ONLY ]] && [[ $line =~ $ALLOW_PROXY_ONLY ]]; then
 				allowed="  (allowed by ALLOW_PROXY_ONLY)"
 				n_allowed=$((n_allowed + 1))
+			elif [[ $TOLERATE_FLAKES == 1 ]] && ((RERUNS >= 2)) && [[ $note == *"proxy failed 0/$RERUNS"* ]]; then
+				allowed="  (a flake: passed every rerun through the proxy; TOLERATE_FLAKES=1)"
+				n_allowed=$((n_allowed + 1))
 			else
 				status=1
 			fi
@@ -538,7 +545,7 @@ done
 echo
 if ((status == 0)); then
 	allowed_note=""
-	if ((n_allowed > 0)); then allowed_note=" except $n_allowed allowed by ALLOW_PROXY_ONLY"; fi
+	if ((n_allowed > 0)); then allowed_note=" except $n_allowed allowed (ALLOW_PROXY_ONLY, TOLERATE_FLAKES)"; fi
 	echo "RESULT: PASS — no test fails through pgcloak that passes directly$allowed_note ($(($(date +%s) - START_TIME))s)"
 else
 	echo "RESULT: FAIL — tests fail through pgcloak that pass directly ($(($(date +%s) - START_TIME))s)"
