@@ -129,12 +129,15 @@ func NewServer(cfg Config, log zerolog.Logger, deps Deps) (*Server, error) {
 		return nil, err
 	}
 	s.upstreamTLS = upTLS
-	if upTLS != nil && len(cfg.Upstream.ClientCerts) > 0 {
+	if len(cfg.Upstream.ClientCerts) > 0 {
+		if upTLS == nil {
+			return nil, errors.New("upstream.client_certs needs TLS upstream, but sslmode is disable")
+		}
 		s.clientCerts = make(map[config.ClientCert]*tls.Config, len(cfg.Upstream.ClientCerts))
 		for i, c := range cfg.Upstream.ClientCerts {
-			cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+			cert, err := LoadClientCert(i, c)
 			if err != nil {
-				return nil, fmt.Errorf("upstream.client_certs[%d]: %w", i, err)
+				return nil, err
 			}
 			tc := upTLS.Clone()
 			tc.Certificates = []tls.Certificate{cert}
@@ -159,10 +162,21 @@ func (s *Server) upstreamTLSFor(clientTLS bool, user, certName string) *tls.Conf
 	}
 	if certName != "" && certName == user {
 		if c, ok := s.cfg.Upstream.ClientCertFor(user); ok {
-			return s.clientCerts[c]
+			if tc := s.clientCerts[c]; tc != nil {
+				return tc
+			}
 		}
 	}
 	return s.upstreamTLS
+}
+
+// LoadClientCert loads entry i of upstream.client_certs.
+func LoadClientCert(i int, c config.ClientCert) (tls.Certificate, error) {
+	cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+	if err != nil {
+		return cert, fmt.Errorf("upstream.client_certs[%d] (%s, %s): %w", i, c.CertFile, c.KeyFile, err)
+	}
+	return cert, nil
 }
 
 // LoadCertPool reads the PEM certificates of file; key is the

@@ -5,9 +5,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/asn1"
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -164,7 +167,7 @@ func (s *session) receiveStartup() (*pgproto3.StartupMessage, error) {
 			s.client = tconn
 			s.clientTLS = true
 			if st := tconn.ConnectionState(); len(st.VerifiedChains) > 0 {
-				s.clientCertName = st.PeerCertificates[0].Subject.CommonName
+				s.clientCertName = certCommonName(st.PeerCertificates[0])
 			}
 			s.clientRd = &flushingReader{r: tconn}
 			s.clientIn = pgproto3.NewBackend(s.clientRd, nil)
@@ -174,6 +177,46 @@ func (s *session) receiveStartup() (*pgproto3.StartupMessage, error) {
 			return nil, protocolViolation("unexpected startup message %T", msg)
 		}
 	}
+}
+
+// oidCommonName is the X.509 attribute type of a common name.
+var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
+
+// certCommonName is the common name PostgreSQL's cert method would compare
+// with the user name, or "" when pgcloak cannot be sure of it. Go's
+// Subject.CommonName keeps the last of several common names, PostgreSQL the
+// first, and Go decodes BMPString names that PostgreSQL compares as raw
+// bytes; so a subject must hold exactly one common name, as UTF8String,
+// PrintableString or IA5String, with no NUL byte.
+func certCommonName(cert *x509.Certificate) string {
+	type attribute struct {
+		Type  asn1.ObjectIdentifier
+		Value asn1.RawValue
+	}
+	type rdnSET []attribute // a type named ...SET is decoded as an ASN.1 SET
+	var subject []rdnSET
+	if rest, err := asn1.Unmarshal(cert.RawSubject, &subject); err != nil || len(rest) > 0 {
+		return ""
+	}
+	var name []byte
+	n := 0
+	for _, rdn := range subject {
+		for _, a := range rdn {
+			if a.Type.Equal(oidCommonName) {
+				name = a.Value.Bytes
+				n++
+				switch a.Value.Tag {
+				case asn1.TagUTF8String, asn1.TagPrintableString, asn1.TagIA5String:
+				default:
+					return ""
+				}
+			}
+		}
+	}
+	if n != 1 || bytes.IndexByte(name, 0) >= 0 || !utf8.Valid(name) {
+		return ""
+	}
+	return string(name)
 }
 
 // wireLen is the length msg has on the wire, as pgproto3 encodes it: the

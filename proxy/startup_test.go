@@ -362,9 +362,15 @@ func TestUpstreamTLS(t *testing.T) {
 		fatalIf(t, err, "psql with a client certificate: %s", out)
 		mustEqual(t, "psql: user", strings.TrimSpace(string(out)), testenv.CertUser)
 
-		// No certificate, or a valid one for another name: pgcloak presents
-		// nothing, and PostgreSQL refuses the login with its own error.
-		for name, c := range map[string]testenv.ClientFiles{"no certificate": {}, "another name's certificate": pg.Clients[testenv.CertStranger]} {
+		// No certificate, a valid one for another name, or one naming
+		// another name first and the user second (Go's CommonName is the
+		// last, PostgreSQL's the first): pgcloak presents nothing, and
+		// PostgreSQL refuses the login with its own error.
+		for name, c := range map[string]testenv.ClientFiles{
+			"no certificate":             {},
+			"another name's certificate": pg.Clients[testenv.CertStranger],
+			"two common names":           pg.Clients[testenv.CertTwoNames],
+		} {
 			_, err := pgx.Connect(ctxT(t), certURL(c))
 			var pgErr *pgconn.PgError
 			if !errors.As(err, &pgErr) || pgErr.Code != pgerrcode.InvalidAuthorizationSpecification {

@@ -27,7 +27,7 @@
 #                     certificate the server has; 0: the proxy answers 'N'
 #   RERUNS            times each proxy-only failure is run again, directly
 #                     and through the proxy, to tell flakes from real
-#                     failures (default 2; informational only, 0 to skip)
+#                     failures (default 2; 0 to skip)
 #   TOLERATE_FLAKES   1: a proxy-only failure that passes in every one of
 #                     at least 2 reruns through the proxy is reported as a
 #                     flake and does not fail the run (CI sets it; default 0)
@@ -76,6 +76,8 @@ for tool in go psql jq openssl; do
 done
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/pgcloak-transparency.XXXXXX")
+# transparencyenv's -instance and -client-cert values are split on ':'.
+[[ $WORK != *:* ]] || die "the work directory $WORK contains ':'; set TMPDIR to a path without one"
 chmod 755 "$WORK"
 ENV_PID=
 TEST_PID=
@@ -451,7 +453,9 @@ for suite in $SUITES; do
 		"$WORK/results/$suite-proxy-only.all" "$WORK/results/$suite-proxy.tsv" | sort -u >"$WORK/results/$suite-proxy-only.incomplete"
 
 	# Run each proxy-only failure again, both ways, to tell a flake from a
-	# reproducible difference (informational: the verdict stays strict).
+	# reproducible difference. A rerun counts as passed only when the test
+	# reports pass (a crash, a timeout or no such test counts as failed).
+	# The verdict stays strict unless TOLERATE_FLAKES=1.
 	: >"$WORK/results/$suite-reruns"
 	if ((RERUNS > 0)) && [[ -s $WORK/results/$suite-proxy-only.fail ]]; then
 		n=$(wc -l <"$WORK/results/$suite-proxy-only.fail")
@@ -470,10 +474,10 @@ for suite in $SUITES; do
 					for _ in $(seq 1 "$RERUNS"); do
 						rr="$WORK/results/rerun-$suite-$target-$((++rerun_seq)).json"
 						run_suite "$suite" "$target" "$port" "$rr" -run "$pat" "$pkg"
-						if summarize "$rr" | awk -F'\t' -v k="$pkg $test" '$1 == k && $2 == "fail" {f=1} END {exit !f}'; then
-							fails=$((fails + 1)) # keep the output of a failed rerun
-						else
+						if summarize "$rr" | awk -F'\t' -v k="$pkg $test" '$1 == k && $2 == "pass" {p=1} END {exit !p}'; then
 							rm -f "$rr" "${rr%.json}.stderr"
+						else
+							fails=$((fails + 1)) # keep the output of a failed rerun
 						fi
 					done
 					res+="$target failed $fails/$RERUNS; "

@@ -44,6 +44,9 @@ const (
 	// CertStranger is the common name of a second client certificate, for
 	// which no role exists: it is valid, but logs in as nobody.
 	CertStranger = "cert_stranger"
+	// CertTwoNames names a third client certificate, whose subject holds two
+	// common names: CertStranger, then CertUser. PostgreSQL reads the first.
+	CertTwoNames = CertStranger + "," + CertUser
 )
 
 // Options tunes Start. The zero value is a plain server without TLS.
@@ -75,7 +78,7 @@ type Postgres struct {
 	// Options.TLS (a proxy may present the same certificate).
 	CertFile, KeyFile string
 	// Clients are client certificates signed by CAFile, with Options.TLS,
-	// for CertUser and CertStranger. The server verifies client
+	// for CertUser, CertStranger and CertTwoNames. The server verifies client
 	// certificates against CAFile (ssl_ca_file).
 	Clients map[string]ClientFiles
 
@@ -258,7 +261,7 @@ func (p *Postgres) initdb(ctx context.Context) error {
 // writeCerts writes the TLS files into Dir, owned by the server's user, and
 // returns the settings that turn ssl on.
 func (p *Postgres) writeCerts() (map[string]string, error) {
-	f, err := WriteTLSFiles(p.Dir, CertUser, CertStranger)
+	f, err := WriteTLSFiles(p.Dir, CertUser, CertStranger, CertTwoNames)
 	if err != nil {
 		return nil, err
 	}

@@ -525,7 +525,7 @@ func TestClientCertificateLogin(t *testing.T) {
 	if err := login(CertUser); err != nil {
 		t.Fatalf("login with %s's certificate: %v", CertUser, err)
 	}
-	for _, name := range []string{"", CertStranger} {
+	for _, name := range []string{"", CertStranger, CertTwoNames} {
 		var pgErr *pgconn.PgError
 		if err := login(name); !errors.As(err, &pgErr) || pgErr.Code != pgerrcode.InvalidAuthorizationSpecification {
 			t.Errorf("login as %s with certificate %q: got %v, want SQLSTATE 28000", CertUser, name, err)

@@ -6,12 +6,14 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/pem"
 	"fmt"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -44,9 +46,10 @@ func WriteTLSCerts(dir string) (caFile, certFile, keyFile string, err error) {
 // WriteTLSFiles creates a fresh self-signed CA, a server certificate signed
 // by it, valid for 127.0.0.1, ::1 and localhost, and one client certificate
 // for each of clientNames (its subject's common name, which PostgreSQL's
-// cert authentication compares with the user name), all ECDSA P-256. It
-// writes them to dir as ca.crt, server.crt and server.key, and
-// client-NAME.crt and client-NAME.key (keys in PKCS #8). Certificates are
+// cert authentication compares with the user name; "a,b" gives a subject
+// with two common names, a then b), all ECDSA P-256. It writes them to dir
+// as ca.crt, server.crt and server.key, and client-NAME.crt and
+// client-NAME.key (keys in PKCS #8; a comma in NAME becomes "+"). Certificates are
 // 0644 and keys 0600, which is what PostgreSQL and libpq demand of key files.
 // The CA's private key is discarded: nothing else can ever be signed by this
 // CA.
@@ -125,11 +128,18 @@ func WriteTLSFiles(dir string, clientNames ...string) (TLSFiles, error) {
 		return TLSFiles{}, err
 	}
 	for _, name := range clientNames {
+		// In ExtraNames, in order: pkix leaves CommonName out when
+		// ExtraNames holds a common name.
+		var subject pkix.Name
+		for _, cn := range strings.Split(name, ",") {
+			subject.ExtraNames = append(subject.ExtraNames, pkix.AttributeTypeAndValue{Type: asn1.ObjectIdentifier{2, 5, 4, 3}, Value: cn})
+		}
+		file := "client-" + strings.ReplaceAll(name, ",", "+")
 		var c ClientFiles
 		c.CertFile, c.KeyFile, err = issue(&x509.Certificate{
-			Subject:     pkix.Name{CommonName: name},
+			Subject:     subject,
 			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		}, "client-"+name+".crt", "client-"+name+".key")
+		}, file+".crt", file+".key")
 		if err != nil {
 			return TLSFiles{}, err
 		}

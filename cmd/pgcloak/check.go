@@ -26,7 +26,8 @@ func newCheckCmd() *cobra.Command {
 		Use:   "check -c FILE",
 		Short: "Validate the configuration, the upstream connection and the encrypted tables",
 		Long: `Validate the configuration in FILE, load the listener's TLS certificate if one
-is configured (and listen.tls.client_ca_file and upstream.client_certs), and connect to the upstream server as upstream.user (honouring
+is configured (and listen.tls.client_ca_file and upstream.client_certs), and
+connect to the upstream server as upstream.user (honouring
 upstream.sslmode and upstream.root_cert_file) to run "select version()".
 
 Then, for every table in encrypt.tables, it checks as upstream.user that the
@@ -128,10 +129,7 @@ func check(ctx context.Context, cfg *config.Config, w io.Writer) bool {
 		c.result(err, "client certificates", "verified against "+t.ClientCAFile)
 	}
 	for i, cc := range cfg.Upstream.ClientCerts {
-		_, err := tls.LoadX509KeyPair(cc.CertFile, cc.KeyFile)
-		if err != nil {
-			err = fmt.Errorf("upstream.client_certs[%d]: %w", i, err)
-		}
+		_, err := proxy.LoadClientCert(i, cc)
 		c.result(err, "upstream client certificate", fmt.Sprintf("%s loads, presented for role %s", cc.CertFile, cc.User))
 	}
 

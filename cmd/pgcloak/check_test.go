@@ -388,7 +388,7 @@ upstream:
 		// The key of another certificate: the pair does not load.
 		bad := strings.Replace(cfg, "key_file: "+own.KeyFile, "key_file: "+pg.Clients[testenv.CertStranger].KeyFile, 1)
 		r = pgcloak(t, "check", "-c", writeFile(t, "pgcloak.yaml", bad))
-		if r.code != 1 || !strings.Contains(r.stdout, "upstream.client_certs[0]: tls: private key does not match public key") {
+		if r.code != 1 || !strings.Contains(r.stdout, "tls: private key does not match public key") {
 			t.Errorf("mismatched key: exit code %d, stdout:\n%s", r.code, r.stdout)
 		}
 	})
