@@ -26,8 +26,11 @@
 // instead (relay_linux.go): one thread waiting in epoll_wait for all such
 // sockets, which reads a socket only once it is readable, as pgbouncer does;
 // Go's netpoller would first try every read and park on EAGAIN. The loop
-// still frames each client message and decodes it with pgproto3 before
-// forwarding it; what PostgreSQL sends is forwarded unchanged.
+// accepts exactly the client messages the goroutine relay accepts: it frames
+// each one and decodes it with pgproto3 before forwarding the client's own
+// bytes (the goroutine relay forwards pgproto3's re-encoding, which drops
+// bytes a message carries beyond its fields; PostgreSQL refuses those).
+// What PostgreSQL sends is forwarded unchanged.
 //
 // # What it refuses to know
 //
@@ -41,8 +44,8 @@
 // # Failure
 //
 // Anything a client or server sends is untrusted: message bodies are capped
-// before allocation on both sides (the relay loop does not allocate per
-// server message: it forwards PostgreSQL's bytes without decoding them), a malformed message ends only its own
-// session with SQLSTATE 08P01, and a panic in one session is recovered, logged
-// with its stack, and closes that session alone.
+// before allocation (the relay loop decodes no server message at all; it
+// forwards PostgreSQL's bytes as they came), a malformed message ends only
+// its own session with SQLSTATE 08P01, and a panic in one session is
+// recovered, logged with its stack, and closes that session alone.
 package proxy

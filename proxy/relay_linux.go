@@ -173,22 +173,25 @@ func dupFD(conn net.Conn) (int, error) {
 
 // add registers both sockets of rs. Everything the loop reads of rs is set
 // before the loop can find it in ends.
+//
+// It holds l.mu until both are registered, so the loop cannot serve (and
+// finish) the session while it is half registered: an event that arrives
+// meanwhile waits for the lock.
 func (l *relayLoop) add(rs *relayed) error {
 	rs.client.mask, rs.upstream.mask = unix.EPOLLIN, unix.EPOLLIN
 	l.mu.Lock()
-	l.ends[int32(rs.client.fd)] = &rs.client
-	l.ends[int32(rs.upstream.fd)] = &rs.upstream
-	l.mu.Unlock()
-	for _, e := range []*relayEnd{&rs.client, &rs.upstream} {
+	defer l.mu.Unlock()
+	for i, e := range []*relayEnd{&rs.client, &rs.upstream} {
 		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(e.fd)}
 		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, e.fd, &ev); err != nil {
-			l.mu.Lock()
-			delete(l.ends, int32(rs.client.fd))
-			delete(l.ends, int32(rs.upstream.fd))
-			l.mu.Unlock()
+			if i == 1 {
+				unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, rs.client.fd, nil)
+			}
 			return err
 		}
 	}
+	l.ends[int32(rs.client.fd)] = &rs.client
+	l.ends[int32(rs.upstream.fd)] = &rs.upstream
 	return nil
 }
 
@@ -203,12 +206,16 @@ func (rs *relayed) shutdown() {
 	}
 }
 
+// closeFDs closes both sockets, once.
 func (rs *relayed) closeFDs() {
 	rs.mu.Lock()
+	was := rs.closed
 	rs.closed = true
 	rs.mu.Unlock()
-	unix.Close(rs.client.fd)
-	unix.Close(rs.upstream.fd)
+	if !was {
+		unix.Close(rs.client.fd)
+		unix.Close(rs.upstream.fd)
+	}
 }
 
 func (l *relayLoop) run() {
@@ -242,7 +249,7 @@ func (l *relayLoop) handle(e *relayEnd, events uint32) {
 	defer func() {
 		if r := recover(); r != nil {
 			rs.s.log.Error().Interface("panic", r).Str("stack", stack()).Msg("relay panicked")
-			l.finish(rs, fmt.Errorf("panic: %v", r))
+			l.refuse(rs, fmt.Errorf("panic: %v", r))
 		}
 	}()
 	if events&unix.EPOLLOUT != 0 && len(e.pending) > 0 {
@@ -267,7 +274,7 @@ func (l *relayLoop) handle(e *relayEnd, events uint32) {
 		// owed to the client go out first.
 		if !e.client && len(rs.client.pending) > 0 && err == nil {
 			rs.draining = true
-			l.setMask(e, 0)
+			l.forget(e)
 			return
 		}
 		l.finish(rs, nil)
@@ -328,7 +335,7 @@ func (l *relayLoop) fromClient(rs *relayed, data []byte) {
 		}
 	}
 	if len(rs.feed.b) != 0 && !terminated {
-		l.finish(rs, errors.New("relay: framing and decoding disagree"))
+		l.refuse(rs, errors.New("relay: framing and decoding disagree"))
 		return
 	}
 	rs.feed.b = nil
@@ -341,17 +348,15 @@ func (l *relayLoop) fromClient(rs *relayed, data []byte) {
 			l.finish(rs, nil)
 		} else {
 			rs.draining = true
-			l.setMask(&rs.client, 0)
+			l.forget(&rs.client)
 		}
 		return
 	}
 	rest := src[off:]
 	switch {
-	case len(rest) == 0:
-		rs.partial = rs.partial[:0]
-		if cap(rs.partial) > 1<<20 {
-			rs.partial = nil // after a large message
-		}
+	case cap(rs.partial) > 1<<20:
+		// After a large message: do not keep its buffer for the session.
+		rs.partial = append([]byte(nil), rest...)
 	default:
 		rs.partial = append(rs.partial[:0], rest...) // may overlap: copy is a memmove
 	}
@@ -374,39 +379,44 @@ func (l *relayLoop) write(e *relayEnd, data []byte) error {
 		e.pending = append(e.pending, data...)
 		return nil
 	}
-	for len(data) > 0 {
-		n, err := unix.Write(e.fd, data)
+	n, err := writeAll(e.fd, data)
+	if err == unix.EAGAIN {
+		e.pending = append(e.pending[:0], data[n:]...)
+		l.setMask(e, e.mask|unix.EPOLLOUT)
+		e.peer.paused = true
+		l.setMask(e.peer, e.peer.mask&^unix.EPOLLIN)
+		return nil
+	}
+	return err
+}
+
+// writeAll writes data to fd until it is all written, the socket would
+// block (EAGAIN) or fails, and says how much it wrote.
+func writeAll(fd int, data []byte) (int, error) {
+	done := 0
+	for done < len(data) {
+		n, err := unix.Write(fd, data[done:])
 		switch {
 		case err == unix.EINTR:
 			continue
-		case err == unix.EAGAIN:
-			e.pending = append(e.pending[:0], data...)
-			l.setMask(e, e.mask|unix.EPOLLOUT)
-			e.peer.paused = true
-			l.setMask(e.peer, e.peer.mask&^unix.EPOLLIN)
-			return nil
 		case err != nil:
-			return err
+			return done, err
 		}
-		data = data[n:]
+		done += n
 	}
-	return nil
+	return done, nil
 }
 
 // writePending writes what waits for e's socket; once all of it is
 // written, the peer is read again.
 func (l *relayLoop) writePending(e *relayEnd) error {
-	for len(e.pending) > 0 {
-		n, err := unix.Write(e.fd, e.pending)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			return nil
-		case err != nil:
-			return err
-		}
-		e.pending = e.pending[n:]
+	n, err := writeAll(e.fd, e.pending)
+	e.pending = e.pending[n:]
+	if err == unix.EAGAIN {
+		return nil
+	}
+	if err != nil {
+		return err
 	}
 	e.pending = nil
 	l.setMask(e, e.mask&^unix.EPOLLOUT)
@@ -415,6 +425,14 @@ func (l *relayLoop) writePending(e *relayEnd) error {
 		l.setMask(e.peer, e.peer.mask|unix.EPOLLIN)
 	}
 	return nil
+}
+
+// forget stops watching e's socket, whose peer is done with it: a socket
+// at end of stream or reset stays readable (EPOLLHUP, EPOLLERR cannot be
+// masked), and watching it would spin.
+func (l *relayLoop) forget(e *relayEnd) {
+	e.mask = 0
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, e.fd, nil)
 }
 
 func (l *relayLoop) setMask(e *relayEnd, mask uint32) {

@@ -4,7 +4,10 @@ package proxy
 
 import (
 	"errors"
+	"io"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -174,6 +177,77 @@ func TestRelayLoop(t *testing.T) {
 		waitRelayed(t, p, 1)
 	})
 
+	t.Run("a client that stops reading, then reads", func(t *testing.T) {
+		raw, fe := rawSession(t, p)
+		waitRelayed(t, p, 2)
+		// About 20 MB: far more than the sockets buffer, so the loop keeps
+		// bytes pending and stops reading PostgreSQL until they are written.
+		fe.Send(&pgproto3.Query{String: `select repeat('r', 2000) from generate_series(1, 10000)`})
+		fatalIf(t, fe.Flush(), "send")
+		time.Sleep(300 * time.Millisecond)
+		rows, size := 0, 0
+		for {
+			msg, err := fe.Receive()
+			fatalIf(t, err, "receive after %d rows", rows)
+			if dr, ok := msg.(*pgproto3.DataRow); ok {
+				rows++
+				size += len(dr.Values[0])
+			}
+			if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+				break
+			}
+		}
+		mustEqual(t, "rows", rows, 10000)
+		mustEqual(t, "bytes", size, 2000*10000)
+		// Meanwhile and after, the bystander is served.
+		var n int
+		fatalIf(t, conn.QueryRow(ctxT(t), `select 7`).Scan(&n), "bystander")
+		mustEqual(t, "bystander", n, 7)
+		raw.Close()
+		waitRelayed(t, p, 1)
+	})
+
+	t.Run("clients that leave at once", func(t *testing.T) {
+		// Health checks log in and send Terminate right after
+		// ReadyForQuery, racing the hand-over to the loop.
+		var wg sync.WaitGroup
+		for w := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range 25 {
+					c, err := net.Dial("tcp", p.addr)
+					if err != nil {
+						t.Errorf("worker %d, %d: dial: %v", w, i, err)
+						return
+					}
+					c.SetDeadline(time.Now().Add(10 * time.Second))
+					fe := pgproto3.NewFrontend(c, c)
+					fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": testenv.TrustUser, "database": "postgres"}})
+					fe.Flush()
+					for {
+						msg, err := fe.Receive()
+						if err != nil {
+							t.Errorf("worker %d, %d: %v", w, i, err)
+							break
+						}
+						if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+							break
+						}
+					}
+					fe.Send(&pgproto3.Terminate{})
+					fe.Flush()
+					c.Close()
+				}
+			}()
+		}
+		wg.Wait()
+		waitRelayed(t, p, 1)
+		var n int
+		fatalIf(t, conn.QueryRow(ctxT(t), `select 8`).Scan(&n), "bystander")
+		mustEqual(t, "bystander", n, 8)
+	})
+
 	t.Run("close ends relayed sessions", func(t *testing.T) {
 		q := startProxy(t, pg)
 		c := connect(t, q.superURL("postgres"))
@@ -222,6 +296,28 @@ func TestRelayLoopEligibility(t *testing.T) {
 			check(t, p, p.url(u.user, u.password, "postgres"), 1)
 		})
 	}
+	t.Run("relayed after SSLRequest answered N", func(t *testing.T) {
+		// What libpq's default sslmode=prefer does against a proxy
+		// without TLS: SSLRequest, 'N', then the StartupMessage on the
+		// same connection.
+		p := startProxy(t, pg)
+		c, err := net.Dial("tcp", p.addr)
+		fatalIf(t, err, "dial")
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		ssl, _ := (&pgproto3.SSLRequest{}).Encode(nil)
+		_, err = c.Write(ssl)
+		fatalIf(t, err, "SSLRequest")
+		answer := make([]byte, 1)
+		_, err = io.ReadFull(c, answer)
+		fatalIf(t, err, "answer")
+		mustEqual(t, "answer", string(answer), "N")
+		fe := pgproto3.NewFrontend(c, c)
+		fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": testenv.TrustUser, "database": "postgres"}})
+		fatalIf(t, fe.Flush(), "startup")
+		readUntilReady(t, fe)
+		waitRelayed(t, p, 1)
+	})
 	t.Run("goroutines by request", func(t *testing.T) {
 		t.Setenv("PGCLOAK_RELAY", "goroutines")
 		p := startProxy(t, pg)

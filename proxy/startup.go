@@ -116,7 +116,6 @@ func (s *session) startup() (bool, error) {
 func (s *session) receiveStartup() (*pgproto3.StartupMessage, error) {
 	sslAsked, gssAsked := false, false
 	for {
-		s.clientRd.n = 0
 		msg, err := s.clientIn.ReceiveStartupMessage()
 		if err != nil {
 			if cerr := s.clientRd.connErr(); cerr != nil {
@@ -124,9 +123,9 @@ func (s *session) receiveStartup() (*pgproto3.StartupMessage, error) {
 			}
 			return nil, protocolViolation("invalid startup packet: %v", err)
 		}
+		s.clientConsumed += wireLen(msg)
 		switch msg := msg.(type) {
 		case *pgproto3.StartupMessage:
-			s.clientConsumed = wireLen(msg)
 			return msg, nil
 		case *pgproto3.CancelRequest:
 			s.srv.forwardCancel(msg)
@@ -150,10 +149,10 @@ func (s *session) receiveStartup() (*pgproto3.StartupMessage, error) {
 				}
 				continue
 			}
-			// An SSLRequest is 8 bytes. Anything read beyond it arrived
+			// Anything read beyond the messages handled so far arrived
 			// before the handshake and must not be processed as if it had
 			// been encrypted (CVE-2021-23214).
-			if s.clientRd.n != 8 {
+			if s.clientRd.n != s.clientConsumed {
 				return nil, protocolViolation("received unencrypted data after SSL request")
 			}
 			if _, err := s.client.Write([]byte{'S'}); err != nil {
@@ -170,6 +169,7 @@ func (s *session) receiveStartup() (*pgproto3.StartupMessage, error) {
 				s.clientCertName = certCommonName(st.PeerCertificates[0])
 			}
 			s.clientRd = &flushingReader{r: tconn}
+			s.clientConsumed = 0
 			s.clientIn = pgproto3.NewBackend(s.clientRd, nil)
 			s.clientIn.SetMaxBodyLen(s.srv.cfg.Listen.MaxMessageSize)
 			s.clientOut = newOutbox(tconn)

@@ -100,12 +100,14 @@ func (o *outbox) flush() error {
 // input: a pipeline of 100 Sync-separated statements arriving in one TCP
 // segment leaves in one write, and a lone query is never held back.
 //
-// It also counts the bytes it has delivered, which the startup code uses to
-// detect data sent after an SSLRequest before the TLS handshake.
+// It also counts the bytes it has delivered, which the startup code compares
+// with the bytes of the messages it handled: to detect data sent after an
+// SSLRequest before the TLS handshake, and to know that nothing is left in
+// pgproto3's buffer when a session moves to the relay loop.
 type flushingReader struct {
 	r          io.Reader
 	beforeRead func() error
-	n          int64 // bytes delivered since the last reset
+	n          int64 // bytes delivered
 	err        error // the last error from the connection itself
 }
 
