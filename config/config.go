@@ -114,7 +114,7 @@ func defaults() *Config {
 
 			RotateAfterEncryptions: DefaultRotateAfterEncryptions,
 		},
-		Encrypt: Encrypt{OnDecryptError: DecryptErrorFail},
+		Encrypt: Encrypt{OnDecryptError: DecryptErrorFail, RequireFormatChecks: true},
 		Audit:   Audit{Output: DefaultAuditOutput},
 		Log:     Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
 	}

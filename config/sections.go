@@ -209,6 +209,7 @@ func (d *decoder) tenancy(n *yaml.Node, p string, t *Tenancy) {
 				t.UnscopedRoles = append(t.UnscopedRoles, pattern)
 			})
 		}},
+		{"allow_dynamic_sql", d.boolean(&t.AllowDynamicSQL)},
 	})
 	if !ok {
 		return
@@ -373,6 +374,7 @@ func (d *decoder) encrypt(n *yaml.Node, p string, e *Encrypt) {
 				e.OnDecryptError = OnDecryptError(v)
 			}
 		}},
+		{"require_format_checks", d.boolean(&e.RequireFormatChecks)},
 		{"tables", func(n *yaml.Node, p string) {
 			first := make(map[string]string) // qualified name -> path of its entry
 			d.sequence(n, p, func(_ int, item *yaml.Node, p string) {

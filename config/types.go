@@ -157,6 +157,11 @@ type Tenancy struct {
 	Login         LoginTenancy
 	JWT           JWTTenancy
 	UnscopedRoles []string // role names or path.Match glob patterns
+
+	// AllowDynamicSQL lets sessions with a tenant run SQL whose effect the
+	// proxy cannot read (DO, CREATE FUNCTION, rules, triggers, views over
+	// declared tables, ALTER ROLE/DATABASE ... SET). Default false.
+	AllowDynamicSQL bool
 }
 
 // LoginTenancy maps authenticated roles to tenants.
@@ -226,7 +231,12 @@ const (
 // Encrypt declares the encrypted tables and columns.
 type Encrypt struct {
 	OnDecryptError OnDecryptError
-	Tables         []Table
+
+	// RequireFormatChecks makes serve refuse to start (or to reload) while
+	// a declared column or index column lacks pgcloak's format CHECK.
+	// Default true; false logs a warning per column instead.
+	RequireFormatChecks bool
+	Tables              []Table
 }
 
 // Table is a declared table. Schema defaults to "public".
