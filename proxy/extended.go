@@ -470,7 +470,7 @@ func (s *session) refuseExtended(err error) error {
 	code, msg := s.publicError(err)
 	s.expect(pendRefusal)
 	s.upstreamOut.send(&pgproto3.Close{ObjectType: 'S', Name: raiseStatement})
-	s.upstreamOut.send(&pgproto3.Parse{Name: raiseStatement, Query: raiseSQL(code, msg)})
+	s.upstreamOut.send(&pgproto3.Parse{Name: raiseStatement, Query: s.raiseSQL(err, code, msg)})
 	s.upstreamOut.send(&pgproto3.Bind{PreparedStatement: raiseStatement})
 	return s.upstreamOut.send(&pgproto3.Execute{})
 }

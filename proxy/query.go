@@ -148,7 +148,7 @@ func (s *session) refuseStatement(sql string, err error) error {
 		return s.refuse(rerr)
 	}
 	code, msg := s.publicError(perr)
-	return s.upstreamOut.send(&pgproto3.Query{String: text + ";" + raiseSQL(code, msg)})
+	return s.upstreamOut.send(&pgproto3.Query{String: text + ";" + s.raiseSQL(perr, code, msg)})
 }
 
 // handleParse forwards an extended-protocol Parse, rewritten when it
@@ -415,7 +415,7 @@ func (s *session) refuse(err error) error {
 		err = errors.New("refusal without a cause")
 	}
 	code, msg := s.publicError(err)
-	return s.upstreamOut.send(&pgproto3.Query{String: raiseSQL(code, msg)})
+	return s.upstreamOut.send(&pgproto3.Query{String: s.raiseSQL(err, code, msg)})
 }
 
 // publicError decides what a refused statement tells the client, logs the
@@ -443,31 +443,6 @@ func (s *session) publicError(err error) (code, msg string) {
 	}
 	s.srv.audit.obs.StatementRefused(code)
 	return code, "pgcloak: " + msg
-}
-
-// raiseSQL is a statement that fails with the given SQLSTATE and message.
-// The message travels hex-encoded, so nothing in it can end the string or
-// the dollar quote, whatever the session's standard_conforming_strings.
-func raiseSQL(code, msg string) string {
-	return "DO $pgcloak$BEGIN RAISE EXCEPTION USING ERRCODE = '" + sanitizeSQLState(code) +
-		"', MESSAGE = pg_catalog.convert_from(pg_catalog.decode('" + hex.EncodeToString([]byte(msg)) +
-		"', 'hex'), 'UTF8'); END$pgcloak$"
-}
-
-// raiseWhere is the context PostgreSQL attaches to an error raised by
-// raiseSQL; the proxy strips it so the client sees only its own message.
-const raiseWhere = "PL/pgSQL function inline_code_block"
-
-func sanitizeSQLState(code string) string {
-	if len(code) != 5 {
-		return pgerrcode.InternalError
-	}
-	for _, c := range code {
-		if !(c >= '0' && c <= '9' || c >= 'A' && c <= 'Z') {
-			return pgerrcode.InternalError
-		}
-	}
-	return code
 }
 
 // tenantTokenCheck refuses any text that mentions tenant_token:

@@ -7,7 +7,6 @@ import (
 	"math"
 	"net"
 	"runtime/debug"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -77,6 +76,10 @@ type session struct {
 	// was last known, and not described since (client goroutine): an
 	// Execute of one is preceded by a Describe of the proxy's own.
 	unshaped map[string]bool
+
+	// raised are the refusals raised upstream, awaiting their errors
+	// (errors.go).
+	raised raisedRefusals
 
 	// upstreamPID and upstreamSecret are the upstream backend's real
 	// BackendKeyData; cancelKey is what the client was given instead.
@@ -328,9 +331,8 @@ func (s *session) upstreamLoop() error {
 			}
 			return fmt.Errorf("upstream read: %w", err)
 		}
-		if e, ok := msg.(*pgproto3.ErrorResponse); ok && s.decl.tenancy &&
-			strings.HasPrefix(e.Message, "pgcloak: ") && strings.HasPrefix(e.Where, raiseWhere) {
-			e.Where = "" // a refusal raised by the proxy's own DO statement
+		if e, ok := msg.(*pgproto3.ErrorResponse); ok && s.decl.tenancy {
+			s.substituteRefusal(e) // a refusal raised by the proxy's own DO statement
 		}
 		if s.tracks {
 			keep, err := s.relay(msg)
