@@ -9,15 +9,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/pgcloak/pgcloak/config"
-	"github.com/pgcloak/pgcloak/crypto"
 	"github.com/pgcloak/pgcloak/keystore"
 	"github.com/spf13/cobra"
 )
-
-// minSealedSize is the shortest value in pgcloak's format: the format byte,
-// the key version (uint32), the nonce and the AES-GCM tag around an empty
-// plaintext (1 + 4 + 12 + 16 = 33 bytes).
-const minSealedSize = 1 + 4 + crypto.NonceSize + crypto.TagSize
 
 func newSchemaCmd() *cobra.Command {
 	var (
@@ -33,13 +27,20 @@ func newSchemaCmd() *cobra.Command {
     (ADD COLUMN IF NOT EXISTS; an existing column is left as it is);
   - an index on every index column, for WHERE col = ... lookups;
   - a CHECK constraint on every declared column that admits only NULL or a
-    value in pgcloak's format (format byte 1, at least 33 bytes), and on
-    every index column one that admits only NULL or 16 bytes, so that
-    plaintext written around the proxy is rejected by PostgreSQL.
+    value in pgcloak's format (format byte 1, a key version from 1 to
+    2^31-1, at least 33 bytes in all), and on every index column one that
+    admits only NULL or 16 bytes, so that plaintext written around the
+    proxy is rejected by PostgreSQL. serve refuses to start without them
+    (unless encrypt.require_format_checks is false). A CHECK sees the shape
+    of a value, not its origin: it stops accidents, not a forger, since any
+    value with that header and length passes.
 
 The script runs in one transaction and is idempotent: running it again, or
-after declaring more columns, adds only what is missing. Run it as the
-tables' owner, e.g.  pgcloak schema -c pgcloak.yaml | psql "$DATABASE_URL"
+after declaring more columns, adds only what is missing. A constraint of
+pgcloak's name with another definition (such as the looser one of earlier
+versions, which did not check the key version) is replaced, and the table
+scanned once to validate it. Run it as the tables' owner, e.g.
+  pgcloak schema -c pgcloak.yaml | psql "$DATABASE_URL"
 
 With --keystore it also prints the DDL of pgcloak.data_keys, where the proxy
 keeps the tenants' wrapped data keys, and the grants upstream.user needs on
@@ -90,15 +91,8 @@ func writeTableSchema(w io.Writer, t config.Table) {
 			fmt.Fprintf(w, "ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s bytea;\n", table, ident(c.IndexColumn))
 		}
 	}
-	for _, c := range t.Columns {
-		col := ident(c.Name)
-		writeCheck(w, t, constraintName(t.Name, c.Name, "pgcloak_format"),
-			fmt.Sprintf("%s IS NULL OR (length(%s) >= %d AND get_byte(%s, 0) = %d)", col, col, minSealedSize, col, crypto.FormatV1))
-		if c.IndexColumn != "" {
-			idx := ident(c.IndexColumn)
-			writeCheck(w, t, constraintName(t.Name, c.IndexColumn, "pgcloak_format"),
-				fmt.Sprintf("%s IS NULL OR length(%s) = %d", idx, idx, crypto.BlindIndexSize))
-		}
+	for _, f := range formatChecks(t) {
+		writeCheck(w, f)
 	}
 	for _, c := range t.Columns {
 		if c.IndexColumn != "" {
@@ -107,18 +101,42 @@ func writeTableSchema(w io.Writer, t config.Table) {
 	}
 }
 
-// writeCheck adds a CHECK constraint unless the table already has one of
-// that name. (ADD CONSTRAINT has no IF NOT EXISTS; dropping and re-adding
-// would re-validate the whole table under an exclusive lock on every run.)
-func writeCheck(w io.Writer, t config.Table, name, expr string) {
-	table := pgx.Identifier{t.Schema, t.Name}.Sanitize()
-	fmt.Fprintf(w, `DO $pgcloak$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
-                 WHERE conrelid = %s::regclass AND conname = %s) THEN
-    ALTER TABLE %s ADD CONSTRAINT %s CHECK (%s);
+// writeCheck adds f's constraint unless the table already has it with
+// that definition, validated. A constraint of that name with another
+// definition (the looser one of earlier versions, or anything else) is
+// replaced. ADD CONSTRAINT has no IF NOT EXISTS, and comparing the
+// definition needs PostgreSQL's own text of it: the new constraint is added
+// NOT VALID under a temporary name (no scan), its pg_get_constraintdef
+// compared with the existing one's, and then either dropped again or
+// renamed into place and validated, which scans the table once.
+func writeCheck(w io.Writer, f formatCheck) {
+	table := pgx.Identifier{f.table.Schema, f.table.Name}.Sanitize()
+	next := constraintName(f.table.Name, f.column, "pgcloak_next")
+	fmt.Fprintf(w, `DO $pgcloak$
+DECLARE
+  want text;
+  have text;
+  valid boolean;
+BEGIN
+  ALTER TABLE %[1]s ADD CONSTRAINT %[2]s CHECK (%[3]s) NOT VALID;
+  SELECT pg_catalog.pg_get_constraintdef(oid) INTO want FROM pg_catalog.pg_constraint
+   WHERE conrelid = %[4]s::regclass AND conname = %[5]s;
+  SELECT pg_catalog.pg_get_constraintdef(oid), convalidated INTO have, valid FROM pg_catalog.pg_constraint
+   WHERE conrelid = %[4]s::regclass AND conname = %[6]s;
+  IF have IS NOT NULL AND pg_catalog.regexp_replace(have, ' NOT VALID$', '') || ' NOT VALID' = want THEN
+    ALTER TABLE %[1]s DROP CONSTRAINT %[2]s;
+    IF NOT valid THEN
+      ALTER TABLE %[1]s VALIDATE CONSTRAINT %[7]s;
+    END IF;
+  ELSE
+    IF have IS NOT NULL THEN
+      ALTER TABLE %[1]s DROP CONSTRAINT %[7]s;
+    END IF;
+    ALTER TABLE %[1]s RENAME CONSTRAINT %[2]s TO %[7]s;
+    ALTER TABLE %[1]s VALIDATE CONSTRAINT %[7]s;
   END IF;
 END $pgcloak$;
-`, quoteLiteral(table), quoteLiteral(name), table, ident(name), expr)
+`, table, ident(next), f.expr(), quoteLiteral(table), quoteLiteral(next), quoteLiteral(f.name()), ident(f.name()))
 }
 
 // constraintName is table_column_suffix, shortened with a hash when it

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/pgcloak/pgcloak/config"
 	"github.com/pgcloak/pgcloak/testenv"
 )
 
@@ -62,8 +64,9 @@ func TestSchema(t *testing.T) {
 		`ALTER TABLE "public"."patients" ADD COLUMN IF NOT EXISTS "email_lookup" bytea;`,
 		`CREATE INDEX IF NOT EXISTS "patients_ssn_bidx_idx" ON "public"."patients" ("ssn_bidx");`,
 		`CREATE INDEX IF NOT EXISTS "patients_email_lookup_idx" ON "public"."patients" ("email_lookup");`,
-		`ADD CONSTRAINT "patients_ssn_pgcloak_format" CHECK ("ssn" IS NULL OR (length("ssn") >= 33 AND get_byte("ssn", 0) = 1));`,
-		`ADD CONSTRAINT "patients_ssn_bidx_pgcloak_format" CHECK ("ssn_bidx" IS NULL OR length("ssn_bidx") = 16);`,
+		`ADD CONSTRAINT "patients_ssn_pgcloak_next" CHECK ("ssn" IS NULL OR (length("ssn") >= 33 AND get_byte("ssn", 0) = 1 AND substr("ssn", 2, 4) >= '\x00000001'::bytea AND substr("ssn", 2, 4) <= '\x7fffffff'::bytea)) NOT VALID;`,
+		`ADD CONSTRAINT "patients_ssn_bidx_pgcloak_next" CHECK ("ssn_bidx" IS NULL OR length("ssn_bidx") = 16) NOT VALID;`,
+		`RENAME CONSTRAINT "patients_ssn_pgcloak_next" TO "patients_ssn_pgcloak_format";`,
 		`ALTER TABLE "billing"."invoices" ADD COLUMN IF NOT EXISTS "amount" bytea;`,
 		`CREATE TABLE IF NOT EXISTS pgcloak.data_keys`,
 		`GRANT SELECT, INSERT, UPDATE ON pgcloak.data_keys TO "`+testenv.ScramUser+`";`,
@@ -114,6 +117,13 @@ func TestSchema(t *testing.T) {
 		{"plaintext as long as a sealed value", `insert into patients (diagnosis) values ($1)`, []any{bytes.Repeat([]byte("x"), 40)}, false},
 		{"empty", `insert into patients (ssn) values ($1)`, []any{[]byte{}}, false},
 		{"short index", `insert into patients (ssn_bidx) values ($1)`, []any{index[:15]}, false},
+		{"long index", `insert into patients (ssn_bidx) values ($1)`, []any{append(index, 0)}, false},
+		{"key version 0", `insert into patients (ssn) values ($1)`, []any{withVersion(sealed, 0, 0, 0, 0)}, false},
+		{"key version 2^31", `insert into patients (ssn) values ($1)`, []any{withVersion(sealed, 0x80, 0, 0, 0)}, false},
+		{"format byte 2", `insert into patients (ssn) values ($1)`, []any{append([]byte{2}, sealed[1:]...)}, false},
+		{"one byte short", `insert into patients (ssn) values ($1)`, []any{sealed[:32]}, false},
+		{"key version 2^31-1", `insert into patients (ssn) values ($1)`, []any{withVersion(sealed, 0x7f, 0xff, 0xff, 0xff)}, true},
+		{"key version 256", `insert into patients (ssn) values ($1)`, []any{withVersion(sealed, 0, 0, 1, 0)}, true},
 		{"plaintext numeric", `insert into billing.invoices (amount) values ($1)`, []any{[]byte("12.50")}, false},
 		{"pgcloak format", `insert into patients (ssn, ssn_bidx, email, email_lookup, diagnosis) values ($1, $2, $1, $2, $1)`, []any{sealed, index}, true},
 		{"shortest sealed value", `insert into patients (ssn) values ($1)`, []any{sealed[:33]}, true},
@@ -128,6 +138,92 @@ func TestSchema(t *testing.T) {
 				t.Errorf("got %v, want a check violation (23514)", err)
 			}
 		})
+	}
+}
+
+// withVersion is sealed with its key version bytes replaced.
+func withVersion(sealed []byte, v ...byte) []byte {
+	out := append([]byte(nil), sealed...)
+	copy(out[1:5], v)
+	return out
+}
+
+// TestSchemaReplaces runs pgcloak schema over CHECKs of pgcloak's names
+// that earlier versions wrote (without the key version) or that check
+// something else, and over a NOT VALID one: it replaces or validates each,
+// and a second run changes nothing.
+func TestSchemaReplaces(t *testing.T) {
+	pg := testenv.Shared(t)
+	db := testenv.NewDatabase(t, pg)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, pg.SuperuserURL(db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+
+	checks := formatChecks(formatTable)
+	if _, err := conn.Exec(ctx, fmt.Sprintf(`create table fc (id int, ssn bytea, ssn_bidx bytea, notes bytea);
+		alter table fc add constraint fc_ssn_pgcloak_format check (%s);
+		alter table fc add constraint fc_ssn_bidx_pgcloak_format check (%s) not valid;
+		alter table fc add constraint fc_notes_pgcloak_format check (notes is null or true);`,
+		checks[0].legacyExpr(), checks[1].expr())); err != nil {
+		t.Fatal(err)
+	}
+	defs := func() map[string]string {
+		t.Helper()
+		rows, err := conn.Query(ctx, `select conname || ' ' || oid, pg_get_constraintdef(oid) from pg_constraint where conrelid = 'fc'::regclass`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (kv [2]string, err error) {
+			err = r.Scan(&kv[0], &kv[1])
+			return kv, err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := make(map[string]string)
+		for _, kv := range m {
+			out[kv[0]] = kv[1]
+		}
+		return out
+	}
+	ddl := schemaDDL(t, formatTable)
+	if _, err := conn.Exec(ctx, ddl); err != nil {
+		t.Fatal(err)
+	}
+	first := defs()
+	got, err := verifyFormatChecks(ctx, conn, []config.Table{formatTable})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range got {
+		if s.state != formatOK || s.constraint != s.check.name() {
+			t.Errorf("%s after pgcloak schema: got state %d, constraint %q; want OK, %q", s.check.where(), s.state, s.constraint, s.check.name())
+		}
+	}
+	if len(first) != 3 {
+		t.Errorf("constraints after pgcloak schema: got %v, want 3", first)
+	}
+	if _, err := conn.Exec(ctx, ddl); err != nil {
+		t.Fatal(err)
+	}
+	// Names and OIDs unchanged: the second run dropped only its own
+	// temporary constraints.
+	if second := defs(); !maps.Equal(first, second) {
+		t.Errorf("a second run changed the constraints: before %v, after %v", first, second)
+	}
+
+	// A row the replaced CHECK would refuse makes the script fail rather
+	// than leave the looser CHECK in place.
+	if _, err := conn.Exec(ctx, `alter table fc drop constraint fc_notes_pgcloak_format;
+		insert into fc (notes) values ('plaintext')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, ddl); sqlstate(err) != "23514" {
+		t.Errorf("pgcloak schema over a plaintext row: got %v, want a check violation (23514)", err)
 	}
 }
 
