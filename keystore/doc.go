@@ -64,4 +64,60 @@
 // gone too: a tenant with its own KMS key must have that key scheduled for
 // deletion; with the local provider or a KEK shared between tenants, a
 // backup of pgcloak.data_keys plus the KEK still opens the tenant's data.
+//
+// # The verified tenant pin
+//
+// The tenant setting (tenancy.setting) is a custom setting: any SQL can
+// change it, from a DO block, a function, a role default. Row-level
+// security must therefore not trust it. EnsurePin installs, owned by
+// upstream.user, what policies trust instead:
+//
+//	pgcloak.pin_key        a random 64-byte HMAC-SHA256 key, as its inner and
+//	                       outer padded forms; readable only by its owner
+//	pgcloak.pin_challenge  a sequence; pin_challenge() hands out its values
+//	pgcloak.pin_marker     an unlogged sequence; its currval() in a session
+//	                       is the marker of the pin verified there
+//	pgcloak.pin(tenant, proof, mac)   SECURITY DEFINER
+//	pgcloak.current_tenant()          SECURITY DEFINER, STABLE
+//	pgcloak.unpin()                   SECURITY DEFINER
+//
+// all functions with search_path fixed to pg_catalog, pg_temp. The proxy
+// pins a session in two round trips before the client's first
+// ReadyForQuery: it starts the upstream session with the tenant setting
+// and ProofSetting as startup parameters (proof: "v1:<expiry>:<random
+// nonce>"), asks pgcloak.pin_challenge() for a challenge c, and calls
+// pgcloak.pin(tenant, proof, HMAC(key, "v1|c|tenant|proof")). pin() checks
+// the MAC against currval('pgcloak.pin_challenge') (the challenge this
+// session drew), draws another value so that a challenge pins once, and
+// sets the session's marker to the first 64 bits of SHA-256(tenant|proof)
+// with setval(). current_tenant() returns the tenant setting only when
+// SHA-256(setting|proof setting) matches the session's marker and the
+// proof has not expired, and NULL otherwise. It costs one plpgsql call
+// with two current_setting()s, one SHA-256 and one currval() (about 4 µs
+// here), no table read.
+//
+// Why SQL cannot get around it:
+//   - A client that sets the tenant setting, by any means, changes the
+//     text the marker is computed over: current_tenant() returns NULL. It
+//     cannot move the marker: only the owner may call setval() on
+//     pin_marker, and pin() moves it only for a MAC made with the key.
+//   - A client that reads its own proof (current_setting shows it) and
+//     replays it on another backend finds no marker there (currval() is
+//     per session) or another one. Replaying pin()'s arguments fails: the
+//     MAC names the challenge that session drew, and sequence values are
+//     never handed out twice (pin_challenge is logged and never cycles, so
+//     not even a crash resets it). Drawing new challenges only invalidates
+//     the client's own MAC.
+//   - A client cannot read the key (no privilege on pin_key), replace the
+//     functions (it does not own them or the schema), or shadow what they
+//     call (fixed search_path with pg_temp last; its own pg_temp objects are
+//     never searched first).
+//   - A role default or a startup parameter naming the setting does no more
+//     than SET: without pin() there is no marker.
+//
+// RESET ALL restores both settings to their startup values, which are the
+// pinned ones, so the pin survives it. DISCARD ALL and DISCARD SEQUENCES
+// forget currval(), so after them current_tenant() is NULL until the proxy
+// pins again. A superuser, or a role that owns the functions, can do
+// anything; no tenant session may run as upstream.user.
 package keystore

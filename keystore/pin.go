@@ -1,0 +1,254 @@
+package keystore
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// ProofSetting is the setting that carries a session's pin proof next to
+// the tenant setting. It is in the pgcloak.* namespace, which the proxy
+// reserves for itself.
+const ProofSetting = "pgcloak.tenant_proof"
+
+// pinKeySize is the HMAC-SHA256 key size: one SHA-256 block, so that the
+// key is used as it is and the database can compute HMAC with sha256()
+// over the stored inner and outer padded keys.
+const pinKeySize = sha256.BlockSize
+
+// pinVersion prefixes every proof and every MAC'd message.
+const pinVersion = "v1"
+
+// PinSchema is the DDL of the verified tenant pin for the tenant setting
+// (tenancy.setting, e.g. app.tenant_id): the key table, the two sequences
+// and the functions pgcloak.current_tenant(), pgcloak.pin_challenge(),
+// pgcloak.pin() and pgcloak.unpin(). Run it as upstream.user: the
+// functions must be owned by the role that owns the key. See doc.go,
+// "The verified tenant pin".
+func PinSchema(setting string) string {
+	return fmt.Sprintf(pinSchema, quoteLiteral(setting), quoteLiteral(ProofSetting), markerExpr("t", "p"))
+}
+
+const pinSchema = `CREATE SCHEMA IF NOT EXISTS pgcloak;
+GRANT USAGE ON SCHEMA pgcloak TO PUBLIC;
+
+CREATE TABLE IF NOT EXISTS pgcloak.pin_key (
+    id   boolean PRIMARY KEY DEFAULT true CHECK (id),
+    ikey bytea NOT NULL CHECK (length(ikey) = 64),
+    okey bytea NOT NULL CHECK (length(okey) = 64),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON pgcloak.pin_key FROM PUBLIC;
+
+-- Never reset or cycled: a challenge value is handed out once.
+CREATE SEQUENCE IF NOT EXISTS pgcloak.pin_challenge NO CYCLE;
+-- Per session, currval() is the marker of the pin pgcloak.pin() verified.
+CREATE UNLOGGED SEQUENCE IF NOT EXISTS pgcloak.pin_marker
+    MINVALUE -9223372036854775808 MAXVALUE 9223372036854775807 NO CYCLE;
+REVOKE ALL ON SEQUENCE pgcloak.pin_challenge, pgcloak.pin_marker FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION pgcloak.pin_challenge() RETURNS bigint
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT nextval('pgcloak.pin_challenge') $fn$;
+
+CREATE OR REPLACE FUNCTION pgcloak.pin(tenant text, proof text, mac text) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+  c bigint;
+  k record;
+  parts text[] := string_to_array(proof, ':');
+BEGIN
+  BEGIN
+    c := currval('pgcloak.pin_challenge');
+  EXCEPTION WHEN object_not_in_prerequisite_state THEN
+    RAISE EXCEPTION 'pgcloak: tenant pin refused' USING ERRCODE = '42501';
+  END;
+  SELECT ikey, okey INTO k FROM pgcloak.pin_key WHERE id;
+  IF k.ikey IS NULL OR tenant IS NULL OR tenant = '' OR cardinality(parts) IS DISTINCT FROM 3
+     OR parts[1] IS DISTINCT FROM 'v1' OR parts[2] !~ '^[0-9]{1,18}$'
+     OR mac IS DISTINCT FROM encode(sha256(k.okey || sha256(k.ikey ||
+          convert_to('v1|' || c || '|' || tenant || '|' || proof, 'UTF8'))), 'hex') THEN
+    RAISE EXCEPTION 'pgcloak: tenant pin refused' USING ERRCODE = '42501';
+  END IF;
+  PERFORM nextval('pgcloak.pin_challenge'); -- one pin per challenge
+  PERFORM setval('pgcloak.pin_marker', %[3]s) FROM (SELECT tenant AS t, proof AS p) s;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION pgcloak.unpin() RETURNS void
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT setval('pgcloak.pin_marker', nextval('pgcloak.pin_challenge')) $fn$;
+
+CREATE OR REPLACE FUNCTION pgcloak.current_tenant() RETURNS text
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+  t text := current_setting(%[1]s, true);
+  p text := current_setting(%[2]s, true);
+BEGIN
+  IF t IS NULL OR t = '' OR p IS NULL OR p = '' THEN
+    RETURN NULL;
+  END IF;
+  BEGIN
+    IF currval('pgcloak.pin_marker') IS DISTINCT FROM %[3]s THEN
+      RETURN NULL;
+    END IF;
+  EXCEPTION WHEN object_not_in_prerequisite_state THEN
+    RETURN NULL; -- no pin in this session
+  END;
+  IF split_part(p, ':', 2) <> '0' AND split_part(p, ':', 2)::bigint <= extract(epoch FROM statement_timestamp()) THEN
+    RETURN NULL; -- expired
+  END IF;
+  RETURN t;
+END
+$fn$;
+
+REVOKE ALL ON FUNCTION pgcloak.pin_challenge(), pgcloak.pin(text, text, text), pgcloak.unpin(),
+    pgcloak.current_tenant() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgcloak.pin_challenge(), pgcloak.pin(text, text, text), pgcloak.unpin(),
+    pgcloak.current_tenant() TO PUBLIC;
+`
+
+// markerExpr is the SQL of a pin's marker: the first 64 bits of
+// SHA-256(tenant | proof) as a bigint.
+func markerExpr(t, p string) string {
+	return fmt.Sprintf(`('x' || left(encode(sha256(convert_to(%s || '|' || %s, 'UTF8')), 'hex'), 16))::bit(64)::bigint`, t, p)
+}
+
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// Pinner makes the MACs that pgcloak.pin() accepts. It holds the pin key,
+// which only upstream.user can read from pgcloak.pin_key.
+type Pinner struct {
+	key []byte
+}
+
+// EnsurePin creates the verified tenant pin's objects for setting when any
+// is missing or differs, creates the pin key when there is none, and
+// returns a Pinner with that key. Replicas may call it at once: they
+// serialise on the key store's advisory lock, and replace a function only
+// when its text differs, so that they do not race on CREATE OR REPLACE.
+func EnsurePin(ctx context.Context, pool *pgxpool.Pool, setting string) (*Pinner, error) {
+	var key []byte
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, schemaLockKey); err != nil {
+			return err
+		}
+		want := PinSchema(setting)
+		current, err := pinCurrent(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if current != pinFingerprint(want) {
+			if _, err := tx.Exec(ctx, want); err != nil {
+				return fmt.Errorf("create the verified tenant pin (run as upstream.user, or run the DDL of pgcloak schema --keystore as upstream.user): %w", err)
+			}
+			if _, err := tx.Exec(ctx, `COMMENT ON FUNCTION pgcloak.current_tenant() IS `+quoteLiteral(pinFingerprint(want))); err != nil {
+				return err
+			}
+		}
+		ikey, okey, err := newPinPads()
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO pgcloak.pin_key (ikey, okey) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING`, ikey, okey); err != nil {
+			return err
+		}
+		clear(ikey)
+		clear(okey)
+		var stored []byte
+		if err := tx.QueryRow(ctx, `SELECT ikey FROM pgcloak.pin_key WHERE id`).Scan(&stored); err != nil {
+			return err
+		}
+		if len(stored) != pinKeySize {
+			return errors.New("pgcloak.pin_key holds a key of the wrong size")
+		}
+		key = make([]byte, pinKeySize)
+		for i, b := range stored {
+			key[i] = b ^ 0x36 // undo HMAC's inner pad
+		}
+		clear(stored)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("keystore: verified tenant pin: %w", err)
+	}
+	return &Pinner{key: key}, nil
+}
+
+// pinFingerprint names one version of the pin DDL, kept as the comment of
+// pgcloak.current_tenant() so that EnsurePin can tell whether to replace.
+func pinFingerprint(ddl string) string {
+	sum := sha256.Sum256([]byte(ddl))
+	return "pgcloak verified tenant pin " + hex.EncodeToString(sum[:8])
+}
+
+// pinCurrent returns the fingerprint the installed pin carries, or "" when
+// it is missing.
+func pinCurrent(ctx context.Context, tx pgx.Tx) (string, error) {
+	var comment *string
+	err := tx.QueryRow(ctx, `
+		SELECT obj_description(to_regprocedure('pgcloak.current_tenant()'), 'pg_proc')
+		WHERE to_regclass('pgcloak.pin_key') IS NOT NULL
+		  AND to_regclass('pgcloak.pin_marker') IS NOT NULL
+		  AND to_regclass('pgcloak.pin_challenge') IS NOT NULL
+		  AND to_regprocedure('pgcloak.pin(text, text, text)') IS NOT NULL
+		  AND to_regprocedure('pgcloak.unpin()') IS NOT NULL
+		  AND to_regprocedure('pgcloak.pin_challenge()') IS NOT NULL`).Scan(&comment)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && comment == nil) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return *comment, nil
+}
+
+// newPinPads returns a fresh random key as HMAC's inner and outer padded
+// keys (key XOR 0x36, key XOR 0x5c), the form sha256() in SQL needs.
+func newPinPads() (ikey, okey []byte, _ error) {
+	key := make([]byte, pinKeySize)
+	defer clear(key)
+	if _, err := rand.Read(key); err != nil {
+		return nil, nil, err
+	}
+	ikey = make([]byte, pinKeySize)
+	okey = make([]byte, pinKeySize)
+	for i, b := range key {
+		ikey[i] = b ^ 0x36
+		okey[i] = b ^ 0x5c
+	}
+	return ikey, okey, nil
+}
+
+// NewProof returns the proof text for a pin that expires at expires (Unix
+// seconds; 0: never): version, expiry and a random nonce, so that no two
+// pins share a marker.
+func NewProof(expires int64) (string, error) {
+	var nonce [16]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return "", err
+	}
+	return pinVersion + ":" + strconv.FormatInt(expires, 10) + ":" + hex.EncodeToString(nonce[:]), nil
+}
+
+// MAC returns what pgcloak.pin(tenant, proof, mac) accepts in the session
+// whose pgcloak.pin_challenge() returned challenge.
+func (p *Pinner) MAC(challenge int64, tenant, proof string) string {
+	m := hmac.New(sha256.New, p.key)
+	m.Write([]byte(pinVersion + "|" + strconv.FormatInt(challenge, 10) + "|" + tenant + "|" + proof))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// Close zeroes the key.
+func (p *Pinner) Close() { clear(p.key) }
