@@ -50,6 +50,15 @@ type session struct {
 	tenant    string
 	scoped    bool
 	tenantErr error // a login that authenticates but maps to no tenant
+	// loginErr refuses a login once PostgreSQL has authenticated it: the
+	// proxy's own role, or a startup parameter the lexer guard refuses.
+	loginErr error
+	// lexGuard is set for sessions with a tenant, and for every session
+	// when tables are declared; unlexable is then the reason once
+	// upstream has reported a client_encoding or
+	// standard_conforming_strings pgcloak cannot lex by (lexguard.go).
+	lexGuard  bool
+	unlexable atomic.Pointer[string]
 	// tracks is set when tables are declared: the session keeps its
 	// pending queue and statement state in step with PostgreSQL (relay).
 	// decrypts is set for scoped sessions among them: only they decrypt
@@ -285,6 +294,11 @@ func (s *session) clientLoop() error {
 
 // handleClientMessage forwards one message of a session under tenancy.
 func (s *session) handleClientMessage(msg pgproto3.FrontendMessage) error {
+	if s.lexGuard {
+		if refused, err := s.refuseUnlexable(msg); refused {
+			return err
+		}
+	}
 	switch m := msg.(type) {
 	case *pgproto3.Query:
 		return s.handleQuery(m)
@@ -331,8 +345,13 @@ func (s *session) upstreamLoop() error {
 			}
 			return fmt.Errorf("upstream read: %w", err)
 		}
-		if e, ok := msg.(*pgproto3.ErrorResponse); ok && s.decl.tenancy {
-			s.substituteRefusal(e) // a refusal raised by the proxy's own DO statement
+		switch m := msg.(type) {
+		case *pgproto3.ErrorResponse:
+			if s.decl.tenancy {
+				s.substituteRefusal(m) // a refusal raised by the proxy's own DO statement
+			}
+		case *pgproto3.ParameterStatus:
+			s.noteParameterStatus(m)
 		}
 		if s.tracks {
 			keep, err := s.relay(msg)

@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/asn1"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -68,6 +69,19 @@ func (s *session) startup() (bool, error) {
 	if s.decl.tenancy {
 		if err := s.applyTenancy(params); err != nil {
 			return false, err
+		}
+		s.lexGuard = s.scoped || s.decl.catalog != nil
+		if s.lexGuard {
+			// Refused once PostgreSQL has authenticated the role: whether
+			// a role is guarded depends on its tenant.
+			s.loginErr = checkLexerParameters(params)
+		}
+		if u := s.srv.cfg.Upstream.User; u != "" && s.user == u {
+			s.loginErr = &clientError{
+				code:  pgerrcode.InvalidAuthorizationSpecification,
+				msg:   fmt.Sprintf("role %q is the proxy's own upstream.user; no client session may run as it", s.user),
+				fatal: true,
+			}
 		}
 	}
 	if startup.ProtocolVersion != pgproto3.ProtocolVersion30 || len(unrecognized) > 0 {
@@ -138,6 +152,12 @@ func (s *session) receiveStartup() (*pgproto3.StartupMessage, error) {
 			if _, err := s.client.Write([]byte{'N'}); err != nil {
 				return nil, err
 			}
+			// As PostgreSQL (ProcessStartupPacket in postmaster.c): bytes
+			// that came with the request, before the client could have
+			// read the answer, are refused whatever the answer was.
+			if s.clientRd.n != s.clientConsumed {
+				return nil, protocolViolation("received unencrypted data after GSSAPI encryption request")
+			}
 		case *pgproto3.SSLRequest:
 			if sslAsked {
 				return nil, protocolViolation("SSLRequest sent twice")
@@ -146,6 +166,9 @@ func (s *session) receiveStartup() (*pgproto3.StartupMessage, error) {
 			if s.srv.clientTLS == nil {
 				if _, err := s.client.Write([]byte{'N'}); err != nil {
 					return nil, err
+				}
+				if s.clientRd.n != s.clientConsumed {
+					return nil, protocolViolation("received unencrypted data after SSL request")
 				}
 				continue
 			}
@@ -267,6 +290,13 @@ func (s *session) relayAuthentication() (bool, error) {
 				s.srv.audit.l.AuthRefused(s.auditIdentity(), pgerrcode.InvalidAuthorizationSpecification, "role not mapped to a tenant")
 				return false, s.tenantErr
 			}
+			if s.loginErr != nil {
+				var ce *clientError
+				if errors.As(s.loginErr, &ce) {
+					s.srv.audit.l.AuthRefused(s.auditIdentity(), ce.code, ce.msg)
+				}
+				return false, s.loginErr
+			}
 			if err := s.sendClient(m); err != nil {
 				return false, err
 			}
@@ -375,6 +405,8 @@ func (s *session) relayUntilReady() error {
 			s.sendClient(m)
 			s.flushClient()
 			return errDone
+		case *pgproto3.ParameterStatus:
+			s.noteParameterStatus(m) // role and database defaults arrive here
 		}
 		if _, ok := msg.(*pgproto3.ReadyForQuery); ok && s.scoped {
 			if err := s.pinTenant(context.Background()); err != nil {
