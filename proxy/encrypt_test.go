@@ -61,7 +61,7 @@ func patientsDecl() config.Encrypt {
 const patientsDDL = `
 create table patients (
 	id serial primary key,
-	tenant_id text not null default current_setting('app.tenant_id'),
+	tenant_id text not null default pgcloak.current_tenant(),
 	name text,
 	ssn bytea, ssn_bidx bytea,
 	email bytea, email_bidx bytea,
@@ -71,8 +71,8 @@ create table patients (
 alter table patients enable row level security;
 alter table patients force row level security;
 create policy tenant_isolation on patients
-	using (tenant_id = current_setting('app.tenant_id', true))
-	with check (tenant_id = current_setting('app.tenant_id', true));
+	using (tenant_id = pgcloak.current_tenant())
+	with check (tenant_id = pgcloak.current_tenant());
 grant select, insert, update, delete on patients to acme_app, globex_app, migrator;
 grant usage on sequence patients_id_seq to acme_app, globex_app, migrator;
 `
@@ -87,14 +87,17 @@ func startEncrypted(t testing.TB, mutate ...func(*Config)) *encryptedEnv {
 		}
 	})
 	db := testenv.NewDatabase(t, pg)
-	fatalIf(t, pg.Exec(ctx, db, patientsDDL), "create demo schema")
 	pool, err := pgxpool.New(ctx, pg.SuperuserURL(db))
 	fatalIf(t, err, "pool")
 	t.Cleanup(pool.Close)
+	pinner, err := keystore.EnsurePin(ctx, pool, "app.tenant_id")
+	fatalIf(t, err, "install the verified tenant pin")
+	t.Cleanup(pinner.Close)
+	fatalIf(t, pg.Exec(ctx, db, patientsDDL), "create demo schema")
 
 	env := &encryptedEnv{pg: pg, db: db, pool: pool, audit: &bytes.Buffer{}, logs: &bytes.Buffer{}}
 	keys := newTestKeys(t, pool)
-	env.proxy = startProxyDeps(t, pg, Deps{Pool: pool, Keys: keys, Audit: audit.New(&syncBuffer{b: env.audit})}, env.logs, func(c *Config) {
+	env.proxy = startProxyDeps(t, pg, Deps{Pool: pool, Keys: keys, Pinner: pinner, Audit: audit.New(&syncBuffer{b: env.audit})}, env.logs, func(c *Config) {
 		c.Tenancy = config.Tenancy{
 			Setting:       "app.tenant_id",
 			Mode:          config.ModeLogin,

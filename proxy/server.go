@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/pgcloak/pgcloak/audit"
 	"github.com/pgcloak/pgcloak/config"
+	"github.com/pgcloak/pgcloak/keystore"
 	"github.com/pgcloak/pgcloak/rewrite"
 	"github.com/rs/zerolog"
 )
@@ -45,6 +46,10 @@ type Deps struct {
 	// Observer counts sessions, rewrites, refusals and decrypt failures
 	// (package metrics); nil counts nothing.
 	Observer Observer
+	// Pinner makes the MACs pgcloak.pin() verifies (keystore.EnsurePin).
+	// Without it a session's tenant is pinned as the bare setting only,
+	// and pgcloak.current_tenant() is NULL in every session.
+	Pinner *keystore.Pinner
 }
 
 // planCacheSize bounds the statement analyses kept per configuration.
@@ -69,10 +74,11 @@ type Server struct {
 
 	// decl is what Reload replaces: the declared tables and the tenancy.
 	// A session keeps the declarations it started with.
-	decl  atomic.Pointer[declarations]
-	pool  *pgxpool.Pool
-	keys  Keys
-	audit auditor
+	decl   atomic.Pointer[declarations]
+	pool   *pgxpool.Pool
+	keys   Keys
+	pinner *keystore.Pinner
+	audit  auditor
 
 	nextID atomic.Uint64
 
@@ -101,7 +107,7 @@ func NewServer(cfg Config, log zerolog.Logger, deps Deps) (*Server, error) {
 		cancels:   make(map[cancelKey]*session),
 		audit:     auditor{l: deps.Audit, obs: observerOr(deps.Observer)},
 	}
-	s.pool, s.keys = deps.Pool, deps.Keys
+	s.pool, s.keys, s.pinner = deps.Pool, deps.Keys, deps.Pinner
 	s.goroutineRelay = os.Getenv("PGCLOAK_RELAY") == "goroutines"
 	d, err := s.newDeclarations(cfg.Tenancy, cfg.Encrypt)
 	if err != nil {

@@ -49,7 +49,8 @@ type session struct {
 	// Both are fixed once authentication succeeds.
 	tenant    string
 	scoped    bool
-	tenantErr error // a login that authenticates but maps to no tenant
+	proof     string // the pin's proof (pinParams), with a Pinner
+	tenantErr error  // a login that authenticates but maps to no tenant
 	// loginErr refuses a login once PostgreSQL has authenticated it: the
 	// proxy's own role, or a startup parameter the lexer guard refuses.
 	loginErr error

@@ -450,7 +450,9 @@ func (s *session) applyTenancy(params map[string]string) error {
 	s.unshaped = make(map[string]bool)
 	s.results = resultState{portals: make(map[string]*portal)}
 	if scoped {
-		params[t.Setting] = tenant
+		if err := s.pinParams(params); err != nil {
+			return err
+		}
 		s.log = s.log.With().Str("tenant", tenant).Logger()
 	}
 	return nil

@@ -3,11 +3,13 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgcloak/pgcloak/config"
+	"github.com/pgcloak/pgcloak/keystore"
 )
 
 // tenantRefusal is a client's attempt to choose or change its tenant. It is
@@ -55,37 +57,90 @@ func resolveTenant(t config.Tenancy, role string) (tenant string, scoped bool, e
 	}
 }
 
-// pinTenant runs pg_catalog.set_config(setting, tenant, false) on the
-// upstream session before the client sees its first ReadyForQuery. The
-// statement is schema-qualified so that no function a client created can
-// shadow it, and it uses bound parameters so no value is ever quoted. Any
-// failure ends the session: it must never run without its tenant.
+// pinParams adds the tenant setting and, with a Pinner, the pin's proof
+// to the upstream startup parameters. As startup parameters they are what
+// RESET ALL restores, so no client statement can leave the session without
+// them; the proof is useless without the marker pinTenant sets.
+func (s *session) pinParams(params map[string]string) error {
+	params[s.decl.tenancyCfg.Setting] = s.tenant
+	if s.srv.pinner == nil {
+		return nil
+	}
+	proof, err := keystore.NewProof(0)
+	if err != nil {
+		return err
+	}
+	s.proof = proof
+	params[keystore.ProofSetting] = proof
+	return nil
+}
+
+// pinTenant pins the session's tenant upstream before the client sees its
+// first ReadyForQuery. It runs pg_catalog.set_config(setting, tenant,
+// false); with a Pinner it first draws a challenge and has
+// pgcloak.pin() verify a MAC over it, so that pgcloak.current_tenant()
+// returns the tenant in this session and in no other (keystore's doc.go,
+// "The verified tenant pin"). Every statement is schema-qualified so that
+// no function a client created can shadow it, and values are bound
+// parameters, never quoted. Any failure ends the session: it must never
+// run without its tenant.
 func (s *session) pinTenant(ctx context.Context) error {
-	s.upstreamOut.send(&pgproto3.Parse{Query: "SELECT pg_catalog.set_config($1, $2, false)"})
-	s.upstreamOut.send(&pgproto3.Bind{Parameters: [][]byte{[]byte(s.decl.tenancyCfg.Setting), []byte(s.tenant)}})
+	setting := []byte(s.decl.tenancyCfg.Setting)
+	if s.srv.pinner == nil {
+		_, err := s.internalQuery("SELECT pg_catalog.set_config($1, $2, false)", setting, []byte(s.tenant))
+		return err
+	}
+	challenge, err := s.internalQuery("SELECT pgcloak.pin_challenge()")
+	if err != nil {
+		return err
+	}
+	c, err := strconv.ParseInt(string(challenge), 10, 64)
+	if err != nil {
+		return fmt.Errorf("pinning the tenant: pgcloak.pin_challenge() returned %q", challenge)
+	}
+	mac := s.srv.pinner.MAC(c, s.tenant, s.proof)
+	_, err = s.internalQuery("SELECT pgcloak.pin($1, $2, $3), pg_catalog.set_config($4, $1, false), pg_catalog.set_config($5, $2, false)",
+		[]byte(s.tenant), []byte(s.proof), []byte(mac), setting, []byte(keystore.ProofSetting))
+	return err
+}
+
+// internalQuery runs one statement of the proxy's own on the upstream
+// session, outside any client exchange, and returns the first column of
+// its first row. ParameterStatus and notices go to the client; an error
+// ends the session (its SQLSTATE is logged, never its values).
+func (s *session) internalQuery(sql string, params ...[]byte) ([]byte, error) {
+	s.upstreamOut.send(&pgproto3.Parse{Query: sql})
+	s.upstreamOut.send(&pgproto3.Bind{Parameters: params})
 	s.upstreamOut.send(&pgproto3.Execute{})
 	s.upstreamOut.send(&pgproto3.Close{ObjectType: 'S'})
 	s.upstreamOut.send(&pgproto3.Sync{})
 	if err := s.upstreamOut.flush(); err != nil {
-		return upstreamUnavailable(err)
+		return nil, upstreamUnavailable(err)
 	}
-	failed := "" // SQLSTATE of an error, if one came
+	var (
+		first  []byte
+		failed string // SQLSTATE of an error, if one came
+	)
 	for {
 		msg, err := s.upstreamIn.Receive()
 		if err != nil {
-			return upstreamUnavailable(fmt.Errorf("pinning the tenant: %w", err))
+			return nil, upstreamUnavailable(fmt.Errorf("pinning the tenant: %w", err))
 		}
 		switch m := msg.(type) {
+		case *pgproto3.DataRow:
+			if first == nil && len(m.Values) > 0 && m.Values[0] != nil {
+				first = append([]byte{}, m.Values[0]...)
+			}
 		case *pgproto3.ErrorResponse:
 			failed = m.Code
 		case *pgproto3.ReadyForQuery:
 			if failed != "" {
-				return fmt.Errorf("pinning the tenant failed upstream with SQLSTATE %s", failed)
+				return nil, fmt.Errorf("pinning the tenant failed upstream with SQLSTATE %s (is the verified tenant pin installed? serve installs it as upstream.user; see pgcloak schema --keystore)", failed)
 			}
-			return nil
+			return first, nil
 		case *pgproto3.ParameterStatus, *pgproto3.NoticeResponse:
 			if err := s.sendClient(m); err != nil {
-				return err
+				return nil, err
 			}
 		}
 	}

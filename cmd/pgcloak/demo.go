@@ -90,7 +90,7 @@ var demoSchema = []string{
 	`create role ` + demoProxyRole + ` login password '` + demoProxyPassword + `'`,
 	`create table public.patients (
 		id         serial primary key,
-		tenant_id  text not null default current_setting('app.tenant_id'),
+		tenant_id  text not null,
 		name       text,
 		ssn        bytea,
 		ssn_bidx   bytea,
@@ -101,15 +101,23 @@ var demoSchema = []string{
 	)`,
 	`alter table public.patients enable row level security`,
 	`alter table public.patients force row level security`,
-	`create policy tenant_isolation on public.patients
-		using (tenant_id = current_setting('app.tenant_id', true))
-		with check (tenant_id = current_setting('app.tenant_id', true))`,
 	`grant select, insert, update, delete on public.patients to acme_app, globex_app`,
 	`grant usage on sequence public.patients_id_seq to acme_app, globex_app`,
 	`grant select on public.patients to ` + demoDBARole,
 	`grant connect on database ` + demoDatabase + ` to acme_app, globex_app, ` + demoDBARole + `, ` + demoProxyRole,
 	// The proxy creates its key store (schema pgcloak) on first start.
 	`grant create on database ` + demoDatabase + ` to ` + demoProxyRole,
+}
+
+// demoPolicies run as the superuser once the proxy's role has installed
+// the verified tenant pin: row-level security and the tenant column's
+// default read pgcloak.current_tenant(), which only a session pgcloak
+// pinned can make return a tenant.
+var demoPolicies = []string{
+	`alter table public.patients alter column tenant_id set default pgcloak.current_tenant()`,
+	`create policy tenant_isolation on public.patients
+		using (tenant_id = pgcloak.current_tenant())
+		with check (tenant_id = pgcloak.current_tenant())`,
 }
 
 // demoConfig is the configuration the demo runs the proxy with. It is
@@ -319,6 +327,12 @@ func demo(ctx context.Context, o demoOptions, out, logOut io.Writer) (err error)
 		return err
 	}
 
+	step(out, "Preparing the database: pin, policies, format CHECKs")
+	if err := demoPrepare(ctx, pg, cfg); err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "ok")
+
 	step(out, "Starting pgcloak")
 	rt, err := newProxyRuntime(ctx, cfg, log, out, logOut)
 	if err != nil {
@@ -389,6 +403,31 @@ type demoKeys struct {
 	yaml   string
 	kmsURL string // the emulator's endpoint; "" with a local master key
 	list   []demoKEK
+}
+
+// demoPrepare does what the README's "Preparing your database" asks: the
+// proxy's role installs the verified tenant pin, the policies read it, and
+// the DDL of pgcloak schema adds the format CHECKs and index-column
+// indexes.
+func demoPrepare(ctx context.Context, pg *testenv.Postgres, cfg *config.Config) error {
+	pool, err := upstreamPool(cfg.Upstream, "pgcloak demo", 1)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	pinner, err := openPinner(ctx, cfg, pool)
+	if err != nil {
+		return err
+	}
+	pinner.Close()
+	var ddl strings.Builder
+	writeSchema(&ddl, cfg, false)
+	for _, stmt := range append(demoPolicies, ddl.String()) {
+		if err := pg.Exec(ctx, demoDatabase, stmt); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // demoKEK is one key-encryption key of the demo.

@@ -98,6 +98,25 @@ func openKeyStore(ctx context.Context, u config.Upstream, pool *pgxpool.Pool) (*
 	return store, nil
 }
 
+// pinsTenants reports whether serve pins tenants and so needs the verified
+// tenant pin: when a role maps to a tenant or tables are declared.
+func pinsTenants(cfg *config.Config) bool {
+	return len(cfg.Encrypt.Tables) > 0 || len(cfg.Tenancy.Login.Roles) > 0
+}
+
+// openPinner installs the verified tenant pin (keystore.EnsurePin) as
+// upstream.user, within upstream.connect_timeout.
+func openPinner(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool) (*keystore.Pinner, error) {
+	u := cfg.Upstream
+	kctx, cancel := context.WithTimeout(ctx, connectTimeout(u))
+	defer cancel()
+	pinner, err := keystore.EnsurePin(kctx, pool, cfg.Tenancy.Setting)
+	if err != nil {
+		return nil, redact(fmt.Errorf("verified tenant pin (upstream %s as %s): %w", u.Address, u.User, err), u.Password)
+	}
+	return pinner, nil
+}
+
 // auditKeyLoad is the KeyCache's OnKeyLoad for the audit log: key_created
 // or key_unwrapped.
 func auditKeyLoad(auditLog *audit.Logger) func(crypto.KeyEvent) {
@@ -151,7 +170,7 @@ func (c *closers) close() error {
 type proxyRuntime struct {
 	srv      *proxy.Server
 	metrics  *metrics.Metrics
-	pool     *pgxpool.Pool   // nil without declared tables
+	pool     *pgxpool.Pool   // nil when serve pins no tenant (pinsTenants)
 	provider crypto.Provider // nil without declared tables
 	closers
 }
@@ -178,6 +197,20 @@ func newProxyRuntime(ctx context.Context, cfg *config.Config, log zerolog.Logger
 	r.metrics = metrics.New(metrics.Options{MaxTenantLabels: cfg.Admin.MaxTenantLabels, Version: version})
 	deps := proxy.Deps{Audit: auditLog, Observer: r.metrics}
 
+	if pinsTenants(cfg) {
+		pool, err := upstreamPool(cfg.Upstream, "pgcloak", upstreamPoolMaxConns)
+		if err != nil {
+			return nil, err
+		}
+		r.closers = append(r.closers, func() error { pool.Close(); return nil })
+		r.pool, deps.Pool = pool, pool
+		pinner, err := openPinner(ctx, cfg, pool)
+		if err != nil {
+			return nil, err
+		}
+		r.closers = append(r.closers, func() error { pinner.Close(); return nil })
+		deps.Pinner = pinner
+	}
 	if len(cfg.Encrypt.Tables) > 0 {
 		provider, err := servingKeyProvider(ctx, cfg.Keys)
 		if err != nil {
@@ -185,13 +218,7 @@ func newProxyRuntime(ctx context.Context, cfg *config.Config, log zerolog.Logger
 		}
 		provider = r.metrics.InstrumentProvider(provider)
 		r.provider = provider
-		pool, err := upstreamPool(cfg.Upstream, "pgcloak", upstreamPoolMaxConns)
-		if err != nil {
-			return nil, err
-		}
-		r.closers = append(r.closers, func() error { pool.Close(); return nil })
-
-		store, err := openKeyStore(ctx, cfg.Upstream, pool)
+		store, err := openKeyStore(ctx, cfg.Upstream, r.pool)
 		if err != nil {
 			return nil, err
 		}
@@ -205,9 +232,7 @@ func newProxyRuntime(ctx context.Context, cfg *config.Config, log zerolog.Logger
 			return nil, err
 		}
 		r.closers = append(r.closers, stopKeyEvents)
-		deps.Pool = pool
 		deps.Keys = proxy.CacheKeys{Cache: cache}
-		r.pool = pool
 	}
 
 	r.srv, err = proxy.NewServer(proxy.ConfigFrom(cfg), log, deps)
