@@ -29,6 +29,14 @@ func applySchema(t *testing.T, pg *testenv.Postgres, db, cfg string) {
 	}
 }
 
+// schemaApplied applies pgcloak schema's DDL for the configuration that
+// edit makes of checkConfig's (as startServe will) and returns edit.
+func schemaApplied(t *testing.T, pg *testenv.Postgres, db string, edit func(string) string) func(string) string {
+	t.Helper()
+	applySchema(t, pg, db, edit(checkConfig(pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, db)))
+	return edit
+}
+
 // formatTable declares public.fc with ssn (searchable, so ssn_bidx) and
 // notes.
 var formatTable = config.Table{Schema: "public", Name: "fc", Columns: []config.Column{

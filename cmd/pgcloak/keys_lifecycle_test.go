@@ -76,6 +76,7 @@ audit:
 `, keysAcmeRole, keysGlobexRole, keysInitechRole)
 	}
 	f.config = writeFile(t, "pgcloak.yaml", f.edit(checkConfig(pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, db)))
+	applySchema(t, pg, db, f.edit(checkConfig(pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, db)))
 	direct, err := pgx.Connect(ctx, pg.SuperuserURL(db))
 	if err != nil {
 		t.Fatal(err)

@@ -87,10 +87,10 @@ grant create on database %[2]s to %[3]s;`, strings.Join(roles, ", "), db, testen
 	}
 	fmt.Fprintf(&keys, "  cache_ttl: %s\n", kmsCallsTTL)
 	emu.SetLatency("", kmsCallsLatency)
-	s := startServe(t, pg, db, func(cfg string) string {
+	s := startServe(t, pg, db, schemaApplied(t, pg, db, func(cfg string) string {
 		cfg = withKeys(t, cfg, awsKeysYAML(emu.URL, "alias/pgcloak", keys.String()))
 		return cfg + "tenancy:\n  login:\n    roles:\n" + mapping.String() + patientsSSNDecl
-	})
+	}))
 
 	conns := make([][]*pgx.Conn, kmsCallsTenants)
 	for i := range conns {

@@ -84,7 +84,7 @@ audit:
 `, reencAcmeRole)
 	}
 	config := writeFile(t, "pgcloak.yaml", edit(checkConfig(pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, db)))
-	s := startServe(t, pg, db, edit)
+	s := startServe(t, pg, db, schemaApplied(t, pg, db, edit))
 	direct, err := pgx.Connect(ctx, pg.SuperuserURL(db))
 	if err != nil {
 		t.Fatal(err)

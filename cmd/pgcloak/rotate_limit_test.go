@@ -36,7 +36,7 @@ grant create on database %[2]s to %[3]s;`, limitAcmeRole, db, testenv.ScramUser)
 		t.Fatal(err)
 	}
 	keyFile := initLocalKey(t)
-	s := startServe(t, pg, db, func(cfg string) string {
+	s := startServe(t, pg, db, schemaApplied(t, pg, db, func(cfg string) string {
 		cfg = strings.Replace(useKeyFile(cfg, keyFile), "keys:\n", "keys:\n  rotate_after_encryptions: 3\n", 1)
 		return cfg + fmt.Sprintf(`tenancy:
   login:
@@ -51,7 +51,7 @@ encrypt:
 audit:
   output: stdout
 `, limitAcmeRole)
-	})
+	}))
 	acme := s.connectAs(t, limitAcmeRole, limitRolePass, db)
 	for id := 1; id <= 4; id++ {
 		if _, err := acme.Exec(ctx, fmt.Sprintf("insert into patients (id, diagnosis) values (%d, 'dx-%d')", id, id)); err != nil {
