@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -519,5 +521,75 @@ func TestPsqlCopyLargeStream(t *testing.T) {
 	fatalIf(t, err, "psql: %s", out)
 	if !strings.Contains(string(out), "200000") {
 		t.Errorf("psql output: got %q, want a count of 200000", out)
+	}
+}
+
+// TestUnencryptedDataAfterRequest: plaintext pipelined after an SSLRequest
+// or GSSENCRequest, in the same write, before the client could have read
+// the answer, is refused as PostgreSQL refuses it (08P01) and never acted
+// on, whatever the answer.
+func TestUnencryptedDataAfterRequest(t *testing.T) {
+	pg := testenv.Shared(t)
+	_, certFile, keyFile, err := testenv.WriteTLSCerts(t.TempDir())
+	fatalIf(t, err, "certs")
+	plain := startProxy(t, pg)
+	withTLS := startProxy(t, pg, func(c *Config) {
+		c.Listen.TLS = &config.ListenTLS{CertFile: certFile, KeyFile: keyFile}
+	})
+	ssl, _ := (&pgproto3.SSLRequest{}).Encode(nil)
+	gss, _ := (&pgproto3.GSSEncRequest{}).Encode(nil)
+	startup, _ := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30,
+		Parameters: map[string]string{"user": testenv.TrustUser, "database": "postgres"}}).Encode(nil)
+	const sslMsg = "received unencrypted data after SSL request"
+	const gssMsg = "received unencrypted data after GSSAPI encryption request"
+	cases := []struct {
+		name    string
+		addr    string
+		request []byte
+		answer  byte // 0: no answer byte before the error
+		message string
+		prefix  string // "pgcloak: " through the proxy
+	}{
+		// PostgreSQL itself, to show the proxy answers as it does.
+		{"PostgreSQL, SSL answered N", pg.Addr(), ssl, 'N', sslMsg, ""},
+		{"proxy, SSL answered N", plain.addr, ssl, 'N', sslMsg, "pgcloak: "},
+		{"proxy, GSS answered N", plain.addr, gss, 'N', gssMsg, "pgcloak: "},
+		{"proxy with TLS, GSS answered N", withTLS.addr, gss, 'N', gssMsg, "pgcloak: "},
+		// With TLS the proxy refuses before it answers S: nothing that
+		// came in plaintext is taken into the handshake.
+		{"proxy with TLS, SSL", withTLS.addr, ssl, 0, sslMsg, "pgcloak: "},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", c.addr)
+			fatalIf(t, err, "dial")
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			_, err = conn.Write(append(append([]byte(nil), c.request...), startup...))
+			fatalIf(t, err, "write")
+			b, err := io.ReadAll(conn)
+			if err != nil && !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("read: %v (got %q)", err, b)
+			}
+			if c.answer != 0 {
+				if len(b) == 0 || b[0] != c.answer {
+					t.Fatalf("answer: got %q, want %q first", b, c.answer)
+				}
+				b = b[1:]
+			}
+			fe := pgproto3.NewFrontend(bytes.NewReader(b), io.Discard)
+			msg, err := fe.Receive()
+			fatalIf(t, err, "decode the answer %q", b)
+			e, ok := msg.(*pgproto3.ErrorResponse)
+			if !ok {
+				t.Fatalf("got %T, want an ErrorResponse", msg)
+			}
+			mustEqual(t, "SQLSTATE", e.Code, pgerrcode.ProtocolViolation)
+			mustEqual(t, "severity", e.Severity, "FATAL")
+			mustEqual(t, "message", e.Message, c.prefix+c.message)
+			if msg, err := fe.Receive(); err == nil {
+				t.Errorf("after the error got %T, want nothing (the startup message was acted on)", msg)
+			}
+		})
 	}
 }
