@@ -37,7 +37,7 @@ import (
 // PostgreSQL replaces the statement.
 
 // reservedPrefix starts the names of the proxy's own statements.
-const reservedPrefix = "pgcloak:"
+const reservedPrefix = rewrite.ReservedPrefix
 
 // raiseStatement is the statement name refusals in the extended protocol
 // raise their error through.

@@ -79,6 +79,9 @@ var lobFunctions = map[uint32]bool{
 // declared columns, or refuses it.
 func (s *session) handleQuery(q *pgproto3.Query) error {
 	s.copyIn, s.dropCopy = nil, false // a COPY FROM the client abandoned
+	if pure(s.decl) {
+		return s.upstreamOut.send(q)
+	}
 	if err := tenantTokenCheck(q.String); err != nil {
 		s.track(q)
 		return s.refuse(err)
@@ -94,7 +97,7 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 			return err
 		}
 	}
-	if s.decl.schema == nil || !s.decl.schema.MightNeedAnalysis(q.String) {
+	if !s.needsAnalysis(q.String) {
 		return s.upstreamOut.send(q)
 	}
 	if sp, lits := s.decl.schema.AnalyzeShape(s.decl.plans, q.String); sp != nil && s.checkPlan(sp.Plan) == nil {
@@ -116,7 +119,7 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 	if err != nil {
 		return s.refuseStatement(q.String, err)
 	}
-	if plan.Passthrough {
+	if plan.Passthrough || unchanged(plan, q.String) {
 		return s.upstreamOut.send(q)
 	}
 	text, err := s.render(plan)
@@ -132,11 +135,7 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 // same Query, so a BEGIN before it opens the transaction the error then
 // aborts, and an implicit transaction rolls them back.
 func (s *session) refuseStatement(sql string, err error) error {
-	var ref *rewrite.Refusal
-	if !errors.As(err, &ref) {
-		return s.refuse(err)
-	}
-	prefix, perr := s.decl.schema.RefusedPrefix(s.decl.plans, sql)
+	prefix, perr := s.decl.schema.RefusedPrefix(s.decl.plans, sql, s.checkPlan)
 	if prefix == nil || perr == nil {
 		return s.refuse(err)
 	}
@@ -155,13 +154,16 @@ func (s *session) refuseStatement(sql string, err error) error {
 // touches declared columns, or refuses it. See extended.go.
 func (s *session) handleParse(m *pgproto3.Parse) error {
 	s.copyIn, s.dropCopy = nil, false // a COPY FROM the client abandoned
+	if pure(s.decl) {
+		return s.upstreamOut.send(m)
+	}
 	if err := tenantTokenCheck(m.Query); err != nil {
 		return s.refuseExtended(err)
 	}
 	if strings.HasPrefix(m.Name, reservedPrefix) {
 		return s.refuseExtended(errReservedName)
 	}
-	if s.decl.schema == nil || !s.decl.schema.MightNeedAnalysis(m.Query) {
+	if !s.needsAnalysis(m.Query) {
 		return s.parsePlain(m, m.Query)
 	}
 	plan, err := s.decl.schema.Cached(s.decl.plans, m.Query)
@@ -199,7 +201,7 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 // rest.
 func (s *session) handleFunctionCall(m *pgproto3.FunctionCall) error {
 	s.copyIn, s.dropCopy = nil, false
-	if lobFunctions[m.Function] {
+	if lobFunctions[m.Function] || pure(s.decl) {
 		s.track(m)
 		return s.upstreamOut.send(m)
 	}
@@ -207,8 +209,49 @@ func (s *session) handleFunctionCall(m *pgproto3.FunctionCall) error {
 	return s.refuse(&clientError{code: pgerrcode.FeatureNotSupported, msg: fmt.Sprintf("fast-path function call %d is not supported (only large-object functions are)", m.Function)})
 }
 
-// checkPlan applies the session's tenancy to an analysed statement.
+// pure reports whether a configuration is pure passthrough: no declared
+// tables and no way for a session to have a tenant (no tenant roles, no
+// JWT). Such sessions have nothing for pgcloak to protect, so it analyses
+// nothing and refuses nothing PostgreSQL would accept (SPEC §4); sessions
+// under a configuration without any tenancy section do not even reach the
+// message handlers (they go to the relay loop).
+func pure(d *declarations) bool {
+	t := &d.tenancyCfg
+	return len(d.encrypt.Tables) == 0 && len(t.Login.Roles) == 0 && t.Mode != config.ModeJWT &&
+		t.JWT.HS256Secret == "" && t.JWT.PublicKeyFile == ""
+}
+
+// needsAnalysis is the cheap pre-check: false means sql cannot change what
+// this session may touch, and it is forwarded without parsing. Sessions
+// with a tenant also look for the statements they must not run
+// (rewrite.Plan.Opaque).
+func (s *session) needsAnalysis(sql string) bool {
+	switch {
+	case s.decl.schema == nil:
+		return false
+	case s.scoped:
+		return s.decl.schema.MightNeedTenantAnalysis(sql)
+	}
+	return s.decl.schema.MightNeedAnalysis(sql)
+}
+
+// unchanged reports whether a plan forwards its text as it came: no
+// rewrite, only findings (Opaque, LexerChange) that checkPlan allowed.
+func unchanged(plan *rewrite.Plan, sql string) bool {
+	return len(plan.Slots) == 0 && len(plan.Segments) == 1 && plan.Segments[0] == sql && !plan.ResetsSettings
+}
+
+// checkPlan applies the session's tenancy to an analysed statement: role
+// changes must stay with the session's tenant, and a session with a tenant
+// may neither change how PostgreSQL lexes its text nor (unless
+// tenancy.allow_dynamic_sql) run SQL pgcloak cannot read.
 func (s *session) checkPlan(plan *rewrite.Plan) error {
+	if s.scoped && plan.LexerChange != nil {
+		return plan.LexerChange
+	}
+	if s.scoped && plan.Opaque != nil && !s.decl.tenancyCfg.AllowDynamicSQL {
+		return plan.Opaque
+	}
 	for _, rc := range plan.RoleChanges {
 		if rc.Target == "" {
 			continue // RESET ROLE / SESSION AUTHORIZATION DEFAULT: back to the login role

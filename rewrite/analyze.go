@@ -90,7 +90,8 @@ func (a *analyzer) run(tree *pg_query.ParseResult) (*Plan, error) {
 	}
 	if !anyChanged {
 		plan.Segments = []string{a.sql}
-		plan.Passthrough = len(plan.RoleChanges) == 0 && !plan.ResetsSettings && plan.Copy == nil
+		plan.Passthrough = len(plan.RoleChanges) == 0 && !plan.ResetsSettings && plan.Copy == nil &&
+			plan.Opaque == nil && plan.LexerChange == nil
 		if !plan.Passthrough {
 			plan.Params = identityParams(maxParam(tree))
 		}
@@ -309,7 +310,71 @@ func (a *analyzer) statement(n *pg_query.Node) error {
 	if err := a.tenancy(n); err != nil {
 		return err
 	}
+	if a.plan.Opaque == nil {
+		a.plan.Opaque = a.opaque(n)
+	}
 	return a.dispatch(n)
+}
+
+// opaque returns the refusal of the first node of a statement whose effect
+// pgcloak cannot read from the text (see Plan.Opaque), or nil. It walks the
+// whole statement: CREATE SCHEMA can hold views and triggers.
+//
+// Views are opaque whatever they select from: a view's query can reach a
+// declared table through another view, a function or a rule that the text
+// does not show, and the result columns of a view name the view, so pgcloak
+// would neither rewrite writes through it nor decrypt reads. CREATE TABLE AS
+// and SELECT INTO are not: they copy stored values (ciphertext, bound to the
+// declared table it came from) into a plain table and alias nothing; over a
+// declared table they are refused as derived objects anyway.
+func (a *analyzer) opaque(n *pg_query.Node) *Refusal {
+	var found *Refusal
+	_ = visit(n, func(m proto.Message) (bool, error) {
+		if found != nil {
+			return false, nil
+		}
+		what := ""
+		switch x := m.(type) {
+		case *pg_query.DoStmt:
+			what = "DO"
+		case *pg_query.CreateFunctionStmt:
+			what = "CREATE FUNCTION"
+			if x.IsProcedure {
+				what = "CREATE PROCEDURE"
+			}
+		case *pg_query.AlterFunctionStmt:
+			switch x.Objtype {
+			case pg_query.ObjectType_OBJECT_PROCEDURE:
+				what = "ALTER PROCEDURE"
+			case pg_query.ObjectType_OBJECT_ROUTINE:
+				what = "ALTER ROUTINE"
+			default:
+				what = "ALTER FUNCTION"
+			}
+		case *pg_query.RuleStmt:
+			what = "CREATE RULE"
+		case *pg_query.CreateTrigStmt:
+			what = "CREATE TRIGGER"
+		case *pg_query.CreateEventTrigStmt:
+			what = "CREATE EVENT TRIGGER"
+		case *pg_query.ViewStmt:
+			what = "CREATE VIEW"
+		case *pg_query.CreateTableAsStmt:
+			if x.Objtype == pg_query.ObjectType_OBJECT_MATVIEW {
+				what = "CREATE MATERIALIZED VIEW"
+			}
+		case *pg_query.AlterRoleSetStmt:
+			what = "ALTER ROLE ... SET"
+		case *pg_query.AlterDatabaseSetStmt:
+			what = "ALTER DATABASE ... SET"
+		}
+		if what != "" {
+			found = a.refusal(kindOpaque, "", "", "", what, -1)
+			return false, nil
+		}
+		return true, nil
+	})
+	return found
 }
 
 func (a *analyzer) dispatch(n *pg_query.Node) error {

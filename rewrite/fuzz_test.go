@@ -11,7 +11,8 @@ import (
 // no panic; a refusal is a complete *Refusal; every accepted plan keeps the
 // checkPlan invariants (its output parses, no slot value left in Segments,
 // no constant reaching a declared column); and a text MightNeedAnalysis
-// waves through is one Analyze would have passed through unchanged.
+// waves through is one Analyze would have passed through unchanged (or,
+// for MightNeedTenantAnalysis, one whose only finding is Plan.Opaque).
 func FuzzRewrite(f *testing.F) {
 	s := testSchema(f)
 	for _, file := range goldenFiles(f) {
@@ -40,8 +41,11 @@ func FuzzRewrite(f *testing.F) {
 			return
 		}
 		checkPlan(t, s, sql, plan)
-		if !plan.Passthrough && !s.MightNeedAnalysis(sql) {
-			t.Fatalf("MightNeedAnalysis = false for a text that needs a plan")
+		if !plan.Passthrough && !s.MightNeedTenantAnalysis(sql) {
+			t.Fatalf("MightNeedTenantAnalysis = false for a text that needs a plan")
+		}
+		if !plan.Passthrough && !opaqueOnly(sql, plan, nil) && !s.MightNeedAnalysis(sql) {
+			t.Fatalf("MightNeedAnalysis = false for a text that needs a plan in every session")
 		}
 	})
 }

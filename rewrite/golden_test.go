@@ -61,6 +61,8 @@ type goldenWant struct {
 	RoleChanges    []string     `json:"role_changes,omitempty"`
 	ResetsSettings bool         `json:"resets_settings,omitempty"`
 	Copy           string       `json:"copy,omitempty"`
+	Opaque         *goldenError `json:"opaque,omitempty"`
+	LexerChange    *goldenError `json:"lexer_change,omitempty"`
 	Error          *goldenError `json:"error,omitempty"`
 }
 
@@ -138,12 +140,9 @@ func renderWant(plan *Plan, err error) goldenWant {
 		if !errors.As(err, &r) {
 			return goldenWant{Error: &goldenError{Code: "not a *Refusal", Message: err.Error()}}
 		}
-		return goldenWant{Error: &goldenError{
-			Code: r.Code, Message: r.Message, Schema: r.Schema, Table: r.Table, Column: r.Column,
-			Construct: r.Construct, Position: r.Position,
-		}}
+		return goldenWant{Error: renderRefusal(r)}
 	}
-	w := goldenWant{ResetsSettings: plan.ResetsSettings}
+	w := goldenWant{ResetsSettings: plan.ResetsSettings, Opaque: renderRefusal(plan.Opaque), LexerChange: renderRefusal(plan.LexerChange)}
 	if plan.Statements != 1 {
 		w.Statements = plan.Statements
 	}
@@ -188,6 +187,16 @@ func renderWant(plan *Plan, err error) goldenWant {
 		w.Params = append(w.Params, line)
 	}
 	return w
+}
+
+func renderRefusal(r *Refusal) *goldenError {
+	if r == nil {
+		return nil
+	}
+	return &goldenError{
+		Code: r.Code, Message: r.Message, Schema: r.Schema, Table: r.Table, Column: r.Column,
+		Construct: r.Construct, Position: r.Position,
+	}
 }
 
 func renderSQL(plan *Plan, slot func(Slot) string) string {
@@ -546,8 +555,11 @@ func TestGolden(t *testing.T) {
 					if err == nil {
 						checkPlan(t, s, c.SQL, plan)
 					}
-					if !c.Want.Passthrough && !s.MightNeedAnalysis(c.SQL) {
-						t.Errorf("MightNeedAnalysis = false for a case that needs analysis")
+					if !c.Want.Passthrough && !s.MightNeedTenantAnalysis(c.SQL) {
+						t.Errorf("MightNeedTenantAnalysis = false for a case that needs analysis")
+					}
+					if !c.Want.Passthrough && !opaqueOnly(c.SQL, plan, err) && !s.MightNeedAnalysis(c.SQL) {
+						t.Errorf("MightNeedAnalysis = false for a case that needs analysis in every session")
 					}
 					cache := NewCache(4)
 					for range 2 {
@@ -569,6 +581,14 @@ func TestGolden(t *testing.T) {
 			}
 		})
 	}
+}
+
+// opaqueOnly reports whether the only thing a plan says beyond passthrough
+// is Opaque, which only sessions with a tenant must see.
+func opaqueOnly(sql string, plan *Plan, err error) bool {
+	return err == nil && plan.Opaque != nil && plan.LexerChange == nil && len(plan.RoleChanges) == 0 &&
+		!plan.ResetsSettings && plan.Copy == nil && len(plan.Slots) == 0 &&
+		len(plan.Segments) == 1 && plan.Segments[0] == sql
 }
 
 func caseName(i int, c *goldenCase) string {
@@ -601,10 +621,16 @@ func TestRefusalKinds(t *testing.T) {
 			if c.Skip {
 				continue
 			}
-			_, err := s.Analyze(c.SQL)
+			plan, err := s.Analyze(c.SQL)
 			var r *Refusal
 			if errors.As(err, &r) {
 				produced[r.kind]++
+			}
+			if plan != nil && plan.Opaque != nil {
+				produced[plan.Opaque.kind]++
+			}
+			if plan != nil && plan.LexerChange != nil {
+				produced[plan.LexerChange.kind]++
 			}
 		}
 	}

@@ -18,7 +18,8 @@ type Plan struct {
 	// ResetsSettings. Statements that merely read declared columns in their
 	// select list (the proxy decrypts by RowDescription origin) and plain DDL
 	// on declared tables (ALTER TABLE, CREATE INDEX, DROP, TRUNCATE, GRANT,
-	// VACUUM, ANALYZE, COMMENT, ...) are Passthrough.
+	// VACUUM, ANALYZE, COMMENT, ...) are Passthrough. A plan with Opaque or
+	// LexerChange set is not: the proxy has them to judge.
 	//
 	// When Passthrough is true, Segments is the original text, Slots is
 	// empty and Params is nil.
@@ -66,6 +67,22 @@ type Plan struct {
 	// PostgreSQL restores the tenant setting to its startup value, so the
 	// proxy pins the tenant as a startup parameter (or re-applies it).
 	ResetsSettings bool
+
+	// Opaque is the refusal (42501) of the first statement whose effect
+	// pgcloak cannot read from its text: DO, CREATE or ALTER of a function
+	// or procedure, CREATE RULE, CREATE [EVENT] TRIGGER, CREATE
+	// [MATERIALIZED] VIEW, ALTER ROLE / DATABASE ... SET. rewrite does not
+	// judge it: the proxy refuses it in sessions with a tenant unless
+	// tenancy.allow_dynamic_sql is set, and forwards it for the others.
+	// nil when the text has none.
+	Opaque *Refusal
+
+	// LexerChange is the refusal (42501) of the first statement that would
+	// change client_encoding away from UTF8 or standard_conforming_strings
+	// away from on (or back to a default pgcloak cannot see). With declared
+	// tables Analyze refuses such a statement itself; without, the proxy
+	// refuses it in sessions with a tenant. nil when the text has none.
+	LexerChange *Refusal
 }
 
 // RoleChange is one top-level change of the session's role.

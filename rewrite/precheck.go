@@ -18,9 +18,31 @@ import "strings"
 //   - a backslash: E'...' escapes (and backslashes in ordinary strings when
 //     standard_conforming_strings is off) can do the same;
 //   - a NUL byte: never valid in a query; Analyze refuses it.
+//   - pgcloak: pgcloak's own statement and portal names (ReservedPrefix),
+//     which PREPARE, EXECUTE, DEALLOCATE, DECLARE, FETCH, MOVE and CLOSE
+//     must not name; quoted or not, such a name contains the word unless
+//     it is spelt with Unicode escapes, which u& catches;
+//   - client_encoding, names (SET NAMES), standard_conforming_strings: the
+//     settings that decide how PostgreSQL lexes a text (see lexerSet).
 var alwaysTokens = []string{
 	"set_config", "pg_settings", "role", "authorization", "reset", "discard",
 	"query_to_xml", "ts_stat", "u&", `\`, "\x00",
+	"pgcloak", "client_encoding", "names", "standard_conforming_strings",
+}
+
+// tenantWords are the keywords of the statements Plan.Opaque reports,
+// matched as whole words by MightNeedTenantAnalysis. Keywords cannot be
+// quoted or escaped, and PostgreSQL folds only ASCII letters in them, so
+// each statement of an opaque kind shows one of these words in plain ASCII
+// letters with no letter or underscore directly before or after it
+// (comments, dollar quotes and digits count as separators, which only
+// errs towards parsing): DO; CREATE/ALTER FUNCTION, PROCEDURE, ALTER
+// ROUTINE; CREATE RULE; CREATE [EVENT|CONSTRAINT] TRIGGER; CREATE
+// [MATERIALIZED|RECURSIVE] VIEW; ALTER ROLE/USER/DATABASE ... SET (role is
+// an alwaysTokens substring).
+var tenantWords = []string{
+	"do", "function", "procedure", "routine", "rule", "trigger", "view",
+	"user", "database",
 }
 
 // buildTokens collects the MightNeedAnalysis tokens: alwaysTokens, every
@@ -88,6 +110,40 @@ func (s *Schema) MightNeedAnalysis(sql string) bool {
 		}
 	}
 	return false
+}
+
+// MightNeedTenantAnalysis is MightNeedAnalysis for sessions with a tenant:
+// it also reports texts that may hold a statement Plan.Opaque would name
+// (see tenantWords), which the proxy refuses in those sessions. It does not
+// allocate.
+func (s *Schema) MightNeedTenantAnalysis(sql string) bool {
+	return s.MightNeedAnalysis(sql) || hasTenantWord(sql)
+}
+
+// hasTenantWord reports whether sql holds one of tenantWords as a maximal
+// run of ASCII letters and underscores, in any ASCII case.
+func hasTenantWord(sql string) bool {
+	for i := 0; i < len(sql); {
+		if !isWordByte(sql[i]) {
+			i++
+			continue
+		}
+		j := i + 1
+		for j < len(sql) && isWordByte(sql[j]) {
+			j++
+		}
+		for _, w := range tenantWords {
+			if len(w) == j-i && hasPrefixFold(sql[i:j], w) {
+				return true
+			}
+		}
+		i = j
+	}
+	return false
+}
+
+func isWordByte(c byte) bool {
+	return c == '_' || ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z')
 }
 
 // hasPrefixFold reports whether s starts with tok, where tok is lower-case

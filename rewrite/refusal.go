@@ -210,7 +210,28 @@ var (
 			return construct + " is not allowed: pgcloak checks every role change against the session's tenant"
 		},
 		doc: "role or session_authorization set inside a function definition or a role/database default"}
+
+	kindOpaque = &refusalKind{id: "opaque_sql", code: pgerrcode.InsufficientPrivilege,
+		msg: func(_, construct string) string {
+			return construct + " is not allowed in a session with a tenant: pgcloak cannot see the SQL it runs or what it defines (tenancy.allow_dynamic_sql allows it)"
+		},
+		doc: "DO, CREATE/ALTER FUNCTION/PROCEDURE/ROUTINE, CREATE RULE, CREATE [EVENT] TRIGGER, CREATE [MATERIALIZED] VIEW, ALTER ROLE/DATABASE ... SET: Plan.Opaque, which the proxy refuses in sessions with a tenant"}
+	kindLexer = &refusalKind{id: "lexer_setting", code: pgerrcode.InsufficientPrivilege,
+		msg: func(_, construct string) string {
+			return construct + " is not allowed: pgcloak reads statements as PostgreSQL does only while client_encoding is UTF8 and standard_conforming_strings is on"
+		},
+		doc: "SET, SET LOCAL, RESET, SET ... DEFAULT or set_config() of client_encoding to anything but UTF8 or of standard_conforming_strings to anything but on (refused with declared tables; else Plan.LexerChange, refused in sessions with a tenant)"}
+	kindReserved = &refusalKind{id: "reserved_name", code: pgerrcode.InsufficientPrivilege,
+		msg: func(_, construct string) string {
+			return construct + ` of a name starting with "` + ReservedPrefix + `" is not allowed: those statements and portals are pgcloak's own`
+		},
+		doc: "PREPARE, EXECUTE, DEALLOCATE, DECLARE, FETCH, MOVE or CLOSE of a name with pgcloak's reserved prefix, also inside the query of query_to_xml() and ts_stat()"}
 )
+
+// ReservedPrefix starts the names of pgcloak's own prepared statements and
+// portals. Clients may not use such names, in protocol messages or in SQL.
+const ReservedPrefix = "pgcloak:"
+
 
 // refusalKinds is the one table of refusal kinds.
 var refusalKinds = []*refusalKind{
@@ -224,6 +245,7 @@ var refusalKinds = []*refusalKind{
 	kindNested, kindMerge, kindBody, kindStatement, kindRewriteFailed,
 	kindTenantSet, kindTenantSetConfig, kindTenantSetConfigDynamic, kindTenantBody,
 	kindTenantString, kindTenantPgSettings, kindTenantDynamicSQL, kindTenantRoleNested,
+	kindOpaque, kindLexer, kindReserved,
 }
 
 // position converts a pg_query byte offset into sql to PostgreSQL's 1-based

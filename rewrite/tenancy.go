@@ -44,6 +44,25 @@ func (a *analyzer) tenancy(n *pg_query.Node) error {
 			if x != top && (strings.EqualFold(x.Name, RoleChangeRole) || strings.EqualFold(x.Name, RoleChangeSessionAuthorization)) {
 				return false, a.refuseTenant(kindTenantRoleNested, "setting "+strings.ToLower(x.Name)+" inside a function definition or a role or database default", -1)
 			}
+			if err := a.lexerSet(x); err != nil {
+				return false, err
+			}
+		case *pg_query.PrepareStmt:
+			return true, a.reservedName(x.Name, "PREPARE")
+		case *pg_query.ExecuteStmt:
+			return true, a.reservedName(x.Name, "EXECUTE")
+		case *pg_query.DeallocateStmt:
+			return true, a.reservedName(x.Name, "DEALLOCATE")
+		case *pg_query.DeclareCursorStmt:
+			return true, a.reservedName(x.Portalname, "DECLARE")
+		case *pg_query.FetchStmt:
+			what := "FETCH"
+			if x.Ismove {
+				what = "MOVE"
+			}
+			return true, a.reservedName(x.Portalname, what)
+		case *pg_query.ClosePortalStmt:
+			return true, a.reservedName(x.Portalname, "CLOSE")
 		case *pg_query.ParamRef:
 			// Not tenancy, but this walk sees every node: parameter
 			// numbers must be ones a Bind can supply.
@@ -127,14 +146,143 @@ func (a *analyzer) tenancyFunc(f *pg_query.FuncCall) error {
 		if strings.EqualFold(strings.TrimSpace(s), a.s.setting) {
 			return a.refuseTenant(kindTenantSetConfig, "set_config()", f.Location)
 		}
+		if setting := lexerSetting(s); setting != "" {
+			if len(f.Args) >= 2 {
+				if v, ok := constString(f.Args[1]); ok && lexerValueOK(setting, v) {
+					return nil
+				}
+			}
+			return a.lexerRefusal("set_config() of "+setting, f.Location)
+		}
 	case dynamicSQLFuncs[name]:
 		if len(f.Args) == 0 {
 			return nil
 		}
-		if _, ok := constString(f.Args[0]); !ok {
+		q, ok := constString(f.Args[0])
+		if !ok {
 			return a.refuseTenant(kindTenantDynamicSQL, name+"()", f.Location)
 		}
-		// The constant itself is checked as a string by tenancyString.
+		// The constant itself is checked as a string by tenancyString;
+		// the statements in it get the checks of any statement, so that
+		// they cannot reach pgcloak's own prepared statements either.
+		return a.dynamicQuery(q, f.Location)
+	}
+	return nil
+}
+
+// dynamicQuery applies the tenancy checks to the statements of a query
+// given as text to a function that runs it. A text that does not parse
+// fails there too, and is left to PostgreSQL. A refusal points at the
+// function call.
+func (a *analyzer) dynamicQuery(q string, loc int32) error {
+	tree, err := pg_query.Parse(q)
+	if err != nil {
+		return nil
+	}
+	for _, raw := range tree.Stmts {
+		if err := a.tenancy(raw.Stmt); err != nil {
+			if r, ok := err.(*Refusal); ok {
+				r.Position = a.position(loc)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// reservedName refuses a statement that names one of pgcloak's own
+// prepared statements or portals (ReservedPrefix), compared without regard
+// to ASCII case: the proxy's names are lower-case, and erring towards
+// refusing costs nothing.
+func (a *analyzer) reservedName(name, what string) error {
+	if len(name) >= len(ReservedPrefix) && strings.EqualFold(name[:len(ReservedPrefix)], ReservedPrefix) {
+		return a.refusal(kindReserved, "", "", "", what, -1)
+	}
+	return nil
+}
+
+// The settings that decide how PostgreSQL's lexer reads a statement text.
+// pg_query lexes as PostgreSQL does with client_encoding UTF8 and
+// standard_conforming_strings on; with another client encoding (SJIS, GBK,
+// GB18030, BIG5 have multibyte characters whose second byte is a backslash
+// or a quote) or with backslash escapes in ordinary strings, one text is
+// read as different statements by the two.
+const (
+	settingClientEncoding = "client_encoding"
+	settingSCS            = "standard_conforming_strings"
+)
+
+// lexerSetting returns which lexer setting name names (GUC names compare
+// case-insensitively), or "".
+func lexerSetting(name string) string {
+	switch {
+	case strings.EqualFold(name, settingClientEncoding):
+		return settingClientEncoding
+	case strings.EqualFold(name, settingSCS):
+		return settingSCS
+	}
+	return ""
+}
+
+// lexerValueOK reports whether v keeps setting where pgcloak needs it:
+// client_encoding UTF8 under any name PostgreSQL's clean_encoding_name
+// maps to it (utf8, UTF-8, unicode, ...), standard_conforming_strings any
+// spelling of true that parse_bool accepts.
+func lexerValueOK(setting, v string) bool {
+	switch setting {
+	case settingClientEncoding:
+		var b [8]byte
+		n := 0
+		for i := 0; i < len(v); i++ {
+			c := v[i]
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			if ('a' <= c && c <= 'z') || ('0' <= c && c <= '9') {
+				if n == len(b) {
+					return false
+				}
+				b[n] = c
+				n++
+			}
+		}
+		name := string(b[:n])
+		return name == "utf8" || name == "unicode"
+	case settingSCS:
+		l := strings.ToLower(v)
+		return l != "" && (strings.HasPrefix("true", l) || strings.HasPrefix("yes", l) || l == "on" || l == "1")
+	}
+	return false
+}
+
+// lexerSet checks a SET, SET LOCAL, RESET or function SET clause of a lexer
+// setting. Only an explicit value pgcloak agrees with passes: DEFAULT,
+// RESET and FROM CURRENT go back to a value the text does not show.
+func (a *analyzer) lexerSet(v *pg_query.VariableSetStmt) error {
+	setting := lexerSetting(v.Name)
+	if setting == "" {
+		return nil
+	}
+	if v.Kind == pg_query.VariableSetKind_VAR_SET_VALUE && len(v.Args) == 1 {
+		if c := v.Args[0].GetAConst(); c != nil {
+			if val, ok := constValue(c); ok && lexerValueOK(setting, val) {
+				return nil
+			}
+		}
+	}
+	return a.lexerRefusal(setVerb(v)+" "+setting, -1)
+}
+
+// lexerRefusal refuses a change of a lexer setting outright when tables are
+// declared, and otherwise records it in Plan.LexerChange for the proxy,
+// which refuses it in sessions with a tenant.
+func (a *analyzer) lexerRefusal(construct string, loc int32) error {
+	r := a.refusal(kindLexer, "", "", "", construct, loc)
+	if len(a.s.tables) > 0 {
+		return r
+	}
+	if a.plan.LexerChange == nil {
+		a.plan.LexerChange = r
 	}
 	return nil
 }

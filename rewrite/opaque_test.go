@@ -1,0 +1,87 @@
+package rewrite
+
+import (
+	"testing"
+
+	"github.com/pgcloak/pgcloak/config"
+)
+
+// TestMightNeedTenantAnalysis tries to hide the keywords of opaque
+// statements from the pre-check of sessions with a tenant: every text that
+// Analyze reports as Opaque must be analysed.
+func TestMightNeedTenantAnalysis(t *testing.T) {
+	s := NewSchema(config.Encrypt{}, "app.tenant_id")
+	tests := []struct {
+		sql  string
+		want bool
+	}{
+		{"SELECT * FROM docs", false},
+		{"SELECT current_user", false},
+		{"SELECT * FROM users WHERE viewed", false},
+		{"SELECT * FROM reviews_view_x", false},
+		{"INSERT INTO todo (done) VALUES (true)", false},
+		{"DO $$BEGIN NULL; END$$", true},
+		{"/**/DO/**/$$BEGIN NULL; END$$", true},
+		{"dO$x$BEGIN NULL; END$x$", true},
+		{"--c\nDo $$ $$", true},
+		{"SELECT 1;DO $$ $$", true},
+		{"CREATE/**/FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql", true},
+		{"create or replace procedure p() language sql as 'select 1'", true},
+		{"ALTER ROUTINE r() SECURITY DEFINER", true},
+		{"CREATE RULE r AS ON INSERT TO t DO INSTEAD NOTHING", true},
+		{"CREATE TRIGGER t BEFORE INSERT ON x FOR EACH ROW EXECUTE FUNCTION f()", true},
+		{"CREATE MATERIALIZED VIEW m AS SELECT 1", true},
+		{"CREATE VIEW\tv AS SELECT 1", true},
+		{"ALTER USER u SET work_mem = '1MB'", true},
+		{"ALTER DATABASE d SET work_mem = '1MB'", true},
+		{"ALTER ROLE r SET work_mem = '1MB'", true},
+		{"select 1 from x where y=1do", true}, // digits separate: errs towards parsing
+	}
+	for _, tt := range tests {
+		if got := s.MightNeedTenantAnalysis(tt.sql); got != tt.want {
+			t.Errorf("MightNeedTenantAnalysis(%q) = %v, want %v", tt.sql, got, tt.want)
+		}
+		if tt.want {
+			continue
+		}
+		plan, err := s.Analyze(tt.sql)
+		if err == nil && plan.Opaque != nil {
+			t.Errorf("%q: skipped by the pre-check but Opaque", tt.sql)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { s.MightNeedTenantAnalysis(passthroughQuery) }); n != 0 {
+		t.Errorf("MightNeedTenantAnalysis allocates %v times per run, want 0", n)
+	}
+}
+
+// TestLexerChangeWithoutTables: without declared tables a change of a lexer
+// setting is not refused by Analyze (unscoped sessions may make it) but
+// reported in Plan.LexerChange, and the plan is not passthrough.
+func TestLexerChangeWithoutTables(t *testing.T) {
+	s := NewSchema(config.Encrypt{}, "app.tenant_id")
+	tests := []struct {
+		sql       string
+		construct string
+	}{
+		{"SET client_encoding TO 'SJIS'", "SET client_encoding"},
+		{"SET NAMES 'GBK'", "SET client_encoding"},
+		{"SET standard_conforming_strings = off", "SET standard_conforming_strings"},
+		{"SELECT 1; SELECT pg_catalog.set_config('standard_conforming_strings', 'off', false)", "set_config() of standard_conforming_strings"},
+		{"SET client_encoding = 'utf8'", ""},
+	}
+	for _, tt := range tests {
+		plan, err := s.Analyze(tt.sql)
+		if err != nil {
+			t.Errorf("%q: %v", tt.sql, err)
+			continue
+		}
+		switch {
+		case tt.construct == "" && (plan.LexerChange != nil || !plan.Passthrough):
+			t.Errorf("%q: LexerChange %v, passthrough %v; want none, true", tt.sql, plan.LexerChange, plan.Passthrough)
+		case tt.construct != "" && (plan.LexerChange == nil || plan.Passthrough):
+			t.Errorf("%q: LexerChange %v, passthrough %v; want one, false", tt.sql, plan.LexerChange, plan.Passthrough)
+		case tt.construct != "" && plan.LexerChange.Construct != tt.construct:
+			t.Errorf("%q: construct %q, want %q", tt.sql, plan.LexerChange.Construct, tt.construct)
+		}
+	}
+}
