@@ -30,12 +30,31 @@ is configured (and listen.tls.client_ca_file and upstream.client_certs), and
 connect to the upstream server as upstream.user (honouring
 upstream.sslmode and upstream.root_cert_file) to run "select version()".
 
+It fails a configuration under which a client session could run as
+upstream.user, which owns the verified tenant pin's key: upstream.user
+mapped by tenancy.login.roles or matched by tenancy.unscoped_roles.
+
 Then, for every table in encrypt.tables, it checks as upstream.user that the
 table exists; that every declared column and blind-index column is bytea (a
-text column would store plaintext); whether row-level security is enabled
-and forced; and whether upstream.user and the tenant roles of
-tenancy.login.roles bypass it (superuser, BYPASSRLS, or having the table
-owner's privileges while RLS is not forced).
+text column would store plaintext) and carries pgcloak's format CHECK, by
+its definition (missing fails, as serve refuses to start without it, unless
+encrypt.require_format_checks is false; the earlier, looser definition or
+NOT VALID warns); whether row-level security is enabled and forced;
+whether its policies isolate tenants by pgcloak.current_tenant() (a policy
+that reads the bare tenant setting, current_setting('app.tenant_id'),
+fails: SQL in a session can change the setting; a policy reading another
+setting, a permissive policy that does not call the function, or no policy
+calling it warns; so does a column default reading the bare setting); and
+whether upstream.user and the tenant roles of tenancy.login.roles bypass
+RLS (superuser, BYPASSRLS, or having the table owner's privileges while
+RLS is not forced). Policies of tables not declared that read the bare
+setting are warnings.
+
+For every tenant role it warns when the role may create objects (CREATE on
+a schema, TEMP on the database), execute a SECURITY DEFINER function, or
+execute a function whose body runs dynamic SQL (found by a text search of
+the body for EXECUTE or set_config: a heuristic), other than pgcloak's own;
+a tenant role that may read pgcloak.pin_key fails.
 
 Each check prints one line: "ok", "WARN" or "FAIL". A tenant role that
 bypasses RLS fails: that tenant could read other tenants' rows (as
@@ -133,6 +152,7 @@ func check(ctx context.Context, cfg *config.Config, w io.Writer) bool {
 		c.result(err, "upstream client certificate", fmt.Sprintf("%s loads, presented for role %s", cc.CertFile, cc.User))
 	}
 
+	checkUpstreamUser(cfg, c)
 	checkUpstream(ctx, cfg, c)
 
 	switch {
@@ -167,16 +187,26 @@ func checkUpstream(ctx context.Context, cfg *config.Config, c *checker) {
 
 	if len(cfg.Encrypt.Tables) == 0 {
 		fmt.Fprintln(c.w, "      encrypted tables: none declared")
-		return
 	}
 	roles := checkedRoles(cfg)
 	for _, t := range cfg.Encrypt.Tables {
 		tctx, cancel := context.WithTimeout(ctx, timeout)
-		err := checkTable(tctx, conn, t, roles, c)
+		err := checkTable(tctx, conn, t, roles, cfg, c)
 		cancel()
 		if err != nil {
 			c.line(levelFail, "table "+t.QualifiedName(), redact(err, u.Password).Error())
 		}
+	}
+	if !pinsTenants(cfg) {
+		return // pure passthrough: no tenant to isolate
+	}
+	tctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := checkOtherPolicies(tctx, conn, cfg, c); err != nil {
+		c.line(levelFail, "policies", redact(err, u.Password).Error())
+	}
+	if err := checkTenantRoles(tctx, conn, roles, c); err != nil {
+		c.line(levelFail, "tenant roles", redact(err, u.Password).Error())
 	}
 }
 
@@ -252,7 +282,7 @@ type roleFacts struct {
 // declared column and index column is bytea, its row-level security state,
 // and whether any of roles bypasses it. An error is a failed catalog
 // query; the caller reports it.
-func checkTable(ctx context.Context, conn *pgx.Conn, t config.Table, roles []checkedRole, c *checker) error {
+func checkTable(ctx context.Context, conn *pgx.Conn, t config.Table, roles []checkedRole, cfg *config.Config, c *checker) error {
 	qual := t.QualifiedName()
 	what := "table " + qual
 
@@ -293,6 +323,13 @@ func checkTable(ctx context.Context, conn *pgx.Conn, t config.Table, roles []che
 			checkColumnType(c, what, col.IndexColumn, "blind index of "+col.Name, types)
 		}
 	}
+	verdicts, err := verifyTableFormatChecks(ctx, conn, t)
+	if err != nil {
+		return err
+	}
+	for _, v := range verdicts {
+		checkFormatLine(c, what, v, cfg)
+	}
 
 	facts, err := rolesFacts(ctx, conn, roles, rls.ownerOID)
 	if err != nil {
@@ -306,11 +343,36 @@ func checkTable(ctx context.Context, conn *pgx.Conn, t config.Table, roles []che
 	}
 	l, detail := rlsPosture(rls, owners)
 	c.line(l, what+" rls", detail)
+	if err := checkPolicies(ctx, conn, oid, what, cfg.Tenancy.Setting, rls, c); err != nil {
+		return err
+	}
 	for _, r := range roles {
 		l, detail := rolePosture(r, facts[r.name], rls)
 		c.line(l, what+" role "+r.name+" ("+r.label+")", detail)
 	}
 	return nil
+}
+
+// checkFormatLine reports one column's format CHECK as serve will judge
+// it: missing fails (serve refuses to start) unless
+// encrypt.require_format_checks is false; the earlier definition and NOT
+// VALID are warnings.
+func checkFormatLine(c *checker, table string, v formatStatus, cfg *config.Config) {
+	what := table + " column " + v.check.column + " format CHECK"
+	switch v.state {
+	case formatOK:
+		c.line(levelOK, what, v.constraint)
+	case formatNotValid:
+		c.line(levelWarn, what, v.constraint+" is NOT VALID: rows stored before it were not checked ("+schemaCommand(cfg)+" validates it)")
+	case formatLegacy:
+		c.line(levelWarn, what, v.constraint+" has the earlier definition, which does not check the key version ("+schemaCommand(cfg)+" replaces it)")
+	case formatMissing:
+		l, after := levelFail, "serve refuses to start"
+		if !cfg.Encrypt.RequireFormatChecks {
+			l, after = levelWarn, "PostgreSQL accepts plaintext in it (encrypt.require_format_checks is false)"
+		}
+		c.line(l, what, "missing ("+v.why+"): "+after+"; add "+v.check.name()+" with: "+schemaCommand(cfg))
+	}
 }
 
 // checkColumnType reports whether column name of the table is bytea.

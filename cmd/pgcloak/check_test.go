@@ -129,12 +129,14 @@ func TestCheckTables(t *testing.T) {
 	defer cancel()
 
 	// Every table is created by the superuser, so owned by postgres unless
-	// altered; the policy is the one of the README.
+	// altered; the policy is the one of the README, and pgcloak schema's
+	// DDL adds the format CHECKs.
+	installPin(t, pg, db)
 	table := func(name, ssnType, rls string) string {
 		return fmt.Sprintf(`
-create table %[1]s (id int primary key, tenant_id text not null, ssn %[2]s, ssn_bidx bytea, diagnosis bytea);
+create table %[1]s (id int primary key, tenant_id text not null default pgcloak.current_tenant(), ssn %[2]s, ssn_bidx bytea, diagnosis bytea);
 %[3]s
-create policy tenant_isolation on %[1]s using (tenant_id = current_setting('app.tenant_id', true));`, name, ssnType, rls)
+create policy tenant_isolation on %[1]s using (tenant_id = pgcloak.current_tenant());`, name, ssnType, rls)
 	}
 	const forced = "alter table %s enable row level security; alter table %[1]s force row level security;"
 	setup := fmt.Sprintf(`
@@ -151,9 +153,15 @@ end $$;`, checkAcmeRole, checkGlobexRole, checkBypassRole, checkOwnerRole) +
 		table("owned_by_upstream", "bytea", "alter table owned_by_upstream enable row level security;") +
 		table("owned_by_tenant", "bytea", "alter table owned_by_tenant enable row level security;") + fmt.Sprintf(`
 alter table owned_by_upstream owner to %s;
-alter table owned_by_tenant owner to %s;`, testenv.ScramUser, checkOwnerRole)
+alter table owned_by_tenant owner to %s;
+revoke temp on database %s from public;`, testenv.ScramUser, checkOwnerRole, db)
 	if err := pg.Exec(ctx, db, setup); err != nil {
 		t.Fatal(err)
+	}
+	for _, name := range []string{"patients", "no_rls", "not_forced", "owned_by_upstream", "owned_by_tenant"} {
+		if err := pg.Exec(ctx, db, schemaDDL(t, config.Table{Schema: "public", Name: name, Columns: []config.Column{{Name: "ssn", IndexColumn: "ssn_bidx"}, {Name: "diagnosis"}}})); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	// configFor declares table with ssn (searchable, so ssn_bidx) and
@@ -192,7 +200,13 @@ alter table owned_by_tenant owner to %s;`, testenv.ScramUser, checkOwnerRole)
 			"ok    table public.patients column ssn: bytea",
 			"ok    table public.patients column ssn_bidx: bytea (blind index of ssn)",
 			"ok    table public.patients column diagnosis: bytea",
+			"ok    table public.patients column ssn format CHECK: patients_ssn_pgcloak_format",
+			"ok    table public.patients column ssn_bidx format CHECK: patients_ssn_bidx_pgcloak_format",
+			"ok    table public.patients column diagnosis format CHECK: patients_diagnosis_pgcloak_format",
 			"ok    table public.patients rls: enabled and forced",
+			"ok    table public.patients policies: use pgcloak.current_tenant() (tenant_isolation)",
+			"ok    upstream.user scram_user: is not a tenant or unscoped role",
+			"ok    role cmd_check_acme (tenant acme): creates no objects, executes no SECURITY DEFINER function (but pgcloak's) or dynamic SQL that check could find",
 			"ok    table public.patients " + upstream + ": does not bypass RLS (encrypt-existing then needs --tenant)",
 			"ok    table public.patients role cmd_check_acme (tenant acme): does not bypass RLS",
 			"ok    table public.patients role cmd_check_globex (tenant globex): does not bypass RLS",
@@ -206,6 +220,7 @@ alter table owned_by_tenant owner to %s;`, testenv.ScramUser, checkOwnerRole)
 		want: []string{
 			"FAIL  table public.plain_ssn column ssn: is text, want bytea (pgcloak schema prints the DDL; encrypt-existing moves plaintext)",
 			"ok    table public.plain_ssn column ssn_bidx: bytea (blind index of ssn)",
+			"FAIL  table public.plain_ssn column ssn format CHECK: missing (no CHECK with pgcloak's format definition): serve refuses to start; add plain_ssn_ssn_pgcloak_format with: pgcloak schema -c " + pathMarker + ` | psql "$DATABASE_URL"`,
 			"check FAILED",
 		},
 	}, {
@@ -268,6 +283,218 @@ alter table owned_by_tenant owner to %s;`, testenv.ScramUser, checkOwnerRole)
 		},
 	}} {
 		t.Run(tt.name, func(t *testing.T) {
+			path := writeFile(t, "pgcloak.yaml", tt.config)
+			r := pgcloak(t, "check", "-c", path)
+			if r.code != tt.code {
+				t.Errorf("exit code: got %d, want %d", r.code, tt.code)
+			}
+			lines := strings.Split(r.stdout, "\n")
+			for _, want := range tt.want {
+				want = strings.ReplaceAll(want, pathMarker, path)
+				if !slices.Contains(lines, want) {
+					t.Errorf("stdout: missing the line %q", want)
+				}
+			}
+			containsNone(t, "stdout", r.stdout, tt.unwanted...)
+			if strings.Contains(r.output(), testenv.ScramPassword) {
+				t.Errorf("output contains the upstream password")
+			}
+		})
+	}
+}
+
+// pathMarker stands for the configuration file's path in expected lines.
+const pathMarker = "<CONFIG>"
+
+// installPin installs the verified tenant pin (pgcloak.current_tenant())
+// in database db as serve does, as upstream.user (the testenv SCRAM role,
+// which it lets create the pgcloak schema).
+func installPin(t *testing.T, pg *testenv.Postgres, db string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if err := pg.Exec(ctx, db, fmt.Sprintf("grant create on database %s to %s", db, testenv.ScramUser)); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(writeFile(t, "pin.yaml", checkConfig(pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, db)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := upstreamPool(cfg.Upstream, "pgcloak test", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	pinner, err := openPinner(ctx, cfg, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinner.Close()
+}
+
+// Roles of TestCheckTenancy (roles are cluster-wide).
+const (
+	checkPlainRole = "cmd_check_plain" // may do none of what check warns about
+	checkRiskyRole = "cmd_check_risky" // may do all of it
+)
+
+// TestCheckTenancy runs check on what isolates tenants below the proxy:
+// policies that read the bare setting instead of pgcloak.current_tenant(),
+// on declared tables and others; upstream.user configured as a tenant or
+// unscoped role; and tenant roles that may create objects, run SECURITY
+// DEFINER functions or dynamic SQL, or read the pin key.
+func TestCheckTenancy(t *testing.T) {
+	pg := testenv.Shared(t)
+	db := testenv.NewDatabase(t, pg)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	installPin(t, pg, db)
+	ssnTable := func(name string) config.Table {
+		return config.Table{Schema: "public", Name: name, Columns: []config.Column{{Name: "ssn", IndexColumn: "ssn_bidx"}}}
+	}
+	setup := fmt.Sprintf(`
+do $$ begin
+  if not exists (select from pg_roles where rolname = '%[1]s') then create role %[1]s login; end if;
+  if not exists (select from pg_roles where rolname = '%[2]s') then create role %[2]s login; end if;
+end $$;
+revoke temp on database %[3]s from public;
+grant temp on database %[3]s to %[2]s;
+create schema app;
+grant usage, create on schema app to %[2]s;
+
+create table pinned (id int, tenant_id text not null default pgcloak.current_tenant(), ssn bytea, ssn_bidx bytea);
+alter table pinned enable row level security, force row level security;
+create policy isolation on pinned using (tenant_id = pgcloak.current_tenant()) with check (tenant_id = pgcloak.current_tenant());
+
+create table bare (id int, tenant_id text not null default current_setting('app.tenant_id'), ssn bytea, ssn_bidx bytea);
+alter table bare enable row level security, force row level security;
+create policy isolation on bare using (tenant_id = current_setting('app.tenant_id', true));
+
+create table mixed (id int, tenant_id text, ssn bytea, ssn_bidx bytea);
+alter table mixed enable row level security, force row level security;
+create policy isolation on mixed as restrictive using (tenant_id = pgcloak.current_tenant());
+create policy pinned on mixed using (tenant_id = pgcloak.current_tenant());
+create policy everyone on mixed using (true);
+create policy other_setting on mixed as restrictive using (current_setting('app.region', true) = 'eu');
+
+create table unpinned (id int, tenant_id text, ssn bytea, ssn_bidx bytea);
+alter table unpinned enable row level security, force row level security;
+create policy isolation on unpinned using (tenant_id = session_user);
+
+create table no_policy (id int, ssn bytea, ssn_bidx bytea);
+alter table no_policy enable row level security;
+
+create table app.undeclared (id int, tenant_id text);
+alter table app.undeclared enable row level security;
+create policy by_setting on app.undeclared with check (tenant_id = current_setting('APP.TENANT_ID'));
+
+create function app.definer() returns int language sql security definer as 'select 1';
+create function app.dynamic(t text) returns void language plpgsql as $f$ begin execute format('delete from %%I', t); end $f$;
+create function app.setter(v text) returns text language sql as $f$ select set_config('app.tenant_id', v, false) $f$;
+create function app.harmless() returns int language sql as 'select 2';
+create function app.hidden() returns int language plpgsql security definer as $f$ begin execute 'select 1'; return 1; end $f$;
+revoke execute on function app.hidden() from public;
+grant select on pgcloak.pin_key to %[2]s;
+`, checkPlainRole, checkRiskyRole, db)
+	if err := pg.Exec(ctx, db, setup); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"pinned", "bare", "mixed", "unpinned", "no_policy"} {
+		if err := pg.Exec(ctx, db, schemaDDL(t, ssnTable(name))); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	configFor := func(tenancy, table string) string {
+		return checkConfig(pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, db) + tenancy + fmt.Sprintf(`encrypt:
+  tables:
+    - name: %s
+      columns:
+        - name: ssn
+          type: text
+          search: equality
+`, table)
+	}
+	plain := "tenancy:\n  login:\n    roles:\n      " + checkPlainRole + ": acme\n"
+	undeclaredWarn := "WARN  table app.undeclared policy by_setting: not declared, reads the bare setting (current_setting('app.tenant_id')), which SQL in a session can change; read pgcloak.current_tenant() instead"
+	for _, tt := range []struct {
+		name     string
+		config   string
+		code     int
+		want     []string // whole lines
+		unwanted []string // substrings
+	}{{
+		name:   "pinned",
+		config: configFor(plain, "pinned"),
+		want: []string{
+			"ok    table public.pinned policies: use pgcloak.current_tenant() (isolation)",
+			"ok    role cmd_check_plain (tenant acme): creates no objects, executes no SECURITY DEFINER function (but pgcloak's) or dynamic SQL that check could find",
+			undeclaredWarn,
+			"WARN  table public.bare policy isolation: not declared, reads the bare setting (current_setting('app.tenant_id')), which SQL in a session can change; read pgcloak.current_tenant() instead",
+			"check passed (2 warnings)",
+		},
+		unwanted: []string{"FAIL", "pinned policy", "pinned column tenant_id"},
+	}, {
+		name:   "bare setting",
+		config: configFor(plain, "bare"),
+		code:   1,
+		want: []string{
+			"FAIL  table public.bare policy isolation: reads the bare setting (current_setting('app.tenant_id')), which SQL in a session can change; read pgcloak.current_tenant() instead: USING (tenant_id = pgcloak.current_tenant())",
+			"WARN  table public.bare policies: none calls pgcloak.current_tenant(): rows are not isolated by the tenant pgcloak pinned (CREATE POLICY ... USING (tenant_id = pgcloak.current_tenant()))",
+			"WARN  table public.bare column tenant_id: its default reads the bare setting (current_setting('app.tenant_id')); use DEFAULT pgcloak.current_tenant()",
+			undeclaredWarn,
+			"check FAILED",
+		},
+		unwanted: []string{"table public.bare policy isolation: not declared"},
+	}, {
+		name:   "mixed",
+		config: configFor(plain, "mixed"),
+		want: []string{
+			"ok    table public.mixed policies: use pgcloak.current_tenant() (isolation, pinned)",
+			"WARN  table public.mixed policy everyone: permissive and does not call pgcloak.current_tenant(): permissive policies are ORed, so it may show rows of other tenants (make it AS RESTRICTIVE, or drop it)",
+			"WARN  table public.mixed policy other_setting: reads a setting with current_setting(), which SQL in a session can change; isolate tenants by pgcloak.current_tenant()",
+		},
+	}, {
+		name:   "unpinned",
+		config: configFor(plain, "unpinned"),
+		want: []string{
+			"WARN  table public.unpinned policies: none calls pgcloak.current_tenant(): rows are not isolated by the tenant pgcloak pinned (CREATE POLICY ... USING (tenant_id = pgcloak.current_tenant()))",
+		},
+	}, {
+		name:   "no policy",
+		config: configFor(plain, "no_policy"),
+		want: []string{
+			"WARN  table public.no_policy policies: none: row-level security hides every row from roles that do not bypass it; add USING (tenant_id = pgcloak.current_tenant())",
+		},
+	}, {
+		name:   "risky tenant role",
+		config: configFor("tenancy:\n  login:\n    roles:\n      "+checkRiskyRole+": initech\n", "pinned"),
+		code:   1,
+		want: []string{
+			"FAIL  role cmd_check_risky (tenant initech): may read pgcloak.pin_key: a session as this role could pin any tenant (REVOKE ALL ON pgcloak.pin_key FROM \"cmd_check_risky\")",
+			"WARN  role cmd_check_risky (tenant initech): may create objects (CREATE on schema app; TEMP on database " + db + "): functions, views, rules or triggers whose SQL pgcloak never reads (REVOKE CREATE ON SCHEMA ...; REVOKE TEMP ON DATABASE ... FROM PUBLIC and the role)",
+			"WARN  role cmd_check_risky (tenant initech): may execute SECURITY DEFINER functions, which run as their owner: app.definer()",
+			"WARN  role cmd_check_risky (tenant initech): may execute functions whose body runs dynamic SQL (EXECUTE or set_config, by a text search of the body): app.dynamic(text), app.setter(text)",
+		},
+		unwanted: []string{"harmless", "hidden"},
+	}, {
+		name:   "upstream.user as a tenant",
+		config: configFor("tenancy:\n  login:\n    roles:\n      "+testenv.ScramUser+": acme\n      "+checkPlainRole+": globex\n", "pinned"),
+		code:   1,
+		want: []string{
+			"FAIL  upstream.user scram_user: tenancy.login.roles maps it to tenant acme: no client session may run as upstream.user, which owns the tenant pin's key (pgcloak refuses its login with 28000); map another role",
+		},
+		unwanted: []string{"is not a tenant or unscoped role"},
+	}, {
+		name:   "upstream.user unscoped",
+		config: configFor(plain+"  unscoped_roles: [migrator, 'scram_*']\n", "pinned"),
+		code:   1,
+		want: []string{
+			`FAIL  upstream.user scram_user: tenancy.unscoped_roles entry "scram_*" matches it: no client session may run as upstream.user, which owns the tenant pin's key (pgcloak refuses its login with 28000)`,
+		},
+		unwanted: []string{`entry "migrator"`},
+	}} {
+		t.Run(tt.name, func(t *testing.T) {
 			r := pgcloak(t, "check", "-c", writeFile(t, "pgcloak.yaml", tt.config))
 			if r.code != tt.code {
 				t.Errorf("exit code: got %d, want %d", r.code, tt.code)
@@ -279,9 +506,6 @@ alter table owned_by_tenant owner to %s;`, testenv.ScramUser, checkOwnerRole)
 				}
 			}
 			containsNone(t, "stdout", r.stdout, tt.unwanted...)
-			if strings.Contains(r.output(), testenv.ScramPassword) {
-				t.Errorf("output contains the upstream password")
-			}
 		})
 	}
 }
