@@ -31,17 +31,15 @@ const pinVersion = "v1"
 // PinSchema is the DDL of the verified tenant pin for the tenant setting
 // (tenancy.setting, e.g. app.tenant_id): the key table, the two sequences
 // and the functions pgcloak.current_tenant(), pgcloak.pin_challenge(),
-// pgcloak.pin() and pgcloak.unpin(). Run it as upstream.user: the
-// functions must be owned by the role that owns the key. See doc.go,
-// "The verified tenant pin".
+// pgcloak.pin() and pgcloak.unpin(), in schema pgcloak, which must exist
+// and be usable by PUBLIC (tenant roles call the functions). Run it as
+// upstream.user: the functions must be owned by the role that owns the
+// key. See doc.go, "The verified tenant pin".
 func PinSchema(setting string) string {
 	return fmt.Sprintf(pinSchema, quoteLiteral(setting), quoteLiteral(ProofSetting), markerExpr("t", "p"))
 }
 
-const pinSchema = `CREATE SCHEMA IF NOT EXISTS pgcloak;
-GRANT USAGE ON SCHEMA pgcloak TO PUBLIC;
-
-CREATE TABLE IF NOT EXISTS pgcloak.pin_key (
+const pinSchema = `CREATE TABLE IF NOT EXISTS pgcloak.pin_key (
     id   boolean PRIMARY KEY DEFAULT true CHECK (id),
     ikey bytea NOT NULL CHECK (length(ikey) = 64),
     okey bytea NOT NULL CHECK (length(okey) = 64),
@@ -119,6 +117,19 @@ GRANT EXECUTE ON FUNCTION pgcloak.pin_challenge(), pgcloak.pin(text, text, text)
     pgcloak.current_tenant() TO PUBLIC;
 `
 
+// pinSchemaCreate creates schema pgcloak when it is missing (CREATE SCHEMA
+// IF NOT EXISTS would need CREATE on the database even when it exists) and,
+// when upstream.user owns it, lets every role use it.
+const pinSchemaCreate = `DO $$
+BEGIN
+  IF to_regnamespace('pgcloak') IS NULL THEN
+    CREATE SCHEMA pgcloak;
+  END IF;
+  IF (SELECT nspowner = current_user::regrole FROM pg_namespace WHERE nspname = 'pgcloak') THEN
+    GRANT USAGE ON SCHEMA pgcloak TO PUBLIC;
+  END IF;
+END $$`
+
 // markerExpr is the SQL of a pin's marker: the first 64 bits of
 // SHA-256(tenant | proof) as a bigint.
 func markerExpr(t, p string) string {
@@ -150,6 +161,9 @@ func EnsurePin(ctx context.Context, pool *pgxpool.Pool, setting string) (*Pinner
 			return err
 		}
 		if current != pinFingerprint(want) {
+			if _, err := tx.Exec(ctx, pinSchemaCreate); err != nil {
+				return fmt.Errorf("create schema pgcloak: %w", err)
+			}
 			if _, err := tx.Exec(ctx, want); err != nil {
 				return fmt.Errorf("create the verified tenant pin (run as upstream.user, or run the DDL of pgcloak schema --keystore as upstream.user): %w", err)
 			}

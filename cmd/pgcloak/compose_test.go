@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/pgcloak/pgcloak/config"
+	"github.com/pgcloak/pgcloak/keystore"
 	"github.com/pgcloak/pgcloak/testenv"
 	"gopkg.in/yaml.v3"
 )
@@ -338,13 +339,16 @@ func TestCompose(t *testing.T) {
 				if !strings.Contains(schema, "create table "+tbl.QualifiedName()+" (") {
 					t.Errorf("table %s is not created by %s", tbl.QualifiedName(), initSQL)
 				}
-				for _, col := range tbl.Columns {
-					for _, name := range []string{col.Name, col.IndexColumn} {
-						if name != "" && !regexp.MustCompile(`(?m)^\s+`+name+`\s+bytea\b`).MatchString(schema) {
-							t.Errorf("%s.%s: no bytea column %s in %s", tbl.QualifiedName(), col.Name, name, initSQL)
-						}
-					}
+				// The bytea columns, CHECKs and indexes are pgcloak schema's
+				// DDL, as it prints it now.
+				var ddl strings.Builder
+				writeTableSchema(&ddl, tbl)
+				if !strings.Contains(schema, ddl.String()) {
+					t.Errorf("%s does not hold what pgcloak schema prints for %s now:\n%s", initSQL, tbl.QualifiedName(), ddl.String())
 				}
+			}
+			if pin := keystore.PinSchema(cfg.Tenancy.Setting); !strings.Contains(schema, pin) {
+				t.Errorf("%s does not hold the verified tenant pin's DDL for %s as keystore prints it now:\n%s", initSQL, cfg.Tenancy.Setting, pin)
 			}
 		})
 	}
@@ -546,6 +550,16 @@ func TestComposeInitSQL(t *testing.T) {
 	}
 	if !enabled || !forced {
 		t.Errorf("public.patients: got row security enabled %v, forced %v; want both", enabled, forced)
+	}
+	var policies int
+	if err := tx.QueryRow(ctx, `select count(*) from pg_policies where tablename = 'patients'
+		and qual like '%pgcloak.current_tenant()%' and with_check like '%pgcloak.current_tenant()%'`).Scan(&policies); err != nil || policies != 1 {
+		t.Errorf("public.patients: %d policies on pgcloak.current_tenant() (%v), want 1", policies, err)
+	}
+	var checks int
+	if err := tx.QueryRow(ctx, `select count(*) from pg_constraint where conrelid = 'public.patients'::regclass
+		and contype = 'c' and conname like '%pgcloak_format'`).Scan(&checks); err != nil || checks != 6 {
+		t.Errorf("public.patients: %d format CHECKs (%v), want 6 (4 declared columns, 2 index columns)", checks, err)
 	}
 	var bypass bool
 	if err := tx.QueryRow(ctx, "select rolbypassrls from pg_roles where rolname = 'pgcloak'").Scan(&bypass); err != nil || bypass {

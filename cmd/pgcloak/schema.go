@@ -77,8 +77,14 @@ func writeSchema(w io.Writer, cfg *config.Config, withKeystore bool) {
 		fmt.Fprintln(w, "\n-- The key store: the proxy creates it itself when upstream.user may.")
 		fmt.Fprint(w, keystore.Schema)
 		user := pgx.Identifier{cfg.Upstream.User}.Sanitize()
-		fmt.Fprintf(w, "\nGRANT USAGE ON SCHEMA %s TO %s;\n", keystore.SchemaName, user)
+		fmt.Fprintf(w, "\nGRANT USAGE, CREATE ON SCHEMA %s TO %s;\n", keystore.SchemaName, user)
+		fmt.Fprintf(w, "GRANT USAGE ON SCHEMA %s TO PUBLIC; -- tenant roles call pgcloak.current_tenant()\n", keystore.SchemaName)
 		fmt.Fprintf(w, "GRANT SELECT, INSERT, UPDATE ON %s TO %s;\n", keystore.TableName, user)
+		fmt.Fprintln(w, "\n-- The verified tenant pin: pgcloak.current_tenant() for row-level security.")
+		fmt.Fprintln(w, "-- upstream.user must own it (it reads the pin key), hence SET ROLE.")
+		fmt.Fprintf(w, "SET ROLE %s;\n", user)
+		fmt.Fprint(w, keystore.PinSchema(cfg.Tenancy.Setting))
+		fmt.Fprintln(w, "RESET ROLE;")
 	}
 }
 
