@@ -22,7 +22,7 @@ import (
 const visitsDDL = `
 create table visits (
 	id int primary key,
-	tenant_id text not null default current_setting('app.tenant_id'),
+	tenant_id text not null default pgcloak.current_tenant(),
 	note text,
 	ssn bytea, ssn_bidx bytea,
 	seen date,

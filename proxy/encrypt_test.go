@@ -90,9 +90,7 @@ func startEncrypted(t testing.TB, mutate ...func(*Config)) *encryptedEnv {
 	pool, err := pgxpool.New(ctx, pg.SuperuserURL(db))
 	fatalIf(t, err, "pool")
 	t.Cleanup(pool.Close)
-	pinner, err := keystore.EnsurePin(ctx, pool, "app.tenant_id")
-	fatalIf(t, err, "install the verified tenant pin")
-	t.Cleanup(pinner.Close)
+	pinner := installPin(t, pool)
 	fatalIf(t, pg.Exec(ctx, db, patientsDDL), "create demo schema")
 
 	env := &encryptedEnv{pg: pg, db: db, pool: pool, audit: &bytes.Buffer{}, logs: &bytes.Buffer{}}
@@ -110,6 +108,17 @@ func startEncrypted(t testing.TB, mutate ...func(*Config)) *encryptedEnv {
 		}
 	})
 	return env
+}
+
+// installPin installs the verified tenant pin in pool's database, as the
+// proxy's upstream.user would: patientsDDL's policies call
+// pgcloak.current_tenant().
+func installPin(t testing.TB, pool *pgxpool.Pool) *keystore.Pinner {
+	t.Helper()
+	pinner, err := keystore.EnsurePin(ctxT(t), pool, "app.tenant_id")
+	fatalIf(t, err, "install the verified tenant pin")
+	t.Cleanup(pinner.Close)
+	return pinner
 }
 
 // syncBuffer lets the audit logger and the test share a buffer.

@@ -70,6 +70,10 @@ func startLogged(t *testing.T) *encryptedEnv {
 	pg := loggedPostgres(t)
 	ctx := ctxT(t)
 	db := testenv.NewDatabase(t, pg)
+	pool, err := pgxpool.New(ctx, pg.SuperuserURL(db))
+	fatalIf(t, err, "pool")
+	t.Cleanup(pool.Close)
+	pinner := installPin(t, pool)
 	fatalIf(t, pg.Exec(ctx, db, patientsDDL+`
 		grant select, insert on patients to sjis_app, scs_app;
 		grant usage on sequence patients_id_seq to sjis_app, scs_app;
@@ -78,11 +82,8 @@ func startLogged(t *testing.T) *encryptedEnv {
 		create function lex_scs_off() returns void language plpgsql
 			as $$ begin perform pg_catalog.set_config('standard_conforming_strings', 'off', false); end $$;
 		grant execute on function lex_sjis(), lex_scs_off() to public;`), "schema")
-	pool, err := pgxpool.New(ctx, pg.SuperuserURL(db))
-	fatalIf(t, err, "pool")
-	t.Cleanup(pool.Close)
 	env := &encryptedEnv{pg: pg, db: db, pool: pool, audit: &bytes.Buffer{}, logs: &bytes.Buffer{}}
-	env.proxy = startProxyDeps(t, pg, Deps{Pool: pool, Keys: newTestKeys(t, pool), Audit: audit.New(&syncBuffer{b: env.audit})}, env.logs, func(c *Config) {
+	env.proxy = startProxyDeps(t, pg, Deps{Pool: pool, Keys: newTestKeys(t, pool), Pinner: pinner, Audit: audit.New(&syncBuffer{b: env.audit})}, env.logs, func(c *Config) {
 		c.Upstream.User = upstreamRole
 		c.Tenancy = config.Tenancy{
 			Setting: "app.tenant_id",

@@ -43,12 +43,13 @@ func TestObserverCounts(t *testing.T) {
 	ctx := ctxT(t)
 	startEncrypted(t) // creates the roles
 	db := testenv.NewDatabase(t, pg)
-	fatalIf(t, pg.Exec(ctx, db, patientsDDL+"alter table patients no force row level security; alter table patients disable row level security;"), "schema")
 	pool, err := pgxpool.New(ctx, pg.SuperuserURL(db))
 	fatalIf(t, err, "pool")
 	defer pool.Close()
+	pinner := installPin(t, pool)
+	fatalIf(t, pg.Exec(ctx, db, patientsDDL+"alter table patients no force row level security; alter table patients disable row level security;"), "schema")
 	obs := newCountingObserver()
-	p := startProxyDeps(t, pg, Deps{Pool: pool, Keys: newTestKeys(t, pool), Observer: obs}, nil, func(c *Config) {
+	p := startProxyDeps(t, pg, Deps{Pool: pool, Keys: newTestKeys(t, pool), Pinner: pinner, Observer: obs}, nil, func(c *Config) {
 		c.Tenancy = config.Tenancy{Setting: "app.tenant_id", Mode: config.ModeLogin,
 			Login: config.LoginTenancy{Roles: map[string]string{acmeRole: "acme", globexRole: "globex"}}}
 		c.Encrypt = patientsDecl()

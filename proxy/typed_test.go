@@ -52,7 +52,7 @@ func startKinds(t *testing.T, mutate ...func(*Config)) *encryptedEnv {
 		c.Encrypt.Tables = append(c.Encrypt.Tables, tbl)
 	}}, mutate...)...)
 	var ddl strings.Builder
-	ddl.WriteString("create table kinds (id serial primary key, tenant_id text not null default current_setting('app.tenant_id'), label text")
+	ddl.WriteString("create table kinds (id serial primary key, tenant_id text not null default pgcloak.current_tenant(), label text")
 	for _, k := range kindsColumns {
 		fmt.Fprintf(&ddl, ", %s bytea", k.name)
 		if k.search {
@@ -63,8 +63,8 @@ func startKinds(t *testing.T, mutate ...func(*Config)) *encryptedEnv {
 alter table kinds enable row level security;
 alter table kinds force row level security;
 create policy tenant_isolation on kinds
-	using (tenant_id = current_setting('app.tenant_id', true))
-	with check (tenant_id = current_setting('app.tenant_id', true));
+	using (tenant_id = pgcloak.current_tenant())
+	with check (tenant_id = pgcloak.current_tenant());
 grant select, insert, update, delete on kinds to acme_app, globex_app, migrator;
 grant usage on sequence kinds_id_seq to acme_app, globex_app, migrator;`)
 	fatalIf(t, env.pg.Exec(ctxT(t), env.db, ddl.String()), "create kinds")

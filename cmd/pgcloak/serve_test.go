@@ -190,10 +190,17 @@ func TestServeReload(t *testing.T) {
 	pg := testenv.Shared(t)
 	db := testenv.NewDatabase(t, pg)
 	tenancy := "tenancy:\n  login:\n    roles:\n      " + testenv.ScramUser + ": acme\n"
-	s := startServe(t, pg, db, func(cfg string) string { return cfg + tenancy })
+	// The tenant role is not upstream.user, which installs the verified
+	// tenant pin in schema pgcloak.
+	if err := pg.Exec(t.Context(), db, "grant create on database "+db+" to "+testenv.TrustUser); err != nil {
+		t.Fatal(err)
+	}
+	s := startServe(t, pg, db, func(cfg string) string {
+		return strings.Replace(cfg, "  user: "+testenv.ScramUser+"\n", "  user: "+testenv.TrustUser+"\n", 1) + tenancy
+	})
 	tenantOf := func(conn *pgx.Conn) string {
 		var tenant string
-		if err := conn.QueryRow(t.Context(), "select current_setting('app.tenant_id')").Scan(&tenant); err != nil {
+		if err := conn.QueryRow(t.Context(), "select pgcloak.current_tenant()").Scan(&tenant); err != nil {
 			t.Fatalf("tenant: %v", err)
 		}
 		return tenant
