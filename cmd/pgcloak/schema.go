@@ -63,7 +63,7 @@ it: for when upstream.user may not create schemas itself.`,
 // writeSchema prints the DDL for cfg's declared tables.
 func writeSchema(w io.Writer, cfg *config.Config, withKeystore bool) {
 	fmt.Fprintf(w, "-- DDL for the encrypted columns declared in %s, printed by \"pgcloak schema\".\n", cfg.File)
-	fmt.Fprintln(w, "-- Idempotent: run it as the tables' owner; running it again adds only what is missing.")
+	fmt.Fprintln(w, "-- Idempotent: run it as the tables' owner; running it again adds only what is missing\n-- and replaces a pgcloak format CHECK whose definition differs (an earlier, looser one).")
 	if len(cfg.Encrypt.Tables) == 0 {
 		fmt.Fprintln(w, "-- encrypt.tables declares no tables: nothing to do.")
 	} else {
