@@ -192,7 +192,8 @@ func (s *session) handleBind(m *pgproto3.Bind) error {
 	gen := s.stmtGen[m.PreparedStatement]
 	shape, known := s.shapes.lookup(m.PreparedStatement, gen, len(m.ResultFormatCodes))
 	p := &pending{kind: pendBind, name: m.DestinationPortal, stmt: m.PreparedStatement,
-		resultFormats: append([]int16(nil), m.ResultFormatCodes...), gen: gen, shape: shape}
+		resultFormats: append([]int16(nil), m.ResultFormatCodes...), gen: gen, shape: shape, epoch: s.shapes.epoch}
+	s.shapes.bound(m.DestinationPortal, m.PreparedStatement)
 	if known {
 		delete(s.unshaped, m.DestinationPortal)
 	} else {
@@ -225,25 +226,30 @@ func (s *session) handleDescribe(m *pgproto3.Describe) error {
 		s.track(m)
 		return s.upstreamOut.send(m)
 	}
-	s.pending.push(&pending{kind: pendDescribe, name: m.Name, target: 'S', prepared: ps, gen: s.stmtGen[m.Name]})
+	s.pending.push(&pending{kind: pendDescribe, name: m.Name, target: 'S', prepared: ps, gen: s.stmtGen[m.Name], epoch: s.shapes.epoch})
 	return s.upstreamOut.send(&pgproto3.Describe{ObjectType: 'S', Name: ps.upstream})
 }
 
 // handleExecute forwards an Execute. When neither the client nor an
 // earlier Describe of its statement told the proxy the portal's row shape
-// (a driver that binds and executes without describing), a Describe of the
-// portal goes first, whose answer only the proxy reads: a result whose
-// declared columns the proxy could not tell would reach the client as
-// ciphertext.
+// (a driver that binds and executes without describing), or SQL may have
+// redefined the portal or its statement since it was bound (see
+// shapeBoard), or the portal was not bound through the protocol at all (a
+// cursor DECLAREd in SQL), a Describe of the portal goes first, whose answer
+// only the proxy reads: a result whose declared columns the proxy could not
+// tell would reach the client as ciphertext, or be opened as another
+// column.
 func (s *session) handleExecute(m *pgproto3.Execute) error {
-	if s.unshaped[m.Portal] {
+	if s.unshaped[m.Portal] || !s.shapes.fresh(m.Portal) {
 		delete(s.unshaped, m.Portal)
+		s.shapes.described(m.Portal)
 		s.pending.push(&pending{kind: pendDescribe, name: m.Portal, target: 'P', own: true})
 		if err := s.upstreamOut.send(&pgproto3.Describe{ObjectType: 'P', Name: m.Portal}); err != nil {
 			return err
 		}
 	}
 	s.track(m)
+	s.shapes.executed(m.Portal, s.decl.tenancyCfg.AllowDynamicSQL)
 	return s.upstreamOut.send(m)
 }
 
@@ -252,6 +258,7 @@ func (s *session) handleExecute(m *pgproto3.Execute) error {
 func (s *session) handleClose(m *pgproto3.Close) error {
 	if m.ObjectType != 'S' {
 		delete(s.unshaped, m.Name)
+		s.shapes.closed(m.Name)
 		s.track(m)
 		return s.upstreamOut.send(m)
 	}
@@ -494,19 +501,106 @@ func (s *session) refuseExtended(err error) error {
 // the same shape unless DDL changed the table, and then the driver's own
 // cached description is as stale as the board's (see binaryResults).
 
+//
+// SQL can redefine statements and portals behind the protocol's back:
+// PREPARE and DEALLOCATE of a statement name, DECLARE and CLOSE of a
+// cursor (cursors are portals an Execute can name), DISCARD, and anything
+// a DO block or function runs. So shapes also carry an epoch, which the
+// client goroutine advances whenever it forwards SQL that may have done
+// so: a simple query or an executed statement whose text names one of
+// those commands (mayRedefine), and, in sessions allowed to run SQL pgcloak
+// cannot read (tenancy.allow_dynamic_sql), every simple query and every
+// Execute. A shape is trusted only in the epoch it was described in; a
+// portal bound in an earlier epoch, or never bound through the protocol,
+// is described again before it is executed. What no text shows is out of
+// reach: a function created outside pgcloak (or earlier, when allowed)
+// that redefines a statement when some other statement calls it.
+
 // shapeBoard is where the upstream goroutine posts the row shapes of
 // described statements for the client goroutine.
 type shapeBoard struct {
 	mu     sync.Mutex
 	m      map[string]postedShape
-	texts  map[string]parsedText // statement name -> its text, per generation
-	byText map[string]*rowShape  // statement text -> the shape last described
+	texts  map[string]parsedText  // statement name -> its text, per generation
+	byText map[string]postedShape // statement text -> the shape last described
+
+	// The client goroutine's alone, read and written without mu: the
+	// current epoch, the statements whose text may redefine others
+	// (by name, as last parsed), and the portals bound through the
+	// protocol.
+	epoch     uint64
+	redefines map[string]bool
+	portals   map[string]boundPortal
 }
 
 type postedShape struct {
 	gen   uint64
+	epoch uint64
 	shape *rowShape // nil: the statement returns no rows
 }
+
+// boundPortal is what the client goroutine knows of a portal it bound.
+type boundPortal struct {
+	epoch     uint64 // when its shape was last known
+	redefines bool   // its statement's text may redefine others
+}
+
+// redefiningCommands are the words of the commands that define or drop
+// prepared statements or cursors.
+var redefiningCommands = []string{"prepare", "deallocate", "declare", "close", "discard"}
+
+// mayRedefine reports whether running sql may redefine a prepared
+// statement or a portal: whether it names one of redefiningCommands
+// anywhere (in strings and comments too, erring towards describing).
+func mayRedefine(sql string) bool {
+	for _, w := range redefiningCommands {
+		if containsFold(sql, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// stale starts a new epoch: every shape and portal known so far is
+// described again before it is trusted (client goroutine).
+func (b *shapeBoard) stale() { b.epoch++ }
+
+// bound records a Bind of portal to stmt (client goroutine).
+func (b *shapeBoard) bound(portal, stmt string) {
+	if b.portals == nil {
+		b.portals = make(map[string]boundPortal)
+	}
+	b.portals[portal] = boundPortal{epoch: b.epoch, redefines: b.redefines[stmt]}
+}
+
+// fresh reports whether portal was bound through the protocol and nothing
+// since may have redefined it (client goroutine).
+func (b *shapeBoard) fresh(portal string) bool {
+	p, ok := b.portals[portal]
+	return ok && p.epoch == b.epoch
+}
+
+// described records that the proxy describes portal now (client
+// goroutine): a portal bound through the protocol is fresh again; a
+// cursor declared in SQL stays unknown, since it may outlive the
+// transaction in which the upstream goroutine keeps its shape.
+func (b *shapeBoard) described(portal string) {
+	if p, ok := b.portals[portal]; ok {
+		p.epoch = b.epoch
+		b.portals[portal] = p
+	}
+}
+
+// executed records an Execute of portal, which may redefine others
+// (client goroutine).
+func (b *shapeBoard) executed(portal string, always bool) {
+	if always || b.portals[portal].redefines {
+		b.stale()
+	}
+}
+
+// closed forgets a portal the client closed (client goroutine).
+func (b *shapeBoard) closed(portal string) { delete(b.portals, portal) }
 
 type parsedText struct {
 	gen  uint64
@@ -516,8 +610,17 @@ type parsedText struct {
 // maxShapesByText bounds shapeBoard.byText; when full it starts over.
 const maxShapesByText = 4096
 
-// parsed records the text a statement name was parsed with in a generation.
+// parsed records the text a statement name was parsed with in a generation
+// (client goroutine).
 func (b *shapeBoard) parsed(name string, gen uint64, text string) {
+	if b.redefines == nil {
+		b.redefines = make(map[string]bool)
+	}
+	if mayRedefine(text) {
+		b.redefines[name] = true
+	} else {
+		delete(b.redefines, name)
+	}
 	b.mu.Lock()
 	if b.texts == nil {
 		b.texts = make(map[string]parsedText)
@@ -526,18 +629,20 @@ func (b *shapeBoard) parsed(name string, gen uint64, text string) {
 	b.mu.Unlock()
 }
 
-func (b *shapeBoard) put(name string, gen uint64, shape *rowShape) {
+// put posts the shape of a statement's generation as described in an
+// epoch (upstream goroutine).
+func (b *shapeBoard) put(name string, gen, epoch uint64, shape *rowShape) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.m == nil {
 		b.m = make(map[string]postedShape)
 	}
-	b.m[name] = postedShape{gen, shape}
+	b.m[name] = postedShape{gen, epoch, shape}
 	if t, ok := b.texts[name]; ok && t.gen == gen && shape != nil && shape.any {
 		if b.byText == nil || len(b.byText) >= maxShapesByText {
-			b.byText = make(map[string]*rowShape)
+			b.byText = make(map[string]postedShape)
 		}
-		b.byText[t.text] = shape
+		b.byText[t.text] = postedShape{gen, epoch, shape}
 	}
 }
 
@@ -546,15 +651,17 @@ func (b *shapeBoard) put(name string, gen uint64, shape *rowShape) {
 // number of fields the client expects: a shape that disagrees is stale),
 // and whether it is known at all: a statement described as returning no
 // rows has a nil shape, found.
+//
+// Only shapes described in the current epoch count (client goroutine).
 func (b *shapeBoard) lookup(name string, gen uint64, visible int) (*rowShape, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if p, ok := b.m[name]; ok && p.gen == gen {
+	if p, ok := b.m[name]; ok && p.gen == gen && p.epoch == b.epoch {
 		return p.shape, true
 	}
 	if t, ok := b.texts[name]; ok && t.gen == gen {
-		if shape := b.byText[t.text]; shape != nil && (visible <= 1 || visible == len(shape.fields)-shape.hidden) {
-			return shape, true
+		if p := b.byText[t.text]; p.shape != nil && p.epoch == b.epoch && (visible <= 1 || visible == len(p.shape.fields)-p.shape.hidden) {
+			return p.shape, true
 		}
 	}
 	return nil, false

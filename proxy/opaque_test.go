@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgcloak/pgcloak/config"
 	"github.com/pgcloak/pgcloak/testenv"
 )
@@ -245,4 +246,143 @@ func TestPurePassthroughRefusesNothing(t *testing.T) {
 	if _, err := conn.Prepare(ctx, "pgcloak:mine", `select 1`, nil); err != nil {
 		t.Errorf("Parse of a pgcloak: name in pure passthrough: %v", err)
 	}
+}
+
+// roundTrip sends msgs and a Sync on conn's raw frontend and returns the
+// text of the first field of each DataRow up to ReadyForQuery, and the
+// first error.
+func roundTrip(t *testing.T, conn *pgconn.PgConn, msgs ...pgproto3.FrontendMessage) ([]string, *pgproto3.ErrorResponse) {
+	t.Helper()
+	fe := conn.Frontend()
+	for _, m := range msgs {
+		fe.Send(m)
+	}
+	fe.Send(&pgproto3.Sync{})
+	fatalIf(t, fe.Flush(), "flush")
+	var rows []string
+	var first *pgproto3.ErrorResponse
+	for {
+		msg, err := fe.Receive()
+		fatalIf(t, err, "receive")
+		switch m := msg.(type) {
+		case *pgproto3.DataRow:
+			rows = append(rows, string(m.Values[0]))
+		case *pgproto3.ErrorResponse:
+			if first == nil {
+				e := *m
+				first = &e
+			}
+		case *pgproto3.ReadyForQuery:
+			return rows, first
+		}
+	}
+}
+
+// TestRedefinedByOpaqueSQL: a statement or portal the client uses, redefined
+// by SQL the proxy did not follow message by message (DEALLOCATE and
+// PREPARE sent as extended-protocol statements, CLOSE and DECLARE of a
+// portal, a cursor DECLAREd in SQL and executed through the protocol, a DO
+// block when allowed), is described again before pgcloak decrypts by it:
+// the client gets the new definition's plaintext, never ciphertext or a
+// decryption under the old column.
+func TestRedefinedByOpaqueSQL(t *testing.T) {
+	for _, allow := range []bool{false, true} {
+		t.Run(map[bool]string{false: "default", true: "allow_dynamic_sql"}[allow], func(t *testing.T) {
+			testRedefined(t, allow)
+		})
+	}
+}
+
+func testRedefined(t *testing.T, allowDynamicSQL bool) {
+	env := startEncrypted(t, func(c *Config) { c.Tenancy.AllowDynamicSQL = allowDynamicSQL })
+	ctx := ctxT(t)
+	insertPatient(t, env.tenantConn(t, acmeRole), "alice", "123-45-6789", "alice@example.com", "flu", "1980-01-02")
+	const (
+		selectSSN       = `select ssn from patients where name = 'alice'`
+		selectDiagnosis = `SELECT diagnosis FROM patients WHERE name = 'alice'`
+	)
+	// execS1 binds and executes s1 without describing the portal, as
+	// drivers that cache descriptions do.
+	execS1 := func(t *testing.T, conn *pgconn.PgConn, formats []int16) string {
+		t.Helper()
+		rows, e := roundTrip(t, conn, &pgproto3.Bind{PreparedStatement: "s1", ResultFormatCodes: formats}, &pgproto3.Execute{})
+		if e != nil {
+			t.Fatalf("execute s1: %s", e.Message)
+		}
+		return strings.Join(rows, ",")
+	}
+	var id string
+	fatalIf(t, env.pool.QueryRow(ctx, `select id::text from patients where name = 'alice'`).Scan(&id), "id")
+	redefine := []struct {
+		name, sql string
+		extended  bool
+		want      string
+	}{
+		{"extended DEALLOCATE and PREPARE", `DEALLOCATE s1;PREPARE s1 AS ` + selectDiagnosis, true, "flu"},
+		{"extended DEALLOCATE and PREPARE of a plain column", `DEALLOCATE s1;PREPARE s1 AS SELECT id FROM patients WHERE name = 'alice'`, true, id},
+		{"DO block", `DO $$BEGIN EXECUTE 'DEALLOCATE s1'; EXECUTE 'PREPARE s1 AS SELECT diagnosis FROM pati' || 'ents WHERE name = ''alice'''; END$$`, false, "flu"},
+		{"DO block, plain column", `DO $$BEGIN EXECUTE 'DEALLOCATE s1'; EXECUTE 'PREPARE s1 AS SELECT id FROM pati' || 'ents WHERE name = ''alice'''; END$$`, false, id},
+	}
+	for _, r := range redefine {
+		if !r.extended && !allowDynamicSQL {
+			continue // DO is refused
+		}
+		t.Run(r.name, func(t *testing.T) {
+			conn := env.tenantConn(t, acmeRole).PgConn()
+			_, err := conn.Prepare(ctx, "s1", selectSSN, nil)
+			fatalIf(t, err, "prepare s1")
+			mustEqual(t, "s1 before", execS1(t, conn, nil), "123-45-6789")
+			if r.extended {
+				for _, sql := range strings.Split(r.sql, ";") {
+					fatalIf(t, conn.ExecParams(ctx, sql, nil, nil, nil, nil).Read().Err, "%s", sql)
+				}
+			} else {
+				_, err := conn.Exec(ctx, r.sql).ReadAll()
+				fatalIf(t, err, "%s", r.sql)
+			}
+			mustEqual(t, "s1 redefined", execS1(t, conn, nil), r.want)
+			mustEqual(t, "s1 again", execS1(t, conn, nil), r.want)
+		})
+	}
+
+	t.Run("portal closed and declared again", func(t *testing.T) {
+		conn := env.tenantConn(t, acmeRole).PgConn()
+		_, err := conn.Prepare(ctx, "s2", selectSSN, nil)
+		fatalIf(t, err, "prepare s2")
+		_, err = conn.Exec(ctx, `BEGIN`).ReadAll()
+		fatalIf(t, err, "begin")
+		_, e := roundTrip(t, conn, &pgproto3.Bind{DestinationPortal: "p", PreparedStatement: "s2"})
+		if e != nil {
+			t.Fatalf("bind p: %s", e.Message)
+		}
+		_, err = conn.Exec(ctx, `CLOSE p; DECLARE p CURSOR FOR `+selectDiagnosis).ReadAll()
+		fatalIf(t, err, "close and declare p")
+		rows, e := roundTrip(t, conn, &pgproto3.Execute{Portal: "p"})
+		if e != nil {
+			t.Fatalf("execute p: %s", e.Message)
+		}
+		mustEqual(t, "rows", strings.Join(rows, ","), "flu")
+		_, err = conn.Exec(ctx, `COMMIT`).ReadAll()
+		fatalIf(t, err, "commit")
+	})
+
+	t.Run("cursor declared in SQL, executed through the protocol", func(t *testing.T) {
+		conn := env.tenantConn(t, acmeRole).PgConn()
+		_, err := conn.Exec(ctx, `BEGIN; DECLARE c CURSOR WITH HOLD FOR `+selectSSN).ReadAll()
+		fatalIf(t, err, "declare c")
+		rows, e := roundTrip(t, conn, &pgproto3.Execute{Portal: "c", MaxRows: 1})
+		if e != nil {
+			t.Fatalf("execute c: %s", e.Message)
+		}
+		mustEqual(t, "rows in the transaction", strings.Join(rows, ","), "123-45-6789")
+		_, err = conn.Exec(ctx, `COMMIT`).ReadAll()
+		fatalIf(t, err, "commit")
+		_, err = conn.Exec(ctx, `MOVE ABSOLUTE 0 IN c`).ReadAll()
+		fatalIf(t, err, "rewind c")
+		rows, e = roundTrip(t, conn, &pgproto3.Execute{Portal: "c"})
+		if e != nil {
+			t.Fatalf("execute c after commit: %s", e.Message)
+		}
+		mustEqual(t, "rows of the held cursor", strings.Join(rows, ","), "123-45-6789")
+	})
 }

@@ -42,6 +42,8 @@ type pending struct {
 	// none, or unknown and the proxy describes the portal).
 	gen   uint64
 	shape *rowShape
+	// epoch is the shapeBoard epoch a Describe 'S' or Bind was sent in.
+	epoch uint64
 	// prepared is the rewritten statement a Parse or Describe 'S' names.
 	prepared *preparedStatement
 	// copy is the COPY a Query or pendCopyDescribe runs on a declared

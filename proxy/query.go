@@ -92,6 +92,9 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 		}
 	}
 	s.track(q)
+	if s.decrypts && (s.decl.tenancyCfg.AllowDynamicSQL || mayRedefine(q.String)) {
+		s.shapes.stale() // see shapeBoard
+	}
 	if s.decrypts && (containsFold(q.String, "deallocate") || containsFold(q.String, "discard")) {
 		if sent, err := s.deallocate(q); sent || err != nil {
 			return err

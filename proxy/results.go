@@ -36,6 +36,7 @@ type fieldPlan struct {
 type portal struct {
 	stmt      string
 	gen       uint64    // the statement's generation when it was bound
+	epoch     uint64    // the shapeBoard epoch it was bound in
 	formats   []int16   // the client's result formats
 	upFormats []int16   // what upstream was asked for; nil: the same
 	bound     *rowShape // the statement's shape as the Bind knew it (pending.shape)
@@ -77,7 +78,7 @@ func (s *session) track(msg pgproto3.FrontendMessage) {
 		s.pending.push(&pending{kind: pendBind, name: m.DestinationPortal, stmt: m.PreparedStatement,
 			resultFormats: append([]int16(nil), m.ResultFormatCodes...)})
 	case *pgproto3.Describe:
-		s.pending.push(&pending{kind: pendDescribe, name: m.Name, target: m.ObjectType, gen: s.stmtGen[m.Name]})
+		s.pending.push(&pending{kind: pendDescribe, name: m.Name, target: m.ObjectType, gen: s.stmtGen[m.Name], epoch: s.shapes.epoch})
 	case *pgproto3.Execute:
 		s.pending.push(&pending{kind: pendExecute, name: m.Portal})
 	case *pgproto3.Close:
@@ -250,7 +251,7 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 			return false, nil
 		}
 		if p := s.pending.pop(); p != nil {
-			rs.portals[p.name] = &portal{stmt: p.stmt, gen: p.gen, formats: p.resultFormats, upFormats: p.upFormats, bound: p.shape}
+			rs.portals[p.name] = &portal{stmt: p.stmt, gen: p.gen, epoch: p.epoch, formats: p.resultFormats, upFormats: p.upFormats, bound: p.shape}
 		}
 	case *pgproto3.ParameterDescription:
 		// Part of a statement Describe; its RowDescription or NoData
@@ -266,8 +267,22 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 		if head != nil && head.kind == pendDescribe {
 			s.pending.pop()
 			if head.target == 'S' {
-				s.shapes.put(head.name, head.gen, shape)
-			} else if p := rs.portals[head.name]; p != nil {
+				s.shapes.put(head.name, head.gen, head.epoch, shape)
+			} else if p := rs.portals[head.name]; p == nil {
+				// A cursor DECLAREd in SQL: its rows come as described.
+				rs.portals[head.name] = &portal{shape: shape}
+			} else {
+				if p.upFormats != nil && !askedFormats(shape, p.upFormats) {
+					// Not the portal the Bind asked formats of: SQL
+					// closed it and declared a cursor of that name. Its
+					// rows come as described, as they would directly.
+					p.upFormats, p.formats = nil, nil
+					for i := range shape.fields {
+						if !shape.fields[i].hidden {
+							p.formats = append(p.formats, shape.fields[i].upFormat)
+						}
+					}
+				}
 				if p.upFormats != nil {
 					// Show the client the formats it asked for.
 					visible := 0
@@ -285,7 +300,7 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 				if p.gen != 0 {
 					// libpq's PQexecPrepared describes the portal, never
 					// the statement: post the statement's shape from it.
-					s.shapes.put(p.stmt, p.gen, shape)
+					s.shapes.put(p.stmt, p.gen, p.epoch, shape)
 				}
 			}
 			if head.own {
@@ -298,9 +313,10 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 		if head != nil && head.kind == pendDescribe {
 			s.pending.pop()
 			if head.target == 'S' {
-				s.shapes.put(head.name, head.gen, nil)
+				s.shapes.put(head.name, head.gen, head.epoch, nil)
 			} else if p := rs.portals[head.name]; p != nil && p.gen != 0 {
-				s.shapes.put(p.stmt, p.gen, nil) // known to return no rows
+				p.shape = &rowShape{}                     // no rows, whatever the Bind thought
+				s.shapes.put(p.stmt, p.gen, p.epoch, nil) // known to return no rows
 			}
 			if head.own {
 				return false, nil // the proxy's own Describe
@@ -365,6 +381,20 @@ func (s *session) suppressWith(err error) error {
 	resp := errorResponse(err, s.id)
 	resp.Severity, resp.SeverityUnlocalized = "ERROR", "ERROR"
 	return s.sendClient(resp)
+}
+
+// askedFormats reports whether the fields of a described portal come in the
+// formats its Bind asked upstream for.
+func askedFormats(shape *rowShape, up []int16) bool {
+	if len(shape.fields) != len(up) {
+		return false
+	}
+	for i := range shape.fields {
+		if shape.fields[i].upFormat != up[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // portalShape is the shape of rows an Execute of the named portal returns.
