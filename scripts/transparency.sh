@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # transparency.sh — pgcloak's transparency bar: the test suites of pgx and
-# lib/pq must pass through pgcloak exactly as they pass directly against
-# PostgreSQL.
+# lib/pq, and PostgreSQL's own regression suite, must pass through pgcloak
+# exactly as they pass directly against PostgreSQL.
 #
 # For each suite it starts a throwaway PostgreSQL (testenv, via
 # scripts/transparencyenv), configures it the way the suite's CI does (users,
@@ -11,13 +11,29 @@
 # It compares the sets of failing tests and exits 1 if any test fails through
 # the proxy but not directly (0 if none does, 2 if the setup failed).
 #
+# The regress suite is PostgreSQL's regression suite (pg_regress with
+# parallel_schedule, as `make installcheck` runs it against an existing
+# server: pg_regress drops and creates the database "regression" itself),
+# with the sql/, expected/ and data/ files of the Debian source package of
+# exactly the installed server version and regress.so built against it
+# (scripts/regress-sources.sh; cached, see there). It runs against two
+# identical fresh servers, one directly and one through pgcloak in pure
+# passthrough (no declared tables, no tenant roles; the suite's login role,
+# the bootstrap superuser as in `make installcheck`, is unscoped, and
+# upstream.user is a role of its own that the suite never logs in as).
+# Loopback logins are trusted, as pg_regress's own temporary instance trusts
+# them. Every test that passes
+# directly must pass through pgcloak, and a test that fails both ways must
+# print the same output both ways; the diffs of a test that fails through
+# pgcloak only are printed.
+#
 # Everything binds to 127.0.0.1 and is stopped on exit. Needs go, psql, openssl and the
 # PostgreSQL server binaries (postgresql, postgresql-contrib for hstore/ltree).
 #
 # Environment knobs (all optional):
-#   SUITES            suites to run, default "pgx pq pq_binary"
+#   SUITES            suites to run, default "pgx pq pq_binary regress"
 #                     (pq_binary is lib/pq with PQTEST_BINARY_PARAMETERS=yes,
-#                     as lib/pq's CI runs it)
+#                     as lib/pq's CI runs it; regress is pg_regress)
 #   PGX_VERSION       default v5.12.0      PQ_VERSION  default v1.12.3
 #   PGX_PKGS          pgx packages to test (default: the ones that talk to the server)
 #   GO_TEST_FLAGS     extra flags for go test (default "-p 2 -timeout 5m")
@@ -37,12 +53,19 @@
 #   KEEP_WORK         1: keep the work directory (logs, JSON results)
 #   ALLOW_PROXY_ONLY  extended regex of "package TestName" entries that may
 #                     fail through the proxy only without failing the run
-#                     (default: none)
+#                     (default: none; regress tests are "regress NAME")
+#   REGRESS_TENANCY   unscoped (default): the suite's roles are in
+#                     tenancy.unscoped_roles, so its sessions run through
+#                     pgcloak's message handlers (each message decoded,
+#                     checked and re-encoded); none: no tenancy section at
+#                     all, so they go to the relay loop
+#   REGRESS_TIMEOUT   bound on one pg_regress run (default 15m)
+#   REGRESS_SCHEDULE  the schedule file in the suite (default parallel_schedule)
 set -euo pipefail
 export LC_ALL=C
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SUITES=${SUITES:-"pgx pq pq_binary"}
+SUITES=${SUITES:-"pgx pq pq_binary regress"}
 PGX_VERSION=${PGX_VERSION:-v5.12.0}
 PQ_VERSION=${PQ_VERSION:-v1.12.3}
 PGX_PKGS=${PGX_PKGS:-". ./pgconn ./pgproto3 ./pgtype ./pgtype/zeronull ./pgxpool ./stdlib ./tracelog"}
@@ -60,6 +83,9 @@ KEEP_WORK=${KEEP_WORK:-0}
 # upstream.sslmode follow, pg_hba's hostssl and hostnossl rules see what the
 # client did.
 ALLOW_PROXY_ONLY=${ALLOW_PROXY_ONLY-}
+REGRESS_TENANCY=${REGRESS_TENANCY:-unscoped}
+REGRESS_TIMEOUT=${REGRESS_TIMEOUT:-15m}
+REGRESS_SCHEDULE=${REGRESS_SCHEDULE:-parallel_schedule}
 if [[ -z ${ETC_HOSTS:-} ]]; then
 	if [[ $(id -u) -eq 0 ]]; then ETC_HOSTS=1; else ETC_HOSTS=0; fi
 fi
@@ -158,9 +184,19 @@ copy_module() { # name module version
 }
 
 want_suite() { [[ " $SUITES " == *" $1 "* ]]; }
-want_pgx=0 want_pq=0
+want_pgx=0 want_pq=0 want_regress=0
 want_suite pgx && want_pgx=1
 { want_suite pq || want_suite pq_binary; } && want_pq=1
+want_suite regress && want_regress=1
+GO_SUITES=""
+for suite in $SUITES; do
+	case $suite in
+	pgx | pq | pq_binary) GO_SUITES+="${GO_SUITES:+ }$suite" ;;
+	regress) ;;
+	*) die "unknown suite $suite (want pgx, pq, pq_binary, regress)" ;;
+	esac
+done
+case $REGRESS_TENANCY in unscoped | none) ;; *) die "REGRESS_TENANCY=$REGRESS_TENANCY: want unscoped or none" ;; esac
 
 mkdir -p "$WORK/src"
 log "copying modules to $WORK/src"
@@ -192,6 +228,30 @@ if ((want_pq)) && [[ $ETC_HOSTS == 1 ]]; then
 	fi
 fi
 
+# --- PostgreSQL's regression suite: sources, regress.so, pg_regress.
+if ((want_regress)); then
+	log "regress: preparing PostgreSQL's regression suite (scripts/regress-sources.sh)"
+	bash "$ROOT/scripts/regress-sources.sh" >"$WORK/regress-sources.env" 2>"$WORK/logs/regress-sources.log" || {
+		cat "$WORK/logs/regress-sources.log" >&2
+		die "regress: could not prepare the regression suite (above)"
+	}
+	# shellcheck disable=SC1091
+	source "$WORK/regress-sources.env"
+	# The server (another OS user when we are root) reads data/ and loads
+	# lib/ itself: a copy under the work directory, readable by all.
+	mkdir -p "$WORK/regress"
+	cp -r "$REGRESS_SRC" "$WORK/regress/src"
+	cp -r "$REGRESS_LIB" "$WORK/regress/lib"
+	chmod -R a+rX "$WORK/regress"
+	[[ -f $WORK/regress/src/$REGRESS_SCHEDULE ]] || die "regress: no schedule $REGRESS_SCHEDULE in the suite"
+	REGRESS_COUNT=$(awk '$1 == "test:" {n += NF - 1} END {print n + 0}' "$WORK/regress/src/$REGRESS_SCHEDULE")
+	REGRESS_FROM=""
+	if [[ $REGRESS_SOURCE_VERSION != "$REGRESS_VERSION" ]]; then
+		REGRESS_FROM=" (WARNING: the suite's files are those of $REGRESS_SOURCE_VERSION; apt could not download $REGRESS_VERSION's)"
+	fi
+	log "regress: PostgreSQL $REGRESS_VERSION, $REGRESS_COUNT tests in $REGRESS_SCHEDULE$REGRESS_FROM"
+fi
+
 # --- PostgreSQL servers and proxies.
 log "building scripts/transparencyenv"
 (cd "$ROOT" && go build -o "$WORK/bin/transparencyenv" ./scripts/transparencyenv) || die "build transparencyenv failed"
@@ -218,6 +278,17 @@ if ((want_pq)); then
 	else
 		instances+=(-instance pq)
 	fi
+fi
+if ((want_regress)); then
+	# Two identical servers, so that neither run sees what the other left.
+	# max_prepared_transactions as pg_regress's temporary instance sets it.
+	# pgcloak's own role (upstream.user) is not the suite's.
+	for n in regress_direct regress_proxy; do
+		instances+=(-instance "$n" -conf "$n:max_prepared_transactions=2" -upstream-user "$n:pgcloak")
+		if [[ $REGRESS_TENANCY == unscoped ]]; then
+			instances+=(-unscoped "$n:postgres" -unscoped "$n:regress_*")
+		fi
+	done
 fi
 mkfifo "$WORK/env.in"
 "$WORK/bin/transparencyenv" -log-dir "$WORK/logs" -upstream-sslmode "$UPSTREAM_SSLMODE" "${instances[@]}" \
@@ -315,6 +386,15 @@ if ((want_pq)); then
 	psql_on pq -d pqgo -Atc "SELECT 'ssl=' || current_setting('ssl')" | grep -qx 'ssl=on' || die "pq server: ssl is not on"
 fi
 
+if ((want_regress)); then
+	printf 'local all all trust\nhost all all 127.0.0.1/32 trust\n' >"$WORK/regress-hba.conf"
+	for n in regress_direct regress_proxy; do
+		install_hba "$n" "$WORK/regress-hba.conf"
+		reload "$n"
+	done
+	log "regress: servers on ports $REGRESS_DIRECT_PG_PORT (direct) and $REGRESS_PROXY_PG_PORT (proxy $REGRESS_PROXY_PROXY_PORT)"
+fi
+
 # --- Suite environments. $1 is the port TCP connections go to.
 pgx_env() {
 	local port=$1 c=$PGX_CERTS
@@ -409,8 +489,7 @@ status=0
 n_allowed=0
 rerun_seq=0
 declare -A summary
-for suite in $SUITES; do
-	case $suite in pgx | pq | pq_binary) ;; *) die "unknown suite $suite" ;; esac
+for suite in $GO_SUITES; do
 	read -r direct_port proxy_port < <(suite_ports "$suite")
 	read -r -a pkgs <<<"$(suite_pkgs "$suite")"
 	# Compile first, so that neither run's time includes the build.
@@ -488,13 +567,95 @@ for suite in $SUITES; do
 	fi
 done
 
+# --- PostgreSQL's regression suite, directly and through pgcloak.
+# run_regress TARGET PORT: pg_regress into $WORK/regress/TARGET.
+run_regress() {
+	local out=$WORK/regress/$1
+	rm -rf "$out"
+	# The server writes COPY TO files into results/ as its own OS user.
+	mkdir -p "$out/results"
+	chmod 777 "$out" "$out/results"
+	rm -rf "$WORK/home" "$WORK/tmp"
+	mkdir -p "$WORK/home" "$WORK/tmp"
+	# pg_regress sets the locale, time zone and date style variables the
+	# expected files assume (--no-locale: C); psql comes from the server's
+	# own bin directory. The suite runs as the bootstrap superuser, which
+	# owns the catalogs (sequence's expected output depends on it).
+	(cd "$out" && exec setsid env -i PATH="$PATH" HOME="$WORK/home" TMPDIR="$WORK/tmp" \
+		timeout "$REGRESS_TIMEOUT" "$PG_REGRESS" --host=127.0.0.1 --port="$2" --user=postgres \
+		--dbname=regression --no-locale --bindir="$REGRESS_BINDIR" --dlpath="$WORK/regress/lib" \
+		--inputdir="$WORK/regress/src" --outputdir="$out" \
+		--schedule="$WORK/regress/src/$REGRESS_SCHEDULE") >"$out/stdout" 2>&1 &
+	TEST_PID=$!
+	local rc=0
+	wait "$TEST_PID" || rc=$?
+	TEST_PID=
+	# 0: all passed, 1: some failed; anything else is pg_regress's own
+	# failure (no server, no database) or the timeout.
+	if ((rc > 1)); then
+		cat "$out/stdout" >&2
+		die "regress $1: pg_regress exited with $rc (above)"
+	fi
+}
+
+# regress_summarize FILE: "name<TAB>pass|fail" per test from pg_regress's
+# own report ("ok", "FAILED", "failed (ignored)").
+regress_summarize() {
+	sed -nE 's/^(test |     )([^ ]+) +\.\.\. (ok|FAILED|failed \(ignored\)).*/\2\t\3/p' "$1" |
+		awk -F'\t' '{print $1 "\t" ($2 == "ok" ? "pass" : "fail")}' | sort
+}
+
+# regress_diff_of NAME FILE: NAME's sections of a regression.diffs.
+regress_diff_of() {
+	awk -v t="$1" '/^diff / {on = ($0 ~ ("/expected/" t "(_[0-9]+)?\\.out ")) } on' "$2"
+}
+
+if ((want_regress)); then
+	for target in direct proxy; do
+		port=$REGRESS_DIRECT_PG_PORT
+		[[ $target == proxy ]] && port=$REGRESS_PROXY_PROXY_PORT
+		log "regress: pg_regress --schedule=$REGRESS_SCHEDULE ($target, port $port)"
+		t0=$(date +%s)
+		run_regress "$target" "$port"
+		regress_summarize "$WORK/regress/$target/stdout" >"$WORK/results/regress-$target.tsv"
+		n=$(wc -l <"$WORK/results/regress-$target.tsv")
+		if ((n != REGRESS_COUNT)); then
+			cat "$WORK/regress/$target/stdout" >&2
+			die "regress $target: pg_regress reported $n tests, the schedule has $REGRESS_COUNT (above)"
+		fi
+		summary[regress-$target]="$(counts "$WORK/results/regress-$target.tsv")  ($(($(date +%s) - t0))s)"
+		log "regress $target: ${summary[regress-$target]}"
+	done
+	for target in direct proxy; do
+		awk -F'\t' '$2 == "fail" {print $1}' "$WORK/results/regress-$target.tsv" >"$WORK/results/regress-$target.fail"
+	done
+	comm -13 "$WORK/results/regress-direct.fail" "$WORK/results/regress-proxy.fail" >"$WORK/results/regress-proxy-only.fail"
+	comm -23 "$WORK/results/regress-direct.fail" "$WORK/results/regress-proxy.fail" >"$WORK/results/regress-direct-only.fail"
+	# A test that fails both ways must fail the same way: its output through
+	# pgcloak is the one it printed directly (the output directory's path
+	# aside, which error messages about COPY files name).
+	: >"$WORK/results/regress-both-differ.fail"
+	while read -r t; do
+		[[ -n $t ]] || continue
+		if ! cmp -s <(sed "s|$WORK/regress/direct|OUTDIR|g" "$WORK/regress/direct/results/$t.out" 2>/dev/null) \
+			<(sed "s|$WORK/regress/proxy|OUTDIR|g" "$WORK/regress/proxy/results/$t.out" 2>/dev/null); then
+			echo "$t" >>"$WORK/results/regress-both-differ.fail"
+		fi
+	done < <(comm -12 "$WORK/results/regress-direct.fail" "$WORK/results/regress-proxy.fail")
+fi
+
 echo
 echo "=== pgcloak transparency: go test directly vs through pgcloak (upstream sslmode=$UPSTREAM_SSLMODE, proxy TLS=$PROXY_TLS)"
-for suite in $SUITES; do
+for suite in $GO_SUITES; do
 	printf '%-10s direct: %s\n' "$suite" "${summary[$suite-direct]}"
 	printf '%-10s proxy:  %s\n' "$suite" "${summary[$suite-proxy]}"
 done
-for suite in $SUITES; do
+if ((want_regress)); then
+	printf '%-10s direct: %s\n' regress "${summary[regress-direct]}"
+	printf '%-10s proxy:  %s\n' regress "${summary[regress-proxy]}"
+	echo "           (pg_regress $REGRESS_SCHEDULE, PostgreSQL $REGRESS_VERSION, $REGRESS_COUNT tests; pgcloak tenancy: $REGRESS_TENANCY)$REGRESS_FROM"
+fi
+for suite in $GO_SUITES; do
 	f="$WORK/results/$suite-proxy-only.fail"
 	if [[ -s $WORK/results/$suite-direct.fail ]]; then
 		echo
@@ -546,6 +707,43 @@ for suite in $SUITES; do
 			grep -E -A3 '^(panic: |fatal error: |\*\*\* Test killed|test timed out)' | head -n 12 | sed 's/^/        | /' || true
 	fi
 done
+if ((want_regress)); then
+	if [[ -s $WORK/results/regress-direct.fail ]]; then
+		echo
+		echo "--- regress: failing directly (not held against the proxy): $(wc -l <"$WORK/results/regress-direct.fail")"
+		sed 's/^/    /' "$WORK/results/regress-direct.fail"
+	fi
+	if [[ -s $WORK/results/regress-direct-only.fail ]]; then
+		echo "--- regress: failing directly but passing through the proxy:"
+		sed 's/^/    /' "$WORK/results/regress-direct-only.fail"
+	fi
+	for kind in proxy-only both-differ; do
+		f=$WORK/results/regress-$kind.fail
+		[[ -s $f ]] || continue
+		echo
+		if [[ $kind == proxy-only ]]; then
+			echo "--- regress: FAILING ONLY THROUGH THE PROXY: $(wc -l <"$f") (regression.diffs sections follow)"
+		else
+			echo "--- regress: FAILING BOTH WAYS, WITH OTHER OUTPUT THROUGH THE PROXY: $(wc -l <"$f") (diff of the direct and the proxy output follows)"
+		fi
+		while read -r t; do
+			allowed=""
+			if [[ -n $ALLOW_PROXY_ONLY ]] && [[ "regress $t" =~ $ALLOW_PROXY_ONLY ]]; then
+				allowed="  (allowed by ALLOW_PROXY_ONLY)"
+				n_allowed=$((n_allowed + 1))
+			else
+				status=1
+			fi
+			echo "    regress $t$allowed"
+			if [[ $kind == proxy-only ]]; then
+				regress_diff_of "$t" "$WORK/regress/proxy/regression.diffs"
+			else
+				diff -u <(sed "s|$WORK/regress/direct|OUTDIR|g" "$WORK/regress/direct/results/$t.out") \
+					<(sed "s|$WORK/regress/proxy|OUTDIR|g" "$WORK/regress/proxy/results/$t.out")
+			fi | head -n 300 | sed 's/^/        | /'
+		done <"$f"
+	done
+fi
 echo
 if ((status == 0)); then
 	allowed_note=""

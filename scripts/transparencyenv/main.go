@@ -8,12 +8,20 @@
 //
 //	transparencyenv -log-dir DIR -upstream-sslmode follow \
 //	    -instance pgx:CERT:KEY:CA -instance pq:CERT:KEY \
-//	    -client-cert pgx:USER:CERT:KEY
+//	    -client-cert pgx:USER:CERT:KEY \
+//	    -instance regress -conf regress:max_prepared_transactions=2 \
+//	    -unscoped 'regress:*' -upstream-user regress:pgcloak
 //
 // CERT and KEY (optional) are the certificate the proxy presents to clients
 // that send SSLRequest; without them the proxy answers 'N'. CA (optional)
 // is its listen.tls.client_ca_file. Each -client-cert adds an entry to the
-// named instance's upstream.client_certs.
+// named instance's upstream.client_certs. Each -conf adds a postgresql.conf
+// setting to the named instance's server. Each -unscoped adds a pattern to
+// the instance's tenancy.unscoped_roles: the proxy then analyses every
+// statement (an unscoped session), where with no tenancy at all it relays
+// the session's messages unread; still a pure passthrough (no declared
+// tables, no tenant roles). -upstream-user sets the instance's upstream.user,
+// the proxy's own role, which no client may log in as.
 package main
 
 import (
@@ -52,6 +60,9 @@ type instance struct {
 	logFile     *os.File
 	tls         *config.ListenTLS
 	clientCerts []config.ClientCert
+	conf        map[string]string
+	unscoped    []string
+	user        string
 }
 
 func usage(format string, args ...any) {
@@ -63,12 +74,18 @@ func main() {
 	var (
 		instances   instanceFlag
 		clientCerts instanceFlag
+		confs       instanceFlag
+		unscoped    instanceFlag
+		users       instanceFlag
 		logDir      = flag.String("log-dir", "", "directory for the proxy logs (default: discard)")
 		logLevel    = flag.String("log-level", "info", "proxy log level")
 		sslmode     = flag.String("upstream-sslmode", "disable", "proxy upstream.sslmode: disable, require or follow")
 	)
 	flag.Var(&instances, "instance", "NAME[:CERTFILE:KEYFILE[:CAFILE]], repeatable")
 	flag.Var(&clientCerts, "client-cert", "NAME:USER:CERTFILE:KEYFILE, repeatable")
+	flag.Var(&confs, "conf", "NAME:SETTING=VALUE, a postgresql.conf setting, repeatable")
+	flag.Var(&unscoped, "unscoped", "NAME:PATTERN, a tenancy.unscoped_roles entry, repeatable")
+	flag.Var(&users, "upstream-user", "NAME:USER, the instance's upstream.user")
 	flag.Parse()
 	if len(instances) == 0 {
 		usage("at least one -instance is required")
@@ -110,6 +127,33 @@ func main() {
 		in := byName[parts[0]]
 		in.clientCerts = append(in.clientCerts, config.ClientCert{User: parts[1], CertFile: parts[2], KeyFile: parts[3]})
 	}
+	// instanceOf splits NAME:REST for an -instance NAME.
+	instanceOf := func(flagName, spec string) (*instance, string) {
+		name, rest, ok := strings.Cut(spec, ":")
+		if !ok || byName[name] == nil || rest == "" {
+			usage("bad -%s %q (want NAME:VALUE for an -instance NAME)", flagName, spec)
+		}
+		return byName[name], rest
+	}
+	for _, spec := range confs {
+		in, kv := instanceOf("conf", spec)
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			usage("bad -conf %q (want NAME:SETTING=VALUE)", spec)
+		}
+		if in.conf == nil {
+			in.conf = make(map[string]string)
+		}
+		in.conf[k] = v
+	}
+	for _, spec := range unscoped {
+		in, pattern := instanceOf("unscoped", spec)
+		in.unscoped = append(in.unscoped, pattern)
+	}
+	for _, spec := range users {
+		in, user := instanceOf("upstream-user", spec)
+		in.user = user
+	}
 
 	// Stop on SIGINT/SIGTERM or when stdin closes (the script holds its
 	// write end; it closes when the script exits, however it exits).
@@ -143,7 +187,7 @@ func start(ctx context.Context, insts []*instance, logDir string, level zerolog.
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	for _, in := range insts {
-		pg, err := testenv.Start(ctx, testenv.Options{})
+		pg, err := testenv.Start(ctx, testenv.Options{ExtraConf: in.conf})
 		if err != nil {
 			return fmt.Errorf("%s: start PostgreSQL: %w", in.name, err)
 		}
@@ -164,9 +208,12 @@ func start(ctx context.Context, insts []*instance, logDir string, level zerolog.
 				Address:     pg.Addr(),
 				SSLMode:     sslmode,
 				ClientCerts: in.clientCerts,
+				User:        in.user,
 			},
+			Tenancy: config.Tenancy{UnscopedRoles: in.unscoped},
 		}
-		// Pure passthrough: no tenancy, no declared tables, so no Deps.
+		// Pure passthrough: no declared tables and no tenant roles, so no
+		// Deps (no pool, no keys).
 		srv, err := proxy.NewServer(cfg, log, proxy.Deps{})
 		if err != nil {
 			return fmt.Errorf("%s: proxy: %w", in.name, err)
