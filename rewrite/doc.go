@@ -67,15 +67,71 @@
 // given as text. Those are refused with 42501. SET ROLE / SESSION
 // AUTHORIZATION and RESET ALL / DISCARD ALL are reported in the Plan for
 // proxy to judge. Dynamic SQL inside routines created earlier is out of
-// reach; the setting pins row-level security, and encryption does not depend
-// on it.
+// reach; the setting pins row-level security (which PostgreSQL verifies
+// through pgcloak.current_tenant()), and encryption does not depend on it.
+//
+// The same walk refuses, in every session, statements that name
+// pgcloak's own prepared statements or portals (ReservedPrefix, however
+// quoted or escaped: the parser has already decoded the name) through
+// PREPARE, EXECUTE, DEALLOCATE, DECLARE, FETCH, MOVE or CLOSE, including
+// inside the query of query_to_xml() and ts_stat().
+//
+// # SQL pgcloak cannot read
+//
+// Some statements run or define SQL whose text pgcloak never sees: DO,
+// CREATE and ALTER FUNCTION / PROCEDURE / ROUTINE (a body can EXECUTE a
+// string assembled at run time, with format('%I'), names read from the
+// catalog or Unicode escapes), CREATE RULE, CREATE [EVENT|CONSTRAINT]
+// TRIGGER, CREATE [MATERIALIZED|RECURSIVE] VIEW and ALTER ROLE / USER /
+// DATABASE ... SET. Analyze reports the first one in Plan.Opaque, wherever
+// it sits in the statement (CREATE SCHEMA can hold views and triggers); it
+// stays tenant-independent, and the proxy refuses it (42501, audited) in
+// sessions with a tenant unless tenancy.allow_dynamic_sql is set.
+//
+// Views are opaque whatever they select from. Text alone cannot tell
+// whether a view reaches a declared table (through another view, a
+// function, a set-returning function or a rule), and a view that does is an
+// alias: its result columns name the view, so pgcloak would neither decrypt
+// reads through it nor rewrite writes. Refusing every CREATE VIEW in
+// tenant sessions is the simple rule that is right without a catalog;
+// applications rarely create views at run time. CREATE TABLE AS and SELECT
+// INTO are not opaque: they copy stored values (ciphertext bound to its
+// table and column) into a plain table that aliases nothing, and over a
+// declared table they are refused as derived objects anyway.
+//
+// # The lexer
+//
+// pg_query lexes as PostgreSQL does only while client_encoding is UTF8 and
+// standard_conforming_strings is on. Under SJIS, GBK, GB18030 or BIG5 a
+// multibyte character can end in a backslash or quote byte, and with
+// standard_conforming_strings off a backslash escapes a quote in an
+// ordinary string: one text then reads as different statements to the two.
+// A SET, SET LOCAL, RESET, SET ... DEFAULT, FROM CURRENT, function SET
+// clause, ALTER ROLE/DATABASE ... SET or set_config() of either setting
+// passes only with an explicit value pgcloak agrees with (UTF8 under any
+// name PostgreSQL maps to it; on under any spelling parse_bool takes);
+// RESET and DEFAULT fail closed, since the value they restore is not in the
+// text. With declared tables Analyze refuses the others in every session
+// (42501); without, it reports them in Plan.LexerChange and the proxy
+// refuses them in sessions with a tenant. Startup parameters, options and
+// role defaults are the proxy's to check; inside DO blocks and functions,
+// refusing those covers it.
 //
 // # Cost
 //
 // Parsing is a cgo round trip through protobuf. MightNeedAnalysis is the
 // allocation-free substring pre-check that lets proxy forward most traffic
 // without parsing at all, and Cache keeps plans per exact text so each
-// distinct text is analysed once per Schema.
+// distinct text is analysed once per Schema. It may say false only for a
+// text that cannot change what a session may touch: its tokens are the
+// declared names, the tenant setting and every word a statement needs to
+// reach the tenant, a lexer setting or a reserved name, with u& and the
+// backslash for texts that spell names with escapes (see alwaysTokens).
+// MightNeedTenantAnalysis, for sessions with a tenant, also matches the
+// keywords of the opaque statements as whole words (keywords cannot be
+// quoted or escaped, so comments, dollar quotes and case cannot hide them).
+// A pure passthrough configuration (no declared tables, no tenant) does
+// not call rewrite at all.
 //
 // # What is refused
 //
