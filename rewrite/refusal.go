@@ -232,7 +232,6 @@ var (
 // portals. Clients may not use such names, in protocol messages or in SQL.
 const ReservedPrefix = "pgcloak:"
 
-
 // refusalKinds is the one table of refusal kinds.
 var refusalKinds = []*refusalKind{
 	kindSyntax, kindParameter,
