@@ -313,7 +313,52 @@ func (a *analyzer) statement(n *pg_query.Node) error {
 	if a.plan.Opaque == nil {
 		a.plan.Opaque = a.opaque(n)
 	}
+	if err := a.inheritance(n); err != nil {
+		return err
+	}
 	return a.dispatch(n)
+}
+
+// inheritance refuses a table that would inherit from, or become a
+// partition of, a declared table: rows written to it by name are read
+// through the declared table, but pgcloak would forward them unrewritten.
+// (The declared table's format CHECKs are inherited too; this refuses
+// before PostgreSQL has to.)
+func (a *analyzer) inheritance(n *pg_query.Node) error {
+	return visit(n, func(m proto.Message) (bool, error) {
+		switch x := m.(type) {
+		case *pg_query.CreateStmt:
+			what := "CREATE TABLE ... INHERITS"
+			if x.Partbound != nil {
+				what = "CREATE TABLE ... PARTITION OF"
+			}
+			for _, inh := range x.InhRelations {
+				if rv := inh.GetRangeVar(); rv != nil {
+					if t := a.s.anyTableNamed(rv.Schemaname, rv.Relname); t != nil {
+						return false, a.refuseTable(kindDerived, t, what, rv.Location)
+					}
+				}
+			}
+		case *pg_query.AlterTableStmt:
+			for _, c := range x.Cmds {
+				cmd := c.GetAlterTableCmd()
+				switch {
+				case cmd == nil:
+				case cmd.Subtype == pg_query.AlterTableType_AT_AddInherit:
+					if rv := cmd.Def.GetRangeVar(); rv != nil {
+						if t := a.s.anyTableNamed(rv.Schemaname, rv.Relname); t != nil {
+							return false, a.refuseTable(kindDerived, t, "ALTER TABLE ... INHERIT", rv.Location)
+						}
+					}
+				case cmd.Subtype == pg_query.AlterTableType_AT_AttachPartition && x.Relation != nil:
+					if t := a.s.anyTableNamed(x.Relation.Schemaname, x.Relation.Relname); t != nil {
+						return false, a.refuseTable(kindDerived, t, "ALTER TABLE ... ATTACH PARTITION", x.Relation.Location)
+					}
+				}
+			}
+		}
+		return true, nil
+	})
 }
 
 // opaque returns the refusal of the first node of a statement whose effect

@@ -172,7 +172,7 @@ var (
 		doc: "COPY on a declared table with a file or program, WHERE, FORCE_* or HEADER MATCH options, inside a multi-statement query, or COPY (query) that searches a declared column"}
 	kindDerived = &refusalKind{id: "derived_object", code: pgerrcode.FeatureNotSupported,
 		msg: notSupported(hasEncryptedColumns, " over it"),
-		doc: "CREATE VIEW / MATERIALIZED VIEW / RULE / TABLE AS, SELECT INTO over a declared table"}
+		doc: "CREATE VIEW / MATERIALIZED VIEW / RULE / TABLE AS, SELECT INTO over a declared table; a table that inherits from or is a partition of one"}
 	kindNested = &refusalKind{id: "nested_rewrite", code: pgerrcode.FeatureNotSupported,
 		msg: notSupported(isEncrypted, " (send the statement itself; pgcloak must rewrite it)"),
 		doc: "PREPARE, EXPLAIN or DECLARE CURSOR of a statement that needs rewriting"}
