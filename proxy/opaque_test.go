@@ -386,3 +386,34 @@ func testRedefined(t *testing.T, allowDynamicSQL bool) {
 		mustEqual(t, "rows of the held cursor", strings.Join(rows, ","), "123-45-6789")
 	})
 }
+
+// TestSyntaxErrorAsPostgreSQL: a text pgcloak must analyse but cannot parse
+// is refused with PostgreSQL's own SQLSTATE, message and position.
+func TestSyntaxErrorAsPostgreSQL(t *testing.T) {
+	env := startEncrypted(t)
+	ctx := ctxT(t)
+	conn := env.tenantConn(t, acmeRole).PgConn()
+	for _, sql := range []string{
+		`SELEC * FROM patients`,
+		`SELECT * FROM patients WHERE ssn = 'x' AND`,
+		`SELECT 'éé', * FRM patients`,
+		`select 1; select * from patients where (`,
+	} {
+		_, direct := env.pool.Exec(ctx, sql)
+		var want *pgconn.PgError
+		if !errors.As(direct, &want) {
+			t.Fatalf("%s: PostgreSQL accepted it: %v", sql, direct)
+		}
+		for _, p := range protocols {
+			var got *pgconn.PgError
+			if err := p.run(ctx, conn, sql); !errors.As(err, &got) {
+				t.Errorf("%s %s: got %v, want an error", p.name, sql, err)
+				continue
+			}
+			if got.Code != want.Code || got.Position != want.Position || got.Message != "pgcloak: "+want.Message || got.Hint != want.Hint {
+				t.Errorf("%s %s: got %s %q at %d hint %q, want %s %q at %d hint %q", p.name, sql,
+					got.Code, got.Message, got.Position, got.Hint, want.Code, "pgcloak: "+want.Message, want.Position, want.Hint)
+			}
+		}
+	}
+}
