@@ -264,5 +264,27 @@ func (p *Pinner) MAC(challenge int64, tenant, proof string) string {
 	return hex.EncodeToString(m.Sum(nil))
 }
 
+// PinTx pins tenant for the rest of tx as the proxy pins a session, for
+// upstream.user's own work under row-level security (reencrypt,
+// encrypt-existing, keys list --count): pgcloak.current_tenant() returns
+// tenant until tx ends. tx must not be read-only (pin() draws from a
+// sequence). setting is tenancy.setting, set transaction-locally too.
+func (p *Pinner) PinTx(ctx context.Context, tx pgx.Tx, setting, tenant string) error {
+	var challenge int64
+	if err := tx.QueryRow(ctx, `SELECT pgcloak.pin_challenge()`).Scan(&challenge); err != nil {
+		return fmt.Errorf("pin tenant: %w", err)
+	}
+	proof, err := NewProof(0)
+	if err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, `SELECT pgcloak.pin($1, $2, $3), pg_catalog.set_config($4, $1, true), pg_catalog.set_config($5, $2, true)`,
+		tenant, proof, p.MAC(challenge, tenant, proof), setting, ProofSetting)
+	if err != nil {
+		return fmt.Errorf("pin tenant: %w", err)
+	}
+	return nil
+}
+
 // Close zeroes the key.
 func (p *Pinner) Close() { clear(p.key) }

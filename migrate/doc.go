@@ -46,8 +46,10 @@
 //
 // Reencrypt visits the tenants that have data keys in the key store, one
 // at a time: it selects that tenant's rows and sets the tenancy setting
-// (app.tenant_id) to it in every transaction, as the proxy does, so it
-// works whether or not upstream.user is subject to row-level security.
+// (app.tenant_id) to it in every transaction, and pins it with
+// pgcloak.pin() when Options.Pinner is set, as the proxy does, so it works
+// whether or not upstream.user is subject to row-level security, on
+// policies that read pgcloak.current_tenant() or the bare setting.
 //
 // EncryptExisting cannot list the tenants beforehand (the first value of a
 // tenant creates its keys). Without Options.Tenant it visits every row with

@@ -40,8 +40,8 @@ create table legacy (
 alter table legacy enable row level security;
 alter table legacy force row level security;
 create policy tenant_isolation on legacy
-	using (tenant_id = current_setting('app.tenant_id', true))
-	with check (tenant_id = current_setting('app.tenant_id', true));
+	using (tenant_id = pgcloak.current_tenant())
+	with check (tenant_id = pgcloak.current_tenant());
 insert into legacy (id, tenant_id, ssn_plain, dob_plain, age_plain) values
 	(1, 'acme', '111-11-1111', '1980-02-03', '42'),
 	(2, 'globex', '', null, ' 007'),
@@ -70,7 +70,7 @@ func TestEncryptExisting(t *testing.T) {
 	}
 
 	var p countingProgress
-	o := EncryptOptions{Options: Options{Pool: e.pool, Keys: e.cache(t), BatchSize: 16, Progress: &p}, Table: &legacy}
+	o := EncryptOptions{Options: Options{Pool: e.pool, Keys: e.cache(t), Pinner: e.pinner, BatchSize: 16, Progress: &p}, Table: &legacy}
 	st, err := EncryptExisting(ctx, o)
 	if err != nil {
 		t.Fatal(err)
@@ -176,7 +176,7 @@ func TestEncryptExistingRowSecurity(t *testing.T) {
 	e := newEnv(t)
 	e.legacyTable(t)
 	pool := e.rlsRole(t, "legacy")
-	o := EncryptOptions{Options: Options{Pool: pool, Keys: e.cache(t), BatchSize: 50}, Table: &legacy}
+	o := EncryptOptions{Options: Options{Pool: pool, Keys: e.cache(t), Pinner: e.pinner, BatchSize: 50}, Table: &legacy}
 	if _, err := EncryptExisting(t.Context(), o); !errors.Is(err, ErrRowSecurity) {
 		t.Errorf("every tenant: got %v, want ErrRowSecurity", err)
 	}
@@ -195,7 +195,7 @@ func TestEncryptExistingRowSecurity(t *testing.T) {
 // of the wrong kind.
 func TestEncryptExistingRefusals(t *testing.T) {
 	e := newEnv(t)
-	o := EncryptOptions{Options: Options{Pool: e.pool, Keys: e.cache(t)}, Table: &patients}
+	o := EncryptOptions{Options: Options{Pool: e.pool, Keys: e.cache(t), Pinner: e.pinner}, Table: &patients}
 	_, err := EncryptExisting(t.Context(), o)
 	var se *SchemaError
 	if !errors.As(err, &se) || se.Table != "public.patients" {

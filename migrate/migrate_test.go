@@ -46,6 +46,7 @@ type env struct {
 	db       string
 	pool     *pgxpool.Pool // superuser: bypasses row-level security
 	store    *keystore.Store
+	pinner   *keystore.Pinner // pins a tenant as the proxy does
 	provider crypto.Provider
 }
 
@@ -54,6 +55,12 @@ func newEnv(t *testing.T) *env {
 	pg := testenv.Shared(t)
 	e := &env{pg: pg, db: testenv.NewDatabase(t, pg)}
 	ctx := t.Context()
+	e.pool = e.connect(t, testenv.SuperuserName, testenv.SuperuserPassword)
+	var err error
+	if e.pinner, err = keystore.EnsurePin(ctx, e.pool, "app.tenant_id"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.pinner.Close)
 	if err := pg.Exec(ctx, e.db, `
 create table patients (
 	id bigint primary key,
@@ -65,12 +72,10 @@ create table patients (
 alter table patients enable row level security;
 alter table patients force row level security;
 create policy tenant_isolation on patients
-	using (tenant_id = current_setting('app.tenant_id', true))
-	with check (tenant_id = current_setting('app.tenant_id', true));`); err != nil {
+	using (tenant_id = pgcloak.current_tenant())
+	with check (tenant_id = pgcloak.current_tenant());`); err != nil {
 		t.Fatal(err)
 	}
-	e.pool = e.connect(t, testenv.SuperuserName, testenv.SuperuserPassword)
-	var err error
 	if e.store, err = keystore.Open(ctx, e.pool); err != nil {
 		t.Fatal(err)
 	}
@@ -240,6 +245,7 @@ func (e *env) reencrypt(t *testing.T, ctx context.Context, o ReencryptOptions) (
 	o.Pool = e.pool
 	o.Keys = e.cache(t)
 	o.Store = e.store
+	o.Pinner = e.pinner
 	if o.Tables == nil {
 		o.Tables = []config.Table{patients}
 	}
@@ -472,7 +478,7 @@ func TestReencryptUnderRowSecurity(t *testing.T) {
 	e.rotate(t, crypto.PurposeData, "acme", "globex")
 	pool := e.rlsRole(t, "patients")
 	st, err := Reencrypt(t.Context(), ReencryptOptions{
-		Options: Options{Pool: pool, Keys: e.cache(t), BatchSize: 4},
+		Options: Options{Pool: pool, Keys: e.cache(t), Pinner: e.pinner, BatchSize: 4},
 		Tables:  []config.Table{patients},
 		Store:   e.store,
 	})

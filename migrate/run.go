@@ -14,6 +14,7 @@ import (
 
 	"github.com/pgcloak/pgcloak/config"
 	"github.com/pgcloak/pgcloak/crypto"
+	"github.com/pgcloak/pgcloak/keystore"
 )
 
 // Defaults of Options.
@@ -45,6 +46,12 @@ type Options struct {
 
 	// TenantSetting is tenancy.setting (default app.tenant_id).
 	TenantSetting string
+
+	// Pinner, when set, pins Tenant in every transaction as the proxy
+	// does (pgcloak.pin), so that policies on pgcloak.current_tenant()
+	// show upstream.user that tenant's rows; without it only the bare
+	// setting is set.
+	Pinner *keystore.Pinner
 
 	// BatchSize is the most rows one batch visits (default 500).
 	BatchSize int
@@ -381,6 +388,11 @@ func (r *runner) inTx(ctx context.Context, w *work, fn func(pgx.Tx) error) error
 		}
 		if _, err := tx.Exec(ctx, q, args...); err != nil {
 			return err
+		}
+		if w.tenant != "" && r.o.Pinner != nil {
+			if err := r.o.Pinner.PinTx(ctx, tx, r.o.TenantSetting, w.tenant); err != nil {
+				return err
+			}
 		}
 		return fn(tx)
 	})

@@ -51,7 +51,7 @@ func TestEncryptExisting(t *testing.T) {
 
 	roles := slices.Sorted(maps.Keys(eeRoles))
 	setup := rlsTableSQL("patients", `id bigint primary key,
-	tenant_id text not null default current_setting('app.tenant_id'),
+	tenant_id text not null default pgcloak.current_tenant(),
 	name text,
 	ssn text not null,
 	email text,

@@ -416,7 +416,7 @@ GROUP BY 1
 ORDER BY 1 NULLS LAST`
 
 // countVersions prints, per declared column, how many values name each key
-// version, in one read-only transaction.
+// version, in one transaction (which pins tenant when one is given).
 func countVersions(ctx context.Context, a *keyAdmin, tenant string) error {
 	tables := a.cfg.Encrypt.Tables
 	if len(tables) == 0 {
@@ -425,9 +425,20 @@ func countVersions(ctx context.Context, a *keyAdmin, tenant string) error {
 	}
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TABLE\tCOLUMN\tKEY CLASS\tVERSION\tVALUES\tROWS COUNTED")
-	err := pgx.BeginTxFunc(ctx, a.pool, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		if tenant != "" && a.cfg.Tenancy.Setting != "" {
-			if _, err := tx.Exec(ctx, `SELECT set_config($1, $2, true)`, a.cfg.Tenancy.Setting, tenant); err != nil {
+	var pinner *keystore.Pinner
+	if tenant != "" {
+		p, err := openPinner(ctx, a.cfg, a.pool)
+		if err != nil {
+			return err
+		}
+		defer p.Close()
+		pinner = p
+	}
+	// Not read-only: pinning the tenant draws from a sequence. It only
+	// reads the tables.
+	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		if pinner != nil {
+			if err := pinner.PinTx(ctx, tx, a.cfg.Tenancy.Setting, tenant); err != nil {
 				return err
 			}
 		}

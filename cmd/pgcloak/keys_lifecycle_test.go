@@ -42,7 +42,7 @@ func newKeysFixture(t *testing.T) *keysFixture {
 	roles := strings.Join([]string{keysAcmeRole, keysGlobexRole, keysInitechRole}, ", ")
 	setup := tenantRolesSQL(keysRolePass, keysAcmeRole, keysGlobexRole, keysInitechRole) +
 		rlsTableSQL("patients", `id serial primary key,
-	tenant_id text not null default current_setting('app.tenant_id'),
+	tenant_id text not null default pgcloak.current_tenant(),
 	name text, ssn bytea, ssn_bidx bytea, diagnosis bytea`) +
 		fmt.Sprintf(`grant select, insert, update on patients to %[1]s;
 grant usage on sequence patients_id_seq to %[1]s;

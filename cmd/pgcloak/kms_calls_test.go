@@ -62,7 +62,7 @@ func TestKMSCallsPerTTL(t *testing.T) {
 	}
 	setup := tenantRolesSQL(kmsCallsRolePass, roles...) +
 		rlsTableSQL("patients", `id serial primary key,
-	tenant_id text not null default current_setting('app.tenant_id'),
+	tenant_id text not null default pgcloak.current_tenant(),
 	name text, ssn bytea, ssn_bidx bytea`) +
 		fmt.Sprintf(`create index on patients (ssn_bidx);
 grant select, insert on patients to %[1]s;

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgcloak/pgcloak/keystore"
 	"github.com/pgcloak/pgcloak/testenv"
 )
 
@@ -110,17 +111,31 @@ func tenantRolesSQL(password string, roles ...string) string {
 
 // rlsTableSQL creates table with the given column definitions, under a
 // forced row-level security policy that shows a session the rows of the
-// tenant in its app.tenant_id (the column tenant_id).
+// tenant pgcloak.current_tenant() verifies (the column tenant_id). It first
+// installs the verified tenant pin as testenv.ScramUser, the upstream.user
+// of most tests here (serve completes it with the key).
 func rlsTableSQL(table, columns string) string {
-	return fmt.Sprintf(`create table %[1]s (
+	return pinSQL(testenv.ScramUser) + fmt.Sprintf(`create table %[1]s (
 	%[2]s
 );
 alter table %[1]s enable row level security;
 alter table %[1]s force row level security;
 create policy tenant_isolation on %[1]s
-	using (tenant_id = current_setting('app.tenant_id', true))
-	with check (tenant_id = current_setting('app.tenant_id', true));
+	using (tenant_id = pgcloak.current_tenant())
+	with check (tenant_id = pgcloak.current_tenant());
 `, table, columns)
+}
+
+// pinSQL installs the verified tenant pin for app.tenant_id owned by
+// owner, as the superuser running it.
+func pinSQL(owner string) string {
+	return fmt.Sprintf(`do $$ begin execute format('grant create on database %%I to %[1]s', current_database()); end $$;
+set role %[1]s;
+create schema if not exists pgcloak;
+grant usage on schema pgcloak to public;
+%[2]s
+reset role;
+`, owner, keystore.PinSchema("app.tenant_id"))
 }
 
 // initLocalKey writes a new master key with "pgcloak keys init-local" into

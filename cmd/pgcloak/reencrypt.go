@@ -236,11 +236,12 @@ func reportEnd(ctx context.Context, name string, cfg *config.Config, st migrate.
 // upstream.user sessions of their own, the key store and a key cache.
 // close releases what openMigration opened, last first.
 type migration struct {
-	cfg   *config.Config
-	pool  *pgxpool.Pool
-	store *keystore.Store
-	cache *crypto.KeyCache
-	audit *audit.Logger
+	cfg    *config.Config
+	pool   *pgxpool.Pool
+	store  *keystore.Store
+	pinner *keystore.Pinner
+	cache  *crypto.KeyCache
+	audit  *audit.Logger
 	closers
 }
 
@@ -283,6 +284,10 @@ func openMigration(ctx context.Context, cfg *config.Config, appName string, stdo
 	if m.store, err = openKeyStore(ctx, cfg.Upstream, m.pool); err != nil {
 		return nil, err
 	}
+	if m.pinner, err = openPinner(ctx, cfg, m.pool); err != nil {
+		return nil, err
+	}
+	m.closers = append(m.closers, func() error { m.pinner.Close(); return nil })
 	m.cache = crypto.NewKeyCache(m.store, provider, keyCacheOptions(cfg.Keys, auditLog, log, nil))
 	m.closers = append(m.closers, func() error { m.cache.Close(); return nil })
 	return m, nil
@@ -295,6 +300,7 @@ func (m *migration) options(f batchFlags, p migrate.Progress) migrate.Options {
 		TenantColumn:  f.tenantColumn,
 		Tenant:        f.tenant,
 		TenantSetting: m.cfg.Tenancy.Setting,
+		Pinner:        m.pinner,
 		BatchSize:     f.batchSize,
 		Pause:         f.pause,
 		Progress:      p,

@@ -56,7 +56,7 @@ func TestReencryptWhileWritingThroughProxy(t *testing.T) {
 
 	setup := tenantRolesSQL(reencRolePass, reencAcmeRole) +
 		rlsTableSQL("patients", `id int primary key,
-	tenant_id text not null default current_setting('app.tenant_id'),
+	tenant_id text not null default pgcloak.current_tenant(),
 	ssn bytea, ssn_bidx bytea, diagnosis bytea`) +
 		fmt.Sprintf(`grant select, insert, update on patients to %[1]s;
 grant select, update on patients to %[3]s;

@@ -27,7 +27,7 @@ func TestServeRotateAfterEncryptions(t *testing.T) {
 	defer cancel()
 	setup := tenantRolesSQL(limitRolePass, limitAcmeRole) +
 		rlsTableSQL("patients", `id int primary key,
-	tenant_id text not null default current_setting('app.tenant_id'),
+	tenant_id text not null default pgcloak.current_tenant(),
 	diagnosis bytea`) +
 		fmt.Sprintf(`grant select, insert on patients to %[1]s;
 grant select, update on patients to %[3]s;

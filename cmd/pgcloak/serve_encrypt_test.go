@@ -105,7 +105,7 @@ func TestServeFormatChecks(t *testing.T) {
 	defer cancel()
 	setup := tenantRolesSQL(fmtRolePass, fmtAcmeRole) +
 		rlsTableSQL("patients", `id int primary key,
-	tenant_id text not null default current_setting('app.tenant_id'),
+	tenant_id text not null default pgcloak.current_tenant(),
 	ssn bytea, ssn_bidx bytea, diagnosis bytea`) +
 		fmt.Sprintf(`grant select, insert on patients to %[1]s;
 grant create on database %[2]s to %[3]s;`, fmtAcmeRole, db, testenv.ScramUser)
