@@ -160,6 +160,9 @@ func (s *session) parsePlain(m *pgproto3.Parse, text string) error {
 	if s.decrypts {
 		s.newGeneration(m.Name)
 		s.shapes.parsed(m.Name, s.stmtGen[m.Name], text)
+		if m.Name != "" {
+			s.shapes.named([]rewrite.PreparedUse{{Op: rewrite.PreparedPrepare, Name: m.Name}})
+		}
 	}
 	s.track(m)
 	if text == m.Query {
@@ -263,6 +266,7 @@ func (s *session) handleClose(m *pgproto3.Close) error {
 		return s.upstreamOut.send(m)
 	}
 	s.newGeneration(m.Name)
+	s.shapes.named([]rewrite.PreparedUse{{Op: rewrite.PreparedDeallocate, Name: m.Name}})
 	ps, err := s.rewritten(m.Name)
 	if err != nil {
 		return s.refuseExtended(err)
@@ -531,6 +535,11 @@ type shapeBoard struct {
 	epoch     uint64
 	redefines map[string]bool
 	portals   map[string]boundPortal
+	// names are the statement names the session has prepared upstream
+	// under the client's own name (a plain Parse, SQL PREPARE), as far as
+	// the client goroutine can tell: checkExecutes refuses an EXECUTE
+	// with arguments of any other name.
+	names map[string]bool
 }
 
 type postedShape struct {
@@ -596,6 +605,24 @@ func (b *shapeBoard) described(portal string) {
 func (b *shapeBoard) executed(portal string, always bool) {
 	if always || b.portals[portal].redefines {
 		b.stale()
+	}
+}
+
+// named follows the statement names a text prepares and deallocates
+// (client goroutine).
+func (b *shapeBoard) named(uses []rewrite.PreparedUse) {
+	for _, u := range uses {
+		switch {
+		case u.Op == rewrite.PreparedPrepare:
+			if b.names == nil {
+				b.names = make(map[string]bool)
+			}
+			b.names[u.Name] = true
+		case u.Op == rewrite.PreparedDeallocate && u.Name == "":
+			clear(b.names)
+		case u.Op == rewrite.PreparedDeallocate:
+			delete(b.names, u.Name)
+		}
 	}
 }
 

@@ -104,6 +104,7 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 		return s.upstreamOut.send(q)
 	}
 	if sp, lits := s.decl.schema.AnalyzeShape(s.decl.plans, q.String); sp != nil && s.checkPlan(sp.Plan) == nil {
+		s.shapes.named(sp.Plan.Prepared)
 		if sp.Plan.Passthrough {
 			return s.upstreamOut.send(q)
 		}
@@ -122,6 +123,7 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 	if err != nil {
 		return s.refuseStatement(q.String, err)
 	}
+	s.shapes.named(plan.Prepared)
 	if plan.Passthrough || unchanged(plan, q.String) {
 		return s.upstreamOut.send(q)
 	}
@@ -176,6 +178,7 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 	if err != nil {
 		return s.refuseExtended(err)
 	}
+	s.shapes.named(plan.Prepared)
 	if plan.Passthrough {
 		return s.parsePlain(m, m.Query)
 	}
@@ -238,6 +241,44 @@ func (s *session) needsAnalysis(sql string) bool {
 	return s.decl.schema.MightNeedAnalysis(sql)
 }
 
+// checkExecutes refuses, in a session that decrypts, an EXECUTE with
+// arguments of a statement name the session has not prepared (see
+// shapeBoard.names), as PostgreSQL would (26000), but without sending it:
+// PostgreSQL logs a failed statement's text, and the arguments of an
+// EXECUTE of a statement pgcloak refused to PREPARE are plaintext meant
+// for a declared column. Sessions allowed to run SQL pgcloak cannot read
+// may prepare statements it never sees, and are not checked.
+func (s *session) checkExecutes(plan *rewrite.Plan) error {
+	if !s.decrypts || s.decl.tenancyCfg.AllowDynamicSQL || len(plan.Prepared) == 0 {
+		return nil
+	}
+	var added, removed map[string]bool
+	cleared := false
+	for _, u := range plan.Prepared {
+		switch {
+		case u.Op == rewrite.PreparedPrepare:
+			if added == nil {
+				added = make(map[string]bool)
+			}
+			added[u.Name] = true
+			delete(removed, u.Name)
+		case u.Op == rewrite.PreparedDeallocate && u.Name == "":
+			cleared, added, removed = true, nil, nil
+		case u.Op == rewrite.PreparedDeallocate:
+			if removed == nil {
+				removed = make(map[string]bool)
+			}
+			removed[u.Name] = true
+			delete(added, u.Name)
+		case u.Op == rewrite.PreparedExecute && u.Args:
+			if !added[u.Name] && (cleared || removed[u.Name] || !s.shapes.names[u.Name]) {
+				return &clientError{code: pgerrcode.InvalidSQLStatementName, msg: fmt.Sprintf("prepared statement %q does not exist", u.Name)}
+			}
+		}
+	}
+	return nil
+}
+
 // unchanged reports whether a plan forwards its text as it came: no
 // rewrite, only findings (Opaque, LexerChange) that checkPlan allowed.
 func unchanged(plan *rewrite.Plan, sql string) bool {
@@ -254,6 +295,9 @@ func (s *session) checkPlan(plan *rewrite.Plan) error {
 	}
 	if s.scoped && plan.Opaque != nil && !s.decl.tenancyCfg.AllowDynamicSQL {
 		return plan.Opaque
+	}
+	if err := s.checkExecutes(plan); err != nil {
+		return err
 	}
 	for _, rc := range plan.RoleChanges {
 		if rc.Target == "" {

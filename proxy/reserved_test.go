@@ -62,3 +62,44 @@ func TestReservedNamesFromSQL(t *testing.T) {
 	fatalIf(t, env.pool.QueryRow(ctx, `select count(*) from patients where name in ('first', 'second')`).Scan(&n), "count")
 	mustEqual(t, "rows stored through ins", n, 2)
 }
+
+// TestExecuteOfUnknownStatement: an EXECUTE with arguments of a statement
+// name the session has not prepared (a PREPARE pgcloak refused, a
+// statement pgcloak prepared under a name of its own, one deallocated) is
+// refused by pgcloak as PostgreSQL would refuse it, 26000, without
+// reaching PostgreSQL, whose log would keep the arguments.
+func TestExecuteOfUnknownStatement(t *testing.T) {
+	env := startEncrypted(t)
+	ctx := ctxT(t)
+	for _, p := range protocols {
+		t.Run(p.name, func(t *testing.T) {
+			conn := env.tenantConn(t, acmeRole).PgConn()
+			_, err := conn.Prepare(ctx, "pp", `select $1::int + 1`, nil)
+			fatalIf(t, err, "prepare pp")
+			_, err = conn.Prepare(ctx, "ins", `insert into patients (name, ssn) values ('x', $1)`, nil)
+			fatalIf(t, err, "prepare ins")
+			wantRefusal(t, "PREPARE of a write", p.run(ctx, conn, `PREPARE p(text) AS INSERT INTO patients (ssn) VALUES ($1)`), "0A000")
+			for _, sql := range []string{
+				`EXECUTE p('zz-secret-1')`,
+				`EXECUTE ins('zz-secret-2')`,
+				`EXECUTE "P"('zz-secret-3')`,
+				`CREATE TABLE leak AS EXECUTE p('zz-secret-4')`,
+			} {
+				wantRefusal(t, sql, p.run(ctx, conn, sql), "26000")
+			}
+			for _, sql := range []string{
+				`EXECUTE pp(1)`,
+				`PREPARE q(int) AS SELECT $1`,
+				`EXECUTE q(2)`,
+				`DEALLOCATE q`,
+			} {
+				fatalIf(t, p.run(ctx, conn, sql), "%s", sql)
+			}
+			wantRefusal(t, "EXECUTE after DEALLOCATE", p.run(ctx, conn, `EXECUTE q(3)`), "26000")
+			if p.name == "simple" {
+				fatalIf(t, p.run(ctx, conn, `PREPARE r(int) AS SELECT $1; EXECUTE r(4); DEALLOCATE r`), "prepare and execute in one text")
+				wantRefusal(t, "DEALLOCATE then EXECUTE in one text", p.run(ctx, conn, `PREPARE r(int) AS SELECT $1; DEALLOCATE r; EXECUTE r(5)`), "26000")
+			}
+		})
+	}
+}

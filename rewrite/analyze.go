@@ -316,7 +316,28 @@ func (a *analyzer) statement(n *pg_query.Node) error {
 	if err := a.inheritance(n); err != nil {
 		return err
 	}
+	a.preparedUses(n)
 	return a.dispatch(n)
+}
+
+// preparedUses appends the statement's uses of prepared statement names to
+// Plan.Prepared.
+func (a *analyzer) preparedUses(n *pg_query.Node) {
+	_ = visit(n, func(m proto.Message) (bool, error) {
+		switch x := m.(type) {
+		case *pg_query.PrepareStmt:
+			a.plan.Prepared = append(a.plan.Prepared, PreparedUse{Op: PreparedPrepare, Name: x.Name})
+		case *pg_query.ExecuteStmt:
+			a.plan.Prepared = append(a.plan.Prepared, PreparedUse{Op: PreparedExecute, Name: x.Name, Args: len(x.Params) > 0})
+		case *pg_query.DeallocateStmt:
+			a.plan.Prepared = append(a.plan.Prepared, PreparedUse{Op: PreparedDeallocate, Name: x.Name})
+		case *pg_query.DiscardStmt:
+			if x.Target == pg_query.DiscardMode_DISCARD_ALL {
+				a.plan.Prepared = append(a.plan.Prepared, PreparedUse{Op: PreparedDeallocate})
+			}
+		}
+		return true, nil
+	})
 }
 
 // inheritance refuses a table that would inherit from, or become a

@@ -1,6 +1,8 @@
 package rewrite
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/pgcloak/pgcloak/config"
@@ -83,5 +85,26 @@ func TestLexerChangeWithoutTables(t *testing.T) {
 		case tt.construct != "" && plan.LexerChange.Construct != tt.construct:
 			t.Errorf("%q: construct %q, want %q", tt.sql, plan.LexerChange.Construct, tt.construct)
 		}
+	}
+}
+
+// TestPreparedUses: Plan.Prepared lists every use of a prepared statement
+// name in text order, passthrough plans included.
+func TestPreparedUses(t *testing.T) {
+	s := testSchema(t)
+	plan, err := s.Analyze(`PREPARE p AS SELECT 1; EXECUTE p; EXECUTE "Q"(1); DEALLOCATE p; CREATE TABLE x AS EXECUTE r('a'); EXPLAIN EXECUTE s(2); DEALLOCATE ALL; DISCARD ALL`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, u := range plan.Prepared {
+		got = append(got, fmt.Sprintf("%d %s %v", u.Op, u.Name, u.Args))
+	}
+	want := []string{"1 p false", "2 p false", "2 Q true", "3 p false", "2 r true", "2 s true", "3  false", "3  false"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("Prepared = %q, want %q", got, want)
+	}
+	if plan, err := s.Analyze(`EXECUTE p(1)`); err != nil || !plan.Passthrough || len(plan.Prepared) != 1 {
+		t.Errorf("EXECUTE p(1): %+v, %v; want a passthrough plan with one use", plan, err)
 	}
 }

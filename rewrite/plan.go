@@ -77,12 +77,38 @@ type Plan struct {
 	// nil when the text has none.
 	Opaque *Refusal
 
+	// Prepared lists the text's PREPARE, EXECUTE and DEALLOCATE statements
+	// (EXECUTE also where CREATE TABLE AS or EXPLAIN holds it) and DISCARD
+	// ALL, in text order. It is informational, set on Passthrough plans
+	// too: the proxy follows which statement names the session has
+	// prepared and refuses an EXECUTE with arguments of any other name,
+	// whose arguments PostgreSQL would otherwise write to its log with the
+	// error.
+	Prepared []PreparedUse
+
 	// LexerChange is the refusal (42501) of the first statement that would
 	// change client_encoding away from UTF8 or standard_conforming_strings
 	// away from on (or back to a default pgcloak cannot see). With declared
 	// tables Analyze refuses such a statement itself; without, the proxy
 	// refuses it in sessions with a tenant. nil when the text has none.
 	LexerChange *Refusal
+}
+
+// PreparedOp is what a statement does with a prepared statement name.
+type PreparedOp int
+
+// Prepared statement operations.
+const (
+	PreparedPrepare    PreparedOp = 1 // PREPARE name
+	PreparedExecute    PreparedOp = 2 // EXECUTE name [(args)]
+	PreparedDeallocate PreparedOp = 3 // DEALLOCATE name; Name "" for ALL and DISCARD ALL
+)
+
+// PreparedUse is one use of a prepared statement name in a text.
+type PreparedUse struct {
+	Op   PreparedOp
+	Name string // as PostgreSQL sees it (identifiers case-folded)
+	Args bool   // an EXECUTE with arguments
 }
 
 // RoleChange is one top-level change of the session's role.

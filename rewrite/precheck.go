@@ -23,11 +23,14 @@ import "strings"
 //     must not name; quoted or not, such a name contains the word unless
 //     it is spelt with Unicode escapes, which u& catches;
 //   - client_encoding, names (SET NAMES), standard_conforming_strings: the
-//     settings that decide how PostgreSQL lexes a text (see lexerSet).
+//     settings that decide how PostgreSQL lexes a text (see lexerSet);
+//   - prepare, execute, deallocate: SQL-level prepared statements, which
+//     the proxy follows by name (Plan.Prepared).
 var alwaysTokens = []string{
 	"set_config", "pg_settings", "role", "authorization", "reset", "discard",
 	"query_to_xml", "ts_stat", "u&", `\`, "\x00",
 	"pgcloak", "client_encoding", "names", "standard_conforming_strings",
+	"prepare", "execute", "deallocate",
 }
 
 // tenantWords are the keywords of the statements Plan.Opaque reports,
