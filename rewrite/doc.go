@@ -74,7 +74,14 @@
 // pgcloak's own prepared statements or portals (ReservedPrefix, however
 // quoted or escaped: the parser has already decoded the name) through
 // PREPARE, EXECUTE, DEALLOCATE, DECLARE, FETCH, MOVE or CLOSE, including
-// inside the query of query_to_xml() and ts_stat().
+// inside the query of query_to_xml() and ts_stat(). Plan.Prepared lists
+// every PREPARE, EXECUTE and DEALLOCATE (and DISCARD ALL) so that the proxy
+// can follow which names the session has prepared and refuse an EXECUTE
+// with arguments of any other: its arguments would reach PostgreSQL's log.
+//
+// A table that would inherit from, or become a partition of, a declared
+// table is refused like a view over one (derived_object): rows written to
+// it by its own name are read through the declared table.
 //
 // # SQL pgcloak cannot read
 //
