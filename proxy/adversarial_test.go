@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,6 +28,7 @@ import (
 	"github.com/pgcloak/pgcloak/crypto"
 	"github.com/pgcloak/pgcloak/keystore"
 	"github.com/pgcloak/pgcloak/testenv"
+	"github.com/rs/zerolog"
 	"gopkg.in/yaml.v3"
 )
 
@@ -376,7 +378,7 @@ func (e *advEnv) proxy(t *testing.T, pool *pgxpool.Pool) *testProxy {
 	t.Cleanup(pinner.Close)
 	cache := crypto.NewKeyCache(store, e.provider, crypto.CacheOptions{TTL: time.Minute, MaxEntries: 100})
 	t.Cleanup(cache.Close)
-	return startProxyDeps(t, e.pg, Deps{Pool: pool, Keys: CacheKeys{Cache: cache}, Pinner: pinner}, nil, func(c *Config) {
+	return startAdvProxy(t, e.pg, Deps{Pool: pool, Keys: CacheKeys{Cache: cache}, Pinner: pinner}, func(c *Config) {
 		c.Upstream.User = testenv.SuperuserName
 		c.Tenancy = config.Tenancy{
 			Setting: "app.tenant_id",
@@ -398,7 +400,35 @@ func (e *advEnv) proxy(t *testing.T, pool *pgxpool.Pool) *testProxy {
 	})
 }
 
+// startAdvProxy is startProxyDeps without its goroutine check, which cases
+// running in parallel would trip over each other's goroutines;
+// TestAdversarialCorpus checks once, after every case.
+func startAdvProxy(t testing.TB, pg *testenv.Postgres, deps Deps, mutate func(*Config)) *testProxy {
+	t.Helper()
+	cfg := Config{
+		Listen:   config.Listen{Address: "127.0.0.1:0", MaxMessageSize: 1 << 20, ShutdownTimeout: time.Second},
+		Upstream: config.Upstream{Address: pg.Addr(), SSLMode: config.SSLDisable, ConnectTimeout: 5 * time.Second},
+	}
+	mutate(&cfg)
+	srv, err := NewServer(cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel), deps)
+	fatalIf(t, err, "NewServer")
+	fatalIf(t, srv.LoadCatalog(context.Background()), "LoadCatalog")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	fatalIf(t, err, "listen")
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		srv.Close()
+		if err := <-done; err != ErrServerClosed {
+			t.Errorf("Serve returned %v, want ErrServerClosed", err)
+		}
+	})
+	return &testProxy{srv: srv, addr: ln.Addr().String(), pg: pg}
+}
+
 func TestAdversarialCorpus(t *testing.T) {
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() { waitGoroutines(t, before) }) // runs last, after every case
 	cases := loadAdversarialCorpus(t)
 	if len(cases) < 60 {
 		t.Errorf("corpus: %d cases, want at least 60", len(cases))
