@@ -392,7 +392,9 @@ func (a *analyzer) inheritance(n *pg_query.Node) error {
 // would neither rewrite writes through it nor decrypt reads. CREATE TABLE AS
 // and SELECT INTO are not: they copy stored values (ciphertext, bound to the
 // declared table it came from) into a plain table and alias nothing; over a
-// declared table they are refused as derived objects anyway.
+// declared table they are refused as derived objects anyway. A foreign
+// table can alias a declared table through a loopback server, and a
+// subscription writes rows that never pass pgcloak: both are opaque too.
 func (a *analyzer) opaque(n *pg_query.Node) *Refusal {
 	var found *Refusal
 	_ = visit(n, func(m proto.Message) (bool, error) {
@@ -429,6 +431,12 @@ func (a *analyzer) opaque(n *pg_query.Node) *Refusal {
 			if x.Objtype == pg_query.ObjectType_OBJECT_MATVIEW {
 				what = "CREATE MATERIALIZED VIEW"
 			}
+		case *pg_query.CreateForeignTableStmt:
+			what = "CREATE FOREIGN TABLE"
+		case *pg_query.ImportForeignSchemaStmt:
+			what = "IMPORT FOREIGN SCHEMA"
+		case *pg_query.CreateSubscriptionStmt:
+			what = "CREATE SUBSCRIPTION"
 		case *pg_query.AlterRoleSetStmt:
 			what = "ALTER ROLE ... SET"
 		case *pg_query.AlterDatabaseSetStmt:

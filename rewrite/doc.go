@@ -89,7 +89,8 @@
 // CREATE and ALTER FUNCTION / PROCEDURE / ROUTINE (a body can EXECUTE a
 // string assembled at run time, with format('%I'), names read from the
 // catalog or Unicode escapes), CREATE RULE, CREATE [EVENT|CONSTRAINT]
-// TRIGGER, CREATE [MATERIALIZED|RECURSIVE] VIEW and ALTER ROLE / USER /
+// TRIGGER, CREATE [MATERIALIZED|RECURSIVE] VIEW, CREATE FOREIGN TABLE,
+// IMPORT FOREIGN SCHEMA, CREATE SUBSCRIPTION and ALTER ROLE / USER /
 // DATABASE ... SET. Analyze reports the first one in Plan.Opaque, wherever
 // it sits in the statement (CREATE SCHEMA can hold views and triggers); it
 // stays tenant-independent, and the proxy refuses it (42501, audited) in

@@ -71,7 +71,8 @@ type Plan struct {
 	// Opaque is the refusal (42501) of the first statement whose effect
 	// pgcloak cannot read from its text: DO, CREATE or ALTER of a function
 	// or procedure, CREATE RULE, CREATE [EVENT] TRIGGER, CREATE
-	// [MATERIALIZED] VIEW, ALTER ROLE / DATABASE ... SET. rewrite does not
+	// [MATERIALIZED] VIEW, CREATE FOREIGN TABLE, IMPORT FOREIGN SCHEMA,
+	// CREATE SUBSCRIPTION, ALTER ROLE / DATABASE ... SET. rewrite does not
 	// judge it: the proxy refuses it in sessions with a tenant unless
 	// tenancy.allow_dynamic_sql is set, and forwards it for the others.
 	// nil when the text has none.

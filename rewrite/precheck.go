@@ -42,10 +42,11 @@ var alwaysTokens = []string{
 // errs towards parsing): DO; CREATE/ALTER FUNCTION, PROCEDURE, ALTER
 // ROUTINE; CREATE RULE; CREATE [EVENT|CONSTRAINT] TRIGGER; CREATE
 // [MATERIALIZED|RECURSIVE] VIEW; ALTER ROLE/USER/DATABASE ... SET (role is
-// an alwaysTokens substring).
+// an alwaysTokens substring); CREATE FOREIGN TABLE, IMPORT FOREIGN SCHEMA;
+// CREATE SUBSCRIPTION.
 var tenantWords = []string{
 	"do", "function", "procedure", "routine", "rule", "trigger", "view",
-	"user", "database",
+	"user", "database", "foreign", "subscription",
 }
 
 // buildTokens collects the MightNeedAnalysis tokens: alwaysTokens, every

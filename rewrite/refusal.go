@@ -198,7 +198,7 @@ var (
 	kindTenantSetConfigDynamic = &refusalKind{id: "tenant_set_config_dynamic", code: pgerrcode.InsufficientPrivilege, construct: tenantConstruct,
 		msg: notAllowed(" (the setting name must be a string constant)"), doc: "set_config() whose setting name is not a string constant"}
 	kindTenantBody = &refusalKind{id: "tenant_body", code: pgerrcode.InsufficientPrivilege, construct: tenantConstruct,
-		msg: notAllowed(""), doc: "a DO block or function/procedure body that mentions the tenant setting, set_config or pg_settings"}
+		msg: notAllowed(""), doc: "a DO block or function/procedure body that mentions the tenant setting, set_config, pg_settings or the tenant pin"}
 	kindTenantString = &refusalKind{id: "tenant_string", code: pgerrcode.InsufficientPrivilege, construct: tenantConstruct,
 		msg: notAllowed(""), doc: "a string constant containing set_config, or the tenant setting name inside other text (dynamic SQL)"}
 	kindTenantPgSettings = &refusalKind{id: "tenant_pg_settings", code: pgerrcode.InsufficientPrivilege, construct: tenantConstruct,
@@ -211,11 +211,17 @@ var (
 		},
 		doc: "role or session_authorization set inside a function definition or a role/database default"}
 
+	kindTenantPin = &refusalKind{id: "tenant_pin", code: pgerrcode.InsufficientPrivilege,
+		msg: func(_, construct string) string {
+			return "the tenant pin is managed by pgcloak; " + construct + " is not allowed"
+		},
+		doc: "SET, RESET or set_config() of a pgcloak.* setting (the pin's proof), a call of pgcloak.pin(), pin_challenge(), unpin() or any other function or relation of schema pgcloak but current_tenant(), a string constant or routine body that names them"}
+
 	kindOpaque = &refusalKind{id: "opaque_sql", code: pgerrcode.InsufficientPrivilege,
 		msg: func(_, construct string) string {
 			return construct + " is not allowed in a session with a tenant: pgcloak cannot see the SQL it runs or what it defines (tenancy.allow_dynamic_sql allows it)"
 		},
-		doc: "DO, CREATE/ALTER FUNCTION/PROCEDURE/ROUTINE, CREATE RULE, CREATE [EVENT] TRIGGER, CREATE [MATERIALIZED] VIEW, ALTER ROLE/DATABASE ... SET: Plan.Opaque, which the proxy refuses in sessions with a tenant"}
+		doc: "DO, CREATE/ALTER FUNCTION/PROCEDURE/ROUTINE, CREATE RULE, CREATE [EVENT] TRIGGER, CREATE [MATERIALIZED] VIEW, CREATE FOREIGN TABLE, IMPORT FOREIGN SCHEMA, CREATE SUBSCRIPTION, ALTER ROLE/DATABASE ... SET: Plan.Opaque, which the proxy refuses in sessions with a tenant"}
 	kindLexer = &refusalKind{id: "lexer_setting", code: pgerrcode.InsufficientPrivilege,
 		msg: func(_, construct string) string {
 			return construct + " is not allowed: pgcloak reads statements as PostgreSQL does only while client_encoding is UTF8 and standard_conforming_strings is on"
@@ -244,7 +250,7 @@ var refusalKinds = []*refusalKind{
 	kindNested, kindMerge, kindBody, kindStatement, kindRewriteFailed,
 	kindTenantSet, kindTenantSetConfig, kindTenantSetConfigDynamic, kindTenantBody,
 	kindTenantString, kindTenantPgSettings, kindTenantDynamicSQL, kindTenantRoleNested,
-	kindOpaque, kindLexer, kindReserved,
+	kindTenantPin, kindOpaque, kindLexer, kindReserved,
 }
 
 // position converts a pg_query byte offset into sql to PostgreSQL's 1-based

@@ -41,6 +41,9 @@ func (a *analyzer) tenancy(n *pg_query.Node) error {
 			if a.s.setting != "" && strings.EqualFold(strings.TrimSpace(x.Name), a.s.setting) {
 				return false, a.refuseTenant(kindTenantSet, setVerb(x), -1)
 			}
+			if pinSetting(x.Name) {
+				return false, a.refusePin(setVerb(x)+" of a pgcloak.* setting", -1)
+			}
 			if x != top && (strings.EqualFold(x.Name, RoleChangeRole) || strings.EqualFold(x.Name, RoleChangeSessionAuthorization)) {
 				return false, a.refuseTenant(kindTenantRoleNested, "setting "+strings.ToLower(x.Name)+" inside a function definition or a role or database default", -1)
 			}
@@ -83,7 +86,7 @@ func (a *analyzer) tenancy(n *pg_query.Node) error {
 			for _, arg := range x.Args {
 				if d := arg.GetDefElem(); d != nil && d.Defname == "as" {
 					if mentionsTenancy(d.Arg.GetString_().GetSval(), setting) {
-						return false, a.refuseTenant(kindTenantBody, "a DO block that mentions it, set_config or pg_settings", d.Location)
+						return false, a.refuseTenant(kindTenantBody, "a DO block that mentions it, set_config, pg_settings or the tenant pin", d.Location)
 					}
 				}
 			}
@@ -102,11 +105,15 @@ func (a *analyzer) tenancy(n *pg_query.Node) error {
 				})
 			}
 			if bad {
-				what := "a function body that mentions it, set_config or pg_settings"
+				what := "a function body that mentions it, set_config, pg_settings or the tenant pin"
 				if x.IsProcedure {
-					what = "a procedure body that mentions it, set_config or pg_settings"
+					what = "a procedure body that mentions it, set_config, pg_settings or the tenant pin"
 				}
 				return false, a.refuseTenant(kindTenantBody, what, -1)
+			}
+		case *pg_query.RangeVar:
+			if strings.EqualFold(x.Schemaname, pinSchema) {
+				return false, a.refusePin("naming pgcloak."+x.Relname, x.Location)
 			}
 		case *pg_query.InsertStmt:
 			return true, a.pgSettingsWrite(x.Relation)
@@ -146,6 +153,9 @@ func (a *analyzer) tenancyFunc(f *pg_query.FuncCall) error {
 		if strings.EqualFold(strings.TrimSpace(s), a.s.setting) {
 			return a.refuseTenant(kindTenantSetConfig, "set_config()", f.Location)
 		}
+		if pinSetting(strings.TrimSpace(s)) {
+			return a.refusePin("set_config() of a pgcloak.* setting", f.Location)
+		}
 		if setting := lexerSetting(s); setting != "" {
 			if len(f.Args) >= 2 {
 				if v, ok := constString(f.Args[1]); ok && lexerValueOK(setting, v) {
@@ -154,6 +164,12 @@ func (a *analyzer) tenancyFunc(f *pg_query.FuncCall) error {
 			}
 			return a.lexerRefusal("set_config() of "+setting, f.Location)
 		}
+	case len(f.Funcname) > 1 && strings.EqualFold(f.Funcname[len(f.Funcname)-2].GetString_().GetSval(), pinSchema) && name != "current_tenant":
+		// Unqualified, pin() and unpin() resolve to these only on a
+		// search_path that names pgcloak; they still verify their MAC
+		// (pin) or only drop the session's own pin (unpin), so the
+		// qualified names, which the pre-check sees, are what is refused.
+		return a.refusePin("calling pgcloak."+name+"()", f.Location)
 	case dynamicSQLFuncs[name]:
 		if len(f.Args) == 0 {
 			return nil
@@ -292,6 +308,9 @@ func (a *analyzer) lexerRefusal(construct string, loc int32) error {
 // it); a longer text that embeds either, or any text containing set_config,
 // may be SQL that some function will run, and is refused.
 func (a *analyzer) tenancyString(s, setting string, loc int32) error {
+	if mentionsPin(s) {
+		return a.refusePin("a string constant that names it", loc)
+	}
 	if containsFold(s, "set_config") {
 		return a.refuseTenant(kindTenantString, "a string constant containing set_config", loc)
 	}
@@ -309,10 +328,41 @@ func (a *analyzer) tenancyString(s, setting string, loc int32) error {
 }
 
 // mentionsTenancy reports whether text (a routine body, a string constant)
-// mentions the setting (lower-case), set_config or pg_settings.
+// mentions the setting (lower-case), set_config, pg_settings or the tenant
+// pin (mentionsPin).
 func mentionsTenancy(body, setting string) bool {
 	return (setting != "" && containsFold(body, setting)) ||
-		containsFold(body, "set_config") || containsFold(body, "pg_settings")
+		containsFold(body, "set_config") || containsFold(body, "pg_settings") || mentionsPin(body)
+}
+
+// The tenant pin (package keystore): schema pgcloak holds pin_challenge(),
+// pin(), unpin() and current_tenant(), the pin key table and the pin's
+// sequences, and the pin's proof travels in a pgcloak.* setting. Only
+// current_tenant() is the client's to call; the rest is pgcloak's.
+const pinSchema = "pgcloak"
+
+// pinWords are what a text (a string constant, a routine body) must not
+// name: the pin's functions, table, sequences and proof setting.
+var pinWords = []string{"pgcloak.pin", "pgcloak.unpin", "pin_marker", "pin_key", "pin_challenge", "tenant_proof"}
+
+// pinSetting reports whether name is a pgcloak.* setting, which the proxy
+// reserves for itself.
+func pinSetting(name string) bool {
+	return len(name) > len(pinSchema)+1 && strings.EqualFold(name[:len(pinSchema)+1], pinSchema+".")
+}
+
+func mentionsPin(text string) bool {
+	for _, w := range pinWords {
+		if containsFold(text, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// refusePin refuses a statement that touches the tenant pin.
+func (a *analyzer) refusePin(construct string, loc int32) *Refusal {
+	return a.refusal(kindTenantPin, "", "", "", construct, loc)
 }
 
 // pgSettingsWrite refuses writes to pg_settings, whose UPDATE rule calls
