@@ -404,9 +404,11 @@ func FuzzDeclaredClientLoop(f *testing.F) {
 		}
 		pinned := len(conns[0].bytes()) // the session's pin is complete before its ReadyForQuery
 		check, _ := (&pgproto3.Query{String: `SELECT coalesce(pgcloak.current_tenant(), '') AS zz_fuzz_tenant_check`}).Encode(nil)
+		// A session that neither reads nor answers is not what this
+		// target looks for (FuzzClientLoop does): bound the whole exchange.
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
 		conn.Write(append(append([]byte(nil), data...), check...))
 		conn.(*net.TCPConn).CloseWrite()
-		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 		checking := false
 		var tenantSeen []string
 		for {
