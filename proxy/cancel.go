@@ -86,11 +86,23 @@ func (s *Server) forwardCancel(req *pgproto3.CancelRequest) {
 // dialUpstream opens a connection to the upstream server and, unless tc is
 // nil, negotiates TLS on it with tc (see upstreamTLSFor).
 func (s *Server) dialUpstream(ctx context.Context, tc *tls.Config) (net.Conn, error) {
-	d := net.Dialer{Timeout: s.cfg.Upstream.ConnectTimeout, KeepAlive: 30 * time.Second}
-	conn, err := d.DialContext(ctx, "tcp", s.cfg.Upstream.Address)
+	conn, err := s.connectUpstream(ctx)
 	if err != nil {
 		return nil, err
 	}
+	return s.upstreamHandshake(ctx, conn, tc)
+}
+
+// connectUpstream opens a TCP connection to the upstream server.
+func (s *Server) connectUpstream(ctx context.Context) (net.Conn, error) {
+	d := net.Dialer{Timeout: s.cfg.Upstream.ConnectTimeout, KeepAlive: 30 * time.Second}
+	return d.DialContext(ctx, "tcp", s.cfg.Upstream.Address)
+}
+
+// upstreamHandshake negotiates TLS with tc on a connection from
+// connectUpstream, and returns it as it is when tc is nil. It closes conn
+// when it fails.
+func (s *Server) upstreamHandshake(ctx context.Context, conn net.Conn, tc *tls.Config) (net.Conn, error) {
 	if tc == nil {
 		return conn, nil
 	}
@@ -120,3 +132,48 @@ func (s *Server) dialUpstream(ctx context.Context, tc *tls.Config) (net.Conn, er
 }
 
 var errUpstreamNoTLS = errors.New("upstream server does not support TLS (sslmode requires it)")
+
+// earlyDial is a session's upstream TCP connection, opened while the client
+// is still negotiating SSL or GSS encryption: PostgreSQL forks the backend
+// as it accepts, so the fork and the TCP handshake overlap the client's
+// round trips instead of following them, as they would directly. It is
+// opened only once a client sent an SSLRequest or GSSENCRequest, never for
+// a CancelRequest.
+type earlyDial struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	conn   net.Conn
+	err    error
+	taken  bool
+}
+
+func (s *Server) dialEarly() *earlyDial {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Upstream.ConnectTimeout)
+	d := &earlyDial{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(d.done)
+		d.conn, d.err = s.connectUpstream(ctx)
+	}()
+	return d
+}
+
+// take waits for the connection.
+func (d *earlyDial) take() (net.Conn, error) {
+	<-d.done
+	d.taken = true
+	d.cancel()
+	return d.conn, d.err
+}
+
+// discard closes the connection unless it was taken; PostgreSQL logs
+// nothing for a connection that sends nothing. It is safe on nil.
+func (d *earlyDial) discard() {
+	if d == nil || d.taken {
+		return
+	}
+	d.cancel()
+	<-d.done
+	if d.conn != nil {
+		d.conn.Close()
+	}
+}

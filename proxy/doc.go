@@ -7,12 +7,26 @@
 // A connection starts with at most one SSLRequest and one GSSENCRequest
 // (GSS encryption is always declined), then exactly one StartupMessage, or a
 // CancelRequest that is forwarded to the upstream backend it names and ends
-// the connection. The proxy dials upstream, speaks protocol 3.0 there, and
-// relays the authentication exchange message by message: PostgreSQL, not
-// pgcloak, decides whether the password is right, and its errors reach the
-// client unchanged. BackendKeyData is rewritten so the client sees the
-// upstream backend's real process id with a secret of the proxy's own; the
-// real secret never leaves the proxy.
+// the connection. Bytes that arrive with an SSLRequest or GSSENCRequest,
+// before the client could have read the answer, are refused with 08P01 as
+// PostgreSQL refuses them ("received unencrypted data after SSL request"),
+// whether the answer was 'N' or would have been 'S' (then no 'S' is sent):
+// they may have been injected and are never acted on. The proxy dials
+// upstream (as soon as the client asks for SSL or GSS encryption, so
+// PostgreSQL's fork overlaps the client's round trips as it would
+// directly), speaks protocol 3.0 there, and relays the authentication
+// exchange message by message: PostgreSQL, not pgcloak, decides whether the
+// password is right, and its errors reach the client unchanged.
+// BackendKeyData is rewritten so the client sees the upstream backend's real
+// process id with a secret of the proxy's own; the real secret never leaves
+// the proxy.
+//
+// Under tenancy (roles mapped or tables declared) some logins are refused
+// only once PostgreSQL has authenticated them, so a refusal tells a
+// stranger nothing: a role mapped to no tenant, a login as upstream.user
+// (28000: the proxy's own role owns the key store and the tenant proof; the
+// role name is compared exactly, as PostgreSQL resolves it), and startup
+// parameters the lexer guard refuses (below).
 //
 // After the first ReadyForQuery a session under tenancy, or over TLS, is two
 // goroutines: one reads the client and forwards to upstream, one reads
@@ -31,6 +45,47 @@
 // bytes (the goroutine relay forwards pgproto3's re-encoding, which drops
 // bytes a message carries beyond its fields; PostgreSQL refuses those).
 // What PostgreSQL sends is forwarded unchanged.
+//
+// # The lexer guard
+//
+// pgcloak analyses SQL as pg_query lexes it: UTF8 text with
+// standard_conforming_strings on. PostgreSQL converts a statement from the
+// client encoding before it lexes it (in SJIS, BIG5, GBK, GB18030 and UHC a
+// character's second byte can be a backslash or a quote), and with
+// standard_conforming_strings off a backslash escapes a quote; either way
+// PostgreSQL could cut a text into other statements than the ones pgcloak
+// analysed. In sessions with a tenant, and in every session once tables are
+// declared (lexguard.go):
+//
+//   - a startup parameter or options entry (read as PostgreSQL reads
+//     options: backslash escapes, -c NAME=VALUE, --NAME=VALUE, grouped
+//     flags, dashes for underscores) that sets client_encoding to anything
+//     but UTF8 or SQL_ASCII (which PostgreSQL does not convert), in any
+//     spelling PostgreSQL accepts, or standard_conforming_strings to
+//     anything but on, ends the login with 0A000;
+//   - the ParameterStatus messages PostgreSQL sends at startup and after
+//     statements are watched: once either setting is reported at another
+//     value (a role or database default, a function that sets it), every
+//     later Query, Parse, Bind, Execute and FunctionCall of the session is
+//     refused with 0A000 saying why, before any byte of it reaches
+//     PostgreSQL, until the session ends. Nothing is let through, not even
+//     a statement that would set the value back: it is SQL lexed the way
+//     pgcloak cannot follow. A statement the client pipelined behind the
+//     one that changed the setting, before PostgreSQL reported it, is not
+//     held back; SQL that changes them by name is refused by package
+//     rewrite.
+//
+// # Refusals raised through PostgreSQL
+//
+// A refused statement is replaced by one that raises the refusal upstream,
+// so PostgreSQL applies its own transaction semantics to it (errors.go).
+// PostgreSQL logs that statement and its error, so they carry only a fixed
+// message, "pgcloak: statement refused", the refusal's SQLSTATE and a
+// number; the proxy puts the client's message back into the ErrorResponse
+// it relays, with the SCHEMA, TABLE and COLUMN fields of the declared
+// column involved and the POSITION of the refused construct. A refusal's
+// message may quote the client's text (a syntax error's "at or near"); that
+// text never reaches PostgreSQL or its log.
 //
 // # What it refuses to know
 //

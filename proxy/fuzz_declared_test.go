@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/pganalyze/pg_query_go/v5"
 	"github.com/pgcloak/pgcloak/config"
 	"github.com/pgcloak/pgcloak/rewrite"
 	"github.com/pgcloak/pgcloak/testenv"
@@ -182,12 +183,15 @@ func upstreamViolations(schema *rewrite.Schema, msgs []pgproto3.FrontendMessage,
 		if strings.TrimSpace(text) == "" {
 			return
 		}
-		low := strings.ToLower(text)
 		// The pin's functions, sequence and key are PostgreSQL's to guard
 		// (a forged MAC is refused there); these two names are pgcloak's.
-		for _, name := range []string{"app.tenant_id", "tenant_proof"} {
-			if strings.Contains(low, name) {
-				vs = append(vs, fmt.Sprintf("%s upstream names %s: %.200q", kind, name, text))
+		// The parse tree, not the text: a comment may say anything.
+		if tree, err := pg_query.ParseToJSON(text); err == nil {
+			low := strings.ToLower(tree)
+			for _, name := range []string{"app.tenant_id", "tenant_proof"} {
+				if strings.Contains(low, name) {
+					vs = append(vs, fmt.Sprintf("%s upstream names %s: %.200q", kind, name, text))
+				}
 			}
 		}
 		plan, err := schema.Analyze(text)
@@ -554,6 +558,8 @@ func TestUpstreamViolations(t *testing.T) {
 		{"lexer", []pgproto3.FrontendMessage{&pgproto3.Query{String: "SET client_encoding = 'SJIS'"}}, true},
 		{"pin again", []pgproto3.FrontendMessage{&pgproto3.Parse{Query: pin}}, false},
 		{"marker elsewhere", []pgproto3.FrontendMessage{&pgproto3.Query{String: "INSERT INTO patients (name) VALUES ('" + fuzzMarker + "')"}}, false},
+		{"proof setting", []pgproto3.FrontendMessage{&pgproto3.Query{String: "SET pgcloak.tenant_proof = 'v1:0:00'"}}, true},
+		{"names in a comment", []pgproto3.FrontendMessage{&pgproto3.Query{String: "SELECT 1 -- SET app.tenant_id, pgcloak.tenant_proof"}}, false},
 		{"own refusal", []pgproto3.FrontendMessage{&pgproto3.Query{String: "SELECT 1;DO $pgcloak$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'pgcloak: statement refused', DETAIL = 'pgcloak refusal 3'; END$pgcloak$"}}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -37,6 +37,7 @@ type session struct {
 	clientOut *outbox
 
 	upstream    net.Conn
+	early       *earlyDial // opened during SSL/GSS negotiation (startup only)
 	upstreamRd  *flushingReader
 	upstreamIn  *pgproto3.Frontend
 	upstreamOut *outbox

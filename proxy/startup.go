@@ -9,6 +9,7 @@ import (
 	"encoding/asn1"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -35,6 +36,7 @@ const protocolOptionPrefix = "_pq_."
 // already explained to the client).
 func (s *session) startup() (bool, error) {
 	s.client.SetDeadline(time.Now().Add(startupTimeout))
+	defer s.early.discard()
 	startup, err := s.receiveStartup()
 	if err != nil || startup == nil {
 		return false, err
@@ -92,7 +94,15 @@ func (s *session) startup() (bool, error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.Upstream.ConnectTimeout)
 	defer cancel()
-	up, err := s.srv.dialUpstream(ctx, s.srv.upstreamTLSFor(s.clientTLS, s.user, s.clientCertName))
+	upTLS := s.srv.upstreamTLSFor(s.clientTLS, s.user, s.clientCertName)
+	var up net.Conn
+	if s.early != nil {
+		if up, err = s.early.take(); err == nil {
+			up, err = s.srv.upstreamHandshake(ctx, up, upTLS)
+		}
+	} else {
+		up, err = s.srv.dialUpstream(ctx, upTLS)
+	}
 	if err != nil {
 		return false, upstreamUnavailable(err)
 	}
@@ -138,6 +148,12 @@ func (s *session) receiveStartup() (*pgproto3.StartupMessage, error) {
 			return nil, protocolViolation("invalid startup packet: %v", err)
 		}
 		s.clientConsumed += wireLen(msg)
+		switch msg.(type) {
+		case *pgproto3.SSLRequest, *pgproto3.GSSEncRequest:
+			if s.early == nil {
+				s.early = s.srv.dialEarly()
+			}
+		}
 		switch msg := msg.(type) {
 		case *pgproto3.StartupMessage:
 			return msg, nil
