@@ -341,9 +341,6 @@ func mentionsTenancy(body, setting string) bool {
 // current_tenant() is the client's to call; the rest is pgcloak's.
 const pinSchema = "pgcloak"
 
-// pinWords are what a text (a string constant, a routine body) must not
-// name: the pin's functions, table, sequences and proof setting.
-var pinWords = []string{"pgcloak.pin", "pgcloak.unpin", "pin_marker", "pin_key", "pin_challenge", "tenant_proof"}
 
 // pinSetting reports whether name is a pgcloak.* setting, which the proxy
 // reserves for itself.
@@ -351,13 +348,13 @@ func pinSetting(name string) bool {
 	return len(name) > len(pinSchema)+1 && strings.EqualFold(name[:len(pinSchema)+1], pinSchema+".")
 }
 
+// mentionsPin reports whether a text (a string constant, a routine body)
+// may name the pin's functions, table, sequences or proof setting: whether
+// it mentions pgcloak (which the pre-check sees) and pin_*, unpin,
+// tenant_proof or the word pin, however quoted.
 func mentionsPin(text string) bool {
-	for _, w := range pinWords {
-		if containsFold(text, w) {
-			return true
-		}
-	}
-	return false
+	return containsFold(text, pinSchema) && (containsFold(text, "pin_") || containsFold(text, "unpin") ||
+		containsFold(text, "tenant_proof") || containsWordFold(text, "pin"))
 }
 
 // refusePin refuses a statement that touches the tenant pin.
