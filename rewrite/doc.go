@@ -117,7 +117,8 @@
 // A SET, SET LOCAL, RESET, SET ... DEFAULT, FROM CURRENT, function SET
 // clause, ALTER ROLE/DATABASE ... SET or set_config() of either setting
 // passes only with an explicit value pgcloak agrees with (UTF8 under any
-// name PostgreSQL maps to it; on under any spelling parse_bool takes);
+// name PostgreSQL maps to it, or SQL_ASCII, which PostgreSQL does not
+// convert; on under any spelling parse_bool takes);
 // RESET and DEFAULT fail closed, since the value they restore is not in the
 // text. With declared tables Analyze refuses the others in every session
 // (42501); without, it reports them in Plan.LexerChange and the proxy

@@ -242,8 +242,11 @@ func lexerSetting(name string) string {
 
 // lexerValueOK reports whether v keeps setting where pgcloak needs it:
 // client_encoding UTF8 under any name PostgreSQL's clean_encoding_name
-// maps to it (utf8, UTF-8, unicode, ...), standard_conforming_strings any
-// spelling of true that parse_bool accepts.
+// maps to it (utf8, UTF-8, unicode, ...) or SQL_ASCII (no conversion:
+// PostgreSQL verifies the bytes as the database encoding and lexes them
+// as they are, as the startup check also accepts), and
+// standard_conforming_strings any spelling of true that parse_bool
+// accepts.
 func lexerValueOK(setting, v string) bool {
 	switch setting {
 	case settingClientEncoding:
@@ -263,7 +266,7 @@ func lexerValueOK(setting, v string) bool {
 			}
 		}
 		name := string(b[:n])
-		return name == "utf8" || name == "unicode"
+		return name == "utf8" || name == "unicode" || name == "sqlascii"
 	case settingSCS:
 		l := strings.ToLower(v)
 		return l != "" && (strings.HasPrefix("true", l) || strings.HasPrefix("yes", l) || l == "on" || l == "1")
