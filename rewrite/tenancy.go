@@ -344,7 +344,6 @@ func mentionsTenancy(body, setting string) bool {
 // current_tenant() is the client's to call; the rest is pgcloak's.
 const pinSchema = "pgcloak"
 
-
 // pinSetting reports whether name is a pgcloak.* setting, which the proxy
 // reserves for itself.
 func pinSetting(name string) bool {
