@@ -356,10 +356,11 @@ func FuzzDeclaredClientLoop(f *testing.F) {
 	if _, err := pool.Exec(ctx, fuzzDeclaredSchema); err != nil {
 		f.Fatalf("schema: %v", err)
 	}
-	if _, err := pool.Exec(ctx, fmt.Sprintf(`ALTER ROLE %s IN DATABASE %s SET statement_timeout = '1s'`, testenv.TrustUser, db)); err != nil {
+	if _, err := pool.Exec(ctx, fmt.Sprintf(`ALTER ROLE %s IN DATABASE %s SET statement_timeout = '3s'`, testenv.TrustUser, db)); err != nil {
 		f.Fatal(err)
 	}
 	relay := startRecordingRelay(f, pg.Addr())
+	logs := &syncBuffer{b: &bytes.Buffer{}} // the proxy's log of the current iteration
 	enc := config.Encrypt{
 		OnDecryptError: config.DecryptErrorFail,
 		Tables: []config.Table{{
@@ -377,7 +378,7 @@ func FuzzDeclaredClientLoop(f *testing.F) {
 		Upstream: config.Upstream{Address: relay.ln.Addr().String(), ConnectTimeout: 5 * time.Second, User: testenv.SuperuserName},
 		Tenancy:  ten,
 		Encrypt:  enc,
-	}, zerolog.Nop(), Deps{Pool: pool, Keys: newTestKeys(f, pool), Pinner: pinner})
+	}, zerolog.New(logs).Level(zerolog.InfoLevel), Deps{Pool: pool, Keys: newTestKeys(f, pool), Pinner: pinner})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -402,9 +403,10 @@ func FuzzDeclaredClientLoop(f *testing.F) {
 
 	f.Fuzz(func(t *testing.T, data []byte) {
 		before := relay.count()
+		logs.reset()
 		conn, fe, err := declaredFuzzSession(ln.Addr().String(), db)
 		if err != nil {
-			t.Fatalf("startup: %v", err)
+			t.Fatalf("startup: %v; pgcloak's log:\n%s", err, logs.String())
 		}
 		defer conn.Close()
 		conns := relay.since(before)
@@ -415,7 +417,7 @@ func FuzzDeclaredClientLoop(f *testing.F) {
 		check, _ := (&pgproto3.Query{String: `SELECT coalesce(pgcloak.current_tenant(), '') AS zz_fuzz_tenant_check`}).Encode(nil)
 		// A session that neither reads nor answers is not what this
 		// target looks for (FuzzClientLoop does): bound the whole exchange.
-		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
 		conn.Write(append(append([]byte(nil), data...), check...))
 		conn.(*net.TCPConn).CloseWrite()
 		checking := false
@@ -569,4 +571,16 @@ func TestUpstreamViolations(t *testing.T) {
 			}
 		})
 	}
+}
+
+func (s *syncBuffer) reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.Reset()
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
