@@ -36,6 +36,9 @@ type session struct {
 	clientMu  sync.Mutex
 	clientOut *outbox
 
+	// repin renews the verified pin after DISCARD (repin.go).
+	repin repinState
+
 	upstream    net.Conn
 	early       *earlyDial // opened during SSL/GSS negotiation (startup only)
 	upstreamRd  *flushingReader
@@ -217,6 +220,8 @@ func (s *session) serve() error {
 			return nil
 		}
 	}
+	// From here on every ReadyForQuery answers a message the loops sent.
+	s.upstreamOut.syncs = 0
 	// Each direction flushes the other just before blocking on its socket.
 	s.clientRd.beforeRead = s.upstreamOut.flush
 	s.upstreamRd.beforeRead = s.flushClient
@@ -291,6 +296,9 @@ func (s *session) clientLoop() error {
 		if err != nil {
 			return fmt.Errorf("upstream write: %w", err)
 		}
+		if err := s.afterClientMessage(msg); err != nil {
+			return err
+		}
 	}
 }
 
@@ -346,6 +354,9 @@ func (s *session) upstreamLoop() error {
 				return fmt.Errorf("invalid message from upstream: %w", err)
 			}
 			return fmt.Errorf("upstream read: %w", err)
+		}
+		if s.repinsAfterDiscard() && s.takeInternal(msg) {
+			continue // the answer to a statement of the proxy's own
 		}
 		switch m := msg.(type) {
 		case *pgproto3.ErrorResponse:

@@ -85,9 +85,8 @@ func (s *session) pinParams(params map[string]string) error {
 // parameters, never quoted. Any failure ends the session: it must never
 // run without its tenant.
 func (s *session) pinTenant(ctx context.Context) error {
-	setting := []byte(s.decl.tenancyCfg.Setting)
 	if s.srv.pinner == nil {
-		_, err := s.internalQuery("SELECT pg_catalog.set_config($1, $2, false)", setting, []byte(s.tenant))
+		_, err := s.internalQuery("SELECT pg_catalog.set_config($1, $2, false)", []byte(s.decl.tenancyCfg.Setting), []byte(s.tenant))
 		return err
 	}
 	challenge, err := s.internalQuery("SELECT pgcloak.pin_challenge()")
@@ -99,9 +98,18 @@ func (s *session) pinTenant(ctx context.Context) error {
 		return fmt.Errorf("pinning the tenant: pgcloak.pin_challenge() returned %q", challenge)
 	}
 	mac := s.srv.pinner.MAC(c, s.tenant, s.proof)
-	_, err = s.internalQuery("SELECT pgcloak.pin($1, $2, $3), pg_catalog.set_config($4, $1, false), pg_catalog.set_config($5, $2, false)",
-		[]byte(s.tenant), []byte(s.proof), []byte(mac), setting, []byte(keystore.ProofSetting))
+	_, err = s.internalQuery(pinSQL, s.pinArgs(mac)...)
 	return err
+}
+
+// pinSQL pins the session: pgcloak.pin() checks the MAC and sets the marker,
+// and both settings are set to the values the marker was made of (their
+// startup values; again after DISCARD, see repin.go).
+const pinSQL = "SELECT pgcloak.pin($1, $2, $3), pg_catalog.set_config($4, $1, false), pg_catalog.set_config($5, $2, false)"
+
+// pinArgs are pinSQL's parameters for mac.
+func (s *session) pinArgs(mac string) [][]byte {
+	return [][]byte{[]byte(s.tenant), []byte(s.proof), []byte(mac), []byte(s.decl.tenancyCfg.Setting), []byte(keystore.ProofSetting)}
 }
 
 // internalQuery runs one statement of the proxy's own on the upstream

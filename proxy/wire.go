@@ -50,6 +50,9 @@ type outbox struct {
 	w   io.Writer
 	buf []byte
 	err error // first encode error, reported by flush
+	// syncs counts the Query, Sync and FunctionCall messages sent, each of
+	// which PostgreSQL answers with one ReadyForQuery (see repin.go).
+	syncs int64
 }
 
 func newOutbox(w io.Writer) *outbox {
@@ -68,6 +71,10 @@ func (o *outbox) send(msg encoder) error {
 		return err
 	}
 	o.buf = buf
+	switch msg.(type) {
+	case *pgproto3.Query, *pgproto3.Sync, *pgproto3.FunctionCall:
+		o.syncs++
+	}
 	if len(o.buf) >= outboxFlushSize {
 		return o.flush()
 	}
