@@ -741,6 +741,7 @@ if ((want_regress)); then
 		echo "--- regress: failing directly but passing through the proxy:"
 		sed 's/^/    /' "$WORK/results/regress-direct-only.fail"
 	fi
+	shown=0 # tests whose diffs were printed: at most 20, 300 lines each
 	for kind in proxy-only both-differ; do
 		f=$WORK/results/regress-$kind.fail
 		[[ -s $f ]] || continue
@@ -766,6 +767,7 @@ if ((want_regress)); then
 				status=1
 			fi
 			echo "    regress $t$note$allowed"
+			((++shown <= 20)) || continue
 			# Into a file first: head would end the writer with SIGPIPE.
 			if [[ $kind == proxy-only ]]; then
 				regress_diff_of "$t" "$WORK/regress/proxy/regression.diffs"
