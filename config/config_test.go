@@ -96,7 +96,8 @@ func TestLoadSpecExample(t *testing.T) {
 			RotateAfterEncryptions: 1 << 30,
 		},
 		Encrypt: Encrypt{
-			OnDecryptError: DecryptErrorFail,
+			OnDecryptError:      DecryptErrorFail,
+			RequireFormatChecks: true,
 			Tables: []Table{{
 				Schema: "public",
 				Name:   "patients",
@@ -160,7 +161,7 @@ func TestDefaults(t *testing.T) {
 
 			RotateAfterEncryptions: 1 << 30,
 		},
-		Encrypt: Encrypt{OnDecryptError: DecryptErrorFail},
+		Encrypt: Encrypt{OnDecryptError: DecryptErrorFail, RequireFormatChecks: true},
 		Audit:   Audit{Output: "stderr"},
 		Log:     Log{Level: "info", Format: "json"},
 	}
@@ -278,6 +279,15 @@ func TestParseValues(t *testing.T) {
 			check: func(t *testing.T, c *Config) {
 				if got, want := c.Encrypt.OnDecryptError, DecryptErrorNull; got != want {
 					t.Errorf("got on_decrypt_error %q, want %q", got, want)
+				}
+			},
+		},
+		{
+			name: "require_format_checks off and dynamic SQL allowed",
+			yaml: withMinimal("encrypt: {require_format_checks: false}", "tenancy: {allow_dynamic_sql: true}"),
+			check: func(t *testing.T, c *Config) {
+				if c.Encrypt.RequireFormatChecks || !c.Tenancy.AllowDynamicSQL {
+					t.Errorf("got require_format_checks %v, allow_dynamic_sql %v; want false, true", c.Encrypt.RequireFormatChecks, c.Tenancy.AllowDynamicSQL)
 				}
 			},
 		},
@@ -725,6 +735,11 @@ var errorCases = []struct {
 		name: "unsupported on_decrypt_error",
 		yaml: withMinimal("encrypt:", "  on_decrypt_error: skip"),
 		want: []string{`t.yaml:6: encrypt.on_decrypt_error: "skip" is not a supported on_decrypt_error policy (error, null)`},
+	},
+	{
+		name: "require_format_checks not a boolean",
+		yaml: withMinimal("encrypt:", "  require_format_checks: sometimes"),
+		want: []string{`t.yaml:6: encrypt.require_format_checks: "sometimes" is not a boolean (true or false)`},
 	},
 	{
 		name: "invalid table name",
