@@ -7,11 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"runtime"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -35,10 +33,7 @@ import (
 
 // relayLoop is the process's one relay loop.
 type relayLoop struct {
-	epfd int
-	// epoll is epfd in Go's own poller, nil when it could not be added
-	// there; see run.
-	epoll  *os.File
+	epfd   int
 	mu     sync.Mutex
 	ends   map[int32]*relayEnd // by file descriptor
 	buf    []byte              // read buffer, loop goroutine only
@@ -64,11 +59,6 @@ func sharedRelay() (*relayLoop, error) {
 			ends:   make(map[int32]*relayEnd),
 			buf:    make([]byte, 64<<10),
 			events: make([]unix.EpollEvent, 128),
-		}
-		// An epoll descriptor is itself pollable: readable while events
-		// are ready. Non-blocking, os.NewFile adds it to Go's poller.
-		if unix.SetNonblock(epfd, true) == nil {
-			theRelay.epoll = os.NewFile(uintptr(epfd), "pgcloak-relay-epoll")
 		}
 		go theRelay.run()
 	})
@@ -240,46 +230,14 @@ func (rs *relayed) closeFDs() {
 // its thread, which was no better).
 const yieldEvery = 8 * time.Millisecond
 
-// run waits for events and serves them.
-//
-// It does not wait in a blocking epoll_wait: a goroutine in a system call
-// keeps its P, sysmon takes the P back once the call has lasted 10 ms, and
-// every such take resets sysmon to waking every 20 µs for a while. A loop
-// that goes back to a long epoll_wait after every burst (every connection's
-// startup, every idle client) kept sysmon sleeping and waking tens of
-// thousands of times a second: 4-6 ms of CPU per connection in pgcloak,
-// against 2-3 ms for the goroutine relay (bench/connect.sh, CPU per
-// connection). Instead epfd sits in Go's own poller; the loop collects
-// events with epoll_wait(0) and, when there are none, parks like any
-// goroutine waiting for a socket. Without the poller (epfd could not be
-// added to it) it waits in epoll_wait as before.
 func (l *relayLoop) run() {
-	var wait syscall.RawConn
-	if l.epoll != nil {
-		if rc, err := l.epoll.SyscallConn(); err == nil {
-			wait = rc
-		}
-	}
-	var n int
-	var err error
-	collect := func(fd uintptr) bool {
-		n, err = unix.EpollWait(int(fd), l.events, 0)
-		return n > 0 || err != nil
-	}
 	last := time.Now()
 	for {
 		if now := time.Now(); now.Sub(last) > yieldEvery {
 			last = now
 			runtime.Gosched()
 		}
-		if wait != nil {
-			if werr := wait.Read(collect); werr != nil {
-				wait = nil // not in the poller after all: block below
-				continue
-			}
-		} else {
-			n, err = unix.EpollWait(l.epfd, l.events, -1)
-		}
+		n, err := unix.EpollWait(l.epfd, l.events, -1)
 		if err != nil {
 			if err == unix.EINTR {
 				continue
