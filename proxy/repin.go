@@ -204,6 +204,8 @@ func (s *session) takeInternal(msg pgproto3.BackendMessage) bool {
 		return false
 	}
 	switch m := msg.(type) {
+	case *pgproto3.ParameterStatus, *pgproto3.NoticeResponse:
+		return false // the client's to see, and the lexer guard's to note
 	case *pgproto3.DataRow:
 		if call.first == nil && len(m.Values) > 0 && m.Values[0] != nil {
 			call.first = append([]byte{}, m.Values[0]...)

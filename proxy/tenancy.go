@@ -146,7 +146,12 @@ func (s *session) internalQuery(sql string, params ...[]byte) ([]byte, error) {
 				return nil, fmt.Errorf("pinning the tenant failed upstream with SQLSTATE %s (is the verified tenant pin installed? serve installs it as upstream.user; see pgcloak schema --keystore)", failed)
 			}
 			return first, nil
-		case *pgproto3.ParameterStatus, *pgproto3.NoticeResponse:
+		case *pgproto3.ParameterStatus:
+			s.noteParameterStatus(m)
+			if err := s.sendClient(m); err != nil {
+				return nil, err
+			}
+		case *pgproto3.NoticeResponse:
 			if err := s.sendClient(m); err != nil {
 				return nil, err
 			}
