@@ -570,6 +570,28 @@ for suite in $GO_SUITES; do
 			done <"$WORK/results/$suite-proxy-only.fail"
 		fi
 	fi
+
+	# Tests that never ran through the proxy because another test crashed
+	# the binary (lib/pq's listener tests panic when an event takes longer
+	# than their 100 ms on a loaded machine) are not a verdict on the proxy
+	# either way: with TOLERATE_FLAKES=1, run their packages again through
+	# the proxy, up to RERUNS times, and keep as incomplete only the tests
+	# that never passed. The crashing test itself is judged above.
+	inc=$WORK/results/$suite-proxy-only.incomplete
+	if [[ $TOLERATE_FLAKES == 1 ]] && ((RERUNS > 0)) && [[ -s $inc ]]; then
+		for pkg in $(awk '{print $1}' "$inc" | sort -u); do
+			for i in $(seq 1 "$RERUNS"); do
+				awk -v p="$pkg" '$1 == p' "$inc" | grep -q . || break
+				log "$suite: $(awk -v p="$pkg" '$1 == p' "$inc" | wc -l) test(s) of $pkg did not finish through the proxy; running the package again (${i}/${RERUNS})"
+				rr="$WORK/results/rerun-$suite-proxy-$((++rerun_seq)).json"
+				run_suite "$suite" proxy "$proxy_port" "$rr" "$pkg"
+				summarize "$rr" | awk -F'\t' '$2 == "pass" {print $1}' | sort -u >"$rr.passed"
+				comm -23 <(sort -u "$inc") "$rr.passed" >"$inc.left"
+				comm -12 <(sort -u "$inc") "$rr.passed" | sed "s/\$/\tpassed when the package ran again through the proxy/" >>"$WORK/results/$suite-reruns"
+				mv "$inc.left" "$inc"
+			done
+		done
+	fi
 done
 
 # --- PostgreSQL's regression suite, directly and through pgcloak.
