@@ -271,19 +271,29 @@ func (p *Pinner) MAC(challenge int64, tenant, proof string) string {
 // sequence). setting is tenancy.setting, set transaction-locally too.
 func (p *Pinner) PinTx(ctx context.Context, tx pgx.Tx, setting, tenant string) error {
 	var challenge int64
-	if err := tx.QueryRow(ctx, `SELECT pgcloak.pin_challenge()`).Scan(&challenge); err != nil {
+	if err := tx.QueryRow(ctx, ChallengeStatement).Scan(&challenge); err != nil {
 		return fmt.Errorf("pin tenant: %w", err)
 	}
 	proof, err := NewProof(0)
 	if err != nil {
 		return err
 	}
-	_, err = tx.Exec(ctx, `SELECT pgcloak.pin($1, $2, $3), pg_catalog.set_config($4, $1, true), pg_catalog.set_config($5, $2, true)`,
-		tenant, proof, p.MAC(challenge, tenant, proof), setting, ProofSetting)
+	_, err = tx.Exec(ctx, PinStatement(true), tenant, proof, p.MAC(challenge, tenant, proof), setting, ProofSetting)
 	if err != nil {
 		return fmt.Errorf("pin tenant: %w", err)
 	}
 	return nil
+}
+
+// ChallengeStatement draws the challenge a session's MAC must name.
+const ChallengeStatement = "SELECT pgcloak.pin_challenge()"
+
+// PinStatement pins a session (local: until its transaction ends): with
+// parameters tenant, proof, MAC, tenancy.setting and ProofSetting,
+// pgcloak.pin() checks the MAC and sets the marker, and both settings are
+// set to the values the marker was made of.
+func PinStatement(local bool) string {
+	return fmt.Sprintf("SELECT pgcloak.pin($1, $2, $3), pg_catalog.set_config($4, $1, %[1]t), pg_catalog.set_config($5, $2, %[1]t)", local)
 }
 
 // Close zeroes the key.

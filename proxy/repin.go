@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgcloak/pgcloak/keystore"
 )
 
 // Pinning again after DISCARD.
@@ -53,28 +54,7 @@ type repinState struct {
 }
 
 // mentionsDiscard reports whether sql contains "discard" in any case.
-func mentionsDiscard(sql string) bool { return containsFoldASCII(sql, "discard") }
-
-func containsFoldASCII(s, word string) bool {
-	n := len(word)
-	for i := 0; i+n <= len(s); i++ {
-		match := true
-		for j := 0; j < n; j++ {
-			c := s[i+j]
-			if 'A' <= c && c <= 'Z' {
-				c += 'a' - 'A'
-			}
-			if c != word[j] {
-				match = false
-				break
-			}
-		}
-		if match {
-			return true
-		}
-	}
-	return false
-}
+func mentionsDiscard(sql string) bool { return containsFold(sql, "discard") }
 
 // repinsAfterDiscard reports whether the session's pin must be renewed
 // after DISCARD: a session with a verified pin.
@@ -130,7 +110,7 @@ func (s *session) afterClientMessage(msg pgproto3.FrontendMessage) error {
 // tried again after the client's next round; any other failure ends the
 // session, which must not go on without its tenant.
 func (s *session) pinAgain() error {
-	challenge, code, err := s.callInternal("SELECT pgcloak.pin_challenge()")
+	challenge, code, err := s.callInternal(keystore.ChallengeStatement)
 	if err != nil {
 		return err
 	}
@@ -169,12 +149,7 @@ func (s *session) callInternal(sql string, params ...[]byte) ([]byte, string, er
 	call.target = s.upstreamOut.syncs + 1
 	s.repin.call = call
 	s.repin.mu.Unlock()
-	s.upstreamOut.send(&pgproto3.Parse{Query: sql})
-	s.upstreamOut.send(&pgproto3.Bind{Parameters: params})
-	s.upstreamOut.send(&pgproto3.Execute{})
-	s.upstreamOut.send(&pgproto3.Close{ObjectType: 'S'})
-	s.upstreamOut.send(&pgproto3.Sync{})
-	if err := s.upstreamOut.flush(); err != nil {
+	if err := s.sendInternal(sql, params); err != nil {
 		return nil, "", fmt.Errorf("upstream write: %w", err)
 	}
 	for {

@@ -89,7 +89,7 @@ func (s *session) pinTenant(ctx context.Context) error {
 		_, err := s.internalQuery("SELECT pg_catalog.set_config($1, $2, false)", []byte(s.decl.tenancyCfg.Setting), []byte(s.tenant))
 		return err
 	}
-	challenge, err := s.internalQuery("SELECT pgcloak.pin_challenge()")
+	challenge, err := s.internalQuery(keystore.ChallengeStatement)
 	if err != nil {
 		return err
 	}
@@ -102,14 +102,24 @@ func (s *session) pinTenant(ctx context.Context) error {
 	return err
 }
 
-// pinSQL pins the session: pgcloak.pin() checks the MAC and sets the marker,
-// and both settings are set to the values the marker was made of (their
-// startup values; again after DISCARD, see repin.go).
-const pinSQL = "SELECT pgcloak.pin($1, $2, $3), pg_catalog.set_config($4, $1, false), pg_catalog.set_config($5, $2, false)"
+// pinSQL pins the session for its lifetime, to the startup values of both
+// settings (again after DISCARD, see repin.go).
+var pinSQL = keystore.PinStatement(false)
 
 // pinArgs are pinSQL's parameters for mac.
 func (s *session) pinArgs(mac string) [][]byte {
 	return [][]byte{[]byte(s.tenant), []byte(s.proof), []byte(mac), []byte(s.decl.tenancyCfg.Setting), []byte(keystore.ProofSetting)}
+}
+
+// sendInternal sends one statement of the proxy's own upstream as an
+// unnamed statement closed after its Sync, and flushes it.
+func (s *session) sendInternal(sql string, params [][]byte) error {
+	s.upstreamOut.send(&pgproto3.Parse{Query: sql})
+	s.upstreamOut.send(&pgproto3.Bind{Parameters: params})
+	s.upstreamOut.send(&pgproto3.Execute{})
+	s.upstreamOut.send(&pgproto3.Close{ObjectType: 'S'})
+	s.upstreamOut.send(&pgproto3.Sync{})
+	return s.upstreamOut.flush()
 }
 
 // internalQuery runs one statement of the proxy's own on the upstream
@@ -117,12 +127,7 @@ func (s *session) pinArgs(mac string) [][]byte {
 // its first row. ParameterStatus and notices go to the client; an error
 // ends the session (its SQLSTATE is logged, never its values).
 func (s *session) internalQuery(sql string, params ...[]byte) ([]byte, error) {
-	s.upstreamOut.send(&pgproto3.Parse{Query: sql})
-	s.upstreamOut.send(&pgproto3.Bind{Parameters: params})
-	s.upstreamOut.send(&pgproto3.Execute{})
-	s.upstreamOut.send(&pgproto3.Close{ObjectType: 'S'})
-	s.upstreamOut.send(&pgproto3.Sync{})
-	if err := s.upstreamOut.flush(); err != nil {
+	if err := s.sendInternal(sql, params); err != nil {
 		return nil, upstreamUnavailable(err)
 	}
 	var (
