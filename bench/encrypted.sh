@@ -32,6 +32,10 @@ JOBS=${JOBS:-2}
 read -r -a MODES <<<"${MODES:-simple extended prepared}"
 TENANT_ROLE=acme_app
 TENANT_PASSWORD=acme-bench-password
+# The passthrough runs log in as this unscoped role: no client may log in as
+# upstream.user through pgcloak.
+PASS_ROLE=bench_pass
+PASS_PASSWORD=pass-bench-password
 
 start_postgres
 
@@ -40,6 +44,8 @@ echo "--- pgbench -i -s $SCALE and the patients tables"
 	{ cat "$work/init.log" >&2; die "pgbench -i failed"; }
 psql_direct <<SQL
 create role $TENANT_ROLE login password '$TENANT_PASSWORD';
+create role $PASS_ROLE login password '$PASS_PASSWORD';
+grant select on pgbench_accounts, pgbench_branches to $PASS_ROLE;
 create table patients (
 	id serial primary key,
 	tenant_id text not null default current_setting('app.tenant_id'),
@@ -74,7 +80,7 @@ upstream:
 tenancy:
   login:
     roles: { $TENANT_ROLE: acme }
-  unscoped_roles: [$BENCH_USER]
+  unscoped_roles: [$PASS_ROLE]
 keys:
   local:
     master_key_file: $work/master.key
@@ -90,6 +96,8 @@ audit:
 log:
   level: warn
 EOF2
+# serve refuses declared columns without pgcloak's format CHECKs.
+{ echo "set client_min_messages = warning;"; PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" schema -c "$work/pgcloak.yaml"; } | psql_direct >/dev/null
 PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" serve -c "$work/pgcloak.yaml" 2>"$work/pgcloak.log" &
 STOP_PIDS+=($!)
 wait_login pgcloak "$PGCLOAK_PORT" "$TENANT_ROLE" "$TENANT_PASSWORD" "$work/pgcloak.log"
@@ -151,7 +159,7 @@ echo "--- pgbench -c $CLIENTS -j $JOBS -T $DURATION, $ROUNDS round(s)"
 for round in $(seq "$ROUNDS"); do
 	for mode in "${MODES[@]}"; do
 		for t in direct pgcloak; do
-			run "$round" "$mode" passthrough "$t" "$BENCH_USER" "$BENCH_PASSWORD" -S
+			run "$round" "$mode" passthrough "$t" "$PASS_ROLE" "$PASS_PASSWORD" -S
 		done
 		for w in read search insert; do
 			for t in direct pgcloak; do
