@@ -122,7 +122,6 @@ keys:
     key_id: alias/pgcloak
   cache_ttl: $CACHE_TTL
 tenancy:
-  unscoped_roles: [$BENCH_USER]
   login:
     roles:
       $ACME_ROLE: acme
@@ -144,6 +143,8 @@ log:
   level: warn
 EOF2
 } >"$work/pgcloak.yaml"
+# serve refuses declared columns without pgcloak's format CHECKs.
+{ echo "set client_min_messages = warning;"; "$work/pgcloak" schema -c "$work/pgcloak.yaml"; } | psql_direct >/dev/null
 "$work/pgcloak" serve -c "$work/pgcloak.yaml" 2>"$work/pgcloak.log" &
 STOP_PIDS+=($!)
 wait_login pgcloak "$PGCLOAK_PORT" "$ACME_ROLE" "$TENANT_PASSWORD" "$work/pgcloak.log"
