@@ -13,20 +13,17 @@ import (
 	"time"
 
 	"github.com/lib/pq"
+
+	"github.com/pgcloak/pgcloak/testenv"
 )
 
 // TestNodePostgres drives the proxy with node-postgres (npm package pg),
-// as a Node.js application would. The fixture lives in testdata/node;
-// .ci/run installs it with npm ci.
+// as a Node.js application would. The fixture lives in testdata/node; the
+// test installs its packages with npm ci when they are missing.
 func TestNodePostgres(t *testing.T) {
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Fatal("node not found: install Node.js (apt-get install -y nodejs npm)")
-	}
 	dir, _ := filepath.Abs(filepath.Join("testdata", "node"))
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "pg")); err != nil {
-		t.Fatalf("node-postgres is not installed: run  npm ci --prefix %s  (.ci/run does)", dir)
-	}
+	testenv.NodeModules(t, dir)
+	node, _ := exec.LookPath("node")
 	env := startEncrypted(t)
 	cmd := exec.Command(node, "drive.js")
 	cmd.Dir = dir

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/rs/zerolog"
@@ -175,7 +176,24 @@ func (s *session) fail(err error) {
 		return
 	}
 	s.sendClient(errorResponse(err, s.id))
-	s.flushClient()
+	if s.flushClient() == nil {
+		lingerAfterError(s.client, s.srv.cfg.Listen.MaxMessageSize)
+	}
+}
+
+// lingerAfterError half-closes c and discards what the peer still sends (at
+// most limit bytes, for at most a second) before the caller closes it. A
+// socket closed with unread data answers with a reset, and a reset can
+// destroy the error just written before the client reads it: a client still
+// writing an oversized message would see "connection reset" instead of the
+// refusal.
+func lingerAfterError(c net.Conn, limit int) {
+	cw, ok := c.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	io.CopyN(io.Discard, c, int64(limit)+1<<20)
 }
 
 // logFailure logs err and reports whether the client is to be told.
