@@ -36,7 +36,7 @@ const pinVersion = "v1"
 // upstream.user: the functions must be owned by the role that owns the
 // key. See doc.go, "The verified tenant pin".
 func PinSchema(setting string) string {
-	return fmt.Sprintf(pinSchema, quoteLiteral(setting), quoteLiteral(ProofSetting), markerExpr("t", "p"))
+	return fmt.Sprintf(pinSchema, quoteLiteral(setting), quoteLiteral(ProofSetting), markerExpr("t", "p"), txStartExpr, markerExpr("s.t", "s.p"))
 }
 
 const pinSchema = `CREATE TABLE IF NOT EXISTS pgcloak.pin_key (
@@ -52,7 +52,10 @@ CREATE SEQUENCE IF NOT EXISTS pgcloak.pin_challenge NO CYCLE;
 -- Per session, currval() is the marker of the pin pgcloak.pin() verified.
 CREATE UNLOGGED SEQUENCE IF NOT EXISTS pgcloak.pin_marker
     MINVALUE -9223372036854775808 MAXVALUE 9223372036854775807 NO CYCLE;
-REVOKE ALL ON SEQUENCE pgcloak.pin_challenge, pgcloak.pin_marker FROM PUBLIC;
+-- Per session, currval() is the number of the last pin_next() it accepted.
+CREATE UNLOGGED SEQUENCE IF NOT EXISTS pgcloak.pin_counter
+    MINVALUE 0 MAXVALUE 9223372036854775807 NO CYCLE;
+REVOKE ALL ON SEQUENCE pgcloak.pin_challenge, pgcloak.pin_marker, pgcloak.pin_counter FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION pgcloak.pin_challenge() RETURNS bigint
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -83,6 +86,49 @@ BEGIN
 END
 $fn$;
 
+-- pin_next pins a tenant in the middle of a session, without a round trip
+-- for a challenge: the MAC names the session's challenge c (its currval,
+-- drawn once) and a number n above every number it accepted before, so a
+-- pin is good once, in this session only. It returns the proof to set:
+-- for a transaction-local pin, the proof names the transaction's start, and
+-- current_tenant() accepts it in that transaction only.
+CREATE OR REPLACE FUNCTION pgcloak.pin_next(tenant text, proof text, c bigint, n bigint, is_local boolean, mac text) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+  cur bigint;
+  last bigint := 0;
+  k record;
+  p text := proof;
+  parts text[] := string_to_array(proof, ':');
+BEGIN
+  BEGIN
+    cur := currval('pgcloak.pin_challenge');
+  EXCEPTION WHEN object_not_in_prerequisite_state THEN
+    RAISE EXCEPTION 'pgcloak: tenant pin refused' USING ERRCODE = '42501';
+  END;
+  BEGIN
+    last := currval('pgcloak.pin_counter');
+  EXCEPTION WHEN object_not_in_prerequisite_state THEN
+    last := 0;
+  END;
+  SELECT ikey, okey INTO k FROM pgcloak.pin_key WHERE id;
+  IF k.ikey IS NULL OR c IS DISTINCT FROM cur OR n IS NULL OR n <= last OR is_local IS NULL
+     OR tenant IS NULL OR tenant = '' OR cardinality(parts) IS DISTINCT FROM 3
+     OR parts[1] IS DISTINCT FROM 'v1' OR parts[2] !~ '^[0-9]{1,18}$'
+     OR mac IS DISTINCT FROM encode(sha256(k.okey || sha256(k.ikey ||
+          convert_to('v1n|' || c || '|' || n || '|' || is_local::text || '|' || tenant || '|' || proof, 'UTF8'))), 'hex') THEN
+    RAISE EXCEPTION 'pgcloak: tenant pin refused' USING ERRCODE = '42501';
+  END IF;
+  PERFORM setval('pgcloak.pin_counter', n);
+  IF is_local THEN
+    p := proof || ':' || %[4]s;
+  END IF;
+  PERFORM setval('pgcloak.pin_marker', %[5]s) FROM (SELECT tenant AS t, p AS p) s;
+  RETURN p;
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION pgcloak.unpin() RETURNS void
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $fn$ SELECT setval('pgcloak.pin_marker', nextval('pgcloak.pin_challenge')) $fn$;
@@ -107,14 +153,17 @@ BEGIN
   IF split_part(p, ':', 2) <> '0' AND split_part(p, ':', 2)::bigint <= extract(epoch FROM statement_timestamp()) THEN
     RETURN NULL; -- expired
   END IF;
+  IF split_part(p, ':', 4) <> '' AND split_part(p, ':', 4) IS DISTINCT FROM %[4]s THEN
+    RETURN NULL; -- a transaction-local pin of another transaction
+  END IF;
   RETURN t;
 END
 $fn$;
 
 REVOKE ALL ON FUNCTION pgcloak.pin_challenge(), pgcloak.pin(text, text, text), pgcloak.unpin(),
-    pgcloak.current_tenant() FROM PUBLIC;
+    pgcloak.pin_next(text, text, bigint, bigint, boolean, text), pgcloak.current_tenant() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pgcloak.pin_challenge(), pgcloak.pin(text, text, text), pgcloak.unpin(),
-    pgcloak.current_tenant() TO PUBLIC;
+    pgcloak.pin_next(text, text, bigint, bigint, boolean, text), pgcloak.current_tenant() TO PUBLIC;
 `
 
 // pinSchemaCreate creates schema pgcloak when it is missing (CREATE SCHEMA
@@ -135,6 +184,10 @@ END $$`
 func markerExpr(t, p string) string {
 	return fmt.Sprintf(`('x' || left(encode(sha256(convert_to(%s || '|' || %s, 'UTF8')), 'hex'), 16))::bit(64)::bigint`, t, p)
 }
+
+// txStartExpr is the current transaction's start in microseconds since
+// the epoch: what a transaction-local proof names.
+const txStartExpr = `(extract(epoch FROM transaction_timestamp()) * 1000000)::bigint::text`
 
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
@@ -217,6 +270,8 @@ func pinCurrent(ctx context.Context, tx pgx.Tx) (string, error) {
 		  AND to_regclass('pgcloak.pin_marker') IS NOT NULL
 		  AND to_regclass('pgcloak.pin_challenge') IS NOT NULL
 		  AND to_regprocedure('pgcloak.pin(text, text, text)') IS NOT NULL
+		  AND to_regclass('pgcloak.pin_counter') IS NOT NULL
+		  AND to_regprocedure('pgcloak.pin_next(text, text, bigint, bigint, boolean, text)') IS NOT NULL
 		  AND to_regprocedure('pgcloak.unpin()') IS NOT NULL
 		  AND to_regprocedure('pgcloak.pin_challenge()') IS NOT NULL`).Scan(&comment)
 	if errors.Is(err, pgx.ErrNoRows) || (err == nil && comment == nil) {
@@ -294,6 +349,31 @@ const ChallengeStatement = "SELECT pgcloak.pin_challenge()"
 // set to the values the marker was made of.
 func PinStatement(local bool) string {
 	return fmt.Sprintf("SELECT pgcloak.pin($1, $2, $3), pg_catalog.set_config($4, $1, %[1]t), pg_catalog.set_config($5, $2, %[1]t)", local)
+}
+
+// NextMAC returns what pgcloak.pin_next(tenant, proof, challenge, n,
+// local, mac) accepts in the session whose current challenge is challenge,
+// when n is above every number it accepted before.
+func (p *Pinner) NextMAC(challenge, n int64, local bool, tenant, proof string) string {
+	m := hmac.New(sha256.New, p.key)
+	m.Write([]byte("v1n|" + strconv.FormatInt(challenge, 10) + "|" + strconv.FormatInt(n, 10) + "|" + strconv.FormatBool(local) + "|" + tenant + "|" + proof))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// NextStatement pins tenant in the middle of a session (local: until its
+// transaction ends), with parameters tenant, proof, challenge, n, MAC,
+// tenancy.setting and ProofSetting: pgcloak.pin_next() checks the MAC and
+// sets the marker, and both settings are set to what the marker was made
+// of. Its one column is named alias.
+func NextStatement(local bool, alias string) string {
+	return fmt.Sprintf(`SELECT pg_catalog.set_config($6::text, $1::text, %[1]t) || pg_catalog.set_config($7::text, pgcloak.pin_next($1::text, $2::text, $3::bigint, $4::bigint, %[1]t, $5::text), %[1]t) AS %[2]s`, local, alias)
+}
+
+// ClearStatement leaves a session without a tenant (RESET of a tenant
+// token), with parameters tenancy.setting and ProofSetting. Its one column
+// is named alias.
+func ClearStatement(alias string) string {
+	return fmt.Sprintf(`SELECT pg_catalog.set_config($1::text, '', false) || pg_catalog.set_config($2::text, '', false) AS %s`, alias)
 }
 
 // Close zeroes the key.
