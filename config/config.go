@@ -23,6 +23,8 @@ const (
 	DefaultDatabase        = "postgres"
 	DefaultTenantSetting   = "app.tenant_id"
 	DefaultJWTClaim        = "tenant_id"
+	DefaultJWTLeeway       = 30 * time.Second
+	DefaultJWTMaxLifetime  = 24 * time.Hour
 	DefaultCacheTTL        = 60 * time.Second
 	DefaultCacheMaxEntries = 10000
 	DefaultAuditOutput     = "stderr"
@@ -105,7 +107,11 @@ func defaults() *Config {
 		Tenancy: Tenancy{
 			Setting: DefaultTenantSetting,
 			Mode:    ModeLogin,
-			JWT:     JWTTenancy{Claim: DefaultJWTClaim},
+			JWT: JWTTenancy{
+				Claim:       DefaultJWTClaim,
+				Leeway:      DefaultJWTLeeway,
+				MaxLifetime: DefaultJWTMaxLifetime,
+			},
 		},
 		Keys: Keys{
 			Provider:        ProviderLocal,

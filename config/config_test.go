@@ -41,13 +41,23 @@ func problems(t *testing.T, err error) []string {
 }
 
 const (
-	testPassword  = "s3cr3t-upstream-pw"
-	testJWTSecret = "0123456789abcdef0123456789abcdef-jwt"
+	testPassword    = "s3cr3t-upstream-pw"
+	testJWTSecret   = "0123456789abcdef0123456789abcdef-jwt"
+	testJWTPassword = "s3cr3t-app-jwt-pw"
 )
 
-func TestLoadSpecExample(t *testing.T) {
-	t.Setenv("PGCLOAK_UPSTREAM_PASSWORD", testPassword)
+// setSpecEnv sets the variables testdata/spec.yaml refers to.
+func setSpecEnv(t *testing.T, upstreamPassword string) {
+	t.Helper()
+	t.Setenv("PGCLOAK_UPSTREAM_PASSWORD", upstreamPassword)
 	t.Setenv("JWT_SECRET", testJWTSecret)
+	t.Setenv("APP_JWT_PASSWORD", testJWTPassword)
+}
+
+// TestLoadSpecExample loads SPEC §3's example, which testdata/spec.yaml
+// copies verbatim: every key the specification documents.
+func TestLoadSpecExample(t *testing.T) {
+	setSpecEnv(t, testPassword)
 	file := filepath.Join("testdata", "spec.yaml")
 
 	got, err := Load(file)
@@ -76,11 +86,16 @@ func TestLoadSpecExample(t *testing.T) {
 			Mode:    ModeLogin,
 			Login:   LoginTenancy{Roles: map[string]string{"acme_app": "acme", "globex_app": "globex"}},
 			JWT: JWTTenancy{
-				Claim:       "tenant_id",
-				Issuer:      "https://auth.example.com",
-				Audience:    "pgcloak",
-				HS256Secret: testJWTSecret,
+				Claim:            "tenant_id",
+				Issuer:           "https://auth.example.com",
+				Audience:         "pgcloak",
+				HS256Secret:      testJWTSecret,
+				Leeway:           30 * time.Second,
+				MaxLifetime:      24 * time.Hour,
+				UpstreamUser:     "app_jwt",
+				UpstreamPassword: testJWTPassword,
 			},
+			TokenRoles:    []string{"app_pool"},
 			UnscopedRoles: []string{"migrator"},
 		},
 		Keys: Keys{
@@ -122,6 +137,9 @@ func TestLoadSpecExample(t *testing.T) {
 	if got.Tenancy.JWT.HS256Secret.Reveal() != testJWTSecret {
 		t.Errorf("got tenancy.jwt.hs256_secret of %d bytes, want the expanded ${JWT_SECRET}", len(got.Tenancy.JWT.HS256Secret))
 	}
+	if got.Tenancy.JWT.UpstreamPassword.Reveal() != testJWTPassword {
+		t.Errorf("got tenancy.jwt.upstream_password of %d bytes, want the expanded ${APP_JWT_PASSWORD}", len(got.Tenancy.JWT.UpstreamPassword))
+	}
 }
 
 func TestDefaults(t *testing.T) {
@@ -151,7 +169,7 @@ func TestDefaults(t *testing.T) {
 		Tenancy: Tenancy{
 			Setting: "app.tenant_id",
 			Mode:    ModeLogin,
-			JWT:     JWTTenancy{Claim: "tenant_id"},
+			JWT:     JWTTenancy{Claim: "tenant_id", Leeway: 30 * time.Second, MaxLifetime: 24 * time.Hour},
 		},
 		Keys: Keys{
 			Provider:        ProviderLocal,
@@ -329,7 +347,7 @@ func TestParseValues(t *testing.T) {
 			yaml: y(
 				"upstream: {address: db:5432, user: pgcloak}",
 				"keys: {provider: aws, aws: {region: eu-west-1, key_id: alias/k, endpoint: 'http://localhost:4566'}}",
-				"tenancy: {mode: jwt, setting: App.Tenant, jwt: {public_key_file: jwt.pem}}",
+				"tenancy: {mode: jwt, setting: App.Tenant, jwt: {public_key_file: jwt.pem, upstream_user: app_jwt}}",
 			),
 			check: func(t *testing.T, c *Config) {
 				if got, want := c.Tenancy.Setting, "app.tenant"; got != want {
@@ -337,6 +355,76 @@ func TestParseValues(t *testing.T) {
 				}
 				if got, want := c.Keys.AWS.Endpoint, "http://localhost:4566"; got != want {
 					t.Errorf("got keys.aws.endpoint %q, want %q", got, want)
+				}
+			},
+		},
+		{
+			name: "token roles and jwt mode with jwks",
+			yaml: y(
+				"upstream: {address: db:5432, user: pgcloak}",
+				"keys: {local: {master_key_file: m.key}}",
+				"tenancy:",
+				"  mode: jwt",
+				"  token_roles: [app_pool, 'pool_*']",
+				"  jwt:",
+				"    claim: app_metadata.tenant_id",
+				"    jwks_url: http://127.0.0.1:8080/.well-known/jwks.json",
+				"    leeway: 10s",
+				"    max_lifetime: 1h",
+				"    algorithms: [RS256, EdDSA]",
+				"    upstream_user: app_jwt",
+				"    upstream_password: ${APP_JWT_PASSWORD}",
+			),
+			env: map[string]string{"APP_JWT_PASSWORD": testJWTPassword},
+			check: func(t *testing.T, c *Config) {
+				want := JWTTenancy{
+					Claim:            "app_metadata.tenant_id",
+					JWKSURL:          "http://127.0.0.1:8080/.well-known/jwks.json",
+					Leeway:           10 * time.Second,
+					MaxLifetime:      time.Hour,
+					UpstreamUser:     "app_jwt",
+					UpstreamPassword: testJWTPassword,
+					Algorithms:       []string{"RS256", "EdDSA"},
+				}
+				if !reflect.DeepEqual(c.Tenancy.JWT, want) {
+					t.Errorf("got tenancy.jwt %+v, want %+v", c.Tenancy.JWT, want)
+				}
+				if got := c.Tenancy.JWT.UpstreamPassword.Reveal(); got != testJWTPassword {
+					t.Errorf("got tenancy.jwt.upstream_password of %d bytes, want the expanded ${APP_JWT_PASSWORD}", len(got))
+				}
+				if got, want := c.Tenancy.TokenRoles, []string{"app_pool", "pool_*"}; !slices.Equal(got, want) {
+					t.Errorf("got tenancy.token_roles %q, want %q", got, want)
+				}
+				if !c.Tenancy.JWT.HasVerificationKey() {
+					t.Errorf("HasVerificationKey: got false, want true")
+				}
+			},
+		},
+		{
+			name: "jwks over https and over http to loopback",
+			yaml: withMinimal("tenancy:", "  token_roles: [app_pool]", "  jwt: {jwks_url: 'http://[::1]:8080/jwks', leeway: 0s}"),
+			check: func(t *testing.T, c *Config) {
+				if got := c.Tenancy.JWT.Leeway; got != 0 {
+					t.Errorf("got leeway %s, want 0s", got)
+				}
+				for _, host := range []string{"localhost", "LOCALHOST", "127.0.0.1", "127.9.9.9", "::1"} {
+					if !IsLoopbackHost(host) {
+						t.Errorf("IsLoopbackHost(%q): got false, want true", host)
+					}
+				}
+				for _, host := range []string{"auth.example.com", "10.0.0.1", "localhost.example.com", "::2", ""} {
+					if IsLoopbackHost(host) {
+						t.Errorf("IsLoopbackHost(%q): got true, want false", host)
+					}
+				}
+			},
+		},
+		{
+			name: "no verification key",
+			yaml: withMinimal(),
+			check: func(t *testing.T, c *Config) {
+				if c.Tenancy.JWT.HasVerificationKey() {
+					t.Errorf("HasVerificationKey: got true, want false")
 				}
 			},
 		},
@@ -638,12 +726,12 @@ var errorCases = []struct {
 	},
 	{
 		name: "jwt mode without a key",
-		yaml: y("upstream: {address: db:5432, user: pgcloak}", "keys: {local: {master_key_file: m.key}}", "tenancy:", "  mode: jwt"),
-		want: []string{`t.yaml:3: tenancy.jwt: mode jwt needs a verification key: set hs256_secret or public_key_file`},
+		yaml: y("upstream: {address: db:5432, user: pgcloak}", "keys: {local: {master_key_file: m.key}}", "tenancy:", "  mode: jwt", "  jwt: {upstream_user: app_jwt}"),
+		want: []string{`t.yaml:5: tenancy.jwt: mode jwt needs a verification key: set hs256_secret, public_key_file or jwks_url`},
 	},
 	{
 		name: "jwt mode without upstream user",
-		yaml: y("upstream: {address: db:5432}", "keys: {local: {master_key_file: m.key}}", "tenancy:", "  mode: jwt", "  jwt: {public_key_file: k.pem}"),
+		yaml: y("upstream: {address: db:5432}", "keys: {local: {master_key_file: m.key}}", "tenancy:", "  mode: jwt", "  jwt: {public_key_file: k.pem, upstream_user: app_jwt}"),
 		want: []string{`t.yaml:1: upstream.user: is required with tenancy.mode jwt (the proxy logs in upstream as this role)`},
 	},
 	{
@@ -661,6 +749,129 @@ var errorCases = []struct {
 		name: "empty jwt claim",
 		yaml: withMinimal("tenancy:", "  jwt:", "    claim: ''"),
 		want: []string{`t.yaml:7: tenancy.jwt.claim: must not be empty (leave the key out for the default, tenant_id)`},
+	},
+	{
+		name: "token roles without a key",
+		yaml: withMinimal("tenancy:", "  token_roles: [app_pool]"),
+		want: []string{`t.yaml:6: tenancy.token_roles: token roles need a verification key for their tenant tokens: set tenancy.jwt.hs256_secret, public_key_file or jwks_url`},
+	},
+	{
+		name: "jwt with three keys",
+		yaml: withMinimal("tenancy:", "  jwt:", "    hs256_secret: ${JWT_SECRET}", "    public_key_file: k.pem", "    jwks_url: https://auth.example.com/jwks.json"),
+		env:  map[string]string{"JWT_SECRET": testJWTSecret},
+		want: []string{`t.yaml:6: tenancy.jwt: hs256_secret, public_key_file, jwks_url are all set; set exactly one`},
+	},
+	{
+		name: "jwt with a public key and jwks",
+		yaml: withMinimal("tenancy:", "  token_roles: [app_pool]", "  jwt:", "    public_key_file: k.pem", "    jwks_url: https://auth.example.com/jwks.json"),
+		want: []string{`t.yaml:7: tenancy.jwt: public_key_file and jwks_url are both set; set exactly one`},
+	},
+	{
+		name: "jwt mode without jwt upstream user",
+		yaml: y("upstream: {address: db:5432, user: pgcloak}", "keys: {local: {master_key_file: m.key}}", "tenancy:", "  mode: jwt", "  jwt:", "    jwks_url: https://auth.example.com/jwks.json"),
+		want: []string{`t.yaml:5: tenancy.jwt.upstream_user: is required with tenancy.mode jwt (the role jwt sessions run as upstream, with upstream_password; never upstream.user)`},
+	},
+	{
+		name: "jwt upstream user is upstream.user",
+		yaml: y("upstream: {address: db:5432, user: pgcloak}", "keys: {local: {master_key_file: m.key}}", "tenancy:", "  mode: jwt", "  jwt:", "    jwks_url: https://auth.example.com/jwks.json", "    upstream_user: pgcloak"),
+		want: []string{`t.yaml:7: tenancy.jwt.upstream_user: "pgcloak" is upstream.user, the proxy's own role (key store, verified tenant pin), as which no client session may run; use an ordinary role`},
+	},
+	{
+		name: "jwt upstream password without user",
+		yaml: withMinimal("tenancy:", "  jwt:", "    upstream_password: pw"),
+		want: []string{`t.yaml:7: tenancy.jwt.upstream_password: is set, but upstream_user is not`},
+	},
+	{
+		name: "mapped role matches a token role pattern",
+		yaml: withMinimal("tenancy:", "  login:", "    roles:", "      app_acme: acme", "  token_roles: ['app_*']", "  jwt: {jwks_url: 'https://auth.example.com/jwks.json'}"),
+		want: []string{`t.yaml:8: tenancy.login.roles.app_acme: role "app_acme" is mapped to tenant "acme" and also matches token_roles; a role is either scoped to one tenant, a token role or unscoped`},
+	},
+	{
+		name: "mapped role is a token role and unscoped",
+		yaml: withMinimal("tenancy:", "  login:", "    roles:", "      app_acme: acme", "  token_roles: [app_acme]", "  unscoped_roles: ['*']", "  jwt: {jwks_url: 'https://auth.example.com/jwks.json'}"),
+		want: []string{
+			`t.yaml:8: tenancy.login.roles.app_acme: role "app_acme" is mapped to tenant "acme" and also matches unscoped_roles; a role is either scoped to one tenant or unscoped`,
+			`t.yaml:8: tenancy.login.roles.app_acme: role "app_acme" is mapped to tenant "acme" and also matches token_roles; a role is either scoped to one tenant, a token role or unscoped`,
+			`t.yaml:9: tenancy.token_roles[0]: role "app_acme" also matches unscoped_roles; a role is either scoped to one tenant, a token role or unscoped`,
+		},
+	},
+	{
+		name: "same pattern in token and unscoped roles",
+		yaml: withMinimal("tenancy:", "  token_roles:", "    - app_pool", "    - 'regress_*'", "  unscoped_roles: ['regress_*']", "  jwt: {jwks_url: 'https://auth.example.com/jwks.json'}"),
+		want: []string{`t.yaml:8: tenancy.token_roles[1]: "regress_*" is also in unscoped_roles; a role is either scoped to one tenant, a token role or unscoped`},
+	},
+	{
+		name: "token role name matches an unscoped pattern",
+		yaml: withMinimal("tenancy:", "  token_roles: [regress_pool]", "  unscoped_roles: ['regress_*']", "  jwt: {jwks_url: 'https://auth.example.com/jwks.json'}"),
+		want: []string{`t.yaml:6: tenancy.token_roles[0]: role "regress_pool" also matches unscoped_roles; a role is either scoped to one tenant, a token role or unscoped`},
+	},
+	{
+		name: "unscoped role name matches a token pattern",
+		yaml: withMinimal("tenancy:", "  token_roles: ['app_*']", "  unscoped_roles:", "    - migrator", "    - app_migrator", "  jwt: {jwks_url: 'https://auth.example.com/jwks.json'}"),
+		want: []string{`t.yaml:9: tenancy.unscoped_roles[1]: role "app_migrator" also matches token_roles; a role is either scoped to one tenant, a token role or unscoped`},
+	},
+	{
+		name: "invalid token role pattern",
+		yaml: withMinimal("tenancy:", "  token_roles: ['app_[']", "  jwt: {jwks_url: 'https://auth.example.com/jwks.json'}"),
+		want: []string{`t.yaml:6: tenancy.token_roles[0]: "app_[" is not a valid pattern: syntax error in pattern (want a role name, or a glob using *, ? and [...])`},
+	},
+	{
+		name: "jwks over http to another host",
+		yaml: withMinimal("tenancy:", "  jwt:", "    jwks_url: http://auth.example.com/jwks.json"),
+		want: []string{`t.yaml:7: tenancy.jwt.jwks_url: "http://auth.example.com/jwks.json" uses http to a host that is not loopback; use https (http only to localhost, 127.0.0.0/8 or ::1)`},
+	},
+	{
+		name: "jwks not a URL",
+		yaml: withMinimal("tenancy:", "  jwt:", "    jwks_url: auth.example.com/jwks.json"),
+		want: []string{`t.yaml:7: tenancy.jwt.jwks_url: "auth.example.com/jwks.json" is not an https:// URL`},
+	},
+	{
+		name: "jwks with credentials",
+		yaml: withMinimal("tenancy:", "  jwt:", "    jwks_url: https://u:p@auth.example.com/jwks.json"),
+		want: []string{`t.yaml:7: tenancy.jwt.jwks_url: "https://u:p@auth.example.com/jwks.json" must not carry credentials`},
+	},
+	{
+		name: "jwt leeway and lifetime out of range",
+		yaml: withMinimal("tenancy:", "  jwt:", "    leeway: -1s", "    max_lifetime: 0s", "tenancy2: {}"),
+		want: []string{
+			`t.yaml:7: tenancy.jwt.leeway: must be from 0s to 5m0s (the clock skew allowed on exp, nbf and iat), got -1s`,
+			`t.yaml:8: tenancy.jwt.max_lifetime: must be positive, got 0s`,
+			`t.yaml:9: tenancy2: unknown key; did you mean "tenancy"? (expected one of listen, admin, upstream, tenancy, keys, encrypt, audit, log)`,
+		},
+	},
+	{
+		name: "jwt leeway too large",
+		yaml: withMinimal("tenancy:", "  jwt:", "    leeway: 1h"),
+		want: []string{`t.yaml:7: tenancy.jwt.leeway: must be from 0s to 5m0s (the clock skew allowed on exp, nbf and iat), got 1h0m0s`},
+	},
+	{
+		name: "jwt claim not a dot path",
+		yaml: withMinimal("tenancy:", "  jwt:", "    claim: app_metadata..tenant"),
+		want: []string{`t.yaml:7: tenancy.jwt.claim: "app_metadata..tenant" is not a dot path (claim names separated by single dots, such as app_metadata.tenant_id)`},
+	},
+	{
+		name: "jwt algorithms with a public key",
+		yaml: withMinimal("tenancy:", "  jwt:", "    public_key_file: k.pem", "    algorithms: [RS256, HS256, none, rs256, ES512]"),
+		want: []string{
+			`t.yaml:8: tenancy.jwt.algorithms[1]: HS256 is allowed only with hs256_secret: with a public key it would accept tokens signed with the public key itself`,
+			`t.yaml:8: tenancy.jwt.algorithms[2]: "none" is never allowed: it accepts tokens without a signature`,
+			`t.yaml:8: tenancy.jwt.algorithms[3]: "rs256" is not a supported algorithm (HS256, RS256, RS384, RS512, PS256, ES256, ES384, EdDSA)`,
+			`t.yaml:8: tenancy.jwt.algorithms[4]: "ES512" is not a supported algorithm (HS256, RS256, RS384, RS512, PS256, ES256, ES384, EdDSA)`,
+		},
+	},
+	{
+		name: "jwt algorithms with a secret",
+		yaml: withMinimal("tenancy:", "  jwt:", "    hs256_secret: ${JWT_SECRET}", "    algorithms:", "      - HS256", "      - EdDSA", "      - None"),
+		env:  map[string]string{"JWT_SECRET": testJWTSecret},
+		want: []string{
+			`t.yaml:10: tenancy.jwt.algorithms[1]: EdDSA needs public_key_file or jwks_url; with hs256_secret only HS256 is allowed`,
+			`t.yaml:11: tenancy.jwt.algorithms[2]: "None" is never allowed: it accepts tokens without a signature`,
+		},
+	},
+	{
+		name: "jwt algorithms empty",
+		yaml: withMinimal("tenancy:", "  jwt:", "    algorithms: []"),
+		want: []string{`t.yaml:7: tenancy.jwt.algorithms: must not be empty (leave the key out to allow every algorithm of the key's kind)`},
 	},
 	{
 		name: "unsupported key provider",
@@ -1044,14 +1255,13 @@ func TestSecretsNeverPrinted(t *testing.T) {
 	}
 
 	t.Run("valid config printed", func(t *testing.T) {
-		t.Setenv("PGCLOAK_UPSTREAM_PASSWORD", password)
-		t.Setenv("JWT_SECRET", testJWTSecret)
+		setSpecEnv(t, password)
 		c, err := Load(filepath.Join("testdata", "spec.yaml"))
 		if err != nil {
 			t.Fatalf("got error %v, want nil", err)
 		}
-		printed := fmt.Sprintf("%v %+v %#v %s %v %+v %#v", c, c, c, c.Upstream.Password, c.Upstream, c.Tenancy, *c)
-		for _, secret := range []string{password, testJWTSecret} {
+		printed := fmt.Sprintf("%v %+v %#v %s %v %+v %#v %+v", c, c, c, c.Upstream.Password, c.Upstream, c.Tenancy, *c, c.Tenancy.JWT)
+		for _, secret := range []string{password, testJWTSecret, testJWTPassword} {
 			if strings.Contains(printed, secret) {
 				t.Errorf("got a printed config containing a secret: %s", printed)
 			}
@@ -1094,6 +1304,8 @@ func TestTenancyLookups(t *testing.T) {
 		"  login:",
 		"    roles: {acme_app: acme, globex_app: globex}",
 		"  unscoped_roles: [migrator, 'regress_*', 'ops_?', 'dba[12]']",
+		"  token_roles: [app_pool, 'pool_*']",
+		"  jwt: {jwks_url: 'https://auth.example.com/jwks.json'}",
 	), noEnv)
 	if err != nil {
 		t.Fatalf("got error %v, want nil", err)
@@ -1102,8 +1314,13 @@ func TestTenancyLookups(t *testing.T) {
 	for _, tt := range []struct {
 		role     string
 		unscoped bool
+		token    bool
 		tenant   string
 	}{
+		{role: "app_pool", token: true},
+		{role: "pool_7", token: true},
+		{role: "pool", token: false},
+		{role: "app_pool2"},
 		{role: "migrator", unscoped: true},
 		{role: "regress_user1", unscoped: true},
 		{role: "regress_", unscoped: true},
@@ -1120,6 +1337,9 @@ func TestTenancyLookups(t *testing.T) {
 		t.Run(tt.role, func(t *testing.T) {
 			if got := ten.IsUnscoped(tt.role); got != tt.unscoped {
 				t.Errorf("IsUnscoped(%q): got %v, want %v", tt.role, got, tt.unscoped)
+			}
+			if got := ten.IsTokenRole(tt.role); got != tt.token {
+				t.Errorf("IsTokenRole(%q): got %v, want %v", tt.role, got, tt.token)
 			}
 			tenant, ok := ten.TenantForRole(tt.role)
 			if tenant != tt.tenant || ok != (tt.tenant != "") {
@@ -1169,8 +1389,7 @@ func TestClientCertFor(t *testing.T) {
 }
 
 func TestTableAndColumnLookups(t *testing.T) {
-	t.Setenv("PGCLOAK_UPSTREAM_PASSWORD", testPassword)
-	t.Setenv("JWT_SECRET", testJWTSecret)
+	setSpecEnv(t, testPassword)
 	c, err := Load(filepath.Join("testdata", "spec.yaml"))
 	if err != nil {
 		t.Fatalf("got error %v, want nil", err)

@@ -24,6 +24,7 @@ func FuzzLoad(f *testing.F) {
 	env := envOf(map[string]string{
 		"PGCLOAK_UPSTREAM_PASSWORD": "pw",
 		"JWT_SECRET":                "0123456789abcdef0123456789abcdef",
+		"APP_JWT_PASSWORD":          "pw",
 		"A":                         "a",
 	})
 	f.Fuzz(func(t *testing.T, data []byte) {

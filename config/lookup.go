@@ -1,13 +1,26 @@
 package config
 
-import "path"
+import (
+	"path"
+	"strings"
+)
 
 // IsUnscoped reports whether role is an unscoped role: one listed in
 // tenancy.unscoped_roles by name or matched by one of its path.Match glob
 // patterns. An unscoped session has no tenant; it sees ciphertext, never
 // plaintext.
-func (t Tenancy) IsUnscoped(role string) bool {
-	for _, pattern := range t.UnscopedRoles {
+func (t Tenancy) IsUnscoped(role string) bool { return matchRole(t.UnscopedRoles, role) }
+
+// IsTokenRole reports whether role is a token role: one listed in
+// tenancy.token_roles by name or matched by one of its path.Match glob
+// patterns. A token role's session starts with no tenant and takes one
+// only from a signed tenant token.
+func (t Tenancy) IsTokenRole(role string) bool { return matchRole(t.TokenRoles, role) }
+
+// matchRole reports whether role is one of patterns or matches one of them
+// as a path.Match glob.
+func matchRole(patterns []string, role string) bool {
+	for _, pattern := range patterns {
 		if pattern == role {
 			return true
 		}
@@ -19,6 +32,9 @@ func (t Tenancy) IsUnscoped(role string) bool {
 	}
 	return false
 }
+
+// isPattern reports whether a role entry is a glob rather than a name.
+func isPattern(entry string) bool { return strings.ContainsAny(entry, `*?[\`) }
 
 // TenantForRole returns the tenant tenancy.login.roles maps role to. Role
 // names are compared exactly, as PostgreSQL reports them after

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 )
@@ -38,6 +39,9 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 	}
 	if c.Tenancy.Mode == ModeJWT && c.Upstream.User == "" {
 		d.errorf("upstream.user", "is required with tenancy.mode jwt (the proxy logs in upstream as this role)")
+	}
+	if u := c.Tenancy.JWT.UpstreamUser; u != "" && u == c.Upstream.User {
+		d.errorf("tenancy.jwt.upstream_user", "%q is upstream.user, the proxy's own role (key store, verified tenant pin), as which no client session may run; use an ordinary role", u)
 	}
 }
 
@@ -196,19 +200,8 @@ func (d *decoder) tenancy(n *yaml.Node, p string, t *Tenancy) {
 			})
 		}},
 		{"jwt", func(n *yaml.Node, p string) { d.jwt(n, p, &t.JWT) }},
-		{"unscoped_roles", func(n *yaml.Node, p string) {
-			d.sequence(n, p, func(_ int, item *yaml.Node, p string) {
-				pattern, ok := d.requiredText(item, p, "a role name or pattern")
-				if !ok {
-					return
-				}
-				if _, err := path.Match(pattern, ""); err != nil {
-					d.problem(item.Line, p, "%q is not a valid pattern: %v (want a role name, or a glob using *, ? and [...])", pattern, err)
-					return
-				}
-				t.UnscopedRoles = append(t.UnscopedRoles, pattern)
-			})
-		}},
+		{"token_roles", d.rolePatterns(&t.TokenRoles)},
+		{"unscoped_roles", d.rolePatterns(&t.UnscopedRoles)},
 		{"allow_dynamic_sql", d.boolean(&t.AllowDynamicSQL)},
 	})
 	if !ok {
@@ -224,18 +217,86 @@ func (d *decoder) tenancy(n *yaml.Node, p string, t *Tenancy) {
 	oneOf(d, join(p, "mode"), "tenancy mode", t.Mode, ModeLogin, ModeJWT)
 
 	jp := join(p, "jwt")
-	switch hasSecret, hasKey := t.JWT.HS256Secret != "", t.JWT.PublicKeyFile != ""; {
-	case hasSecret && hasKey:
-		d.errorf(jp, "hs256_secret and public_key_file are both set; set exactly one")
-	case t.Mode == ModeJWT && !hasSecret && !hasKey:
-		d.errorf(jp, "mode jwt needs a verification key: set hs256_secret or public_key_file")
+	switch keys := jwtKeys(t.JWT); {
+	case len(keys) == 2:
+		d.errorf(jp, "%s and %s are both set; set exactly one", keys[0], keys[1])
+	case len(keys) > 2:
+		d.errorf(jp, "%s are all set; set exactly one", strings.Join(keys, ", "))
+	case len(keys) == 1:
+	case t.Mode == ModeJWT:
+		d.errorf(jp, "mode jwt needs a verification key: set hs256_secret, public_key_file or jwks_url")
+	case len(t.TokenRoles) > 0:
+		d.errorf(join(p, "token_roles"), "token roles need a verification key for their tenant tokens: set tenancy.jwt.hs256_secret, public_key_file or jwks_url")
 	}
+	if t.Mode == ModeJWT && t.JWT.UpstreamUser == "" {
+		d.errorf(join(jp, "upstream_user"), "is required with tenancy.mode jwt (the role jwt sessions run as upstream, with upstream_password; never upstream.user)")
+	}
+	d.roleOverlaps(p, t)
+}
 
+// jwtKeys names the verification keys set in j, in the order of the file
+// format.
+func jwtKeys(j JWTTenancy) []string {
+	var keys []string
+	if j.HS256Secret != "" {
+		keys = append(keys, "hs256_secret")
+	}
+	if j.PublicKeyFile != "" {
+		keys = append(keys, "public_key_file")
+	}
+	if j.JWKSURL != "" {
+		keys = append(keys, "jwks_url")
+	}
+	return keys
+}
+
+// roleOverlaps reports every role that would be two of a mapped role, a
+// token role and an unscoped role. A name is checked against the other
+// lists' patterns; two patterns are compared only for equality (whether
+// two globs share a role cannot be decided here, and at login the proxy
+// refuses a role that matches both).
+func (d *decoder) roleOverlaps(p string, t *Tenancy) {
+	const either = "a role is either scoped to one tenant, a token role or unscoped"
 	for _, role := range slices.Sorted(maps.Keys(t.Login.Roles)) {
+		rp := join(join(join(p, "login"), "roles"), role)
 		if t.IsUnscoped(role) {
-			d.errorf(join(join(join(p, "login"), "roles"), role),
-				"role %q is mapped to tenant %q and also matches unscoped_roles; a role is either scoped to one tenant or unscoped", role, t.Login.Roles[role])
+			d.errorf(rp, "role %q is mapped to tenant %q and also matches unscoped_roles; a role is either scoped to one tenant or unscoped", role, t.Login.Roles[role])
 		}
+		if t.IsTokenRole(role) {
+			d.errorf(rp, "role %q is mapped to tenant %q and also matches token_roles; %s", role, t.Login.Roles[role], either)
+		}
+	}
+	for i, entry := range t.TokenRoles {
+		ip := index(join(p, "token_roles"), i)
+		switch {
+		case slices.Contains(t.UnscopedRoles, entry):
+			d.errorf(ip, "%q is also in unscoped_roles; %s", entry, either)
+		case !isPattern(entry) && t.IsUnscoped(entry):
+			d.errorf(ip, "role %q also matches unscoped_roles; %s", entry, either)
+		}
+	}
+	for i, entry := range t.UnscopedRoles {
+		if !isPattern(entry) && !slices.Contains(t.TokenRoles, entry) && t.IsTokenRole(entry) {
+			d.errorf(index(join(p, "unscoped_roles"), i), "role %q also matches token_roles; %s", entry, either)
+		}
+	}
+}
+
+// rolePatterns decodes a list of role names and path.Match glob patterns
+// (tenancy.token_roles, tenancy.unscoped_roles).
+func (d *decoder) rolePatterns(dst *[]string) func(*yaml.Node, string) {
+	return func(n *yaml.Node, p string) {
+		d.sequence(n, p, func(_ int, item *yaml.Node, p string) {
+			pattern, ok := d.requiredText(item, p, "a role name or pattern")
+			if !ok {
+				return
+			}
+			if _, err := path.Match(pattern, ""); err != nil {
+				d.problem(item.Line, p, "%q is not a valid pattern: %v (want a role name, or a glob using *, ? and [...])", pattern, err)
+				return
+			}
+			*dst = append(*dst, pattern)
+		})
 	}
 }
 
@@ -256,24 +317,109 @@ func (d *decoder) roles(n *yaml.Node, p string, l *LoginTenancy) {
 	})
 }
 
+// maxJWTLeeway bounds tenancy.jwt.leeway: clock skew is seconds, and a
+// leeway of hours would make exp meaningless.
+const maxJWTLeeway = 5 * time.Minute
+
 func (d *decoder) jwt(n *yaml.Node, p string, j *JWTTenancy) {
+	var algsGiven bool // algorithms present as a list, even an empty one
 	ok := d.mapping(n, p, []field{
 		{"claim", d.text(&j.Claim)},
 		{"issuer", d.text(&j.Issuer)},
 		{"audience", d.text(&j.Audience)},
 		{"hs256_secret", d.secret(&j.HS256Secret)},
 		{"public_key_file", d.text(&j.PublicKeyFile)},
+		{"jwks_url", d.text(&j.JWKSURL)},
+		{"leeway", d.duration(&j.Leeway)},
+		{"max_lifetime", d.duration(&j.MaxLifetime)},
+		{"upstream_user", d.text(&j.UpstreamUser)},
+		{"upstream_password", d.secret(&j.UpstreamPassword)},
+		{"algorithms", func(n *yaml.Node, p string) {
+			if r := resolve(n); r != nil && r.Kind == yaml.SequenceNode {
+				algsGiven = true
+			}
+			d.sequence(n, p, func(_ int, item *yaml.Node, p string) {
+				if alg, ok := d.requiredText(item, p, "an algorithm"); ok {
+					j.Algorithms = append(j.Algorithms, alg)
+				}
+			})
+		}},
 	})
 	if !ok {
 		return
 	}
 	if j.Claim == "" {
 		d.errorf(join(p, "claim"), "must not be empty (leave the key out for the default, %s)", DefaultJWTClaim)
+	} else if slices.Contains(strings.Split(j.Claim, "."), "") {
+		d.errorf(join(p, "claim"), "%q is not a dot path (claim names separated by single dots, such as app_metadata.tenant_id)", j.Claim)
 	}
 	if j.HS256Secret != "" && len(j.HS256Secret) < hs256MinSecret {
 		// Never say more about a secret than that it is too short.
 		d.errorf(join(p, "hs256_secret"), "is shorter than %d bytes, the minimum for HS256 (RFC 7518 section 3.2)", hs256MinSecret)
 	}
+	if u := j.JWKSURL; u != "" {
+		if msg := checkJWKSURL(u); msg != "" {
+			d.errorf(join(p, "jwks_url"), "%q %s", u, msg)
+		}
+	}
+	if j.Leeway < 0 || j.Leeway > maxJWTLeeway {
+		d.errorf(join(p, "leeway"), "must be from 0s to %s (the clock skew allowed on exp, nbf and iat), got %s", maxJWTLeeway, j.Leeway)
+	}
+	if j.MaxLifetime <= 0 {
+		d.errorf(join(p, "max_lifetime"), "must be positive, got %s", j.MaxLifetime)
+	}
+	if j.UpstreamPassword != "" && j.UpstreamUser == "" {
+		d.errorf(join(p, "upstream_password"), "is set, but upstream_user is not")
+	}
+	if algsGiven && len(j.Algorithms) == 0 {
+		d.errorf(join(p, "algorithms"), "must not be empty (leave the key out to allow every algorithm of the key's kind)")
+	}
+	ap := join(p, "algorithms")
+	supported := strings.Join(append(slices.Clone(SymmetricJWTAlgorithms), AsymmetricJWTAlgorithms...), ", ")
+	public := j.PublicKeyFile != "" || j.JWKSURL != ""
+	for i, alg := range j.Algorithms {
+		switch {
+		case strings.EqualFold(alg, "none"):
+			d.errorf(index(ap, i), "%q is never allowed: it accepts tokens without a signature", alg)
+		case slices.Contains(SymmetricJWTAlgorithms, alg):
+			if public {
+				d.errorf(index(ap, i), "%s is allowed only with hs256_secret: with a public key it would accept tokens signed with the public key itself", alg)
+			}
+		case slices.Contains(AsymmetricJWTAlgorithms, alg):
+			if j.HS256Secret != "" {
+				d.errorf(index(ap, i), "%s needs public_key_file or jwks_url; with hs256_secret only HS256 is allowed", alg)
+			}
+		default:
+			d.errorf(index(ap, i), "%q is not a supported algorithm (%s)", alg, supported)
+		}
+	}
+}
+
+// checkJWKSURL returns what is wrong with a JWKS URL, or "": keys fetched
+// in clear text could be replaced on the way, so only https is accepted,
+// and http only to a loopback host (a sidecar, a test).
+func checkJWKSURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		return "is not an https:// URL"
+	}
+	if u.User != nil {
+		return "must not carry credentials"
+	}
+	if u.Scheme == "http" && !IsLoopbackHost(u.Hostname()) {
+		return "uses http to a host that is not loopback; use https (http only to localhost, 127.0.0.0/8 or ::1)"
+	}
+	return ""
+}
+
+// IsLoopbackHost reports whether host (without a port) is localhost or a
+// loopback IP address.
+func IsLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (d *decoder) keys(n *yaml.Node, p string, k *Keys) {

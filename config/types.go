@@ -150,12 +150,22 @@ const (
 	ModeJWT   TenancyMode = "jwt"
 )
 
-// Tenancy says how a session's tenant is determined.
+// Tenancy says how a session's tenant is determined. A role is at most one
+// of: mapped to a tenant (Login.Roles), a token role (TokenRoles) or an
+// unscoped role (UnscopedRoles).
 type Tenancy struct {
-	Setting       string // GUC pinned upstream, default app.tenant_id
-	Mode          TenancyMode
-	Login         LoginTenancy
-	JWT           JWTTenancy
+	Setting string // GUC pinned upstream, default app.tenant_id
+	Mode    TenancyMode
+	Login   LoginTenancy
+	JWT     JWTTenancy
+
+	// TokenRoles are the roles (names or path.Match glob patterns) whose
+	// sessions start with no tenant and take one only from a signed tenant
+	// token, SET [LOCAL] pgcloak.tenant_token (SPEC §5.2): the role an
+	// application's shared pool logs in as. Key tenancy.token_roles; when
+	// set, tenancy.jwt must have a verification key.
+	TokenRoles []string
+
 	UnscopedRoles []string // role names or path.Match glob patterns
 
 	// AllowDynamicSQL lets sessions with a tenant run SQL whose effect the
@@ -169,14 +179,60 @@ type LoginTenancy struct {
 	Roles map[string]string // role -> tenant
 }
 
-// JWTTenancy configures JWT verification for mode jwt and tenant tokens.
+// JWTTenancy configures JWT verification for mode jwt and tenant tokens
+// (package tenanttoken verifies them). At most one of HS256Secret,
+// PublicKeyFile and JWKSURL is set; exactly one when tenancy.mode is jwt or
+// tenancy.token_roles is set.
 type JWTTenancy struct {
-	Claim         string // default tenant_id
-	Issuer        string
-	Audience      string
-	HS256Secret   Secret
-	PublicKeyFile string
+	// Claim is the dot path of the tenant in the claims: tenant_id,
+	// app_metadata.tenant_id. Default tenant_id.
+	Claim    string
+	Issuer   string // checked against iss when set
+	Audience string // checked against aud when set
+
+	HS256Secret   Secret // HS256 key, at least 32 bytes
+	PublicKeyFile string // PEM: an RSA, EC (P-256, P-384) or Ed25519 public key
+
+	// JWKSURL is a JSON Web Key Set fetched at start, refreshed in the
+	// background and fetched again on an unknown kid. Key
+	// tenancy.jwt.jwks_url: https, or http to a loopback host.
+	JWKSURL string
+
+	// Leeway is the clock skew allowed on exp, nbf and iat. Key
+	// tenancy.jwt.leeway, default 30s.
+	Leeway time.Duration
+
+	// MaxLifetime bounds a token's lifetime: exp - iat, or exp - now when
+	// the token has no iat. Key tenancy.jwt.max_lifetime, default 24h.
+	MaxLifetime time.Duration
+
+	// UpstreamUser and UpstreamPassword are the login pgcloak uses upstream
+	// for sessions in mode jwt: an ordinary role, never upstream.user.
+	UpstreamUser     string
+	UpstreamPassword Secret
+
+	// Algorithms is the allow-list of JWS alg values; empty means every
+	// algorithm of the key's kind (HS256 for hs256_secret; for a public key
+	// the algorithms its type and curve support; for jwks_url every one of
+	// AsymmetricJWTAlgorithms). "none" is never allowed, HS256 only with
+	// hs256_secret.
+	Algorithms []string
 }
+
+// HasVerificationKey reports whether one of hs256_secret, public_key_file
+// and jwks_url is set.
+func (j JWTTenancy) HasVerificationKey() bool {
+	return j.HS256Secret != "" || j.PublicKeyFile != "" || j.JWKSURL != ""
+}
+
+// JWT algorithms (JWS alg values, RFC 7518) pgcloak verifies.
+var (
+	// SymmetricJWTAlgorithms are accepted with hs256_secret only.
+	SymmetricJWTAlgorithms = []string{"HS256"}
+	// AsymmetricJWTAlgorithms are accepted with public_key_file or
+	// jwks_url only.
+	AsymmetricJWTAlgorithms = []string{"RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"}
+)
 
 // KeyProvider is keys.provider.
 type KeyProvider string
