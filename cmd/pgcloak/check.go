@@ -32,7 +32,15 @@ upstream.sslmode and upstream.root_cert_file) to run "select version()".
 
 It fails a configuration under which a client session could run as
 upstream.user, which owns the verified tenant pin's key: upstream.user
-mapped by tenancy.login.roles or matched by tenancy.unscoped_roles.
+mapped by tenancy.login.roles, matched by tenancy.token_roles or
+tenancy.unscoped_roles, or named by tenancy.jwt.upstream_user.
+
+With tenancy.token_roles or tenancy.mode jwt it loads the key serve verifies
+tenant tokens with, as serve does: the PEM file of tenancy.jwt.public_key_file
+(and that tenancy.jwt.algorithms fit it), or the key set at
+tenancy.jwt.jwks_url, which must be reachable and hold a usable key; a key
+that does not load fails. In mode jwt it also logs in upstream as
+tenancy.jwt.upstream_user, the role jwt sessions run as.
 
 Then, for every table in encrypt.tables, it checks as upstream.user that the
 table exists; that every declared column and blind-index column is bytea (a
@@ -59,10 +67,11 @@ a tenant role that may read pgcloak.pin_key fails.
 Each check prints one line: "ok", "WARN" or "FAIL". A tenant role that
 bypasses RLS fails: that tenant could read other tenants' rows (as
 ciphertext). RLS disabled, or not forced while one of these roles owns the
-table, is a warning: encryption remains the second wall. In tenancy mode
-login upstream.user may bypass RLS (encrypt-existing without --tenant needs
-it to); in mode jwt it is every tenant session's role and must not. A
-configured role that does not exist is a warning.
+table, is a warning: encryption remains the second wall. upstream.user may
+bypass RLS (encrypt-existing without --tenant needs it to); token roles
+named in tenancy.token_roles (not globs) and, in mode jwt,
+tenancy.jwt.upstream_user run tenants' sessions and must not. A configured
+role that does not exist is a warning.
 
 Exits 0 when no check failed (warnings allowed) and 1 otherwise. Never
 prints a password.`,
@@ -152,6 +161,7 @@ func check(ctx context.Context, cfg *config.Config, w io.Writer) bool {
 		c.result(err, "upstream client certificate", fmt.Sprintf("%s loads, presented for role %s", cc.CertFile, cc.User))
 	}
 
+	checkTenantTokens(ctx, cfg, c)
 	checkUpstreamUser(cfg, c)
 	checkUpstream(ctx, cfg, c)
 
@@ -184,6 +194,7 @@ func checkUpstream(ctx context.Context, cfg *config.Config, c *checker) {
 	}
 	defer conn.Close(context.Background())
 	c.result(nil, "upstream server", v)
+	checkJWTUpstreamUser(ctx, cfg, timeout, c)
 
 	if len(cfg.Encrypt.Tables) == 0 {
 		fmt.Fprintln(c.w, "      encrypted tables: none declared")
@@ -232,6 +243,24 @@ func connectUpstream(ctx context.Context, u config.Upstream, timeout time.Durati
 	return conn, v, nil
 }
 
+// checkJWTUpstreamUser logs in as tenancy.jwt.upstream_user in mode jwt,
+// as serve does for every jwt session.
+func checkJWTUpstreamUser(ctx context.Context, cfg *config.Config, timeout time.Duration, c *checker) {
+	j := cfg.Tenancy.JWT
+	if cfg.Tenancy.Mode != config.ModeJWT || j.UpstreamUser == "" {
+		return
+	}
+	u := cfg.Upstream
+	u.User, u.Password = j.UpstreamUser, j.UpstreamPassword
+	conn, _, err := connectUpstream(ctx, u, timeout)
+	if err != nil {
+		c.line(levelFail, "upstream tenancy.jwt.upstream_user", redact(err, j.UpstreamPassword).Error())
+		return
+	}
+	conn.Close(context.Background())
+	c.line(levelOK, "upstream tenancy.jwt.upstream_user", "connected as "+u.User+" (the role jwt sessions run as)")
+}
+
 // checkedRole is a role whose relation to a declared table's row-level
 // security check reports.
 type checkedRole struct {
@@ -239,26 +268,41 @@ type checkedRole struct {
 	label string // how lines name it: "tenant acme", "upstream.user"
 
 	// tenant is set when tenants' sessions run as the role: a tenant login
-	// role, or upstream.user in tenancy mode jwt. Such a role must not
-	// bypass row-level security.
+	// role, a token role, or tenancy.jwt.upstream_user in mode jwt. Such a
+	// role must not bypass row-level security.
 	tenant bool
 }
 
-// checkedRoles lists upstream.user and every tenant login role, each once
-// (a role that is both is checked as a tenant's), in a stable order.
+// checkedRoles lists upstream.user, every tenant login role, every token
+// role named in tenancy.token_roles (globs name no role to look up) and,
+// in mode jwt, tenancy.jwt.upstream_user, each once (a role that is also
+// upstream.user is checked as a tenant's), in a stable order.
 func checkedRoles(cfg *config.Config) []checkedRole {
+	t := cfg.Tenancy
 	up := cfg.Upstream.User
-	roles := []checkedRole{{name: up, label: "upstream.user", tenant: cfg.Tenancy.Mode == config.ModeJWT}}
-	if cfg.Tenancy.Mode == config.ModeJWT {
-		roles[0].label = "upstream.user, tenant sessions in mode jwt"
-	}
-	for _, name := range slices.Sorted(maps.Keys(cfg.Tenancy.Login.Roles)) {
-		label := "tenant " + cfg.Tenancy.Login.Roles[name]
+	roles := []checkedRole{{name: up, label: "upstream.user"}}
+	add := func(name, label string) {
 		if name == up {
 			roles[0].label, roles[0].tenant = "upstream.user and "+label, true
-			continue
+			return
+		}
+		for i := range roles {
+			if roles[i].name == name {
+				return
+			}
 		}
 		roles = append(roles, checkedRole{name: name, label: label, tenant: true})
+	}
+	for _, name := range slices.Sorted(maps.Keys(t.Login.Roles)) {
+		add(name, "tenant "+t.Login.Roles[name])
+	}
+	for _, name := range t.TokenRoles {
+		if !strings.ContainsAny(name, `*?[\`) {
+			add(name, "token role")
+		}
+	}
+	if t.Mode == config.ModeJWT && t.JWT.UpstreamUser != "" {
+		add(t.JWT.UpstreamUser, "jwt.upstream_user, tenant sessions in mode jwt")
 	}
 	return roles
 }

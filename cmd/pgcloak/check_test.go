@@ -511,14 +511,14 @@ grant select on pgcloak.pin_key to %[2]s;
 }
 
 // TestCheckRolePosture covers the verdicts that need roles the shared
-// server does not have (superusers) or a tenancy mode sessions do not
-// support yet (jwt).
+// server does not have (superusers) or a mode jwt upstream_user that
+// bypasses RLS.
 func TestCheckRolePosture(t *testing.T) {
 	forced := tableRLS{enabled: true, forced: true, owner: "app"}
 	notForced := tableRLS{enabled: true, owner: "app"}
 	upstream := checkedRole{name: "pgcloak", label: "upstream.user"}
 	tenant := checkedRole{name: "acme_app", label: "tenant acme", tenant: true}
-	jwt := checkedRole{name: "pgcloak", label: "upstream.user, tenant sessions in mode jwt", tenant: true}
+	jwt := checkedRole{name: "app_jwt", label: "jwt.upstream_user, tenant sessions in mode jwt", tenant: true}
 	for _, tt := range []struct {
 		name string
 		role checkedRole
@@ -536,7 +536,7 @@ func TestCheckRolePosture(t *testing.T) {
 		{"upstream superuser", upstream, roleFacts{exists: true, superuser: true, bypassRLS: true}, forced, levelWarn, "BYPASSRLS would do without superuser"},
 		{"upstream BYPASSRLS", upstream, roleFacts{exists: true, bypassRLS: true}, forced, levelOK, "encrypt-existing without --tenant needs it"},
 		{"upstream plain", upstream, roleFacts{exists: true}, forced, levelOK, "encrypt-existing then needs --tenant"},
-		{"jwt upstream BYPASSRLS", jwt, roleFacts{exists: true, bypassRLS: true}, forced, levelFail, "a tenant could read other tenants' rows"},
+		{"jwt upstream_user BYPASSRLS", jwt, roleFacts{exists: true, bypassRLS: true}, forced, levelFail, "a tenant could read other tenants' rows"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			got, says := rolePosture(tt.role, tt.f, tt.rls)
@@ -563,7 +563,11 @@ func TestCheckRoles(t *testing.T) {
 	}
 	cfg.Tenancy.Mode = config.ModeJWT
 	cfg.Tenancy.Login.Roles = nil
-	want = []checkedRole{{name: "pgcloak", label: "upstream.user, tenant sessions in mode jwt", tenant: true}}
+	cfg.Tenancy.JWT.UpstreamUser = "app_jwt"
+	want = []checkedRole{
+		{name: "pgcloak", label: "upstream.user"},
+		{name: "app_jwt", label: "jwt.upstream_user, tenant sessions in mode jwt", tenant: true},
+	}
 	if got := checkedRoles(cfg); !slices.Equal(got, want) {
 		t.Errorf("mode jwt: got %+v, want %+v", got, want)
 	}

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/pgcloak/pgcloak/config"
 	"github.com/pgcloak/pgcloak/keystore"
+	"github.com/pgcloak/pgcloak/tenanttoken"
 )
 
 // currentTenant is the function row-level security policies should read:
@@ -18,23 +20,41 @@ const currentTenant = "pgcloak.current_tenant()"
 // checkUpstreamUser fails a configuration under which a client session
 // could run as upstream.user: it owns the tenant pin's key, so such a
 // session could pin any tenant. The proxy refuses that login (28000);
-// check says so before anyone tries. tenancy.token_roles, once the
-// configuration has it, belongs here too.
+// check says so before anyone tries. That covers a role mapped by
+// tenancy.login.roles, matched by tenancy.token_roles or
+// tenancy.unscoped_roles, and tenancy.jwt.upstream_user, as which every
+// mode-jwt session runs.
 func checkUpstreamUser(cfg *config.Config, c *checker) {
 	up := cfg.Upstream.User
 	what := "upstream.user " + up
+	const why = "no client session may run as upstream.user, which owns the tenant pin's key (pgcloak refuses its login with 28000)"
+	t := cfg.Tenancy
 	ok := true
-	if tenant, mapped := cfg.Tenancy.TenantForRole(up); mapped {
-		c.line(levelFail, what, "tenancy.login.roles maps it to tenant "+tenant+": no client session may run as upstream.user, which owns the tenant pin's key (pgcloak refuses its login with 28000); map another role")
+	if tenant, mapped := t.TenantForRole(up); mapped {
+		c.line(levelFail, what, "tenancy.login.roles maps it to tenant "+tenant+": "+why+"; map another role")
 		ok = false
 	}
-	for _, p := range cfg.Tenancy.UnscopedRoles {
-		if tenancyMatch(p, up) {
-			c.line(levelFail, what, fmt.Sprintf("tenancy.unscoped_roles entry %q matches it: no client session may run as upstream.user, which owns the tenant pin's key (pgcloak refuses its login with 28000)", p))
+	for _, p := range t.TokenRoles {
+		if (config.Tenancy{TokenRoles: []string{p}}).IsTokenRole(up) {
+			c.line(levelFail, what, fmt.Sprintf("tenancy.token_roles entry %q matches it: %s; give the application's pool another role", p, why))
 			ok = false
 		}
 	}
-	if ok && (len(cfg.Tenancy.Login.Roles) > 0 || len(cfg.Tenancy.UnscopedRoles) > 0) {
+	for _, p := range t.UnscopedRoles {
+		if tenancyMatch(p, up) {
+			c.line(levelFail, what, fmt.Sprintf("tenancy.unscoped_roles entry %q matches it: %s", p, why))
+			ok = false
+		}
+	}
+	if ju := t.JWT.UpstreamUser; ju != "" && ju == up {
+		c.line(levelFail, what, "tenancy.jwt.upstream_user names it: mode-jwt sessions would run as upstream.user, which owns the tenant pin's key; use an ordinary role")
+		ok = false
+	}
+	switch {
+	case !ok:
+	case len(t.TokenRoles) > 0 || t.JWT.UpstreamUser != "":
+		c.line(levelOK, what, "is not a tenant, token, unscoped or jwt.upstream_user role")
+	case len(t.Login.Roles) > 0 || len(t.UnscopedRoles) > 0:
 		c.line(levelOK, what, "is not a tenant or unscoped role")
 	}
 }
@@ -42,6 +62,41 @@ func checkUpstreamUser(cfg *config.Config, c *checker) {
 // tenancyMatch reports whether unscoped_roles pattern p alone matches role.
 func tenancyMatch(p, role string) bool {
 	return config.Tenancy{UnscopedRoles: []string{p}}.IsUnscoped(role)
+}
+
+// tokenCheckTimeout bounds the JWKS fetch of checkTenantTokens.
+const tokenCheckTimeout = 15 * time.Second
+
+// checkTenantTokens loads the key serve verifies tenant tokens with, when
+// token roles or mode jwt need one: it builds the verifier serve builds, so
+// a key file that does not load, a key that does not fit tenancy.jwt
+// .algorithms or a JWKS that cannot be fetched fails here rather than at
+// the first login.
+func checkTenantTokens(ctx context.Context, cfg *config.Config, c *checker) {
+	t := cfg.Tenancy
+	if len(t.TokenRoles) == 0 && t.Mode != config.ModeJWT {
+		return
+	}
+	const what = "tenant tokens"
+	j := t.JWT
+	var key string
+	switch {
+	case j.HS256Secret != "":
+		key = "tenancy.jwt.hs256_secret"
+	case j.PublicKeyFile != "":
+		key = "public key " + j.PublicKeyFile + " loads"
+	default:
+		key = "key set " + j.JWKSURL + " fetched"
+	}
+	ctx, cancel := context.WithTimeout(ctx, tokenCheckTimeout)
+	defer cancel()
+	v, err := tenanttoken.New(ctx, j)
+	if err != nil {
+		c.line(levelFail, what, err.Error()+" (serve verifies tenant tokens with it)")
+		return
+	}
+	defer v.Close()
+	c.line(levelOK, what, fmt.Sprintf("%s (alg %s; tenant from claim %s)", key, strings.Join(v.Algorithms(), ", "), j.Claim))
 }
 
 // settingRE matches a call of current_setting on the tenant setting, as

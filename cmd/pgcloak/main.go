@@ -1,5 +1,5 @@
 // Command pgcloak is the pgcloak binary: the proxy (serve), its operational
-// tools (check, schema, keys, reencrypt, encrypt-existing) and a
+// tools (check, schema, keys, reencrypt, encrypt-existing, token) and a
 // self-contained demo. Each subcommand lives in its own file.
 package main
 

@@ -92,6 +92,7 @@ decrypted for the session's own tenant only. Try it with "pgcloak demo"
 		newVersionCmd(),
 	)
 	root.AddCommand(newReencryptCmd(), newEncryptExistingCmd())
+	root.AddCommand(newTokenCmd())
 	return root
 }
 
