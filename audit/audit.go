@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 )
@@ -34,6 +35,8 @@ const (
 	KeyRewrapped        Event = "key_rewrapped"
 	TenantShredded      Event = "tenant_shredded"
 	KeyPurgeReceived    Event = "key_purge_received"
+	TenantTokenAccepted Event = "tenant_token_accepted"
+	TenantTokenRefused  Event = "tenant_token_refused"
 )
 
 // Session identifies the session an event belongs to.
@@ -116,6 +119,23 @@ func (l *Logger) SessionEnded(s Session) {
 func (l *Logger) AuthRefused(s Session, sqlstate, reason string) {
 	if l != nil {
 		l.event(AuthRefused, &s).Str("sqlstate", sqlstate).Str("reason", reason).Send()
+	}
+}
+
+// TenantTokenAccepted records a tenant token a session presented and the
+// proxy verified: s.Tenant is the tenant it names; subject, ID and expiry
+// are its claims. The token itself is never recorded.
+func (l *Logger) TenantTokenAccepted(s Session, subject, id string, expires time.Time, local bool) {
+	if l != nil {
+		l.event(TenantTokenAccepted, &s).Str("sub", subject).Str("jti", id).
+			Time("expires", expires).Bool("local", local).Send()
+	}
+}
+
+// TenantTokenRefused records a tenant token the proxy refused, and why.
+func (l *Logger) TenantTokenRefused(s Session, reason string) {
+	if l != nil {
+		l.event(TenantTokenRefused, &s).Str("reason", reason).Send()
 	}
 }
 

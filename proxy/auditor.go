@@ -28,6 +28,8 @@ func (a auditor) tenantChangeRefused(s *session, construct string) {
 }
 
 func (a auditor) decryptFailed(s *session, t *config.Table, c *config.Column) {
-	a.l.DecryptFailed(s.auditIdentity(), t.QualifiedName(), c.Name)
+	// The upstream goroutine's tenant: a token may have switched it.
+	id := audit.Session{ID: s.id, Role: s.user, Database: s.database, Tenant: s.results.tenant}
+	a.l.DecryptFailed(id, t.QualifiedName(), c.Name)
 	a.obs.DecryptFailed(t.QualifiedName(), c.Name)
 }

@@ -79,6 +79,13 @@ grant usage on sequence patients_id_seq to acme_app, globex_app, migrator;
 
 func startEncrypted(t testing.TB, mutate ...func(*Config)) *encryptedEnv {
 	t.Helper()
+	return startEncryptedDeps(t, nil, mutate...)
+}
+
+// startEncryptedDeps is startEncrypted with deps changed by withDeps (when
+// not nil) before the proxy starts.
+func startEncryptedDeps(t testing.TB, withDeps func(*Deps), mutate ...func(*Config)) *encryptedEnv {
+	t.Helper()
 	pg := testenv.Shared(t)
 	ctx := ctxT(t)
 	rolesOnce.Do(func() {
@@ -95,7 +102,11 @@ func startEncrypted(t testing.TB, mutate ...func(*Config)) *encryptedEnv {
 
 	env := &encryptedEnv{pg: pg, db: db, pool: pool, audit: &bytes.Buffer{}, logs: &bytes.Buffer{}}
 	keys := newTestKeys(t, pool)
-	env.proxy = startProxyDeps(t, pg, Deps{Pool: pool, Keys: keys, Pinner: pinner, Audit: audit.New(&syncBuffer{b: env.audit})}, env.logs, func(c *Config) {
+	deps := Deps{Pool: pool, Keys: keys, Pinner: pinner, Audit: audit.New(&syncBuffer{b: env.audit})}
+	if withDeps != nil {
+		withDeps(&deps)
+	}
+	env.proxy = startProxyDeps(t, pg, deps, env.logs, func(c *Config) {
 		c.Tenancy = config.Tenancy{
 			Setting:       "app.tenant_id",
 			Mode:          config.ModeLogin,
@@ -335,7 +346,7 @@ func TestEncryptedRefusals(t *testing.T) {
 		{`select my_exec('select set_config(''app.'' || ''tenant_id'', ''globex'', false)')`, "42501", "tenant"},
 		{`set role globex_app`, "42501", "tenant"},
 		{`set session authorization globex_app`, "42501", "tenant"},
-		{`set pgcloak.tenant_token = 'eyJhbGciOi.fake.token'`, "0A000", "tenant_token"},
+		{`set pgcloak.tenant_token = 'eyJhbGciOi.fake.token'`, "42501", "token roles"},
 	}
 	for _, c := range cases {
 		t.Run(c.sql, func(t *testing.T) {

@@ -82,9 +82,12 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 	if pure(s.decl) {
 		return s.upstreamOut.send(q)
 	}
-	if err := tenantTokenCheck(q.String); err != nil {
+	if containsFold(q.String, "tenant_token") {
+		if s.tokens {
+			return s.handleTokenQuery(q)
+		}
 		s.track(q)
-		return s.refuse(err)
+		return s.refuse(tokensNotAllowed())
 	}
 	if s.decl.schema != nil && containsFold(q.String, "copy") && s.decl.schema.MightNeedAnalysis(q.String) {
 		if plan, err := s.decl.schema.Cached(s.decl.plans, q.String); err == nil && plan.Copy != nil {
@@ -162,8 +165,12 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 	if pure(s.decl) {
 		return s.upstreamOut.send(m)
 	}
-	if err := tenantTokenCheck(m.Query); err != nil {
-		return s.refuseExtended(err)
+	if containsFold(m.Query, "tenant_token") {
+		if s.tokens {
+			return s.refuseExtended(&clientError{code: pgerrcode.FeatureNotSupported,
+				msg: "a tenant token must be sent as a simple query for now (the extended protocol form is not built yet)"})
+		}
+		return s.refuseExtended(tokensNotAllowed())
 	}
 	if strings.HasPrefix(m.Name, reservedPrefix) {
 		return s.refuseExtended(errReservedName)
@@ -189,6 +196,12 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 		return s.refuseExtended(&clientError{code: pgerrcode.FeatureNotSupported, msg: "SET ROLE and SET SESSION AUTHORIZATION are not supported through the extended query protocol"})
 	}
 	text := strings.Join(plan.Segments, "")
+	if len(plan.Slots) > 0 && s.tokens {
+		// Literals are sealed once, at Parse, under the tenant of that
+		// moment; a token may switch the tenant before a Bind.
+		return s.refuseExtended(&clientError{code: pgerrcode.FeatureNotSupported,
+			msg: "in a session whose tenant comes from tokens, send values for encrypted columns as parameters, not literals, in the extended query protocol"})
+	}
 	if len(plan.Slots) > 0 {
 		// Literals for declared columns are sealed now, once: every
 		// execution of the statement stores the same ciphertext, as it
@@ -308,7 +321,7 @@ func (s *session) checkPlan(plan *rewrite.Plan) error {
 			return tenantRefusal("SET " + strings.ToUpper(strings.ReplaceAll(rc.Kind, "_", " ")) + " to a role of another tenant")
 		}
 	}
-	if !s.scoped && (len(plan.Slots) > 0 || hasKeyedParams(plan.Params)) {
+	if (!s.scoped || s.tenant == "") && (len(plan.Slots) > 0 || hasKeyedParams(plan.Params)) {
 		return &clientError{code: pgerrcode.InsufficientPrivilege, msg: "this session has no tenant, so it cannot write or search encrypted columns"}
 	}
 	return nil
@@ -535,14 +548,11 @@ func (s *session) publicError(err error) (code, msg string) {
 	return code, "pgcloak: " + msg
 }
 
-// tenantTokenCheck refuses any text that mentions tenant_token:
-// SET pgcloak.tenant_token is not built yet, and its token must never reach
-// PostgreSQL (or its logs) as an ordinary setting or set_config argument.
-func tenantTokenCheck(sql string) error {
-	if containsFold(sql, "tenant_token") {
-		return &clientError{code: pgerrcode.FeatureNotSupported, msg: "pgcloak.tenant_token is not supported yet"}
-	}
-	return nil
+// tokensNotAllowed refuses a tenant token in a session of a role with a
+// fixed tenant, or an unscoped one (SPEC §5.2).
+func tokensNotAllowed() *clientError {
+	return &clientError{code: pgerrcode.InsufficientPrivilege,
+		msg: "only the sessions of token roles (tenancy.token_roles) may present a tenant token"}
 }
 
 // containsFold reports whether s contains sub, ASCII case-insensitively,

@@ -58,12 +58,15 @@ func mentionsDiscard(sql string) bool { return containsFold(sql, "discard") }
 
 // repinsAfterDiscard reports whether the session's pin must be renewed
 // after DISCARD: a session with a verified pin.
-func (s *session) repinsAfterDiscard() bool { return s.scoped && s.srv.pinner != nil }
+func (s *session) repinsAfterDiscard() bool { return s.scoped && !s.tokens && s.srv.pinner != nil }
 
 // afterClientMessage runs in the client goroutine after msg was handled:
 // it pins the session again when msg completed a round that may have
 // discarded the pin.
 func (s *session) afterClientMessage(msg pgproto3.FrontendMessage) error {
+	if s.tokens {
+		return s.afterTokenRound(msg)
+	}
 	if !s.repinsAfterDiscard() {
 		return nil
 	}

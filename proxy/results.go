@@ -25,7 +25,10 @@ type fieldPlan struct {
 	ok       bool         // the field is a declared column (not its index column)
 	hidden   bool         // the field is an index column: the client never sees it
 	opener   ColumnOpener // decryptRow's, for a declared field: set on first use
-	format   int16        // 0 text, 1 binary: the format the client asked for
+	// openerGen is resultState.gen when opener was made: a token that
+	// switches the tenant makes every field's opener stale.
+	openerGen uint64
+	format    int16 // 0 text, 1 binary: the format the client asked for
 	// upFormat is the format upstream sends the field in: the client's,
 	// or binary for a declared column of a Bind the proxy rewrote so (see
 	// binaryResults).
@@ -53,6 +56,21 @@ type resultState struct {
 	opener   Opener                    // decryptRow's, made on first use
 	columns  map[ValueRef]ColumnOpener // the opener's, per declared column
 	suppress bool                      // a decrypt error was sent: drop the rest up to ReadyForQuery
+	// tenant is whose values are opened: the session's, or for a token
+	// session the tenant PostgreSQL last confirmed; gen counts its changes.
+	tenant string
+	gen    uint64
+}
+
+// setTenant switches the tenant whose values are opened (upstream
+// goroutine).
+func (rs *resultState) setTenant(tenant string) {
+	if tenant == rs.tenant {
+		return
+	}
+	rs.tenant = tenant
+	rs.gen++
+	rs.opener, rs.columns = nil, nil
 }
 
 // track records a forwarded client message whose responses are awaited. It
@@ -482,8 +500,11 @@ func decodeBytea(v []byte) ([]byte, bool) {
 // not open while on_decrypt_error is null (audited); any other failure is
 // the error the client gets.
 func (s *session) openField(ctx context.Context, f *fieldPlan, dst, stored []byte) (out []byte, null bool, err error) {
-	if f.opener == nil {
-		f.opener = s.columnOpener(f.declared.ref)
+	if s.results.tenant == "" {
+		return dst, false, errNoTenantRead
+	}
+	if f.opener == nil || f.openerGen != s.results.gen {
+		f.opener, f.openerGen = s.columnOpener(f.declared.ref), s.results.gen
 	}
 	out, err = f.opener.Open(ctx, dst, stored)
 	if err == nil {
@@ -493,7 +514,7 @@ func (s *session) openField(ctx context.Context, f *fieldPlan, dst, stored []byt
 	if !isDecryptFailure(err) {
 		// The key service, not the value, failed: never hide that
 		// behind NULLs.
-		return dst, false, keyError(s.tenant, err)
+		return dst, false, keyError(s.results.tenant, err)
 	}
 	if s.decl.encrypt.OnDecryptError == config.DecryptErrorNull {
 		s.srv.audit.decryptFailed(s, t, c)
@@ -507,7 +528,7 @@ func (s *session) openField(ctx context.Context, f *fieldPlan, dst, stored []byt
 func (s *session) columnOpener(ref ValueRef) ColumnOpener {
 	rs := &s.results
 	if rs.opener == nil {
-		rs.opener = s.srv.keys.NewOpener(s.tenant)
+		rs.opener = s.srv.keys.NewOpener(rs.tenant)
 		rs.columns = make(map[ValueRef]ColumnOpener)
 	}
 	c := rs.columns[ref]
@@ -518,10 +539,18 @@ func (s *session) columnOpener(ref ValueRef) ColumnOpener {
 	return c
 }
 
+// errNoTenantRead refuses a row with declared columns to a token session
+// that has no tenant: it sees neither plaintext nor ciphertext.
+var errNoTenantRead = &clientError{code: pgerrcode.InsufficientPrivilege,
+	msg: "this session has no tenant, so it cannot read encrypted columns (present a tenant token first)"}
+
 // decryptFailed reports a value that did not open for the session's
 // tenant. The message names the column only; why it failed stays unsaid
 // (another tenant's row, tampering and a shredded key look the same).
 func (s *session) decryptFailed(t *config.Table, c *config.Column) error {
+	if s.results.tenant == "" {
+		return errNoTenantRead
+	}
 	s.srv.audit.decryptFailed(s, t, c)
 	return &clientError{code: pgerrcode.ExternalRoutineInvocationException,
 		msg: fmt.Sprintf("cannot decrypt %s.%s for this session's tenant", t.QualifiedName(), c.Name)}

@@ -50,6 +50,9 @@ type Deps struct {
 	// Without it a session's tenant is pinned as the bare setting only,
 	// and pgcloak.current_tenant() is NULL in every session.
 	Pinner *keystore.Pinner
+	// Tokens verifies the tenant tokens of token roles (tenancy.token_roles).
+	// Without it a token is refused.
+	Tokens TokenVerifier
 }
 
 // planCacheSize bounds the statement analyses kept per configuration.
@@ -78,6 +81,7 @@ type Server struct {
 	pool   *pgxpool.Pool
 	keys   Keys
 	pinner *keystore.Pinner
+	tokens TokenVerifier
 	audit  auditor
 
 	nextID atomic.Uint64
@@ -107,7 +111,10 @@ func NewServer(cfg Config, log zerolog.Logger, deps Deps) (*Server, error) {
 		cancels:   make(map[cancelKey]*session),
 		audit:     auditor{l: deps.Audit, obs: observerOr(deps.Observer)},
 	}
-	s.pool, s.keys, s.pinner = deps.Pool, deps.Keys, deps.Pinner
+	s.pool, s.keys, s.pinner, s.tokens = deps.Pool, deps.Keys, deps.Pinner, deps.Tokens
+	if s.tokens == nil {
+		s.tokens = noTokens{}
+	}
 	s.goroutineRelay = os.Getenv("PGCLOAK_RELAY") == "goroutines"
 	d, err := s.newDeclarations(cfg.Tenancy, cfg.Encrypt)
 	if err != nil {

@@ -56,6 +56,12 @@ type session struct {
 	scoped    bool
 	proof     string // the pin's proof (pinParams), with a Pinner
 	tenantErr error  // a login that authenticates but maps to no tenant
+	// tokens is set for a token role's session: its tenant comes from
+	// tenant tokens and changes (token.go); tok is the client goroutine's
+	// side of it, tokUp the upstream goroutine's.
+	tokens bool
+	tok    tokenState
+	tokUp  tokenUpstream
 	// loginErr refuses a login once PostgreSQL has authenticated it: the
 	// proxy's own role, or a startup parameter the lexer guard refuses.
 	loginErr error
@@ -134,6 +140,11 @@ func (s *session) close() {
 	})
 	if rs := s.relayed.Load(); rs != nil {
 		rs.shutdown()
+	}
+	if s.tokUp.cond != nil {
+		s.tokUp.mu.Lock()
+		s.tokUp.cond.Broadcast() // wakes settleTenant
+		s.tokUp.mu.Unlock()
 	}
 }
 
@@ -327,6 +338,11 @@ func (s *session) handleClientMessage(msg pgproto3.FrontendMessage) error {
 			return err
 		}
 	}
+	if s.tokens {
+		if err := s.settleTenant(); err != nil {
+			return err
+		}
+	}
 	switch m := msg.(type) {
 	case *pgproto3.Query:
 		return s.handleQuery(m)
@@ -373,8 +389,20 @@ func (s *session) upstreamLoop() error {
 			}
 			return fmt.Errorf("upstream read: %w", err)
 		}
-		if s.repinsAfterDiscard() && s.takeInternal(msg) {
+		if (s.repinsAfterDiscard() || s.tokens) && s.takeInternal(msg) {
+			if _, ok := msg.(*pgproto3.ReadyForQuery); ok && s.tokens {
+				s.tokUp.answer()
+			}
 			continue // the answer to a statement of the proxy's own
+		}
+		if s.tokens {
+			keep, err := s.tokenResponse(msg)
+			if err != nil {
+				return fmt.Errorf("client write: %w", err)
+			}
+			if !keep {
+				continue
+			}
 		}
 		switch m := msg.(type) {
 		case *pgproto3.ErrorResponse:

@@ -425,7 +425,11 @@ func (s *session) relayUntilReady() error {
 			s.noteParameterStatus(m) // role and database defaults arrive here
 		}
 		if _, ok := msg.(*pgproto3.ReadyForQuery); ok && s.scoped {
-			if err := s.pinTenant(context.Background()); err != nil {
+			pin := s.pinTenant
+			if s.tokens {
+				pin = func(context.Context) error { return s.startTokens() }
+			}
+			if err := pin(context.Background()); err != nil {
 				return err
 			}
 		}
@@ -459,13 +463,14 @@ func (s *session) applyTenancy(params map[string]string) error {
 		return nil
 	}
 	s.tenant, s.scoped = tenant, scoped
+	s.tokens = scoped && tenant == ""
 	s.tracks = s.decl.catalog != nil
 	s.decrypts = scoped && s.tracks
 	s.statements = make(map[string]*preparedStatement)
 	s.stmtGen = make(map[string]uint64)
 	s.unshaped = make(map[string]bool)
-	s.results = resultState{portals: make(map[string]*portal)}
-	if scoped {
+	s.results = resultState{portals: make(map[string]*portal), tenant: tenant}
+	if scoped && !s.tokens {
 		if err := s.pinParams(params); err != nil {
 			return err
 		}

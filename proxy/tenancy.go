@@ -47,6 +47,9 @@ func resolveTenant(t config.Tenancy, role string) (tenant string, scoped bool, e
 	if tenant, ok := t.TenantForRole(role); ok {
 		return tenant, true, nil
 	}
+	if t.IsTokenRole(role) {
+		return "", true, nil // a token role: scoped, its tenant from tokens
+	}
 	if t.IsUnscoped(role) {
 		return "", false, nil
 	}

@@ -1,0 +1,774 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/jackc/pgx/v5/pgtype"
+	pg_query "github.com/pganalyze/pg_query_go/v5"
+	"github.com/pgcloak/pgcloak/keystore"
+)
+
+// Signed tenant tokens (SPEC §5.2).
+//
+// A session of a token role starts with no tenant and takes one from a
+// token it presents with SET [LOCAL] pgcloak.tenant_token, RESET
+// pgcloak.tenant_token or pg_catalog.set_config('pgcloak.tenant_token',
+// ...). The proxy verifies the token and puts, in the token statement's
+// place in the client's text, a statement of its own that pins the tenant
+// upstream (keystore.NextStatement: pgcloak.pin_next() needs no round trip
+// for a challenge), so the switch happens exactly where the client's
+// statement stood, inside its transaction, in one round trip. The token
+// never reaches PostgreSQL.
+//
+// That statement answers with one column named by the session's alias, a
+// name no client can guess; the upstream goroutine takes that answer out of
+// the stream and gives the client what PostgreSQL gives for the client's
+// statement (CommandComplete SET, or set_config's row).
+//
+// Who knows the tenant. The client goroutine encrypts with the tenant of
+// the token it last accepted; the upstream goroutine decrypts with the
+// tenant of the last pin PostgreSQL confirmed, and knows when a
+// transaction ends (and a local token with it). When the client goroutine
+// starts a round after one that changed the tenant, it waits until every
+// earlier round is answered and takes the upstream goroutine's view: the
+// only wait is for clients that pipeline past a token.
+
+// TokenVerifier verifies tenant tokens (package tenanttoken). The error for
+// a bad token says why in its message, never quoting the token.
+type TokenVerifier interface {
+	VerifyToken(ctx context.Context, raw string) (TokenClaims, error)
+}
+
+// TokenClaims is what the proxy uses of a verified token.
+type TokenClaims struct {
+	Tenant, Subject, ID string
+	Expiry              time.Time
+}
+
+// tokenSetting is the setting a tenant token is presented as.
+const tokenSetting = "pgcloak.tenant_token"
+
+// tokenForm is how a client presented or dropped a token.
+type tokenForm int
+
+const (
+	tokenSet       tokenForm = iota // SET [LOCAL] pgcloak.tenant_token = '...'
+	tokenReset                      // RESET pgcloak.tenant_token, SET ... TO DEFAULT
+	tokenSetConfig                  // SELECT [pg_catalog.]set_config('pgcloak.tenant_token', v, is_local)
+)
+
+// tokenStmt is one token statement of a client's text.
+type tokenStmt struct {
+	form  tokenForm
+	local bool
+	token string // the literal, or "" when param is set
+	param int    // set_config's $n, 0 for a literal
+}
+
+// queryPiece is a statement of a simple Query: a token statement, or the
+// text of others.
+type queryPiece struct {
+	text  string
+	token *tokenStmt
+}
+
+// tokenQuery splits a simple Query that mentions tenant_token into its
+// token statements and the runs of other statements between them. Any
+// other use of the setting (SHOW, current_setting, inside a larger
+// statement) is refused: it would send the token to PostgreSQL.
+func tokenQuery(sql string) ([]queryPiece, error) {
+	res, err := pg_query.Parse(sql)
+	if err != nil {
+		return nil, &clientError{code: pgerrcode.SyntaxError, msg: "could not parse a statement naming " + tokenSetting}
+	}
+	var pieces []queryPiece
+	var run []string
+	for _, raw := range res.Stmts {
+		start := int(raw.StmtLocation)
+		end := len(sql)
+		if raw.StmtLen > 0 {
+			end = start + int(raw.StmtLen)
+		}
+		if start < 0 || end > len(sql) || start > end {
+			return nil, &clientError{code: pgerrcode.SyntaxError, msg: "could not split a statement naming " + tokenSetting}
+		}
+		text := sql[start:end]
+		ts, err := tokenStatement(raw.Stmt)
+		if err != nil {
+			return nil, err
+		}
+		if ts == nil {
+			if containsFold(text, "tenant_token") {
+				return nil, tokenMisuse()
+			}
+			run = append(run, text)
+			continue
+		}
+		if len(run) > 0 {
+			pieces = append(pieces, queryPiece{text: strings.Join(run, ";\n")})
+			run = nil
+		}
+		pieces = append(pieces, queryPiece{token: ts})
+	}
+	if len(run) > 0 {
+		pieces = append(pieces, queryPiece{text: strings.Join(run, ";\n")})
+	}
+	return pieces, nil
+}
+
+func tokenMisuse() *clientError {
+	return &clientError{code: pgerrcode.FeatureNotSupported,
+		msg: tokenSetting + " can only be set with SET [LOCAL], RESET or pg_catalog.set_config() as a statement of its own"}
+}
+
+// tokenStatement recognises a token statement; nil for any other.
+func tokenStatement(n *pg_query.Node) (*tokenStmt, error) {
+	if vs := n.GetVariableSetStmt(); vs != nil {
+		if !strings.EqualFold(vs.Name, tokenSetting) {
+			return nil, nil
+		}
+		switch vs.Kind {
+		case pg_query.VariableSetKind_VAR_RESET, pg_query.VariableSetKind_VAR_SET_DEFAULT:
+			return &tokenStmt{form: tokenReset, local: vs.IsLocal}, nil
+		case pg_query.VariableSetKind_VAR_SET_VALUE:
+			if len(vs.Args) == 1 {
+				if c := vs.Args[0].GetAConst(); c != nil && c.GetSval() != nil {
+					return &tokenStmt{form: tokenSet, local: vs.IsLocal, token: c.GetSval().Sval}, nil
+				}
+			}
+			return nil, &clientError{code: pgerrcode.InvalidParameterValue, msg: "SET " + tokenSetting + " takes one string literal"}
+		}
+		return nil, tokenMisuse()
+	}
+	sel := n.GetSelectStmt()
+	if sel == nil || len(sel.TargetList) != 1 || len(sel.FromClause) > 0 || sel.WhereClause != nil ||
+		sel.WithClause != nil || len(sel.GroupClause) > 0 || sel.HavingClause != nil || sel.Op != pg_query.SetOperation_SETOP_NONE ||
+		len(sel.SortClause) > 0 || sel.LimitCount != nil || sel.LimitOffset != nil || len(sel.DistinctClause) > 0 {
+		return nil, nil
+	}
+	rt := sel.TargetList[0].GetResTarget()
+	if rt == nil || rt.Name != "" {
+		return nil, nil
+	}
+	fc := rt.Val.GetFuncCall()
+	if fc == nil || len(fc.Args) != 3 || !isSetConfig(fc.Funcname) {
+		return nil, nil
+	}
+	if name, ok := stringConst(fc.Args[0]); !ok || !strings.EqualFold(name, tokenSetting) {
+		return nil, nil
+	}
+	local, ok := boolConst(fc.Args[2])
+	if !ok {
+		return nil, &clientError{code: pgerrcode.FeatureNotSupported, msg: "set_config of " + tokenSetting + " needs a constant is_local (true or false)"}
+	}
+	ts := &tokenStmt{form: tokenSetConfig, local: local}
+	v := fc.Args[1]
+	if tc := v.GetTypeCast(); tc != nil {
+		v = tc.Arg
+	}
+	if p := v.GetParamRef(); p != nil {
+		ts.param = int(p.Number)
+		return ts, nil
+	}
+	if tok, ok := stringConst(v); ok {
+		ts.token = tok
+		return ts, nil
+	}
+	return nil, &clientError{code: pgerrcode.FeatureNotSupported, msg: "set_config of " + tokenSetting + " takes a string literal or a parameter"}
+}
+
+func isSetConfig(name []*pg_query.Node) bool {
+	var parts []string
+	for _, n := range name {
+		parts = append(parts, n.GetString_().GetSval())
+	}
+	switch len(parts) {
+	case 1:
+		return parts[0] == "set_config"
+	case 2:
+		return parts[0] == "pg_catalog" && parts[1] == "set_config"
+	}
+	return false
+}
+
+func stringConst(n *pg_query.Node) (string, bool) {
+	if tc := n.GetTypeCast(); tc != nil {
+		n = tc.Arg
+	}
+	if c := n.GetAConst(); c != nil && c.GetSval() != nil {
+		return c.GetSval().Sval, true
+	}
+	return "", false
+}
+
+func boolConst(n *pg_query.Node) (bool, bool) {
+	if c := n.GetAConst(); c != nil {
+		if b := c.GetBoolval(); b != nil {
+			return b.Boolval, true
+		}
+	}
+	if s, ok := stringConst(n); ok {
+		switch strings.ToLower(s) {
+		case "t", "true", "on", "yes", "1":
+			return true, true
+		case "f", "false", "off", "no", "0":
+			return false, true
+		}
+	}
+	return false, false
+}
+
+// tokenState is the client goroutine's side of a token session.
+type tokenState struct {
+	alias     string // the column name of the proxy's pin statements
+	challenge int64  // the session's challenge (pgcloak.pin_challenge())
+	n         int64  // the last pin number used
+	// session is the tenant of the session-level token, proof its proof;
+	// prev* are the ones before it, which a ROLLBACK brings back.
+	session, proof         string
+	prevSession, prevProof string
+	// markerMoved: a pin was made since the session token's (a local
+	// one, or one a ROLLBACK undid), so PostgreSQL's marker no longer
+	// matches the session token, which must be pinned again.
+	markerMoved bool
+	// changed is the round (upstreamOut.syncs after it is sent) of the
+	// last token statement; settled is false until the upstream
+	// goroutine's view has been taken after it.
+	changed int64
+	settled bool
+	// clearOwed: a refused token left the session without a tenant, and
+	// the upstream pin must be cleared when PostgreSQL lets us.
+	clearOwed bool
+}
+
+// tokenUpstream is the upstream goroutine's side, shared under mu.
+type tokenUpstream struct {
+	mu       sync.Mutex
+	cond     *sync.Cond
+	answered int64 // ReadyForQuery messages received
+	queue    []*tokenPin
+	cur      *tokenPin // the pin whose answer is arriving
+	session  string    // tenant of the confirmed session-level pin
+	local    string    // tenant of a confirmed local pin in the open transaction
+	hasLocal bool
+	// inTx: a session pin confirmed inside a transaction block waits for
+	// its COMMIT; prevSession is what a ROLLBACK restores.
+	txSession   bool
+	prevSession string
+	// dirty: the client goroutine changed the tenant (after a refused
+	// token, or DISCARD); the upstream goroutine takes it up next.
+	dirty atomic.Bool
+	// failed: an error came in the round now answered (upstream goroutine).
+	failed bool
+}
+
+// tokenPin is one token statement on its way: what the client is answered
+// and what the upstream goroutine applies when PostgreSQL confirms it.
+type tokenPin struct {
+	round  int64
+	form   tokenForm
+	local  bool
+	tenant string // "" for a reset
+	value  string // set_config's answer: the token as given
+}
+
+func (u *tokenUpstream) tenant() string {
+	if u.hasLocal {
+		return u.local
+	}
+	return u.session
+}
+
+// newTokenAlias returns a column name no client can guess.
+func newTokenAlias() (string, error) {
+	var b [12]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return `"pgcloak:pin:` + hex.EncodeToString(b[:]) + `"`, nil
+}
+
+// startTokens prepares a token session: it draws the challenge its pins
+// name. It runs during startup, before the client's first ReadyForQuery.
+func (s *session) startTokens() error {
+	alias, err := newTokenAlias()
+	if err != nil {
+		return err
+	}
+	s.tok.alias = alias
+	s.tokUp.cond = sync.NewCond(&s.tokUp.mu)
+	if s.srv.pinner == nil {
+		return nil
+	}
+	c, err := s.internalQuery(keystore.ChallengeStatement)
+	if err != nil {
+		return err
+	}
+	s.tok.challenge, err = strconv.ParseInt(string(c), 10, 64)
+	if err != nil {
+		return fmt.Errorf("token session: pgcloak.pin_challenge() returned %q", c)
+	}
+	return nil
+}
+
+// settleTenant runs in the client goroutine before each message of a token
+// session: in the first round after a token statement it waits for every
+// earlier round to be answered and takes the tenant PostgreSQL confirmed.
+func (s *session) settleTenant() error {
+	if s.tok.settled || s.upstreamOut.syncs < s.tok.changed {
+		return nil
+	}
+	if err := s.upstreamOut.flush(); err != nil {
+		return fmt.Errorf("upstream write: %w", err)
+	}
+	u := &s.tokUp
+	u.mu.Lock()
+	for u.answered < s.upstreamOut.syncs && !s.closed.Load() {
+		u.cond.Wait()
+	}
+	tenant, session, hasLocal := u.tenant(), u.session, u.hasLocal
+	u.mu.Unlock()
+	if s.closed.Load() {
+		return errDone
+	}
+	s.tenant = tenant
+	t := &s.tok
+	if t.session != session {
+		// A ROLLBACK undid the session token set in its transaction.
+		if session != "" && session == t.prevSession {
+			t.session, t.proof = t.prevSession, t.prevProof
+		} else {
+			t.session, t.proof = "", ""
+		}
+		t.markerMoved = true
+	}
+	// While a local token lasts, every round must ask again: only the
+	// upstream goroutine sees its transaction end.
+	t.settled = !hasLocal
+	if !hasLocal && t.session != "" && t.markerMoved {
+		return s.repinSession()
+	}
+	return nil
+}
+
+// handleTokenQuery forwards a simple Query that presents or drops a
+// tenant token, with each token statement replaced by the proxy's pin.
+func (s *session) handleTokenQuery(q *pgproto3.Query) error {
+	pieces, err := tokenQuery(q.String)
+	if err != nil {
+		s.track(q)
+		return s.refuse(err)
+	}
+	var b strings.Builder
+	var pins []*tokenPin
+	for _, p := range pieces {
+		if b.Len() > 0 {
+			b.WriteString(";\n")
+		}
+		if p.token == nil {
+			text, err := s.rewriteStatements(p.text)
+			if err != nil {
+				s.track(q)
+				return s.refuse(err)
+			}
+			b.WriteString(text)
+			continue
+		}
+		if p.token.param != 0 {
+			s.track(q)
+			return s.refuse(&clientError{code: pgerrcode.UndefinedParameter, msg: fmt.Sprintf("there is no parameter $%d", p.token.param)})
+		}
+		pin, sql, err := s.tokenPin(p.token, p.token.token, nil)
+		if err != nil {
+			s.track(q)
+			return s.refuse(err)
+		}
+		pins = append(pins, pin)
+		b.WriteString(sql)
+	}
+	round := s.upstreamOut.syncs + 1
+	s.tokUp.mu.Lock()
+	for _, pin := range pins {
+		pin.round = round
+		s.tokUp.queue = append(s.tokUp.queue, pin)
+	}
+	s.tokUp.mu.Unlock()
+	s.tok.changed, s.tok.settled = round, false
+	s.track(q)
+	return s.upstreamOut.send(&pgproto3.Query{String: b.String()})
+}
+
+// tokenPin verifies a token statement's token and returns the pin that
+// replaces it: as SQL with literals (simple protocol), or, with args set,
+// as keystore's statement whose parameters are appended to *args.
+func (s *session) tokenPin(ts *tokenStmt, raw string, args *[][]byte) (*tokenPin, string, error) {
+	pin := &tokenPin{form: ts.form, local: ts.local, value: raw}
+	setting := s.decl.tenancyCfg.Setting
+	if ts.form == tokenReset {
+		s.tenant, s.tok.session, s.tok.proof = "", "", ""
+		if args != nil {
+			*args = append(*args, []byte(setting), []byte(keystore.ProofSetting))
+			return pin, keystore.ClearStatement(s.tok.alias), nil
+		}
+		return pin, literalSQL(keystore.ClearStatement(s.tok.alias), setting, keystore.ProofSetting), nil
+	}
+	claims, err := s.srv.tokens.VerifyToken(context.Background(), raw)
+	if err != nil {
+		reason := strings.TrimPrefix(err.Error(), "tenant token refused: ")
+		s.srv.audit.l.TenantTokenRefused(s.auditIdentity(), reason)
+		s.tenant, s.tok.session, s.tok.proof = "", "", ""
+		s.tok.clearOwed = true
+		return nil, "", &clientError{code: pgerrcode.InvalidAuthorizationSpecification, msg: "tenant token refused: " + reason}
+	}
+	pin.tenant = claims.Tenant
+	id := s.auditIdentity()
+	id.Tenant = claims.Tenant
+	s.srv.audit.l.TenantTokenAccepted(id, claims.Subject, claims.ID, claims.Expiry, ts.local)
+	proof, err := keystore.NewProof(claims.Expiry.Unix())
+	if err != nil {
+		return nil, "", err
+	}
+	s.tenant = claims.Tenant
+	if ts.local {
+		s.tok.markerMoved = true
+	} else {
+		s.tok.prevSession, s.tok.prevProof = s.tok.session, s.tok.proof
+		s.tok.session, s.tok.proof, s.tok.markerMoved = claims.Tenant, proof, false
+	}
+	params := s.nextPinArgs(claims.Tenant, proof, ts.local)
+	if args != nil {
+		*args = append(*args, params...)
+		return pin, keystore.NextStatement(ts.local, s.tok.alias), nil
+	}
+	strs := make([]string, len(params))
+	for i, p := range params {
+		strs[i] = string(p)
+	}
+	return pin, literalSQL(keystore.NextStatement(ts.local, s.tok.alias), strs...), nil
+}
+
+// nextPinArgs are keystore.NextStatement's parameters for the next pin.
+func (s *session) nextPinArgs(tenant, proof string, local bool) [][]byte {
+	s.tok.n++
+	n := s.tok.n
+	var mac string
+	if s.srv.pinner != nil {
+		mac = s.srv.pinner.NextMAC(s.tok.challenge, n, local, tenant, proof)
+	}
+	return [][]byte{[]byte(tenant), []byte(proof), []byte(strconv.FormatInt(s.tok.challenge, 10)),
+		[]byte(strconv.FormatInt(n, 10)), []byte(mac), []byte(s.decl.tenancyCfg.Setting), []byte(keystore.ProofSetting)}
+}
+
+// literalSQL replaces $1..$n in sql with the values as string literals
+// (standard_conforming_strings is on in every session with a tenant: the
+// lexer guard holds it there).
+func literalSQL(sql string, values ...string) string {
+	for i := len(values); i >= 1; i-- {
+		sql = strings.ReplaceAll(sql, "$"+strconv.Itoa(i), quoteLiteral(values[i-1]))
+	}
+	return sql
+}
+
+func quoteLiteral(v string) string { return "'" + strings.ReplaceAll(v, "'", "''") + "'" }
+
+// repinSession pins the session-level token's tenant again after a local
+// token moved the marker, before the client's next statement runs.
+func (s *session) repinSession() error {
+	if s.tok.proof == "" {
+		s.tenant, s.tok.session = "", ""
+		s.tokUp.forget()
+		return nil
+	}
+	args := s.nextPinArgs(s.tok.session, s.tok.proof, false)
+	_, code, err := s.callInternal(keystore.NextStatement(false, s.tok.alias), args...)
+	if err != nil {
+		return err
+	}
+	if code != "" {
+		return fmt.Errorf("pinning the session token's tenant again failed upstream with SQLSTATE %s", code)
+	}
+	s.tok.markerMoved = false
+	s.tenant = s.tok.session
+	return nil
+}
+
+// tokenResponse runs in the upstream goroutine for every message of a
+// token session: it takes the answers to the proxy's pins out of the
+// stream, answers the client as PostgreSQL would have answered its token
+// statement, and follows transaction ends. It reports whether msg goes on.
+func (s *session) tokenResponse(msg pgproto3.BackendMessage) (bool, error) {
+	u := &s.tokUp
+	if u.dirty.Load() {
+		u.mu.Lock()
+		s.results.setTenant(u.tenant())
+		u.dirty.Store(false)
+		u.mu.Unlock()
+	}
+	switch m := msg.(type) {
+	case *pgproto3.RowDescription:
+		if len(m.Fields) != 1 || `"`+string(m.Fields[0].Name)+`"` != s.tok.alias {
+			return true, nil
+		}
+		u.mu.Lock()
+		if len(u.queue) > 0 {
+			u.cur, u.queue = u.queue[0], u.queue[1:]
+		}
+		u.mu.Unlock()
+		return false, nil
+	case *pgproto3.DataRow:
+		return u.cur == nil, nil
+	case *pgproto3.CommandComplete:
+		if u.cur == nil {
+			s.noteTransactionTag(m.CommandTag)
+			return true, nil
+		}
+		pin := u.cur
+		u.cur = nil
+		s.applyPin(pin)
+		return false, s.answerToken(pin)
+	case *pgproto3.ErrorResponse:
+		u.cur = nil
+		u.failed = true
+	case *pgproto3.ReadyForQuery:
+		u.mu.Lock()
+		u.answered++
+		if m.TxStatus == 'I' {
+			// An implicit transaction commits unless an error ended it.
+			u.endTransaction(!u.failed)
+		}
+		u.failed = false
+		for len(u.queue) > 0 && u.queue[0].round <= u.answered {
+			u.queue = u.queue[1:] // never reached: an error came first
+		}
+		u.cond.Broadcast()
+		u.mu.Unlock()
+	}
+	return true, nil
+}
+
+// noteTransactionTag follows COMMIT and ROLLBACK inside a round.
+func (s *session) noteTransactionTag(tag []byte) {
+	t := string(tag)
+	switch {
+	case t == "COMMIT":
+		s.tokUp.mu.Lock()
+		s.tokUp.endTransaction(true)
+		s.tokUp.mu.Unlock()
+	case t == "ROLLBACK" || strings.HasPrefix(t, "PREPARE TRANSACTION"):
+		s.tokUp.mu.Lock()
+		s.tokUp.endTransaction(false)
+		s.tokUp.mu.Unlock()
+	}
+}
+
+// endTransaction ends a local token, and settles a session token set in
+// the transaction: kept on COMMIT, undone otherwise (as PostgreSQL undoes
+// the setting). Called with mu held; ReadyForQuery 'I' after a COMMIT
+// finds nothing left to settle.
+func (u *tokenUpstream) endTransaction(committed bool) {
+	if u.hasLocal || u.txSession {
+		u.dirty.Store(true) // the upstream goroutine opens values of u.tenant() from the next message
+	}
+	u.hasLocal, u.local = false, ""
+	if u.txSession {
+		if !committed {
+			u.session = u.prevSession
+		}
+		u.txSession = false
+	}
+}
+
+// applyPin records a pin PostgreSQL confirmed.
+func (s *session) applyPin(pin *tokenPin) {
+	u := &s.tokUp
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	switch {
+	case pin.form == tokenReset:
+		u.hasLocal, u.local = false, ""
+		u.session = ""
+	case pin.local:
+		u.hasLocal, u.local = true, pin.tenant
+	default:
+		if !u.txSession {
+			u.prevSession = u.session
+		}
+		u.txSession = true // settled by the transaction's end
+		u.session = pin.tenant
+		u.hasLocal, u.local = false, ""
+	}
+	s.results.setTenant(u.tenant())
+}
+
+// answerToken gives the client PostgreSQL's answer to its token statement.
+func (s *session) answerToken(pin *tokenPin) error {
+	switch pin.form {
+	case tokenSetConfig:
+		if err := s.sendClient(&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{
+			Name: []byte("set_config"), DataTypeOID: pgtype.TextOID, DataTypeSize: -1, TypeModifier: -1,
+		}}}); err != nil {
+			return err
+		}
+		if err := s.sendClient(&pgproto3.DataRow{Values: [][]byte{[]byte(pin.value)}}); err != nil {
+			return err
+		}
+		return s.sendClient(&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")})
+	case tokenReset:
+		return s.sendClient(&pgproto3.CommandComplete{CommandTag: []byte("RESET")})
+	}
+	return s.sendClient(&pgproto3.CommandComplete{CommandTag: []byte("SET")})
+}
+
+// clearAfterRefusal clears the upstream pin after a refused token, once
+// PostgreSQL accepts statements again (not in a failed transaction block).
+func (s *session) clearAfterRefusal() error {
+	if !s.tok.clearOwed {
+		return nil
+	}
+	_, code, err := s.callInternal(keystore.ClearStatement(s.tok.alias), []byte(s.decl.tenancyCfg.Setting), []byte(keystore.ProofSetting))
+	if err != nil {
+		return err
+	}
+	if code == pgerrcode.InFailedSQLTransaction {
+		return nil
+	}
+	if code != "" {
+		return fmt.Errorf("clearing the tenant after a refused token failed upstream with SQLSTATE %s", code)
+	}
+	s.tok.clearOwed = false
+	s.tokUp.forget()
+	return nil
+}
+
+// forget leaves the upstream goroutine's view without a tenant (client
+// goroutine, with every round answered).
+func (u *tokenUpstream) forget() {
+	u.mu.Lock()
+	u.session, u.hasLocal, u.local, u.txSession = "", false, "", false
+	u.dirty.Store(true)
+	u.mu.Unlock()
+}
+
+// afterTokenRound runs in the client goroutine after each message of a
+// token session: after a round it clears the pin a refused token left, and
+// after a round that may have run DISCARD or RESET ALL it takes the
+// tenant PostgreSQL now has (none after DISCARD ALL or RESET ALL) and draws
+// a new challenge (DISCARD forgets the old one).
+func (s *session) afterTokenRound(msg pgproto3.FrontendMessage) error {
+	r := &s.repin
+	switch m := msg.(type) {
+	case *pgproto3.Parse:
+		if mentionsDiscard(m.Query) || containsFold(m.Query, "reset") {
+			if r.discards == nil {
+				r.discards = make(map[string]bool)
+			}
+			r.discards[m.Name] = true
+		} else {
+			delete(r.discards, m.Name)
+		}
+		return nil
+	case *pgproto3.Bind:
+		r.bound = r.bound || r.discards[m.PreparedStatement]
+		return nil
+	case *pgproto3.Query:
+		if mentionsDiscard(m.String) || containsFold(m.String, "reset") {
+			r.pending = true
+		}
+	case *pgproto3.Sync:
+		if r.bound {
+			r.bound, r.pending = false, true
+		}
+	default:
+		return nil
+	}
+	if s.tok.clearOwed {
+		if err := s.clearAfterRefusal(); err != nil {
+			return err
+		}
+	}
+	if !r.pending || s.srv.pinner == nil {
+		return nil
+	}
+	c, code, err := s.callInternal(keystore.ChallengeStatement)
+	if err != nil {
+		return err
+	}
+	if code == pgerrcode.InFailedSQLTransaction {
+		return nil // again after the client's next round
+	}
+	if code != "" {
+		return fmt.Errorf("drawing a pin challenge after DISCARD failed upstream with SQLSTATE %s", code)
+	}
+	if s.tok.challenge, err = strconv.ParseInt(string(c), 10, 64); err != nil {
+		return fmt.Errorf("token session: pgcloak.pin_challenge() returned %q", c)
+	}
+	r.pending = false
+	setting, code, err := s.callInternal("SELECT pg_catalog.current_setting($1, true)", []byte(s.decl.tenancyCfg.Setting))
+	if err != nil {
+		return err
+	}
+	if code != "" {
+		return fmt.Errorf("reading the tenant setting after DISCARD failed upstream with SQLSTATE %s", code)
+	}
+	switch {
+	case len(setting) == 0:
+		s.tenant, s.tok.session, s.tok.proof = "", "", ""
+		s.tokUp.forget()
+		return nil
+	case string(setting) == s.tok.session:
+		return s.repinSession() // DISCARD SEQUENCES forgot the marker
+	}
+	return nil
+}
+
+// noTokens is the verifier of a server configured without one: it refuses
+// every token.
+type noTokens struct{}
+
+func (noTokens) VerifyToken(context.Context, string) (TokenClaims, error) {
+	return TokenClaims{}, errors.New("tenant token refused: no verification key is configured")
+}
+
+// rewriteStatements rewrites a run of statements of a token session's
+// simple Query (between its token statements) for the tenant the session
+// has at that point.
+func (s *session) rewriteStatements(sql string) (string, error) {
+	if !s.needsAnalysis(sql) {
+		return sql, nil
+	}
+	plan, err := s.decl.schema.Cached(s.decl.plans, sql)
+	if err == nil {
+		err = s.checkPlan(plan)
+	}
+	if err != nil {
+		return "", err
+	}
+	if plan.Copy != nil {
+		return "", &clientError{code: pgerrcode.FeatureNotSupported, msg: "COPY cannot share a query with a tenant token; send it as a query of its own"}
+	}
+	s.shapes.named(plan.Prepared)
+	if plan.Passthrough || unchanged(plan, sql) {
+		return sql, nil
+	}
+	s.srv.audit.obs.StatementRewritten()
+	return s.render(plan)
+}
+
+// answer counts a ReadyForQuery of the proxy's own statements.
+func (u *tokenUpstream) answer() {
+	u.mu.Lock()
+	u.answered++
+	u.cond.Broadcast()
+	u.mu.Unlock()
+}

@@ -1,0 +1,218 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/jackc/pgx/v5"
+)
+
+const (
+	poolRole    = "app_pool"
+	tokenSecret = "test-hs256-secret-of-at-least-32-bytes!"
+)
+
+// hsVerifier verifies HS256 tokens with golang-jwt, as package tenanttoken
+// does for a configured secret (its own tests cover the claims' rules).
+type hsVerifier struct{}
+
+func (hsVerifier) VerifyToken(_ context.Context, raw string) (TokenClaims, error) {
+	var c jwt.RegisteredClaims
+	var tenant struct {
+		jwt.RegisteredClaims
+		Tenant string `json:"tenant_id"`
+	}
+	_, err := jwt.ParseWithClaims(raw, &tenant, func(*jwt.Token) (any, error) { return []byte(tokenSecret), nil },
+		jwt.WithValidMethods([]string{"HS256"}), jwt.WithExpirationRequired())
+	switch {
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return TokenClaims{}, errors.New("tenant token refused: expired")
+	case err != nil:
+		return TokenClaims{}, errors.New("tenant token refused: bad signature")
+	case tenant.Tenant == "":
+		return TokenClaims{}, errors.New("tenant token refused: no tenant claim")
+	}
+	c = tenant.RegisteredClaims
+	return TokenClaims{Tenant: tenant.Tenant, Subject: c.Subject, ID: c.ID, Expiry: c.ExpiresAt.Time}, nil
+}
+
+func mintToken(t testing.TB, tenant string, ttl time.Duration) string {
+	t.Helper()
+	now := time.Now()
+	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
+		"tenant_id": tenant, "sub": "user-of-" + tenant, "jti": fmt.Sprintf("j%d", now.UnixNano()),
+		"exp": now.Add(ttl).Unix(), "iat": now.Unix(),
+	})
+	s, err := tok.SignedString([]byte(tokenSecret))
+	fatalIf(t, err, "sign")
+	return s
+}
+
+// startTokenEnv is the encrypted patients table with app_pool as a token
+// role.
+func startTokenEnv(t *testing.T) *encryptedEnv {
+	t.Helper()
+	pg := startEncryptedDeps(t, func(d *Deps) { d.Tokens = hsVerifier{} }, func(c *Config) {
+		c.Tenancy.TokenRoles = []string{poolRole}
+	})
+	ctx := ctxT(t)
+	pg.pg.Exec(ctx, "", fmt.Sprintf(`create role %s login password '%s'`, poolRole, rolePassword))
+	fatalIf(t, pg.pg.Exec(ctx, pg.db, `grant select, insert, update, delete on patients to `+poolRole+`;
+		grant usage on sequence patients_id_seq to `+poolRole), "grant")
+	return pg
+}
+
+func names(t *testing.T, conn *pgx.Conn, sql string, args ...any) []string {
+	t.Helper()
+	rows, err := conn.Query(ctxT(t), sql, args...)
+	fatalIf(t, err, "query %s", sql)
+	var got []string
+	for rows.Next() {
+		vals, err := rows.Values()
+		fatalIf(t, err, "row of %s", sql)
+		parts := make([]string, len(vals))
+		for i, v := range vals {
+			parts[i] = fmt.Sprint(v)
+		}
+		got = append(got, strings.Join(parts, ":"))
+	}
+	fatalIf(t, rows.Err(), "rows of %s", sql)
+	return got
+}
+
+// TestTenantTokensSimple switches one pooled connection between tenants
+// with tokens in the simple protocol, and checks that each transaction
+// writes and reads its own tenant's rows and plaintext only.
+func TestTenantTokensSimple(t *testing.T) {
+	env := startTokenEnv(t)
+	ctx := ctxT(t)
+	acme, globex := mintToken(t, "acme", time.Hour), mintToken(t, "globex", time.Hour)
+	conn := env.tenantConn(t, poolRole)
+
+	// No tenant yet: declared columns refused, RLS shows nothing.
+	_, err := conn.Exec(ctx, `insert into patients (name, ssn) values ('x', '111-11-1111')`)
+	if pgCode(err) != "42501" {
+		t.Fatalf("insert without a tenant: %v, want 42501", err)
+	}
+	if got := names(t, conn, `select ssn from patients`); len(got) != 0 {
+		t.Fatalf("select ssn without a tenant: %v, want no rows", got)
+	}
+
+	// Each tenant writes in its own transaction, with SET LOCAL.
+	for _, c := range []struct{ tok, name, ssn string }{{acme, "Ann", "123-45-6789"}, {globex, "Gus", "987-65-4321"}} {
+		tx, err := conn.Begin(ctx)
+		fatalIf(t, err, "begin")
+		_, err = tx.Exec(ctx, `SET LOCAL pgcloak.tenant_token = '`+c.tok+`'`)
+		fatalIf(t, err, "SET LOCAL token")
+		_, err = tx.Exec(ctx, `insert into patients (name, ssn) values ('`+c.name+`', '`+c.ssn+`')`)
+		fatalIf(t, err, "insert")
+		fatalIf(t, tx.Commit(ctx), "commit")
+	}
+	// After the transaction, no tenant again.
+	if got := names(t, conn, `select name from patients`); len(got) != 0 {
+		t.Fatalf("after the local token's transaction the session sees %v, want nothing", got)
+	}
+	// One simple query: BEGIN; SET LOCAL; SELECT; COMMIT.
+	res, err := conn.PgConn().Exec(ctx, `BEGIN; SET LOCAL pgcloak.tenant_token = '`+globex+`'; SELECT name, ssn FROM patients WHERE ssn = '987-65-4321'; COMMIT`).ReadAll()
+	fatalIf(t, err, "one-query transaction")
+	if len(res) != 4 || string(res[1].CommandTag.String()) != "SET" || len(res[2].Rows) != 1 || string(res[2].Rows[0][0])+":"+string(res[2].Rows[0][1]) != "Gus:987-65-4321" {
+		t.Fatalf("one-query transaction: %+v", res)
+	}
+	// A session-level token lasts; acme sees Ann only, searched by SSN.
+	_, err = conn.Exec(ctx, `SET pgcloak.tenant_token = '`+acme+`'`)
+	fatalIf(t, err, "SET token")
+	if got := names(t, conn, `select name, ssn from patients where ssn = '123-45-6789'`); len(got) != 1 || got[0] != "Ann:123-45-6789" {
+		t.Fatalf("acme by ssn: %v", got)
+	}
+	if got := names(t, conn, `select name from patients where ssn = '987-65-4321'`); len(got) != 0 {
+		t.Fatalf("acme searching globex's ssn: %v", got)
+	}
+	// A local token inside the session token's lifetime, then back.
+	tx, err := conn.Begin(ctx)
+	fatalIf(t, err, "begin")
+	_, err = tx.Exec(ctx, `select pg_catalog.set_config('pgcloak.tenant_token', '`+globex+`', true)`)
+	fatalIf(t, err, "set_config local")
+	if got := names(t, conn, `select name from patients`); len(got) != 1 || got[0] != "Gus" {
+		t.Fatalf("local globex inside session acme: %v", got)
+	}
+	fatalIf(t, tx.Commit(ctx), "commit")
+	if got := names(t, conn, `select name, ssn from patients`); len(got) != 1 || got[0] != "Ann:123-45-6789" {
+		t.Fatalf("back to session acme: %v", got)
+	}
+	// RESET: no tenant.
+	_, err = conn.Exec(ctx, `RESET pgcloak.tenant_token`)
+	fatalIf(t, err, "RESET")
+	if got := names(t, conn, `select name from patients`); len(got) != 0 {
+		t.Fatalf("after RESET: %v", got)
+	}
+	// A bad token: 28000, session without a tenant.
+	_, err = conn.Exec(ctx, `SET pgcloak.tenant_token = '`+acme+`'`)
+	fatalIf(t, err, "SET token")
+	_, err = conn.Exec(ctx, `SET pgcloak.tenant_token = '`+acme[:len(acme)-3]+`abc'`)
+	if pgCode(err) != "28000" || !strings.Contains(pgMessage(err), "tenant token refused") {
+		t.Fatalf("bad token: %v", err)
+	}
+	if got := names(t, conn, `select name from patients`); len(got) != 0 {
+		t.Fatalf("after a refused token: %v", got)
+	}
+	// An expired token.
+	_, err = conn.Exec(ctx, `SET pgcloak.tenant_token = '`+mintToken(t, "acme", -time.Minute)+`'`)
+	if pgCode(err) != "28000" || !strings.Contains(pgMessage(err), "expired") {
+		t.Fatalf("expired token: %v", err)
+	}
+	// The stored rows belong to their tenants.
+	var stamps []string
+	rows, err := env.pool.Query(ctx, `select tenant_id || ':' || name from patients order by name`)
+	fatalIf(t, err, "direct")
+	stamps, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	fatalIf(t, err, "direct rows")
+	if strings.Join(stamps, ",") != "acme:Ann,globex:Gus" {
+		t.Fatalf("stored tenants: %v", stamps)
+	}
+	// Tokens never reach the audit or the logs.
+	for _, tok := range []string{acme, globex} {
+		if strings.Contains(env.audit.String(), tok) || strings.Contains(env.logs.String(), tok) {
+			t.Fatal("a token reached the audit or the log")
+		}
+	}
+	if !strings.Contains(env.audit.String(), `"tenant_token_accepted"`) || !strings.Contains(env.audit.String(), `"tenant_token_refused"`) {
+		t.Fatalf("audit lacks token events:\n%s", env.audit.String())
+	}
+}
+
+// TestTenantTokenRefusedForFixedRoles: a login-mapped role may not present
+// a token.
+func TestTenantTokenRefusedForFixedRoles(t *testing.T) {
+	env := startTokenEnv(t)
+	conn := env.tenantConn(t, acmeRole)
+	_, err := conn.Exec(ctxT(t), `SET pgcloak.tenant_token = '`+mintToken(t, "globex", time.Hour)+`'`)
+	if pgCode(err) != "42501" {
+		t.Fatalf("token from a login-mapped role: %v, want 42501", err)
+	}
+}
+
+// TestTenantTokenExtendedLiterals: in the extended protocol, a token
+// session's literal for an encrypted column is refused (it would be sealed
+// at Parse under one tenant and bound under another); parameters work.
+func TestTenantTokenExtendedLiterals(t *testing.T) {
+	env := startTokenEnv(t)
+	ctx := ctxT(t)
+	conn := connect(t, env.proxy.url(poolRole, rolePassword, env.db))
+	_, err := conn.Exec(ctx, `SET pgcloak.tenant_token = '`+mintToken(t, "acme", time.Hour)+`'`)
+	fatalIf(t, err, "SET token")
+	_, err = conn.Exec(ctx, `insert into patients (name, ssn) values ('Ann', $1)`, "123-45-6789")
+	fatalIf(t, err, "insert with a parameter")
+	rows, _ := conn.Query(ctx, `select name from patients where ssn = '123-45-6789'`)
+	rows.Close()
+	if pgCode(rows.Err()) != "0A000" {
+		t.Fatalf("literal in the extended protocol: %v, want 0A000", rows.Err())
+	}
+	if got := names(t, conn, `select name, ssn from patients where ssn = $1`, "123-45-6789"); len(got) != 1 || got[0] != "Ann:123-45-6789" {
+		t.Fatalf("search with a parameter: %v", got)
+	}
+}
