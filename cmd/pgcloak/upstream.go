@@ -17,6 +17,7 @@ import (
 	"github.com/pgcloak/pgcloak/keystore"
 	"github.com/pgcloak/pgcloak/metrics"
 	"github.com/pgcloak/pgcloak/proxy"
+	"github.com/pgcloak/pgcloak/tenanttoken"
 	"github.com/rs/zerolog"
 )
 
@@ -101,7 +102,18 @@ func openKeyStore(ctx context.Context, u config.Upstream, pool *pgxpool.Pool) (*
 // pinsTenants reports whether serve pins tenants and so needs the verified
 // tenant pin: when a role maps to a tenant or tables are declared.
 func pinsTenants(cfg *config.Config) bool {
-	return len(cfg.Encrypt.Tables) > 0 || len(cfg.Tenancy.Login.Roles) > 0
+	return len(cfg.Encrypt.Tables) > 0 || len(cfg.Tenancy.Login.Roles) > 0 || len(cfg.Tenancy.TokenRoles) > 0
+}
+
+// tokenVerifier adapts tenanttoken.Verifier to the proxy's TokenVerifier.
+type tokenVerifier struct{ v *tenanttoken.Verifier }
+
+func (t tokenVerifier) VerifyToken(ctx context.Context, raw string) (proxy.TokenClaims, error) {
+	c, err := t.v.Verify(ctx, raw)
+	if err != nil {
+		return proxy.TokenClaims{}, err
+	}
+	return proxy.TokenClaims{Tenant: c.Tenant, Subject: c.Subject, ID: c.ID, Expiry: c.Expiry}, nil
 }
 
 // openPinner installs the verified tenant pin (keystore.EnsurePin) as
@@ -210,6 +222,14 @@ func newProxyRuntime(ctx context.Context, cfg *config.Config, log zerolog.Logger
 		}
 		r.closers = append(r.closers, func() error { pinner.Close(); return nil })
 		deps.Pinner = pinner
+	}
+	if len(cfg.Tenancy.TokenRoles) > 0 {
+		v, err := tenanttoken.New(ctx, cfg.Tenancy.JWT)
+		if err != nil {
+			return nil, fmt.Errorf("tenancy.jwt: %w", err)
+		}
+		r.closers = append(r.closers, func() error { v.Close(); return nil })
+		deps.Tokens = tokenVerifier{v}
 	}
 	if len(cfg.Encrypt.Tables) > 0 {
 		provider, err := servingKeyProvider(ctx, cfg.Keys)
