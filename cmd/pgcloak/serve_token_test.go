@@ -13,8 +13,8 @@ import (
 )
 
 const (
-	tokenPoolRole = "cmd_token_pool"
-	serveTokenSecret   = "serve-token-test-secret-of-32-bytes-or-more"
+	tokenPoolRole    = "cmd_token_pool"
+	serveTokenSecret = "serve-token-test-secret-of-32-bytes-or-more"
 )
 
 // TestServeTenantTokens: serve with tenancy.token_roles and an HS256
