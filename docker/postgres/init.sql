@@ -33,7 +33,10 @@ CREATE SEQUENCE IF NOT EXISTS pgcloak.pin_challenge NO CYCLE;
 -- Per session, currval() is the marker of the pin pgcloak.pin() verified.
 CREATE UNLOGGED SEQUENCE IF NOT EXISTS pgcloak.pin_marker
     MINVALUE -9223372036854775808 MAXVALUE 9223372036854775807 NO CYCLE;
-REVOKE ALL ON SEQUENCE pgcloak.pin_challenge, pgcloak.pin_marker FROM PUBLIC;
+-- Per session, currval() is the number of the last pin_next() it accepted.
+CREATE UNLOGGED SEQUENCE IF NOT EXISTS pgcloak.pin_counter
+    MINVALUE 0 MAXVALUE 9223372036854775807 NO CYCLE;
+REVOKE ALL ON SEQUENCE pgcloak.pin_challenge, pgcloak.pin_marker, pgcloak.pin_counter FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION pgcloak.pin_challenge() RETURNS bigint
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -64,6 +67,49 @@ BEGIN
 END
 $fn$;
 
+-- pin_next pins a tenant in the middle of a session, without a round trip
+-- for a challenge: the MAC names the session's challenge c (its currval,
+-- drawn once) and a number n above every number it accepted before, so a
+-- pin is good once, in this session only. It returns the proof to set:
+-- for a transaction-local pin, the proof names the transaction's start, and
+-- current_tenant() accepts it in that transaction only.
+CREATE OR REPLACE FUNCTION pgcloak.pin_next(tenant text, proof text, c bigint, n bigint, is_local boolean, mac text) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+  cur bigint;
+  last bigint := 0;
+  k record;
+  p text := proof;
+  parts text[] := string_to_array(proof, ':');
+BEGIN
+  BEGIN
+    cur := currval('pgcloak.pin_challenge');
+  EXCEPTION WHEN object_not_in_prerequisite_state THEN
+    RAISE EXCEPTION 'pgcloak: tenant pin refused' USING ERRCODE = '42501';
+  END;
+  BEGIN
+    last := currval('pgcloak.pin_counter');
+  EXCEPTION WHEN object_not_in_prerequisite_state THEN
+    last := 0;
+  END;
+  SELECT ikey, okey INTO k FROM pgcloak.pin_key WHERE id;
+  IF k.ikey IS NULL OR c IS DISTINCT FROM cur OR n IS NULL OR n <= last OR is_local IS NULL
+     OR tenant IS NULL OR tenant = '' OR cardinality(parts) IS DISTINCT FROM 3
+     OR parts[1] IS DISTINCT FROM 'v1' OR parts[2] !~ '^[0-9]{1,18}$'
+     OR mac IS DISTINCT FROM encode(sha256(k.okey || sha256(k.ikey ||
+          convert_to('v1n|' || c || '|' || n || '|' || is_local::text || '|' || tenant || '|' || proof, 'UTF8'))), 'hex') THEN
+    RAISE EXCEPTION 'pgcloak: tenant pin refused' USING ERRCODE = '42501';
+  END IF;
+  PERFORM setval('pgcloak.pin_counter', n);
+  IF is_local THEN
+    p := proof || ':' || (extract(epoch FROM transaction_timestamp()) * 1000000)::bigint::text;
+  END IF;
+  PERFORM setval('pgcloak.pin_marker', ('x' || left(encode(sha256(convert_to(s.t || '|' || s.p, 'UTF8')), 'hex'), 16))::bit(64)::bigint) FROM (SELECT tenant AS t, p AS p) s;
+  RETURN p;
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION pgcloak.unpin() RETURNS void
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $fn$ SELECT setval('pgcloak.pin_marker', nextval('pgcloak.pin_challenge')) $fn$;
@@ -88,14 +134,17 @@ BEGIN
   IF split_part(p, ':', 2) <> '0' AND split_part(p, ':', 2)::bigint <= extract(epoch FROM statement_timestamp()) THEN
     RETURN NULL; -- expired
   END IF;
+  IF split_part(p, ':', 4) <> '' AND split_part(p, ':', 4) IS DISTINCT FROM (extract(epoch FROM transaction_timestamp()) * 1000000)::bigint::text THEN
+    RETURN NULL; -- a transaction-local pin of another transaction
+  END IF;
   RETURN t;
 END
 $fn$;
 
 REVOKE ALL ON FUNCTION pgcloak.pin_challenge(), pgcloak.pin(text, text, text), pgcloak.unpin(),
-    pgcloak.current_tenant() FROM PUBLIC;
+    pgcloak.pin_next(text, text, bigint, bigint, boolean, text), pgcloak.current_tenant() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pgcloak.pin_challenge(), pgcloak.pin(text, text, text), pgcloak.unpin(),
-    pgcloak.current_tenant() TO PUBLIC;
+    pgcloak.pin_next(text, text, bigint, bigint, boolean, text), pgcloak.current_tenant() TO PUBLIC;
 reset role;
 
 create table public.patients (
