@@ -237,7 +237,7 @@ func (s *session) handleFunctionCall(m *pgproto3.FunctionCall) error {
 func pure(d *declarations) bool {
 	t := &d.tenancyCfg
 	return len(d.encrypt.Tables) == 0 && len(t.Login.Roles) == 0 && t.Mode != config.ModeJWT &&
-		t.JWT.HS256Secret == "" && t.JWT.PublicKeyFile == ""
+		!t.JWT.HasVerificationKey() && len(t.TokenRoles) == 0
 }
 
 // needsAnalysis is the cheap pre-check: false means sql cannot change what
