@@ -55,6 +55,9 @@ type preparedStatement struct {
 	// failed is set by the upstream goroutine when PostgreSQL rejected
 	// the Parse: the name is free again.
 	failed atomic.Bool
+	// token is set for a tenant token statement (token.go); plan is then
+	// nil.
+	token *tokenStmt
 }
 
 // clientOID is the type the client gave parameter j (0-based), or 0.
@@ -102,6 +105,10 @@ func (ps *preparedStatement) clientParameterTypes(upstream []uint32) []uint32 {
 	for j := range out {
 		if oid := ps.clientOID(j); oid != 0 {
 			out[j] = oid
+			continue
+		}
+		if ps.token != nil {
+			out[j] = pgtype.TextOID // set_config's value
 			continue
 		}
 		out[j] = pgtype.TextOID // a parameter the statement never uses
@@ -183,6 +190,12 @@ func (s *session) handleBind(m *pgproto3.Bind) error {
 		// PostgreSQL rejected its Parse: say so in the client's terms.
 		return s.refuseExtended(&clientError{code: pgerrcode.InvalidSQLStatementName, msg: fmt.Sprintf("prepared statement %q does not exist", m.PreparedStatement)})
 	}
+	if s.tokens {
+		if ps != nil && ps.token != nil {
+			return s.bindToken(m, ps)
+		}
+		delete(s.tok.portals, m.DestinationPortal)
+	}
 	out := m
 	if ps != nil {
 		if out, err = s.transformBind(m, ps); err != nil {
@@ -243,6 +256,11 @@ func (s *session) handleDescribe(m *pgproto3.Describe) error {
 // tell would reach the client as ciphertext, or be opened as another
 // column.
 func (s *session) handleExecute(m *pgproto3.Execute) error {
+	if pin := s.tok.portals[m.Portal]; pin != nil {
+		delete(s.tok.portals, m.Portal)
+		s.pending.push(&pending{kind: pendExecute, name: m.Portal, token: pin})
+		return s.upstreamOut.send(m)
+	}
 	if s.unshaped[m.Portal] || !s.shapes.fresh(m.Portal) {
 		delete(s.unshaped, m.Portal)
 		s.shapes.described(m.Portal)

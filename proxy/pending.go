@@ -52,6 +52,9 @@ type pending struct {
 	// own marks a Describe 'P' the proxy sent itself (see handleExecute):
 	// its RowDescription or NoData is not relayed.
 	own bool
+	// token is the pin an Execute of a token statement's portal makes
+	// (token.go).
+	token *tokenPin
 }
 
 // pendingQueue is the FIFO of client messages awaiting responses, shared by

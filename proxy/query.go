@@ -167,8 +167,7 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 	}
 	if containsFold(m.Query, "tenant_token") {
 		if s.tokens {
-			return s.refuseExtended(&clientError{code: pgerrcode.FeatureNotSupported,
-				msg: "a tenant token must be sent as a simple query for now (the extended protocol form is not built yet)"})
+			return s.parseToken(m)
 		}
 		return s.refuseExtended(tokensNotAllowed())
 	}

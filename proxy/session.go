@@ -396,11 +396,10 @@ func (s *session) upstreamLoop() error {
 			continue // the answer to a statement of the proxy's own
 		}
 		if s.tokens {
-			keep, err := s.tokenResponse(msg)
-			if err != nil {
+			if msg, err = s.tokenResponse(msg); err != nil {
 				return fmt.Errorf("client write: %w", err)
 			}
-			if !keep {
+			if msg == nil {
 				continue
 			}
 		}

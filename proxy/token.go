@@ -250,6 +250,9 @@ type tokenState struct {
 	// clearOwed: a refused token left the session without a tenant, and
 	// the upstream pin must be cleared when PostgreSQL lets us.
 	clearOwed bool
+	// portals are the portals bound to token statements, by name, with
+	// the pin their Execute makes.
+	portals map[string]*tokenPin
 }
 
 // tokenUpstream is the upstream goroutine's side, shared under mu.
@@ -296,7 +299,30 @@ func newTokenAlias() (string, error) {
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", err
 	}
-	return `"pgcloak:pin:` + hex.EncodeToString(b[:]) + `"`, nil
+	return "pgcloak:pin:" + hex.EncodeToString(b[:]) + ":", nil
+}
+
+// aliasFor is the quoted column name of the proxy's statement for a token
+// statement of form f: the session's alias and the form's letter.
+func (t *tokenState) aliasFor(f tokenForm) string {
+	return `"` + t.alias + string("src"[f]) + `"`
+}
+
+// aliasForm reports whether name is one of the session's aliases, and for
+// which form.
+func (t *tokenState) aliasForm(name []byte) (tokenForm, bool) {
+	if len(name) != len(t.alias)+1 || string(name[:len(t.alias)]) != t.alias {
+		return 0, false
+	}
+	switch name[len(t.alias)] {
+	case 's':
+		return tokenSet, true
+	case 'r':
+		return tokenReset, true
+	case 'c':
+		return tokenSetConfig, true
+	}
+	return 0, false
 }
 
 // startTokens prepares a token session: it draws the challenge its pins
@@ -307,6 +333,7 @@ func (s *session) startTokens() error {
 		return err
 	}
 	s.tok.alias = alias
+	s.tok.portals = make(map[string]*tokenPin)
 	s.tokUp.cond = sync.NewCond(&s.tokUp.mu)
 	if s.srv.pinner == nil {
 		return nil
@@ -419,9 +446,9 @@ func (s *session) tokenPin(ts *tokenStmt, raw string, args *[][]byte) (*tokenPin
 		s.tenant, s.tok.session, s.tok.proof = "", "", ""
 		if args != nil {
 			*args = append(*args, []byte(setting), []byte(keystore.ProofSetting))
-			return pin, keystore.ClearStatement(s.tok.alias), nil
+			return pin, keystore.ClearStatement(s.tok.aliasFor(tokenReset)), nil
 		}
-		return pin, literalSQL(keystore.ClearStatement(s.tok.alias), setting, keystore.ProofSetting), nil
+		return pin, literalSQL(keystore.ClearStatement(s.tok.aliasFor(tokenReset)), setting, keystore.ProofSetting), nil
 	}
 	claims, err := s.srv.tokens.VerifyToken(context.Background(), raw)
 	if err != nil {
@@ -449,13 +476,13 @@ func (s *session) tokenPin(ts *tokenStmt, raw string, args *[][]byte) (*tokenPin
 	params := s.nextPinArgs(claims.Tenant, proof, ts.local)
 	if args != nil {
 		*args = append(*args, params...)
-		return pin, keystore.NextStatement(ts.local, s.tok.alias), nil
+		return pin, keystore.NextStatement(ts.local, s.tok.aliasFor(ts.form)), nil
 	}
 	strs := make([]string, len(params))
 	for i, p := range params {
 		strs[i] = string(p)
 	}
-	return pin, literalSQL(keystore.NextStatement(ts.local, s.tok.alias), strs...), nil
+	return pin, literalSQL(keystore.NextStatement(ts.local, s.tok.aliasFor(ts.form)), strs...), nil
 }
 
 // nextPinArgs are keystore.NextStatement's parameters for the next pin.
@@ -491,7 +518,7 @@ func (s *session) repinSession() error {
 		return nil
 	}
 	args := s.nextPinArgs(s.tok.session, s.tok.proof, false)
-	_, code, err := s.callInternal(keystore.NextStatement(false, s.tok.alias), args...)
+	_, code, err := s.callInternal(keystore.NextStatement(false, s.tok.aliasFor(tokenSet)), args...)
 	if err != nil {
 		return err
 	}
@@ -506,8 +533,9 @@ func (s *session) repinSession() error {
 // tokenResponse runs in the upstream goroutine for every message of a
 // token session: it takes the answers to the proxy's pins out of the
 // stream, answers the client as PostgreSQL would have answered its token
-// statement, and follows transaction ends. It reports whether msg goes on.
-func (s *session) tokenResponse(msg pgproto3.BackendMessage) (bool, error) {
+// statement, and follows transaction ends. It returns the message to pass
+// on (msg, or what stands for it), nil for none.
+func (s *session) tokenResponse(msg pgproto3.BackendMessage) (pgproto3.BackendMessage, error) {
 	u := &s.tokUp
 	if u.dirty.Load() {
 		u.mu.Lock()
@@ -515,28 +543,38 @@ func (s *session) tokenResponse(msg pgproto3.BackendMessage) (bool, error) {
 		u.dirty.Store(false)
 		u.mu.Unlock()
 	}
+	if u.cur == nil && s.tracks {
+		if out, done := s.extendedTokenResponse(msg); done {
+			return out, nil
+		}
+	}
 	switch m := msg.(type) {
 	case *pgproto3.RowDescription:
-		if len(m.Fields) != 1 || `"`+string(m.Fields[0].Name)+`"` != s.tok.alias {
-			return true, nil
+		if len(m.Fields) != 1 {
+			return msg, nil
+		}
+		if _, ok := s.tok.aliasForm(m.Fields[0].Name); !ok {
+			return msg, nil
 		}
 		u.mu.Lock()
 		if len(u.queue) > 0 {
 			u.cur, u.queue = u.queue[0], u.queue[1:]
 		}
 		u.mu.Unlock()
-		return false, nil
+		return nil, nil
 	case *pgproto3.DataRow:
-		return u.cur == nil, nil
+		if u.cur != nil {
+			return nil, nil
+		}
 	case *pgproto3.CommandComplete:
 		if u.cur == nil {
 			s.noteTransactionTag(m.CommandTag)
-			return true, nil
+			return msg, nil
 		}
 		pin := u.cur
 		u.cur = nil
 		s.applyPin(pin)
-		return false, s.answerToken(pin)
+		return nil, s.answerToken(pin)
 	case *pgproto3.ErrorResponse:
 		u.cur = nil
 		u.failed = true
@@ -554,7 +592,56 @@ func (s *session) tokenResponse(msg pgproto3.BackendMessage) (bool, error) {
 		u.cond.Broadcast()
 		u.mu.Unlock()
 	}
-	return true, nil
+	return msg, nil
+}
+
+// extendedTokenResponse maps the answers to a token statement prepared
+// through the extended protocol: a Describe shows the client's statement
+// (no parameters but its own, no rows but set_config's), an Execute
+// answers as the client's statement would, and its CommandComplete
+// applies the pin. done is false for any other message.
+func (s *session) extendedTokenResponse(msg pgproto3.BackendMessage) (pgproto3.BackendMessage, bool) {
+	head := s.pending.peek()
+	if head == nil {
+		return msg, false
+	}
+	switch m := msg.(type) {
+	case *pgproto3.RowDescription:
+		if head.kind != pendDescribe || len(m.Fields) != 1 {
+			return msg, false
+		}
+		form, ok := s.tok.aliasForm(m.Fields[0].Name)
+		if !ok {
+			return msg, false
+		}
+		if form != tokenSetConfig {
+			return &pgproto3.NoData{}, true
+		}
+		m.Fields[0] = pgproto3.FieldDescription{Name: []byte("set_config"), DataTypeOID: pgtype.TextOID, DataTypeSize: -1, TypeModifier: -1, Format: m.Fields[0].Format}
+		return m, true
+	case *pgproto3.DataRow:
+		if head.kind != pendExecute || head.token == nil {
+			return msg, false
+		}
+		if head.token.form != tokenSetConfig {
+			return nil, true
+		}
+		m.Values = [][]byte{[]byte(head.token.value)}
+		return m, true
+	case *pgproto3.CommandComplete:
+		if head.kind != pendExecute || head.token == nil {
+			return msg, false
+		}
+		s.applyPin(head.token)
+		switch head.token.form {
+		case tokenSet:
+			m.CommandTag = []byte("SET")
+		case tokenReset:
+			m.CommandTag = []byte("RESET")
+		}
+		return m, true
+	}
+	return msg, false
 }
 
 // noteTransactionTag follows COMMIT and ROLLBACK inside a round.
@@ -636,7 +723,7 @@ func (s *session) clearAfterRefusal() error {
 	if !s.tok.clearOwed {
 		return nil
 	}
-	_, code, err := s.callInternal(keystore.ClearStatement(s.tok.alias), []byte(s.decl.tenancyCfg.Setting), []byte(keystore.ProofSetting))
+	_, code, err := s.callInternal(keystore.ClearStatement(s.tok.aliasFor(tokenReset)), []byte(s.decl.tenancyCfg.Setting), []byte(keystore.ProofSetting))
 	if err != nil {
 		return err
 	}
@@ -771,4 +858,77 @@ func (u *tokenUpstream) answer() {
 	u.answered++
 	u.cond.Broadcast()
 	u.mu.Unlock()
+}
+
+// parseToken prepares a token statement sent through the extended
+// protocol: PostgreSQL gets the proxy's pin statement (keystore's, with
+// parameters the proxy fills at each Bind) under a name of the proxy's
+// own, never the token.
+func (s *session) parseToken(m *pgproto3.Parse) error {
+	if strings.HasPrefix(m.Name, reservedPrefix) {
+		return s.refuseExtended(errReservedName)
+	}
+	if !s.tracks {
+		return s.refuseExtended(&clientError{code: pgerrcode.FeatureNotSupported,
+			msg: "without declared tables, send a tenant token as a simple query"})
+	}
+	pieces, err := tokenQuery(m.Query)
+	if err != nil {
+		return s.refuseExtended(err)
+	}
+	if len(pieces) != 1 || pieces[0].token == nil {
+		return s.refuseExtended(&clientError{code: pgerrcode.SyntaxError, msg: "cannot insert multiple commands into a prepared statement"})
+	}
+	ts := pieces[0].token
+	if m.Name != "" {
+		if old := s.statements[m.Name]; old != nil && !old.failed.Load() {
+			return s.refuseExtended(&clientError{code: pgerrcode.DuplicatePreparedStatement, msg: fmt.Sprintf("prepared statement %q already exists", m.Name)})
+		}
+	}
+	ps := &preparedStatement{token: ts, clientOIDs: append([]uint32(nil), m.ParameterOIDs...), nparams: max(len(m.ParameterOIDs), ts.param)}
+	if m.Name != "" {
+		s.stmtSeq++
+		ps.upstream = reservedPrefix + "s" + strconv.FormatUint(s.stmtSeq, 10)
+	}
+	s.statements[m.Name] = ps
+	s.newGeneration(m.Name)
+	s.shapes.parsed(m.Name, s.stmtGen[m.Name], m.Query)
+	s.pending.push(&pending{kind: pendParse, name: m.Name, prepared: ps})
+	text := keystore.NextStatement(ts.local, s.tok.aliasFor(ts.form))
+	if ts.form == tokenReset {
+		text = keystore.ClearStatement(s.tok.aliasFor(tokenReset))
+	}
+	return s.upstreamOut.send(&pgproto3.Parse{Name: ps.upstream, Query: text})
+}
+
+// bindToken verifies the token a Bind of a token statement presents (the
+// statement's literal, or set_config's bound value) and binds the proxy's
+// pin in its place.
+func (s *session) bindToken(m *pgproto3.Bind, ps *preparedStatement) error {
+	if len(m.Parameters) != ps.nparams {
+		return s.refuseExtended(&clientError{code: pgerrcode.ProtocolViolation,
+			msg: fmt.Sprintf("bind message supplies %d parameters, but prepared statement %q requires %d", len(m.Parameters), m.PreparedStatement, ps.nparams)})
+	}
+	ts := ps.token
+	raw := ts.token
+	if ts.param != 0 {
+		v := m.Parameters[ts.param-1]
+		if v == nil {
+			s.srv.audit.l.TenantTokenRefused(s.auditIdentity(), "malformed")
+			return s.refuseExtended(&clientError{code: pgerrcode.InvalidAuthorizationSpecification, msg: "tenant token refused: malformed"})
+		}
+		raw = string(v) // text, in either format
+	}
+	var args [][]byte
+	pin, _, err := s.tokenPin(ts, raw, &args)
+	if err != nil {
+		delete(s.tok.portals, m.DestinationPortal)
+		return s.refuseExtended(err)
+	}
+	s.tok.changed, s.tok.settled = s.upstreamOut.syncs+1, false
+	s.tok.portals[m.DestinationPortal] = pin
+	s.pending.push(&pending{kind: pendBind, name: m.DestinationPortal, stmt: m.PreparedStatement,
+		resultFormats: append([]int16(nil), m.ResultFormatCodes...)})
+	return s.upstreamOut.send(&pgproto3.Bind{DestinationPortal: m.DestinationPortal, PreparedStatement: ps.upstream,
+		Parameters: args, ResultFormatCodes: m.ResultFormatCodes})
 }

@@ -216,3 +216,114 @@ func TestTenantTokenExtendedLiterals(t *testing.T) {
 		t.Fatalf("search with a parameter: %v", got)
 	}
 }
+
+// TestTenantTokensExtended presents tokens through the extended protocol:
+// set_config with a bound token in pgx's five exec modes, a statement
+// prepared once and bound with each tenant's token, SET LOCAL with a
+// literal through Parse/Bind, and a pipelined batch.
+func TestTenantTokensExtended(t *testing.T) {
+	env := startTokenEnv(t)
+	ctx := ctxT(t)
+	tokens := map[string]string{"acme": mintToken(t, "acme", time.Hour), "globex": mintToken(t, "globex", time.Hour)}
+	ssn := map[string]string{"acme": "123-45-6789", "globex": "987-65-4321"}
+	modes := []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheDescribe,
+		pgx.QueryExecModeDescribeExec, pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol}
+	for i, mode := range modes {
+		conn := connect(t, env.proxy.url(poolRole, rolePassword, env.db))
+		for _, tenant := range []string{"acme", "globex"} {
+			tx, err := conn.Begin(ctx)
+			fatalIf(t, err, "begin")
+			var echoed string
+			err = tx.QueryRow(ctx, `select pg_catalog.set_config('pgcloak.tenant_token', $1, true)`, mode, tokens[tenant]).Scan(&echoed)
+			fatalIf(t, err, "set_config token (%v)", mode)
+			if echoed != tokens[tenant] {
+				t.Fatalf("%v: set_config returned something else than the value set", mode)
+			}
+			_, err = tx.Exec(ctx, `insert into patients (name, ssn) values ($1, $2)`, mode, fmt.Sprintf("%s-%d", tenant, i), ssn[tenant])
+			fatalIf(t, err, "insert (%v)", mode)
+			var got []string
+			rows, err := tx.Query(ctx, `select name, ssn from patients where ssn = $1`, mode, ssn[tenant])
+			fatalIf(t, err, "select (%v)", mode)
+			for rows.Next() {
+				var n, s string
+				fatalIf(t, rows.Scan(&n, &s), "scan")
+				got = append(got, n+":"+s)
+			}
+			fatalIf(t, rows.Err(), "rows (%v)", mode)
+			if len(got) != i+1 || got[i] != fmt.Sprintf("%s-%d:%s", tenant, i, ssn[tenant]) {
+				t.Fatalf("%v: %s sees %v", mode, tenant, got)
+			}
+			fatalIf(t, tx.Commit(ctx), "commit")
+			if got := names(t, conn, `select name from patients`); len(got) != 0 {
+				t.Fatalf("%v: after the transaction the session sees %v", mode, got)
+			}
+		}
+		conn.Close(ctx)
+	}
+
+	conn := connect(t, env.proxy.url(poolRole, rolePassword, env.db))
+	// One prepared statement, bound with each tenant's token in turn.
+	_, err := conn.Prepare(ctx, "tok", `select pg_catalog.set_config('pgcloak.tenant_token', $1, false)`)
+	fatalIf(t, err, "prepare")
+	for _, tenant := range []string{"globex", "acme", "globex"} {
+		_, err := conn.Exec(ctx, "tok", tokens[tenant])
+		fatalIf(t, err, "exec tok")
+		if got := names(t, conn, `select ssn from patients`); !allAre(got, ssn[tenant]) {
+			t.Fatalf("prepared token statement for %s: %v", tenant, got)
+		}
+	}
+	// SET LOCAL with a literal, through Parse/Bind/Execute.
+	tx, err := conn.Begin(ctx)
+	fatalIf(t, err, "begin")
+	res := conn.PgConn().ExecParams(ctx, `SET LOCAL pgcloak.tenant_token = '`+tokens["acme"]+`'`, nil, nil, nil, nil).Read()
+	fatalIf(t, res.Err, "SET LOCAL through the extended protocol")
+	if res.CommandTag.String() != "SET" {
+		t.Fatalf("SET LOCAL tag: %q", res.CommandTag.String())
+	}
+	if got := names(t, conn, `select ssn from patients`); !allAre(got, ssn["acme"]) {
+		t.Fatalf("after SET LOCAL through Parse/Bind: %v", got)
+	}
+	fatalIf(t, tx.Commit(ctx), "commit")
+	if got := names(t, conn, `select ssn from patients`); !allAre(got, ssn["globex"]) {
+		t.Fatalf("back to the session token (globex): %v", got)
+	}
+	// A pipeline: token, then a search, in one batch of one transaction.
+	tx, err = conn.Begin(ctx)
+	fatalIf(t, err, "begin")
+	b := &pgx.Batch{}
+	b.Queue(`select pg_catalog.set_config('pgcloak.tenant_token', $1, true)`, tokens["acme"])
+	b.Queue(`select count(*) from patients where ssn = $1`, ssn["acme"])
+	br := tx.SendBatch(ctx, b)
+	_, err = br.Exec()
+	fatalIf(t, err, "batch token")
+	var n int
+	fatalIf(t, br.QueryRow().Scan(&n), "batch search")
+	fatalIf(t, br.Close(), "batch close")
+	if n != len(modes) {
+		t.Fatalf("pipelined search after a pipelined token: %d rows, want %d", n, len(modes))
+	}
+	fatalIf(t, tx.Commit(ctx), "commit")
+	// A bad bound token: 28000, and no tenant after it.
+	_, err = conn.Exec(ctx, `select pg_catalog.set_config('pgcloak.tenant_token', $1, false)`, "not.a.token")
+	if pgCode(err) != "28000" {
+		t.Fatalf("bad bound token: %v, want 28000", err)
+	}
+	if got := names(t, conn, `select name from patients`); len(got) != 0 {
+		t.Fatalf("after a refused bound token: %v", got)
+	}
+	for _, tok := range tokens {
+		if strings.Contains(env.logs.String(), tok) || strings.Contains(env.audit.String(), tok) {
+			t.Fatal("a token reached the log or the audit")
+		}
+	}
+}
+
+// allAre reports whether got is not empty and every element is want.
+func allAre(got []string, want string) bool {
+	for _, g := range got {
+		if g != want {
+			return false
+		}
+	}
+	return len(got) > 0
+}
