@@ -68,6 +68,18 @@ func (s *session) startup() (bool, error) {
 		}
 		params[k] = v
 	}
+	if s.decl.tenancyCfg.Mode == config.ModeJWT {
+		if u := s.srv.cfg.Upstream.User; u != "" && s.user == u {
+			return false, &clientError{code: pgerrcode.InvalidAuthorizationSpecification, fatal: true,
+				msg: fmt.Sprintf("role %q is the proxy's own upstream.user; no client session may run as it", s.user)}
+		}
+		if startup.ProtocolVersion != pgproto3.ProtocolVersion30 || len(unrecognized) > 0 {
+			if err := s.sendClient(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unrecognized}); err != nil {
+				return false, err
+			}
+		}
+		return s.startupJWT(params)
+	}
 	if s.decl.tenancy {
 		if err := s.applyTenancy(params); err != nil {
 			return false, err
@@ -450,9 +462,6 @@ func (s *session) relayUntilReady() error {
 // authenticated it, so the refusal reveals nothing to a stranger.
 func (s *session) applyTenancy(params map[string]string) error {
 	t := s.decl.tenancyCfg
-	if t.Mode == config.ModeJWT {
-		return &clientError{code: pgerrcode.FeatureNotSupported, msg: "tenancy mode jwt is not supported yet", fatal: true}
-	}
 	if err := checkStartupParameters(t, params); err != nil {
 		s.srv.audit.tenantChangeRefused(s, "startup parameter")
 		return err

@@ -452,7 +452,7 @@ func (s *session) tokenPin(ts *tokenStmt, raw string, args *[][]byte) (*tokenPin
 	}
 	claims, err := s.srv.tokens.VerifyToken(context.Background(), raw)
 	if err != nil {
-		reason := strings.TrimPrefix(err.Error(), "tenant token refused: ")
+		reason := trimRefusal(err)
 		s.srv.audit.l.TenantTokenRefused(s.auditIdentity(), reason)
 		s.tenant, s.tok.session, s.tok.proof = "", "", ""
 		s.tok.clearOwed = true
@@ -931,4 +931,9 @@ func (s *session) bindToken(m *pgproto3.Bind, ps *preparedStatement) error {
 		resultFormats: append([]int16(nil), m.ResultFormatCodes...)})
 	return s.upstreamOut.send(&pgproto3.Bind{DestinationPortal: m.DestinationPortal, PreparedStatement: ps.upstream,
 		Parameters: args, ResultFormatCodes: m.ResultFormatCodes})
+}
+
+// trimRefusal is the reason a token verifier gave, without its prefix.
+func trimRefusal(err error) string {
+	return strings.TrimPrefix(err.Error(), "tenant token refused: ")
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/jackc/pgx/v5"
+	"github.com/pgcloak/pgcloak/config"
 )
 
 const (
@@ -55,11 +56,11 @@ func mintToken(t testing.TB, tenant string, ttl time.Duration) string {
 
 // startTokenEnv is the encrypted patients table with app_pool as a token
 // role.
-func startTokenEnv(t *testing.T) *encryptedEnv {
+func startTokenEnv(t *testing.T, mutate ...func(*Config)) *encryptedEnv {
 	t.Helper()
-	pg := startEncryptedDeps(t, func(d *Deps) { d.Tokens = hsVerifier{} }, func(c *Config) {
+	pg := startEncryptedDeps(t, func(d *Deps) { d.Tokens = hsVerifier{} }, append([]func(*Config){func(c *Config) {
 		c.Tenancy.TokenRoles = []string{poolRole}
-	})
+	}}, mutate...)...)
 	ctx := ctxT(t)
 	pg.pg.Exec(ctx, "", fmt.Sprintf(`create role %s login password '%s'`, poolRole, rolePassword))
 	fatalIf(t, pg.pg.Exec(ctx, pg.db, `grant select, insert, update, delete on patients to `+poolRole+`;
@@ -326,4 +327,51 @@ func allAre(got []string, want string) bool {
 		}
 	}
 	return len(got) > 0
+}
+
+// TestJWTMode logs in with a tenant token as the password: the session
+// has the token's tenant, runs upstream as tenancy.jwt.upstream_user, may
+// switch tenant with tokens, and a bad token fails the login as a bad
+// password does.
+func TestJWTMode(t *testing.T) {
+	env := startTokenEnv(t, func(c *Config) {
+		c.Tenancy.TokenRoles = nil
+		c.Tenancy.Mode = config.ModeJWT
+		c.Tenancy.JWT.UpstreamUser = poolRole
+		c.Tenancy.JWT.UpstreamPassword = rolePassword
+	})
+	ctx := ctxT(t)
+	acme, globex := mintToken(t, "acme", time.Hour), mintToken(t, "globex", time.Hour)
+	seed := connect(t, env.proxy.url("alice", globex, env.db))
+	_, err := seed.Exec(ctx, `insert into patients (name, ssn) values ($1, $2)`, "Gus", "987-65-4321")
+	fatalIf(t, err, "insert as globex")
+	seed.Close(ctx)
+
+	conn := connect(t, env.proxy.url("alice", acme, env.db))
+	_, err = conn.Exec(ctx, `insert into patients (name, ssn) values ($1, $2)`, "Ann", "123-45-6789")
+	fatalIf(t, err, "insert as acme")
+	if got := names(t, conn, `select name, ssn from patients`); strings.Join(got, ",") != "Ann:123-45-6789" {
+		t.Fatalf("acme's login sees %v", got)
+	}
+	if got := names(t, conn, `select current_user`); len(got) != 1 || got[0] != poolRole {
+		t.Fatalf("upstream role: %v, want %s", got, poolRole)
+	}
+	tx, err := conn.Begin(ctx)
+	fatalIf(t, err, "begin")
+	_, err = tx.Exec(ctx, `SET LOCAL pgcloak.tenant_token = '`+globex+`'`)
+	fatalIf(t, err, "switch with a token")
+	if got := names(t, conn, `select name, ssn from patients`); strings.Join(got, ",") != "Gus:987-65-4321" {
+		t.Fatalf("switched to globex: %v", got)
+	}
+	fatalIf(t, tx.Commit(ctx), "commit")
+	if got := names(t, conn, `select name from patients`); strings.Join(got, ",") != "Ann" {
+		t.Fatalf("back to the login's tenant: %v", got)
+	}
+	_, err = pgx.Connect(ctx, env.proxy.url("alice", acme[:len(acme)-2]+"xx", env.db))
+	if pgCode(err) != "28P01" || !strings.Contains(err.Error(), "password authentication failed") {
+		t.Fatalf("bad token login: %v, want 28P01", err)
+	}
+	if strings.Contains(env.logs.String(), acme) || strings.Contains(env.audit.String(), acme) {
+		t.Fatal("the login token reached the log or the audit")
+	}
 }

@@ -102,7 +102,8 @@ func openKeyStore(ctx context.Context, u config.Upstream, pool *pgxpool.Pool) (*
 // pinsTenants reports whether serve pins tenants and so needs the verified
 // tenant pin: when a role maps to a tenant or tables are declared.
 func pinsTenants(cfg *config.Config) bool {
-	return len(cfg.Encrypt.Tables) > 0 || len(cfg.Tenancy.Login.Roles) > 0 || len(cfg.Tenancy.TokenRoles) > 0
+	return len(cfg.Encrypt.Tables) > 0 || len(cfg.Tenancy.Login.Roles) > 0 || len(cfg.Tenancy.TokenRoles) > 0 ||
+		cfg.Tenancy.Mode == config.ModeJWT
 }
 
 // tokenVerifier adapts tenanttoken.Verifier to the proxy's TokenVerifier.
@@ -223,7 +224,7 @@ func newProxyRuntime(ctx context.Context, cfg *config.Config, log zerolog.Logger
 		r.closers = append(r.closers, func() error { pinner.Close(); return nil })
 		deps.Pinner = pinner
 	}
-	if len(cfg.Tenancy.TokenRoles) > 0 {
+	if len(cfg.Tenancy.TokenRoles) > 0 || cfg.Tenancy.Mode == config.ModeJWT {
 		v, err := tenanttoken.New(ctx, cfg.Tenancy.JWT)
 		if err != nil {
 			return nil, fmt.Errorf("tenancy.jwt: %w", err)
