@@ -274,6 +274,8 @@ type tokenUpstream struct {
 	dirty atomic.Bool
 	// failed: an error came in the round now answered (upstream goroutine).
 	failed bool
+	// status is the last ReadyForQuery's transaction status.
+	status byte
 }
 
 // tokenPin is one token statement on its way: what the client is answered
@@ -396,6 +398,21 @@ func (s *session) handleTokenQuery(q *pgproto3.Query) error {
 	if err != nil {
 		s.track(q)
 		return s.refuse(err)
+	}
+	if len(pieces) == 1 && pieces[0].token != nil && pieces[0].token.form == tokenSet && pieces[0].token.local && s.idle() {
+		// Outside a transaction block SET LOCAL has no effect, and
+		// PostgreSQL says so.
+		for _, msg := range []pgproto3.BackendMessage{
+			&pgproto3.NoticeResponse{Severity: "WARNING", SeverityUnlocalized: "WARNING", Code: pgerrcode.NoActiveSQLTransaction,
+				Message: "SET LOCAL can only be used in transaction blocks"},
+			&pgproto3.CommandComplete{CommandTag: []byte("SET")},
+			&pgproto3.ReadyForQuery{TxStatus: 'I'},
+		} {
+			if err := s.sendClient(msg); err != nil {
+				return err
+			}
+		}
+		return s.flushClient()
 	}
 	var b strings.Builder
 	var pins []*tokenPin
@@ -586,6 +603,7 @@ func (s *session) tokenResponse(msg pgproto3.BackendMessage) (pgproto3.BackendMe
 			u.endTransaction(!u.failed)
 		}
 		u.failed = false
+		u.status = m.TxStatus
 		for len(u.queue) > 0 && u.queue[0].round <= u.answered {
 			u.queue = u.queue[1:] // never reached: an error came first
 		}
@@ -936,4 +954,13 @@ func (s *session) bindToken(m *pgproto3.Bind, ps *preparedStatement) error {
 // trimRefusal is the reason a token verifier gave, without its prefix.
 func trimRefusal(err error) string {
 	return strings.TrimPrefix(err.Error(), "tenant token refused: ")
+}
+
+// idle reports whether every round sent upstream has been answered and the
+// session is outside a transaction block (client goroutine).
+func (s *session) idle() bool {
+	u := &s.tokUp
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.answered == s.upstreamOut.syncs && (u.status == 'I' || u.status == 0)
 }

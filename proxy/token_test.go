@@ -10,6 +10,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pgcloak/pgcloak/config"
 )
 
@@ -373,5 +374,32 @@ func TestJWTMode(t *testing.T) {
 	}
 	if strings.Contains(env.logs.String(), acme) || strings.Contains(env.audit.String(), acme) {
 		t.Fatal("the login token reached the log or the audit")
+	}
+}
+
+// TestTenantTokenSetLocalOutsideTransaction: SET LOCAL outside a
+// transaction block warns as PostgreSQL does and changes nothing.
+func TestTenantTokenSetLocalOutsideTransaction(t *testing.T) {
+	env := startTokenEnv(t)
+	ctx := ctxT(t)
+	cfg, err := pgconn.ParseConfig(env.proxy.url(poolRole, rolePassword, env.db))
+	fatalIf(t, err, "config")
+	var notices []string
+	cfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) { notices = append(notices, n.Severity+" "+n.Code+" "+n.Message) }
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	fatalIf(t, err, "connect")
+	defer conn.Close(ctx)
+	res, err := conn.Exec(ctx, `SET LOCAL pgcloak.tenant_token = '`+mintToken(t, "acme", time.Hour)+`'`).ReadAll()
+	fatalIf(t, err, "SET LOCAL outside a transaction")
+	if len(res) != 1 || res[0].CommandTag.String() != "SET" {
+		t.Fatalf("answer: %+v", res)
+	}
+	if len(notices) != 1 || notices[0] != "WARNING 25P01 SET LOCAL can only be used in transaction blocks" {
+		t.Fatalf("notices: %q", notices)
+	}
+	_, err = conn.Exec(ctx, `insert into patients (name, ssn) values ('x', '111-11-1111')`).ReadAll()
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "42501" {
+		t.Fatalf("after SET LOCAL outside a transaction the session has a tenant: %v", err)
 	}
 }
