@@ -6,11 +6,17 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net"
+	"net/url"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -492,4 +498,303 @@ func TestTokenPoolPsycopg(t *testing.T) {
 	cmd.Env = append(os.Environ(), "PGCLOAK_URL="+env.proxy.url(poolRole, rolePassword, env.db),
 		"PGCLOAK_TOKENS="+fixtureTokens(t, poolTenants(4), 4), "PGCLOAK_TOKEN_FORM=set_local", "PGCLOAK_POOL_MAX=2")
 	checkPoolRun(t, env, append(seeds, runPoolFixture(t, cmd)...), 2)
+}
+
+// pgbouncerTenants are the two tenants of the pgbouncer test, with the
+// first number of their rows' ssn: tenant k's row i has ssn base+i, so
+// pgbench can compare a decrypted ssn with what it expects.
+var pgbouncerTenants = []struct {
+	name string
+	base int
+}{{"acme", 1000}, {"globex", 2000}}
+
+// bouncer is a pgbouncer started by startPgbouncer.
+type bouncer struct {
+	addr string
+	log  syncBuffer
+}
+
+// startPgbouncer runs pgbouncer in transaction pooling mode on a loopback
+// port in front of the proxy: database db, pool of poolSize server
+// connections, role may log in with password (the same password logs in
+// through the proxy). Its configuration and auth file live in a
+// t.TempDir(); it is stopped when the test ends, and the kernel kills it
+// if the test binary dies first. Running as root, it runs as the postgres
+// OS user (pgbouncer refuses root), as testenv runs PostgreSQL.
+func startPgbouncer(t *testing.T, p *testProxy, db, role, password string, poolSize int) *bouncer {
+	t.Helper()
+	bin, err := exec.LookPath("pgbouncer")
+	if err != nil {
+		t.Fatalf("pgbouncer not found: install it with: apt-get install -y pgbouncer")
+	}
+	_, proxyPort, _ := net.SplitHostPort(p.addr)
+	// A free port: pgbouncer binds it right after we let go of it.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	fatalIf(t, err, "free port")
+	addr := ln.Addr().String()
+	ln.Close()
+	_, port, _ := net.SplitHostPort(addr)
+
+	dir := t.TempDir()
+	auth := filepath.Join(dir, "userlist.txt")
+	ini := filepath.Join(dir, "pgbouncer.ini")
+	fatalIf(t, os.WriteFile(auth, []byte(fmt.Sprintf("%q %q\n", role, password)), 0o600), "auth file")
+	// Transaction pooling: a server connection goes back to the pool at
+	// each transaction's end and the next transaction, of any client,
+	// may get it. No reset query runs between clients in this mode
+	// (server_reset_query applies to session pooling only).
+	fatalIf(t, os.WriteFile(ini, []byte(fmt.Sprintf(`[databases]
+%[1]s = host=127.0.0.1 port=%[2]s dbname=%[1]s
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = %[3]s
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = %[4]s
+pool_mode = transaction
+default_pool_size = %[5]d
+min_pool_size = 0
+reserve_pool_size = 0
+max_db_connections = %[5]d
+max_client_conn = 100
+server_login_retry = 1
+logfile =
+pidfile =
+`, db, proxyPort, port, auth, poolSize)), 0o600), "pgbouncer.ini")
+
+	cmd := exec.Command(bin, ini)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			t.Fatalf("running as root, pgbouncer must run as another user, and there is no postgres OS user (apt-get install -y postgresql creates one): %v", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		// t.TempDir's parent is private to us; pgbouncer needs to
+		// reach its own files.
+		fatalIf(t, os.Chmod(filepath.Dir(dir), 0o711), "chmod")
+		for _, f := range []string{dir, auth, ini} {
+			fatalIf(t, os.Chown(f, uid, gid), "chown %s", f)
+		}
+	}
+	b := &bouncer{addr: addr, log: syncBuffer{b: &bytes.Buffer{}}}
+	cmd.Stdout, cmd.Stderr = &b.log, &b.log
+	// The kernel sends Pdeathsig when the thread that forked the child
+	// ends: fork from a locked thread that lives until the child exits.
+	started, done := make(chan error, 1), make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		cmd.Wait()
+	}()
+	if err := <-started; err != nil {
+		t.Fatalf("start pgbouncer: %v", err)
+	}
+	t.Cleanup(func() {
+		// SIGINT: pgbouncer's safe shutdown (its clients are gone by now).
+		cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+			t.Errorf("pgbouncer ignored SIGINT for 10s; killed")
+		}
+		if t.Failed() {
+			t.Logf("pgbouncer's log:\n%s", b.log.String())
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return b
+		}
+		select {
+		case <-done:
+			t.Fatalf("pgbouncer exited:\n%s", b.log.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pgbouncer did not listen on %s within 15s:\n%s", addr, b.log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// url is a connection URL through pgbouncer.
+func (b *bouncer) url(user, password, db string) string {
+	return (&url.URL{Scheme: "postgres", User: url.UserPassword(user, password), Host: b.addr, Path: "/" + db, RawQuery: "sslmode=disable"}).String()
+}
+
+// seedBouncerTenants writes rows rows of each of pgbouncerTenants through
+// the proxy directly, with SET LOCAL tokens on one connection it closes.
+func seedBouncerTenants(t *testing.T, env *encryptedEnv, rows int) {
+	t.Helper()
+	ctx := ctxT(t)
+	conn, err := pgx.Connect(ctx, env.proxy.url(poolRole, rolePassword, env.db, "default_query_exec_mode=simple_protocol"))
+	fatalIf(t, err, "connect")
+	defer conn.Close(ctx)
+	for _, tenant := range pgbouncerTenants {
+		var values []string
+		for i := 1; i <= rows; i++ {
+			values = append(values, fmt.Sprintf("('%s/%d', '%d')", tenant.name, i, tenant.base+i))
+		}
+		_, err := conn.Exec(ctx, "BEGIN; SET LOCAL pgcloak.tenant_token = '"+mintToken(t, tenant.name, time.Hour)+"'; "+
+			"insert into patients (name, ssn) values "+strings.Join(values, ", ")+"; COMMIT")
+		fatalIf(t, err, "seed %s", tenant.name)
+	}
+}
+
+// bouncerScript is a pgbench script for the pgbouncer test. Each client
+// cycles through three kinds of transaction, starting at its own place
+// in the cycle (n counts its transactions): tenant acme (k = 0), tenant
+// globex (k = 1), and no token (k = 2), which must see no row. A tenant's
+// transaction presents its token as TOKEN says (:tok stands for the
+// tenant's token variable), counts the rows it sees and those stamped
+// with its tenant and named after it, and reads one row by its encrypted
+// ssn, which must decrypt to the ssn it asked for. Anything else is a
+// leak: the script says so on stderr and fails the transaction with an
+// error, which aborts the client and fails pgbench.
+const bouncerScript = `\set n :n + 1
+\set k (:client_id + :n) % 3
+\set i random(1, :rows)
+BEGIN;
+\if :k = 0
+TOKEN_ACME
+\set want 1000 + :i
+\elif :k = 1
+TOKEN_GLOBEX
+\set want 2000 + :i
+\endif
+SELECT count(*) AS seen, count(*) FILTER (WHERE tenant_id = (CASE :k WHEN 0 THEN 'acme' WHEN 1 THEN 'globex' END) AND name LIKE tenant_id || '/%') AS own FROM patients \gset
+\if :k = 2
+\set expect 0
+\else
+\set expect :rows
+SELECT ssn AS got FROM patients WHERE ssn = :want::text \gset
+\if :got != :want
+\shell echo LEAK: client :client_id tenant :k read ssn :got want :want >&2
+SELECT 'LEAK: a transaction read another tenant''s plaintext'::int;
+\endif
+\endif
+\if :seen != :expect OR :own != :expect
+\shell echo LEAK: client :client_id tenant :k saw :seen rows own :own want :expect >&2
+SELECT 'LEAK: a transaction saw rows of another tenant, or not its own'::int;
+\endif
+COMMIT;
+`
+
+// runBouncerPgbench runs bouncerScript with tokens presented by token (a
+// statement with :tok in place of the token) through b, 8 clients, and
+// returns pgbench's output and error.
+func runBouncerPgbench(t *testing.T, env *encryptedEnv, b *bouncer, mode, token string, rows, perClient int) (string, error) {
+	t.Helper()
+	script := filepath.Join(t.TempDir(), "tokens.sql")
+	s := strings.Replace(bouncerScript, "TOKEN_ACME", strings.ReplaceAll(token, ":tok", ":acme_tok"), 1)
+	s = strings.Replace(s, "TOKEN_GLOBEX", strings.ReplaceAll(token, ":tok", ":globex_tok"), 1)
+	fatalIf(t, os.WriteFile(script, []byte(s), 0o644), "script")
+	// pgbench puts a variable's value into the statement as it is in -M
+	// simple, and binds it as a parameter otherwise.
+	quote := func(tok string) string {
+		if mode == "simple" {
+			return "'" + tok + "'"
+		}
+		return tok
+	}
+	args := []string{"-n", "-M", mode, "-c", "8", "-j", "2", "-t", strconv.Itoa(perClient), "-f", script,
+		"-D", "n=0", "-D", "rows=" + strconv.Itoa(rows),
+		"-D", "acme_tok=" + quote(mintToken(t, "acme", time.Hour)), "-D", "globex_tok=" + quote(mintToken(t, "globex", time.Hour)),
+		b.url(poolRole, rolePassword, env.db)}
+	out, err := exec.Command(env.pg.Bin("pgbench"), args...).CombinedOutput()
+	return string(out), err
+}
+
+// TestTokenPgbouncerTransactionMode: pgbouncer in transaction pooling
+// mode in front of the proxy, a pool of 2 server connections, 8 pgbench
+// clients logging in as the token role; tenants acme and globex alternate
+// with transactions without a token, each tenant transaction BEGIN; SET
+// LOCAL pgcloak.tenant_token; SELECT ...; COMMIT, and every transaction
+// checks what it saw (bouncerScript). With SET LOCAL no transaction sees
+// another tenant's rows, although every server connection serves every
+// client. The same script with a session-level SET must be caught
+// leaking: the tenant stays on the server connection, and the next
+// client's transaction there, which presented no token, sees its rows.
+func TestTokenPgbouncerTransactionMode(t *testing.T) {
+	const (
+		rows      = 10
+		perClient = 60
+		clients   = 8
+	)
+	env := startTokenEnv(t)
+	seedBouncerTenants(t, env, rows)
+
+	t.Run("SET LOCAL", func(t *testing.T) {
+		b := startPgbouncer(t, env.proxy, env.db, poolRole, rolePassword, 2)
+		before := acceptedTokens(env)
+		out, err := runBouncerPgbench(t, env, b, "simple", "SET LOCAL pgcloak.tenant_token = :tok;", rows, perClient)
+		if err != nil || strings.Contains(out, "LEAK") {
+			t.Fatalf("pgbench through pgbouncer: %v\n%s", err, out)
+		}
+		want := fmt.Sprintf("number of transactions actually processed: %d/%d", clients*perClient, clients*perClient)
+		if !strings.Contains(out, want) || !strings.Contains(out, "number of failed transactions: 0 ") {
+			t.Fatalf("pgbench through pgbouncer: want %q and no failed transactions:\n%s", want, out)
+		}
+		// Each client cycled through acme, globex and no token: a third
+		// of the transactions presented each tenant's token.
+		after := acceptedTokens(env)
+		for _, tenant := range pgbouncerTenants {
+			if got, want := after[tenant.name]-before[tenant.name], clients*perClient/3; got != want {
+				t.Errorf("tokens of %s accepted: got %d, want %d", tenant.name, got, want)
+			}
+		}
+		// pgbouncer still holds its server connections: at most 2
+		// sessions of the token role reached PostgreSQL for 8 clients.
+		var backends int
+		fatalIf(t, env.pool.QueryRow(ctxT(t), `select count(*) from pg_stat_activity where usename = $1 and datname = $2`, poolRole, env.db).Scan(&backends), "pg_stat_activity")
+		if backends < 1 || backends > 2 {
+			t.Errorf("backends of %s: got %d, want 1 or 2 (pgbouncer's pool)", poolRole, backends)
+		}
+	})
+
+	t.Run("session-level SET leaks", func(t *testing.T) {
+		b := startPgbouncer(t, env.proxy, env.db, poolRole, rolePassword, 2)
+		out, err := runBouncerPgbench(t, env, b, "simple", "SET pgcloak.tenant_token = :tok;", rows, perClient)
+		if err == nil || !strings.Contains(out, "LEAK: client") {
+			t.Fatalf("pgbench with session-level SET through pgbouncer: got %v, want a leak found:\n%s", err, out)
+		}
+		t.Logf("caught, as it must be: %s", firstLine(out, "LEAK: client"))
+	})
+}
+
+// acceptedTokens counts the audit's tenant_token_accepted events by
+// tenant.
+func acceptedTokens(env *encryptedEnv) map[string]int {
+	n := map[string]int{}
+	for line := range strings.Lines(env.audit.String()) {
+		var ev struct{ Event, Tenant string }
+		if json.Unmarshal([]byte(line), &ev) == nil && ev.Event == "tenant_token_accepted" {
+			n[ev.Tenant]++
+		}
+	}
+	return n
+}
+
+// firstLine is the first line of out that contains s.
+func firstLine(out, s string) string {
+	for line := range strings.Lines(out) {
+		if strings.Contains(line, s) {
+			return strings.TrimSpace(line)
+		}
+	}
+	return ""
 }
