@@ -294,8 +294,7 @@ func pgxPoolTx(ctx context.Context, pool *pgxpool.Pool, setToken func(context.Co
 		if err := read(); err != nil {
 			return res, fmt.Errorf("select without a token: %w", err)
 		}
-		// An unnamed statement, parsed in this transaction: see
-		// TestTokenPoolBindWithoutTenant for a statement prepared under a
+		// An unnamed statement, parsed in this transaction without a
 		// tenant.
 		w := poolPatient("nobody", tag)
 		_, err := tx.Exec(ctx, insert, pgx.QueryExecModeExec, w.Name, w.SSN, w.Diagnosis)
@@ -676,7 +675,7 @@ TOKEN_ACME
 TOKEN_GLOBEX
 \set want 2000 + :i
 \endif
-SELECT count(*) AS seen, count(*) FILTER (WHERE tenant_id = (CASE :k WHEN 0 THEN 'acme' WHEN 1 THEN 'globex' END) AND name LIKE tenant_id || '/%') AS own FROM patients \gset
+SELECT count(*) AS seen, count(*) FILTER (WHERE tenant_id = (CASE :k::int WHEN 0 THEN 'acme' WHEN 1 THEN 'globex' END) AND name LIKE tenant_id || '/%') AS own FROM patients \gset
 \if :k = 2
 \set expect 0
 \else
