@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +25,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pgcloak/pgcloak/config"
 	"github.com/pgcloak/pgcloak/crypto"
+	"github.com/pgcloak/pgcloak/tenanttoken"
 	"github.com/pgcloak/pgcloak/testenv"
 	"github.com/spf13/cobra"
 )
@@ -35,6 +38,8 @@ const (
 	demoProxyPassword = "pgcloak-demo"
 	demoDBARole       = "dba" // unscoped, BYPASSRLS: sees every row, only ciphertext
 	demoDBAPassword   = "dba"
+	demoPoolRole      = "app_pool" // a token role: no tenant until a signed token names one
+	demoPoolPassword  = "app_pool"
 )
 
 // The KEKs of `pgcloak demo --kms`, in its in-process KMS emulator: the
@@ -88,6 +93,7 @@ var demoSchema = []string{
 	`create role globex_app login password 'globex'`,
 	`create role ` + demoDBARole + ` login bypassrls password '` + demoDBAPassword + `'`,
 	`create role ` + demoProxyRole + ` login password '` + demoProxyPassword + `'`,
+	`create role ` + demoPoolRole + ` login password '` + demoPoolPassword + `'`,
 	`create table public.patients (
 		id         serial primary key,
 		tenant_id  text not null,
@@ -101,10 +107,10 @@ var demoSchema = []string{
 	)`,
 	`alter table public.patients enable row level security`,
 	`alter table public.patients force row level security`,
-	`grant select, insert, update, delete on public.patients to acme_app, globex_app`,
-	`grant usage on sequence public.patients_id_seq to acme_app, globex_app`,
+	`grant select, insert, update, delete on public.patients to acme_app, globex_app, ` + demoPoolRole,
+	`grant usage on sequence public.patients_id_seq to acme_app, globex_app, ` + demoPoolRole,
 	`grant select on public.patients to ` + demoDBARole,
-	`grant connect on database ` + demoDatabase + ` to acme_app, globex_app, ` + demoDBARole + `, ` + demoProxyRole,
+	`grant connect on database ` + demoDatabase + ` to acme_app, globex_app, ` + demoDBARole + `, ` + demoProxyRole + `, ` + demoPoolRole,
 	// The proxy creates its key store (schema pgcloak) on first start.
 	`grant create on database ` + demoDatabase + ` to ` + demoProxyRole,
 }
@@ -142,6 +148,9 @@ tenancy:
     roles:
       acme_app: acme
       globex_app: globex
+  token_roles: [%s]             # a tenant per transaction, from a signed token
+  jwt:
+    hs256_secret: %s  # generated for this demo
   unscoped_roles: [%s]
 %sencrypt:
   on_decrypt_error: error
@@ -204,7 +213,11 @@ master key and run pgcloak in front of it. Then, through the proxy, each
 tenant writes a few patients, and the demo shows side by side what each
 tenant reads, what PostgreSQL actually stores, an encrypted search, what
 pgcloak refuses, and what happens when row-level security is switched off.
-Finally it prints psql connection strings for both tenants.
+Then one connection of app_pool, a token role as an application's shared
+pool would use, switches between the two tenants per transaction with
+signed tenant tokens (SET LOCAL pgcloak.tenant_token), minted from an HS256
+secret generated for the demo. Finally it prints psql connection strings
+for both tenants and the pool role.
 
 With --kms the key-encryption keys live in AWS KMS instead - here an
 emulator of its API started in-process (see pgcloak-kms), reached through
@@ -314,7 +327,12 @@ func demo(ctx context.Context, o demoOptions, out, logOut io.Writer) (err error)
 	defer ln.Close()
 	cfgPath := filepath.Join(dir, "pgcloak.yaml")
 	auditPath := filepath.Join(dir, "audit.log")
-	cfgText := fmt.Sprintf(demoConfig, ln.Addr(), pg.Addr(), demoProxyRole, demoProxyPassword, demoDatabase, demoDBARole, keys.yaml, auditPath)
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return err
+	}
+	cfgText := fmt.Sprintf(demoConfig, ln.Addr(), pg.Addr(), demoProxyRole, demoProxyPassword, demoDatabase,
+		demoPoolRole, hex.EncodeToString(secret), demoDBARole, keys.yaml, auditPath)
 	if err := os.WriteFile(cfgPath, []byte(cfgText), 0o600); err != nil {
 		return err
 	}
@@ -354,7 +372,7 @@ func demo(ctx context.Context, o demoOptions, out, logOut io.Writer) (err error)
 	}()
 	fmt.Fprintf(out, "ok, listening on %s, forwarding to %s\n", ln.Addr(), pg.Addr())
 
-	d := &demoRun{out: out, proxyAddr: ln.Addr().String(), pg: pg, keys: keys, conns: map[string]*pgx.Conn{}}
+	d := &demoRun{out: out, proxyAddr: ln.Addr().String(), pg: pg, keys: keys, jwt: cfg.Tenancy.JWT, cfgPath: cfgPath, conns: map[string]*pgx.Conn{}}
 	defer d.close()
 	if err := d.run(ctx); err != nil {
 		return err
@@ -364,6 +382,9 @@ func demo(ctx context.Context, o demoOptions, out, logOut io.Writer) (err error)
 	for _, t := range demoTenants {
 		fmt.Fprintf(out, "Through pgcloak as tenant %s:\n  psql %q\n", t.tenant, d.proxyURL(t.role, t.password))
 	}
+	fmt.Fprintf(out, "Through pgcloak as the pool role %s, a tenant per transaction from a token:\n  psql %q\n", demoPoolRole, d.proxyURL(demoPoolRole, demoPoolPassword))
+	fmt.Fprintf(out, "  then: BEGIN; SET LOCAL pgcloak.tenant_token = '<token>'; select * from patients; COMMIT;\n")
+	fmt.Fprintf(out, "  with a token (10 minutes) from: go run ./cmd/pgcloak token --tenant acme -c %s\n", cfgPath)
 	fmt.Fprintf(out, "Directly to PostgreSQL as the superuser, to look at the ciphertext:\n  psql %q\n", pg.SuperuserURL(demoDatabase))
 	fmt.Fprintf(out, `
 The configuration is %s: try
@@ -537,6 +558,8 @@ type demoRun struct {
 	proxyAddr string
 	pg        *testenv.Postgres
 	keys      *demoKeys
+	jwt       config.JWTTenancy // tenancy.jwt: the secret the pooled part mints tokens with
+	cfgPath   string
 	conns     map[string]*pgx.Conn // by role; "" is the superuser, direct
 }
 
@@ -732,7 +755,134 @@ tenant %s, which brings its own key, and the default %s for globex.
 	if _, rerr := super.Exec(context.Background(), "alter table patients enable row level security"); rerr != nil {
 		return errors.Join(err, rerr)
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	return d.pooled(ctx, super)
+}
+
+// pooled is the demo's pooled part: one connection of the token role
+// app_pool, as an application's shared pool holds, switches tenant per
+// transaction with signed tenant tokens (SET LOCAL), and has no tenant
+// between them.
+func (d *demoRun) pooled(ctx context.Context, super *pgx.Conn) error {
+	out := d.out
+	fmt.Fprintf(out, `
+== One pool role, a tenant per transaction (signed tokens) ==
+
+  Role %[1]s is a token role (tenancy.token_roles): it logs in with no tenant
+  and takes one only from a tenant token signed with tenancy.jwt.hs256_secret,
+  verified by pgcloak. An application keeps one pool of %[1]s connections for
+  every tenant and starts each transaction with
+    SET LOCAL pgcloak.tenant_token = '<token of the request's tenant>'
+  The tenant lasts until COMMIT or ROLLBACK, so a connection goes back to the
+  pool with no tenant. Tokens minted for this demo (pgcloak token):
+`, demoPoolRole)
+	tokens := map[string]string{}
+	for _, t := range demoTenants {
+		tok, err := tenanttoken.Mint(d.jwt, t.tenant, 10*time.Minute, time.Now())
+		if err != nil {
+			return fmt.Errorf("mint a token for %s: %w", t.tenant, err)
+		}
+		tokens[t.tenant] = tok
+		fmt.Fprintf(out, "    %-7s %s  (HS256, 10 minutes)\n", t.tenant, abbreviate(tok))
+	}
+	conn, err := d.connect(ctx, demoPoolRole, demoPoolPassword)
+	if err != nil {
+		return err
+	}
+	pid := conn.PgConn().PID()
+
+	q := "select id, name from patients"
+	rows, err := queryTable(ctx, conn, q)
+	if err != nil {
+		return fmt.Errorf("select as %s without a token: %w", demoPoolRole, err)
+	}
+	fmt.Fprintf(out, "\n  %s, no token yet: %s\n    -> %s\n", demoPoolRole, q, orNone(rowsText(rows)))
+	_, err = conn.Exec(ctx, "insert into patients (name, ssn) values ('Nobody', '000-00-0000')")
+	fmt.Fprintf(out, "  %s, no token yet: insert into patients (name, ssn) values (...)\n    -> %s\n", demoPoolRole, describeErr(err))
+
+	type step struct {
+		tenant string
+		sqls   []string // run after the token, before the select
+	}
+	for _, st := range []step{
+		{"acme", nil},
+		{"globex", []string{"insert into patients (name, ssn, email, diagnosis, birth_date) values ('Erin Green', '555-66-7777', 'erin@globex.test', 'sprained ankle', '1985-07-08')"}},
+	} {
+		fmt.Fprintf(out, "\n  %s, the same connection (PostgreSQL backend %d):\n    BEGIN;\n    SET LOCAL pgcloak.tenant_token = '%s';\n", demoPoolRole, pid, abbreviate(tokens[st.tenant]))
+		if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
+			return err
+		}
+		if _, err := conn.Exec(ctx, "SET LOCAL pgcloak.tenant_token = '"+tokens[st.tenant]+"'"); err != nil {
+			conn.Exec(context.Background(), "ROLLBACK")
+			return fmt.Errorf("token of %s: %w", st.tenant, err)
+		}
+		for _, sql := range st.sqls {
+			fmt.Fprintf(out, "    %s;\n", sql)
+			if _, err := conn.Exec(ctx, sql); err != nil {
+				conn.Exec(context.Background(), "ROLLBACK")
+				return fmt.Errorf("as %s with %s's token: %w", demoPoolRole, st.tenant, err)
+			}
+		}
+		q := "select id, name, ssn, diagnosis, tenant_id from patients order by id"
+		fmt.Fprintf(out, "    %s;\n\n", q)
+		rows, err := queryTable(ctx, conn, q)
+		if err != nil {
+			conn.Exec(context.Background(), "ROLLBACK")
+			return fmt.Errorf("select as %s with %s's token: %w", demoPoolRole, st.tenant, err)
+		}
+		printTable(out, rows)
+		if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
+			return err
+		}
+		fmt.Fprintln(out, "\n    COMMIT;")
+	}
+
+	rows, err = queryTable(ctx, conn, q)
+	if err != nil {
+		return fmt.Errorf("select as %s after COMMIT: %w", demoPoolRole, err)
+	}
+	fmt.Fprintf(out, "\n  %s, after COMMIT: %s\n    -> %s\n", demoPoolRole, q, orNone(rowsText(rows)))
+
+	// A token its holder made up: the right shape, globex's name, the
+	// wrong key.
+	forgedCfg := d.jwt
+	forgedCfg.HS256Secret = "not the secret pgcloak verifies with, but as long"
+	forged, err := tenanttoken.Mint(forgedCfg, "globex", 10*time.Minute, time.Now())
+	if err != nil {
+		return err
+	}
+	_, err = conn.Exec(ctx, "SET pgcloak.tenant_token = '"+forged+"'")
+	fmt.Fprintf(out, "  %s, a globex token signed with another key:\n    SET pgcloak.tenant_token = '%s'\n    -> %s\n", demoPoolRole, abbreviate(forged), describeErr(err))
+
+	q = "select tenant_id, name from patients where name = 'Erin Green'"
+	rows, err = queryTable(ctx, super, q)
+	if err != nil {
+		return fmt.Errorf("select stored row: %w", err)
+	}
+	fmt.Fprintf(out, "\n  superuser, directly: %s\n    -> %s\n", q, orNone(rowsText(rows)))
+	fmt.Fprintln(out, "  The row written with globex's token is stamped globex by pgcloak.current_tenant()")
+	fmt.Fprintln(out, "  and sealed under globex's keys, like those globex_app wrote.")
+	return nil
+}
+
+// abbreviate shortens a token for display: enough to tell two apart.
+func abbreviate(tok string) string {
+	if len(tok) <= 24 {
+		return tok
+	}
+	return tok[:12] + "..." + tok[len(tok)-8:]
+}
+
+// rowsText joins each row of a queryTable result (header first) with
+// spaces.
+func rowsText(rows [][]string) []string {
+	var found []string
+	for _, r := range rows[1:] {
+		found = append(found, strings.Join(r, " "))
+	}
+	return found
 }
 
 // showKEKs prints the key store's data keys and, per tenant, the

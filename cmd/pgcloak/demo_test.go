@@ -116,6 +116,86 @@ func checkDemoShows(t *testing.T, out string) {
 	rls := demoSection(t, out, "If row-level security fails")
 	containsAll(t, "RLS off", rls, "Carol White", "ERROR 39000: pgcloak: cannot decrypt", "(restored)")
 	containsNone(t, "RLS off", rls, "222-33-4444", "migraine", "diabetes")
+
+	// The pooled part: one connection of app_pool, acme's transaction,
+	// then globex's (which writes Erin Green), no tenant before, between
+	// and after them.
+	pooled := demoSection(t, out, "One pool role, a tenant per transaction")
+	txs := regexp.MustCompile(`(?s)the same connection \(PostgreSQL backend (\d+)\):\n    BEGIN;\n    SET LOCAL pgcloak\.tenant_token = '[^']+';\n(.*?)\n    COMMIT;`).FindAllStringSubmatch(pooled, -1)
+	if len(txs) != 2 {
+		t.Fatalf("pooled part: got %d token transactions, want 2:\n%s", len(txs), pooled)
+	}
+	if txs[0][1] != txs[1][1] {
+		t.Errorf("pooled part: backends %s and %s, want one connection", txs[0][1], txs[1][1])
+	}
+	containsAll(t, "acme's pooled transaction", txs[0][2], "Alice Jones", "123-45-6789", "987-65-4321", "asthma", "hypertension", " acme")
+	containsNone(t, "acme's pooled transaction", txs[0][2], append(globexPlain, "Erin Green", "globex")...)
+	containsAll(t, "globex's pooled transaction", txs[1][2], "Carol White", "Dan Brown", "222-33-4444", "migraine", "diabetes type 2", "Erin Green", "555-66-7777", "sprained ankle", " globex")
+	containsNone(t, "globex's pooled transaction", txs[1][2], "Alice Jones", "987-65-4321", "asthma", "hypertension", " acme")
+	if n := strings.Count(pooled, "-> (no rows)"); n != 2 {
+		t.Errorf("pooled part: %d selects without a token saw no rows, want 2 (before the first token, after the last COMMIT):\n%s", n, pooled)
+	}
+	containsAll(t, "pooled part", pooled,
+		"no token yet: insert into patients (name, ssn) values (...)\n    -> ERROR 42501: pgcloak: this session has no tenant",
+		"-> ERROR 28000: pgcloak: tenant token refused: bad signature",
+		"-> globex Erin Green")
+}
+
+// wantPoolRows logs in with the printed string of the pool role, mints a
+// token with the printed pgcloak token command, and wants the token's
+// tenant's rows in that transaction and none after it.
+func wantPoolRows(ctx context.Context, t *testing.T, out string) {
+	t.Helper()
+	m := regexp.MustCompile(`psql "(postgres://app_pool:app_pool@127\.0\.0\.1:\d+/demo\?sslmode=disable)"\n.*\n  with a token \(10 minutes\) from: go run \./cmd/pgcloak (token --tenant acme -c \S+)\n`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatal("stdout: no psql connection string and token command for app_pool")
+	}
+	var tok, stderr syncBuffer
+	args := strings.Fields(strings.Replace(m[2], "--tenant acme", "--tenant globex", 1))
+	if code := run(ctx, args, &tok, &stderr); code != 0 {
+		t.Fatalf("pgcloak %s: exit code %d; stderr:\n%s", strings.Join(args, " "), code, stderr.String())
+	}
+	conn, err := pgx.Connect(ctx, m[1])
+	if err != nil {
+		t.Fatalf("connect with the printed string of app_pool: %v", err)
+	}
+	defer conn.Close(context.Background())
+	names := func() []string {
+		t.Helper()
+		rows, err := conn.Query(ctx, "select name, ssn from patients order by id")
+		if err != nil {
+			t.Fatalf("select as app_pool: %v", err)
+		}
+		var got []string
+		for rows.Next() {
+			var name, ssn string
+			if err := rows.Scan(&name, &ssn); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, name+"|"+ssn)
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatalf("select as app_pool: %v", err)
+		}
+		return got
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SET LOCAL pgcloak.tenant_token = '"+strings.TrimSpace(tok.String())+"'"); err != nil {
+		t.Fatalf("SET LOCAL with the minted token: %v", err)
+	}
+	want := []string{"Carol White|123-45-6789", "Dan Brown|222-33-4444", "Erin Green|555-66-7777"}
+	if got := names(); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("app_pool with globex's token: got %q, want %q", got, want)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := names(); len(got) != 0 {
+		t.Errorf("app_pool after COMMIT: got %q, want no rows", got)
+	}
 }
 
 // demoKEKRows returns the rows of the demo's table of data keys as
@@ -190,6 +270,7 @@ func TestDemo(t *testing.T) {
 	containsNone(t, "stdout", d.out, "KMS", "alias/")
 
 	wantAcmeRows(t.Context(), t, d.acmeURL)
+	wantPoolRows(t.Context(), t, d.out)
 	d.stop(t)
 }
 
