@@ -82,6 +82,10 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 	if pure(s.decl) {
 		return s.upstreamOut.send(q)
 	}
+	if s.tokens && containsFold(q.String, pinAliasPrefix) {
+		s.track(q)
+		return s.refuse(errPinAlias)
+	}
 	if containsFold(q.String, "tenant_token") {
 		if s.tokens {
 			return s.handleTokenQuery(q)
@@ -164,6 +168,9 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 	s.copyIn, s.dropCopy = nil, false // a COPY FROM the client abandoned
 	if pure(s.decl) {
 		return s.upstreamOut.send(m)
+	}
+	if s.tokens && containsFold(m.Query, pinAliasPrefix) {
+		return s.refuseExtended(errPinAlias)
 	}
 	if containsFold(m.Query, "tenant_token") {
 		if s.tokens {

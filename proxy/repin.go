@@ -67,6 +67,13 @@ func (s *session) afterClientMessage(msg pgproto3.FrontendMessage) error {
 	if s.tokens {
 		return s.afterTokenRound(msg)
 	}
+	switch msg.(type) {
+	case *pgproto3.Query, *pgproto3.Sync, *pgproto3.FunctionCall:
+		s.tok.midRound = false
+	case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail:
+	default:
+		s.tok.midRound = true
+	}
 	if !s.repinsAfterDiscard() {
 		return nil
 	}
@@ -102,7 +109,15 @@ func (s *session) afterClientMessage(msg pgproto3.FrontendMessage) error {
 	default:
 		return nil
 	}
-	if !s.repin.pending {
+	return nil
+}
+
+// beforeClientMessage runs in the client goroutine before msg is handled:
+// a pin owed since the last round is made first, between rounds, never
+// while PostgreSQL expects COPY data (a COPY FROM STDIN whose text
+// mentions DISCARD).
+func (s *session) beforeClientMessage(msg pgproto3.FrontendMessage) error {
+	if !s.repin.pending || s.tok.midRound || isCopyData(msg) || !s.repinsAfterDiscard() {
 		return nil
 	}
 	return s.pinAgain()

@@ -338,10 +338,12 @@ func (s *session) handleClientMessage(msg pgproto3.FrontendMessage) error {
 			return err
 		}
 	}
-	if s.tokens {
-		if err := s.settleTenant(); err != nil {
+	if s.tokens && !isCopyData(msg) {
+		if err := s.beforeTokenMessage(); err != nil {
 			return err
 		}
+	} else if err := s.beforeClientMessage(msg); err != nil {
+		return err
 	}
 	switch m := msg.(type) {
 	case *pgproto3.Query:

@@ -250,6 +250,8 @@ type tokenState struct {
 	// clearOwed: a refused token left the session without a tenant, and
 	// the upstream pin must be cleared when PostgreSQL lets us.
 	clearOwed bool
+	// midRound: the client has sent part of a round (no Sync yet).
+	midRound bool
 	// portals are the portals bound to token statements, by name, with
 	// the pin their Execute makes.
 	portals map[string]*tokenPin
@@ -276,6 +278,11 @@ type tokenUpstream struct {
 	failed bool
 	// status is the last ReadyForQuery's transaction status.
 	status byte
+	// rolledBack: a ROLLBACK tag came in the round now answered (it may
+	// also be ROLLBACK TO SAVEPOINT, so it ends nothing by itself).
+	rolledBack bool
+	// badAnswer: an answer to a pin was not the pin's; the session ends.
+	badAnswer atomic.Bool
 }
 
 // tokenPin is one token statement on its way: what the client is answered
@@ -285,7 +292,10 @@ type tokenPin struct {
 	form   tokenForm
 	local  bool
 	tenant string // "" for a reset
+	proof  string // the pin's proof
 	value  string // set_config's answer: the token as given
+	alias  string // a simple Query's pin: its column name
+	seen   bool   // its row arrived and was checked
 }
 
 func (u *tokenUpstream) tenant() string {
@@ -301,8 +311,14 @@ func newTokenAlias() (string, error) {
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", err
 	}
-	return "pgcloak:pin:" + hex.EncodeToString(b[:]) + ":", nil
+	return pinAliasPrefix + hex.EncodeToString(b[:]) + ":", nil
 }
+
+// pinAliasPrefix starts the column names of the proxy's pin statements,
+// which a token session's own SQL may not use.
+const pinAliasPrefix = "pgcloak:pin:"
+
+var errPinAlias = &clientError{code: pgerrcode.InsufficientPrivilege, msg: "names starting with " + pinAliasPrefix + " are reserved for pgcloak"}
 
 // aliasFor is the quoted column name of the proxy's statement for a token
 // statement of form f: the session's alias and the form's letter.
@@ -386,6 +402,10 @@ func (s *session) settleTenant() error {
 	// upstream goroutine sees its transaction end.
 	t.settled = !hasLocal
 	if !hasLocal && t.session != "" && t.markerMoved {
+		if t.midRound {
+			t.settled = false // between rounds only
+			return nil
+		}
 		return s.repinSession()
 	}
 	return nil
@@ -438,6 +458,7 @@ func (s *session) handleTokenQuery(q *pgproto3.Query) error {
 			s.track(q)
 			return s.refuse(err)
 		}
+		s.applyClientPin(pin)
 		pins = append(pins, pin)
 		b.WriteString(sql)
 	}
@@ -459,13 +480,23 @@ func (s *session) handleTokenQuery(q *pgproto3.Query) error {
 func (s *session) tokenPin(ts *tokenStmt, raw string, args *[][]byte) (*tokenPin, string, error) {
 	pin := &tokenPin{form: ts.form, local: ts.local, value: raw}
 	setting := s.decl.tenancyCfg.Setting
+	alias := s.tok.aliasFor(ts.form) // the extended protocol's: Describe answers are matched by statement
+	if args == nil {
+		// A simple Query's pin is recognised by its column name: one of
+		// its own, which no client text can name in advance.
+		a, err := newTokenAlias()
+		if err != nil {
+			return nil, "", err
+		}
+		pin.alias = a
+		alias = `"` + a + `"`
+	}
 	if ts.form == tokenReset {
-		s.tenant, s.tok.session, s.tok.proof = "", "", ""
 		if args != nil {
 			*args = append(*args, []byte(setting), []byte(keystore.ProofSetting))
-			return pin, keystore.ClearStatement(s.tok.aliasFor(tokenReset)), nil
+			return pin, keystore.ClearStatement(alias), nil
 		}
-		return pin, literalSQL(keystore.ClearStatement(s.tok.aliasFor(tokenReset)), setting, keystore.ProofSetting), nil
+		return pin, literalSQL(keystore.ClearStatement(alias), setting, keystore.ProofSetting), nil
 	}
 	claims, err := s.srv.tokens.VerifyToken(context.Background(), raw)
 	if err != nil {
@@ -483,23 +514,50 @@ func (s *session) tokenPin(ts *tokenStmt, raw string, args *[][]byte) (*tokenPin
 	if err != nil {
 		return nil, "", err
 	}
-	s.tenant = claims.Tenant
-	if ts.local {
-		s.tok.markerMoved = true
-	} else {
-		s.tok.prevSession, s.tok.prevProof = s.tok.session, s.tok.proof
-		s.tok.session, s.tok.proof, s.tok.markerMoved = claims.Tenant, proof, false
-	}
+	pin.proof = proof
 	params := s.nextPinArgs(claims.Tenant, proof, ts.local)
 	if args != nil {
 		*args = append(*args, params...)
-		return pin, keystore.NextStatement(ts.local, s.tok.aliasFor(ts.form)), nil
+		return pin, keystore.NextStatement(ts.local, alias), nil
 	}
 	strs := make([]string, len(params))
 	for i, p := range params {
 		strs[i] = string(p)
 	}
-	return pin, literalSQL(keystore.NextStatement(ts.local, s.tok.aliasFor(ts.form)), strs...), nil
+	return pin, literalSQL(keystore.NextStatement(ts.local, alias), strs...), nil
+}
+
+// applyClientPin makes pin the client goroutine's tenant from the point
+// where its statement runs: in a simple Query at once (what follows it in
+// the text runs after it), in the extended protocol at the Execute of its
+// portal, never at the Bind.
+func (s *session) applyClientPin(pin *tokenPin) {
+	t := &s.tok
+	switch {
+	case pin.form == tokenReset:
+		s.tenant, t.session, t.proof = "", "", ""
+	case pin.local:
+		s.tenant, t.markerMoved = pin.tenant, true
+	default:
+		t.prevSession, t.prevProof = t.session, t.proof
+		t.session, t.proof, t.markerMoved = pin.tenant, pin.proof, false
+		s.tenant = pin.tenant
+	}
+	t.changed, t.settled = s.upstreamOut.syncs+1, false
+}
+
+// pinAnswered checks the row a pin statement returned: the tenant and
+// proof it set (a local proof gains the transaction's start). Anything
+// else means the answer was not the pin's, and the session cannot go on.
+func pinAnswered(pin *tokenPin, row *pgproto3.DataRow) error {
+	if pin.form == tokenReset {
+		if len(row.Values) == 1 && len(row.Values[0]) == 0 {
+			return nil
+		}
+	} else if len(row.Values) == 1 && strings.HasPrefix(string(row.Values[0]), pin.tenant+pin.proof) {
+		return nil
+	}
+	return errors.New("token session: the answer to a tenant pin is not the pin's")
 }
 
 // nextPinArgs are keystore.NextStatement's parameters for the next pin.
@@ -539,6 +597,10 @@ func (s *session) repinSession() error {
 	if err != nil {
 		return err
 	}
+	if code == pgerrcode.InFailedSQLTransaction {
+		s.tok.settled = false // again after the client's next round
+		return nil
+	}
 	if code != "" {
 		return fmt.Errorf("pinning the session token's tenant again failed upstream with SQLSTATE %s", code)
 	}
@@ -562,6 +624,9 @@ func (s *session) tokenResponse(msg pgproto3.BackendMessage) (pgproto3.BackendMe
 	}
 	if u.cur == nil && s.tracks {
 		if out, done := s.extendedTokenResponse(msg); done {
+			if u.badAnswer.Load() {
+				return nil, errors.New("token session: the answer to a tenant pin is not the pin's")
+			}
 			return out, nil
 		}
 	}
@@ -570,17 +635,22 @@ func (s *session) tokenResponse(msg pgproto3.BackendMessage) (pgproto3.BackendMe
 		if len(m.Fields) != 1 {
 			return msg, nil
 		}
-		if _, ok := s.tok.aliasForm(m.Fields[0].Name); !ok {
-			return msg, nil
-		}
 		u.mu.Lock()
-		if len(u.queue) > 0 {
+		matched := len(u.queue) > 0 && string(m.Fields[0].Name) == u.queue[0].alias
+		if matched {
 			u.cur, u.queue = u.queue[0], u.queue[1:]
 		}
 		u.mu.Unlock()
+		if !matched {
+			return msg, nil
+		}
 		return nil, nil
 	case *pgproto3.DataRow:
 		if u.cur != nil {
+			if err := pinAnswered(u.cur, m); err != nil {
+				return nil, err
+			}
+			u.cur.seen = true
 			return nil, nil
 		}
 	case *pgproto3.CommandComplete:
@@ -590,6 +660,9 @@ func (s *session) tokenResponse(msg pgproto3.BackendMessage) (pgproto3.BackendMe
 		}
 		pin := u.cur
 		u.cur = nil
+		if !pin.seen {
+			return nil, errors.New("token session: a tenant pin completed without its row")
+		}
 		s.applyPin(pin)
 		return nil, s.answerToken(pin)
 	case *pgproto3.ErrorResponse:
@@ -599,10 +672,14 @@ func (s *session) tokenResponse(msg pgproto3.BackendMessage) (pgproto3.BackendMe
 		u.mu.Lock()
 		u.answered++
 		if m.TxStatus == 'I' {
-			// An implicit transaction commits unless an error ended it.
-			u.endTransaction(!u.failed)
+			// A block open before this round ended without a COMMIT tag
+			// (that would have settled it): rolled back. Otherwise an
+			// implicit transaction commits unless an error or a ROLLBACK
+			// came.
+			explicit := u.status == 'T' || u.status == 'E'
+			u.endTransaction(!explicit && !u.failed && !u.rolledBack)
 		}
-		u.failed = false
+		u.failed, u.rolledBack = false, false
 		u.status = m.TxStatus
 		for len(u.queue) > 0 && u.queue[0].round <= u.answered {
 			u.queue = u.queue[1:] // never reached: an error came first
@@ -628,8 +705,13 @@ func (s *session) extendedTokenResponse(msg pgproto3.BackendMessage) (pgproto3.B
 		if head.kind != pendDescribe || len(m.Fields) != 1 {
 			return msg, false
 		}
-		form, ok := s.tok.aliasForm(m.Fields[0].Name)
-		if !ok {
+		var form tokenForm
+		switch {
+		case head.prepared != nil && head.prepared.token != nil:
+			form = head.prepared.token.form
+		case head.token != nil:
+			form = head.token.form
+		default:
 			return msg, false
 		}
 		if form != tokenSetConfig {
@@ -641,6 +723,11 @@ func (s *session) extendedTokenResponse(msg pgproto3.BackendMessage) (pgproto3.B
 		if head.kind != pendExecute || head.token == nil {
 			return msg, false
 		}
+		if err := pinAnswered(head.token, m); err != nil {
+			s.tokUp.badAnswer.Store(true)
+			return nil, true
+		}
+		head.token.seen = true
 		if head.token.form != tokenSetConfig {
 			return nil, true
 		}
@@ -649,6 +736,10 @@ func (s *session) extendedTokenResponse(msg pgproto3.BackendMessage) (pgproto3.B
 	case *pgproto3.CommandComplete:
 		if head.kind != pendExecute || head.token == nil {
 			return msg, false
+		}
+		if !head.token.seen {
+			s.tokUp.badAnswer.Store(true)
+			return msg, true
 		}
 		s.applyPin(head.token)
 		switch head.token.form {
@@ -664,16 +755,15 @@ func (s *session) extendedTokenResponse(msg pgproto3.BackendMessage) (pgproto3.B
 
 // noteTransactionTag follows COMMIT and ROLLBACK inside a round.
 func (s *session) noteTransactionTag(tag []byte) {
-	t := string(tag)
-	switch {
-	case t == "COMMIT":
+	// ROLLBACK is also the tag of ROLLBACK TO SAVEPOINT, which ends no
+	// transaction: only ReadyForQuery's status says a block ended.
+	switch string(tag) {
+	case "COMMIT":
 		s.tokUp.mu.Lock()
 		s.tokUp.endTransaction(true)
 		s.tokUp.mu.Unlock()
-	case t == "ROLLBACK" || strings.HasPrefix(t, "PREPARE TRANSACTION"):
-		s.tokUp.mu.Lock()
-		s.tokUp.endTransaction(false)
-		s.tokUp.mu.Unlock()
+	case "ROLLBACK":
+		s.tokUp.rolledBack = true
 	}
 }
 
@@ -771,6 +861,13 @@ func (u *tokenUpstream) forget() {
 // tenant PostgreSQL now has (none after DISCARD ALL or RESET ALL) and draws
 // a new challenge (DISCARD forgets the old one).
 func (s *session) afterTokenRound(msg pgproto3.FrontendMessage) error {
+	switch msg.(type) {
+	case *pgproto3.Query, *pgproto3.Sync, *pgproto3.FunctionCall:
+		s.tok.midRound = false
+	case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail:
+	default:
+		s.tok.midRound = true
+	}
 	r := &s.repin
 	switch m := msg.(type) {
 	case *pgproto3.Parse:
@@ -794,17 +891,32 @@ func (s *session) afterTokenRound(msg pgproto3.FrontendMessage) error {
 		if r.bound {
 			r.bound, r.pending = false, true
 		}
-	default:
-		return nil
+	}
+	return nil
+}
+
+// beforeTokenMessage runs in the client goroutine before each message of a
+// token session but COPY data: it settles the tenant after a token, and
+// does what the last round left owed (clearing the pin after a refused
+// token; after DISCARD or RESET, a new challenge and PostgreSQL's tenant).
+// It waits for the answers to every earlier round, so it never runs while
+// PostgreSQL expects COPY data.
+func (s *session) beforeTokenMessage() error {
+	if err := s.settleTenant(); err != nil {
+		return err
+	}
+	if s.tok.midRound {
+		return nil // the proxy's own statements go between rounds only
 	}
 	if s.tok.clearOwed {
 		if err := s.clearAfterRefusal(); err != nil {
 			return err
 		}
 	}
-	if !r.pending || s.srv.pinner == nil {
+	if !s.repin.pending || s.srv.pinner == nil {
 		return nil
 	}
+	r := &s.repin
 	c, code, err := s.callInternal(keystore.ChallengeStatement)
 	if err != nil {
 		return err
@@ -943,7 +1055,6 @@ func (s *session) bindToken(m *pgproto3.Bind, ps *preparedStatement) error {
 		delete(s.tok.portals, m.DestinationPortal)
 		return s.refuseExtended(err)
 	}
-	s.tok.changed, s.tok.settled = s.upstreamOut.syncs+1, false
 	s.tok.portals[m.DestinationPortal] = pin
 	s.pending.push(&pending{kind: pendBind, name: m.DestinationPortal, stmt: m.PreparedStatement,
 		resultFormats: append([]int16(nil), m.ResultFormatCodes...)})
@@ -963,4 +1074,13 @@ func (s *session) idle() bool {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return u.answered == s.upstreamOut.syncs && (u.status == 'I' || u.status == 0)
+}
+
+// isCopyData reports whether msg is part of a COPY FROM STDIN's data.
+func isCopyData(msg pgproto3.FrontendMessage) bool {
+	switch msg.(type) {
+	case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail:
+		return true
+	}
+	return false
 }

@@ -133,6 +133,25 @@ func atkBytes(ss ...string) [][]byte {
 	return b
 }
 
+// A token statement bound but never executed: PostgreSQL never pins its
+// tenant, so nothing may be encrypted with that tenant's keys.
+func TestTokenAttack_BindWithoutExecute(t *testing.T) {
+	env := startTokenEnv(t)
+	atkSeed(t, env)
+	conn := atkRaw(t, env)
+	_, err := atkExec(t, conn, `SET pgcloak.tenant_token = '`+mintToken(t, "globex", time.Hour)+`'`)
+	fatalIf(t, err, "SET globex")
+	out, err := atkRound(t, conn,
+		&pgproto3.Parse{Name: "tok", Query: atkSetConfig},
+		&pgproto3.Bind{PreparedStatement: "tok", DestinationPortal: "p", Parameters: atkBytes(mintToken(t, "acme", time.Hour))},
+		&pgproto3.Parse{Query: atkInsert},
+		&pgproto3.Bind{Parameters: atkBytes("Eve", "555-55-5555")},
+		&pgproto3.Execute{},
+	)
+	t.Logf("round: %v (err %v)", out, err)
+	atkCheckStored(t, env)
+}
+
 // A token portal bound in one round of a transaction block and executed in
 // a later one: PostgreSQL pins its tenant then, and the keys must follow.
 func TestTokenAttackPortalExecutedLater(t *testing.T) {
@@ -182,7 +201,13 @@ func TestTokenAttackPortalSuspended(t *testing.T) {
 	atkCheckStored(t, env)
 }
 
-var atkAliasRE = regexp.MustCompile(`"(pgcloak:pin:[0-9a-f]+:)[src]"`)
+var atkAliasRE = regexp.MustCompile(`"(pgcloak:pin:[0-9a-f]+:)"`)
+
+// atkEscaped spells an identifier with a Unicode escape for each colon, so
+// that the text no longer contains it as written.
+func atkEscaped(ident string) string {
+	return `U&"` + strings.ReplaceAll(ident, ":", `\003A`) + `"`
+}
 
 // atkAlias reads the session's pin alias from current_query() in a query
 // that carries a token statement.
@@ -196,6 +221,49 @@ func atkAlias(t *testing.T, conn *pgconn.PgConn, tok string) (alias, text string
 		t.Fatalf("no alias in current_query(): %s", text)
 	}
 	return m[1], text
+}
+
+// The pin's alias leaks through current_query(); a statement of the
+// client's own answering under it must not be taken for a pin.
+func TestTokenAttack_FakeAlias(t *testing.T) {
+	env := startTokenEnv(t)
+	atkSeed(t, env)
+	conn := atkRaw(t, env)
+	alias, _ := atkAlias(t, conn, mintToken(t, "globex", time.Hour))
+	acme := mintToken(t, "acme", time.Hour)
+	// As written, the alias is refused; escaped, it reaches PostgreSQL
+	// and must not be taken for the pin.
+	_, err := atkExec(t, conn, `BEGIN; SELECT 'x' AS "`+alias+`"; COMMIT; SELECT 1/0; SET pgcloak.tenant_token = '`+acme+`'`)
+	if pgCode(err) != "42501" {
+		t.Fatalf("the pin alias as written: %v, want 42501", err)
+	}
+	res, err := atkExec(t, conn, `BEGIN; SELECT 'x' AS `+atkEscaped(alias)+`; COMMIT; SELECT 1/0; SET pgcloak.tenant_token = '`+acme+`'`)
+	t.Logf("fake alias query: %d results, err %v", len(res), err)
+	res, err = atkExec(t, conn, `select pgcloak.current_tenant()`)
+	if err == nil {
+		t.Logf("current_tenant after: %s", res[0].Rows[0][0])
+	}
+	_, err = conn.ExecParams(ctxT(t), atkInsert, atkBytes("Eve", "555-55-5555"), nil, nil, nil).Close()
+	t.Logf("insert: %v", err)
+	atkCheckStored(t, env)
+}
+
+// ROLLBACK TO SAVEPOINT answers "ROLLBACK" but ends no transaction: a
+// local token set before the savepoint still holds.
+func TestTokenAttack_RollbackToSavepoint(t *testing.T) {
+	env := startTokenEnv(t)
+	atkSeed(t, env)
+	conn := atkRaw(t, env)
+	_, err := atkExec(t, conn, `SET pgcloak.tenant_token = '`+mintToken(t, "globex", time.Hour)+`'`)
+	fatalIf(t, err, "SET globex")
+	res, err := atkExec(t, conn, `BEGIN; SET LOCAL pgcloak.tenant_token = '`+mintToken(t, "acme", time.Hour)+`'; SAVEPOINT a; ROLLBACK TO a; SELECT pgcloak.current_tenant(), name, ssn FROM patients; COMMIT`)
+	if err != nil {
+		t.Fatalf("select after ROLLBACK TO in acme's local token: %v", err)
+	}
+	if rows := res[4].Rows; len(rows) != 1 || string(rows[0][2]) != "123-45-6789" {
+		t.Fatalf("select after ROLLBACK TO: %q", rows)
+	}
+	atkCheckStored(t, env)
 }
 
 // ROLLBACK TO in its own round, then a write with parameters.
@@ -252,6 +320,44 @@ func TestTokenAttackTransactionEndsInQuery(t *testing.T) {
 		conn.Close(ctxT(t))
 	}
 	atkCheckStored(t, env)
+}
+
+// COPY FROM STDIN in a transaction with a local token: the proxy must not
+// wait for the COPY's ReadyForQuery before passing its data on.
+func TestTokenAttack_CopyAfterLocalToken(t *testing.T) {
+	env := startTokenEnv(t)
+	conn := atkRaw(t, env)
+	_, err := atkExec(t, conn, `create temp table notes (body text)`)
+	fatalIf(t, err, "temp table")
+	_, err = atkExec(t, conn, `BEGIN`)
+	fatalIf(t, err, "begin")
+	_, err = atkExec(t, conn, `SET LOCAL pgcloak.tenant_token = '`+mintToken(t, "acme", time.Hour)+`'`)
+	fatalIf(t, err, "SET LOCAL")
+	ctx, cancel := context.WithTimeout(ctxT(t), 10*time.Second)
+	defer cancel()
+	tag, err := conn.CopyFrom(ctx, strings.NewReader("a\nb\n"), `copy notes (body) from stdin`)
+	if err != nil {
+		t.Fatalf("COPY FROM STDIN after SET LOCAL token: %v", err)
+	}
+	mustEqual(t, "copy tag", tag.String(), "COPY 2")
+}
+
+// A COPY FROM STDIN whose text mentions "reset" (a column reset_at): the
+// proxy's own statements after it must not be sent into the COPY.
+func TestTokenAttack_CopyMentioningReset(t *testing.T) {
+	env := startTokenEnv(t)
+	conn := atkRaw(t, env)
+	_, err := atkExec(t, conn, `SET pgcloak.tenant_token = '`+mintToken(t, "acme", time.Hour)+`'`)
+	fatalIf(t, err, "SET token")
+	_, err = atkExec(t, conn, `create temp table notes (reset_at text)`)
+	fatalIf(t, err, "temp table")
+	ctx, cancel := context.WithTimeout(ctxT(t), 10*time.Second)
+	defer cancel()
+	tag, err := conn.CopyFrom(ctx, strings.NewReader("a\nb\n"), `copy notes (reset_at) from stdin`)
+	if err != nil {
+		t.Fatalf("COPY FROM STDIN naming reset_at in a token session: %v", err)
+	}
+	mustEqual(t, "copy tag", tag.String(), "COPY 2")
 }
 
 // The pin statement's text leaks through current_query(); re-running it
@@ -336,5 +442,87 @@ func TestTokenAttackTokenToPostgres(t *testing.T) {
 	}
 	if strings.Contains(env.logs.String(), tok) || strings.Contains(env.audit.String(), tok) {
 		t.Fatal("token in the proxy log or audit")
+	}
+}
+
+// An application transaction with SET LOCAL on a session that has a
+// session-level tenant (a mode-jwt login, or a pooled connection whose
+// earlier request used SET): ROLLBACK TO SAVEPOINT recovers from an error
+// inside the transaction, and the transaction must still be the local
+// token's tenant.
+func TestTokenAttack_RollbackToSwitchesTenant(t *testing.T) {
+	env := startTokenEnv(t)
+	atkSeed(t, env)
+	conn := atkRaw(t, env)
+	ctx := ctxT(t)
+	_, err := atkExec(t, conn, `SET pgcloak.tenant_token = '`+mintToken(t, "globex", time.Hour)+`'`)
+	fatalIf(t, err, "SET globex")
+	for _, q := range []string{`BEGIN`, `SET LOCAL pgcloak.tenant_token = '` + mintToken(t, "acme", time.Hour) + `'`, `SAVEPOINT s`} {
+		_, err = atkExec(t, conn, q)
+		fatalIf(t, err, "%.30s", q)
+	}
+	_, err = atkExec(t, conn, `SELECT 1/0`)
+	if err == nil {
+		t.Fatal("1/0 succeeded")
+	}
+	_, err = atkExec(t, conn, `ROLLBACK TO SAVEPOINT s`)
+	fatalIf(t, err, "rollback to")
+	r := conn.ExecParams(ctx, `select pgcloak.current_tenant()::text, name, ssn from patients`, nil, nil, nil, nil).Read()
+	fatalIf(t, r.Err, "select in acme's transaction")
+	for _, row := range r.Rows {
+		if string(row[0]) != "acme" {
+			t.Errorf("in acme's SET LOCAL transaction after ROLLBACK TO: current_tenant %s, row %s:%s", row[0], row[1], row[2])
+		}
+	}
+	_, err = conn.ExecParams(ctx, atkInsert, atkBytes("acme-data", "111-22-3333"), nil, nil, nil).Close()
+	fatalIf(t, err, "insert in acme's transaction")
+	_, err = atkExec(t, conn, `COMMIT`)
+	fatalIf(t, err, "commit")
+	var owner string
+	fatalIf(t, env.pool.QueryRow(ctx, `select tenant_id from patients where name = 'acme-data'`).Scan(&owner), "owner")
+	if owner != "acme" {
+		t.Fatalf("a row written in acme's SET LOCAL transaction is stored as %s's", owner)
+	}
+}
+
+// The same through COMMIT AND CHAIN: the proxy takes it for the end of the
+// local token's transaction and re-pins the session token inside the
+// chained transaction; an error there must not kill the session.
+func TestTokenAttack_ChainedTransactionError(t *testing.T) {
+	env := startTokenEnv(t)
+	conn := atkRaw(t, env)
+	_, err := atkExec(t, conn, `SET pgcloak.tenant_token = '`+mintToken(t, "globex", time.Hour)+`'`)
+	fatalIf(t, err, "SET globex")
+	_, err = atkExec(t, conn, `BEGIN; SET LOCAL pgcloak.tenant_token = '`+mintToken(t, "acme", time.Hour)+`'; COMMIT AND CHAIN; SELECT 1/0`)
+	t.Logf("chained error: %v", err)
+	_, err = atkExec(t, conn, `ROLLBACK`)
+	fatalIf(t, err, "ROLLBACK after an error in a chained transaction")
+	_, err = atkExec(t, conn, `SELECT 1`)
+	fatalIf(t, err, "session usable")
+}
+
+// The alias of the proxy's pin statements is readable by any session of
+// the same role in pg_stat_activity; a client statement answering under it
+// must not corrupt the protocol.
+func TestTokenAttack_AliasProtocol(t *testing.T) {
+	env := startTokenEnv(t)
+	victim := atkRaw(t, env)
+	_, err := atkExec(t, victim, `SET pgcloak.tenant_token = '`+mintToken(t, "globex", time.Hour)+`'`)
+	fatalIf(t, err, "SET globex")
+	spy := atkRaw(t, env)
+	res, err := atkExec(t, spy, fmt.Sprintf(`select query from pg_stat_activity where pid = %d`, victim.PID()))
+	fatalIf(t, err, "pg_stat_activity")
+	m := atkAliasRE.FindStringSubmatch(string(res[0].Rows[0][0]))
+	if m == nil {
+		t.Logf("alias not visible in pg_stat_activity: %s", res[0].Rows[0][0])
+		_, text := atkAlias(t, victim, mintToken(t, "globex", time.Hour))
+		m = atkAliasRE.FindStringSubmatch(text)
+	} else {
+		t.Logf("victim's pin (alias %s) read from another session in pg_stat_activity", m[1])
+	}
+	out, err := atkRound(t, victim, &pgproto3.Query{String: `SELECT 'x' AS ` + atkEscaped(m[1])})
+	t.Logf("answer: %v %v", out, err)
+	if len(out) < 3 || out[0] != "T" {
+		t.Fatalf("a client's own SELECT answered without its RowDescription: %v", out)
 	}
 }

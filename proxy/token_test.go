@@ -385,7 +385,9 @@ func TestTenantTokenSetLocalOutsideTransaction(t *testing.T) {
 	cfg, err := pgconn.ParseConfig(env.proxy.url(poolRole, rolePassword, env.db))
 	fatalIf(t, err, "config")
 	var notices []string
-	cfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) { notices = append(notices, n.Severity+" "+n.Code+" "+n.Message) }
+	cfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
+		notices = append(notices, n.Severity+" "+n.Code+" "+n.Message)
+	}
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	fatalIf(t, err, "connect")
 	defer conn.Close(ctx)
@@ -401,5 +403,26 @@ func TestTenantTokenSetLocalOutsideTransaction(t *testing.T) {
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) || pe.Code != "42501" {
 		t.Fatalf("after SET LOCAL outside a transaction the session has a tenant: %v", err)
+	}
+}
+
+// TestCopyMentioningDiscard: a COPY FROM STDIN whose text mentions DISCARD
+// or RESET does not make the proxy send its own statements while
+// PostgreSQL expects COPY data (login-mapped and token sessions).
+func TestCopyMentioningDiscard(t *testing.T) {
+	env := startTokenEnv(t)
+	ctx := ctxT(t)
+	for _, role := range []string{acmeRole, poolRole} {
+		conn := env.tenantConn(t, role)
+		_, err := conn.Exec(ctx, `create temp table notes (discard_at text, reset_at text)`)
+		fatalIf(t, err, "temp table")
+		tag, err := conn.PgConn().CopyFrom(ctx, strings.NewReader("a\tb\nc\td\n"), `copy notes (discard_at, reset_at) from stdin`)
+		fatalIf(t, err, "copy (%s)", role)
+		if tag.RowsAffected() != 2 {
+			t.Fatalf("%s: copied %d rows", role, tag.RowsAffected())
+		}
+		if got := names(t, conn, `select count(*)::text from notes`); len(got) != 1 || got[0] != "2" {
+			t.Fatalf("%s: notes %v", role, got)
+		}
 	}
 }
