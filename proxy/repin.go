@@ -61,12 +61,11 @@ func mentionsDiscard(sql string) bool { return containsFold(sql, "discard") }
 func (s *session) repinsAfterDiscard() bool { return s.scoped && !s.tokens && s.srv.pinner != nil }
 
 // afterClientMessage runs in the client goroutine after msg was handled:
-// it pins the session again when msg completed a round that may have
-// discarded the pin.
+// it notes whether the client is in the middle of a round, and when msg
+// completed a round that may have discarded the pin (DISCARD; for a token
+// session also RESET), it makes the pin owed: beforeClientMessage or
+// beforeTokenMessage makes it before the next round.
 func (s *session) afterClientMessage(msg pgproto3.FrontendMessage) error {
-	if s.tokens {
-		return s.afterTokenRound(msg)
-	}
 	switch msg.(type) {
 	case *pgproto3.Query, *pgproto3.Sync, *pgproto3.FunctionCall:
 		s.tok.midRound = false
@@ -74,13 +73,17 @@ func (s *session) afterClientMessage(msg pgproto3.FrontendMessage) error {
 	default:
 		s.tok.midRound = true
 	}
-	if !s.repinsAfterDiscard() {
+	mentions := mentionsDiscard
+	switch {
+	case s.tokens:
+		mentions = mayDropPin
+	case !s.repinsAfterDiscard():
 		return nil
 	}
 	r := &s.repin
 	switch m := msg.(type) {
 	case *pgproto3.Parse:
-		if mentionsDiscard(m.Query) {
+		if mentions(m.Query) {
 			if r.discards == nil {
 				r.discards = make(map[string]bool)
 			}
@@ -88,26 +91,20 @@ func (s *session) afterClientMessage(msg pgproto3.FrontendMessage) error {
 		} else {
 			delete(r.discards, m.Name)
 		}
-		return nil
 	case *pgproto3.Bind:
 		r.bound = r.bound || r.discards[m.PreparedStatement]
-		return nil
 	case *pgproto3.Close:
 		if m.ObjectType == 'S' {
 			delete(r.discards, m.Name)
 		}
-		return nil
 	case *pgproto3.Query:
-		if mentionsDiscard(m.String) {
+		if mentions(m.String) {
 			r.pending = true
 		}
 	case *pgproto3.Sync:
 		if r.bound {
-			r.bound = false
-			r.pending = true
+			r.bound, r.pending = false, true
 		}
-	default:
-		return nil
 	}
 	return nil
 }

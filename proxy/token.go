@@ -855,45 +855,9 @@ func (u *tokenUpstream) forget() {
 	u.mu.Unlock()
 }
 
-// afterTokenRound runs in the client goroutine after each message of a
-// token session: after a round it clears the pin a refused token left, and
-// after a round that may have run DISCARD or RESET ALL it takes the
-// tenant PostgreSQL now has (none after DISCARD ALL or RESET ALL) and draws
-// a new challenge (DISCARD forgets the old one).
-func (s *session) afterTokenRound(msg pgproto3.FrontendMessage) error {
-	switch msg.(type) {
-	case *pgproto3.Query, *pgproto3.Sync, *pgproto3.FunctionCall:
-		s.tok.midRound = false
-	case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail:
-	default:
-		s.tok.midRound = true
-	}
-	r := &s.repin
-	switch m := msg.(type) {
-	case *pgproto3.Parse:
-		if mentionsDiscard(m.Query) || containsFold(m.Query, "reset") {
-			if r.discards == nil {
-				r.discards = make(map[string]bool)
-			}
-			r.discards[m.Name] = true
-		} else {
-			delete(r.discards, m.Name)
-		}
-		return nil
-	case *pgproto3.Bind:
-		r.bound = r.bound || r.discards[m.PreparedStatement]
-		return nil
-	case *pgproto3.Query:
-		if mentionsDiscard(m.String) || containsFold(m.String, "reset") {
-			r.pending = true
-		}
-	case *pgproto3.Sync:
-		if r.bound {
-			r.bound, r.pending = false, true
-		}
-	}
-	return nil
-}
+// mayDropPin reports whether a token session's text may drop or change
+// its pin: DISCARD, or RESET (ALL).
+func mayDropPin(sql string) bool { return mentionsDiscard(sql) || containsFold(sql, "reset") }
 
 // beforeTokenMessage runs in the client goroutine before each message of a
 // token session but COPY data: it settles the tenant after a token, and
