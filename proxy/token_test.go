@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -424,5 +425,45 @@ func TestCopyMentioningDiscard(t *testing.T) {
 		if got := names(t, conn, `select count(*)::text from notes`); len(got) != 1 || got[0] != "2" {
 			t.Fatalf("%s: notes %v", role, got)
 		}
+	}
+}
+
+// remoteListener makes every accepted connection look as if it came from
+// a host other than this one.
+type remoteListener struct{ net.Listener }
+
+type remoteConn struct{ net.Conn }
+
+func (l remoteListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return remoteConn{c}, nil
+}
+
+func (remoteConn) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 5555} }
+
+// TestJWTModeRemotePlaintext: mode jwt never asks a remote client for its
+// token over plaintext (28000 before the password exchange).
+func TestJWTModeRemotePlaintext(t *testing.T) {
+	env := startTokenEnv(t, func(c *Config) {
+		c.Tenancy.TokenRoles = nil
+		c.Tenancy.Mode = config.ModeJWT
+		c.Tenancy.JWT.UpstreamUser = poolRole
+		c.Tenancy.JWT.UpstreamPassword = rolePassword
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	fatalIf(t, err, "listen")
+	go env.proxy.srv.Serve(remoteListener{ln}) // ended by the proxy's Close
+	url := fmt.Sprintf("postgres://alice@%s/%s?sslmode=disable", ln.Addr(), env.db)
+	cfg, err := pgconn.ParseConfig(url)
+	fatalIf(t, err, "config")
+	// Without a password: had the proxy asked, the empty token would fail
+	// as a bad password (28P01), not with 28000.
+	cfg.Password = ""
+	_, err = pgconn.ConnectConfig(ctxT(t), cfg)
+	if pgCode(err) != "28000" || !strings.Contains(err.Error(), "TLS") {
+		t.Fatalf("remote plaintext jwt login: %v, want 28000 naming TLS", err)
 	}
 }
