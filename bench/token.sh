@@ -26,7 +26,10 @@
 #   one-query  the whole transaction in one simple Query (statements joined
 #              with \;), as TestServeTenantTokens sends it; -M simple only
 # Within each mode and workload the targets alternate; ROUNDS repeats the
-# cycle and the table shows the mean tps and the ratios.
+# cycle and the table shows the mean tps and the ratios. A second table
+# splits the CPU time per transaction between pgcloak (its process) and
+# PostgreSQL (the backends, counted by the postmaster once they exit; runs
+# end with their connections closed): where a token's cost goes.
 #
 # Environment (defaults in brackets):
 #   DURATION seconds per run [10]   ROUNDS cycles [3]
@@ -102,6 +105,7 @@ EOF
 { echo "set client_min_messages = warning;"; "$work/pgcloak" schema -c "$work/pgcloak.yaml"; } | psql_direct >/dev/null
 "$work/pgcloak" serve -c "$work/pgcloak.yaml" 2>"$work/pgcloak.log" &
 STOP_PIDS+=($!)
+PGCLOAK_PID=$!
 wait_login pgcloak "$PGCLOAK_PORT" "$LOGIN_ROLE" "$PASSWORD" "$work/pgcloak.log"
 psql_direct <<SQL
 alter table patients alter column tenant_id set default pgcloak.current_tenant();
@@ -155,6 +159,20 @@ workloads() { if [[ $1 == simple ]]; then echo "separate one-query"; else echo s
 tok_value() { if [[ $1 == simple ]]; then echo "'$TOKEN'"; else echo "$TOKEN"; fi; }
 declare -A ROLE=([login]=$LOGIN_ROLE [login+stmt]=$LOGIN_ROLE [token]=$POOL_ROLE)
 
+# cpu_ms PID self|children: CPU time (user + system) of process PID, or of
+# its children that it has waited for, in milliseconds.
+cpu_ms() {
+	awk -v hz="$(getconf CLK_TCK)" -v which="$2" '{ sub(/^.*\) /, ""); print (which == "self" ? $12 + $13 : $14 + $15) * 1000 / hz }' "/proc/$1/stat"
+}
+# The postmaster is a backend's parent; read it while that backend lives.
+POSTMASTER_PID=$(psql_direct -At <<'SQL'
+select pg_backend_pid() as backend \gset
+\setenv BACKEND :backend
+\! awk '{ sub(/^.*\) /, ""); print $2 }' /proc/$BACKEND/stat
+SQL
+)
+[[ -r /proc/$POSTMASTER_PID/stat ]] || die "cannot read the postmaster's CPU time (/proc/$POSTMASTER_PID/stat)"
+
 results=$work/results
 : >"$results"
 echo "--- pgbench -c $CLIENTS -j $JOBS -T $DURATION through pgcloak, $ROUNDS round(s)"
@@ -162,11 +180,18 @@ for round in $(seq "$ROUNDS"); do
 	for mode in "${MODES[@]}"; do
 		for w in $(workloads "$mode"); do
 			for t in "${TARGETS[@]}"; do
-				tps=$(PGPASSWORD=$PASSWORD pgbench_tps "$work/run-$round-$mode-$w-$t.log" "$w as $t ($mode)" \
+				proxy0=$(cpu_ms "$PGCLOAK_PID" self)
+				pg0=$(cpu_ms "$POSTMASTER_PID" children)
+				log=$work/run-$round-$mode-$w-$t.log
+				tps=$(PGPASSWORD=$PASSWORD pgbench_tps "$log" "$w as $t ($mode)" \
 					-n -M "$mode" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" -D rows="$ROWS" -D tok="$(tok_value "$mode")" \
 					-f "$work/$mode-$w-$t.sql" -h 127.0.0.1 -p "$PGCLOAK_PORT" -U "${ROLE[$t]}" "$BENCH_DB")
-				printf '  round %d  %-9s %-10s %-10s %10.1f tps\n' "$round" "$mode" "$w" "$t" "$tps"
-				echo "$mode $w $t $tps" >>"$results"
+				sleep 1 # the backends exit and the postmaster reaps them
+				txns=$(awk '/^number of transactions actually processed:/ { split($6, a, "/"); print a[1] }' "$log")
+				proxy_us=$(awk -v a="$proxy0" -v b="$(cpu_ms "$PGCLOAK_PID" self)" -v n="$txns" 'BEGIN { printf "%.1f", (b - a) * 1000 / n }')
+				pg_us=$(awk -v a="$pg0" -v b="$(cpu_ms "$POSTMASTER_PID" children)" -v n="$txns" 'BEGIN { printf "%.1f", (b - a) * 1000 / n }')
+				printf '  round %d  %-9s %-10s %-10s %10.1f tps  CPU/txn: pgcloak %6.1f us, PostgreSQL %6.1f us\n' "$round" "$mode" "$w" "$t" "$tps" "$proxy_us" "$pg_us"
+				echo "$mode $w $t $tps $proxy_us $pg_us" >>"$results"
 			done
 		done
 	done
@@ -196,5 +221,23 @@ awk -v modes="${MODES[*]}" '
 				t = sum[mode, w, "token"] / n[mode, w, "token"]
 				printf "| %-8s | %-9s | %10.0f | %15.0f | %10.0f | %11.2f | %18.2f |\n", mode, w, l, s, t, t / l, t / s
 			}
+		}
+	}' "$results"
+echo
+echo "CPU time per transaction, microseconds (mean of the rounds)"
+echo
+awk -v modes="${MODES[*]}" -v targets="${TARGETS[*]}" '
+	{ p[$1, $2, $3] += $5; g[$1, $2, $3] += $6; n[$1, $2, $3]++ }
+	END {
+		printf "| %-8s | %-9s | %-10s | %8s | %10s | %6s |\n", "mode", "workload", "target", "pgcloak", "PostgreSQL", "total"
+		printf "|%s|%s|%s|%s|%s|%s|\n", "----------", "-----------", "------------", "---------:", "-----------:", "-------:"
+		m = split(modes, ms, " ")
+		split("separate one-query", ws, " ")
+		k = split(targets, ts, " ")
+		for (i = 1; i <= m; i++) for (j = 1; j <= 2; j++) for (x = 1; x <= k; x++) {
+			key = ms[i] SUBSEP ws[j] SUBSEP ts[x]
+			if (!n[key]) continue
+			a = p[key] / n[key]; b = g[key] / n[key]
+			printf "| %-8s | %-9s | %-10s | %8.1f | %10.1f | %6.1f |\n", ms[i], ws[j], ts[x], a, b, a + b
 		}
 	}' "$results"
