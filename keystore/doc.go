@@ -89,9 +89,11 @@
 // pgcloak.pin(tenant, proof, HMAC(key, "v1|c|tenant|proof")). pin() checks
 // the MAC against currval('pgcloak.pin_challenge') (the challenge this
 // session drew), draws another value so that a challenge pins once, and
-// sets the session's marker to the first 64 bits of SHA-256(tenant|proof)
-// with setval(). current_tenant() returns the tenant setting only when
-// SHA-256(setting|proof setting) matches the session's marker and the
+// sets the session's marker to the first 64 bits of
+// SHA-256(len(tenant):tenant|proof) with setval() (the length makes the
+// pair unambiguous: tenant "a|b" never hashes as tenant "a" with a proof
+// starting "b|"). current_tenant() returns the tenant setting only when
+// the same hash of the two settings matches the session's marker and the
 // proof has not expired, and NULL otherwise. It costs one plpgsql call
 // with two current_setting()s, one SHA-256 and one currval() (about 4 µs
 // here), no table read.

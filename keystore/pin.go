@@ -182,7 +182,9 @@ END $$`
 // markerExpr is the SQL of a pin's marker: the first 64 bits of
 // SHA-256(tenant | proof) as a bigint.
 func markerExpr(t, p string) string {
-	return fmt.Sprintf(`('x' || left(encode(sha256(convert_to(%s || '|' || %s, 'UTF8')), 'hex'), 16))::bit(64)::bigint`, t, p)
+	// The tenant's length comes first, so that no tenant and proof hash as
+	// another tenant with another proof ("a|b" + p is not "a" + "b|" + p).
+	return fmt.Sprintf(`('x' || left(encode(sha256(convert_to(length(%[1]s) || ':' || %[1]s || '|' || %[2]s, 'UTF8')), 'hex'), 16))::bit(64)::bigint`, t, p)
 }
 
 // txStartExpr is the current transaction's start in microseconds since

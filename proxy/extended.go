@@ -194,7 +194,6 @@ func (s *session) handleBind(m *pgproto3.Bind) error {
 		if ps != nil && ps.token != nil {
 			return s.bindToken(m, ps)
 		}
-		delete(s.tok.portals, m.DestinationPortal)
 	}
 	out := m
 	if ps != nil {
@@ -229,10 +228,6 @@ func (s *session) handleBind(m *pgproto3.Bind) error {
 // handleDescribe forwards a Describe, naming a rewritten statement by its
 // upstream name.
 func (s *session) handleDescribe(m *pgproto3.Describe) error {
-	if pin := s.tok.portals[m.Name]; pin != nil && m.ObjectType == 'P' {
-		s.pending.push(&pending{kind: pendDescribe, name: m.Name, target: 'P', token: pin})
-		return s.upstreamOut.send(m)
-	}
 	if m.ObjectType != 'S' {
 		delete(s.unshaped, m.Name) // its RowDescription gives the shape
 		s.track(m)
@@ -260,12 +255,6 @@ func (s *session) handleDescribe(m *pgproto3.Describe) error {
 // tell would reach the client as ciphertext, or be opened as another
 // column.
 func (s *session) handleExecute(m *pgproto3.Execute) error {
-	if pin := s.tok.portals[m.Portal]; pin != nil {
-		delete(s.tok.portals, m.Portal)
-		s.applyClientPin(pin) // what follows the Execute runs after the pin
-		s.pending.push(&pending{kind: pendExecute, name: m.Portal, token: pin})
-		return s.upstreamOut.send(m)
-	}
 	if s.unshaped[m.Portal] || !s.shapes.fresh(m.Portal) {
 		delete(s.unshaped, m.Portal)
 		s.shapes.described(m.Portal)

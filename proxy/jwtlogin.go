@@ -70,6 +70,13 @@ func (s *session) startupJWT(params map[string]string) (bool, error) {
 	id.Tenant = claims.Tenant
 	s.srv.audit.l.TenantTokenAccepted(id, claims.Subject, claims.ID, claims.Expiry, false)
 
+	proof, err := keystore.NewProof(claims.Expiry.Unix())
+	if err != nil {
+		return false, err
+	}
+	// As startup parameters, the login tenant and its proof are what
+	// RESET ALL and DISCARD ALL restore (the marker is pinned again).
+	params[t.Setting], params[keystore.ProofSetting] = claims.Tenant, proof
 	hc, err := s.connectJWTUpstream(ctx, params)
 	if err != nil {
 		return false, err
@@ -109,7 +116,7 @@ func (s *session) startupJWT(params map[string]string) (bool, error) {
 	if err := s.startTokens(); err != nil {
 		return false, err
 	}
-	if err := s.pinLoginToken(claims); err != nil {
+	if err := s.pinLoginToken(claims, proof); err != nil {
 		return false, err
 	}
 	if err := s.sendClient(&pgproto3.ReadyForQuery{TxStatus: 'I'}); err != nil {
@@ -124,16 +131,13 @@ func (s *session) startupJWT(params map[string]string) (bool, error) {
 }
 
 // pinLoginToken pins the login token's tenant as the session's token.
-func (s *session) pinLoginToken(claims TokenClaims) error {
-	proof, err := keystore.NewProof(claims.Expiry.Unix())
-	if err != nil {
-		return err
-	}
+func (s *session) pinLoginToken(claims TokenClaims, proof string) error {
 	args := s.nextPinArgs(claims.Tenant, proof, false)
 	if _, err := s.internalQuery(keystore.NextStatement(false, s.tok.aliasFor(tokenSet)), args...); err != nil {
 		return err
 	}
 	s.tenant, s.tok.session, s.tok.proof = claims.Tenant, claims.Tenant, proof
+	s.tok.base, s.tok.baseProof = claims.Tenant, proof
 	s.tokUp.session = claims.Tenant
 	s.results.tenant = claims.Tenant
 	return nil

@@ -67,8 +67,12 @@ func (s *session) repinsAfterDiscard() bool { return s.scoped && !s.tokens && s.
 // beforeTokenMessage makes it before the next round.
 func (s *session) afterClientMessage(msg pgproto3.FrontendMessage) error {
 	switch msg.(type) {
-	case *pgproto3.Query, *pgproto3.Sync, *pgproto3.FunctionCall:
+	case *pgproto3.Sync, *pgproto3.FunctionCall:
 		s.tok.midRound = false
+	case *pgproto3.Query:
+		// Ends a round, unless sent inside an extended-protocol one:
+		// that round still waits for its Sync, and the proxy's own
+		// statements (which use the unnamed statement) must wait too.
 	case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail:
 	default:
 		s.tok.midRound = true

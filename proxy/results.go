@@ -258,6 +258,9 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 		}
 		if p := s.pending.pop(); p != nil && p.target != 'S' {
 			delete(rs.portals, p.name)
+			if p.own {
+				return false, nil // the proxy's own Close of a token portal
+			}
 		}
 	case *pgproto3.ParseComplete:
 		if head != nil && head.kind == pendRefusal {

@@ -338,6 +338,11 @@ func (s *session) handleClientMessage(msg pgproto3.FrontendMessage) error {
 			return err
 		}
 	}
+	if s.tokens && s.tok.awaitExec != nil {
+		if taken, err := s.checkTokenPortal(msg); taken || err != nil {
+			return err
+		}
+	}
 	if s.tokens && !isCopyData(msg) {
 		if err := s.beforeTokenMessage(); err != nil {
 			return err

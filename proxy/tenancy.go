@@ -26,11 +26,19 @@ func tenantRefusal(construct string) *clientError {
 func checkStartupParameters(t config.Tenancy, params map[string]string) error {
 	setting := strings.ToLower(t.Setting)
 	for k, v := range params {
-		if strings.ToLower(k) == setting {
+		k, v = strings.ToLower(k), strings.ToLower(v)
+		switch {
+		case k == setting:
 			return fatal(tenantRefusal("startup parameter " + t.Setting))
-		}
-		if k == "options" && strings.Contains(strings.ToLower(v), setting) {
+		case strings.HasPrefix(k, "pgcloak."):
+			// pgcloak's own settings (the tenant token, the pin's proof)
+			// are never the client's to set, and a token must never
+			// reach PostgreSQL.
+			return fatal(tenantRefusal("startup parameter in the pgcloak.* namespace"))
+		case k == "options" && strings.Contains(v, setting):
 			return fatal(tenantRefusal("startup options naming " + t.Setting))
+		case k == "options" && strings.Contains(v, "pgcloak."):
+			return fatal(tenantRefusal("startup options naming a pgcloak.* setting"))
 		}
 	}
 	return nil

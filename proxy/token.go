@@ -250,11 +250,17 @@ type tokenState struct {
 	// clearOwed: a refused token left the session without a tenant, and
 	// the upstream pin must be cleared when PostgreSQL lets us.
 	clearOwed bool
+	// base and baseProof are a mode jwt session's login tenant and its
+	// proof, startup parameters upstream: what DISCARD ALL and RESET
+	// ALL come back to.
+	base, baseProof string
 	// midRound: the client has sent part of a round (no Sync yet).
 	midRound bool
-	// portals are the portals bound to token statements, by name, with
-	// the pin their Execute makes.
-	portals map[string]*tokenPin
+	// awaitExec is the pin of the token statement just bound (always to
+	// the unnamed portal): only a Describe of that portal and its Execute
+	// may follow, and the proxy closes the portal after the Execute, so no
+	// token portal outlives its message pair (token.go, checkTokenPortal).
+	awaitExec *tokenPin
 }
 
 // tokenUpstream is the upstream goroutine's side, shared under mu.
@@ -283,6 +289,9 @@ type tokenUpstream struct {
 	rolledBack bool
 	// badAnswer: an answer to a pin was not the pin's; the session ends.
 	badAnswer atomic.Bool
+	// uncertain: how a transaction that set a session token ended was
+	// guessed, not seen (askTenant).
+	uncertain bool
 }
 
 // tokenPin is one token statement on its way: what the client is answered
@@ -351,7 +360,6 @@ func (s *session) startTokens() error {
 		return err
 	}
 	s.tok.alias = alias
-	s.tok.portals = make(map[string]*tokenPin)
 	s.tokUp.cond = sync.NewCond(&s.tokUp.mu)
 	if s.srv.pinner == nil {
 		return nil
@@ -382,10 +390,16 @@ func (s *session) settleTenant() error {
 	for u.answered < s.upstreamOut.syncs && !s.closed.Load() {
 		u.cond.Wait()
 	}
-	tenant, session, hasLocal := u.tenant(), u.session, u.hasLocal
+	tenant, session, hasLocal, uncertain, open := u.tenant(), u.session, u.hasLocal, u.uncertain, u.txSession
 	u.mu.Unlock()
 	if s.closed.Load() {
 		return errDone
+	}
+	if uncertain {
+		if s.tok.midRound {
+			return nil // asked between rounds only
+		}
+		return s.askTenant()
 	}
 	s.tenant = tenant
 	t := &s.tok
@@ -398,9 +412,10 @@ func (s *session) settleTenant() error {
 		}
 		t.markerMoved = true
 	}
-	// While a local token lasts, every round must ask again: only the
-	// upstream goroutine sees its transaction end.
-	t.settled = !hasLocal
+	// While a local token lasts, or a session token waits for its
+	// transaction's end, every round must ask again: only the upstream
+	// goroutine sees the transaction end.
+	t.settled = !hasLocal && !open
 	if !hasLocal && t.session != "" && t.markerMoved {
 		if t.midRound {
 			t.settled = false // between rounds only
@@ -408,6 +423,36 @@ func (s *session) settleTenant() error {
 		}
 		return s.repinSession()
 	}
+	return nil
+}
+
+// askTenant takes the session's tenant from PostgreSQL when the upstream
+// goroutine could only guess how a transaction that set a session token
+// ended (no COMMIT tag: a ROLLBACK, an error after a procedure that
+// committed): pgcloak.current_tenant() says which pin holds.
+func (s *session) askTenant() error {
+	got, code, err := s.callInternal("SELECT COALESCE(pgcloak.current_tenant(), '')")
+	if err != nil {
+		return err
+	}
+	if code != "" {
+		return fmt.Errorf("reading the tenant PostgreSQL pins failed upstream with SQLSTATE %s", code)
+	}
+	t, u := &s.tok, &s.tokUp
+	switch truth := string(got); {
+	case truth == "":
+		s.tenant, t.session, t.proof = "", "", ""
+	case truth == t.session:
+	case truth == t.prevSession:
+		t.session, t.proof = t.prevSession, t.prevProof
+	default:
+		return errors.New("token session: PostgreSQL pins a tenant the proxy did not pin last")
+	}
+	s.tenant, t.markerMoved, t.settled = t.session, false, true
+	u.mu.Lock()
+	u.session, u.hasLocal, u.local, u.txSession, u.uncertain = t.session, false, "", false, false
+	u.dirty.Store(true)
+	u.mu.Unlock()
 	return nil
 }
 
@@ -635,10 +680,15 @@ func (s *session) tokenResponse(msg pgproto3.BackendMessage) (pgproto3.BackendMe
 		if len(m.Fields) != 1 {
 			return msg, nil
 		}
+		// Aliases are random per pin: a match anywhere in the queue is
+		// that pin, and the pins before it were never reached.
 		u.mu.Lock()
-		matched := len(u.queue) > 0 && string(m.Fields[0].Name) == u.queue[0].alias
-		if matched {
-			u.cur, u.queue = u.queue[0], u.queue[1:]
+		matched := false
+		for i, p := range u.queue {
+			if string(m.Fields[0].Name) == p.alias {
+				u.cur, u.queue, matched = p, u.queue[i+1:], true
+				break
+			}
 		}
 		u.mu.Unlock()
 		if !matched {
@@ -778,7 +828,10 @@ func (u *tokenUpstream) endTransaction(committed bool) {
 	u.hasLocal, u.local = false, ""
 	if u.txSession {
 		if !committed {
+			// Guessed: a procedure may have committed the pin before
+			// an error. The client goroutine asks PostgreSQL.
 			u.session = u.prevSession
+			u.uncertain = true
 		}
 		u.txSession = false
 	}
@@ -909,6 +962,16 @@ func (s *session) beforeTokenMessage() error {
 		return nil
 	case string(setting) == s.tok.session:
 		return s.repinSession() // DISCARD SEQUENCES forgot the marker
+	case s.tok.base != "" && string(setting) == s.tok.base:
+		// DISCARD ALL or RESET ALL in a mode jwt session: back to the
+		// login token's tenant, a startup parameter upstream.
+		s.tok.session, s.tok.proof = s.tok.base, s.tok.baseProof
+		u := &s.tokUp
+		u.mu.Lock()
+		u.session, u.hasLocal, u.local, u.txSession = s.tok.base, false, "", false
+		u.dirty.Store(true)
+		u.mu.Unlock()
+		return s.repinSession()
 	}
 	return nil
 }
@@ -999,6 +1062,10 @@ func (s *session) parseToken(m *pgproto3.Parse) error {
 // statement's literal, or set_config's bound value) and binds the proxy's
 // pin in its place.
 func (s *session) bindToken(m *pgproto3.Bind, ps *preparedStatement) error {
+	if m.DestinationPortal != "" {
+		return s.refuseExtended(&clientError{code: pgerrcode.FeatureNotSupported,
+			msg: "bind a tenant token statement to the unnamed portal"})
+	}
 	if len(m.Parameters) != ps.nparams {
 		return s.refuseExtended(&clientError{code: pgerrcode.ProtocolViolation,
 			msg: fmt.Sprintf("bind message supplies %d parameters, but prepared statement %q requires %d", len(m.Parameters), m.PreparedStatement, ps.nparams)})
@@ -1016,10 +1083,9 @@ func (s *session) bindToken(m *pgproto3.Bind, ps *preparedStatement) error {
 	var args [][]byte
 	pin, _, err := s.tokenPin(ts, raw, &args)
 	if err != nil {
-		delete(s.tok.portals, m.DestinationPortal)
 		return s.refuseExtended(err)
 	}
-	s.tok.portals[m.DestinationPortal] = pin
+	s.tok.awaitExec = pin
 	s.pending.push(&pending{kind: pendBind, name: m.DestinationPortal, stmt: m.PreparedStatement,
 		resultFormats: append([]int16(nil), m.ResultFormatCodes...)})
 	return s.upstreamOut.send(&pgproto3.Bind{DestinationPortal: m.DestinationPortal, PreparedStatement: ps.upstream,
@@ -1047,4 +1113,33 @@ func isCopyData(msg pgproto3.FrontendMessage) bool {
 		return true
 	}
 	return false
+}
+
+// checkTokenPortal runs in the client goroutine before each message of a
+// token session while a token statement's portal is bound: a Describe of
+// it may come, then its Execute (all rows at once), which handleExecute
+// turns into the pin. Any other message first closes the portal (an
+// Execute of it later finds no portal), so that a pin PostgreSQL runs is
+// always one the proxy follows. It reports whether msg was taken.
+func (s *session) checkTokenPortal(msg pgproto3.FrontendMessage) (bool, error) {
+	pin := s.tok.awaitExec
+	switch m := msg.(type) {
+	case *pgproto3.Describe:
+		if m.ObjectType == 'P' && m.Name == "" {
+			s.pending.push(&pending{kind: pendDescribe, name: "", target: 'P', token: pin})
+			return true, s.upstreamOut.send(m)
+		}
+	case *pgproto3.Execute:
+		if m.Portal == "" && m.MaxRows == 0 {
+			s.tok.awaitExec = nil
+			s.applyClientPin(pin) // what follows the Execute runs after the pin
+			s.pending.push(&pending{kind: pendExecute, name: "", token: pin})
+			s.upstreamOut.send(m)
+			s.pending.push(&pending{kind: pendClose, name: "", target: 'P', own: true})
+			return true, s.upstreamOut.send(&pgproto3.Close{ObjectType: 'P'})
+		}
+	}
+	s.tok.awaitExec = nil
+	s.pending.push(&pending{kind: pendClose, name: "", target: 'P', own: true})
+	return false, s.upstreamOut.send(&pgproto3.Close{ObjectType: 'P'})
 }

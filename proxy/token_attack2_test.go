@@ -93,6 +93,97 @@ func a2TimedExec(t *testing.T, conn *pgconn.PgConn, sql string, d time.Duration)
 	return conn.Exec(ctx, sql).ReadAll()
 }
 
+// 1. A token portal closed with Close 'P' and its name taken by a cursor
+// (DECLARE p): the proxy still holds the token's pin under the name, so
+// the cursor's Execute switches the client goroutine to the token's tenant
+// although PostgreSQL never ran the pin. The INSERT pipelined behind it is
+// sealed with acme's keys and stored by PostgreSQL as globex's row.
+func TestTokenAttack2_CursorTakesTokenPortal(t *testing.T) {
+	env := startTokenEnv(t)
+	atkSeed(t, env)
+	conn := atkRaw(t, env)
+	a2Set(t, conn, mintToken(t, "globex", time.Hour))
+	out, err := atkRound(t, conn,
+		&pgproto3.Parse{Name: "tok", Query: atkSetConfig},
+		&pgproto3.Bind{PreparedStatement: "tok", DestinationPortal: "p", Parameters: atkBytes(mintToken(t, "acme", time.Hour))},
+		&pgproto3.Close{ObjectType: 'P', Name: "p"},
+		&pgproto3.Parse{Query: `BEGIN`}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Parse{Query: `DECLARE p CURSOR FOR SELECT 'not a pin'::text`}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Execute{Portal: "p"},
+		&pgproto3.Parse{Query: atkInsert}, &pgproto3.Bind{Parameters: atkBytes("Eve", a2EveSSN)}, &pgproto3.Execute{},
+		&pgproto3.Parse{Query: `COMMIT`}, &pgproto3.Bind{}, &pgproto3.Execute{},
+	)
+	t.Logf("round: %v (err %v)", out, err)
+	var owner string
+	if err := env.pool.QueryRow(ctxT(t), `select tenant_id from patients where name = 'Eve'`).Scan(&owner); err == nil {
+		t.Logf("Eve's row is stored as tenant %s's", owner)
+	}
+	atkCheckStored(t, env)
+}
+
+// 1b. The same with a RESET portal, whose answer the cursor can imitate
+// (one empty value): the session survives, the proxy believes there is no
+// tenant, and PostgreSQL still has globex's pin.
+func TestTokenAttack2_CursorImitatesReset(t *testing.T) {
+	env := startTokenEnv(t)
+	atkSeed(t, env)
+	conn := atkRaw(t, env)
+	a2Set(t, conn, mintToken(t, "globex", time.Hour))
+	out, err := atkRound(t, conn,
+		&pgproto3.Parse{Name: "rst", Query: `RESET pgcloak.tenant_token`},
+		&pgproto3.Bind{PreparedStatement: "rst", DestinationPortal: "p"},
+		&pgproto3.Close{ObjectType: 'P', Name: "p"},
+		&pgproto3.Parse{Query: `BEGIN`}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Parse{Query: `DECLARE p CURSOR FOR SELECT ''::text`}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Execute{Portal: "p"},
+		&pgproto3.Parse{Query: `COMMIT`}, &pgproto3.Bind{}, &pgproto3.Execute{},
+	)
+	t.Logf("round: %v (err %v)", out, err)
+	if err != nil {
+		return // refused: held
+	}
+	res, err := atkExec(t, conn, `select pgcloak.current_tenant(), name from patients`)
+	fatalIf(t, err, "select")
+	t.Logf("after the imitated RESET: %q", res[0].Rows)
+	if len(res[0].Rows) > 0 {
+		t.Errorf("the proxy answered RESET and takes the session for one without a tenant, but PostgreSQL still pins %s: the session reads its rows", res[0].Rows[0][0])
+	}
+	atkCheckStored(t, env)
+}
+
+// 2. The marker is SHA-256(tenant || '|' || proof): a session pinned as
+// tenant "acme|x" that can change its own settings (a function the
+// application may call; the pin is meant to hold against any SQL) sets
+// the tenant to "acme" and the proof to "x|" || proof, which hashes to the
+// same marker: current_tenant() says acme.
+func TestTokenAttack2_MarkerCollision(t *testing.T) {
+	env := startTokenEnv(t)
+	atkSeed(t, env)
+	a2Super(t, env, `create function public.app_set(name text, value text) returns text
+		language sql as $$ select pg_catalog.set_config(name, value, false) $$;
+		create function public.app_shift() returns text language plpgsql as $$
+		declare t text := current_setting('app.tenant_id', true);
+		        p text := current_setting('pgcloak.tenant_proof', true);
+		        i int := strpos(t, '|');
+		begin
+		  perform public.app_set('app.tenant_id', left(t, i - 1));
+		  perform public.app_set('pgcloak.tenant_proof', substr(t, i + 1) || '|' || p);
+		  return pgcloak.current_tenant();
+		end $$;
+		grant execute on function public.app_shift() to `+poolRole)
+	conn := atkRaw(t, env)
+	a2Set(t, conn, mintToken(t, "acme|x", time.Hour))
+	mustEqual(t, "tenant before", a2Tenant(t, conn), "acme|x")
+	res, err := atkExec(t, conn, `select public.app_shift()`)
+	fatalIf(t, err, "shift")
+	t.Logf("current_tenant() after the shift: %s", res[0].Rows[0][0])
+	res, err = atkExec(t, conn, `select tenant_id, name from patients`)
+	fatalIf(t, err, "select")
+	if len(res[0].Rows) > 0 {
+		t.Errorf("a session pinned as tenant \"acme|x\" reads another tenant's rows: %q", res[0].Rows)
+	}
+}
+
 // a2Leak closes conn and reports whether its upstream backend outlives it.
 func a2Leak(t *testing.T, env *encryptedEnv, conn *pgconn.PgConn, pid uint32) {
 	t.Helper()
@@ -103,6 +194,60 @@ func a2Leak(t *testing.T, env *encryptedEnv, conn *pgconn.PgConn, pid uint32) {
 	if n > 0 {
 		t.Errorf("the client disconnected 3 s ago; its upstream backend %d is still there", pid)
 	}
+}
+
+// 5. CALL of a procedure that commits: the transaction of a token
+// statement ends inside CALL, with no COMMIT tag.
+func TestTokenAttack2_CallCommits(t *testing.T) {
+	env := startTokenEnv(t)
+	atkSeed(t, env)
+	a2Super(t, env, `create procedure public.commit_now() language plpgsql as $$ begin commit; end $$;
+		grant execute on procedure public.commit_now() to `+poolRole)
+	acme, globex := mintToken(t, "acme", time.Hour), mintToken(t, "globex", time.Hour)
+	const localSetConfig = `select pg_catalog.set_config('pgcloak.tenant_token', $1, true)`
+	for i, tc := range []struct {
+		name  string
+		start string // session token before, "" for none
+		msgs  []pgproto3.FrontendMessage
+	}{
+		{"local token, CALL commits, insert", "globex", []pgproto3.FrontendMessage{
+			&pgproto3.Parse{Query: localSetConfig}, &pgproto3.Bind{Parameters: atkBytes(acme)}, &pgproto3.Execute{},
+			&pgproto3.Parse{Query: `CALL public.commit_now()`}, &pgproto3.Bind{}, &pgproto3.Execute{},
+			&pgproto3.Parse{Query: atkInsert}, &pgproto3.Bind{Parameters: atkBytes("Eve1", a2EveSSN)}, &pgproto3.Execute{},
+		}},
+		{"session token, CALL commits, error", "globex", []pgproto3.FrontendMessage{
+			&pgproto3.Parse{Query: atkSetConfig}, &pgproto3.Bind{Parameters: atkBytes(acme)}, &pgproto3.Execute{},
+			&pgproto3.Parse{Query: `CALL public.commit_now()`}, &pgproto3.Bind{}, &pgproto3.Execute{},
+			&pgproto3.Parse{Query: `select 1/0`}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		}},
+		{"session token, CALL commits, error, no tenant before", "", []pgproto3.FrontendMessage{
+			&pgproto3.Parse{Query: atkSetConfig}, &pgproto3.Bind{Parameters: atkBytes(acme)}, &pgproto3.Execute{},
+			&pgproto3.Parse{Query: `CALL public.commit_now()`}, &pgproto3.Bind{}, &pgproto3.Execute{},
+			&pgproto3.Parse{Query: `select 1/0`}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		}},
+	} {
+		conn := atkRaw(t, env)
+		if tc.start != "" {
+			a2Set(t, conn, globex)
+		}
+		out, err := atkRound(t, conn, tc.msgs...)
+		t.Logf("%s: %v (err %v)", tc.name, out, err)
+		// What the proxy believes against what PostgreSQL pins: a write
+		// and a read of the declared column.
+		pgTenant := a2Tenant(t, conn)
+		_, werr := conn.ExecParams(ctxT(t), atkInsert, atkBytes(fmt.Sprintf("Eve-%d", i), a2EveSSN), nil, nil, nil).Close()
+		res, rerr := atkExec(t, conn, `select name from patients`)
+		var seen [][][]byte
+		if rerr == nil {
+			seen = res[0].Rows
+		}
+		t.Logf("  then: current_tenant %s; insert %v; names %q (%v)", pgTenant, werr, seen, rerr)
+		if pgTenant != "<null>" && werr != nil && pgCode(werr) == "42501" && len(seen) > 0 {
+			t.Errorf("%s: the proxy refuses declared columns as if the session had no tenant, but PostgreSQL pins %s and shows its rows %q", tc.name, pgTenant, seen)
+		}
+		conn.Close(ctxT(t))
+	}
+	atkCheckStored(t, env)
 }
 
 // 6. PREPARE TRANSACTION in a transaction that set a session token: the
@@ -144,8 +289,26 @@ func TestTokenAttack2_ResetDiscardExtended(t *testing.T) {
 	atkCheckStored(t, env)
 }
 
-// a2JWTEnv is the encrypted patients table behind a proxy of tenancy mode
-// jwt, which logs in upstream as app_pool.
+// 8. A mode-jwt session keeps its login tenant across DISCARD ALL and
+// RESET ALL, as SPEC §5.3 promises ("RESET ALL/DISCARD ALL keep the
+// tenant"); pgbouncer sends DISCARD ALL between its clients.
+func TestTokenAttack2_JWTDiscardAll(t *testing.T) {
+	env := a2JWTEnv(t)
+	ctx := ctxT(t)
+	for _, stmt := range []string{`DISCARD ALL`, `RESET ALL`} {
+		conn, err := pgconn.Connect(ctx, env.proxy.url("alice", mintToken(t, "acme", time.Hour), env.db))
+		fatalIf(t, err, "jwt login")
+		_, err = atkExec(t, conn, stmt)
+		fatalIf(t, err, "%s", stmt)
+		got := a2Tenant(t, conn)
+		_, werr := conn.ExecParams(ctx, atkInsert, atkBytes("Ann", "123-45-6789"), nil, nil, nil).Close()
+		if got != "acme" || werr != nil {
+			t.Errorf("mode jwt, acme's login, after %s: current_tenant %s, insert %v; want acme's tenant kept", stmt, got, werr)
+		}
+		conn.Close(ctx)
+	}
+}
+
 func a2JWTEnv(t *testing.T) *encryptedEnv {
 	t.Helper()
 	return startTokenEnv(t, func(c *Config) {
@@ -209,6 +372,46 @@ func testenvSuperuser(env *encryptedEnv) string {
 	var u string
 	env.pool.QueryRow(context.Background(), `select current_user::text`).Scan(&u)
 	return u
+}
+
+// 10. The token as a startup parameter, in mode jwt and mode login: it
+// must not reach PostgreSQL (a superuser's function reads the setting).
+func TestTokenAttack2_TokenStartupParameter(t *testing.T) {
+	for _, mode := range []string{"login", "jwt"} {
+		t.Run(mode, func(t *testing.T) {
+			var env *encryptedEnv
+			user := poolRole
+			if mode == "jwt" {
+				env = a2JWTEnv(t)
+				user = "alice"
+			} else {
+				env = startTokenEnv(t)
+			}
+			a2Super(t, env, `create function public.peek_token() returns text language sql
+				as $$ select coalesce(current_setting('pgcloak.tenant_token', true), '<unset>') $$;
+				grant execute on function public.peek_token() to `+poolRole)
+			ctx := ctxT(t)
+			tok := mintToken(t, "acme", time.Hour)
+			pw := rolePassword
+			if mode == "jwt" {
+				pw = tok
+			}
+			for _, p := range []string{"pgcloak.tenant_token=" + tok, "options=-c%20pgcloak.tenant_token%3D" + tok} {
+				c, err := pgconn.Connect(ctx, env.proxy.url(user, pw, env.db, p))
+				if err != nil {
+					t.Logf("%.40s: refused: %v", p, err)
+					continue
+				}
+				res, err := atkExec(t, c, `select public.peek_token()`)
+				if err != nil {
+					t.Logf("%.40s: peek: %v", p, err)
+				} else if strings.Contains(string(res[0].Rows[0][0]), tok[:30]) {
+					t.Errorf("mode %s: the token as startup parameter %.30s... reached PostgreSQL's pgcloak.tenant_token", mode, p)
+				}
+				c.Close(ctx)
+			}
+		})
+	}
 }
 
 // 11. Token expiry during a session: a token that expires in 2 s gives
@@ -333,82 +536,6 @@ func TestTokenAttack2_TokenInPostgresLog(t *testing.T) {
 			t.Errorf("token %d reached PostgreSQL's log, the proxy log or the audit", i)
 		}
 	}
-}
-
-// 14. A pipeline of many rounds with tokens of alternating tenants, a
-// failing statement in the middle of some, writes after each token, and no
-// reading until the end.
-func TestTokenAttack2_PipelinedRounds(t *testing.T) {
-	env := startTokenEnv(t)
-	conn := atkRaw(t, env)
-	fe := conn.Frontend()
-	tenants := []string{"acme", "globex"}
-	rounds := 40
-	want := 0 // ReadyForQuery messages PostgreSQL will send
-	for i := 0; i < rounds; i++ {
-		tenant := tenants[i%2]
-		local := i%3 == 0
-		q := atkSetConfig
-		if local {
-			q = `select pg_catalog.set_config('pgcloak.tenant_token', $1, true)`
-		}
-		if i%4 == 1 {
-			fe.Send(&pgproto3.Query{String: `BEGIN`})
-			want++
-		}
-		fe.Send(&pgproto3.Parse{Query: q})
-		fe.Send(&pgproto3.Bind{Parameters: atkBytes(mintToken(t, tenant, time.Hour))})
-		fe.Send(&pgproto3.Execute{})
-		if i%7 == 3 {
-			// A simple Query inside the round, before any error in it
-			// (after one PostgreSQL would skip it: see
-			// TestTokenAttack2_QueryAfterErrorDesync).
-			fe.Send(&pgproto3.Query{String: `SET pgcloak.tenant_token = '` + mintToken(t, tenants[(i+1)%2], time.Hour) + `'; select 1/0`})
-			want++
-		}
-		if i%5 == 2 {
-			fe.Send(&pgproto3.Parse{Query: `select 1/0`})
-			fe.Send(&pgproto3.Bind{})
-			fe.Send(&pgproto3.Execute{})
-		}
-		fe.Send(&pgproto3.Parse{Query: `insert into patients (name, ssn) values ($1, $2)`})
-		fe.Send(&pgproto3.Bind{Parameters: atkBytes(fmt.Sprintf("%s-%d", tenant, i), fmt.Sprintf("%s-ssn-%d", tenant, i))})
-		fe.Send(&pgproto3.Execute{})
-		fe.Send(&pgproto3.Sync{})
-		want++
-		if i%4 == 1 {
-			fe.Send(&pgproto3.Query{String: `COMMIT`})
-			want++
-		}
-	}
-	fatalIf(t, fe.Flush(), "flush")
-	// Read everything, counting ReadyForQuery.
-	got := 0
-	conn.Conn().SetReadDeadline(time.Now().Add(60 * time.Second))
-	for got < want {
-		msg, err := fe.Receive()
-		if err != nil {
-			t.Fatalf("after %d of %d ReadyForQuery: %v", got, want, err)
-		}
-		if isRFQ(msg) {
-			got++
-		}
-		if e, ok := msg.(*pgproto3.ErrorResponse); ok && e.Code != "22012" && e.Code != "25P02" {
-			t.Logf("error: %s %s", e.Code, e.Message)
-		}
-	}
-	conn.Conn().SetReadDeadline(time.Time{})
-	// Every row stored is its tenant's (name prefix), opened by its tenant.
-	rows, err := env.pool.Query(ctxT(t), `select tenant_id, name from patients`)
-	fatalIf(t, err, "stored")
-	for rows.Next() {
-		var tenant, name string
-		fatalIf(t, rows.Scan(&tenant, &name), "scan")
-		if !strings.HasPrefix(name, tenant+"-") {
-			t.Errorf("row %s stored as tenant %s's", name, tenant)
-		}
-	}
-	atkCheckStored(t, env)
 }
 
 // 15. Flush between a token's Execute and what follows: the client reads
@@ -570,5 +697,34 @@ func TestTokenAttack2_TokenThenCopy(t *testing.T) {
 	t.Logf("COPY in a local token's transaction: %v %v", tag, err)
 	_, err = a2TimedExec(t, conn, `COMMIT`, 10*time.Second)
 	fatalIf(t, err, "commit")
+	atkCheckStored(t, env)
+}
+
+// 5b. CALL of a procedure that commits, after two session tokens in one
+// implicit transaction, then an error: PostgreSQL keeps the second pin
+// (the CALL committed it), the proxy takes the round for rolled back and
+// goes back to the tenant before the transaction (acme) without pinning it
+// again, because its client goroutine remembers another previous tenant
+// (globex, the first token's) than its upstream goroutine does.
+func TestTokenAttack2_CallCommitTwoPins(t *testing.T) {
+	env := startTokenEnv(t)
+	atkSeed(t, env)
+	a2Super(t, env, `create procedure public.commit_now() language plpgsql as $$ begin commit; end $$;
+		grant execute on procedure public.commit_now() to `+poolRole)
+	conn := atkRaw(t, env)
+	a2Set(t, conn, mintToken(t, "acme", time.Hour))
+	globex := mintToken(t, "globex", time.Hour)
+	out, err := atkRound(t, conn,
+		&pgproto3.Parse{Name: "tok", Query: atkSetConfig},
+		&pgproto3.Bind{PreparedStatement: "tok", Parameters: atkBytes(globex)}, &pgproto3.Execute{},
+		&pgproto3.Bind{PreparedStatement: "tok", Parameters: atkBytes(globex)}, &pgproto3.Execute{},
+		&pgproto3.Parse{Query: `CALL public.commit_now()`}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Parse{Query: `select 1/0`}, &pgproto3.Bind{}, &pgproto3.Execute{})
+	t.Logf("round: %.300v (err %v)", out, err)
+	pgTenant := a2Tenant(t, conn)
+	_, werr := conn.ExecParams(ctxT(t), atkInsert, atkBytes("Eve", a2EveSSN), nil, nil, nil).Close()
+	t.Logf("then: current_tenant %s, insert %v", pgTenant, werr)
+	r := conn.ExecParams(ctxT(t), `select name, ssn from patients where ssn = $1`, atkBytes("123-45-6789"), nil, nil, nil).Read()
+	t.Logf("search for acme's ssn: %q %v", r.Rows, r.Err)
 	atkCheckStored(t, env)
 }

@@ -165,8 +165,22 @@ func TestTokenAttackPortalExecutedLater(t *testing.T) {
 	out, err := atkRound(t, conn,
 		&pgproto3.Parse{Name: "tok", Query: atkSetConfig},
 		&pgproto3.Bind{PreparedStatement: "tok", DestinationPortal: "p", Parameters: atkBytes(mintToken(t, "acme", time.Hour))})
+	if !strings.Contains(fmt.Sprint(out), "E:0A000") {
+		t.Fatalf("a token bound to a named portal: %v %v, want 0A000 (only the unnamed portal, executed at once)", out, err)
+	}
+	_, err = atkExec(t, conn, `ROLLBACK`)
+	fatalIf(t, err, "rollback")
+	_, err = atkExec(t, conn, `BEGIN`)
+	fatalIf(t, err, "begin")
+	// The unnamed portal, executed in a later round: pgcloak closed it.
+	out, err = atkRound(t, conn,
+		&pgproto3.Parse{Name: "tok2", Query: atkSetConfig},
+		&pgproto3.Bind{PreparedStatement: "tok2", Parameters: atkBytes(mintToken(t, "acme", time.Hour))})
 	fatalIf(t, err, "bind round %v", out)
-	out, err = atkRound(t, conn, &pgproto3.Execute{Portal: "p"})
+	out, err = atkRound(t, conn, &pgproto3.Execute{})
+	if !strings.Contains(fmt.Sprint(out), "E:34000") {
+		t.Fatalf("a token portal executed in a later round: %v %v, want 34000 (no such portal)", out, err)
+	}
 	t.Logf("execute round: %v (err %v)", out, err)
 	out, err = atkRound(t, conn,
 		&pgproto3.Parse{Query: `select pgcloak.current_tenant()`}, &pgproto3.Bind{}, &pgproto3.Execute{},

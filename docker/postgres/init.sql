@@ -63,7 +63,7 @@ BEGIN
     RAISE EXCEPTION 'pgcloak: tenant pin refused' USING ERRCODE = '42501';
   END IF;
   PERFORM nextval('pgcloak.pin_challenge'); -- one pin per challenge
-  PERFORM setval('pgcloak.pin_marker', ('x' || left(encode(sha256(convert_to(t || '|' || p, 'UTF8')), 'hex'), 16))::bit(64)::bigint) FROM (SELECT tenant AS t, proof AS p) s;
+  PERFORM setval('pgcloak.pin_marker', ('x' || left(encode(sha256(convert_to(length(t) || ':' || t || '|' || p, 'UTF8')), 'hex'), 16))::bit(64)::bigint) FROM (SELECT tenant AS t, proof AS p) s;
 END
 $fn$;
 
@@ -105,7 +105,7 @@ BEGIN
   IF is_local THEN
     p := proof || ':' || (extract(epoch FROM transaction_timestamp()) * 1000000)::bigint::text;
   END IF;
-  PERFORM setval('pgcloak.pin_marker', ('x' || left(encode(sha256(convert_to(s.t || '|' || s.p, 'UTF8')), 'hex'), 16))::bit(64)::bigint) FROM (SELECT tenant AS t, p AS p) s;
+  PERFORM setval('pgcloak.pin_marker', ('x' || left(encode(sha256(convert_to(length(s.t) || ':' || s.t || '|' || s.p, 'UTF8')), 'hex'), 16))::bit(64)::bigint) FROM (SELECT tenant AS t, p AS p) s;
   RETURN p;
 END
 $fn$;
@@ -125,7 +125,7 @@ BEGIN
     RETURN NULL;
   END IF;
   BEGIN
-    IF currval('pgcloak.pin_marker') IS DISTINCT FROM ('x' || left(encode(sha256(convert_to(t || '|' || p, 'UTF8')), 'hex'), 16))::bit(64)::bigint THEN
+    IF currval('pgcloak.pin_marker') IS DISTINCT FROM ('x' || left(encode(sha256(convert_to(length(t) || ':' || t || '|' || p, 'UTF8')), 'hex'), 16))::bit(64)::bigint THEN
       RETURN NULL;
     END IF;
   EXCEPTION WHEN object_not_in_prerequisite_state THEN
