@@ -307,6 +307,11 @@ var errReservedName = &clientError{code: pgerrcode.InvalidSQLStatementName, msg:
 
 // transformBind builds the upstream Bind of a rewritten statement.
 func (s *session) transformBind(m *pgproto3.Bind, ps *preparedStatement) (*pgproto3.Bind, error) {
+	if s.tenant == "" && hasKeyedParams(ps.plan.Params) {
+		// A token session whose token ended since the statement was
+		// prepared (checkPlan said so at the Parse of a session without).
+		return nil, errNoTenantWrite
+	}
 	if len(m.Parameters) != ps.nparams {
 		return nil, &clientError{code: pgerrcode.ProtocolViolation,
 			msg: fmt.Sprintf("bind message supplies %d parameters, but prepared statement %q requires %d", len(m.Parameters), m.PreparedStatement, ps.nparams)}

@@ -328,10 +328,14 @@ func (s *session) checkPlan(plan *rewrite.Plan) error {
 		}
 	}
 	if (!s.scoped || s.tenant == "") && (len(plan.Slots) > 0 || hasKeyedParams(plan.Params)) {
-		return &clientError{code: pgerrcode.InsufficientPrivilege, msg: "this session has no tenant, so it cannot write or search encrypted columns"}
+		return errNoTenantWrite
 	}
 	return nil
 }
+
+// errNoTenantWrite refuses a write or search of an encrypted column to a
+// session without a tenant.
+var errNoTenantWrite = &clientError{code: pgerrcode.InsufficientPrivilege, msg: "this session has no tenant, so it cannot write or search encrypted columns"}
 
 // identityParams reports whether a rewritten statement takes the client's
 // parameters as they are: same numbers, all plain.
