@@ -36,7 +36,7 @@ const pinVersion = "v1"
 // upstream.user: the functions must be owned by the role that owns the
 // key. See doc.go, "The verified tenant pin".
 func PinSchema(setting string) string {
-	return fmt.Sprintf(pinSchema, quoteLiteral(setting), quoteLiteral(ProofSetting), markerExpr("t", "p"), txStartExpr, markerExpr("s.t", "s.p"))
+	return fmt.Sprintf(pinSchema, QuoteLiteral(setting), QuoteLiteral(ProofSetting), markerExpr("t", "p"), txStartExpr, markerExpr("s.t", "s.p"))
 }
 
 const pinSchema = `CREATE TABLE IF NOT EXISTS pgcloak.pin_key (
@@ -191,7 +191,9 @@ func markerExpr(t, p string) string {
 // the epoch: what a transaction-local proof names.
 const txStartExpr = `(extract(epoch FROM transaction_timestamp()) * 1000000)::bigint::text`
 
-func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+// QuoteLiteral quotes s as an SQL string literal (for a session whose
+// standard_conforming_strings is on).
+func QuoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // Pinner makes the MACs that pgcloak.pin() accepts. It holds the pin key,
 // which only upstream.user can read from pgcloak.pin_key.
@@ -222,7 +224,7 @@ func EnsurePin(ctx context.Context, pool *pgxpool.Pool, setting string) (*Pinner
 			if _, err := tx.Exec(ctx, want); err != nil {
 				return fmt.Errorf("create the verified tenant pin (run as upstream.user, or run the DDL of pgcloak schema --keystore as upstream.user): %w", err)
 			}
-			if _, err := tx.Exec(ctx, `COMMENT ON FUNCTION pgcloak.current_tenant() IS `+quoteLiteral(pinFingerprint(want))); err != nil {
+			if _, err := tx.Exec(ctx, `COMMENT ON FUNCTION pgcloak.current_tenant() IS `+QuoteLiteral(pinFingerprint(want))); err != nil {
 				return err
 			}
 		}

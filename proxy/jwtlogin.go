@@ -133,7 +133,7 @@ func (s *session) startupJWT(params map[string]string) (bool, error) {
 // pinLoginToken pins the login token's tenant as the session's token.
 func (s *session) pinLoginToken(claims TokenClaims, proof string) error {
 	args := s.nextPinArgs(claims.Tenant, proof, false)
-	if _, err := s.internalQuery(keystore.NextStatement(false, s.tok.aliasFor(tokenSet)), args...); err != nil {
+	if _, err := s.internalQuery(keystore.NextStatement(false, s.tok.quotedAlias()), args...); err != nil {
 		return err
 	}
 	s.tenant, s.tok.session, s.tok.proof = claims.Tenant, claims.Tenant, proof

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -273,8 +274,8 @@ type tokenUpstream struct {
 	session  string    // tenant of the confirmed session-level pin
 	local    string    // tenant of a confirmed local pin in the open transaction
 	hasLocal bool
-	// inTx: a session pin confirmed inside a transaction block waits for
-	// its COMMIT; prevSession is what a ROLLBACK restores.
+	// txSession: a session pin confirmed in a transaction waits for its
+	// end (COMMIT keeps it); prevSession is what a rollback restores.
 	txSession   bool
 	prevSession string
 	// dirty: the client goroutine changed the tenant (after a refused
@@ -329,28 +330,10 @@ const pinAliasPrefix = "pgcloak:pin:"
 
 var errPinAlias = &clientError{code: pgerrcode.InsufficientPrivilege, msg: "names starting with " + pinAliasPrefix + " are reserved for pgcloak"}
 
-// aliasFor is the quoted column name of the proxy's statement for a token
-// statement of form f: the session's alias and the form's letter.
-func (t *tokenState) aliasFor(f tokenForm) string {
-	return `"` + t.alias + string("src"[f]) + `"`
-}
-
-// aliasForm reports whether name is one of the session's aliases, and for
-// which form.
-func (t *tokenState) aliasForm(name []byte) (tokenForm, bool) {
-	if len(name) != len(t.alias)+1 || string(name[:len(t.alias)]) != t.alias {
-		return 0, false
-	}
-	switch name[len(t.alias)] {
-	case 's':
-		return tokenSet, true
-	case 'r':
-		return tokenReset, true
-	case 'c':
-		return tokenSetConfig, true
-	}
-	return 0, false
-}
+// quotedAlias is the column name of the proxy's own pin statements whose
+// answers are matched by what they answer (the extended protocol's
+// Describe and Execute, the proxy's internal calls), quoted.
+func (t *tokenState) quotedAlias() string { return `"` + t.alias + `"` }
 
 // startTokens prepares a token session: it draws the challenge its pins
 // name. It runs during startup, before the client's first ReadyForQuery.
@@ -525,7 +508,7 @@ func (s *session) handleTokenQuery(q *pgproto3.Query) error {
 func (s *session) tokenPin(ts *tokenStmt, raw string, args *[][]byte) (*tokenPin, string, error) {
 	pin := &tokenPin{form: ts.form, local: ts.local, value: raw}
 	setting := s.decl.tenancyCfg.Setting
-	alias := s.tok.aliasFor(ts.form) // the extended protocol's: Describe answers are matched by statement
+	alias := s.tok.quotedAlias() // the extended protocol's: Describe answers are matched by statement
 	if args == nil {
 		// A simple Query's pin is recognised by its column name: one of
 		// its own, which no client text can name in advance.
@@ -617,17 +600,18 @@ func (s *session) nextPinArgs(tenant, proof string, local bool) [][]byte {
 		[]byte(strconv.FormatInt(n, 10)), []byte(mac), []byte(s.decl.tenancyCfg.Setting), []byte(keystore.ProofSetting)}
 }
 
-// literalSQL replaces $1..$n in sql with the values as string literals
+// literalSQL replaces $1..$n in sql with the values as string literals, in
+// one pass, so that no value is scanned for parameters again
 // (standard_conforming_strings is on in every session with a tenant: the
 // lexer guard holds it there).
 func literalSQL(sql string, values ...string) string {
-	for i := len(values); i >= 1; i-- {
-		sql = strings.ReplaceAll(sql, "$"+strconv.Itoa(i), quoteLiteral(values[i-1]))
-	}
-	return sql
+	return paramRef.ReplaceAllStringFunc(sql, func(ref string) string {
+		i, _ := strconv.Atoi(ref[1:])
+		return keystore.QuoteLiteral(values[i-1])
+	})
 }
 
-func quoteLiteral(v string) string { return "'" + strings.ReplaceAll(v, "'", "''") + "'" }
+var paramRef = regexp.MustCompile(`\$[0-9]+`)
 
 // repinSession pins the session-level token's tenant again after a local
 // token moved the marker, before the client's next statement runs.
@@ -638,7 +622,7 @@ func (s *session) repinSession() error {
 		return nil
 	}
 	args := s.nextPinArgs(s.tok.session, s.tok.proof, false)
-	_, code, err := s.callInternal(keystore.NextStatement(false, s.tok.aliasFor(tokenSet)), args...)
+	_, code, err := s.callInternal(keystore.NextStatement(false, s.tok.quotedAlias()), args...)
 	if err != nil {
 		return err
 	}
@@ -884,7 +868,7 @@ func (s *session) clearAfterRefusal() error {
 	if !s.tok.clearOwed {
 		return nil
 	}
-	_, code, err := s.callInternal(keystore.ClearStatement(s.tok.aliasFor(tokenReset)), []byte(s.decl.tenancyCfg.Setting), []byte(keystore.ProofSetting))
+	_, code, err := s.callInternal(keystore.ClearStatement(s.tok.quotedAlias()), []byte(s.decl.tenancyCfg.Setting), []byte(keystore.ProofSetting))
 	if err != nil {
 		return err
 	}
@@ -1051,9 +1035,9 @@ func (s *session) parseToken(m *pgproto3.Parse) error {
 	s.newGeneration(m.Name)
 	s.shapes.parsed(m.Name, s.stmtGen[m.Name], m.Query)
 	s.pending.push(&pending{kind: pendParse, name: m.Name, prepared: ps})
-	text := keystore.NextStatement(ts.local, s.tok.aliasFor(ts.form))
+	text := keystore.NextStatement(ts.local, s.tok.quotedAlias())
 	if ts.form == tokenReset {
-		text = keystore.ClearStatement(s.tok.aliasFor(tokenReset))
+		text = keystore.ClearStatement(s.tok.quotedAlias())
 	}
 	return s.upstreamOut.send(&pgproto3.Parse{Name: ps.upstream, Query: text})
 }
