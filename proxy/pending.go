@@ -52,8 +52,8 @@ type pending struct {
 	// own marks a Describe 'P' the proxy sent itself (see handleExecute):
 	// its RowDescription or NoData is not relayed.
 	own bool
-	// token is the pin an Execute of a token statement's portal makes
-	// (token.go).
+	// token is the pin of a token statement whose portal a Bind, Describe
+	// 'P' or Execute names (token.go).
 	token *tokenPin
 }
 

@@ -293,6 +293,9 @@ type tokenUpstream struct {
 	// uncertain: how a transaction that set a session token ended was
 	// guessed, not seen (askTenant).
 	uncertain bool
+	// execPending: a token statement's portal is bound and its rows may
+	// come (upstream goroutine).
+	execPending bool
 }
 
 // tokenPin is one token statement on its way: what the client is answered
@@ -730,6 +733,30 @@ func (s *session) tokenResponse(msg pgproto3.BackendMessage) (pgproto3.BackendMe
 // answers as the client's statement would, and its CommandComplete
 // applies the pin. done is false for any other message.
 func (s *session) extendedTokenResponse(msg pgproto3.BackendMessage) (pgproto3.BackendMessage, bool) {
+	// Only these messages can answer a token statement; a DataRow only
+	// between a token's BindComplete and its CommandComplete, so that rows
+	// of other results cost no look at the pending queue.
+	switch m := msg.(type) {
+	case *pgproto3.BindComplete:
+		if head := s.pending.peek(); head != nil && head.kind == pendBind && head.token != nil {
+			s.tokUp.execPending = true
+		}
+	case *pgproto3.ErrorResponse, *pgproto3.ReadyForQuery:
+		s.tokUp.execPending = false
+	case *pgproto3.RowDescription, *pgproto3.CommandComplete:
+		return s.tokenAnswer(msg)
+	case *pgproto3.DataRow:
+		if s.tokUp.execPending {
+			return s.tokenAnswer(m)
+		}
+	}
+	return msg, false
+}
+
+// tokenAnswer maps a RowDescription, DataRow or CommandComplete that may
+// answer a token statement of the extended protocol (see
+// extendedTokenResponse).
+func (s *session) tokenAnswer(msg pgproto3.BackendMessage) (pgproto3.BackendMessage, bool) {
 	head := s.pending.peek()
 	if head == nil {
 		return msg, false
@@ -771,6 +798,7 @@ func (s *session) extendedTokenResponse(msg pgproto3.BackendMessage) (pgproto3.B
 		if head.kind != pendExecute || head.token == nil {
 			return msg, false
 		}
+		s.tokUp.execPending = false
 		if !head.token.seen {
 			s.tokUp.badAnswer.Store(true)
 			return msg, true
@@ -1071,7 +1099,7 @@ func (s *session) bindToken(m *pgproto3.Bind, ps *preparedStatement) error {
 	}
 	s.tok.awaitExec = pin
 	s.pending.push(&pending{kind: pendBind, name: m.DestinationPortal, stmt: m.PreparedStatement,
-		resultFormats: append([]int16(nil), m.ResultFormatCodes...)})
+		resultFormats: append([]int16(nil), m.ResultFormatCodes...), token: pin})
 	return s.upstreamOut.send(&pgproto3.Bind{DestinationPortal: m.DestinationPortal, PreparedStatement: ps.upstream,
 		Parameters: args, ResultFormatCodes: m.ResultFormatCodes})
 }
