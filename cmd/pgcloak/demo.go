@@ -385,6 +385,8 @@ func demo(ctx context.Context, o demoOptions, out, logOut io.Writer) (err error)
 	fmt.Fprintf(out, "Through pgcloak as the pool role %s, a tenant per transaction from a token:\n  psql %q\n", demoPoolRole, d.proxyURL(demoPoolRole, demoPoolPassword))
 	fmt.Fprintf(out, "  then: BEGIN; SET LOCAL pgcloak.tenant_token = '<token>'; select * from patients; COMMIT;\n")
 	fmt.Fprintf(out, "  with a token (10 minutes) from: go run ./cmd/pgcloak token --tenant acme -c %s\n", cfgPath)
+	fmt.Fprintf(out, "Through pgcloak as the unscoped role %s (every row, encrypted columns as ciphertext, no writes to them):\n  psql %q\n", demoDBARole, d.proxyURL(demoDBARole, demoDBAPassword))
+	fmt.Fprintf(out, "Directly to PostgreSQL as pgcloak's own role %s (upstream.user: key store, pin; pgcloak refuses it as a client):\n  psql %q\n", demoProxyRole, pg.URL(demoProxyRole, demoProxyPassword, demoDatabase))
 	fmt.Fprintf(out, "Directly to PostgreSQL as the superuser, to look at the ciphertext:\n  psql %q\n", pg.SuperuserURL(demoDatabase))
 	fmt.Fprintf(out, `
 The configuration is %s: try
@@ -448,6 +450,74 @@ func demoPrepare(ctx context.Context, pg *testenv.Postgres, cfg *config.Config) 
 			return err
 		}
 	}
+	return nil
+}
+
+// showSchema prints, from PostgreSQL's catalog, what the demo prepared
+// as the README's "Preparing your database" recommends: row-level
+// security forced, policies and the tenant column's default on
+// pgcloak.current_tenant(), the format CHECKs and the index columns'
+// indexes of pgcloak schema.
+func (d *demoRun) showSchema(ctx context.Context, super *pgx.Conn) error {
+	out := d.out
+	rows := func(sql string) ([][]string, error) {
+		table, err := queryTable(ctx, super, sql)
+		if err != nil {
+			return nil, err
+		}
+		return table[1:], nil // without the header
+	}
+	fmt.Fprint(out, `
+== The schema, as pgcloak recommends it (read back from PostgreSQL's catalog) ==
+`)
+	rls, err := rows(`select case when relrowsecurity then 'yes' else 'no' end,
+		case when relforcerowsecurity then 'yes' else 'no' end
+		from pg_class where oid = 'public.patients'::regclass`)
+	if err != nil {
+		return err
+	}
+	if len(rls) != 1 {
+		return errors.New("demo: public.patients not found in pg_class")
+	}
+	fmt.Fprintf(out, "\nRow-level security on public.patients: enabled %s, forced %s\n", rls[0][0], rls[0][1])
+	policies, err := rows(`select policyname, cmd, qual, coalesce(with_check, '')
+		from pg_policies where schemaname = 'public' and tablename = 'patients' order by policyname`)
+	if err != nil {
+		return err
+	}
+	for _, p := range policies {
+		fmt.Fprintf(out, "Policy %s (%s): using %s, with check %s\n", p[0], p[1], p[2], p[3])
+	}
+	def, err := rows(`select coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+		from pg_attribute a left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+		where a.attrelid = 'public.patients'::regclass and a.attname = 'tenant_id'`)
+	if err != nil {
+		return err
+	}
+	if len(def) == 1 {
+		fmt.Fprintf(out, "Column tenant_id defaults to %s: rows are stamped with the verified tenant\n", def[0][0])
+	}
+	checks, err := rows(`select conname from pg_constraint
+		where conrelid = 'public.patients'::regclass and contype = 'c' and conname like '%\_pgcloak\_format'
+		order by conname`)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "Format CHECKs (PostgreSQL refuses plaintext written around pgcloak):")
+	for _, c := range checks {
+		fmt.Fprintf(out, "  %s\n", c[0])
+	}
+	indexes, err := rows(`select indexname from pg_indexes
+		where schemaname = 'public' and tablename = 'patients' and indexdef like '%\_bidx%'
+		order by indexname`)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "Blind-index indexes (equality search on encrypted columns):")
+	for _, i := range indexes {
+		fmt.Fprintf(out, "  %s\n", i[0])
+	}
+	fmt.Fprintf(out, "(pgcloak schema -c %s prints this DDL for your own tables.)\n", d.cfgPath)
 	return nil
 }
 
@@ -632,6 +702,9 @@ tenant %s, which brings its own key, and the default %s for globex.
 `, demoBYOKAlias, demoBYOKTenant, demoDefaultAlias)
 	} else {
 		fmt.Fprintln(out, "Each tenant's data keys are stored in PostgreSQL wrapped by the local master key.")
+	}
+	if err := d.showSchema(ctx, super); err != nil {
+		return err
 	}
 	fmt.Fprint(out, `
 == Each tenant writes through pgcloak, in plain SQL ==

@@ -271,7 +271,75 @@ func TestDemo(t *testing.T) {
 
 	wantAcmeRows(t.Context(), t, d.acmeURL)
 	wantPoolRows(t.Context(), t, d.out)
+	wantRecommendedSchema(t, d.out)
+	wantEveryRoleConnects(t.Context(), t, d.out)
 	d.stop(t)
+}
+
+// wantRecommendedSchema wants the demo's schema section to show what the
+// README recommends, as read back from the catalog: RLS enabled and
+// forced, the policy and the tenant column's default on
+// pgcloak.current_tenant(), a format CHECK on every declared and index
+// column, and an index on each index column.
+func wantRecommendedSchema(t *testing.T, out string) {
+	t.Helper()
+	schema := demoSection(t, out, "The schema, as pgcloak recommends it")
+	containsAll(t, "schema", schema,
+		"Row-level security on public.patients: enabled yes, forced yes",
+		"Policy tenant_isolation (ALL): using (tenant_id = pgcloak.current_tenant()), with check (tenant_id = pgcloak.current_tenant())",
+		"Column tenant_id defaults to pgcloak.current_tenant()",
+		"pgcloak schema -c ")
+	for _, col := range []string{"ssn", "ssn_bidx", "email", "email_bidx", "diagnosis", "birth_date"} {
+		if !regexp.MustCompile(`(?m)^  patients_` + col + `_pgcloak_format$`).MatchString(schema) {
+			t.Errorf("schema: no format CHECK on %s:\n%s", col, schema)
+		}
+	}
+	for _, col := range []string{"ssn_bidx", "email_bidx"} {
+		if !regexp.MustCompile(`(?m)^  patients_` + col + `_idx$`).MatchString(schema) {
+			t.Errorf("schema: no index on %s:\n%s", col, schema)
+		}
+	}
+}
+
+// wantEveryRoleConnects wants a printed connection string for every role
+// the demo mentions, and each to log in and read as that role should:
+// tenants and the pool role through pgcloak, the unscoped dba through
+// pgcloak seeing ciphertext, pgcloak's own role and the superuser
+// directly.
+func wantEveryRoleConnects(ctx context.Context, t *testing.T, out string) {
+	t.Helper()
+	tryIt := demoSection(t, out, "Try it yourself")
+	urls := map[string]string{}
+	for _, m := range regexp.MustCompile(`psql "(postgres://([^:@"]+)[^"]*)"`).FindAllStringSubmatch(tryIt, -1) {
+		urls[m[2]] = m[1]
+	}
+	for _, role := range []string{"acme_app", "globex_app", "app_pool", demoDBARole, demoProxyRole, "postgres"} {
+		u, ok := urls[role]
+		if !ok {
+			t.Errorf("try it yourself: no connection string for role %s:\n%s", role, tryIt)
+			continue
+		}
+		conn, err := pgx.Connect(ctx, u)
+		if err != nil {
+			t.Errorf("connect as %s with the printed string: %v", role, err)
+			continue
+		}
+		var who string
+		if err := conn.QueryRow(ctx, "select current_user").Scan(&who); err != nil || who != role {
+			t.Errorf("as %s: current_user %q, %v", role, who, err)
+		}
+		if role == demoDBARole {
+			// Unscoped through pgcloak: every tenant's rows, ssn as ciphertext.
+			var n int
+			var ssn []byte
+			if err := conn.QueryRow(ctx, "select count(*) over (), ssn from patients order by id limit 1").Scan(&n, &ssn); err != nil {
+				t.Errorf("as %s: %v", role, err)
+			} else if n < 4 || len(ssn) == 0 || ssn[0] != 0x01 {
+				t.Errorf("as %s: %d rows, first ssn %x; want every tenant's rows and ciphertext", role, n, ssn)
+			}
+		}
+		conn.Close(ctx)
+	}
 }
 
 // TestDemoKMS runs `pgcloak demo --kms`: the KEKs live in the in-process
