@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -55,28 +56,69 @@ const (
 // Load reads and validates the configuration file at path. Problems with
 // the content come back as a *ValidationError; a file that cannot be read,
 // as the error from os.ReadFile.
-func Load(path string) (*Config, error) {
+//
+// Relative file paths in the configuration (PathKeys) resolve against the
+// directory of path, not the working directory, so that
+// "pgcloak serve -c /etc/pgcloak/pgcloak.yaml" finds master.key next to
+// the file from wherever it is started.
+func Load(path string, opts ...Option) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	return Parse(path, data)
+	return Parse(path, data, opts...)
 }
 
-// Parse validates a configuration held in memory. filename is used only to
-// prefix problems and to fill Config.File. ${NAME} references are expanded
-// from the process environment.
+// Parse validates a configuration held in memory. filename prefixes
+// problems, fills Config.File, and its directory is where relative file
+// paths resolve (as Load does). ${NAME} references are expanded from the
+// process environment.
 //
 // The returned Config is immutable by contract: nothing may modify it, its
 // slices or its maps after Parse returns, so it can be shared between
 // goroutines without locks. A reload builds a new Config and swaps the
 // pointer.
-func Parse(filename string, data []byte) (*Config, error) {
-	return parse(filename, data, os.LookupEnv)
+func Parse(filename string, data []byte, opts ...Option) (*Config, error) {
+	return parse(filename, data, os.LookupEnv, opts...)
 }
 
-func parse(filename string, data []byte, lookup func(string) (string, bool)) (*Config, error) {
+// Option changes how Load and Parse treat a file.
+type Option func(*decoder)
+
+// WithoutSecrets is for commands that never use the configuration's
+// secrets (schema, encrypt-existing --print-prepare and --print-finish):
+// a ${NAME} reference to an unset variable in a secret key (SecretKeys)
+// leaves that secret unset instead of failing, so that such commands run
+// where the upstream password is not in the environment. Secrets named in
+// need (YAML paths such as "tenancy.jwt.hs256_secret") are still required.
+//
+// A Config loaded so may lack secrets that validation would otherwise have
+// required; SecretUnset reports them. Never hand it to serve or to a
+// command that logs in upstream.
+func WithoutSecrets(need ...string) Option {
+	return func(d *decoder) {
+		d.unsetSecretsOK = true
+		d.neededSecrets = need
+	}
+}
+
+// SecretKeys are the YAML paths of the keys that hold secrets.
+var SecretKeys = []string{"upstream.password", "tenancy.jwt.hs256_secret", "tenancy.jwt.upstream_password"}
+
+// PathKeys are the YAML paths of the keys that name files, which resolve
+// against the configuration file's directory when relative (a list's
+// entries as [*]). audit.output is one unless it is stderr or stdout.
+var PathKeys = []string{
+	"listen.tls.cert_file", "listen.tls.key_file", "listen.tls.client_ca_file",
+	"upstream.root_cert_file", "upstream.client_certs[*].cert_file", "upstream.client_certs[*].key_file",
+	"tenancy.jwt.public_key_file", "keys.local.master_key_file", "audit.output",
+}
+
+func parse(filename string, data []byte, lookup func(string) (string, bool), opts ...Option) (*Config, error) {
 	d := &decoder{file: filename, lookup: lookup, lines: make(map[string]int)}
+	for _, o := range opts {
+		o(d)
+	}
 	cfg := defaults()
 	cfg.File = filename
 	if root, ok := d.parseYAML(data); ok {
@@ -89,8 +131,50 @@ func parse(filename string, data []byte, lookup func(string) (string, bool)) (*C
 		sort.SliceStable(d.problems, func(i, j int) bool { return d.problems[i].Line < d.problems[j].Line })
 		return nil, &ValidationError{Problems: d.problems}
 	}
+	resolvePaths(cfg, filepath.Dir(filename))
+	cfg.lines = d.lines
+	cfg.unsetSecrets = d.unsetSecrets
 	return cfg, nil
 }
+
+// resolvePaths makes the relative file paths of cfg (PathKeys) relative to
+// dir, the configuration file's directory, instead of the working
+// directory. With dir "." they are left as written.
+func resolvePaths(cfg *Config, dir string) {
+	if dir == "." || dir == "" {
+		return
+	}
+	rel := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	if t := cfg.Listen.TLS; t != nil {
+		rel(&t.CertFile)
+		rel(&t.KeyFile)
+		rel(&t.ClientCAFile)
+	}
+	rel(&cfg.Upstream.RootCertFile)
+	for i := range cfg.Upstream.ClientCerts {
+		rel(&cfg.Upstream.ClientCerts[i].CertFile)
+		rel(&cfg.Upstream.ClientCerts[i].KeyFile)
+	}
+	rel(&cfg.Tenancy.JWT.PublicKeyFile)
+	rel(&cfg.Keys.Local.MasterKeyFile)
+	if o := cfg.Audit.Output; o != "stderr" && o != "stdout" {
+		rel(&cfg.Audit.Output)
+	}
+}
+
+// Line returns the line of File on which the key at YAML path (such as
+// keys.local.master_key_file or encrypt.tables[0].name) is written, or 0
+// when the file does not set it.
+func (c *Config) Line(path string) int { return c.lines[path] }
+
+// SecretUnset reports whether the secret at YAML path (one of SecretKeys)
+// refers to an environment variable that was unset when the file was
+// loaded with WithoutSecrets.
+func (c *Config) SecretUnset(path string) bool { return c.unsetSecrets[path] }
 
 func defaults() *Config {
 	return &Config{

@@ -68,7 +68,7 @@ func TestLoadSpecExample(t *testing.T) {
 		File: file,
 		Listen: Listen{
 			Address:         "127.0.0.1:6432",
-			TLS:             &ListenTLS{CertFile: "server.crt", KeyFile: "server.key", Require: false},
+			TLS:             &ListenTLS{CertFile: filepath.Join("testdata", "server.crt"), KeyFile: filepath.Join("testdata", "server.key"), Require: false},
 			MaxMessageSize:  64 << 20,
 			ShutdownTimeout: 30 * time.Second,
 		},
@@ -100,7 +100,7 @@ func TestLoadSpecExample(t *testing.T) {
 		},
 		Keys: Keys{
 			Provider: ProviderLocal,
-			Local:    LocalKeys{MasterKeyFile: "master.key"},
+			Local:    LocalKeys{MasterKeyFile: filepath.Join("testdata", "master.key")},
 			AWS:      AWSKeys{Region: "us-east-1", KeyID: "alias/pgcloak"},
 			Tenants: map[string]TenantKeys{
 				"acme": {KeyID: "arn:aws:kms:eu-west-1:111122223333:key/..."},
@@ -127,6 +127,10 @@ func TestLoadSpecExample(t *testing.T) {
 		Audit: Audit{Output: "stderr"},
 		Log:   Log{Level: "info", Format: "json"},
 	}
+	if l := got.Line("keys.local.master_key_file"); l != 41 {
+		t.Errorf("Line(keys.local.master_key_file): got %d, want 41", l)
+	}
+	got.lines = nil
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Load(%s):\ngot  %+v\nwant %+v", file, got, want)
 	}
@@ -183,6 +187,7 @@ func TestDefaults(t *testing.T) {
 		Audit:   Audit{Output: "stderr"},
 		Log:     Log{Level: "info", Format: "json"},
 	}
+	got.lines = nil
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("got  %+v\nwant %+v", got, want)
 	}
@@ -1447,4 +1452,148 @@ func TestAliasBomb(t *testing.T) {
 	if !slices.ContainsFunc(got, func(p string) bool { return strings.HasSuffix(p, ": "+want) }) {
 		t.Errorf("got %d problems, first %q, want one ending %q", len(got), got[0], want)
 	}
+}
+
+// TestRelativePathsResolveAgainstConfigDir loads a configuration from
+// another directory than the working one: its relative file paths name
+// files next to it, absolute ones and the audit streams stay as written.
+func TestRelativePathsResolveAgainstConfigDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "etc", "pgcloak")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "pgcloak.yaml")
+	content := y(
+		"listen:",
+		"  tls: {cert_file: tls/server.crt, key_file: server.key, client_ca_file: /abs/ca.crt}",
+		"upstream:",
+		"  address: db:5432",
+		"  sslmode: verify-full",
+		"  root_cert_file: ../upstream-ca.crt",
+		"  client_certs:",
+		"    - {user: app, cert_file: app.crt, key_file: app.key}",
+		"tenancy:",
+		"  jwt: {public_key_file: jwt.pem}",
+		"keys: {local: {master_key_file: master.key}}",
+		"audit: {output: audit.log}",
+	)
+	if err := os.WriteFile(file, content, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(t.TempDir()) // somewhere else entirely
+
+	got, err := Load(file)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	for _, tt := range []struct {
+		key, got, want string
+	}{
+		{"listen.tls.cert_file", got.Listen.TLS.CertFile, filepath.Join(dir, "tls", "server.crt")},
+		{"listen.tls.key_file", got.Listen.TLS.KeyFile, filepath.Join(dir, "server.key")},
+		{"listen.tls.client_ca_file", got.Listen.TLS.ClientCAFile, "/abs/ca.crt"},
+		{"upstream.root_cert_file", got.Upstream.RootCertFile, filepath.Join(dir, "..", "upstream-ca.crt")},
+		{"upstream.client_certs[0].cert_file", got.Upstream.ClientCerts[0].CertFile, filepath.Join(dir, "app.crt")},
+		{"upstream.client_certs[0].key_file", got.Upstream.ClientCerts[0].KeyFile, filepath.Join(dir, "app.key")},
+		{"tenancy.jwt.public_key_file", got.Tenancy.JWT.PublicKeyFile, filepath.Join(dir, "jwt.pem")},
+		{"keys.local.master_key_file", got.Keys.Local.MasterKeyFile, filepath.Join(dir, "master.key")},
+		{"audit.output", got.Audit.Output, filepath.Join(dir, "audit.log")},
+	} {
+		if tt.got != tt.want {
+			t.Errorf("%s: got %q, want %q", tt.key, tt.got, tt.want)
+		}
+	}
+	if l := got.Line("keys.local.master_key_file"); l != 11 {
+		t.Errorf("Line(keys.local.master_key_file): got %d, want 11", l)
+	}
+	if l := got.Line("admin.address"); l != 0 {
+		t.Errorf("Line(admin.address): got %d, want 0 (not in the file)", l)
+	}
+
+	t.Run("audit streams", func(t *testing.T) {
+		for _, out := range []string{"stderr", "stdout"} {
+			path := filepath.Join(dir, out+".yaml")
+			if err := os.WriteFile(path, withMinimal("audit: {output: "+out+"}"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			c, err := Load(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Audit.Output != out {
+				t.Errorf("audit.output: got %q, want %q", c.Audit.Output, out)
+			}
+		}
+	})
+}
+
+// TestWithoutSecrets loads a file whose secrets refer to unset variables,
+// as schema and the print steps of encrypt-existing do.
+func TestWithoutSecrets(t *testing.T) {
+	file := y(
+		"upstream:",
+		"  address: db:5432",
+		"  password: ${PW}",
+		"tenancy:",
+		"  token_roles: [app_pool]",
+		"  jwt:",
+		"    hs256_secret: ${JWT}",
+		"keys: {local: {master_key_file: m.key}}",
+	)
+	const secret = "0123456789abcdef0123456789abcdef"
+
+	t.Run("plain load fails", func(t *testing.T) {
+		_, err := parse("p.yaml", file, noEnv)
+		want := []string{
+			"p.yaml:3: upstream.password: environment variable PW is not set",
+			"p.yaml:5: tenancy.token_roles: token roles need a verification key for their tenant tokens: set tenancy.jwt.hs256_secret, public_key_file or jwks_url",
+			"p.yaml:7: tenancy.jwt.hs256_secret: environment variable JWT is not set",
+		}
+		if got := problems(t, err); !reflect.DeepEqual(got, want) {
+			t.Errorf("got %q, want %q", got, want)
+		}
+	})
+	t.Run("all unset", func(t *testing.T) {
+		c, err := parse("p.yaml", file, noEnv, WithoutSecrets())
+		if err != nil {
+			t.Fatalf("got %v, want nil", err)
+		}
+		for _, k := range []string{"upstream.password", "tenancy.jwt.hs256_secret"} {
+			if !c.SecretUnset(k) {
+				t.Errorf("SecretUnset(%s): got false, want true", k)
+			}
+		}
+		if c.Upstream.Password != "" || c.Tenancy.JWT.HS256Secret != "" {
+			t.Errorf("secrets: got values, want none")
+		}
+	})
+	t.Run("needed secret still required", func(t *testing.T) {
+		_, err := parse("p.yaml", file, noEnv, WithoutSecrets("tenancy.jwt.hs256_secret"))
+		got := problems(t, err)
+		want := []string{
+			"p.yaml:5: tenancy.token_roles: token roles need a verification key for their tenant tokens: set tenancy.jwt.hs256_secret, public_key_file or jwks_url",
+			"p.yaml:7: tenancy.jwt.hs256_secret: environment variable JWT is not set",
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("got %q, want %q", got, want)
+		}
+		c, err := parse("p.yaml", file, envOf(map[string]string{"JWT": secret}), WithoutSecrets("tenancy.jwt.hs256_secret"))
+		if err != nil {
+			t.Fatalf("with JWT set: got %v, want nil", err)
+		}
+		if c.Tenancy.JWT.HS256Secret.Reveal() != secret || c.SecretUnset("tenancy.jwt.hs256_secret") || !c.SecretUnset("upstream.password") {
+			t.Errorf("with JWT set: hs256_secret not loaded, or unset flags wrong")
+		}
+	})
+	t.Run("malformed reference still fails", func(t *testing.T) {
+		_, err := parse("p.yaml", y(
+			"upstream:",
+			"  address: db:5432",
+			"  password: ${1x}",
+		), noEnv, WithoutSecrets())
+		got := problems(t, err)
+		if len(got) != 1 || !strings.Contains(got[0], "p.yaml:3: upstream.password: malformed") {
+			t.Errorf("got %q, want the malformed reference at line 3", got)
+		}
+	})
 }

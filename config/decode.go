@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,6 +24,13 @@ type decoder struct {
 	// lines maps a YAML path to the line of its key (or, for a list item, of
 	// the item). Problems found after decoding take their line from here.
 	lines map[string]int
+
+	// unsetSecretsOK (WithoutSecrets) lets a secret refer to an unset
+	// variable, except the secrets in neededSecrets; unsetSecrets records
+	// the ones left unset.
+	unsetSecretsOK bool
+	neededSecrets  []string
+	unsetSecrets   map[string]bool
 
 	// visits counts the nodes decoded. Aliases let a small file name the
 	// same large list many times over; the count bounds the work.
@@ -338,6 +346,27 @@ func (d *decoder) text(dst *string) func(*yaml.Node, string) {
 
 func (d *decoder) secret(dst *Secret) func(*yaml.Node, string) {
 	return func(n *yaml.Node, path string) {
+		if d.unsetSecretsOK && !slices.Contains(d.neededSecrets, path) {
+			lookup := d.lookup
+			unset := false
+			d.lookup = func(name string) (string, bool) {
+				v, ok := lookup(name)
+				if !ok {
+					unset = true
+					return "", true
+				}
+				return v, true
+			}
+			defer func() { d.lookup = lookup }()
+			defer func() {
+				if unset {
+					if d.unsetSecrets == nil {
+						d.unsetSecrets = make(map[string]bool)
+					}
+					d.unsetSecrets[path] = true
+				}
+			}()
+		}
 		if v, ok := d.scalar(n, path, "a string", false); ok {
 			*dst = Secret(v)
 		}

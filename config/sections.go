@@ -217,7 +217,12 @@ func (d *decoder) tenancy(n *yaml.Node, p string, t *Tenancy) {
 	oneOf(d, join(p, "mode"), "tenancy mode", t.Mode, ModeLogin, ModeJWT)
 
 	jp := join(p, "jwt")
-	switch keys := jwtKeys(t.JWT); {
+	keys := jwtKeys(t.JWT)
+	if d.unsetSecrets[join(jp, "hs256_secret")] {
+		// Set in the file, to a variable WithoutSecrets let go unset.
+		keys = append([]string{"hs256_secret"}, keys...)
+	}
+	switch {
 	case len(keys) == 2:
 		d.errorf(jp, "%s and %s are both set; set exactly one", keys[0], keys[1])
 	case len(keys) > 2:

@@ -20,6 +20,11 @@ type Config struct {
 	Encrypt  Encrypt
 	Audit    Audit
 	Log      Log
+
+	// lines maps YAML paths to the line of their key in File (Line).
+	lines map[string]int
+	// unsetSecrets are the secrets WithoutSecrets let go unset.
+	unsetSecrets map[string]bool
 }
 
 // Listen configures the client-facing listener.
