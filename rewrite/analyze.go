@@ -511,7 +511,12 @@ func (a *analyzer) dispatch(n *pg_query.Node) error {
 	case *pg_query.Node_ExplainStmt:
 		return a.nested(x.ExplainStmt.Query, "EXPLAIN")
 	case *pg_query.Node_DeclareCursorStmt:
-		return a.nested(x.DeclareCursorStmt.Query, "DECLARE CURSOR")
+		// A cursor runs its query at DECLARE with the values it holds then
+		// (literals in the text, or the DECLARE's own bound parameters), so
+		// it is rewritten as that query is; FETCH and MOVE only read it,
+		// and its rows are decrypted by their RowDescription like any
+		// others.
+		return a.dispatch(x.DeclareCursorStmt.Query)
 	case *pg_query.Node_DoStmt:
 		for _, arg := range x.DoStmt.Args {
 			if d := arg.GetDefElem(); d != nil && d.Defname == "as" {
@@ -575,7 +580,7 @@ func statementName(m proto.Message) string {
 	return strings.ToUpper(b.String())
 }
 
-// nested analyses the statement inside PREPARE, EXPLAIN or DECLARE CURSOR.
+// nested analyses the statement inside PREPARE or EXPLAIN.
 // Those run the statement later or elsewhere with values rewrite cannot
 // reach (EXECUTE arguments, cursor fetches), so a statement that would need
 // rewriting is refused; one that needs none passes through.

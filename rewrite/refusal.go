@@ -175,7 +175,7 @@ var (
 		doc: "CREATE VIEW / MATERIALIZED VIEW / RULE / TABLE AS, SELECT INTO over a declared table; a table that inherits from or is a partition of one"}
 	kindNested = &refusalKind{id: "nested_rewrite", code: pgerrcode.FeatureNotSupported,
 		msg: notSupported(isEncrypted, " (send the statement itself; pgcloak must rewrite it)"),
-		doc: "PREPARE, EXPLAIN or DECLARE CURSOR of a statement that needs rewriting"}
+		doc: "PREPARE or EXPLAIN of a statement that needs rewriting"}
 	kindMerge = &refusalKind{id: "merge", code: pgerrcode.FeatureNotSupported, construct: "MERGE",
 		msg: notSupported(hasEncryptedColumns, ""), doc: "MERGE touching a declared table"}
 	kindBody = &refusalKind{id: "routine_body", code: pgerrcode.FeatureNotSupported,
