@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"maps"
 	"slices"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/pgcloak/pgcloak/config"
+	"github.com/pgcloak/pgcloak/crypto"
 	"github.com/pgcloak/pgcloak/proxy"
 	"github.com/spf13/cobra"
 )
@@ -29,6 +31,13 @@ func newCheckCmd() *cobra.Command {
 is configured (and listen.tls.client_ca_file and upstream.client_certs), and
 connect to the upstream server as upstream.user (honouring
 upstream.sslmode and upstream.root_cert_file) to run "select version()".
+Relative file paths in FILE are relative to FILE's directory.
+
+When encrypt.tables declares tables it loads the key provider as serve
+does: the master key file of keys.local.master_key_file must exist and be
+readable by its owner only (a missing one fails, naming where FILE sets it
+and the command that creates it, pgcloak keys init-local -o PATH); with
+keys.provider aws, the default key keys.aws.key_id must be enabled.
 
 It fails a configuration under which a client session could run as
 upstream.user, which owns the verified tenant pin's key: upstream.user
@@ -44,7 +53,10 @@ tenancy.jwt.upstream_user, the role jwt sessions run as.
 
 Then, for every table in encrypt.tables, it checks as upstream.user that the
 table exists; that every declared column and blind-index column is bytea (a
-text column would store plaintext) and carries pgcloak's format CHECK, by
+text column would store plaintext; a declared column that still holds
+plaintext, of type text, varchar or another, fails with the
+encrypt-existing commands that move it, since the DDL of pgcloak schema
+would fail on it) and carries pgcloak's format CHECK, by
 its definition (missing fails, as serve refuses to start without it, unless
 encrypt.require_format_checks is false; the earlier, looser definition or
 NOT VALID warns); whether row-level security is enabled and forced;
@@ -57,6 +69,13 @@ whether upstream.user and the tenant roles of tenancy.login.roles bypass
 RLS (superuser, BYPASSRLS, or having the table owner's privileges while
 RLS is not forced). Policies of tables not declared that read the bare
 setting are warnings.
+
+It checks that upstream.user has SELECT and UPDATE on every declared table
+(on the table, or on the columns they touch), which pgcloak reencrypt and
+pgcloak encrypt-existing need; a missing one fails with the GRANT to run.
+serve itself reads only the catalog as upstream.user. For each tenant role
+a missing SELECT, INSERT, UPDATE or DELETE is a warning with its GRANT:
+which of them the application needs is its own business.
 
 For every tenant role it warns when the role may create objects (CREATE on
 a schema, TEMP on the database), execute a SECURITY DEFINER function, or
@@ -161,6 +180,7 @@ func check(ctx context.Context, cfg *config.Config, w io.Writer) bool {
 		c.result(err, "upstream client certificate", fmt.Sprintf("%s loads, presented for role %s", cc.CertFile, cc.User))
 	}
 
+	checkKeyProvider(ctx, cfg, c)
 	checkTenantTokens(ctx, cfg, c)
 	checkUpstreamUser(cfg, c)
 	checkUpstream(ctx, cfg, c)
@@ -176,6 +196,52 @@ func check(ctx context.Context, cfg *config.Config, w io.Writer) bool {
 		fmt.Fprintln(w, "check passed")
 	}
 	return !c.failed
+}
+
+// keyProviderTimeout bounds check's load of the key provider: with AWS KMS,
+// one DescribeKey of the default key.
+const keyProviderTimeout = 15 * time.Second
+
+// checkKeyProvider loads the key provider as serve does when tables are
+// declared (serve loads none for a pure passthrough proxy): the local
+// master key file must exist and be usable, and an AWS KMS default key
+// must be enabled. A missing master key file fails naming the command that
+// creates it.
+func checkKeyProvider(ctx context.Context, cfg *config.Config, c *checker) {
+	if len(cfg.Encrypt.Tables) == 0 {
+		return
+	}
+	k := cfg.Keys
+	if k.Provider == config.ProviderAWS {
+		ctx, cancel := context.WithTimeout(ctx, keyProviderTimeout)
+		defer cancel()
+		if _, err := servingKeyProvider(ctx, k); err != nil {
+			c.line(levelFail, "keys", fmt.Sprintf("%v (keys.aws.key_id, %s)", err, setAt(cfg, "keys.aws.key_id")))
+			return
+		}
+		c.line(levelOK, "keys", fmt.Sprintf("AWS KMS key %s in %s is enabled", k.AWS.KeyID, k.AWS.Region))
+		return
+	}
+	path := k.Local.MasterKeyFile
+	where := "keys.local.master_key_file, " + setAt(cfg, "keys.local.master_key_file")
+	_, err := crypto.LoadLocalProvider(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		c.line(levelFail, "keys", fmt.Sprintf("master key file %s (%s) does not exist; create it with: pgcloak keys init-local -o %s", path, where, path))
+	case err != nil:
+		c.line(levelFail, "keys", fmt.Sprintf("master key file %s (%s) cannot be used: %v", path, where, err))
+	default:
+		c.line(levelOK, "keys", "master key file "+path+" loads")
+	}
+}
+
+// setAt names where the configuration sets key: "file:line", or the file
+// alone when the key is not written in it.
+func setAt(cfg *config.Config, key string) string {
+	if l := cfg.Line(key); l > 0 {
+		return fmt.Sprintf("%s:%d", cfg.File, l)
+	}
+	return cfg.File
 }
 
 // checkUpstream logs in to the upstream server the way the proxy's own
@@ -361,18 +427,30 @@ func checkTable(ctx context.Context, conn *pgx.Conn, t config.Table, roles []che
 	}); err != nil {
 		return err
 	}
+	plain := make(map[string]bool) // declared columns that hold plaintext
 	for _, col := range t.Columns {
-		checkColumnType(c, what, col.Name, "", types)
+		if checkColumnType(c, what, col.Name, "", types, encryptExistingCommand(cfg, t)) {
+			plain[col.Name] = true
+		}
 		if col.IndexColumn != "" {
-			checkColumnType(c, what, col.IndexColumn, "blind index of "+col.Name, types)
+			checkColumnType(c, what, col.IndexColumn, "blind index of "+col.Name, types, "")
 		}
 	}
 	verdicts, err := verifyTableFormatChecks(ctx, conn, t)
 	if err != nil {
 		return err
 	}
+	fix := schemaCommand(cfg)
+	if len(plain) > 0 {
+		// pgcloak schema's script would fail on the plaintext column as a
+		// whole; encrypt-existing's prepare step adds the CHECKs too.
+		fix = fmt.Sprintf(`pgcloak encrypt-existing -c %s --table %s --print-prepare | psql "$DATABASE_URL"`, cfg.File, t.QualifiedName())
+	}
 	for _, v := range verdicts {
-		checkFormatLine(c, what, v, cfg)
+		if v.state == formatMissing && plain[v.check.column] {
+			continue // its type line says what to run
+		}
+		checkFormatLine(c, what, v, cfg, fix)
 	}
 
 	facts, err := rolesFacts(ctx, conn, roles, rls.ownerOID)
@@ -394,14 +472,14 @@ func checkTable(ctx context.Context, conn *pgx.Conn, t config.Table, roles []che
 		l, detail := rolePosture(r, facts[r.name], rls)
 		c.line(l, what+" role "+r.name+" ("+r.label+")", detail)
 	}
-	return nil
+	return checkTablePrivileges(ctx, conn, oid, t, roles, facts, c)
 }
 
 // checkFormatLine reports one column's format CHECK as serve will judge
 // it: missing fails (serve refuses to start) unless
 // encrypt.require_format_checks is false; the earlier definition and NOT
-// VALID are warnings.
-func checkFormatLine(c *checker, table string, v formatStatus, cfg *config.Config) {
+// VALID are warnings. fix is the command that adds a missing CHECK.
+func checkFormatLine(c *checker, table string, v formatStatus, cfg *config.Config, fix string) {
 	what := table + " column " + v.check.column + " format CHECK"
 	switch v.state {
 	case formatOK:
@@ -415,18 +493,28 @@ func checkFormatLine(c *checker, table string, v formatStatus, cfg *config.Confi
 		if !cfg.Encrypt.RequireFormatChecks {
 			l, after = levelWarn, "PostgreSQL accepts plaintext in it (encrypt.require_format_checks is false)"
 		}
-		c.line(l, what, "missing ("+v.why+"): "+after+"; add "+v.check.name()+" with: "+schemaCommand(cfg))
+		c.line(l, what, "missing ("+v.why+"): "+after+"; add "+v.check.name()+" with: "+fix)
 	}
 }
 
 // checkColumnType reports whether column name of the table is bytea.
 // Anything else would hold what pgcloak writes as plaintext or refuse it.
-func checkColumnType(c *checker, table, name, role string, types map[string]string) {
+// For a declared column (move is the encrypt-existing command for its
+// table) that exists with another type, the line says how to move its
+// plaintext: pgcloak schema leaves an existing column as it is, and the
+// format CHECK it adds fails on any type but bytea ("function
+// get_byte(text, integer) does not exist"). It reports whether the column
+// exists with another type.
+func checkColumnType(c *checker, table, name, role string, types map[string]string, move string) bool {
 	what := table + " column " + name
 	typ, ok := types[name]
 	switch {
 	case !ok:
 		c.line(levelFail, what, "does not exist (pgcloak schema prints the DDL that adds it)")
+	case typ != "bytea" && move != "":
+		c.line(levelFail, what, fmt.Sprintf("is %s, want bytea: it holds plaintext, and pgcloak schema | psql would fail on it "+
+			"(function get_byte(%s, integer) does not exist); encrypt it in place with: %s", typ, baseType(typ), move))
+		return true
 	case typ != "bytea":
 		c.line(levelFail, what, "is "+typ+", want bytea (pgcloak schema prints the DDL; encrypt-existing moves plaintext)")
 	case role != "":
@@ -434,6 +522,23 @@ func checkColumnType(c *checker, table, name, role string, types map[string]stri
 	default:
 		c.line(levelOK, what, "bytea")
 	}
+	return false
+}
+
+// baseType is a type as format_type prints it without its modifier:
+// "character varying(11)" is "character varying".
+func baseType(typ string) string {
+	if i := strings.IndexByte(typ, '('); i > 0 {
+		return typ[:i]
+	}
+	return typ
+}
+
+// encryptExistingCommand is how to move table t's plaintext into
+// pgcloak's layout: the prepare step, then the run.
+func encryptExistingCommand(cfg *config.Config, t config.Table) string {
+	return fmt.Sprintf(`pgcloak encrypt-existing -c %[1]s --table %[2]s --print-prepare | psql "$DATABASE_URL", then pgcloak encrypt-existing -c %[1]s --table %[2]s`,
+		cfg.File, t.QualifiedName())
 }
 
 // rolesFacts reads pg_roles for roles. A role has the table owner's

@@ -4,14 +4,30 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/pgcloak/pgcloak/config"
+	"github.com/pgcloak/pgcloak/crypto"
 	"github.com/pgcloak/pgcloak/testenv"
 )
+
+// writeCheckConfig writes content to pgcloak.yaml in a fresh directory,
+// next to a new master key, master.key, which checkConfig's relative
+// keys.local.master_key_file names: relative to the file, not to the
+// working directory. It returns the configuration's path.
+func writeCheckConfig(t *testing.T, content string) string {
+	t.Helper()
+	path := writeFile(t, "pgcloak.yaml", content)
+	if err := crypto.WriteLocalMasterKey(filepath.Join(filepath.Dir(path), "master.key")); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
 
 // checkConfig is a minimal valid configuration for upstream at addr.
 func checkConfig(addr, sslmode, rootCert, user, password, database string) string {
@@ -151,14 +167,21 @@ end $$;`, checkAcmeRole, checkGlobexRole, checkBypassRole, checkOwnerRole) +
 		table("no_rls", "bytea", "") +
 		table("not_forced", "bytea", "alter table not_forced enable row level security;") +
 		table("owned_by_upstream", "bytea", "alter table owned_by_upstream enable row level security;") +
-		table("owned_by_tenant", "bytea", "alter table owned_by_tenant enable row level security;") + fmt.Sprintf(`
-alter table owned_by_upstream owner to %s;
-alter table owned_by_tenant owner to %s;
-revoke temp on database %s from public;`, testenv.ScramUser, checkOwnerRole, db)
+		table("owned_by_tenant", "bytea", "alter table owned_by_tenant enable row level security;") +
+		table("plain_varchar", "varchar(11)", fmt.Sprintf(forced, "plain_varchar")) +
+		table("no_grants", "bytea", fmt.Sprintf(forced, "no_grants")) +
+		table("read_only", "bytea", fmt.Sprintf(forced, "read_only")) + fmt.Sprintf(`
+alter table owned_by_upstream owner to %[1]s;
+alter table owned_by_tenant owner to %[2]s;
+revoke temp on database %[3]s from public;
+grant select, update on patients, plain_ssn, plain_varchar, no_rls, not_forced, owned_by_tenant to %[1]s;
+grant select, insert, update, delete on patients, plain_ssn, plain_varchar, no_rls, not_forced, owned_by_upstream, owned_by_tenant to %[4]s, %[5]s, %[6]s, %[2]s;
+grant select on read_only to %[1]s, %[4]s;
+grant update (ssn, ssn_bidx, diagnosis) on read_only to %[4]s;`, testenv.ScramUser, checkOwnerRole, db, checkAcmeRole, checkGlobexRole, checkBypassRole)
 	if err := pg.Exec(ctx, db, setup); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"patients", "no_rls", "not_forced", "owned_by_upstream", "owned_by_tenant"} {
+	for _, name := range []string{"patients", "no_rls", "not_forced", "owned_by_upstream", "owned_by_tenant", "no_grants", "read_only"} {
 		if err := pg.Exec(ctx, db, schemaDDL(t, config.Table{Schema: "public", Name: name, Columns: []config.Column{{Name: "ssn", IndexColumn: "ssn_bidx"}, {Name: "diagnosis"}}})); err != nil {
 			t.Fatal(err)
 		}
@@ -210,6 +233,9 @@ revoke temp on database %s from public;`, testenv.ScramUser, checkOwnerRole, db)
 			"ok    table public.patients " + upstream + ": does not bypass RLS (encrypt-existing then needs --tenant)",
 			"ok    table public.patients role cmd_check_acme (tenant acme): does not bypass RLS",
 			"ok    table public.patients role cmd_check_globex (tenant globex): does not bypass RLS",
+			"ok    keys: master key file " + dirMarker + "/master.key loads",
+			"ok    table public.patients privileges of upstream.user scram_user: SELECT, UPDATE (pgcloak reencrypt and pgcloak encrypt-existing need them)",
+			"ok    table public.patients privileges of role cmd_check_acme (tenant acme): SELECT, INSERT, UPDATE, DELETE",
 			"check passed",
 		},
 		unwanted: []string{"WARN", "FAIL"},
@@ -218,11 +244,43 @@ revoke temp on database %s from public;`, testenv.ScramUser, checkOwnerRole, db)
 		config: configFor("plain_ssn", tenants...),
 		code:   1,
 		want: []string{
-			"FAIL  table public.plain_ssn column ssn: is text, want bytea (pgcloak schema prints the DDL; encrypt-existing moves plaintext)",
+			"FAIL  table public.plain_ssn column ssn: is text, want bytea: it holds plaintext, and pgcloak schema | psql would fail on it (function get_byte(text, integer) does not exist); encrypt it in place with: " +
+				"pgcloak encrypt-existing -c " + pathMarker + ` --table public.plain_ssn --print-prepare | psql "$DATABASE_URL", then pgcloak encrypt-existing -c ` + pathMarker + " --table public.plain_ssn",
 			"ok    table public.plain_ssn column ssn_bidx: bytea (blind index of ssn)",
-			"FAIL  table public.plain_ssn column ssn format CHECK: missing (no CHECK with pgcloak's format definition): serve refuses to start; add plain_ssn_ssn_pgcloak_format with: pgcloak schema -c " + pathMarker + ` | psql "$DATABASE_URL"`,
+			"FAIL  table public.plain_ssn column ssn_bidx format CHECK: missing (no CHECK with pgcloak's format definition): serve refuses to start; add plain_ssn_ssn_bidx_pgcloak_format with: pgcloak encrypt-existing -c " + pathMarker + ` --table public.plain_ssn --print-prepare | psql "$DATABASE_URL"`,
 			"check FAILED",
 		},
+		unwanted: []string{"plain_ssn column ssn format CHECK", "pgcloak schema -c"},
+	}, {
+		name:   "varchar column",
+		config: configFor("plain_varchar", tenants...),
+		code:   1,
+		want: []string{
+			"FAIL  table public.plain_varchar column ssn: is character varying(11), want bytea: it holds plaintext, and pgcloak schema | psql would fail on it (function get_byte(character varying, integer) does not exist); encrypt it in place with: " +
+				"pgcloak encrypt-existing -c " + pathMarker + ` --table public.plain_varchar --print-prepare | psql "$DATABASE_URL", then pgcloak encrypt-existing -c ` + pathMarker + " --table public.plain_varchar",
+			"check FAILED",
+		},
+	}, {
+		name:   "no privileges",
+		config: configFor("no_grants", tenants...),
+		code:   1,
+		want: []string{
+			"FAIL  table public.no_grants privileges of upstream.user scram_user: lacks SELECT, which pgcloak reencrypt and pgcloak encrypt-existing need (to read the rows still to do); as the table's owner run: GRANT SELECT, UPDATE ON public.no_grants TO scram_user",
+			"FAIL  table public.no_grants privileges of upstream.user scram_user: lacks UPDATE, which pgcloak reencrypt and pgcloak encrypt-existing need (to write each row's sealed values); as the table's owner run: GRANT SELECT, UPDATE ON public.no_grants TO scram_user",
+			"WARN  table public.no_grants privileges of role cmd_check_acme (tenant acme): lacks SELECT, INSERT, UPDATE, DELETE: its sessions through pgcloak get 42501 for them; if the application needs them, run: GRANT SELECT, INSERT, UPDATE, DELETE ON public.no_grants TO cmd_check_acme",
+			"check FAILED",
+		},
+	}, {
+		name:   "read-only upstream.user, column grants",
+		config: configFor("read_only", tenants...),
+		code:   1,
+		want: []string{
+			"FAIL  table public.read_only privileges of upstream.user scram_user: lacks UPDATE, which pgcloak reencrypt and pgcloak encrypt-existing need (to write each row's sealed values); as the table's owner run: GRANT UPDATE ON public.read_only TO scram_user",
+			// UPDATE of the declared and index columns is enough.
+			"WARN  table public.read_only privileges of role cmd_check_acme (tenant acme): lacks INSERT, DELETE: its sessions through pgcloak get 42501 for them; if the application needs them, run: GRANT INSERT, DELETE ON public.read_only TO cmd_check_acme",
+			"check FAILED",
+		},
+		unwanted: []string{"scram_user: lacks SELECT"},
 	}, {
 		name:   "rls disabled",
 		config: configFor("no_rls", tenants...),
@@ -283,7 +341,7 @@ revoke temp on database %s from public;`, testenv.ScramUser, checkOwnerRole, db)
 		},
 	}} {
 		t.Run(tt.name, func(t *testing.T) {
-			path := writeFile(t, "pgcloak.yaml", tt.config)
+			path := writeCheckConfig(t, tt.config)
 			r := pgcloak(t, "check", "-c", path)
 			if r.code != tt.code {
 				t.Errorf("exit code: got %d, want %d", r.code, tt.code)
@@ -291,6 +349,7 @@ revoke temp on database %s from public;`, testenv.ScramUser, checkOwnerRole, db)
 			lines := strings.Split(r.stdout, "\n")
 			for _, want := range tt.want {
 				want = strings.ReplaceAll(want, pathMarker, path)
+				want = strings.ReplaceAll(want, dirMarker, filepath.Dir(path))
 				if !slices.Contains(lines, want) {
 					t.Errorf("stdout: missing the line %q", want)
 				}
@@ -303,8 +362,12 @@ revoke temp on database %s from public;`, testenv.ScramUser, checkOwnerRole, db)
 	}
 }
 
-// pathMarker stands for the configuration file's path in expected lines.
-const pathMarker = "<CONFIG>"
+// pathMarker stands for the configuration file's path in expected lines,
+// dirMarker for its directory.
+const (
+	pathMarker = "<CONFIG>"
+	dirMarker  = "<DIR>"
+)
 
 // installPin installs the verified tenant pin (pgcloak.current_tenant())
 // in database db as serve does, as upstream.user (the testenv SCRAM role,
@@ -395,7 +458,9 @@ create function app.harmless() returns int language sql as 'select 2';
 create function app.hidden() returns int language plpgsql security definer as $f$ begin execute 'select 1'; return 1; end $f$;
 revoke execute on function app.hidden() from public;
 grant select on pgcloak.pin_key to %[2]s;
-`, checkPlainRole, checkRiskyRole, db)
+grant select, update on pinned, bare, mixed, unpinned, no_policy to %[4]s;
+grant select, insert, update, delete on pinned, bare, mixed, unpinned, no_policy to %[1]s, %[2]s;
+`, checkPlainRole, checkRiskyRole, db, testenv.ScramUser)
 	if err := pg.Exec(ctx, db, setup); err != nil {
 		t.Fatal(err)
 	}
@@ -495,7 +560,7 @@ grant select on pgcloak.pin_key to %[2]s;
 		unwanted: []string{`entry "migrator"`},
 	}} {
 		t.Run(tt.name, func(t *testing.T) {
-			r := pgcloak(t, "check", "-c", writeFile(t, "pgcloak.yaml", tt.config))
+			r := pgcloak(t, "check", "-c", writeCheckConfig(t, tt.config))
 			if r.code != tt.code {
 				t.Errorf("exit code: got %d, want %d", r.code, tt.code)
 			}
@@ -680,5 +745,64 @@ log:
 		if !strings.Contains(r.stderr, "/nonexistent/pgcloak.yaml") {
 			t.Errorf("stderr: got %q, want it to name the file", r.stderr)
 		}
+	})
+}
+
+// TestCheckKeys: check loads the key provider as serve does when tables
+// are declared; a master key file that is missing or unusable fails,
+// naming its path, where the configuration sets it and, when missing, the
+// command that creates it, which then makes the line pass.
+func TestCheckKeys(t *testing.T) {
+	pg := testenv.Shared(t)
+	db := testenv.NewDatabase(t, pg)
+	cfg := checkConfig(pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, db) + patientsSSNDecl
+	// keys.local.master_key_file is on line 12 of checkConfig's output.
+	const keyLine = 12
+
+	t.Run("missing", func(t *testing.T) {
+		path := writeFile(t, "pgcloak.yaml", cfg)
+		key := filepath.Join(filepath.Dir(path), "master.key")
+		r := pgcloak(t, "check", "-c", path)
+		if r.code != 1 {
+			t.Errorf("exit code: got %d, want 1", r.code)
+		}
+		init := "pgcloak keys init-local -o " + key
+		want := fmt.Sprintf("FAIL  keys: master key file %s (keys.local.master_key_file, %s:%d) does not exist; create it with: %s", key, path, keyLine, init)
+		if !slices.Contains(strings.Split(r.stdout, "\n"), want) {
+			t.Fatalf("stdout: missing the line %q", want)
+		}
+
+		// The command it names, run from another working directory.
+		t.Chdir(t.TempDir())
+		if r := pgcloak(t, strings.Fields(init)[1:]...); r.code != 0 {
+			t.Fatalf("%s: exit %d", init, r.code)
+		}
+		r = pgcloak(t, "check", "-c", path)
+		if want := "ok    keys: master key file " + key + " loads"; !slices.Contains(strings.Split(r.stdout, "\n"), want) {
+			t.Errorf("after %s: stdout missing the line %q", init, want)
+		}
+	})
+
+	t.Run("unusable", func(t *testing.T) {
+		path := writeCheckConfig(t, cfg)
+		key := filepath.Join(filepath.Dir(path), "master.key")
+		if err := os.Chmod(key, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r := pgcloak(t, "check", "-c", path)
+		if r.code != 1 {
+			t.Errorf("exit code: got %d, want 1", r.code)
+		}
+		containsAll(t, "stdout", r.stdout, fmt.Sprintf("FAIL  keys: master key file %s (keys.local.master_key_file, %s:%d) cannot be used: crypto: master key file %s has mode 0644", key, path, keyLine, key))
+		containsNone(t, "stdout", r.stdout, "init-local")
+	})
+
+	t.Run("no tables", func(t *testing.T) {
+		// A pure passthrough proxy loads no key, as serve does not.
+		r := pgcloak(t, "check", "-c", writeFile(t, "pgcloak.yaml", checkConfig(pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, db)))
+		if r.code != 0 {
+			t.Errorf("exit code: got %d, want 0", r.code)
+		}
+		containsNone(t, "stdout", r.stdout, "keys:")
 	})
 }

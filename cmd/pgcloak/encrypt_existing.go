@@ -111,6 +111,9 @@ func runEncryptExisting(cmd *cobra.Command, cfg *config.Config, f batchFlags, t 
 		return &exitError{code: exitFailure, err: fmt.Errorf("pgcloak: encrypt-existing: %w", err)}
 	}
 	defer rt.close()
+	if err := preflight(ctx, rt, "encrypt-existing", f.tenantColumn, []config.Table{t}); err != nil {
+		return err
+	}
 
 	progress := newProgress(stderr, "encrypt-existing "+t.QualifiedName())
 	st, err := migrate.EncryptExisting(ctx, migrate.EncryptOptions{
@@ -118,7 +121,7 @@ func runEncryptExisting(cmd *cobra.Command, cfg *config.Config, f batchFlags, t 
 		Table:           &t,
 		PlaintextSuffix: suffix,
 	})
-	progress.finish()
+	progress.finish(err)
 	fmt.Fprintf(stdout, "encrypt-existing: %s: encrypted %d rows in %d batches (%d rows visited)\n", t.QualifiedName(), st.Updated, st.Batches, st.Visited)
 	if err == nil && st.Left() == 0 {
 		fmt.Fprintf(stdout, "encrypt-existing: no plaintext left; finish with: pgcloak encrypt-existing -c %s --table %s --print-finish\n", cfg.File, t.QualifiedName())

@@ -159,6 +159,9 @@ func runReencrypt(cmd *cobra.Command, cfg *config.Config, f batchFlags, decls []
 		return &exitError{code: exitFailure, err: fmt.Errorf("pgcloak: reencrypt: %w", err)}
 	}
 	defer rt.close()
+	if err := preflight(ctx, rt, "reencrypt", f.tenantColumn, decls); err != nil {
+		return err
+	}
 
 	ev := audit.Reencrypt{Tenant: f.tenant, Reindex: reindex}
 	for _, t := range decls {
@@ -172,7 +175,7 @@ func runReencrypt(cmd *cobra.Command, cfg *config.Config, f batchFlags, decls []
 		Store:   rt.store,
 		Reindex: reindex,
 	})
-	progress.finish()
+	progress.finish(err)
 	ev.Updated, ev.Left = st.Updated, st.Left()
 	ev.Outcome = outcome(ctx, st, err)
 	rt.audit.ReencryptFinished(ev)
@@ -186,6 +189,22 @@ func runReencrypt(cmd *cobra.Command, cfg *config.Config, f batchFlags, decls []
 		fmt.Fprintf(stdout, "reencrypt: skipped tenant %q: its data keys are shredded\n", t)
 	}
 	return reportEnd(ctx, "reencrypt", cfg, st, err, "values that do not open for their row's tenant")
+}
+
+// preflightTimeout bounds the privilege check before a migration.
+const preflightTimeout = 30 * time.Second
+
+// preflight fails a migration command before any work (and before its
+// progress bar) when upstream.user lacks a privilege it needs on one of
+// tables, with the GRANT that fixes it; PostgreSQL would otherwise stop the
+// first batch with 42501.
+func preflight(ctx context.Context, rt *migration, command, tenantColumn string, tables []config.Table) error {
+	pctx, cancel := context.WithTimeout(ctx, preflightTimeout)
+	defer cancel()
+	if err := requireMigrationPrivileges(pctx, rt.pool, command, tenantColumn, tables); err != nil {
+		return &exitError{code: exitFailure, err: redact(fmt.Errorf("pgcloak: %s: %w", command, err), rt.cfg.Upstream.Password)}
+	}
+	return nil
 }
 
 // outcome names how a run ended, for the audit stream.
@@ -366,8 +385,15 @@ func (p *progress) line() {
 }
 
 // finish ends the bar (full only if the work was done), or prints the
-// last line.
-func (p *progress) finish() {
+// last line. A run that failed (err) before it counted any work prints
+// nothing: "0/0 rows (100%)" would claim a success.
+func (p *progress) finish(err error) {
+	if err != nil && p.total == 0 && p.done == 0 {
+		if p.bar != nil {
+			p.bar.Exit()
+		}
+		return
+	}
 	if p.bar != nil {
 		if p.done >= p.total {
 			p.bar.Finish()

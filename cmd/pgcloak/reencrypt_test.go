@@ -25,7 +25,11 @@ func TestReencryptCommand(t *testing.T) {
 	defer cancel()
 	if err := pg.Exec(ctx, db, rlsTableSQL("patients", "id int primary key, tenant_id text, ssn bytea, ssn_bidx bytea")+fmt.Sprintf(`
 grant select, update on patients to %[1]s;
-grant create on database %[2]s to %[1]s;`, testenv.ScramUser, db)); err != nil {
+grant create on database %[2]s to %[1]s;
+create table read_only (id int primary key, tenant_id text, ssn bytea, ssn_bidx bytea);
+grant select on read_only to %[1]s;
+create table no_grant (id int primary key, tenant_id text, ssn bytea, ssn_bidx bytea);
+insert into no_grant values (1, 'acme', null, null);`, testenv.ScramUser, db)); err != nil {
 		t.Fatal(err)
 	}
 	keyFile := filepath.Join(t.TempDir(), "master.key")
@@ -80,6 +84,25 @@ grant create on database %[2]s to %[1]s;`, testenv.ScramUser, db)); err != nil {
 	base := checkConfig(pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, db)
 	base = useKeyFile(base, keyFile)
 	cfg := writeFile(t, "pgcloak.yaml", base+patientsSSNDecl)
+
+	t.Run("privileges", func(t *testing.T) {
+		for _, tc := range []struct {
+			table, want string
+		}{
+			{"read_only", "pgcloak: reencrypt: upstream.user " + testenv.ScramUser + " lacks UPDATE on public.read_only, which reencrypt needs (to write each row's sealed values); as the table's owner run: GRANT UPDATE ON public.read_only TO " + testenv.ScramUser},
+			{"no_grant", "pgcloak: reencrypt: upstream.user " + testenv.ScramUser + " lacks SELECT and UPDATE on public.no_grant, which reencrypt needs (to read the rows still to do); as the table's owner run: GRANT SELECT, UPDATE ON public.no_grant TO " + testenv.ScramUser},
+		} {
+			t.Run(tc.table, func(t *testing.T) {
+				decl := strings.Replace(patientsSSNDecl, "- name: patients", "- name: "+tc.table, 1)
+				r := pgcloak(t, "reencrypt", "-c", writeFile(t, "pgcloak.yaml", base+decl))
+				if r.code != 1 {
+					t.Errorf("exit code: got %d, want 1", r.code)
+				}
+				containsAll(t, "stderr", r.stderr, tc.want)
+				containsNone(t, "output", r.output(), "rows (100%)", "42501", "reencrypt_started")
+			})
+		}
+	})
 
 	t.Run("refusals", func(t *testing.T) {
 		noTables := writeFile(t, "none.yaml", base)
