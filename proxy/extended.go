@@ -166,6 +166,7 @@ func (s *session) parsePlain(m *pgproto3.Parse, text string) error {
 	}
 	if s.decrypts {
 		s.newGeneration(m.Name)
+		text = s.parseDeallocation(m.Name, text)
 		s.shapes.parsed(m.Name, s.stmtGen[m.Name], text)
 		if m.Name != "" {
 			s.shapes.named([]rewrite.PreparedUse{{Op: rewrite.PreparedPrepare, Name: m.Name}})
@@ -182,6 +183,7 @@ func (s *session) parsePlain(m *pgproto3.Parse, text string) error {
 // handleBind forwards a Bind, transforming its parameters when it binds a
 // rewritten statement.
 func (s *session) handleBind(m *pgproto3.Bind) error {
+	s.bindDeallocation(m.DestinationPortal, m.PreparedStatement)
 	ps, err := s.rewritten(m.PreparedStatement)
 	if err != nil {
 		return s.refuseExtended(err)
@@ -253,8 +255,12 @@ func (s *session) handleDescribe(m *pgproto3.Describe) error {
 // cursor DECLAREd in SQL), a Describe of the portal goes first, whose answer
 // only the proxy reads: a result whose declared columns the proxy could not
 // tell would reach the client as ciphertext, or be opened as another
-// column.
+// column. An Execute of a portal whose statement is a DEALLOCATE or
+// DISCARD ALL updates the session's statements first (deallocate.go).
 func (s *session) handleExecute(m *pgproto3.Execute) error {
+	if err := s.executeDeallocation(m.Portal); err != nil {
+		return s.refuseExtended(err)
+	}
 	if s.unshaped[m.Portal] || !s.shapes.fresh(m.Portal) {
 		delete(s.unshaped, m.Portal)
 		s.shapes.described(m.Portal)
@@ -271,6 +277,7 @@ func (s *session) handleExecute(m *pgproto3.Execute) error {
 // handleClose forwards a Close, naming a rewritten statement by its
 // upstream name and forgetting it.
 func (s *session) handleClose(m *pgproto3.Close) error {
+	s.closeDeallocation(m.ObjectType, m.Name)
 	if m.ObjectType != 'S' {
 		delete(s.unshaped, m.Name)
 		s.shapes.closed(m.Name)

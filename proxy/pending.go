@@ -102,14 +102,20 @@ func (q *pendingQueue) pop() *pending {
 
 // skipToSync drops entries up to, not including, the next pendSync or
 // pendQuery: what PostgreSQL does with the rest of an extended-protocol
-// batch after an error.
+// batch after an error. A rewritten statement whose Parse PostgreSQL
+// skipped is marked failed, as one whose Parse it rejected: the client's
+// name is free again.
 func (q *pendingQueue) skipToSync() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for q.head < len(q.items) {
-		k := q.items[q.head].kind
+		p := q.items[q.head]
+		k := p.kind
 		if k == pendSync || k == pendQuery || k == pendFunctionCall || k == pendCopyDescribe {
 			break
+		}
+		if k == pendParse && p.prepared != nil {
+			p.prepared.failed.Store(true)
 		}
 		q.items[q.head] = nil
 		q.head++

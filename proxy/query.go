@@ -102,7 +102,7 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 	if s.decrypts && (s.decl.tenancyCfg.AllowDynamicSQL || mayRedefine(q.String)) {
 		s.shapes.stale() // see shapeBoard
 	}
-	if s.decrypts && (containsFold(q.String, "deallocate") || containsFold(q.String, "discard")) {
+	if s.decrypts && mayDeallocate(q.String) {
 		if sent, err := s.deallocate(q); sent || err != nil {
 			return err
 		}
@@ -425,37 +425,6 @@ func (s *session) writeKeyedValue(ctx context.Context, b *strings.Builder, c rew
 	}
 	writeByteaLiteral(b, out)
 	return nil
-}
-
-// deallocate keeps the session's view of its prepared statements in step
-// with a text that deallocates some, and reports whether it sent the text
-// itself. A statement deallocated by name starts a new generation, so no
-// shape of its is trusted for a statement later prepared under that name
-// (by SQL PREPARE, which the proxy does not see as a Parse). A text that is
-// just DEALLOCATE name of a statement pgcloak prepared upstream under its
-// own name drops that one instead.
-func (s *session) deallocate(q *pgproto3.Query) (bool, error) {
-	d := rewrite.ReadDeallocations(q.String)
-	if d.Whole {
-		name := d.Names[0]
-		if ps := s.statements[name]; ps != nil && ps.upstream != "" && !ps.failed.Load() {
-			delete(s.statements, name)
-			s.newGeneration(name)
-			return true, s.upstreamOut.send(&pgproto3.Query{String: rewrite.DeallocateSQL(ps.upstream)})
-		}
-	}
-	for _, name := range d.Names {
-		s.newGeneration(name)
-	}
-	if d.All {
-		for name := range s.stmtGen {
-			if name != "" {
-				s.newGeneration(name)
-				delete(s.statements, name)
-			}
-		}
-	}
-	return false, nil
 }
 
 // writeIndexArray writes the blind indexes of an array literal's elements

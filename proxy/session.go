@@ -93,6 +93,9 @@ type session struct {
 	stmtGen map[string]uint64
 	genSeq  uint64
 	shapes  shapeBoard
+	// deallocs are the prepared statements and bound portals whose text
+	// deallocates statements (client goroutine; deallocate.go).
+	deallocs preparedDeallocations
 	// unshaped are the portals bound since their statement's row shape
 	// was last known, and not described since (client goroutine): an
 	// Execute of one is preceded by a Describe of the proxy's own.
