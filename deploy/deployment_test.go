@@ -123,6 +123,14 @@ func sourceDurations(t *testing.T, file string, names ...string) map[string]time
 	return got
 }
 
+// orUnset formats an optional number of a manifest.
+func orUnset(p *int64) string {
+	if p == nil {
+		return "unset"
+	}
+	return strconv.FormatInt(*p, 10)
+}
+
 // TestDeploymentPod checks the pod template apart from pgcloak's
 // configuration: replicas, user, hardening, resources and spread.
 func TestDeploymentPod(t *testing.T) {
@@ -148,10 +156,10 @@ func TestDeploymentPod(t *testing.T) {
 			t.Fatal("pod securityContext.runAsNonRoot: want true")
 		}
 		if sc.RunAsUser == nil || *sc.RunAsUser != df.uid {
-			t.Errorf("pod securityContext.runAsUser: got %v, want the Dockerfile's USER %d", sc.RunAsUser, df.uid)
+			t.Errorf("pod securityContext.runAsUser: got %s, want the Dockerfile's USER %d", orUnset(sc.RunAsUser), df.uid)
 		}
 		if sc.RunAsGroup == nil || *sc.RunAsGroup != df.gid {
-			t.Errorf("pod securityContext.runAsGroup: got %v, want the Dockerfile's group %d", sc.RunAsGroup, df.gid)
+			t.Errorf("pod securityContext.runAsGroup: got %s, want the Dockerfile's group %d", orUnset(sc.RunAsGroup), df.gid)
 		}
 		if sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
 			t.Errorf("pod securityContext.seccompProfile: got %v, want RuntimeDefault", sc.SeccompProfile)
@@ -204,6 +212,12 @@ func TestDeploymentPod(t *testing.T) {
 				}
 			}
 		})
+	}
+
+	// The init container's install and the preStop sleep are coreutils
+	// programs: a distroless or scratch image would not have them.
+	if !strings.HasPrefix(df.base, "debian:") {
+		t.Errorf("Dockerfile: runtime image %s; the pod runs install and sleep from Debian's coreutils, which it may not have", df.base)
 	}
 
 	t.Run("spread across nodes", func(t *testing.T) {
@@ -537,7 +551,6 @@ func preStopSleep(t *testing.T, c *corev1.Container) time.Duration {
 // checkService checks that a Service selects the pods and reaches both
 // listeners, and that the ServiceMonitor scrapes /metrics through it.
 func checkService(t *testing.T, m *manifests, c *corev1.Container, podLabels map[string]string, listenPort, adminPort int32) {
-	t.Helper()
 	var metricsPorts []string
 	for _, svc := range m.services {
 		if !selects(t, "Service "+svc.Name, &metav1.LabelSelector{MatchLabels: svc.Spec.Selector}, podLabels) {

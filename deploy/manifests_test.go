@@ -272,6 +272,7 @@ func selects(t *testing.T, what string, sel *metav1.LabelSelector, set map[strin
 // dockerfile is what the test reads from the runtime stage of the
 // repository's Dockerfile.
 type dockerfile struct {
+	base       string // the runtime stage's FROM image
 	uid, gid   int64
 	entrypoint []string
 }
@@ -298,6 +299,9 @@ func readDockerfile(t *testing.T) dockerfile {
 	}
 	var d dockerfile
 	d.uid, d.gid = -1, -1
+	if f := strings.Fields(last[0]); len(f) >= 2 {
+		d.base = f[1]
+	}
 	for _, line := range last {
 		instr, rest, _ := strings.Cut(line, " ")
 		rest = strings.TrimSpace(rest)
