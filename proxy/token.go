@@ -89,32 +89,30 @@ type queryPiece struct {
 // other use of the setting (SHOW, current_setting, inside a larger
 // statement) is refused: it would send the token to PostgreSQL.
 func tokenQuery(sql string) ([]queryPiece, error) {
-	res, err := pg_query.Parse(sql)
+	// Split with the parser (statement boundaries only: no parse tree
+	// crosses from C), and parse just the statements that name the
+	// setting: the others go to the rewriter, which caches their shapes.
+	stmts, err := pg_query.SplitWithParser(sql, false)
 	if err != nil {
 		return nil, &clientError{code: pgerrcode.SyntaxError, msg: "could not parse a statement naming " + tokenSetting}
 	}
 	var pieces []queryPiece
 	var run []string
-	for _, raw := range res.Stmts {
-		start := int(raw.StmtLocation)
-		end := len(sql)
-		if raw.StmtLen > 0 {
-			end = start + int(raw.StmtLen)
+	for _, text := range stmts {
+		if !containsFold(text, "tenant_token") {
+			run = append(run, text)
+			continue
 		}
-		if start < 0 || end > len(sql) || start > end {
+		res, err := pg_query.Parse(text)
+		if err != nil || len(res.Stmts) != 1 {
 			return nil, &clientError{code: pgerrcode.SyntaxError, msg: "could not split a statement naming " + tokenSetting}
 		}
-		text := sql[start:end]
-		ts, err := tokenStatement(raw.Stmt)
+		ts, err := tokenStatement(res.Stmts[0].Stmt)
 		if err != nil {
 			return nil, err
 		}
 		if ts == nil {
-			if containsFold(text, "tenant_token") {
-				return nil, tokenMisuse()
-			}
-			run = append(run, text)
-			continue
+			return nil, tokenMisuse()
 		}
 		if len(run) > 0 {
 			pieces = append(pieces, queryPiece{text: strings.Join(run, ";\n")})
@@ -1002,6 +1000,21 @@ func (noTokens) VerifyToken(context.Context, string) (TokenClaims, error) {
 func (s *session) rewriteStatements(sql string) (string, error) {
 	if !s.needsAnalysis(sql) {
 		return sql, nil
+	}
+	// As handleQuery does: one analysis per literal-normalised shape, so
+	// a transaction's statements that differ in their constants only (a
+	// read by id) are not parsed again in every transaction.
+	if sp, lits := s.decl.schema.AnalyzeShape(s.decl.plans, sql); sp != nil && s.checkPlan(sp.Plan) == nil {
+		s.shapes.named(sp.Plan.Prepared)
+		if sp.Plan.Passthrough {
+			return sql, nil
+		}
+		text, err := s.renderShape(sp, lits)
+		if err != nil {
+			return "", err
+		}
+		s.srv.audit.obs.StatementRewritten()
+		return text, nil
 	}
 	plan, err := s.decl.schema.Cached(s.decl.plans, sql)
 	if err == nil {
