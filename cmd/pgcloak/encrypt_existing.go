@@ -72,7 +72,12 @@ only that tenant's rows are visited.`,
 			if suffix == "" {
 				return usageError(cmd, fmt.Errorf("--plaintext-suffix must not be empty"))
 			}
-			cfg, err := config.Load(f.config)
+			var opts []config.Option
+			if printPrepare || printFinish {
+				// Printing SQL needs no upstream password.
+				opts = append(opts, config.WithoutSecrets())
+			}
+			cfg, err := config.Load(f.config, opts...)
 			if err != nil {
 				return &exitError{code: exitFailure, err: err}
 			}

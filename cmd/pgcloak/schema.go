@@ -47,7 +47,8 @@ keeps the tenants' wrapped data keys, and the grants upstream.user needs on
 it: for when upstream.user may not create schemas itself.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := config.Load(path)
+			// It only prints: the upstream password need not be set.
+			cfg, err := config.Load(path, config.WithoutSecrets())
 			if err != nil {
 				return &exitError{code: exitFailure, err: err}
 			}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -250,4 +251,59 @@ func TestConstraintName(t *testing.T) {
 	if a != constraintName(long, strings.Repeat("a", 63), "pgcloak_format") {
 		t.Error("long names: not stable")
 	}
+}
+
+// TestCommandsWithoutPassword runs the commands that never log in upstream
+// (schema, encrypt-existing --print-prepare and --print-finish, token)
+// with a configuration whose upstream passwords come from variables that
+// are not set, as on a DBA's or developer's machine; check, which logs in,
+// still refuses it.
+func TestCommandsWithoutPassword(t *testing.T) {
+	const unset = "PGCLOAK_TEST_NEVER_SET_PASSWORD"
+	if _, ok := os.LookupEnv(unset); ok {
+		t.Fatalf("%s is set; unset it to run this test", unset)
+	}
+	t.Setenv("CMD_OFFLINE_JWT_SECRET", tokenSecret)
+	cfg := strings.Replace(schemaConfig("127.0.0.1:5432"), "  user: "+testenv.ScramUser+"\n",
+		"  user: "+testenv.ScramUser+"\n  password: ${"+unset+"}\n", 1) + `tenancy:
+  mode: jwt
+  jwt:
+    hs256_secret: ${CMD_OFFLINE_JWT_SECRET}
+    upstream_user: app_jwt
+    upstream_password: ${` + unset + `}
+`
+	path := writeFile(t, "pgcloak.yaml", cfg)
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"schema", []string{"schema", "-c", path}, `ALTER TABLE "public"."patients" ADD COLUMN IF NOT EXISTS "ssn" bytea;`},
+		{"encrypt-existing --print-prepare", []string{"encrypt-existing", "-c", path, "--table", "patients", "--print-prepare"}, `ALTER TABLE "public"."patients" RENAME COLUMN "ssn" TO "ssn_plain";`},
+		{"encrypt-existing --print-finish", []string{"encrypt-existing", "-c", path, "--table", "patients", "--print-finish"}, `ALTER TABLE "public"."patients" DROP COLUMN IF EXISTS "ssn_plain";`},
+		{"token", []string{"token", "-c", path, "--tenant", "acme"}, "eyJ"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := pgcloak(t, tt.args...)
+			if r.code != 0 {
+				t.Fatalf("exit code: got %d, want 0", r.code)
+			}
+			if !strings.Contains(r.stdout, tt.want) {
+				t.Errorf("stdout: missing %q", tt.want)
+			}
+		})
+	}
+	t.Run("token needs its secret", func(t *testing.T) {
+		os.Unsetenv("CMD_OFFLINE_JWT_SECRET") // t.Setenv restores it
+		r := pgcloak(t, "token", "-c", path, "--tenant", "acme")
+		if r.code != 1 || !strings.Contains(r.stderr, "tenancy.jwt.hs256_secret: environment variable CMD_OFFLINE_JWT_SECRET is not set") {
+			t.Errorf("got exit %d, stderr %q; want 1 and the unset secret", r.code, r.stderr)
+		}
+	})
+	t.Run("check needs the password", func(t *testing.T) {
+		r := pgcloak(t, "check", "-c", path)
+		if r.code != 1 || !strings.Contains(r.stderr, "upstream.password: environment variable "+unset+" is not set") {
+			t.Errorf("got exit %d, stderr %q; want 1 and the unset password", r.code, r.stderr)
+		}
+	})
 }

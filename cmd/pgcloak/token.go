@@ -42,7 +42,9 @@ master key.`,
 			if tenant == "" {
 				return usageError(cmd, errors.New("--tenant must not be empty"))
 			}
-			cfg, err := config.Load(path)
+			// It signs and prints: only the signing secret must be set,
+			// not the upstream passwords.
+			cfg, err := config.Load(path, config.WithoutSecrets("tenancy.jwt.hs256_secret"))
 			if err != nil {
 				return &exitError{code: exitFailure, err: err}
 			}
