@@ -103,11 +103,7 @@ func tokenQuery(sql string) ([]queryPiece, error) {
 			run = append(run, text)
 			continue
 		}
-		res, err := pg_query.Parse(text)
-		if err != nil || len(res.Stmts) != 1 {
-			return nil, &clientError{code: pgerrcode.SyntaxError, msg: "could not split a statement naming " + tokenSetting}
-		}
-		ts, err := tokenStatement(res.Stmts[0].Stmt)
+		ts, err := parseTokenStatement(text)
 		if err != nil {
 			return nil, err
 		}
@@ -124,6 +120,26 @@ func tokenQuery(sql string) ([]queryPiece, error) {
 		pieces = append(pieces, queryPiece{text: strings.Join(run, ";\n")})
 	}
 	return pieces, nil
+}
+
+// plainTokenSet is the form applications send in every transaction, SET
+// [LOCAL|SESSION] pgcloak.tenant_token {=|TO} '<token>' with a token of
+// base64url characters and dots (a JWT) and nothing else: no comment, no
+// escape, no quote inside. Only that form skips the parser; any other text
+// naming the setting is parsed.
+var plainTokenSet = regexp.MustCompile(`(?i)^\s*SET\s+(?:(LOCAL|SESSION)\s+)?pgcloak\.tenant_token(?:\s*=|\s+TO)\s*'([A-Za-z0-9_.-]*)'\s*$`)
+
+// parseTokenStatement recognises one statement's text as a token
+// statement; nil for any other.
+func parseTokenStatement(text string) (*tokenStmt, error) {
+	if m := plainTokenSet.FindStringSubmatch(text); m != nil {
+		return &tokenStmt{form: tokenSet, local: strings.EqualFold(m[1], "local"), token: m[2]}, nil
+	}
+	res, err := pg_query.Parse(text)
+	if err != nil || len(res.Stmts) != 1 {
+		return nil, &clientError{code: pgerrcode.SyntaxError, msg: "could not split a statement naming " + tokenSetting}
+	}
+	return tokenStatement(res.Stmts[0].Stmt)
 }
 
 func tokenMisuse() *clientError {
