@@ -45,6 +45,10 @@ type Session struct {
 	Role     string
 	Database string
 	Tenant   string // "" for unscoped sessions
+
+	// Client is the client's address (host:port, as net.Conn's RemoteAddr
+	// prints it), written as "client" when set.
+	Client string
 }
 
 // Logger writes audit events. It is safe for concurrent use. A nil *Logger
@@ -56,6 +60,34 @@ type Logger struct {
 // New returns a Logger writing JSON lines to w.
 func New(w io.Writer) *Logger {
 	return &Logger{z: zerolog.New(&lockedWriter{w: w}).With().Timestamp().Str("stream", "audit").Logger()}
+}
+
+// Actor is who ran a command that writes audit events (keys, reencrypt,
+// encrypt-existing): the operating-system user of the process and,
+// optionally, the name the operator gave (--actor or PGCLOAK_ACTOR), such
+// as a person's account or a change ticket. The OS user alone is often a
+// shared service account.
+type Actor struct {
+	OSUser string // "" when it could not be determined
+	Name   string // "" when none was given
+}
+
+// WithActor returns a Logger whose every event carries a, as "actor" (an
+// object with os_user and, when given, name). The events of a command
+// line tool name who ran it; the proxy's sessions have their own
+// identities instead.
+func (l *Logger) WithActor(a Actor) *Logger {
+	if l == nil {
+		return nil
+	}
+	d := zerolog.Dict()
+	if a.OSUser != "" {
+		d = d.Str("os_user", a.OSUser)
+	}
+	if a.Name != "" {
+		d = d.Str("name", a.Name)
+	}
+	return &Logger{z: l.z.With().Dict("actor", d).Logger()}
 }
 
 // Open opens audit.output: "stderr" (or "") and "stdout" write to the
@@ -91,6 +123,9 @@ func (l *Logger) event(ev Event, s *Session) *zerolog.Event {
 	e := l.z.Log().Str("event", string(ev))
 	if s != nil {
 		e = e.Uint64("session", s.ID).Str("role", s.Role).Str("database", s.Database)
+		if s.Client != "" {
+			e = e.Str("client", s.Client)
+		}
 		if s.Tenant != "" {
 			e = e.Str("tenant", s.Tenant)
 		} else {
@@ -269,6 +304,47 @@ func (l *Logger) ReencryptFinished(r Reencrypt) {
 
 func (l *Logger) reencrypt(ev Event, r Reencrypt) *zerolog.Event {
 	e := l.event(ev, nil).Strs("tables", r.Tables).Bool("reindex", r.Reindex)
+	if r.Tenant != "" {
+		return e.Str("tenant", r.Tenant)
+	}
+	return e.Bool("all_tenants", true)
+}
+
+// Event kinds of `pgcloak encrypt-existing`. Persisted: never change them.
+const (
+	EncryptExistingStart  Event = "encrypt_existing_started"
+	EncryptExistingFinish Event = "encrypt_existing_finished"
+)
+
+// EncryptExisting describes a run of `pgcloak encrypt-existing` for
+// EncryptExistingStarted and EncryptExistingFinished.
+type EncryptExisting struct {
+	Table  string // schema.table
+	Tenant string // "" for every tenant
+
+	// Set by EncryptExistingFinished only.
+	Updated int64  // rows encrypted
+	Left    int64  // rows it could not finish (raced, invalid, no tenant)
+	Outcome string // "complete", "incomplete", "interrupted" or "failed"
+}
+
+// EncryptExistingStarted records the start of an encryption of existing
+// plaintext.
+func (l *Logger) EncryptExistingStarted(r EncryptExisting) {
+	if l != nil {
+		l.encryptExisting(EncryptExistingStart, r).Send()
+	}
+}
+
+// EncryptExistingFinished records its end.
+func (l *Logger) EncryptExistingFinished(r EncryptExisting) {
+	if l != nil {
+		l.encryptExisting(EncryptExistingFinish, r).Int64("updated", r.Updated).Int64("left", r.Left).Str("outcome", r.Outcome).Send()
+	}
+}
+
+func (l *Logger) encryptExisting(ev Event, r EncryptExisting) *zerolog.Event {
+	e := l.event(ev, nil).Str("table", r.Table)
 	if r.Tenant != "" {
 		return e.Str("tenant", r.Tenant)
 	}

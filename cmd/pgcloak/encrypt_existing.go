@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
+	"github.com/pgcloak/pgcloak/audit"
 	"github.com/pgcloak/pgcloak/config"
 	"github.com/pgcloak/pgcloak/migrate"
 )
@@ -111,7 +112,7 @@ func runEncryptExisting(cmd *cobra.Command, cfg *config.Config, f batchFlags, t 
 	defer stop()
 	stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
 
-	rt, err := openMigration(ctx, cfg, "pgcloak encrypt-existing", stdout, stderr)
+	rt, err := openMigration(ctx, cfg, "pgcloak encrypt-existing", cliActor(cmd), stdout, stderr)
 	if err != nil {
 		return &exitError{code: exitFailure, err: fmt.Errorf("pgcloak: encrypt-existing: %w", err)}
 	}
@@ -120,6 +121,8 @@ func runEncryptExisting(cmd *cobra.Command, cfg *config.Config, f batchFlags, t 
 		return err
 	}
 
+	ev := audit.EncryptExisting{Table: t.QualifiedName(), Tenant: f.tenant}
+	rt.audit.EncryptExistingStarted(ev)
 	progress := newProgress(stderr, "encrypt-existing "+t.QualifiedName())
 	st, err := migrate.EncryptExisting(ctx, migrate.EncryptOptions{
 		Options:         rt.options(f, progress),
@@ -127,6 +130,8 @@ func runEncryptExisting(cmd *cobra.Command, cfg *config.Config, f batchFlags, t 
 		PlaintextSuffix: suffix,
 	})
 	progress.finish(err)
+	ev.Updated, ev.Left, ev.Outcome = st.Updated, st.Left(), outcome(ctx, st, err)
+	rt.audit.EncryptExistingFinished(ev)
 	fmt.Fprintf(stdout, "encrypt-existing: %s: encrypted %d rows in %d batches (%d rows visited)\n", t.QualifiedName(), st.Updated, st.Batches, st.Visited)
 	if err == nil && st.Left() == 0 {
 		fmt.Fprintf(stdout, "encrypt-existing: no plaintext left; finish with: pgcloak encrypt-existing -c %s --table %s --print-finish\n", cfg.File, t.QualifiedName())

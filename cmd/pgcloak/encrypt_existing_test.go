@@ -146,9 +146,15 @@ func TestEncryptExisting(t *testing.T) {
 	}
 
 	// Step 2.
+	t.Setenv("PGCLOAK_ACTOR", "dba (CHG-9)")
 	r = pgcloak(t, "encrypt-existing", "-c", cfg, "--table", "patients", "--batch-size", "2000", "--pause", "0s")
 	if r.code != 0 {
 		t.Fatalf("encrypt-existing: exit %d", r.code)
+	}
+	wantActor(t, r.stdout, "encrypt_existing_started", "dba (CHG-9)")
+	wantActor(t, r.stdout, "encrypt_existing_finished", "dba (CHG-9)")
+	if evs := auditEvents(t, r.stdout, "encrypt_existing_finished"); len(evs) != 1 || evs[0]["table"] != "public.patients" || evs[0]["updated"] != 50000.0 || evs[0]["outcome"] != "complete" {
+		t.Errorf("encrypt_existing_finished: got %v, want public.patients, 50000 updated, complete", evs)
 	}
 	if want := "encrypt-existing: public.patients: encrypted 50000 rows in 25 batches"; !strings.Contains(r.stdout, want) {
 		t.Errorf("stdout: missing %q", want)

@@ -11,6 +11,14 @@ import (
 	"github.com/rs/zerolog"
 )
 
+func init() {
+	// Durations in log lines carry their unit: "retry_in":"2s",
+	// "timeout":"30s", never a bare number of milliseconds. zerolog keeps
+	// the format in a package variable; the binary sets it once, before
+	// any logger exists.
+	zerolog.DurationFieldFormat = zerolog.DurationFormatString
+}
+
 // newLogger builds the operational logger described by the log section:
 // JSON lines, or a human-readable console format, written to w.
 func newLogger(c config.Log, w io.Writer) (zerolog.Logger, error) {

@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -179,6 +181,50 @@ func containsNone(t *testing.T, what, s string, unwanted ...string) {
 	for _, u := range unwanted {
 		if strings.Contains(s, u) {
 			t.Errorf("%s: contains %q", what, u)
+		}
+	}
+}
+
+// auditEvents returns the audit records of kind event in out (JSON lines
+// among other output), decoded.
+func auditEvents(t *testing.T, out, event string) []map[string]any {
+	t.Helper()
+	var found []map[string]any
+	for _, line := range strings.Split(out, "\n") {
+		if !strings.Contains(line, `"stream":"audit"`) {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("audit line %q: %v", line, err)
+		}
+		if m["event"] == event {
+			found = append(found, m)
+		}
+	}
+	return found
+}
+
+// wantActor checks that every audit record of kind event in out names the
+// process's OS user and name (none when name is "") as its actor, and that
+// there is at least one.
+func wantActor(t *testing.T, out, event, name string) {
+	t.Helper()
+	u, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := auditEvents(t, out, event)
+	if len(evs) == 0 {
+		t.Fatalf("no %s audit event", event)
+	}
+	for _, ev := range evs {
+		a, _ := ev["actor"].(map[string]any)
+		if a["os_user"] != u.Username {
+			t.Errorf("%s: actor.os_user: got %v, want %q", event, a["os_user"], u.Username)
+		}
+		if got, _ := a["name"].(string); got != name {
+			t.Errorf("%s: actor.name: got %q, want %q", event, got, name)
 		}
 	}
 }

@@ -33,6 +33,7 @@ type batchFlags struct {
 
 func (f *batchFlags) register(cmd *cobra.Command, defaultBatch int) {
 	configFlag(cmd, &f.config)
+	actorFlag(cmd)
 	cmd.Flags().StringVar(&f.tenant, "tenant", "", "only this tenant's rows (and set tenancy.setting to it, for row-level security)")
 	cmd.Flags().StringVar(&f.tenantColumn, "tenant-column", migrate.DefaultTenantColumn, "the column that holds each row's tenant")
 	cmd.Flags().IntVar(&f.batchSize, "batch-size", defaultBatch, "rows per batch; each batch is one short transaction")
@@ -154,7 +155,7 @@ func runReencrypt(cmd *cobra.Command, cfg *config.Config, f batchFlags, decls []
 	defer stop()
 	stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
 
-	rt, err := openMigration(ctx, cfg, "pgcloak reencrypt", stdout, stderr)
+	rt, err := openMigration(ctx, cfg, "pgcloak reencrypt", cliActor(cmd), stdout, stderr)
 	if err != nil {
 		return &exitError{code: exitFailure, err: fmt.Errorf("pgcloak: reencrypt: %w", err)}
 	}
@@ -272,8 +273,9 @@ const migrationMaxConns = 2
 // opens the key store and the key provider, and builds a key cache as
 // serve's (keyCacheOptions): key loads and rotations at the encryption
 // limit go to the audit stream, and such rotations to the log (the log
-// section, on stderr) too. On error it closes what it opened.
-func openMigration(ctx context.Context, cfg *config.Config, appName string, stdout, stderr io.Writer) (_ *migration, err error) {
+// section, on stderr) too. Every audit event names actor. On error it
+// closes what it opened.
+func openMigration(ctx context.Context, cfg *config.Config, appName string, actor audit.Actor, stdout, stderr io.Writer) (_ *migration, err error) {
 	m := &migration{cfg: cfg}
 	defer func() {
 		if err != nil {
@@ -288,6 +290,7 @@ func openMigration(ctx context.Context, cfg *config.Config, appName string, stdo
 	if err != nil {
 		return nil, err
 	}
+	auditLog = auditLog.WithActor(actor)
 	m.audit = auditLog
 	m.closers = append(m.closers, auditCloser.Close)
 

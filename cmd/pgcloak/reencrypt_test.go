@@ -127,10 +127,12 @@ insert into no_grant values (1, 'acme', null, null);`, testenv.ScramUser, db)); 
 		}
 	})
 
-	r := pgcloak(t, "reencrypt", "-c", cfg, "--table", "public.patients", "--batch-size", "3", "--pause", "1ms")
+	r := pgcloak(t, "reencrypt", "-c", cfg, "--table", "public.patients", "--batch-size", "3", "--pause", "1ms", "--actor", "ops")
 	if r.code != 0 {
 		t.Fatalf("reencrypt: exit %d, want 0", r.code)
 	}
+	wantActor(t, r.stdout, "reencrypt_started", "ops")
+	wantActor(t, r.stdout, "reencrypt_finished", "ops")
 	containsAll(t, "stdout", r.stdout, "reencrypt: re-encrypted 10 rows in 4 batches", `"event":"reencrypt_started"`, `"event":"reencrypt_finished"`, `"outcome":"complete"`, `"updated":10`)
 	if !strings.Contains(r.stderr, "reencrypt: 10/10 rows (100%)") {
 		t.Errorf("stderr: want a final progress line")
@@ -163,8 +165,10 @@ insert into no_grant values (1, 'acme', null, null);`, testenv.ScramUser, db)); 
 		t.Errorf("output contains plaintext")
 	}
 
+	t.Setenv("PGCLOAK_ACTOR", "from-env")
 	r = pgcloak(t, "reencrypt", "-c", cfg)
 	if r.code != 0 || !strings.Contains(r.stdout, "re-encrypted 0 rows") {
 		t.Errorf("second run: exit %d; want 0 and nothing to do", r.code)
 	}
+	wantActor(t, r.stdout, "reencrypt_finished", "from-env")
 }

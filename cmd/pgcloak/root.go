@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/user"
 
+	"github.com/pgcloak/pgcloak/audit"
 	"github.com/spf13/cobra"
 )
 
@@ -80,7 +83,10 @@ decrypted for the session's own tenant only. Try it with "pgcloak demo"
 (or "pgcloak demo --kms" for the AWS KMS provider against an emulator).`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
+		Version:       version,
 	}
+	// --version prints what the version command prints.
+	root.SetVersionTemplate(versionText())
 	root.CompletionOptions.DisableDefaultCmd = true
 	root.SetFlagErrorFunc(usageError)
 	root.AddCommand(
@@ -96,8 +102,42 @@ decrypted for the session's own tenant only. Try it with "pgcloak demo"
 	return root
 }
 
-// configFlag registers the -c/--config flag every config-reading command takes.
+// configEnv names the environment variable that is the default of -c.
+const configEnv = "PGCLOAK_CONFIG"
+
+// configFlag registers the -c/--config flag every config-reading command
+// takes. Its default is $PGCLOAK_CONFIG; without that it is required.
 func configFlag(cmd *cobra.Command, path *string) {
-	cmd.Flags().StringVarP(path, "config", "c", "", "configuration file (YAML)")
-	cmd.MarkFlagRequired("config")
+	def := os.Getenv(configEnv)
+	cmd.Flags().StringVarP(path, "config", "c", def, "configuration file (YAML); default $"+configEnv)
+	if def == "" {
+		cmd.MarkFlagRequired("config")
+	}
+}
+
+// actorEnv names the environment variable that is the default of --actor.
+const actorEnv = "PGCLOAK_ACTOR"
+
+// actorFlag registers --actor on a command that writes audit events of
+// its own (keys rotate, create, rewrap, shred; reencrypt;
+// encrypt-existing). Its default is $PGCLOAK_ACTOR.
+func actorFlag(cmd *cobra.Command) {
+	cmd.Flags().String("actor", os.Getenv(actorEnv), "who runs this, for the audit events (a person, a ticket); default $"+actorEnv)
+}
+
+// cliActor is who runs cmd, for its audit events: the operating-system
+// user and the --actor flag (or $PGCLOAK_ACTOR when cmd has no such flag).
+func cliActor(cmd *cobra.Command) audit.Actor {
+	var a audit.Actor
+	if u, err := user.Current(); err == nil {
+		a.OSUser = u.Username
+	} else {
+		a.OSUser = os.Getenv("USER")
+	}
+	if f := cmd.Flags().Lookup("actor"); f != nil {
+		a.Name = f.Value.String()
+	} else {
+		a.Name = os.Getenv(actorEnv)
+	}
+	return a
 }

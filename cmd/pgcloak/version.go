@@ -17,10 +17,15 @@ func newVersionCmd() *cobra.Command {
 		Short: "Print the pgcloak version and the Go version it was built with",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			fmt.Fprintf(cmd.OutOrStdout(), "pgcloak %s\n%s %s/%s\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+			fmt.Fprint(cmd.OutOrStdout(), versionText())
 			return nil
 		},
 	}
+}
+
+// versionText is what "pgcloak version" and "pgcloak --version" print.
+func versionText() string {
+	return fmt.Sprintf("pgcloak %s\n%s %s/%s\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }
 
 // noArgs rejects positional arguments as a usage error.
