@@ -60,7 +60,7 @@ func openKeyAdmin(ctx context.Context, cmd *cobra.Command, path string, ensure b
 	if err != nil {
 		return nil, a.fail(err)
 	}
-	a.audit = auditLog
+	a.audit = auditLog.WithActor(cliActor(cmd))
 	a.closers = append(a.closers, auditCloser.Close)
 	a.pool, err = upstreamPool(cfg.Upstream, "pgcloak", upstreamPoolMaxConns)
 	if err != nil {
@@ -164,6 +164,7 @@ keys are shredded is refused: re-enable it with keys create.`,
 		},
 	}
 	configFlag(cmd, &path)
+	actorFlag(cmd)
 	tenantFlags(cmd, &tenant, &class)
 	cmd.Flags().StringVar(&purpose, "purpose", string(crypto.PurposeData), "key purpose: data or index")
 	return cmd
@@ -215,6 +216,7 @@ already has an active data key: use keys rotate for that.`,
 		},
 	}
 	configFlag(cmd, &path)
+	actorFlag(cmd)
 	tenantFlags(cmd, &tenant, &class)
 	return cmd
 }
@@ -250,6 +252,7 @@ of its own, or after a KMS key change. It is all or nothing.`,
 		},
 	}
 	configFlag(cmd, &path)
+	actorFlag(cmd)
 	tenantFlags(cmd, &tenant, nil)
 	return cmd
 }
@@ -270,7 +273,9 @@ New writes for T are refused until keys create gives it new keys.
 
 When the key provider gives T a KEK of its own (keys.tenants with AWS KMS),
 shredding all of T's classes also schedules that KMS key's deletion, which is
-what makes backups of the database useless for T. With a KEK shared between
+what makes backups of the database useless for T. New keys for T then need
+a new KMS key in keys.tenants before keys create (shred prints the steps).
+With a KEK shared between
 tenants (the local master key, keys.aws.key_id), a backup of pgcloak.data_keys
 taken before the shred still opens T's values together with that KEK.
 
@@ -313,8 +318,10 @@ This cannot be undone. It refuses to run without --yes.`,
 						fmt.Fprintln(a.stdout, "The tenant has no KEK of its own: backups of pgcloak.data_keys taken before now still open its values with the shared KEK.")
 					case ev.DeletionScheduled:
 						fmt.Fprintf(a.stdout, "Scheduled the deletion of the tenant's KMS key %s.\n", ev.KEKID)
+						newTenantKEKHint(a.stdout, a.cfg, tenant)
 					default:
 						fmt.Fprintf(a.stdout, "The tenant's KMS key %s was already scheduled for deletion.\n", ev.KEKID)
+						newTenantKEKHint(a.stdout, a.cfg, tenant)
 					}
 				default:
 					fmt.Fprintln(a.stdout, "The key provider has no per-tenant KEK: backups of pgcloak.data_keys taken before now still open the tenant's values with the master key.")
@@ -328,9 +335,30 @@ This cannot be undone. It refuses to run without --yes.`,
 		},
 	}
 	configFlag(cmd, &path)
+	actorFlag(cmd)
 	tenantFlags(cmd, &tenant, &class)
 	cmd.Flags().BoolVar(&yes, "yes", false, "confirm that the keys are to be destroyed")
 	return cmd
+}
+
+// newTenantKEKHint tells how a tenant whose own KMS key is pending
+// deletion gets keys again: keys create alone would wrap the new data keys
+// under that key, which KMS refuses (KMSInvalidStateException), so the
+// tenant needs a new KMS key in keys.tenants first.
+func newTenantKEKHint(w io.Writer, cfg *config.Config, tenant string) {
+	aws := cfg.Keys.AWS
+	create := "aws kms create-key --region " + aws.Region
+	if aws.Endpoint != "" {
+		create += " --endpoint-url " + aws.Endpoint
+	}
+	create += fmt.Sprintf(" --description %q --query KeyMetadata.Arn --output text", "pgcloak tenant "+tenant)
+	fmt.Fprintf(w, `To accept new writes for tenant %[1]s again, it needs a new KMS key (keys create
+alone fails: the old one is pending deletion):
+  1. create one:  %[2]s
+  2. set keys.tenants.%[1]s.key_id (%[3]s) to the new key's ARN (or an alias of it);
+  3. run:         pgcloak keys create -c %[4]s --tenant %[1]s
+Running replicas pick up the new key id after a restart (keys is not reloaded on SIGHUP).
+`, tenant, create, setAt(cfg, "keys.tenants."+tenant+".key_id"), cfg.File)
 }
 
 func newKeysListCmd() *cobra.Command {

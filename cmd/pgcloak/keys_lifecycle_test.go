@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -163,13 +165,14 @@ func TestKeysCommands(t *testing.T) {
 		t.Errorf("keys list: got %d acme rows, want 3 (default data and index, phi data)", len(rows))
 	}
 
-	r = f.keys(t, 0, "rotate", "--tenant", "acme")
+	r = f.keys(t, 0, "rotate", "--tenant", "acme", "--actor", "alice (CHG-1)")
 	if !strings.Contains(r.stdout, "version 2 is active") {
 		t.Errorf("keys rotate: stdout %q, want it to name version 2", r.stdout)
 	}
 	if !strings.Contains(r.stdout, `"event":"key_rotated"`) {
 		t.Errorf("keys rotate: no key_rotated audit event")
 	}
+	wantActor(t, r.stdout, "key_rotated", "alice (CHG-1)")
 	waitFor(t, "the rotate event on serve", func() bool {
 		return regexp.MustCompile(`"event":"key_purge_received".*"kind":"rotate"`).MatchString(s.stdout.String())
 	})
@@ -266,4 +269,52 @@ func TestKeysCommands(t *testing.T) {
 		t.Errorf("serve exit code: got %d, want 0", code)
 	}
 	containsNone(t, "serve's audit or log", s.stdout.String()+s.stderr.String(), "123-45-6789", "flu", keysRolePass, testenv.ScramPassword)
+}
+
+// TestKeysShredKMSNewKey: after shredding a tenant with a KMS key of its
+// own, keys create alone fails (that key is pending deletion), and the
+// steps shred prints - a new KMS key in keys.tenants, then keys create -
+// give the tenant keys again.
+func TestKeysShredKMSNewKey(t *testing.T) {
+	f := newKeysFixture(t)
+	emu, _, acmeKey := f.useKMS(t)
+
+	r := f.keys(t, 0, "shred", "--tenant", "acme", "--yes")
+	containsAll(t, "keys shred", r.stdout,
+		"Scheduled the deletion of the tenant's KMS key "+acmeKey.ARN,
+		"To accept new writes for tenant acme again, it needs a new KMS key (keys create\nalone fails: the old one is pending deletion)",
+		`  1. create one:  aws kms create-key --region `+testenv.KMSRegion+` --endpoint-url `+emu.URL+` --description "pgcloak tenant acme" --query KeyMetadata.Arn --output text`,
+		"  2. set keys.tenants.acme.key_id ("+f.config+":",
+		"  3. run:         pgcloak keys create -c "+f.config+" --tenant acme",
+	)
+	// The line it names is where the file sets acme's key.
+	line := regexp.MustCompile(`keys\.tenants\.acme\.key_id \(` + regexp.QuoteMeta(f.config) + `:(\d+)\)`).FindStringSubmatch(r.stdout)
+	if line == nil {
+		t.Fatalf("keys shred: no file:line for keys.tenants.acme.key_id")
+	}
+	data, err := os.ReadFile(f.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := strconv.Atoi(line[1])
+	if lines := strings.Split(string(data), "\n"); n < 1 || n > len(lines) || !strings.Contains(lines[n-1], "acme: { key_id: alias/acme }") {
+		t.Errorf("line %d of the configuration is not acme's key_id", n)
+	}
+
+	r = f.keys(t, 1, "create", "--tenant", "acme")
+	if !strings.Contains(r.stderr, "pgcloak:") {
+		t.Errorf("keys create with the old key: stderr %q, want a failure", r.stderr)
+	}
+
+	// The steps: a new key, its ARN in keys.tenants, keys create.
+	newKey := emu.CreateKey("acme's second")
+	edit := f.edit
+	f.edit = func(cfg string) string { return strings.Replace(edit(cfg), "alias/acme", newKey.ARN, 1) }
+	f.config = writeFile(t, "pgcloak.yaml", f.edit(checkConfig(f.pg.Addr(), "disable", "", testenv.ScramUser, testenv.ScramPassword, f.db)))
+	r = f.keys(t, 0, "create", "--tenant", "acme")
+	containsAll(t, "keys create with a new key", r.stdout, "Created tenant acme, key class default, purpose data: version")
+	if evs := auditEvents(t, r.stdout, "key_created"); len(evs) == 0 || evs[0]["kek_id"] != newKey.ARN {
+		t.Errorf("key_created: got %v, want kek_id %s", evs, newKey.ARN)
+	}
+	wantActor(t, r.stdout, "key_created", "")
 }
