@@ -20,7 +20,7 @@ func observerOr(o Observer) Observer {
 }
 
 func (s *session) auditIdentity() audit.Session {
-	return audit.Session{ID: s.id, Role: s.user, Database: s.database, Tenant: s.tenant}
+	return audit.Session{ID: s.id, Role: s.user, Database: s.database, Tenant: s.tenant, Client: s.clientAddr}
 }
 
 func (a auditor) tenantChangeRefused(s *session, construct string) {
@@ -29,7 +29,7 @@ func (a auditor) tenantChangeRefused(s *session, construct string) {
 
 func (a auditor) decryptFailed(s *session, t *config.Table, c *config.Column) {
 	// The upstream goroutine's tenant: a token may have switched it.
-	id := audit.Session{ID: s.id, Role: s.user, Database: s.database, Tenant: s.results.tenant}
+	id := audit.Session{ID: s.id, Role: s.user, Database: s.database, Tenant: s.results.tenant, Client: s.clientAddr}
 	a.l.DecryptFailed(id, t.QualifiedName(), c.Name)
 	a.obs.DecryptFailed(t.QualifiedName(), c.Name)
 }

@@ -530,6 +530,12 @@ func TestNoSecretsInLogsOrAudit(t *testing.T) {
 	if !strings.Contains(env.audit.String(), `"event":"session_start"`) {
 		t.Error("audit has no session_start")
 	}
+	// Session events name the client's address.
+	for _, line := range strings.Split(env.audit.String(), "\n") {
+		if strings.Contains(line, `"event":"session_start"`) && !strings.Contains(line, `"client":"127.0.0.1:`) {
+			t.Errorf("session_start without the client's address: %s", line)
+		}
+	}
 }
 
 // newTestKeys is the production key stack over the test database: wrapped

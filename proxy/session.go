@@ -30,9 +30,12 @@ type session struct {
 	id   uint64
 	log  zerolog.Logger
 
-	client   net.Conn
-	clientRd *flushingReader
-	clientIn *pgproto3.Backend
+	client net.Conn
+	// clientAddr is the client's address as accepted (host:port), for the
+	// audit.
+	clientAddr string
+	clientRd   *flushingReader
+	clientIn   *pgproto3.Backend
 
 	clientMu  sync.Mutex
 	clientOut *outbox
@@ -123,7 +126,7 @@ type session struct {
 }
 
 func newSession(srv *Server, id uint64, conn net.Conn, log zerolog.Logger) *session {
-	s := &session{srv: srv, id: id, log: log, client: conn, decl: srv.decl.Load()}
+	s := &session{srv: srv, id: id, log: log, client: conn, clientAddr: conn.RemoteAddr().String(), decl: srv.decl.Load()}
 	s.clientRd = &flushingReader{r: conn}
 	s.clientIn = pgproto3.NewBackend(s.clientRd, nil)
 	s.clientIn.SetMaxBodyLen(srv.cfg.Listen.MaxMessageSize)
