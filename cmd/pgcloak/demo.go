@@ -121,9 +121,11 @@ var demoSchema = []string{
 // pinned can make return a tenant.
 var demoPolicies = []string{
 	`alter table public.patients alter column tenant_id set default pgcloak.current_tenant()`,
+	// (select ...): evaluated once per statement, not for every row a
+	// scan filters (the README's "Preparing your database").
 	`create policy tenant_isolation on public.patients
-		using (tenant_id = pgcloak.current_tenant())
-		with check (tenant_id = pgcloak.current_tenant())`,
+		using (tenant_id = (select pgcloak.current_tenant()))
+		with check (tenant_id = (select pgcloak.current_tenant()))`,
 }
 
 // demoConfig is the configuration the demo runs the proxy with. It is

@@ -286,7 +286,7 @@ func wantRecommendedSchema(t *testing.T, out string) {
 	schema := demoSection(t, out, "The schema, as pgcloak recommends it")
 	containsAll(t, "schema", schema,
 		"Row-level security on public.patients: enabled yes, forced yes",
-		"Policy tenant_isolation (ALL): using (tenant_id = pgcloak.current_tenant()), with check (tenant_id = pgcloak.current_tenant())",
+		"Policy tenant_isolation (ALL): using (tenant_id = ( SELECT pgcloak.current_tenant() AS current_tenant)), with check (tenant_id = ( SELECT pgcloak.current_tenant() AS current_tenant))",
 		"Column tenant_id defaults to pgcloak.current_tenant()",
 		"pgcloak schema -c ")
 	for _, col := range []string{"ssn", "ssn_bidx", "email", "email_bidx", "diagnosis", "birth_date"} {
