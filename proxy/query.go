@@ -93,6 +93,12 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 		s.track(q)
 		return s.refuse(tokensNotAllowed())
 	}
+	if text, err := s.catalogView(q.String); err != nil {
+		s.track(q)
+		return s.refuse(err)
+	} else if text != q.String {
+		q = &pgproto3.Query{String: text}
+	}
 	if s.decl.schema != nil && containsFold(q.String, "copy") && s.decl.schema.MightNeedAnalysis(q.String) {
 		if plan, err := s.decl.schema.Cached(s.decl.plans, q.String); err == nil && plan.Copy != nil {
 			return s.handleCopy(plan)
@@ -180,6 +186,11 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 	}
 	if strings.HasPrefix(m.Name, reservedPrefix) {
 		return s.refuseExtended(errReservedName)
+	}
+	if text, err := s.catalogView(m.Query); err != nil {
+		return s.refuseExtended(err)
+	} else if text != m.Query {
+		m = &pgproto3.Parse{Name: m.Name, Query: text, ParameterOIDs: m.ParameterOIDs}
 	}
 	if !s.needsAnalysis(m.Query) {
 		return s.parsePlain(m, m.Query)

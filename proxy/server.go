@@ -217,6 +217,9 @@ type declarations struct {
 	schema  *rewrite.Schema // nil when tenancy is off
 	plans   *rewrite.Cache
 	catalog *catalog // nil without declared tables
+	// views show tenant sessions the declared schema in the catalog; nil
+	// without declared tables.
+	views *catalogViews
 }
 
 func (s *Server) newDeclarations(t config.Tenancy, enc config.Encrypt) (*declarations, error) {
@@ -234,6 +237,7 @@ func (s *Server) newDeclarations(t config.Tenancy, enc config.Encrypt) (*declara
 			return nil, errors.New("proxy: declared tables need an upstream pool and a key layer")
 		}
 		d.catalog = newCatalog(s.pool, enc)
+		d.views = newCatalogViews(s.pool, enc)
 	}
 	return d, nil
 }

@@ -1014,6 +1014,10 @@ func (noTokens) VerifyToken(context.Context, string) (TokenClaims, error) {
 // simple Query (between its token statements) for the tenant the session
 // has at that point.
 func (s *session) rewriteStatements(sql string) (string, error) {
+	sql, err := s.catalogView(sql)
+	if err != nil {
+		return "", err
+	}
 	if !s.needsAnalysis(sql) {
 		return sql, nil
 	}
