@@ -1,0 +1,182 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The TestORM tests run real ORMs and drivers, from Debian's packages,
+// through pgcloak as tenant acme against the patients table of
+// startEncrypted, shaped as "pgcloak schema" leaves it (an index on each
+// blind-index column, a format CHECK on each declared and index column)
+// plus an index and a CHECK of the application's own. Globex has a row
+// with the ssn acme searches for. Each ORM reflects the table, writes,
+// searches and reads back; the scripts in testdata/orm print what they
+// saw and the tests compare it line by line. Afterwards psql, connected
+// to PostgreSQL directly, must find only ciphertext.
+
+// ormSSN is the ssn every ORM creates for acme and searches; globex has a
+// row with it too.
+const ormSSN = "123-45-6789"
+
+// ormEnv starts the encrypted environment with the catalog a real
+// deployment has, and globex's rows.
+func ormEnv(t *testing.T) *encryptedEnv {
+	t.Helper()
+	env := startEncrypted(t)
+	ctx := ctxT(t)
+	var ddl []string
+	for _, c := range patientsDecl().Tables[0].Columns {
+		ddl = append(ddl, fmt.Sprintf(`alter table patients add constraint patients_%[1]s_pgcloak_format check (%[1]s is null or (length(%[1]s) >= 33 and get_byte(%[1]s, 0) = 1))`, c.Name))
+		if c.IndexColumn != "" {
+			ddl = append(ddl,
+				fmt.Sprintf(`alter table patients add constraint patients_%[1]s_pgcloak_format check (%[1]s is null or length(%[1]s) = 16)`, c.IndexColumn),
+				fmt.Sprintf(`create index patients_%[1]s_idx on patients (%[1]s)`, c.IndexColumn))
+		}
+	}
+	ddl = append(ddl,
+		`create index patients_name_idx on patients (name)`,
+		`alter table patients add constraint patients_name_check check (name <> '')`)
+	fatalIf(t, env.pg.Exec(ctx, env.db, strings.Join(ddl, ";\n")), "the catalog of a deployment")
+	globex := env.tenantConn(t, globexRole)
+	insertPatient(t, globex, "bob", ormSSN, "bob@globex.test", "fractured femur", "1975-06-30")
+	insertPatient(t, globex, "gina", "555-00-1111", "alice@example.com", "influenza", "1980-01-02")
+	return env
+}
+
+// needCommand fails the test unless probe runs, saying which Debian
+// packages to install.
+func needCommand(t *testing.T, packages string, probe ...string) string {
+	t.Helper()
+	out, err := exec.Command(probe[0], probe[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s fails (%v: %s); install what it needs with: apt-get install -y %s", strings.Join(probe, " "), err, bytes.TrimSpace(out), packages)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// runORM runs cmd (a script of testdata/orm) with PGCLOAK_URL set to
+// url and env added, and returns its output lines. It fails the test with
+// the output, and pgcloak's log lines that report errors, when cmd fails.
+func runORM(t *testing.T, env *encryptedEnv, url string, cmd *exec.Cmd, vars ...string) []string {
+	t.Helper()
+	dir, err := filepath.Abs(filepath.Join("testdata", "orm"))
+	fatalIf(t, err, "testdata/orm")
+	cmd.Dir = dir
+	cmd.Env = append(append(os.Environ(), "PGCLOAK_URL="+url), vars...)
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	t.Logf("%s: %s", strings.Join(cmd.Args, " "), time.Since(start).Round(time.Millisecond))
+	if err != nil {
+		t.Fatalf("%s through pgcloak: %v\n%s\npgcloak's errors:\n%s", strings.Join(cmd.Args, " "), err, out, proxyErrors(env))
+	}
+	t.Logf("%s printed:\n%s", filepath.Base(cmd.Args[len(cmd.Args)-1]), out)
+	return strings.Split(strings.TrimRight(string(out), "\n"), "\n")
+}
+
+// proxyErrors returns the lines of pgcloak's log that report errors.
+func proxyErrors(env *encryptedEnv) string {
+	var b strings.Builder
+	for _, l := range strings.Split(env.logs.String(), "\n") {
+		if strings.Contains(l, `"level":"error"`) || strings.Contains(l, `"level":"warn"`) || strings.Contains(l, "refus") {
+			b.WriteString(l)
+			b.WriteByte('\n')
+		}
+	}
+	return b.String()
+}
+
+// wantLines compares the output of an ORM script with want, line by line.
+func wantLines(t *testing.T, got, want []string) {
+	t.Helper()
+	for i := 0; i < len(got) || i < len(want); i++ {
+		var g, w string
+		if i < len(got) {
+			g = got[i]
+		}
+		if i < len(want) {
+			w = want[i]
+		}
+		if g != w {
+			t.Errorf("line %d:\ngot  %s\nwant %s", i+1, g, w)
+		}
+	}
+}
+
+// checkStored reads the patients table with psql, connected to PostgreSQL
+// directly as the superuser: every declared column must hold pgcloak's
+// format (or NULL), every index column 16 bytes, and no plaintext the ORM
+// wrote may appear. It wants rows rows in all.
+func checkStored(t *testing.T, env *encryptedEnv, rows int, plaintexts ...string) {
+	t.Helper()
+	const q = `select tenant_id, name,
+		coalesce(get_byte(ssn, 0), 1) = 1 and coalesce(length(ssn), 33) >= 33,
+		coalesce(length(ssn_bidx), 16) = 16,
+		coalesce(get_byte(email, 0), 1) = 1 and coalesce(length(email_bidx), 16) = 16,
+		coalesce(get_byte(diagnosis, 0), 1) = 1,
+		coalesce(get_byte(birth_date, 0), 1) = 1,
+		encode(ssn, 'hex'), encode(email, 'hex'), encode(diagnosis, 'hex'), encode(birth_date, 'hex')
+		from patients order by id`
+	out, err := exec.Command(env.pg.Bin("psql"), "-X", "-At", "-F", "\t", "-c", q, env.pg.SuperuserURL(env.db)).CombinedOutput()
+	fatalIf(t, err, "psql, directly: %s", out)
+	lines := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
+	if len(lines) != rows {
+		t.Errorf("rows stored: got %d, want %d:\n%s", len(lines), rows, out)
+	}
+	for _, l := range lines {
+		f := strings.Split(l, "\t")
+		if len(f) != 11 || f[2] != "t" || f[3] != "t" || f[4] != "t" || f[5] != "t" || f[6] != "t" {
+			t.Errorf("a stored row is not in pgcloak's format (tenant, name, ssn, ssn_bidx, email, diagnosis, birth_date): %.80s", l)
+		}
+	}
+	for _, p := range plaintexts {
+		if bytes.Contains(out, []byte(p)) || bytes.Contains(out, []byte(hex.EncodeToString([]byte(p)))) {
+			t.Errorf("PostgreSQL stores plaintext %q", p)
+		}
+	}
+}
+
+// ormPlaintexts are values the ORM tests write that must not be stored.
+var ormPlaintexts = []string{ormSSN, "555-00-1111", "Alice@Example.com", "alice@example.com", "influenza", "asthma", "1980-01-02", "1990-03-04", "1981-02-03", "gout", "flu"}
+
+// TestORMActiveRecord: ActiveRecord 6.1 (ruby-pg) with prepared
+// statements on and off: the model's columns have the declared types and
+// no index column; create with strings and a Date; where(ssn:) finds
+// acme's row and not globex's; values read back are UTF-8 Strings and
+// Dates; find_each; update and update_all.
+func TestORMActiveRecord(t *testing.T) {
+	version := needCommand(t, "ruby-activerecord ruby-pg", "ruby", "-e", `require "active_record"; require "pg"; puts ActiveRecord::VERSION::STRING`)
+	t.Logf("ActiveRecord %s", version)
+	for _, prepared := range []string{"true", "false"} {
+		t.Run("prepared_statements="+prepared, func(t *testing.T) {
+			env := ormEnv(t)
+			got := runORM(t, env, env.proxy.url(acmeRole, rolePassword, env.db), exec.Command("ruby", "activerecord.rb"),
+				"PGCLOAK_PREPARED="+prepared, "PGCLOAK_SSN="+ormSSN)
+			wantLines(t, got, []string{
+				"prepared " + prepared,
+				"columns id:integer:integer tenant_id:text:text name:text:text ssn:text:text email:text:text diagnosis:text:text birth_date:date:date",
+				"bidx attribute []",
+				"primary key id",
+				"created id Integer tenant acme",
+				"where ssn alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02",
+				`where email ["alice"]`,
+				`where ssn in ["alice"]`,
+				"find_by carol",
+				"exists true count 1",
+				"classes ssn=String/UTF-8 diagnosis=String/UTF-8 birth_date=Date",
+				`raw [["` + ormSSN + `", "1980-01-02"]]`,
+				"find_each alice:1980-01-02,carol:1990-03-04",
+				"updated alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03",
+				"update_all gout",
+			})
+			checkStored(t, env, 4, ormPlaintexts...)
+		})
+	}
+}
