@@ -180,3 +180,34 @@ func TestORMActiveRecord(t *testing.T) {
 		})
 	}
 }
+
+// TestORMSQLAlchemy: SQLAlchemy 1.4 with psycopg2 reflects patients with
+// the declared types (TEXT, DATE) and no index column; select(table), a
+// search, IN, an insert and an update through the reflected Table work on
+// plaintext; stream_results (a server-side cursor) over a search; the
+// inspector's indexes and CHECKs have none of pgcloak's.
+func TestORMSQLAlchemy(t *testing.T) {
+	version := needCommand(t, "python3-sqlalchemy python3-psycopg2", python3, "-c", "import sqlalchemy, psycopg2; print(sqlalchemy.__version__, psycopg2.__version__)")
+	t.Logf("SQLAlchemy, psycopg2: %s", version)
+	env := ormEnv(t)
+	got := runORM(t, env, env.proxy.url(acmeRole, rolePassword, env.db), exec.Command(python3, "sqlalchemy_reflect.py"), "PGCLOAK_SSN="+ormSSN)
+	wantLines(t, got, []string{
+		"columns id:INTEGER() tenant_id:TEXT() name:TEXT() ssn:TEXT() email:TEXT() diagnosis:TEXT() birth_date:DATE()",
+		"primary key ['id']",
+		"inserted int acme",
+		"select alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02, carol|555-00-1111|carol@example.com|asthma|1990-03-04, dave|555-00-2222|dave@example.com|gout|1970-05-06",
+		"where ssn alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02 str date",
+		"where email ['alice']",
+		"where in ['alice', 'dave']",
+		"stream cursor named True",
+		"stream alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02, carol|555-00-1111|carol@example.com|asthma|1990-03-04",
+		"stream search alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02",
+		"updated alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03",
+		"inspector columns id:INTEGER() tenant_id:TEXT() name:TEXT() ssn:TEXT() email:TEXT() diagnosis:TEXT() birth_date:DATE()",
+		"indexes [('patients_name_idx', ('name',))]",
+		"checks ['patients_name_check']",
+		"pk constraint ['id']",
+		"unique []",
+	})
+	checkStored(t, env, 5, append(ormPlaintexts, "555-00-2222", "dave@example.com", "1970-05-06")...)
+}
