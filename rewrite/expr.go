@@ -278,6 +278,9 @@ func (a *analyzer) equality(e *pg_query.A_Expr, sc *scope, display string) (bool
 	if err := a.comparable(other, use, loc); err != nil {
 		return true, err
 	}
+	if r := a.checkValueType(other, use.ref(), false, lastName(e.Name)); r != nil {
+		return true, r
+	}
 	v, _ := classifyValue(other)
 	a.renameToIndex(colNode, use)
 	other.Node = a.indexValue(v, use.ref()).Node
@@ -324,6 +327,14 @@ func (a *analyzer) anyAll(e *pg_query.A_Expr, sc *scope, display string) (bool, 
 	}
 	r := e.Rexpr
 	for r.GetTypeCast() != nil {
+		// The array's element type meets the column as a value's would.
+		if et := arrayElementValueType(r); et != "" {
+			elem := &pg_query.Node{Node: &pg_query.Node_TypeCast{TypeCast: &pg_query.TypeCast{
+				Arg: r.GetTypeCast().Arg, TypeName: &pg_query.TypeName{Names: []*pg_query.Node{pg_query.MakeStrNode(et)}}, Location: r.GetTypeCast().Location}}}
+			if rf := a.checkValueType(elem, use.ref(), false, lastName(e.Name)); rf != nil {
+				return true, rf
+			}
+		}
 		r = r.GetTypeCast().Arg
 	}
 	switch x := r.Node.(type) {
@@ -335,6 +346,9 @@ func (a *analyzer) anyAll(e *pg_query.A_Expr, sc *scope, display string) (bool, 
 		for _, el := range x.AArrayExpr.Elements {
 			if err := a.comparable(el, use, loc); err != nil {
 				return true, err
+			}
+			if r := a.checkValueType(el, use.ref(), false, lastName(e.Name)); r != nil {
+				return true, r
 			}
 		}
 		a.renameToIndex(e.Lexpr, use)
@@ -376,6 +390,9 @@ func (a *analyzer) inList(e *pg_query.A_Expr, sc *scope, display string) (bool, 
 	for _, it := range items {
 		if err := a.comparable(it, use, loc); err != nil {
 			return true, err
+		}
+		if r := a.checkValueType(it, use.ref(), false, lastName(e.Name)); r != nil {
+			return true, r
 		}
 	}
 	a.renameToIndex(e.Lexpr, use)

@@ -517,6 +517,9 @@ func (a *analyzer) insertValues(ins *pg_query.InsertStmt, src *pg_query.SelectSt
 				}
 				return a.refuseColumn(kindComputedValue, ref, "a computed value", exprLocation(item))
 			}
+			if r := a.checkValueType(item, ref, true, ""); r != nil {
+				return r
+			}
 			a.dataValue(v, ref, item)
 			if searchable(col) {
 				idx = append(idx, a.indexValue(v, ref))
@@ -662,6 +665,9 @@ func (a *analyzer) assignments(list []*pg_query.Node, t *declTable, sc *scope, o
 				return nil, a.refuseColumn(kindLiteral, ref, "a bit-string constant", v.loc)
 			}
 			return nil, a.refuseColumn(kindComputedValue, ref, "a computed value", rt.Location)
+		}
+		if r := a.checkValueType(rt.Val, ref, true, ""); r != nil {
+			return nil, r
 		}
 		a.dataValue(v, ref, rt.Val)
 		out = append(out, n)

@@ -251,6 +251,7 @@ var refusalKinds = []*refusalKind{
 	kindTenantSet, kindTenantSetConfig, kindTenantSetConfigDynamic, kindTenantBody,
 	kindTenantString, kindTenantPgSettings, kindTenantDynamicSQL, kindTenantRoleNested,
 	kindTenantPin, kindOpaque, kindLexer, kindReserved,
+	kindTypeOperator, kindTypeAssign, kindTypeConvert,
 }
 
 // position converts a pg_query byte offset into sql to PostgreSQL's 1-based

@@ -59,6 +59,20 @@ func (s *Schema) AnalyzeShape(cache *Cache, sql string) (*ShapePlan, []Literal) 
 	if sp == nil || sp.maxParam() > len(lits) {
 		return nil, nil
 	}
+	// A number bound for a declared column has a type of its own, which
+	// the shape's parameter lost: the exact path checks it against the
+	// column's (checkValueType).
+	for _, p := range sp.Plan.Params {
+		if p.Kind == ParamPlain || strings.HasPrefix(lits[p.Param-1].Text, "'") {
+			continue
+		}
+		// Written (data), a number fits a number or, as its text, a
+		// string column; compared (index), only a number column.
+		typ := p.Column.Column.Type
+		if p.Kind == ParamData && !numberFits(typ, lits[p.Param-1].Text) || p.Kind != ParamData && typeFamilies[typ] != "number" {
+			return nil, nil
+		}
+	}
 	return sp, lits
 }
 

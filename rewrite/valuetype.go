@@ -1,0 +1,148 @@
+package rewrite
+
+import (
+	"regexp"
+
+	"github.com/jackc/pgerrcode"
+	pg_query "github.com/pganalyze/pg_query_go/v5"
+)
+
+// A value written to or compared with a declared column reaches pgcloak as
+// text, which it reads as the declared type. PostgreSQL would first give
+// the value its own type: a cast's, or int4, numeric or boolean for such
+// constants (an untyped string constant, a parameter and NULL take the
+// column's). When that type is another type's, PostgreSQL either refuses
+// the statement or converts the value, and its text may then not be what
+// pgcloak would read: '\x31'::bytea compared with a text column is an
+// error in PostgreSQL, not a search for the text \x31. checkValueType
+// refuses those values with PostgreSQL's SQLSTATE where PostgreSQL
+// refuses them, and with 0A000 where PostgreSQL would convert them in a
+// way pgcloak does not reproduce; it never reads them as another value.
+
+// typeFamilies groups types whose values PostgreSQL compares and assigns
+// across without changing their text beyond what the declared type's
+// canonical form already does.
+var typeFamilies = map[string]string{
+	"text": "string", "varchar": "string", "bpchar": "string", "name": "string", "char": "string",
+	"int2": "number", "int4": "number", "int8": "number", "numeric": "number", "float4": "number", "float8": "number",
+	"bool": "bool", "date": "date", "timestamp": "timestamp", "timestamptz": "timestamptz",
+	"uuid": "uuid", "json": "json", "jsonb": "jsonb", "bytea": "bytea",
+}
+
+// pgTypeNames are the names PostgreSQL's messages give types.
+var pgTypeNames = map[string]string{
+	"text": "text", "varchar": "character varying", "bpchar": "character", "name": "name", "char": `"char"`,
+	"int2": "smallint", "int4": "integer", "int8": "bigint", "numeric": "numeric", "float4": "real",
+	"float8": "double precision", "bool": "boolean", "date": "date", "timestamp": "timestamp without time zone",
+	"timestamptz": "timestamp with time zone", "uuid": "uuid", "json": "json", "jsonb": "jsonb", "bytea": "bytea",
+}
+
+func pgTypeName(t string) string {
+	if n, ok := pgTypeNames[t]; ok {
+		return n
+	}
+	return t
+}
+
+var (
+	kindTypeOperator = &refusalKind{id: "type_operator", code: pgerrcode.UndefinedFunction, construct: "operator",
+		msg: func(_, construct string) string { return "operator does not exist: " + construct },
+		doc: "a comparison of a declared column with a value of another type (a cast or a number for a text column): PostgreSQL has no such operator"}
+	kindTypeAssign = &refusalKind{id: "type_assignment", code: pgerrcode.DatatypeMismatch, construct: "assignment",
+		msg: func(subject, construct string) string { return "column " + subject + " " + construct },
+		doc: "a value of another type (a cast, a number or a boolean) written to a declared column that PostgreSQL would not assign it to"}
+	kindTypeConvert = &refusalKind{id: "type_conversion", code: pgerrcode.FeatureNotSupported,
+		msg: notSupported(isEncrypted, " (send the value as the column's type)"),
+		doc: "a value of another type written to or compared with a declared column that PostgreSQL would convert: pgcloak reads values as the declared type's text and does not convert"}
+)
+
+// valueType is the type PostgreSQL gives value expression n before it
+// meets a column; "" when it takes the column's type.
+func valueType(n *pg_query.Node) string {
+	if tc := n.GetTypeCast(); tc != nil {
+		if tc.TypeName == nil {
+			return ""
+		}
+		if len(tc.TypeName.ArrayBounds) > 0 {
+			return lastName(tc.TypeName.Names) + "[]"
+		}
+		return lastName(tc.TypeName.Names)
+	}
+	if c := n.GetAConst(); c != nil && !c.Isnull {
+		switch c.Val.(type) {
+		case *pg_query.A_Const_Ival:
+			return "int4"
+		case *pg_query.A_Const_Fval:
+			return "numeric"
+		case *pg_query.A_Const_Boolval:
+			return "bool"
+		}
+	}
+	return ""
+}
+
+// plainNumber is a numeric constant whose text numeric prints back
+// unchanged (no exponent, no bare leading point).
+var plainNumber = regexp.MustCompile(`^-?[0-9]+(\.[0-9]+)?$`)
+
+// checkValueType checks value n, written to (assign) or compared (with
+// operator op) with declared column c.
+func (a *analyzer) checkValueType(n *pg_query.Node, c ColumnRef, assign bool, op string) *Refusal {
+	vt := valueType(n)
+	ct := c.Column.Type
+	if vt == "" || vt == ct {
+		return nil
+	}
+	vf, cf := typeFamilies[vt], typeFamilies[ct]
+	loc := exprLocation(n)
+	switch {
+	case vf != "" && vf == cf && (vf == "string" || vf == "number"):
+		return nil
+	case vf != "" && vf == cf:
+		return nil
+	case !assign && vf != "" && isTimeFamily(vf) && isTimeFamily(cf):
+		// date = timestamp and the like exist, comparing converted values.
+		return a.refuseColumn(kindTypeConvert, c, "comparison with a value of type "+pgTypeName(vt), loc)
+	case !assign:
+		return a.refusal(kindTypeOperator, c.Schema, c.Table, c.Column.Name, pgTypeName(ct)+" "+op+" "+pgTypeName(vt), loc)
+	case cf == "string":
+		// PostgreSQL assigns any value to a string column through its
+		// output text: a number's and a boolean's is their constant's.
+		if k := n.GetAConst(); k != nil {
+			if v, ok := constValue(k); ok && (vt == "int4" || vt == "bool" || plainNumber.MatchString(v)) {
+				return nil
+			}
+		}
+		return a.refuseColumn(kindTypeConvert, c, "a value of type "+pgTypeName(vt), loc)
+	case cf == "number" && vf == "number":
+		return nil
+	case isTimeFamily(vf) && isTimeFamily(cf):
+		return a.refuseColumn(kindTypeConvert, c, "a value of type "+pgTypeName(vt), loc)
+	}
+	return a.refusal(kindTypeAssign, c.Schema, c.Table, c.Column.Name,
+		"is of type "+pgTypeName(ct)+" but expression is of type "+pgTypeName(vt), loc)
+}
+
+// numberFits reports whether a numeric constant, as written, is read as
+// the same value by PostgreSQL and by pgcloak for a column of type typ
+// (checkValueType's rules for a number).
+func numberFits(typ, text string) bool {
+	switch typeFamilies[typ] {
+	case "number":
+		return true
+	case "string":
+		return plainNumber.MatchString(text)
+	}
+	return false
+}
+
+func isTimeFamily(f string) bool { return f == "date" || f == "timestamp" || f == "timestamptz" }
+
+// arrayElementValueType is the element type of an array value's cast
+// ('{...}'::text[] -> text); "" without one.
+func arrayElementValueType(n *pg_query.Node) string {
+	if tc := n.GetTypeCast(); tc != nil && tc.TypeName != nil && len(tc.TypeName.ArrayBounds) > 0 {
+		return lastName(tc.TypeName.Names)
+	}
+	return ""
+}
