@@ -211,3 +211,31 @@ func TestORMSQLAlchemy(t *testing.T) {
 	})
 	checkStored(t, env, 5, append(ormPlaintexts, "555-00-2222", "dave@example.com", "1970-05-06")...)
 }
+
+// TestORMJDBC: pgjdbc's DatabaseMetaData shows patients with the declared
+// types and no index column or index; PreparedStatements insert with
+// setString and setObject(LocalDate), search by ssn (also after pgjdbc
+// has server-prepared the statement and reads binary results), read in
+// batches with a fetch size and update; values read back with getString
+// and getObject(LocalDate).
+func TestORMJDBC(t *testing.T) {
+	const jar = "/usr/share/java/postgresql.jar"
+	needCommand(t, "libpostgresql-jdbc-java", "test", "-r", jar)
+	version := needCommand(t, "default-jdk-headless (java runs the test as a single source file)", "javac", "-version")
+	t.Logf("%s, pgjdbc %s", version, jar)
+	env := ormEnv(t)
+	url := fmt.Sprintf("jdbc:postgresql://%s/%s?user=%s&password=%s&sslmode=disable", env.proxy.addr, env.db, acmeRole, rolePassword)
+	got := runORM(t, env, url, exec.Command("java", "-cp", jar, "OrmJdbc.java"), "PGCLOAK_SSN="+ormSSN)
+	wantLines(t, got, []string{
+		"columns id:serial:4:1 tenant_id:text:12:2 name:text:12:3 ssn:text:12:4 email:text:12:5 diagnosis:text:12:6 birth_date:date:91:7",
+		"indexes patients_pkey:id patients_name_idx:name",
+		"primary key id",
+		"search run 1 alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02 types text,date",
+		"search run 6 alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02 types text,date",
+		"email or ssn carol,dave",
+		"fetch size 1 alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02, carol|555-00-1111|carol@example.com|asthma|1990-03-04",
+		"updated rows 1",
+		"updated alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03 Date",
+	})
+	checkStored(t, env, 5, append(ormPlaintexts, "555-00-2222", "dave@example.com", "1970-05-06")...)
+}
