@@ -239,3 +239,41 @@ func TestORMJDBC(t *testing.T) {
 	})
 	checkStored(t, env, 5, append(ormPlaintexts, "555-00-2222", "dave@example.com", "1970-05-06")...)
 }
+
+// TestORMDjango: Django 3.2's inspectdb writes patients with TextField and
+// DateField and no index column; an unmanaged model on it creates with a
+// date, filters on the encrypted columns (=, IN, exclude), reads with
+// iterator() (a server-side cursor) and updates, all in plaintext.
+func TestORMDjango(t *testing.T) {
+	version := needCommand(t, "python3-django python3-psycopg2", python3, "-c", "import django, psycopg2; print(django.__version__, psycopg2.__version__)")
+	t.Logf("Django, psycopg2: %s", version)
+	env := ormEnv(t)
+	got := runORM(t, env, env.proxy.url(acmeRole, rolePassword, env.db), exec.Command(python3, "django_orm.py"), "PGCLOAK_SSN="+ormSSN)
+	wantLines(t, got, []string{
+		"class Patients(models.Model):",
+		"    tenant_id = models.TextField()",
+		"    name = models.TextField(blank=True, null=True)",
+		"    ssn = models.TextField(blank=True, null=True)",
+		"    email = models.TextField(blank=True, null=True)",
+		"    diagnosis = models.TextField(blank=True, null=True)",
+		"    birth_date = models.DateField(blank=True, null=True)",
+		"",
+		"    class Meta:",
+		"        managed = False",
+		"        db_table = 'patients'",
+		"created int",
+		"filter ssn alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02 str date",
+		"filter email ['alice']",
+		"filter in ['alice']",
+		"exclude ['carol']",
+		"get carol|555-00-1111|carol@example.com|asthma|1990-03-04",
+		"count 1 True",
+		"iterator alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02, carol|555-00-1111|carol@example.com|asthma|1990-03-04",
+		"iterator search alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02",
+		"iterator cursors named 2 True",
+		"saved alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03",
+		"update 1 gout",
+		"raw [('alice',)]",
+	})
+	checkStored(t, env, 4, ormPlaintexts...)
+}
