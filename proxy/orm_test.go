@@ -150,7 +150,8 @@ var ormPlaintexts = []string{ormSSN, "555-00-1111", "Alice@Example.com", "alice@
 // statements on and off: the model's columns have the declared types and
 // no index column; create with strings and a Date; where(ssn:) finds
 // acme's row and not globex's; values read back are UTF-8 Strings and
-// Dates; find_each; update and update_all.
+// Dates; find_each; update and update_all; indexes, check_constraints
+// and the schema dump (rails db:schema:dump) show the declared schema.
 func TestORMActiveRecord(t *testing.T) {
 	version := needCommand(t, "ruby-activerecord ruby-pg", "ruby", "-e", `require "active_record"; require "pg"; puts ActiveRecord::VERSION::STRING`)
 	t.Logf("ActiveRecord %s", version)
@@ -175,6 +176,18 @@ func TestORMActiveRecord(t *testing.T) {
 				"find_each alice:1980-01-02,carol:1990-03-04",
 				"updated alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03",
 				"update_all gout",
+				`indexes ["patients_name_idx:name"]`,
+				`check constraints ["patients_name_check"]`,
+				`  create_table "patients", id: :serial, force: :cascade do |t|`,
+				`    t.text "tenant_id", default: -> { "pgcloak.current_tenant()" }, null: false`,
+				`    t.text "name"`,
+				`    t.text "ssn"`,
+				`    t.text "email"`,
+				`    t.text "diagnosis"`,
+				`    t.date "birth_date"`,
+				`    t.index ["name"], name: "patients_name_idx"`,
+				`    t.check_constraint "name <> ''::text", name: "patients_name_check"`,
+				`  end`,
 			})
 			checkStored(t, env, 4, ormPlaintexts...)
 		})

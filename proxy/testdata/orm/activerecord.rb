@@ -55,3 +55,12 @@ r2 = Patient.find(r.id)
 puts "updated #{show(r2)}"
 Patient.where(ssn: "555-00-1111").update_all(diagnosis: "gout")
 puts "update_all #{Patient.find_by(name: "carol").diagnosis}"
+
+conn = Patient.connection
+puts "indexes #{conn.indexes("patients").map { |i| "#{i.name}:#{i.columns.join(",")}" }.sort.inspect}"
+puts "check constraints #{conn.check_constraints("patients").map(&:name).sort.inspect}"
+# What rails db:schema:dump writes for the table.
+schema = StringIO.new
+ActiveRecord::SchemaDumper.dump(conn, schema)
+dump = schema.string
+puts dump[dump.index('  create_table "patients"')..].lines.map(&:rstrip).reject { |l| l.empty? || l == "end" }
