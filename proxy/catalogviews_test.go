@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgcloak/pgcloak/testenv"
 )
 
 // TestCatalogViews: in a tenant session the catalog shows the declared
@@ -33,6 +35,16 @@ func TestCatalogViews(t *testing.T) {
 	const indexes = `select c2.relname::text from pg_catalog.pg_class c, pg_catalog.pg_class c2, pg_index i
 		where c.oid = 'public.patients'::regclass and c.oid = i.indrelid and i.indexrelid = c2.oid order by 1`
 	const checks = `select conname::text from pg_constraint where conrelid = 'patients'::regclass and contype = 'c' order by 1`
+	const pgIndexes = `select indexname::text from pg_indexes where tablename = 'patients' order by 1`
+	const tableConstraints = `select tc.constraint_name::text, coalesce(k.column_name::text, '')
+		from information_schema.table_constraints tc left join information_schema.key_column_usage k using (constraint_schema, constraint_name)
+		where tc.table_name = 'patients' and tc.constraint_name::text not like '%not_null' order by 1`
+	const columnPrivileges = `select distinct column_name::text from information_schema.column_privileges
+		where table_name = 'patients' and grantee = 'acme_app' order by 1`
+	// Only the table's owner sees rows in these; the tenant role sees none,
+	// as directly, and the views must still run.
+	const ownerOnly = `select (select count(*) from information_schema.check_constraints where constraint_name::text like 'patients%'),
+		(select count(*) from information_schema.constraint_column_usage where table_name = 'patients')`
 
 	lines := func(t *testing.T, conn *pgx.Conn, sql string, args ...any) string {
 		t.Helper()
@@ -60,8 +72,12 @@ func TestCatalogViews(t *testing.T) {
 		infoSchema: strings.Join([]string{
 			"id integer int4", "tenant_id text text", "name text text", "ssn text text", "email text text",
 			"diagnosis text text", "birth_date date date"}, "\n"),
-		indexes: "patients_name_idx\npatients_pkey",
-		checks:  "patients_name_check",
+		indexes:          "patients_name_idx\npatients_pkey",
+		checks:           "patients_name_check",
+		pgIndexes:        "patients_name_idx\npatients_pkey",
+		tableConstraints: "patients_name_check \npatients_pkey id",
+		columnPrivileges: "birth_date\ndiagnosis\nemail\nid\nname\nssn\ntenant_id",
+		ownerOnly:        "0 0",
 	}
 	for _, mode := range []string{"simple_protocol", "exec", "cache_statement"} {
 		t.Run(mode, func(t *testing.T) {
@@ -85,6 +101,18 @@ func TestCatalogViews(t *testing.T) {
 		})
 	}
 
+	t.Run("tenant role owning the table", func(t *testing.T) {
+		fatalIf(t, env.pg.Exec(ctx, env.db, `alter table patients owner to `+acmeRole), "owner")
+		t.Cleanup(func() { env.pg.Exec(ctx, env.db, `alter table patients owner to `+testenv.SuperuserName) })
+		conn := connect(t, env.proxy.url(acmeRole, rolePassword, env.db))
+		const q = `select constraint_name::text, check_clause::text from information_schema.check_constraints
+			where constraint_name::text like 'patients%' order by 1`
+		mustEqual(t, "information_schema.check_constraints", lines(t, conn, q), "patients_name_check ((name <> ''::text))")
+		const u = `select constraint_name::text, column_name::text from information_schema.constraint_column_usage
+			where table_name = 'patients' order by 1, 2`
+		mustEqual(t, "information_schema.constraint_column_usage", lines(t, conn, u), "patients_name_check name\npatients_pkey id")
+	})
+
 	t.Run("unscoped sees the real catalog", func(t *testing.T) {
 		conn := connect(t, env.proxy.url(migratorRole, rolePassword, env.db))
 		got := lines(t, conn, attrs)
@@ -95,6 +123,9 @@ func TestCatalogViews(t *testing.T) {
 		}
 		if got := lines(t, conn, checks); !strings.Contains(got, "patients_ssn_pgcloak_format") {
 			t.Errorf("unscoped pg_constraint: %s", got)
+		}
+		if got := lines(t, conn, pgIndexes); !strings.Contains(got, "patients_ssn_bidx_idx") {
+			t.Errorf("unscoped pg_indexes: %s", got)
 		}
 	})
 

@@ -29,7 +29,12 @@ import (
 //     index column;
 //   - pg_catalog.pg_index has no index that covers an index column;
 //   - pg_catalog.pg_constraint has no format CHECK of pgcloak's on a
-//     declared table.
+//     declared table;
+//   - pg_catalog.pg_indexes has no index that covers an index column;
+//   - information_schema.table_constraints, check_constraints and
+//     constraint_column_usage have no format CHECK of pgcloak's, and
+//     constraint_column_usage, key_column_usage and column_privileges no
+//     row for an index column.
 //
 // It works on the statement's tree, not on known query texts, so it holds
 // for catalog queries it has never seen. The declarations come from the
@@ -77,11 +82,12 @@ func NewCatalogViews(enc config.Encrypt, cols CatalogColumns) (*CatalogViews, er
 	if len(cols.Attribute) == 0 || len(cols.Columns) == 0 {
 		return nil, fmt.Errorf("rewrite: the catalog's column lists are empty")
 	}
-	var attrRows, colRows, hidden []string
-	var relids []string
+	var attrRows, colRows, hidden, hiddenCols []string
+	var relids, tables []string
 	for _, t := range enc.Tables {
 		relid := "pg_catalog.to_regclass(" + quoteLiteral(quoteIdent(t.Schema)+"."+quoteIdent(t.Name)) + ")"
 		relids = append(relids, relid)
+		tables = append(tables, fmt.Sprintf("(%s, %s)", quoteLiteral(t.Schema), quoteLiteral(t.Name)))
 		for _, c := range t.Columns {
 			// The configuration names types as PostgreSQL does (int4,
 			// timestamptz, ...), and they are all built in.
@@ -92,6 +98,7 @@ func NewCatalogViews(enc config.Encrypt, cols CatalogColumns) (*CatalogViews, er
 				attrRows = append(attrRows, fmt.Sprintf("(%s, %s::pg_catalog.name, NULL::pg_catalog.oid, true)", relid, quoteLiteral(c.IndexColumn)))
 				colRows = append(colRows, fmt.Sprintf("(%s, %s, %s, NULL::pg_catalog.oid, true)", quoteLiteral(t.Schema), quoteLiteral(t.Name), quoteLiteral(c.IndexColumn)))
 				hidden = append(hidden, fmt.Sprintf("(%s, %s::pg_catalog.name)", relid, quoteLiteral(c.IndexColumn)))
+				hiddenCols = append(hiddenCols, fmt.Sprintf("(%s, %s, %s)", quoteLiteral(t.Schema), quoteLiteral(t.Name), quoteLiteral(c.IndexColumn)))
 			}
 		}
 	}
@@ -150,22 +157,60 @@ func NewCatalogViews(enc config.Encrypt, cols CatalogColumns) (*CatalogViews, er
 		" ON d.sch = c.table_schema::text AND d.tbl = c.table_name::text AND d.col = c.column_name::text" +
 		" LEFT JOIN pg_catalog.pg_type t ON t.oid = d.typid WHERE d.hide IS NOT TRUE"
 
-	// pg_index: no index over an index column. pg_constraint: no format
-	// CHECK of pgcloak's on a declared table.
+	// pg_index, pg_indexes: no index over an index column. pg_constraint:
+	// no format CHECK of pgcloak's on a declared table.
 	index := "SELECT i.* FROM pg_catalog.pg_index i"
+	indexes := "SELECT x.* FROM pg_catalog.pg_indexes x"
 	if len(hidden) > 0 {
-		index += " WHERE NOT EXISTS (SELECT FROM (VALUES " + strings.Join(hidden, ", ") + ") h(relid, attname)" +
-			" JOIN pg_catalog.pg_attribute ha ON ha.attrelid = h.relid AND ha.attname = h.attname" +
-			" WHERE h.relid = i.indrelid AND ha.attnum = ANY (i.indkey::pg_catalog.int2[]))"
+		// coversIndexColumn is true of an index (its OID) whose key has an
+		// index column.
+		coversIndexColumn := func(index string) string {
+			return "EXISTS (SELECT FROM pg_catalog.pg_index hi JOIN (VALUES " + strings.Join(hidden, ", ") + ") h(relid, attname) ON h.relid = hi.indrelid" +
+				" JOIN pg_catalog.pg_attribute ha ON ha.attrelid = h.relid AND ha.attname = h.attname" +
+				" WHERE hi.indexrelid = " + index + " AND ha.attnum = ANY (hi.indkey::pg_catalog.int2[]))"
+		}
+		index += " WHERE NOT " + coversIndexColumn("i.indexrelid")
+		indexes += " WHERE NOT " + coversIndexColumn("pg_catalog.to_regclass(pg_catalog.quote_ident(x.schemaname::text) || '.' || pg_catalog.quote_ident(x.indexname::text))::pg_catalog.oid")
 	}
+	const formatName = "LIKE '%\\_pgcloak\\_format'"
 	constraint := "SELECT c.* FROM pg_catalog.pg_constraint c WHERE NOT (c.contype = 'c'" +
-		" AND c.conname::text LIKE '%\\_pgcloak\\_format' AND c.conrelid = ANY (ARRAY[" + strings.Join(relids, ", ") + "]))"
+		" AND c.conname::text " + formatName + " AND c.conrelid = ANY (ARRAY[" + strings.Join(relids, ", ") + "]))"
+
+	// The information_schema views that name constraints and columns:
+	// a format CHECK is a CHECK named so on a declared table; a row of an
+	// index column goes.
+	declared := "(VALUES " + strings.Join(tables, ", ") + ")"
+	isIndexColumn := func(schema, table, column string) string {
+		if len(hiddenCols) == 0 {
+			return "false"
+		}
+		return fmt.Sprintf("(%s::text, %s::text, %s::text) IN (VALUES %s)", schema, table, column, strings.Join(hiddenCols, ", "))
+	}
+	tableConstraints := "SELECT tc.* FROM information_schema.table_constraints tc WHERE (tc.constraint_type::text = 'CHECK'" +
+		" AND tc.constraint_name::text " + formatName + " AND (tc.table_schema::text, tc.table_name::text) IN " + declared + ") IS NOT TRUE"
+	checkConstraints := "SELECT cc.* FROM information_schema.check_constraints cc WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_constraint k" +
+		" JOIN pg_catalog.pg_namespace kn ON kn.oid = k.connamespace" +
+		" WHERE kn.nspname::text = cc.constraint_schema::text AND k.conname::text = cc.constraint_name::text AND k.contype = 'c'" +
+		" AND k.conname::text " + formatName + " AND k.conrelid = ANY (ARRAY[" + strings.Join(relids, ", ") + "]))"
+	constraintColumns := "SELECT u.* FROM information_schema.constraint_column_usage u WHERE (" +
+		isIndexColumn("u.table_schema", "u.table_name", "u.column_name") +
+		" OR (u.constraint_name::text " + formatName + " AND (u.table_schema::text, u.table_name::text) IN " + declared + ")) IS NOT TRUE"
+	keyColumns := "SELECT k.* FROM information_schema.key_column_usage k WHERE " +
+		isIndexColumn("k.table_schema", "k.table_name", "k.column_name") + " IS NOT TRUE"
+	columnPrivileges := "SELECT p.* FROM information_schema.column_privileges p WHERE " +
+		isIndexColumn("p.table_schema", "p.table_name", "p.column_name") + " IS NOT TRUE"
 
 	for name, sql := range map[string]string{
-		"pg_catalog.pg_attribute":    attr,
-		"information_schema.columns": columns,
-		"pg_catalog.pg_index":        index,
-		"pg_catalog.pg_constraint":   constraint,
+		"pg_catalog.pg_attribute":                    attr,
+		"information_schema.columns":                 columns,
+		"pg_catalog.pg_index":                        index,
+		"pg_catalog.pg_indexes":                      indexes,
+		"pg_catalog.pg_constraint":                   constraint,
+		"information_schema.table_constraints":       tableConstraints,
+		"information_schema.check_constraints":       checkConstraints,
+		"information_schema.constraint_column_usage": constraintColumns,
+		"information_schema.key_column_usage":        keyColumns,
+		"information_schema.column_privileges":       columnPrivileges,
 	} {
 		tree, err := pg_query.Parse(sql)
 		if err != nil {
@@ -256,7 +301,7 @@ func (v *CatalogViews) subFor(rv *pg_query.RangeVar) *pg_query.Node {
 	}
 	schema := rv.Schemaname
 	switch rv.Relname {
-	case "pg_attribute", "pg_index", "pg_constraint":
+	case "pg_attribute", "pg_index", "pg_indexes", "pg_constraint":
 		if schema == "" {
 			schema = "pg_catalog"
 		}
