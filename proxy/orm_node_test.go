@@ -1,0 +1,143 @@
+package proxy
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgcloak/pgcloak/testenv"
+)
+
+// The TestORMNode tests run the npm ORMs on node-postgres (pg) through
+// pgcloak: Sequelize, TypeORM and Knex, pinned in testdata/ormnode's
+// package.json and installed there with npm ci. Each has a fixture
+// script, a small application with a plain model (ssn is a string
+// column), run twice:
+//
+//   - tenant: as tenant acme (a login role) against ormEnv's patients,
+//     the script reflects the table, inserts, reads back typed values,
+//     searches the encrypted columns with = and IN, streams through a
+//     server-side cursor, updates and deletes, and prints a line per step
+//     for the test to compare; psql, directly, then finds only
+//     ciphertext (checkStored).
+//   - pool: as the token role with ONE pool of 2 connections, 3 tenants
+//     (so that a connection must serve more than one), a transaction
+//     per tenant token (SET LOCAL pgcloak.tenant_token) in
+//     the ORM's own transaction API, with transactions without a token,
+//     all started at once; the script prints poolTx values and
+//     checkPoolRun checks that each transaction saw only its own tenant's
+//     rows and plaintext and that what it wrote is stamped with its
+//     tenant.
+
+// ormNodeTokens is how many transactions each of the pool tenants runs.
+const ormNodeTokens = 3
+
+// ormNodePlaintexts are what the tenant fixtures write that must not be
+// stored (dave's row is deleted again, but must not have been stored in
+// plaintext either).
+var ormNodePlaintexts = append(ormPlaintexts, "555-00-2222", "dave@example.com", "1970-05-06")
+
+// ormNodeDir installs the fixtures' npm project (npm ci, when its lock
+// file has changed) and returns its directory, logging the versions of
+// the packages the tests run.
+func ormNodeDir(t *testing.T) string {
+	t.Helper()
+	dir, err := filepath.Abs(filepath.Join("testdata", "ormnode"))
+	fatalIf(t, err, "testdata/ormnode")
+	testenv.NodeModules(t, dir)
+	var versions []string
+	for _, pkg := range []string{"sequelize", "typeorm", "knex", "pg", "pg-cursor", "pg-query-stream"} {
+		b, err := os.ReadFile(filepath.Join(dir, "node_modules", pkg, "package.json"))
+		fatalIf(t, err, "%s is not installed in %s (npm ci)", pkg, dir)
+		var p struct{ Version string }
+		fatalIf(t, json.Unmarshal(b, &p), "%s's package.json", pkg)
+		versions = append(versions, pkg+" "+p.Version)
+	}
+	t.Logf("%s", strings.Join(versions, ", "))
+	return dir
+}
+
+// ormNodeCmd is node running script in dir with PGCLOAK_URL set to url
+// and vars added.
+func ormNodeCmd(t *testing.T, dir, script, url string, vars ...string) *exec.Cmd {
+	t.Helper()
+	node, err := exec.LookPath("node")
+	fatalIf(t, err, "node not found: install Node.js 20 and npm (apt-get install -y nodejs npm)")
+	cmd := exec.Command(node, script)
+	cmd.Dir = dir
+	cmd.Env = append(append(os.Environ(), "PGCLOAK_URL="+url), vars...)
+	return cmd
+}
+
+// runORMNodeTenant runs script in tenant mode as acme against ormEnv's
+// patients, after letting the migrator create tables in public, compares
+// what it prints with want and checks what PostgreSQL stores.
+func runORMNodeTenant(t *testing.T, dir, script string, want []string) {
+	t.Helper()
+	env := ormEnv(t)
+	fatalIf(t, env.pg.Exec(ctxT(t), env.db, `grant create on schema public to `+migratorRole), "grant create to the migrator")
+	cmd := ormNodeCmd(t, dir, script, env.proxy.url(acmeRole, rolePassword, env.db),
+		"PGCLOAK_MODE=tenant", "PGCLOAK_SSN="+ormSSN, "PGCLOAK_APP_ROLE="+acmeRole,
+		"PGCLOAK_MIGRATOR_URL="+env.proxy.url(migratorRole, rolePassword, env.db))
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	t.Logf("node %s: %s", script, time.Since(start).Round(time.Millisecond))
+	if err != nil {
+		t.Fatalf("node %s through pgcloak: %v\n%s\npgcloak's errors:\n%s", script, err, out, proxyErrors(env))
+	}
+	t.Logf("%s printed:\n%s", script, out)
+	wantLines(t, strings.Split(strings.TrimRight(string(out), "\n"), "\n"), want)
+	checkStored(t, env, 4, ormNodePlaintexts...)
+}
+
+// runORMNodePool runs script in pool mode as the token role: 3 tenants,
+// ormNodeTokens transactions each, on one pool of 2 connections.
+func runORMNodePool(t *testing.T, dir, script string) {
+	t.Helper()
+	env := startTokenEnv(t)
+	seeds := seedPool(t, env)
+	cmd := ormNodeCmd(t, dir, script, env.proxy.url(poolRole, rolePassword, env.db),
+		"PGCLOAK_MODE=pool", "PGCLOAK_POOL_MAX=2", "PGCLOAK_TOKENS="+fixtureTokens(t, poolTenants(3), ormNodeTokens))
+	start := time.Now()
+	txs := runPoolFixture(t, cmd)
+	t.Logf("node %s: %s", script, time.Since(start).Round(time.Millisecond))
+	checkPoolRun(t, env, append(seeds, txs...), 2)
+}
+
+// TestORMNodeKnex: Knex 3 on pg. Tenant: the migrator runs a Knex
+// migration (a visits table, through pgcloak); columnInfo shows patients
+// with text and date columns and no index column; insert ... returning,
+// where (=, an email in another case, whereIn, orWhere), count, first, a
+// join with visits, .stream() (pg-query-stream's portal, a row per
+// batch), update ... returning and del on the encrypted columns; ids are
+// numbers and dates Dates (pg's date OID 1082 in the row description).
+// Pool: knex.transaction per token.
+func TestORMNodeKnex(t *testing.T) {
+	dir := ormNodeDir(t)
+	t.Run("tenant", func(t *testing.T) {
+		runORMNodeTenant(t, dir, "knex.js", []string{
+			"migrated batch 1 20240101000000_visits.js",
+			"columns birth_date:date diagnosis:text email:text id:integer name:text ssn:text tenant_id:text",
+			`ssn column {"type":"text","maxLength":null,"nullable":true,"defaultValue":null}`,
+			"inserted alice:number:acme:Date,carol:number:acme:Date,dave:number:acme:Date",
+			"where ssn alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02 string Date",
+			"where email alice",
+			"where in alice,carol",
+			"count 2",
+			"first carol|555-00-1111|carol@example.com|asthma|1990-03-04",
+			"join alice|" + ormSSN + "|checkup",
+			"stream alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02, carol|555-00-1111|carol@example.com|asthma|1990-03-04",
+			"updated 1 alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03",
+			"deleted 1",
+			"all alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03, carol|555-00-1111|carol@example.com|asthma|1990-03-04",
+			"raw ssn:25,birth_date:1082 " + ormSSN + " Date 1981-02-03",
+		})
+	})
+	t.Run("pool", func(t *testing.T) {
+		runORMNodePool(t, dir, "knex.js")
+	})
+}
