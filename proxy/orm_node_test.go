@@ -39,7 +39,7 @@ const ormNodeTokens = 3
 // ormNodePlaintexts are what the tenant fixtures write that must not be
 // stored (dave's row is deleted again, but must not have been stored in
 // plaintext either).
-var ormNodePlaintexts = append(ormPlaintexts, "555-00-2222", "dave@example.com", "1970-05-06")
+var ormNodePlaintexts = append(ormPlaintexts, "555-00-2222", "dave@example.com", "1970-05-06", "1990-03-05")
 
 // ormNodeDir installs the fixtures' npm project (npm ci, when its lock
 // file has changed) and returns its directory, logging the versions of
@@ -139,5 +139,43 @@ func TestORMNodeKnex(t *testing.T) {
 	})
 	t.Run("pool", func(t *testing.T) {
 		runORMNodePool(t, dir, "knex.js")
+	})
+}
+
+// TestORMNodeSequelize: Sequelize 6 on pg. Tenant: sync() (tableExists,
+// then showIndex for the model's indexes), describeTable (TEXT and DATE, no
+// index column) and showIndex (no blind-index index) read the declared
+// schema; create returns a number id and acme's stamp; findAll, findOne
+// and count with =, Op.in, Op.or and an email in another case (values as
+// literals: the simple protocol) and a raw query with bind ($1: the
+// extended protocol); a pg-cursor on a connection of Sequelize's pool
+// (Sequelize has no streaming); update returning, save and destroy.
+// DATEONLY attributes are 'YYYY-MM-DD' strings (Sequelize's mapping of
+// date); the cursor shows pg's date OID 1082 and a Date. Pool: managed
+// sequelize.transaction per token.
+func TestORMNodeSequelize(t *testing.T) {
+	dir := ormNodeDir(t)
+	t.Run("tenant", func(t *testing.T) {
+		runORMNodeTenant(t, dir, "sequelize.js", []string{
+			"synced",
+			"describe id:INTEGER:not null:pk tenant_id:TEXT:not null name:TEXT:null ssn:TEXT:null email:TEXT:null diagnosis:TEXT:null birth_date:DATE:null",
+			"indexes patients_name_idx:name patients_pkey:id",
+			"created alice:number:acme:string,carol:number:acme:string,dave:number:acme:string",
+			"where ssn alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02 string string",
+			"where email alice",
+			"where in alice,carol",
+			"count 2 number",
+			"findOne carol|555-00-1111|carol@example.com|asthma|1990-03-04",
+			"bind alice,dave",
+			"cursor alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02, carol|555-00-1111|carol@example.com|asthma|1990-03-04 string name:25,ssn:25,email:25,diagnosis:25,birth_date:1082",
+			"updated 1 alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03",
+			"saved carol|555-00-1111|carol@example.com|mild asthma|1990-03-05",
+			"destroyed 1",
+			"all alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03, carol|555-00-1111|carol@example.com|mild asthma|1990-03-05",
+			"raw " + ormSSN + " string 1981-02-03",
+		})
+	})
+	t.Run("pool", func(t *testing.T) {
+		runORMNodePool(t, dir, "sequelize.js")
 	})
 }
