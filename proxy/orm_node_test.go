@@ -179,3 +179,46 @@ func TestORMNodeSequelize(t *testing.T) {
 		runORMNodePool(t, dir, "sequelize.js")
 	})
 }
+
+// TestORMNodeTypeORM: TypeORM 0.3 on pg. Tenant: QueryRunner.getTable
+// shows patients with text and date columns, the application's index and
+// CHECK and nothing of pgcloak's, and synchronize's dry run (the schema
+// builder's log) finds nothing to change (as the unscoped migrator, which
+// reads the stored catalog, it would change ssn and drop the index
+// columns: the control); the repository saves (a number
+// id, acme's stamp), finds with =, In, an email in another case and an
+// OR, counts, queries with a QueryBuilder, streams with
+// QueryBuilder.stream() (pg-query-stream's portal), updates, saves a
+// loaded entity and deletes. date columns are 'YYYY-MM-DD' strings on
+// entities (TypeORM's mapping of date) and Dates in raw results. Pool:
+// dataSource.transaction per token.
+func TestORMNodeTypeORM(t *testing.T) {
+	dir := ormNodeDir(t)
+	t.Run("tenant", func(t *testing.T) {
+		runORMNodeTenant(t, dir, "typeorm.js", []string{
+			"columns id:integer:not null:pk:increment tenant_id:text:not null name:text ssn:text email:text diagnosis:text birth_date:date",
+			"indices patients_name_idx:name",
+			"checks patients_name_check:(name <> ''::text)",
+			"foreign keys 0 uniques 0",
+			"synchronize would run 0 queries",
+			"as the migrator synchronize would touch ssn,ssn_bidx,email_bidx,birth_date",
+			"saved alice:number:acme,carol:number:acme,dave:number:acme",
+			"find ssn alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02 string string",
+			"find email alice",
+			"find in alice,carol",
+			"count 2 number",
+			"findOneBy carol|555-00-1111|carol@example.com|asthma|1990-03-04",
+			"query builder alice,dave",
+			"raw " + ormSSN + " Date 1980-01-02",
+			"stream alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02, carol|555-00-1111|carol@example.com|asthma|1990-03-04 Date",
+			"updated 1",
+			"saved carol|555-00-1111|carol@example.com|mild asthma|1990-03-05",
+			"deleted 1",
+			"all alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03, carol|555-00-1111|carol@example.com|mild asthma|1990-03-05",
+			"query " + ormSSN + " Date 1981-02-03",
+		})
+	})
+	t.Run("pool", func(t *testing.T) {
+		runORMNodePool(t, dir, "typeorm.js")
+	})
+}
