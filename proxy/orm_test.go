@@ -199,6 +199,12 @@ func TestORMActiveRecord(t *testing.T) {
 // search, IN, an insert and an update through the reflected Table work on
 // plaintext; stream_results (a server-side cursor) over a search; the
 // inspector's indexes and CHECKs have none of pgcloak's.
+// A declarative model (ssn a plain String column) adds, searches with =
+// and IN, updates, streams with yield_per and deletes (session.delete
+// and by ssn). As the token role (runPyPool), one engine's pool of 2
+// connections serves 2 tenants from 4 threads, SET LOCAL in each
+// transaction from an after_begin event. SQLAlchemy 1.4 has no psycopg 3
+// dialect (2.0 has): psycopg2 throughout.
 func TestORMSQLAlchemy(t *testing.T) {
 	version := needCommand(t, "python3-sqlalchemy python3-psycopg2", python3, "-c", "import sqlalchemy, psycopg2; print(sqlalchemy.__version__, psycopg2.__version__)")
 	t.Logf("SQLAlchemy, psycopg2: %s", version)
@@ -221,8 +227,20 @@ func TestORMSQLAlchemy(t *testing.T) {
 		"checks ['patients_name_check']",
 		"pk constraint ['id']",
 		"unique []",
+		"orm created int acme",
+		"orm where ssn erin|555-00-3333|erin@example.com|flu|2001-02-03 str date",
+		"orm where in ['alice', 'frank']",
+		"orm where email ['frank']",
+		"orm other tenant's ssn []",
+		"orm updated erin|555-00-3333|erin@example.com|asthma|2001-02-04",
+		"orm yield_per alice:1981-02-03, carol:1990-03-04, dave:1970-05-06, erin:2001-02-04, frank:2002-03-04",
+		"orm deleted by session []",
+		"orm deleted by ssn 1 ['alice', 'carol', 'erin']",
 	})
-	checkStored(t, env, 5, append(ormPlaintexts, "555-00-2222", "dave@example.com", "1970-05-06")...)
+	checkStored(t, env, 5, append(ormPlaintexts, "555-00-2222", "dave@example.com", "1970-05-06", "555-00-3333", "erin@example.com", "555-00-4444")...)
+	t.Run("token pool", func(t *testing.T) {
+		runPyPool(t, 2, 6, "py_sqlalchemy_pool.py")
+	})
 }
 
 // TestORMJDBC: pgjdbc's DatabaseMetaData shows patients with the declared
@@ -256,7 +274,10 @@ func TestORMJDBC(t *testing.T) {
 // TestORMDjango: Django 3.2's inspectdb writes patients with TextField and
 // DateField and no index column; an unmanaged model on it creates with a
 // date, filters on the encrypted columns (=, IN, exclude), reads with
-// iterator() (a server-side cursor) and updates, all in plaintext.
+// iterator() (a server-side cursor), updates and deletes (by ssn, by IN,
+// an instance), all in plaintext. As the token role (runPyPool), one
+// connection serves 2 tenants: transaction.atomic() and SET LOCAL
+// pgcloak.tenant_token through cursor.execute in each transaction.
 func TestORMDjango(t *testing.T) {
 	version := needCommand(t, "python3-django python3-psycopg2", python3, "-c", "import django, psycopg2; print(django.__version__, psycopg2.__version__)")
 	t.Logf("Django, psycopg2: %s", version)
@@ -287,6 +308,12 @@ func TestORMDjango(t *testing.T) {
 		"saved alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03",
 		"update 1 gout",
 		"raw [('alice',)]",
+		"delete by ssn (1, {'orm.Patient': 1})",
+		"delete in (1, {'orm.Patient': 1})",
+		"delete instance (1, {'orm.Patient': 1}) ['alice']",
 	})
-	checkStored(t, env, 4, ormPlaintexts...)
+	checkStored(t, env, 3, append(ormPlaintexts, "555-00-3333", "erin@example.com", "555-00-4444")...)
+	t.Run("token pool", func(t *testing.T) {
+		runPyPool(t, 1, 6, "py_django_pool.py")
+	})
 }

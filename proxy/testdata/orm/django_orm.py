@@ -1,7 +1,8 @@
 """Django 3.2 (Debian's python3-django) with its psycopg2 backend through
 pgcloak as a tenant: inspectdb of the encrypted patients table, then an
 unmanaged model on it: create with a date, filter on the encrypted ssn and
-email, iterator() (a server-side cursor), update.
+email, iterator() (a server-side cursor), update, delete (by ssn, by IN
+and an instance).
 
 Prints inspectdb's model, then one line per fact, for TestORMDjango in
 proxy/orm_test.go to compare (it checks nothing itself).
@@ -101,3 +102,11 @@ print("update", Patient.objects.filter(ssn="555-00-1111").update(diagnosis="gout
 with connection.cursor() as cur:
     cur.execute("select name from patients where ssn = %s", [ssn])
     print("raw", cur.fetchall())
+erin = Patient.objects.create(name="erin", ssn="555-00-3333", email="erin@example.com", diagnosis="flu",
+                              birth_date=datetime.date(2001, 2, 3))
+Patient.objects.create(name="frank", ssn="555-00-4444", email="frank@example.com", diagnosis="gout",
+                       birth_date=datetime.date(2002, 3, 4))
+print("delete by ssn", Patient.objects.filter(ssn="555-00-4444").delete())
+print("delete in", Patient.objects.filter(ssn__in=["555-00-3333", "987-65-4321"]).delete())
+carol = Patient.objects.get(email="CAROL@example.com")
+print("delete instance", carol.delete(), list(Patient.objects.order_by("name").values_list("name", flat=True)))
