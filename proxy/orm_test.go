@@ -243,32 +243,72 @@ func TestORMSQLAlchemy(t *testing.T) {
 	})
 }
 
-// TestORMJDBC: pgjdbc's DatabaseMetaData shows patients with the declared
-// types and no index column or index; PreparedStatements insert with
-// setString and setObject(LocalDate), search by ssn (also after pgjdbc
-// has server-prepared the statement and reads binary results), read in
-// batches with a fetch size and update; values read back with getString
-// and getObject(LocalDate).
+// TestORMJDBC: pgjdbc 42.5 with prepareThreshold 0 (never
+// server-prepared), 1 and 5 (the default). As a tenant, DatabaseMetaData
+// shows patients with the declared types and no index column or index;
+// PreparedStatements insert with setString and setObject(LocalDate),
+// search by ssn (also after pgjdbc has server-prepared the statement and
+// reads binary results), read in batches with a fetch size, update and
+// delete; values read back with getString and getObject(LocalDate). As
+// the token role, a pool of 2 connections serves 2 tenants from 4
+// threads, a token per transaction (SET LOCAL, set_config with the token
+// bound), checked by checkPoolRun.
 func TestORMJDBC(t *testing.T) {
 	const jar = "/usr/share/java/postgresql.jar"
 	needCommand(t, "libpostgresql-jdbc-java", "test", "-r", jar)
-	version := needCommand(t, "default-jdk-headless (java runs the test as a single source file)", "javac", "-version")
+	version := needCommand(t, "default-jdk-headless (javac compiles testdata/orm/OrmJdbc.java)", "javac", "-version")
 	t.Logf("%s, pgjdbc %s", version, jar)
-	env := ormEnv(t)
-	url := fmt.Sprintf("jdbc:postgresql://%s/%s?user=%s&password=%s&sslmode=disable", env.proxy.addr, env.db, acmeRole, rolePassword)
-	got := runORM(t, env, url, exec.Command("java", "-cp", jar, "OrmJdbc.java"), "PGCLOAK_SSN="+ormSSN)
-	wantLines(t, got, []string{
-		"columns id:serial:4:1 tenant_id:text:12:2 name:text:12:3 ssn:text:12:4 email:text:12:5 diagnosis:text:12:6 birth_date:date:91:7",
-		"indexes patients_pkey:id patients_name_idx:name",
-		"primary key id",
-		"search run 1 alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02 types text,date",
-		"search run 6 alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02 types text,date",
-		"email or ssn carol,dave",
-		"fetch size 1 alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02, carol|555-00-1111|carol@example.com|asthma|1990-03-04",
-		"updated rows 1",
-		"updated alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03 Date",
-	})
-	checkStored(t, env, 5, append(ormPlaintexts, "555-00-2222", "dave@example.com", "1970-05-06")...)
+	// Compiled once: java's single-source mode compiles on every run.
+	classes := t.TempDir()
+	src, _ := filepath.Abs(filepath.Join("testdata", "orm", "OrmJdbc.java"))
+	out, err := exec.Command("javac", "-cp", jar, "-d", classes, src).CombinedOutput()
+	fatalIf(t, err, "javac OrmJdbc.java: %s", out)
+	java := func() *exec.Cmd { return exec.Command("java", "-cp", jar+":"+classes, "OrmJdbc") }
+	jdbcURL := func(env *encryptedEnv, role string, threshold int) string {
+		return fmt.Sprintf("jdbc:postgresql://%s/%s?user=%s&password=%s&sslmode=disable&prepareThreshold=%d", env.proxy.addr, env.db, role, rolePassword, threshold)
+	}
+	for _, threshold := range []int{0, 1, 5} {
+		t.Run(fmt.Sprintf("prepareThreshold=%d", threshold), func(t *testing.T) {
+			t.Run("tenant", func(t *testing.T) {
+				env := ormEnv(t)
+				got := runORM(t, env, jdbcURL(env, acmeRole, threshold), java(),
+					"PGCLOAK_MODE=tenant", "PGCLOAK_SSN="+ormSSN)
+				// pgjdbc uses a named server-prepared statement from run
+				// prepareThreshold on, never with 0.
+				prepared := func(run int) bool { return threshold > 0 && run >= threshold }
+				wantLines(t, got, []string{
+					"columns id:serial:4:1 tenant_id:text:12:2 name:text:12:3 ssn:text:12:4 email:text:12:5 diagnosis:text:12:6 birth_date:date:91:7",
+					"indexes patients_pkey:id patients_name_idx:name",
+					"primary key id",
+					fmt.Sprintf("search run 1 alice|%s|Alice@Example.com|influenza|1980-01-02 types text,date server prepared %t", ormSSN, prepared(1)),
+					fmt.Sprintf("search run 6 alice|%s|Alice@Example.com|influenza|1980-01-02 types text,date server prepared %t", ormSSN, prepared(6)),
+					"email or ssn carol,dave",
+					"fetch size 1 alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02, carol|555-00-1111|carol@example.com|asthma|1990-03-04",
+					"updated rows 1",
+					"updated alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03 Date",
+					"deleted rows 1",
+					"deleted bob rows 0",
+					"left alice,carol",
+				})
+				checkStored(t, env, 4, append(ormPlaintexts, "555-00-2222", "dave@example.com", "1970-05-06")...)
+			})
+			t.Run("token pool", func(t *testing.T) {
+				env := startTokenEnv(t)
+				seeds := seedPool(t, env)
+				var toks []string
+				for _, tenant := range poolTenants(2) {
+					toks = append(toks, tenant+":"+mintToken(t, tenant, time.Hour))
+				}
+				cmd := java()
+				cmd.Env = append(os.Environ(), "PGCLOAK_URL="+jdbcURL(env, poolRole, threshold), "PGCLOAK_MODE=pool",
+					"PGCLOAK_TOKENS="+strings.Join(toks, " "), "PGCLOAK_POOL_MAX=2", "PGCLOAK_ROUNDS=10")
+				start := time.Now()
+				txs := runPoolFixture(t, cmd)
+				t.Logf("OrmJdbc (pool): %s", time.Since(start).Round(time.Millisecond))
+				checkPoolRun(t, env, append(seeds, txs...), 2)
+			})
+		})
+	}
 }
 
 // TestORMDjango: Django 3.2's inspectdb writes patients with TextField and
