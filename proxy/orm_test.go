@@ -147,11 +147,18 @@ func checkStored(t *testing.T, env *encryptedEnv, rows int, plaintexts ...string
 var ormPlaintexts = []string{ormSSN, "555-00-1111", "Alice@Example.com", "alice@example.com", "influenza", "asthma", "1980-01-02", "1990-03-04", "1981-02-03", "gout", "flu"}
 
 // TestORMActiveRecord: ActiveRecord 6.1 (ruby-pg) with prepared
-// statements on and off: the model's columns have the declared types and
-// no index column; create with strings and a Date; where(ssn:) finds
-// acme's row and not globex's; values read back are UTF-8 Strings and
-// Dates; find_each; update and update_all; indexes, check_constraints
-// and the schema dump (rails db:schema:dump) show the declared schema.
+// statements on and off. As a tenant: the model's columns have the
+// declared types and no index column; create with strings and a Date;
+// where(ssn:) finds acme's row and not globex's; values read back are
+// UTF-8 Strings and Dates; find_each; update and update_all; destroy and
+// delete_all by an encrypted ssn; indexes, check_constraints and the
+// schema dump (rails db:schema:dump) show the declared schema. As the
+// token role, with prepared statements: ActiveRecord's pool of 2
+// connections serves 2 tenants from 4 threads, Patient.transaction with a
+// token each (SET LOCAL through connection.execute, set_config with the
+// token as a bind), checked by checkPoolRun; without prepared statements
+// the token pool hits a known limit (literals in the extended protocol,
+// 0A000), which the test expects until it is lifted.
 func TestORMActiveRecord(t *testing.T) {
 	version := needCommand(t, "ruby-activerecord ruby-pg", "ruby", "-e", `require "active_record"; require "pg"; puts ActiveRecord::VERSION::STRING`)
 	t.Logf("ActiveRecord %s", version)
@@ -159,7 +166,7 @@ func TestORMActiveRecord(t *testing.T) {
 		t.Run("prepared_statements="+prepared, func(t *testing.T) {
 			env := ormEnv(t)
 			got := runORM(t, env, env.proxy.url(acmeRole, rolePassword, env.db), exec.Command("ruby", "activerecord.rb"),
-				"PGCLOAK_PREPARED="+prepared, "PGCLOAK_SSN="+ormSSN)
+				"PGCLOAK_MODE=tenant", "PGCLOAK_PREPARED="+prepared, "PGCLOAK_SSN="+ormSSN)
 			wantLines(t, got, []string{
 				"prepared " + prepared,
 				"columns id:integer:integer tenant_id:text:text name:text:text ssn:text:text email:text:text diagnosis:text:text birth_date:date:date",
@@ -176,6 +183,10 @@ func TestORMActiveRecord(t *testing.T) {
 				"find_each alice:1980-01-02,carol:1990-03-04",
 				"updated alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03",
 				"update_all gout",
+				"destroy dave destroyed true find_by nil",
+				"delete_all 1",
+				"delete_all bob 0",
+				`left ["alice"]`,
 				`indexes ["patients_name_idx:name"]`,
 				`check constraints ["patients_name_check"]`,
 				`  create_table "patients", id: :serial, force: :cascade do |t|`,
@@ -189,7 +200,43 @@ func TestORMActiveRecord(t *testing.T) {
 				`    t.check_constraint "name <> ''::text", name: "patients_name_check"`,
 				`  end`,
 			})
-			checkStored(t, env, 4, ormPlaintexts...)
+			checkStored(t, env, 3, append(ormPlaintexts, "555-00-2222", "dave@example.com", "1970-05-06")...)
+		})
+		t.Run("token pool prepared_statements="+prepared, func(t *testing.T) {
+			env := startTokenEnv(t)
+			seeds := seedPool(t, env)
+			var toks []string
+			for _, tenant := range poolTenants(2) {
+				toks = append(toks, tenant+":"+mintToken(t, tenant, time.Hour))
+			}
+			cmd := exec.Command("ruby", "activerecord.rb")
+			cmd.Dir, _ = filepath.Abs(filepath.Join("testdata", "orm"))
+			cmd.Env = append(os.Environ(), "PGCLOAK_URL="+env.proxy.url(poolRole, rolePassword, env.db), "PGCLOAK_MODE=pool",
+				"PGCLOAK_PREPARED="+prepared, "PGCLOAK_TOKENS="+strings.Join(toks, " "), "PGCLOAK_POOL_MAX=2", "PGCLOAK_ROUNDS=10")
+			if prepared == "false" {
+				// Known limit: without prepared statements ActiveRecord
+				// 6.1 sends every statement with its values as literals
+				// through PQexecParams (the extended protocol), and a
+				// token session refuses a literal for an encrypted column
+				// there (0A000), even in an unnamed statement parsed and
+				// executed at once inside the token's transaction. When
+				// this starts passing, check it with checkPoolRun.
+				var stderr bytes.Buffer
+				cmd.Stderr = &stderr
+				out, err := cmd.Output()
+				if err == nil {
+					t.Fatalf("the token pool with prepared_statements false passes now: check it with checkPoolRun instead of this known limit\n%s", out)
+				}
+				if !strings.Contains(stderr.String(), "PG::FeatureNotSupported") || !strings.Contains(stderr.String(), "send values for encrypted columns as parameters, not literals") {
+					t.Fatalf("the token pool with prepared_statements false: %v, want the known 0A000 refusal of literals\n%s", err, stderr.Bytes())
+				}
+				t.Logf("known limit: ActiveRecord without prepared statements sends literals in the extended protocol, which a token session refuses (0A000)")
+				return
+			}
+			start := time.Now()
+			txs := runPoolFixture(t, cmd)
+			t.Logf("activerecord.rb (pool): %s", time.Since(start).Round(time.Millisecond))
+			checkPoolRun(t, env, append(seeds, txs...), 2)
 		})
 	}
 }
