@@ -196,6 +196,10 @@ func (s *session) handleBind(m *pgproto3.Bind) error {
 		if ps != nil && ps.token != nil {
 			return s.bindToken(m, ps)
 		}
+		if t, sealed := s.sealedFor[m.PreparedStatement]; sealed && t != s.tenant {
+			return s.refuseExtended(&clientError{code: pgerrcode.FeatureNotSupported,
+				msg: "this statement's values for encrypted columns were sealed under another tenant when it was prepared; prepare it again after the token, or send the values as parameters"})
+		}
 	}
 	out := m
 	if ps != nil {

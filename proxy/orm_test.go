@@ -213,26 +213,6 @@ func TestORMActiveRecord(t *testing.T) {
 			cmd.Dir, _ = filepath.Abs(filepath.Join("testdata", "orm"))
 			cmd.Env = append(os.Environ(), "PGCLOAK_URL="+env.proxy.url(poolRole, rolePassword, env.db), "PGCLOAK_MODE=pool",
 				"PGCLOAK_PREPARED="+prepared, "PGCLOAK_TOKENS="+strings.Join(toks, " "), "PGCLOAK_POOL_MAX=2", "PGCLOAK_ROUNDS=10")
-			if prepared == "false" {
-				// Known limit: without prepared statements ActiveRecord
-				// 6.1 sends every statement with its values as literals
-				// through PQexecParams (the extended protocol), and a
-				// token session refuses a literal for an encrypted column
-				// there (0A000), even in an unnamed statement parsed and
-				// executed at once inside the token's transaction. When
-				// this starts passing, check it with checkPoolRun.
-				var stderr bytes.Buffer
-				cmd.Stderr = &stderr
-				out, err := cmd.Output()
-				if err == nil {
-					t.Fatalf("the token pool with prepared_statements false passes now: check it with checkPoolRun instead of this known limit\n%s", out)
-				}
-				if !strings.Contains(stderr.String(), "PG::FeatureNotSupported") || !strings.Contains(stderr.String(), "send values for encrypted columns as parameters, not literals") {
-					t.Fatalf("the token pool with prepared_statements false: %v, want the known 0A000 refusal of literals\n%s", err, stderr.Bytes())
-				}
-				t.Logf("known limit: ActiveRecord without prepared statements sends literals in the extended protocol, which a token session refuses (0A000)")
-				return
-			}
 			start := time.Now()
 			txs := runPoolFixture(t, cmd)
 			t.Logf("activerecord.rb (pool): %s", time.Since(start).Round(time.Millisecond))

@@ -193,6 +193,7 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 		m = &pgproto3.Parse{Name: m.Name, Query: text, ParameterOIDs: m.ParameterOIDs}
 	}
 	if !s.needsAnalysis(m.Query) {
+		delete(s.sealedFor, m.Name)
 		return s.parsePlain(m, m.Query)
 	}
 	plan, err := s.decl.schema.Cached(s.decl.plans, m.Query)
@@ -204,6 +205,7 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 	}
 	s.shapes.named(plan.Prepared)
 	if plan.Passthrough {
+		delete(s.sealedFor, m.Name)
 		return s.parsePlain(m, m.Query)
 	}
 	if plan.Copy != nil {
@@ -213,11 +215,20 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 		return s.refuseExtended(&clientError{code: pgerrcode.FeatureNotSupported, msg: "SET ROLE and SET SESSION AUTHORIZATION are not supported through the extended query protocol"})
 	}
 	text := strings.Join(plan.Segments, "")
-	if len(plan.Slots) > 0 && s.tokens {
+	if s.tokens {
 		// Literals are sealed once, at Parse, under the tenant of that
-		// moment; a token may switch the tenant before a Bind.
-		return s.refuseExtended(&clientError{code: pgerrcode.FeatureNotSupported,
-			msg: "in a session whose tenant comes from tokens, send values for encrypted columns as parameters, not literals, in the extended query protocol"})
+		// moment; a token may switch the tenant before a Bind, which
+		// handleBind then refuses. (ActiveRecord without prepared
+		// statements sends its literals so: Parse, Bind and Execute of
+		// the unnamed statement, in the token's transaction.)
+		if len(plan.Slots) > 0 {
+			if s.sealedFor == nil {
+				s.sealedFor = make(map[string]string)
+			}
+			s.sealedFor[m.Name] = s.tenant
+		} else {
+			delete(s.sealedFor, m.Name)
+		}
 	}
 	if len(plan.Slots) > 0 {
 		// Literals for declared columns are sealed now, once: every

@@ -103,6 +103,10 @@ type session struct {
 	// was last known, and not described since (client goroutine): an
 	// Execute of one is preceded by a Describe of the proxy's own.
 	unshaped map[string]bool
+	// sealedFor is, in a token session, the tenant under which a
+	// statement's literals for encrypted columns were sealed at Parse: a
+	// Bind under another tenant is refused (see handleParse).
+	sealedFor map[string]string
 
 	// raised are the refusals raised upstream, awaiting their errors
 	// (errors.go).

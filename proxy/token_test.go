@@ -200,23 +200,58 @@ func TestTenantTokenRefusedForFixedRoles(t *testing.T) {
 }
 
 // TestTenantTokenExtendedLiterals: in the extended protocol, a token
-// session's literal for an encrypted column is refused (it would be sealed
-// at Parse under one tenant and bound under another); parameters work.
+// session's literal for an encrypted column is sealed at Parse under the
+// tenant of that moment, so a statement prepared and bound under one
+// token works (ActiveRecord without prepared statements sends its values
+// so), and a Bind under another tenant than the Parse's is refused
+// (0A000), before anything reaches PostgreSQL; parameters work throughout.
 func TestTenantTokenExtendedLiterals(t *testing.T) {
 	env := startTokenEnv(t)
 	ctx := ctxT(t)
 	conn := connect(t, env.proxy.url(poolRole, rolePassword, env.db))
-	_, err := conn.Exec(ctx, `SET pgcloak.tenant_token = '`+mintToken(t, "acme", time.Hour)+`'`)
-	fatalIf(t, err, "SET token")
-	_, err = conn.Exec(ctx, `insert into patients (name, ssn) values ('Ann', $1)`, "123-45-6789")
-	fatalIf(t, err, "insert with a parameter")
-	rows, _ := conn.Query(ctx, `select name from patients where ssn = '123-45-6789'`)
-	rows.Close()
-	if pgCode(rows.Err()) != "0A000" {
-		t.Fatalf("literal in the extended protocol: %v, want 0A000", rows.Err())
+	setToken := func(tenant string) {
+		t.Helper()
+		_, err := conn.Exec(ctx, `SET pgcloak.tenant_token = '`+mintToken(t, tenant, time.Hour)+`'`)
+		fatalIf(t, err, "SET token %s", tenant)
 	}
-	if got := names(t, conn, `select name, ssn from patients where ssn = $1`, "123-45-6789"); len(got) != 1 || got[0] != "Ann:123-45-6789" {
-		t.Fatalf("search with a parameter: %v", got)
+	setToken("acme")
+	_, err := conn.Exec(ctx, `insert into patients (name, ssn) values ('Ann', $1)`, "123-45-6789")
+	fatalIf(t, err, "insert with a parameter")
+	// Unnamed statements with literals, parsed and bound under acme.
+	_, err = conn.Exec(ctx, `insert into patients (name, ssn) values ('Bob', '555-00-1111')`, pgx.QueryExecModeExec)
+	fatalIf(t, err, "insert with a literal (extended protocol)")
+	if got := names(t, conn, `select name, ssn from patients where ssn = '555-00-1111'`, pgx.QueryExecModeExec); len(got) != 1 || got[0] != "Bob:555-00-1111" {
+		t.Fatalf("search with a literal (extended protocol): %v", got)
+	}
+
+	// A named statement with a literal, prepared under acme, bound under
+	// globex: refused, and nothing is written.
+	pc := conn.PgConn()
+	_, err = pc.Prepare(ctx, "lit", `insert into patients (name, ssn) values ('Eve', '999-99-9999')`, nil)
+	fatalIf(t, err, "prepare with a literal under acme")
+	setToken("globex")
+	res := pc.ExecPrepared(ctx, "lit", nil, nil, nil).Read()
+	if pgCode(res.Err) != "0A000" {
+		t.Fatalf("a statement sealed under acme bound under globex: %v, want 0A000", res.Err)
+	}
+	var n int
+	fatalIf(t, env.pool.QueryRow(ctx, `select count(*) from patients where name = 'Eve'`).Scan(&n), "count")
+	mustEqual(t, "rows written by the refused Bind", n, 0)
+	// Prepared again under globex, it writes globex's row under globex's key.
+	_, err = pc.Exec(ctx, `DEALLOCATE lit`).ReadAll()
+	fatalIf(t, err, "deallocate")
+	_, err = pc.Prepare(ctx, "lit", `insert into patients (name, ssn) values ('Eve', '999-99-9999')`, nil)
+	fatalIf(t, err, "prepare again under globex")
+	fatalIf(t, pc.ExecPrepared(ctx, "lit", nil, nil, nil).Read().Err, "bind under globex")
+	if got := names(t, conn, `select name, ssn from patients where ssn = $1`, "999-99-9999"); len(got) != 1 || got[0] != "Eve:999-99-9999" {
+		t.Fatalf("globex's row: %v", got)
+	}
+	var tenant string
+	fatalIf(t, env.pool.QueryRow(ctx, `select tenant_id from patients where name = 'Eve'`).Scan(&tenant), "stamp")
+	mustEqual(t, "Eve's tenant", tenant, "globex")
+	setToken("acme")
+	if got := names(t, conn, `select name, ssn from patients where ssn = $1`, "999-99-9999"); len(got) != 0 {
+		t.Fatalf("acme sees globex's row: %v", got)
 	}
 }
 
