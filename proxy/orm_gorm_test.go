@@ -419,7 +419,7 @@ func TestORMGORMTokenPool(t *testing.T) {
 			}
 			var jobs []job
 			for i := range perTenant {
-				for k, tenant := range poolTenants(2) {
+				for k, tenant := range poolTenants(3) {
 					jobs = append(jobs, job{forms[(i+k)%len(forms)], tenant, mintToken(t, tenant, time.Hour), fmt.Sprintf("g%d", i)})
 				}
 				if i%4 == 3 {

@@ -50,7 +50,7 @@ func runPyPool(t *testing.T, maxConns, perTenant int, args ...string) {
 	cmd := exec.Command(python3, args...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "PGCLOAK_URL="+env.proxy.url(poolRole, rolePassword, env.db),
-		"PGCLOAK_TOKENS="+fixtureTokens(t, poolTenants(2), perTenant))
+		"PGCLOAK_TOKENS="+fixtureTokens(t, poolTenants(3), perTenant))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	start := time.Now()

@@ -206,7 +206,7 @@ func TestORMActiveRecord(t *testing.T) {
 			env := startTokenEnv(t)
 			seeds := seedPool(t, env)
 			var toks []string
-			for _, tenant := range poolTenants(2) {
+			for _, tenant := range poolTenants(3) {
 				toks = append(toks, tenant+":"+mintToken(t, tenant, time.Hour))
 			}
 			cmd := exec.Command("ruby", "activerecord.rb")
@@ -323,7 +323,7 @@ func TestORMJDBC(t *testing.T) {
 				env := startTokenEnv(t)
 				seeds := seedPool(t, env)
 				var toks []string
-				for _, tenant := range poolTenants(2) {
+				for _, tenant := range poolTenants(3) {
 					toks = append(toks, tenant+":"+mintToken(t, tenant, time.Hour))
 				}
 				cmd := java()
