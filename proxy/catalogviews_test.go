@@ -150,6 +150,18 @@ func TestCatalogViews(t *testing.T) {
 				t.Errorf("psql \\d patients: %q shows:\n%s", not, d)
 			}
 		}
+		// \di lists index relations from pg_class.
+		out, err = exec.Command(psql, "-X", "-c", `\di`, env.proxy.url(acmeRole, rolePassword, env.db)).CombinedOutput()
+		if err != nil {
+			t.Fatalf("psql \\di through pgcloak: %v\n%s", err, out)
+		}
+		if di := string(out); !strings.Contains(di, "patients_name_idx") || strings.Contains(di, "bidx") {
+			t.Errorf("psql \\di as a tenant: want patients_name_idx and no blind-index index:\n%s", di)
+		}
+		out, err = exec.Command(psql, "-X", "-c", `\di`, env.proxy.url(migratorRole, rolePassword, env.db)).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "patients_ssn_bidx_idx") {
+			t.Errorf("psql \\di unscoped: want the real indexes: %v\n%s", err, out)
+		}
 	})
 }
 

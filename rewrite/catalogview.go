@@ -30,7 +30,8 @@ import (
 //   - pg_catalog.pg_index has no index that covers an index column;
 //   - pg_catalog.pg_constraint has no format CHECK of pgcloak's on a
 //     declared table;
-//   - pg_catalog.pg_indexes has no index that covers an index column;
+//   - pg_catalog.pg_indexes has no index that covers an index column,
+//     nor pg_catalog.pg_class a row for one (psql's \di);
 //   - information_schema.table_constraints, check_constraints and
 //     constraint_column_usage have no format CHECK of pgcloak's, and
 //     constraint_column_usage, key_column_usage and column_privileges no
@@ -161,6 +162,7 @@ func NewCatalogViews(enc config.Encrypt, cols CatalogColumns) (*CatalogViews, er
 	// no format CHECK of pgcloak's on a declared table.
 	index := "SELECT i.* FROM pg_catalog.pg_index i"
 	indexes := "SELECT x.* FROM pg_catalog.pg_indexes x"
+	class := "SELECT r.* FROM pg_catalog.pg_class r"
 	if len(hidden) > 0 {
 		// coversIndexColumn is true of an index (its OID) whose key has an
 		// index column.
@@ -170,6 +172,8 @@ func NewCatalogViews(enc config.Encrypt, cols CatalogColumns) (*CatalogViews, er
 				" WHERE hi.indexrelid = " + index + " AND ha.attnum = ANY (hi.indkey::pg_catalog.int2[]))"
 		}
 		index += " WHERE NOT " + coversIndexColumn("i.indexrelid")
+		// pg_class: the index relations themselves (psql's \di lists them).
+		class += " WHERE r.relkind NOT IN ('i', 'I') OR NOT " + coversIndexColumn("r.oid")
 		indexes += " WHERE NOT " + coversIndexColumn("pg_catalog.to_regclass(pg_catalog.quote_ident(x.schemaname::text) || '.' || pg_catalog.quote_ident(x.indexname::text))::pg_catalog.oid")
 	}
 	const formatName = "LIKE '%\\_pgcloak\\_format'"
@@ -205,6 +209,7 @@ func NewCatalogViews(enc config.Encrypt, cols CatalogColumns) (*CatalogViews, er
 		"information_schema.columns":                 columns,
 		"pg_catalog.pg_index":                        index,
 		"pg_catalog.pg_indexes":                      indexes,
+		"pg_catalog.pg_class":                        class,
 		"pg_catalog.pg_constraint":                   constraint,
 		"information_schema.table_constraints":       tableConstraints,
 		"information_schema.check_constraints":       checkConstraints,
@@ -224,7 +229,7 @@ func NewCatalogViews(enc config.Encrypt, cols CatalogColumns) (*CatalogViews, er
 // catalogWords are what a text that names one of the replaced relations
 // contains, in any case (identifiers fold; a quoted name is spelled
 // exactly so).
-var catalogWords = []string{"pg_attribute", "pg_index", "pg_constraint", "information_schema"}
+var catalogWords = []string{"pg_attribute", "pg_index", "pg_class", "pg_constraint", "information_schema"}
 
 // MentionsCatalog reports, without parsing, whether sql may name one of
 // the relations CatalogViews replaces.
@@ -301,7 +306,7 @@ func (v *CatalogViews) subFor(rv *pg_query.RangeVar) *pg_query.Node {
 	}
 	schema := rv.Schemaname
 	switch rv.Relname {
-	case "pg_attribute", "pg_index", "pg_indexes", "pg_constraint":
+	case "pg_attribute", "pg_index", "pg_indexes", "pg_class", "pg_constraint":
 		if schema == "" {
 			schema = "pg_catalog"
 		}

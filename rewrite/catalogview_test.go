@@ -39,10 +39,10 @@ func TestCatalogViewsRewrite(t *testing.T) {
 		aliases []string
 	}{
 		{"SELECT attname FROM pg_attribute WHERE attrelid = 1", 1, []string{"pg_attribute"}},
-		{"SELECT a.attname FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid", 1, []string{"a"}},
+		{"SELECT a.attname FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid", 2, []string{"a", "c"}},
 		{"SELECT * FROM information_schema.columns WHERE table_name = $1", 1, []string{"columns"}},
 		{"WITH x AS (SELECT * FROM pg_index) SELECT * FROM x, pg_constraint k WHERE k.conrelid = x.indrelid", 2, []string{"pg_index", "k"}},
-		{"SELECT (SELECT count(*) FROM PG_ATTRIBUTE) FROM pg_class WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_index i)", 2, []string{"pg_attribute", "i"}},
+		{"SELECT (SELECT count(*) FROM PG_ATTRIBUTE) FROM pg_class WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_index i)", 3, []string{"pg_attribute", "i", "pg_class"}},
 		{"SELECT * FROM myschema.pg_attribute", 0, nil},
 		{"WITH pg_index AS (SELECT 1) SELECT * FROM pg_index", 0, nil},
 		{"WITH pg_index AS (SELECT 1) SELECT * FROM pg_index, pg_catalog.pg_index j", 1, []string{"j"}},
@@ -53,7 +53,7 @@ func TestCatalogViewsRewrite(t *testing.T) {
 		{"SELECT * FROM table_constraints", 0, nil},
 		{"SELECT * FROM columns", 0, nil},
 		{"SELECT 'pg_attribute', pg_index_column_has_property(1, 1, 'asc')", 0, nil},
-		{"SELECT * FROM pg_class", 0, nil},
+		{"SELECT * FROM pg_type", 0, nil},
 		{"SELECT FROM", 0, nil}, // does not parse: left to PostgreSQL
 	} {
 		out, changed, err := v.Rewrite(c.sql)
