@@ -110,6 +110,11 @@ var demoSchema = []string{
 	`grant select, insert, update, delete on public.patients to acme_app, globex_app, ` + demoPoolRole,
 	`grant usage on sequence public.patients_id_seq to acme_app, globex_app, ` + demoPoolRole,
 	`grant select on public.patients to ` + demoDBARole,
+	// What pgcloak reencrypt and encrypt-existing need of upstream.user.
+	`grant select, update on public.patients to ` + demoProxyRole,
+	// Tenant roles create no objects whose SQL pgcloak never reads
+	// (PostgreSQL 15 already keeps CREATE on schema public from PUBLIC).
+	`revoke temp on database ` + demoDatabase + ` from public`,
 	`grant connect on database ` + demoDatabase + ` to acme_app, globex_app, ` + demoDBARole + `, ` + demoProxyRole + `, ` + demoPoolRole,
 	// The proxy creates its key store (schema pgcloak) on first start.
 	`grant create on database ` + demoDatabase + ` to ` + demoProxyRole,

@@ -273,7 +273,24 @@ func TestDemo(t *testing.T) {
 	wantPoolRows(t.Context(), t, d.out)
 	wantRecommendedSchema(t, d.out)
 	wantEveryRoleConnects(t.Context(), t, d.out)
+	wantCheckPasses(t.Context(), t, d.out)
 	d.stop(t)
+}
+
+// wantCheckPasses runs pgcloak check on the demo's printed configuration:
+// the schema the demo prepared is what check wants, without a FAIL or a
+// WARN.
+func wantCheckPasses(ctx context.Context, t *testing.T, out string) {
+	t.Helper()
+	m := regexp.MustCompile(`go run \./cmd/pgcloak schema -c (\S+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatal("stdout: no configuration path")
+	}
+	var stdout, stderr syncBuffer
+	code := run(ctx, []string{"check", "-c", m[1]}, &stdout, &stderr)
+	if code != 0 || strings.Contains(stdout.String(), "WARN") || strings.Contains(stdout.String(), "FAIL") {
+		t.Errorf("pgcloak check -c %s on the demo: exit %d\n%s%s", m[1], code, stdout.String(), stderr.String())
+	}
 }
 
 // wantRecommendedSchema wants the demo's schema section to show what the
