@@ -129,11 +129,24 @@ func tokenQuery(sql string) ([]queryPiece, error) {
 // naming the setting is parsed.
 var plainTokenSet = regexp.MustCompile(`(?i)^\s*SET\s+(?:(LOCAL|SESSION)\s+)?pgcloak\.tenant_token(?:\s*=|\s+TO)\s*'([A-Za-z0-9_.-]*)'\s*$`)
 
+// plainTokenSetConfig is the set_config form ORMs and drivers with bound
+// parameters send, SELECT [pg_catalog.]set_config('pgcloak.tenant_token',
+// $n or '<token>', true|false), with nothing else; like plainTokenSet,
+// only that form skips the parser.
+var plainTokenSetConfig = regexp.MustCompile(`(?i)^\s*SELECT\s+(?:pg_catalog\s*\.\s*)?set_config\s*\(\s*'pgcloak\.tenant_token'\s*,\s*(?:\$([1-9][0-9]{0,4})|'([A-Za-z0-9_.-]*)')\s*,\s*(true|false)\s*\)\s*$`)
+
 // parseTokenStatement recognises one statement's text as a token
 // statement; nil for any other.
 func parseTokenStatement(text string) (*tokenStmt, error) {
 	if m := plainTokenSet.FindStringSubmatch(text); m != nil {
 		return &tokenStmt{form: tokenSet, local: strings.EqualFold(m[1], "local"), token: m[2]}, nil
+	}
+	if m := plainTokenSetConfig.FindStringSubmatch(text); m != nil {
+		ts := &tokenStmt{form: tokenSetConfig, local: strings.EqualFold(m[3], "true"), token: m[2]}
+		if m[1] != "" {
+			ts.param, _ = strconv.Atoi(m[1])
+		}
+		return ts, nil
 	}
 	res, err := pg_query.Parse(text)
 	if err != nil || len(res.Stmts) != 1 {

@@ -27,6 +27,16 @@ func TestParseTokenStatementAgrees(t *testing.T) {
 		`RESET pgcloak.tenant_token`,
 		`SET LOCAL pgcloak.tenant_token TO DEFAULT`,
 		`SELECT pg_catalog.set_config('pgcloak.tenant_token', 'abc', true)`,
+		`select set_config('pgcloak.tenant_token', $1, true)`,
+		` SELECT pg_catalog . set_config ( 'PGCLOAK.TENANT_TOKEN' , $12 , FALSE ) `,
+		`SELECT pg_catalog.set_config('pgcloak.tenant_token', 'a.b-c_d', false)`,
+		`SELECT pg_catalog.set_config('pgcloak.tenant_token', $1::text, true)`,
+		`SELECT pg_catalog.set_config('pgcloak.tenant_token', $1, true) AS x`,
+		`SELECT pg_catalog.set_config('pgcloak.tenant_token', $1, 't')`,
+		`SELECT pg_catalog.set_config('pgcloak.tenant_token', 'a''b', true)`,
+		`SELECT pg_catalog.set_config('pgcloak.tenant_token', $1, true), 1`,
+		`SELECT "set_config"('pgcloak.tenant_token', $1, true)`,
+		`SELECT pg_catalog.set_config('pgcloak.tenant_token', $1, true) FROM t`,
 	} {
 		fast, fastErr := parseTokenStatement(text)
 		var want *tokenStmt
@@ -47,8 +57,16 @@ func TestParseTokenStatementAgrees(t *testing.T) {
 		if plainTokenSet.MatchString(text) && (want == nil || want.form != tokenSet) {
 			t.Errorf("%q: the fast path took a text the parser does not read as SET", text)
 		}
+		if plainTokenSetConfig.MatchString(text) && (want == nil || want.form != tokenSetConfig) {
+			t.Errorf("%q: the fast path took a text the parser does not read as set_config", text)
+		}
 	}
 	// The fast path is taken for the usual forms.
+	for _, text := range []string{`SELECT pg_catalog.set_config('pgcloak.tenant_token', $1, true)`, `select set_config('pgcloak.tenant_token', 'a.b.c', false)`} {
+		if !plainTokenSetConfig.MatchString(text) {
+			t.Errorf("%q: not on the fast path", text)
+		}
+	}
 	for _, text := range []string{`SET LOCAL pgcloak.tenant_token = 'a.b.c'`, `set pgcloak.tenant_token to 'a.b.c'`} {
 		if !plainTokenSet.MatchString(text) {
 			t.Errorf("%q: not on the fast path", text)
