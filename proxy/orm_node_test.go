@@ -108,6 +108,18 @@ func runORMNodePool(t *testing.T, dir, script string) {
 	checkPoolRun(t, env, append(seeds, txs...), 2)
 }
 
+// testORMNode runs script in tenant mode, comparing what it prints with
+// want, and in pool mode, as the subtests "tenant" and "pool".
+func testORMNode(t *testing.T, script string, want []string) {
+	dir := ormNodeDir(t)
+	t.Run("tenant", func(t *testing.T) {
+		runORMNodeTenant(t, dir, script, want)
+	})
+	t.Run("pool", func(t *testing.T) {
+		runORMNodePool(t, dir, script)
+	})
+}
+
 // TestORMNodeKnex: Knex 3 on pg. Tenant: the migrator runs a Knex
 // migration (a visits table, through pgcloak); columnInfo shows patients
 // with text and date columns and no index column; insert ... returning,
@@ -117,28 +129,22 @@ func runORMNodePool(t *testing.T, dir, script string) {
 // numbers and dates Dates (pg's date OID 1082 in the row description).
 // Pool: knex.transaction per token.
 func TestORMNodeKnex(t *testing.T) {
-	dir := ormNodeDir(t)
-	t.Run("tenant", func(t *testing.T) {
-		runORMNodeTenant(t, dir, "knex.js", []string{
-			"migrated batch 1 20240101000000_visits.js",
-			"columns birth_date:date diagnosis:text email:text id:integer name:text ssn:text tenant_id:text",
-			`ssn column {"type":"text","maxLength":null,"nullable":true,"defaultValue":null}`,
-			"inserted alice:number:acme:Date,carol:number:acme:Date,dave:number:acme:Date",
-			"where ssn alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02 string Date",
-			"where email alice",
-			"where in alice,carol",
-			"count 2",
-			"first carol|555-00-1111|carol@example.com|asthma|1990-03-04",
-			"join alice|" + ormSSN + "|checkup",
-			"stream alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02, carol|555-00-1111|carol@example.com|asthma|1990-03-04",
-			"updated 1 alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03",
-			"deleted 1",
-			"all alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03, carol|555-00-1111|carol@example.com|asthma|1990-03-04",
-			"raw ssn:25,birth_date:1082 " + ormSSN + " Date 1981-02-03",
-		})
-	})
-	t.Run("pool", func(t *testing.T) {
-		runORMNodePool(t, dir, "knex.js")
+	testORMNode(t, "knex.js", []string{
+		"migrated batch 1 20240101000000_visits.js",
+		"columns birth_date:date diagnosis:text email:text id:integer name:text ssn:text tenant_id:text",
+		`ssn column {"type":"text","maxLength":null,"nullable":true,"defaultValue":null}`,
+		"inserted alice:number:acme:Date,carol:number:acme:Date,dave:number:acme:Date",
+		"where ssn " + ormAlice + " string Date",
+		"where email alice",
+		"where in alice,carol",
+		"count 2",
+		"first " + ormCarol,
+		"join alice|" + ormSSN + "|checkup",
+		"stream " + ormAlice + ", " + ormCarol,
+		"updated 1 " + ormAliceUpdated,
+		"deleted 1",
+		"all " + ormAliceUpdated + ", " + ormCarol,
+		"raw ssn:25,birth_date:1082 " + ormSSN + " Date 1981-02-03",
 	})
 }
 
@@ -154,29 +160,23 @@ func TestORMNodeKnex(t *testing.T) {
 // date); the cursor shows pg's date OID 1082 and a Date. Pool: managed
 // sequelize.transaction per token.
 func TestORMNodeSequelize(t *testing.T) {
-	dir := ormNodeDir(t)
-	t.Run("tenant", func(t *testing.T) {
-		runORMNodeTenant(t, dir, "sequelize.js", []string{
-			"synced",
-			"describe id:INTEGER:not null:pk tenant_id:TEXT:not null name:TEXT:null ssn:TEXT:null email:TEXT:null diagnosis:TEXT:null birth_date:DATE:null",
-			"indexes patients_name_idx:name patients_pkey:id",
-			"created alice:number:acme:string,carol:number:acme:string,dave:number:acme:string",
-			"where ssn alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02 string string",
-			"where email alice",
-			"where in alice,carol",
-			"count 2 number",
-			"findOne carol|555-00-1111|carol@example.com|asthma|1990-03-04",
-			"bind alice,dave",
-			"cursor alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02, carol|555-00-1111|carol@example.com|asthma|1990-03-04 string name:25,ssn:25,email:25,diagnosis:25,birth_date:1082",
-			"updated 1 alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03",
-			"saved carol|555-00-1111|carol@example.com|mild asthma|1990-03-05",
-			"destroyed 1",
-			"all alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03, carol|555-00-1111|carol@example.com|mild asthma|1990-03-05",
-			"raw " + ormSSN + " string 1981-02-03",
-		})
-	})
-	t.Run("pool", func(t *testing.T) {
-		runORMNodePool(t, dir, "sequelize.js")
+	testORMNode(t, "sequelize.js", []string{
+		"synced",
+		"describe id:INTEGER:not null:pk tenant_id:TEXT:not null name:TEXT:null ssn:TEXT:null email:TEXT:null diagnosis:TEXT:null birth_date:DATE:null",
+		"indexes patients_name_idx:name patients_pkey:id",
+		"created alice:number:acme:string,carol:number:acme:string,dave:number:acme:string",
+		"where ssn " + ormAlice + " string string",
+		"where email alice",
+		"where in alice,carol",
+		"count 2 number",
+		"findOne " + ormCarol,
+		"bind alice,dave",
+		"cursor " + ormAlice + ", " + ormCarol + " string name:25,ssn:25,email:25,diagnosis:25,birth_date:1082",
+		"updated 1 " + ormAliceUpdated,
+		"saved carol|555-00-1111|carol@example.com|mild asthma|1990-03-05",
+		"destroyed 1",
+		"all " + ormAliceUpdated + ", carol|555-00-1111|carol@example.com|mild asthma|1990-03-05",
+		"raw " + ormSSN + " string 1981-02-03",
 	})
 }
 
@@ -193,32 +193,26 @@ func TestORMNodeSequelize(t *testing.T) {
 // entities (TypeORM's mapping of date) and Dates in raw results. Pool:
 // dataSource.transaction per token.
 func TestORMNodeTypeORM(t *testing.T) {
-	dir := ormNodeDir(t)
-	t.Run("tenant", func(t *testing.T) {
-		runORMNodeTenant(t, dir, "typeorm.js", []string{
-			"columns id:integer:not null:pk:increment tenant_id:text:not null name:text ssn:text email:text diagnosis:text birth_date:date",
-			"indices patients_name_idx:name",
-			"checks patients_name_check:(name <> ''::text)",
-			"foreign keys 0 uniques 0",
-			"synchronize would run 0 queries",
-			"as the migrator synchronize would touch ssn,ssn_bidx,email_bidx,birth_date",
-			"saved alice:number:acme,carol:number:acme,dave:number:acme",
-			"find ssn alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02 string string",
-			"find email alice",
-			"find in alice,carol",
-			"count 2 number",
-			"findOneBy carol|555-00-1111|carol@example.com|asthma|1990-03-04",
-			"query builder alice,dave",
-			"raw " + ormSSN + " Date 1980-01-02",
-			"stream alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02, carol|555-00-1111|carol@example.com|asthma|1990-03-04 Date",
-			"updated 1",
-			"saved carol|555-00-1111|carol@example.com|mild asthma|1990-03-05",
-			"deleted 1",
-			"all alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03, carol|555-00-1111|carol@example.com|mild asthma|1990-03-05",
-			"query " + ormSSN + " Date 1981-02-03",
-		})
-	})
-	t.Run("pool", func(t *testing.T) {
-		runORMNodePool(t, dir, "typeorm.js")
+	testORMNode(t, "typeorm.js", []string{
+		"columns id:integer:not null:pk:increment tenant_id:text:not null name:text ssn:text email:text diagnosis:text birth_date:date",
+		"indices patients_name_idx:name",
+		"checks patients_name_check:(name <> ''::text)",
+		"foreign keys 0 uniques 0",
+		"synchronize would run 0 queries",
+		"as the migrator synchronize would touch ssn,ssn_bidx,email_bidx,birth_date",
+		"saved alice:number:acme,carol:number:acme,dave:number:acme",
+		"find ssn " + ormAlice + " string string",
+		"find email alice",
+		"find in alice,carol",
+		"count 2 number",
+		"findOneBy " + ormCarol,
+		"query builder alice,dave",
+		"raw " + ormSSN + " Date 1980-01-02",
+		"stream " + ormAlice + ", " + ormCarol + " Date",
+		"updated 1",
+		"saved carol|555-00-1111|carol@example.com|mild asthma|1990-03-05",
+		"deleted 1",
+		"all " + ormAliceUpdated + ", carol|555-00-1111|carol@example.com|mild asthma|1990-03-05",
+		"query " + ormSSN + " Date 1981-02-03",
 	})
 }

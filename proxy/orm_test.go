@@ -26,6 +26,14 @@ import (
 // row with it too.
 const ormSSN = "123-45-6789"
 
+// Rows the tenant fixtures print (name|ssn|email|diagnosis|birth_date):
+// acme's alice and carol as created, and alice after her update.
+const (
+	ormAlice        = "alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02"
+	ormCarol        = "carol|555-00-1111|carol@example.com|asthma|1990-03-04"
+	ormAliceUpdated = "alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03"
+)
+
 // ormEnv starts the encrypted environment with the catalog a real
 // deployment has, and globex's rows.
 func ormEnv(t *testing.T) *encryptedEnv {
@@ -79,6 +87,30 @@ func runORM(t *testing.T, env *encryptedEnv, url string, cmd *exec.Cmd, vars ...
 	}
 	t.Logf("%s printed:\n%s", filepath.Base(cmd.Args[len(cmd.Args)-1]), out)
 	return strings.Split(strings.TrimRight(string(out), "\n"), "\n")
+}
+
+// runORMPool runs cmd (a fixture of testdata/orm, in pool mode) as the
+// token role on a fresh token environment, with PGCLOAK_URL set to url of
+// that environment, one token for each of 3 tenants as "tenant:jwt ..."
+// in PGCLOAK_TOKENS, a pool of 2 connections, 10 rounds and vars added,
+// and checks the transactions it prints with checkPoolRun.
+func runORMPool(t *testing.T, cmd *exec.Cmd, url func(env *encryptedEnv) string, vars ...string) {
+	t.Helper()
+	env := startTokenEnv(t)
+	seeds := seedPool(t, env)
+	var toks []string
+	for _, tenant := range poolTenants(3) {
+		toks = append(toks, tenant+":"+mintToken(t, tenant, time.Hour))
+	}
+	dir, err := filepath.Abs(filepath.Join("testdata", "orm"))
+	fatalIf(t, err, "testdata/orm")
+	cmd.Dir = dir
+	cmd.Env = append(append(os.Environ(), "PGCLOAK_URL="+url(env), "PGCLOAK_MODE=pool",
+		"PGCLOAK_TOKENS="+strings.Join(toks, " "), "PGCLOAK_POOL_MAX=2", "PGCLOAK_ROUNDS=10"), vars...)
+	start := time.Now()
+	txs := runPoolFixture(t, cmd)
+	t.Logf("%s (pool): %s", filepath.Base(cmd.Args[len(cmd.Args)-1]), time.Since(start).Round(time.Millisecond))
+	checkPoolRun(t, env, append(seeds, txs...), 2)
 }
 
 // proxyErrors returns the lines of pgcloak's log that report errors.
@@ -173,7 +205,7 @@ func TestORMActiveRecord(t *testing.T) {
 				"bidx attribute []",
 				"primary key id",
 				"created id Integer tenant acme",
-				"where ssn alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02",
+				"where ssn " + ormAlice,
 				`where email ["alice"]`,
 				`where ssn in ["alice"]`,
 				"find_by carol",
@@ -181,7 +213,7 @@ func TestORMActiveRecord(t *testing.T) {
 				"classes ssn=String/UTF-8 diagnosis=String/UTF-8 birth_date=Date",
 				`raw [["` + ormSSN + `", "1980-01-02"]]`,
 				"find_each alice:1980-01-02,carol:1990-03-04",
-				"updated alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03",
+				"updated " + ormAliceUpdated,
 				"update_all gout",
 				"destroy dave destroyed true find_by nil",
 				"delete_all 1",
@@ -203,20 +235,9 @@ func TestORMActiveRecord(t *testing.T) {
 			checkStored(t, env, 3, append(ormPlaintexts, "555-00-2222", "dave@example.com", "1970-05-06")...)
 		})
 		t.Run("token pool prepared_statements="+prepared, func(t *testing.T) {
-			env := startTokenEnv(t)
-			seeds := seedPool(t, env)
-			var toks []string
-			for _, tenant := range poolTenants(3) {
-				toks = append(toks, tenant+":"+mintToken(t, tenant, time.Hour))
-			}
-			cmd := exec.Command("ruby", "activerecord.rb")
-			cmd.Dir, _ = filepath.Abs(filepath.Join("testdata", "orm"))
-			cmd.Env = append(os.Environ(), "PGCLOAK_URL="+env.proxy.url(poolRole, rolePassword, env.db), "PGCLOAK_MODE=pool",
-				"PGCLOAK_PREPARED="+prepared, "PGCLOAK_TOKENS="+strings.Join(toks, " "), "PGCLOAK_POOL_MAX=2", "PGCLOAK_ROUNDS=10")
-			start := time.Now()
-			txs := runPoolFixture(t, cmd)
-			t.Logf("activerecord.rb (pool): %s", time.Since(start).Round(time.Millisecond))
-			checkPoolRun(t, env, append(seeds, txs...), 2)
+			runORMPool(t, exec.Command("ruby", "activerecord.rb"), func(env *encryptedEnv) string {
+				return env.proxy.url(poolRole, rolePassword, env.db)
+			}, "PGCLOAK_PREPARED="+prepared)
 		})
 	}
 }
@@ -241,14 +262,14 @@ func TestORMSQLAlchemy(t *testing.T) {
 		"columns id:INTEGER() tenant_id:TEXT() name:TEXT() ssn:TEXT() email:TEXT() diagnosis:TEXT() birth_date:DATE()",
 		"primary key ['id']",
 		"inserted int acme",
-		"select alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02, carol|555-00-1111|carol@example.com|asthma|1990-03-04, dave|555-00-2222|dave@example.com|gout|1970-05-06",
-		"where ssn alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02 str date",
+		"select " + ormAlice + ", " + ormCarol + ", dave|555-00-2222|dave@example.com|gout|1970-05-06",
+		"where ssn " + ormAlice + " str date",
 		"where email ['alice']",
 		"where in ['alice', 'dave']",
 		"stream cursor named True",
-		"stream alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02, carol|555-00-1111|carol@example.com|asthma|1990-03-04",
-		"stream search alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02",
-		"updated alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03",
+		"stream " + ormAlice + ", " + ormCarol,
+		"stream search " + ormAlice,
+		"updated " + ormAliceUpdated,
 		"inspector columns id:INTEGER() tenant_id:TEXT() name:TEXT() ssn:TEXT() email:TEXT() diagnosis:TEXT() birth_date:DATE()",
 		"indexes [('patients_name_idx', ('name',))]",
 		"checks ['patients_name_check']",
@@ -307,12 +328,12 @@ func TestORMJDBC(t *testing.T) {
 					"columns id:serial:4:1 tenant_id:text:12:2 name:text:12:3 ssn:text:12:4 email:text:12:5 diagnosis:text:12:6 birth_date:date:91:7",
 					"indexes patients_pkey:id patients_name_idx:name",
 					"primary key id",
-					fmt.Sprintf("search run 1 alice|%s|Alice@Example.com|influenza|1980-01-02 types text,date server prepared %t", ormSSN, prepared(1)),
-					fmt.Sprintf("search run 6 alice|%s|Alice@Example.com|influenza|1980-01-02 types text,date server prepared %t", ormSSN, prepared(6)),
+					fmt.Sprintf("search run 1 %s types text,date server prepared %t", ormAlice, prepared(1)),
+					fmt.Sprintf("search run 6 %s types text,date server prepared %t", ormAlice, prepared(6)),
 					"email or ssn carol,dave",
-					"fetch size 1 alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02, carol|555-00-1111|carol@example.com|asthma|1990-03-04",
+					"fetch size 1 " + ormAlice + ", " + ormCarol,
 					"updated rows 1",
-					"updated alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03 Date",
+					"updated " + ormAliceUpdated + " Date",
 					"deleted rows 1",
 					"deleted bob rows 0",
 					"left alice,carol",
@@ -320,19 +341,9 @@ func TestORMJDBC(t *testing.T) {
 				checkStored(t, env, 4, append(ormPlaintexts, "555-00-2222", "dave@example.com", "1970-05-06")...)
 			})
 			t.Run("token pool", func(t *testing.T) {
-				env := startTokenEnv(t)
-				seeds := seedPool(t, env)
-				var toks []string
-				for _, tenant := range poolTenants(3) {
-					toks = append(toks, tenant+":"+mintToken(t, tenant, time.Hour))
-				}
-				cmd := java()
-				cmd.Env = append(os.Environ(), "PGCLOAK_URL="+jdbcURL(env, poolRole, threshold), "PGCLOAK_MODE=pool",
-					"PGCLOAK_TOKENS="+strings.Join(toks, " "), "PGCLOAK_POOL_MAX=2", "PGCLOAK_ROUNDS=10")
-				start := time.Now()
-				txs := runPoolFixture(t, cmd)
-				t.Logf("OrmJdbc (pool): %s", time.Since(start).Round(time.Millisecond))
-				checkPoolRun(t, env, append(seeds, txs...), 2)
+				runORMPool(t, java(), func(env *encryptedEnv) string {
+					return jdbcURL(env, poolRole, threshold)
+				})
 			})
 		})
 	}
@@ -363,16 +374,16 @@ func TestORMDjango(t *testing.T) {
 		"        managed = False",
 		"        db_table = 'patients'",
 		"created int",
-		"filter ssn alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02 str date",
+		"filter ssn " + ormAlice + " str date",
 		"filter email ['alice']",
 		"filter in ['alice']",
 		"exclude ['carol']",
-		"get carol|555-00-1111|carol@example.com|asthma|1990-03-04",
+		"get " + ormCarol,
 		"count 1 True",
-		"iterator alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02, carol|555-00-1111|carol@example.com|asthma|1990-03-04",
-		"iterator search alice|" + ormSSN + "|Alice@Example.com|influenza|1980-01-02",
+		"iterator " + ormAlice + ", " + ormCarol,
+		"iterator search " + ormAlice,
 		"iterator cursors named 2 True",
-		"saved alice|" + ormSSN + "|Alice@Example.com|flu|1981-02-03",
+		"saved " + ormAliceUpdated,
 		"update 1 gout",
 		"raw [('alice',)]",
 		"delete by ssn (1, {'orm.Patient': 1})",

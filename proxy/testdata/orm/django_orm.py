@@ -15,30 +15,12 @@ it too).
 import datetime
 import io
 import os
-import urllib.parse
 
-import django
-from django.conf import settings
+import py_django_setup  # first: it configures Django
+from django.core.management import call_command
+from django.db import connection, models
 
-url = urllib.parse.urlparse(os.environ["PGCLOAK_URL"])
 ssn = os.environ["PGCLOAK_SSN"]
-settings.configure(
-    DATABASES={"default": {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": url.path.lstrip("/"),
-        "USER": urllib.parse.unquote(url.username),
-        "PASSWORD": urllib.parse.unquote(url.password),
-        "HOST": url.hostname,
-        "PORT": url.port,
-        "OPTIONS": {"sslmode": "disable"},
-    }},
-    INSTALLED_APPS=[],
-    USE_TZ=True,
-)
-django.setup()
-
-from django.core.management import call_command  # noqa: E402
-from django.db import connection, models  # noqa: E402
 
 buf = io.StringIO()
 call_command("inspectdb", "patients", stdout=buf)
@@ -48,17 +30,12 @@ model = buf.getvalue()
 print(model[model.index("class "):].rstrip())
 
 
-class Patient(models.Model):
+class Patient(py_django_setup.UnmanagedPatients):
     name = models.TextField(blank=True, null=True)
     ssn = models.TextField(blank=True, null=True)
     email = models.TextField(blank=True, null=True)
     diagnosis = models.TextField(blank=True, null=True)
     birth_date = models.DateField(blank=True, null=True)
-
-    class Meta:
-        app_label = "orm"
-        managed = False
-        db_table = "patients"
 
 
 def row(p):

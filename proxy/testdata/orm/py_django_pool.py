@@ -11,43 +11,16 @@ itself.
 Environment: PGCLOAK_URL (the token role through pgcloak), PGCLOAK_TOKENS.
 """
 
-import os
-import urllib.parse
-
-import django
-from django.conf import settings
-
+import py_django_setup  # first: it configures Django
 import py_pooljobs
-
-url = urllib.parse.urlparse(os.environ["PGCLOAK_URL"])
-settings.configure(
-    DATABASES={"default": {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": url.path.lstrip("/"),
-        "USER": urllib.parse.unquote(url.username),
-        "PASSWORD": urllib.parse.unquote(url.password),
-        "HOST": url.hostname,
-        "PORT": url.port,
-        "OPTIONS": {"sslmode": "disable"},
-    }},
-    INSTALLED_APPS=[],
-    USE_TZ=True,
-)
-django.setup()
-
-from django.db import DatabaseError, connection, models, transaction  # noqa: E402
-from django.db.models.expressions import RawSQL  # noqa: E402
+from django.db import DatabaseError, connection, models, transaction
+from django.db.models.expressions import RawSQL
 
 
-class Patient(models.Model):
+class Patient(py_django_setup.UnmanagedPatients):
     name = models.TextField(blank=True, null=True)
     ssn = models.TextField(blank=True, null=True)
     diagnosis = models.TextField(blank=True, null=True)
-
-    class Meta:
-        app_label = "orm"
-        managed = False
-        db_table = "patients"
 
 
 def rows(qs):
