@@ -235,7 +235,7 @@ var catalogWords = []string{"pg_attribute", "pg_index", "pg_class", "pg_constrai
 // the relations CatalogViews replaces.
 func MentionsCatalog(sql string) bool {
 	for _, w := range catalogWords {
-		if containsFoldASCII(sql, w) {
+		if containsFold(sql, w) {
 			return true
 		}
 	}
@@ -341,14 +341,3 @@ func (v *CatalogViews) remember(sql, out string) {
 
 // quoteLiteral quotes a string constant (standard_conforming_strings on).
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
-
-// containsFoldASCII reports whether s contains sub (lower-case ASCII) in
-// any ASCII case.
-func containsFoldASCII(s, sub string) bool {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if hasPrefixFold(s[i:], sub) {
-			return true
-		}
-	}
-	return false
-}

@@ -328,12 +328,8 @@ func (a *analyzer) anyAll(e *pg_query.A_Expr, sc *scope, display string) (bool, 
 	r := e.Rexpr
 	for r.GetTypeCast() != nil {
 		// The array's element type meets the column as a value's would.
-		if et := arrayElementValueType(r); et != "" {
-			elem := &pg_query.Node{Node: &pg_query.Node_TypeCast{TypeCast: &pg_query.TypeCast{
-				Arg: r.GetTypeCast().Arg, TypeName: &pg_query.TypeName{Names: []*pg_query.Node{pg_query.MakeStrNode(et)}}, Location: r.GetTypeCast().Location}}}
-			if rf := a.checkValueType(elem, use.ref(), false, lastName(e.Name)); rf != nil {
-				return true, rf
-			}
+		if rf := a.checkType(arrayElementValueType(r), r, use.ref(), false, lastName(e.Name)); rf != nil {
+			return true, rf
 		}
 		r = r.GetTypeCast().Arg
 	}

@@ -88,7 +88,12 @@ var plainNumber = regexp.MustCompile(`^-?[0-9]+(\.[0-9]+)?$`)
 // checkValueType checks value n, written to (assign) or compared (with
 // operator op) with declared column c.
 func (a *analyzer) checkValueType(n *pg_query.Node, c ColumnRef, assign bool, op string) *Refusal {
-	vt := valueType(n)
+	return a.checkType(valueType(n), n, c, assign, op)
+}
+
+// checkType checks a value of type vt ("" for the column's own), at node
+// n, written to or compared with declared column c.
+func (a *analyzer) checkType(vt string, n *pg_query.Node, c ColumnRef, assign bool, op string) *Refusal {
 	ct := c.Column.Type
 	if vt == "" || vt == ct {
 		return nil
@@ -96,11 +101,9 @@ func (a *analyzer) checkValueType(n *pg_query.Node, c ColumnRef, assign bool, op
 	vf, cf := typeFamilies[vt], typeFamilies[ct]
 	loc := exprLocation(n)
 	switch {
-	case vf != "" && vf == cf && (vf == "string" || vf == "number"):
-		return nil
 	case vf != "" && vf == cf:
 		return nil
-	case !assign && vf != "" && isTimeFamily(vf) && isTimeFamily(cf):
+	case !assign && isTimeFamily(vf) && isTimeFamily(cf):
 		// date = timestamp and the like exist, comparing converted values.
 		return a.refuseColumn(kindTypeConvert, c, "comparison with a value of type "+pgTypeName(vt), loc)
 	case !assign:
@@ -114,8 +117,6 @@ func (a *analyzer) checkValueType(n *pg_query.Node, c ColumnRef, assign bool, op
 			}
 		}
 		return a.refuseColumn(kindTypeConvert, c, "a value of type "+pgTypeName(vt), loc)
-	case cf == "number" && vf == "number":
-		return nil
 	case isTimeFamily(vf) && isTimeFamily(cf):
 		return a.refuseColumn(kindTypeConvert, c, "a value of type "+pgTypeName(vt), loc)
 	}
@@ -125,7 +126,7 @@ func (a *analyzer) checkValueType(n *pg_query.Node, c ColumnRef, assign bool, op
 
 // numberFits reports whether a numeric constant, as written, is read as
 // the same value by PostgreSQL and by pgcloak for a column of type typ
-// (checkValueType's rules for a number).
+// (checkType's rules for a number).
 func numberFits(typ, text string) bool {
 	switch typeFamilies[typ] {
 	case "number":
