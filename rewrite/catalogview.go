@@ -228,12 +228,19 @@ func NewCatalogViews(enc config.Encrypt, cols CatalogColumns) (*CatalogViews, er
 
 // catalogWords are what a text that names one of the replaced relations
 // contains, in any case (identifiers fold; a quoted name is spelled
-// exactly so).
-var catalogWords = []string{"pg_attribute", "pg_index", "pg_class", "pg_constraint", "information_schema"}
+// exactly so); all but information_schema start with "pg_".
+var catalogWords = []string{"pg_attribute", "pg_index", "pg_class", "pg_constraint"}
 
 // MentionsCatalog reports, without parsing, whether sql may name one of
-// the relations CatalogViews replaces.
+// the relations CatalogViews replaces. An application's statements
+// usually hold neither "pg_" nor information_schema: two scans.
 func MentionsCatalog(sql string) bool {
+	if containsFold(sql, "information_schema") {
+		return true
+	}
+	if !containsFold(sql, "pg_") {
+		return false
+	}
 	for _, w := range catalogWords {
 		if containsFold(sql, w) {
 			return true
