@@ -21,6 +21,11 @@ type ShapePlan struct {
 	Plan  *Plan
 	Parts []string
 	Refs  []int
+
+	// cast[n] is the type the shape's parameter $n is cast to right after
+	// it (the constant was written 42::text): its type then, which the
+	// shape's analysis already checked against the column.
+	cast map[int]string
 }
 
 // AnalyzeShape analyses a simple-protocol text once per shape, so that
@@ -66,6 +71,10 @@ func (s *Schema) AnalyzeShape(cache *Cache, sql string) (*ShapePlan, []Literal) 
 		if p.Kind == ParamPlain || strings.HasPrefix(lits[p.Param-1].Text, "'") {
 			continue
 		}
+		// A number cast to a string or number type keeps its text.
+		if f := typeFamilies[sp.cast[p.Param]]; f == "string" || f == "number" {
+			continue
+		}
 		// Written (data), a number fits a number or, as its text, a
 		// string column; compared (index), only a number column.
 		typ := p.Column.Column.Type
@@ -91,7 +100,7 @@ func (s *Schema) buildShape(key string) *ShapePlan {
 		return &ShapePlan{Plan: plan}
 	}
 	text := strings.Join(plan.Segments, "")
-	sp := &ShapePlan{Plan: plan}
+	sp := &ShapePlan{Plan: plan, cast: castParams(key)}
 	last := 0
 	ok := scanParams(text, func(start, end, n int) bool {
 		if n < 1 || n > len(plan.Params) {
@@ -107,6 +116,27 @@ func (s *Schema) buildShape(key string) *ShapePlan {
 	}
 	sp.Parts = append(sp.Parts, text[last:])
 	return sp
+}
+
+// castParams returns the type each parameter of text is cast to with ::
+// right after it (the last part of a qualified name, lower-cased).
+func castParams(text string) map[int]string {
+	cast := map[int]string{}
+	scanParams(text, func(_, end, n int) bool {
+		rest := strings.TrimLeft(text[end:], " \t\r\n")
+		if !strings.HasPrefix(rest, "::") {
+			return true
+		}
+		rest = strings.TrimLeft(rest[2:], " \t\r\n")
+		i := 0
+		for i < len(rest) && (isIdentByte(rest[i]) || rest[i] == '.') && rest[i] != '$' {
+			i++
+		}
+		name := asciiLower(rest[:i])
+		cast[n] = name[strings.LastIndexByte(name, '.')+1:]
+		return true
+	})
+	return cast
 }
 
 func (sp *ShapePlan) maxParam() int {

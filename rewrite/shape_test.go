@@ -126,6 +126,10 @@ func TestShapeMatchesExact(t *testing.T) {
 		`delete from patients where ssn <> '5' and age is null`,
 		`select ssn, email, diagnosis from patients where id = 7`,
 		`select name from patients where name = 'x' limit 3`,
+		// A number cast to a string type keeps its text (pgbench's
+		// :n::text in -M simple).
+		`select id from patients where ssn = 123456789::text`,
+		`insert into patients (name, ssn) values ('a', 42::varchar)`,
 	}
 	for _, sql := range stmts {
 		t.Run(sql, func(t *testing.T) {
@@ -165,6 +169,10 @@ func TestShapeFallsBack(t *testing.T) {
 		`select * from patients where ssn < '5'`,
 		`insert into patients (age) values (-5)`,
 		`select date '2020-01-01'`,
+		// A number for a text column, bare or cast to another type, is the
+		// exact path's to judge.
+		`select id from patients where ssn = 123456789`,
+		`select id from patients where ssn = 123456789::int8`,
 		// Tenancy checks read string constants, which a shape has none of.
 		`SELECT my_exec('SET app.tenant_id = ''x''')`,
 		`SELECT my_exec('select set_config(''app.'' || ''tenant_id'', ''x'', false)')`,
