@@ -39,13 +39,20 @@ type keyEvents struct {
 	audit *audit.Logger
 	log   zerolog.Logger
 
-	cancel context.CancelFunc
-	done   chan struct{}
+	cancel    context.CancelFunc
+	done      chan struct{}
+	listening chan struct{} // closed once the first LISTEN and purge are done
+	once      sync.Once
 }
 
 // startKeyEvents starts the listener on its own connection as
-// upstream.user. Its stop function ends it and waits for it; call it before
-// closing the cache.
+// upstream.user and waits, up to the upstream connect timeout, until it
+// listens: the purge after its first LISTEN would otherwise land among the
+// first sessions' seals and drop the encryptions they reserved (a whole
+// version's worth under a small keys.rotate_after_encryptions). If it does
+// not listen in time, serve starts anyway and the listener keeps trying.
+// Its stop function ends it and waits for it; call it before closing the
+// cache.
 func startKeyEvents(u config.Upstream, cache *crypto.KeyCache, auditLog *audit.Logger, log zerolog.Logger) (stop func() error, err error) {
 	timeout := connectTimeout(u)
 	cc, err := upstreamConnConfig(u, timeout, "pgcloak key events")
@@ -58,10 +65,16 @@ func startKeyEvents(u config.Upstream, cache *crypto.KeyCache, auditLog *audit.L
 		cache:  cache,
 		audit:  auditLog,
 		log:    log.With().Str("component", "key_events").Logger(),
-		cancel: cancel,
-		done:   make(chan struct{}),
+		cancel:    cancel,
+		done:      make(chan struct{}),
+		listening: make(chan struct{}),
 	}
 	go ke.run(ctx)
+	select {
+	case <-ke.listening:
+	case <-time.After(timeout):
+		ke.log.Warn().Dur("waited", timeout).Msg("key events: not listening yet; serving anyway, cached keys will be purged once it listens")
+	}
 	var once sync.Once
 	return func() error {
 		once.Do(func() {
@@ -116,6 +129,7 @@ func (ke *keyEvents) listenOnce(ctx context.Context) error {
 		ke.audit.KeyPurgeReceived("reconnect", "", "", n)
 		ke.log.Info().Int("keys", n).Msg("key events: (re)connected; purged every cached key")
 	}
+	ke.once.Do(func() { close(ke.listening) })
 	ke.log.Debug().Msg("key events: listening")
 	return keystore.Listen(ctx, conn, ke.handle)
 }
