@@ -61,10 +61,10 @@ func startKeyEvents(u config.Upstream, cache *crypto.KeyCache, auditLog *audit.L
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ke := &keyEvents{
-		cc:     cc,
-		cache:  cache,
-		audit:  auditLog,
-		log:    log.With().Str("component", "key_events").Logger(),
+		cc:        cc,
+		cache:     cache,
+		audit:     auditLog,
+		log:       log.With().Str("component", "key_events").Logger(),
 		cancel:    cancel,
 		done:      make(chan struct{}),
 		listening: make(chan struct{}),
