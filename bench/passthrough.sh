@@ -19,6 +19,13 @@
 #   RELAY_AB  1: also measure a second pgcloak that keeps every session on
 #             its own goroutines (PGCLOAK_RELAY=goroutines) instead of the
 #             relay loop, and print its ratios [0]
+#   TENANT    1: also measure sessions of a real deployment's configuration
+#             (a login-mapped tenant role, an unscoped role, one declared
+#             table that pgbench does not touch) on a third pgcloak: pgbench
+#             -S as the tenant role ("tenant") and as the unscoped role
+#             ("unscoped"), and pgbouncer as the tenant role
+#             ("bouncer_tenant", same role and auth), and print their ratios
+#             [0]
 #
 # Needs Go, the PostgreSQL server binaries and pgbench, and pgbouncer
 # (apt-get install -y postgresql pgbouncer). Everything it starts is stopped
@@ -36,6 +43,7 @@ MODES=(simple extended prepared)
 TARGETS=(direct pgcloak pgbouncer)
 PIPE=${PIPE:-0}
 RELAY_AB=${RELAY_AB:-0}
+TENANT=${TENANT:-0}
 
 command -v pgbouncer >/dev/null || die "pgbouncer not found; install it with: apt-get install -y pgbouncer"
 
@@ -97,7 +105,11 @@ else
 fi
 STOP_PIDS+=($!)
 
+if [[ $TENANT == 1 ]]; then
+	printf '"%s" "%s"\n' bench_tenant "$BENCH_PASSWORD" >>"$bouncer/userlist.txt"
+fi
 declare -A PORT=([direct]=$PGPORT [pgcloak]=$PGCLOAK_PORT [pgbouncer]=$PGBOUNCER_PORT)
+declare -A USER_OF=()
 if [[ $PIPE == 1 ]]; then
 	echo "--- starting bytepipe (a Go byte pipe, the floor for a Go proxy)"
 	go build -o "$work/bytepipe" ./bench/cmd/bytepipe
@@ -120,6 +132,52 @@ if [[ $RELAY_AB == 1 ]]; then
 	TARGETS+=(goroutines)
 	login_targets+=(goroutines)
 fi
+if [[ $TENANT == 1 ]]; then
+	echo "--- starting pgcloak with a tenant role, an unscoped role and a declared table"
+	go build -o "$work/connlat" ./bench/cmd/connlat
+	TENANT_PORT=$("$work/connlat" -ports 1)
+	psql_direct <<SQL
+set client_min_messages = warning;
+create role bench_tenant login password '$BENCH_PASSWORD';
+create role bench_unscoped login password '$BENCH_PASSWORD';
+grant select on pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history to bench_tenant, bench_unscoped;
+create table bench_secret (id int primary key, tenant_id text not null, secret bytea);
+SQL
+	"$work/pgcloak" keys init-local -o "$work/master.key" >/dev/null
+	cat >"$work/pgcloak-tenant.yaml" <<EOF
+listen:
+  address: 127.0.0.1:$TENANT_PORT
+  shutdown_timeout: 5s
+upstream:
+  address: 127.0.0.1:$PGPORT
+  sslmode: disable
+  user: $BENCH_USER
+  password: \${PGCLOAK_UPSTREAM_PASSWORD}
+  database: $BENCH_DB
+tenancy:
+  login:
+    roles: { bench_tenant: acme }
+  unscoped_roles: [bench_unscoped]
+keys:
+  local:
+    master_key_file: $work/master.key
+encrypt:
+  tables:
+    - name: public.bench_secret
+      columns:
+        - { name: secret, type: text }
+log:
+  level: warn
+EOF
+	# serve refuses declared columns without pgcloak's format CHECKs.
+	{ echo "set client_min_messages = warning;"; PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" schema -c "$work/pgcloak-tenant.yaml"; } | psql_direct >/dev/null
+	PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" serve -c "$work/pgcloak-tenant.yaml" 2>"$work/pgcloak-tenant.log" &
+	STOP_PIDS+=($!)
+	PORT[tenant]=$TENANT_PORT PORT[unscoped]=$TENANT_PORT PORT[bouncer_tenant]=$PGBOUNCER_PORT
+	USER_OF[tenant]=bench_tenant USER_OF[unscoped]=bench_unscoped USER_OF[bouncer_tenant]=bench_tenant
+	TARGETS+=(tenant unscoped bouncer_tenant)
+	wait_login tenant "$TENANT_PORT" bench_tenant "$BENCH_PASSWORD" "$work/pgcloak-tenant.log"
+fi
 for t in "${login_targets[@]}"; do
 	wait_login "$t" "${PORT[$t]}" "$BENCH_USER" "$BENCH_PASSWORD" "${LOG[$t]}"
 done
@@ -132,7 +190,7 @@ for round in $(seq "$ROUNDS"); do
 		for t in "${TARGETS[@]}"; do
 			tps=$(pgbench_tps "$work/run-$round-$mode-$t.log" "against $t ($mode)" \
 				-n -S -M "$mode" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" \
-				-h 127.0.0.1 -p "${PORT[$t]}" -U "$BENCH_USER" "$BENCH_DB")
+				-h 127.0.0.1 -p "${PORT[$t]}" -U "${USER_OF[$t]:-$BENCH_USER}" "$BENCH_DB")
 			printf '  round %d  %-9s %-10s %12.1f tps\n' "$round" "$mode" "$t" "$tps"
 			echo "$mode $t $tps" >>"$results"
 		done
@@ -160,6 +218,22 @@ extra_ratios() {
 }
 if [[ $PIPE == 1 ]]; then extra_ratios pipe bytepipe; fi
 if [[ $RELAY_AB == 1 ]]; then extra_ratios goroutines goroutines; fi
+if [[ $TENANT == 1 ]]; then
+	# Each target of the tenant configuration against pgbouncer as the
+	# tenant role.
+	awk -v modes="${MODES[*]}" '
+		{ sum[$1, $2] += $3; n[$1, $2]++ }
+		END {
+			m = split(modes, ms, " ")
+			for (i = 1; i <= m; i++) {
+				b = sum[ms[i], "bouncer_tenant"] / n[ms[i], "bouncer_tenant"]
+				t = sum[ms[i], "tenant"] / n[ms[i], "tenant"]
+				u = sum[ms[i], "unscoped"] / n[ms[i], "unscoped"]
+				printf "tenant config %-9s pgbouncer as the tenant role %8.0f tps; tenant session %8.0f tps, /pgbouncer %.2f; unscoped session %8.0f tps, /pgbouncer %.2f\n", ms[i], b, t, t / b, u, u / b
+			}
+		}' "$work/results"
+	echo
+fi
 awk -v modes="${MODES[*]}" '
 	{ sum[$1, $2] += $3; n[$1, $2]++ }
 	END {

@@ -177,6 +177,20 @@ func (c *catalog) lookup(ctx context.Context, o columnOrigin) (declaredField, bo
 	return f, ok, nil
 }
 
+// peek says, without asking pg_catalog, whether a result field is a
+// declared column (or a declared column's index column), and whether the
+// catalog knows its table at all (known false: lookup would ask).
+func (c *catalog) peek(o columnOrigin) (declared, known bool) {
+	if o.table == 0 || len(c.tables) == 0 {
+		return false, true
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	isDeclared, seen := c.declared[o.table]
+	_, ok := c.fields[o]
+	return seen && isDeclared && ok, seen
+}
+
 // reset forgets everything learned, so the next lookups read pg_catalog
 // again: after SIGHUP, or DDL that renumbered a declared table's columns.
 func (c *catalog) reset() {

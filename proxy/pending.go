@@ -73,6 +73,13 @@ func (q *pendingQueue) push(p *pending) {
 	q.mu.Unlock()
 }
 
+// empty reports whether no response is awaited.
+func (q *pendingQueue) empty() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.head == len(q.items)
+}
+
 // peek returns the oldest entry, or nil.
 func (q *pendingQueue) peek() *pending {
 	q.mu.Lock()

@@ -87,22 +87,15 @@ type relayed struct {
 	draining         bool   // finish once the pending bytes are written
 	done             chan error
 
+	// tenancy is set for a session under tenancy, whose messages the
+	// loop hands to the session's own handlers (tenantloop_linux.go);
+	// served counts the client messages it handled.
+	tenancy bool
+	served  int
+	loop    *relayLoop
+
 	mu     sync.Mutex
-	closed bool // the loop has closed the descriptors
-}
-
-// feedReader hands pgproto3 the complete messages the loop has framed.
-type feedReader struct{ b []byte }
-
-var errFeedEmpty = errors.New("relay: message decoder wanted more bytes than the frame held")
-
-func (f *feedReader) Read(p []byte) (int, error) {
-	if len(f.b) == 0 {
-		return 0, errFeedEmpty
-	}
-	n := copy(p, f.b)
-	f.b = f.b[n:]
-	return n, nil
+	closed bool // the loop has closed the descriptors, or given them back
 }
 
 // relayable reports whether the session can move to the relay loop: a pure
@@ -184,7 +177,7 @@ func (l *relayLoop) add(rs *relayed) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for i, e := range []*relayEnd{&rs.client, &rs.upstream} {
-		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(e.fd)}
+		ev := unix.EpollEvent{Events: e.mask, Fd: int32(e.fd)}
 		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, e.fd, &ev); err != nil {
 			if i == 1 {
 				unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, rs.client.fd, nil)
@@ -277,6 +270,10 @@ func (l *relayLoop) handle(e *relayEnd, events uint32) {
 		}
 	}
 	if events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) == 0 || e.paused && events&(unix.EPOLLHUP|unix.EPOLLERR) == 0 {
+		return
+	}
+	if rs.tenancy {
+		l.readTenancy(e)
 		return
 	}
 	n, err := unix.Read(e.fd, l.buf)

@@ -12,3 +12,7 @@ func (*relayed) shutdown() {}
 func (*session) relayable() bool { return false }
 
 func (*session) serveRelayed() (bool, error) { return false, nil }
+
+func (*session) loopable() bool { return false }
+
+func (*session) serveLooped() (bool, error) { return false, nil }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"os"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -122,8 +123,28 @@ type session struct {
 	// received during startup, which relayable compares with the bytes
 	// read: equal, nothing read is waiting in a buffer.
 	clientConsumed, upstreamConsumed int64
-	// relayed is set once the relay loop carries the session.
+	// relayed is set while the relay loop carries the session.
 	relayed atomic.Pointer[relayed]
+
+	// clientFrames and upstreamFrames, once set (serve, useFrames), are
+	// what the decoders read through: every byte not yet decoded is in
+	// them, so the session can move between its goroutines and the relay
+	// loop (tenantloop_linux.go) between any two messages. clientNext is a
+	// message the loop decoded and handed back undone: the client
+	// goroutine handles it before receiving another.
+	clientFrames, upstreamFrames *frames
+	clientNext                   pgproto3.FrontendMessage
+	// handoff is set when the goroutines are to stop at their next read
+	// and give the session to the relay loop; rounds counts the
+	// ReadyForQuery messages relayed by the goroutines since they last
+	// took the session, and handbackAt is how many make them hand it back
+	// (see noteRound).
+	handoff    atomic.Bool
+	rounds     int
+	handbackAt int
+	// connMu guards client and upstream, which change when the relay loop
+	// hands the session back, against close.
+	connMu sync.Mutex
 
 	closeOnce sync.Once
 	closed    atomic.Bool
@@ -143,6 +164,8 @@ func newSession(srv *Server, id uint64, conn net.Conn, log zerolog.Logger) *sess
 func (s *session) close() {
 	s.closed.Store(true)
 	s.closeOnce.Do(func() {
+		s.connMu.Lock()
+		defer s.connMu.Unlock()
 		s.client.Close()
 		if s.upstream != nil {
 			s.upstream.Close()
@@ -246,9 +269,11 @@ func (s *session) flushClient() error {
 	return s.clientOut.flush()
 }
 
-// serve runs the two relay goroutines until either ends. The first to end
-// reports its error to the client (when there is one to report) and closes
-// both connections, which ends the other. serve returns nil for a normal end.
+// serve serves the session after its startup until it ends, and returns
+// nil for a normal end. A passthrough session goes to the relay loop for
+// good. A session under tenancy moves between the relay loop, which runs the
+// statements that need nothing but relaying (tenantloop_linux.go), and its
+// own two goroutines, which run everything.
 func (s *session) serve() error {
 	if s.relayable() {
 		if ok, err := s.serveRelayed(); ok {
@@ -265,14 +290,130 @@ func (s *session) serve() error {
 	s.clientRd.beforeRead = s.upstreamOut.flush
 	s.upstreamRd.beforeRead = s.flushClient
 
+	looped := s.useFrames() && s.loopable()
+	for {
+		if looped {
+			back, err := s.serveLooped()
+			if !back {
+				if err != nil && !isDisconnect(err) {
+					s.logFailure(err) // the loop has told the client
+					return err
+				}
+				return nil
+			}
+		}
+		handoff, err := s.serveGoroutines()
+		if !handoff {
+			return err
+		}
+		looped = true
+	}
+}
+
+// useFrames makes the decoders read through frames, when startup left no
+// byte in their buffers, and reports whether it did.
+func (s *session) useFrames() bool {
+	if s.clientRd.n != s.clientConsumed || s.upstreamRd.n != s.upstreamConsumed {
+		return false
+	}
+	max := s.srv.cfg.Listen.MaxMessageSize
+	s.clientFrames = newFrames(s.clientRd, max, frontendTypes)
+	s.clientIn = pgproto3.NewBackend(&s.clientFrames.feed, nil)
+	s.clientIn.SetMaxBodyLen(max)
+	s.upstreamFrames = newFrames(s.upstreamRd, max, "")
+	s.upstreamIn = pgproto3.NewFrontend(&s.upstreamFrames.feed, nil)
+	s.upstreamIn.SetMaxBodyLen(max)
+	return true
+}
+
+// receiveClient returns the client's next message. An error with the
+// client's connection is also in s.clientRd.connErr.
+func (s *session) receiveClient() (pgproto3.FrontendMessage, error) {
+	if m := s.clientNext; m != nil {
+		s.clientNext = nil
+		return m, nil
+	}
+	if s.clientFrames != nil {
+		if err := s.clientFrames.next(); err != nil {
+			return nil, err
+		}
+	}
+	return s.clientIn.Receive()
+}
+
+// receiveUpstream returns upstream's next message. An error with the
+// connection is also in s.upstreamRd.connErr.
+func (s *session) receiveUpstream() (pgproto3.BackendMessage, error) {
+	if s.upstreamFrames != nil {
+		if err := s.upstreamFrames.next(); err != nil {
+			return nil, err
+		}
+	}
+	return s.upstreamIn.Receive()
+}
+
+// errHandoff ends the goroutines of a session that moves to the relay loop.
+var errHandoff = errors.New("session handed to the relay loop")
+
+// handedOff reports whether err is a read that stopped because the
+// session moves to the relay loop (requestHandoff set a past deadline).
+func (s *session) handedOff(err error) bool {
+	return s.handoff.Load() && errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// requestHandoff stops the goroutines at their next read: the client
+// goroutine first, which then stops the upstream goroutine (see
+// clientLoop). Called by the upstream goroutine.
+func (s *session) requestHandoff() {
+	if s.handoff.CompareAndSwap(false, true) {
+		s.client.SetReadDeadline(aLongTimeAgo)
+	}
+}
+
+// aLongTimeAgo is a deadline that has passed: a read with it returns at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// Hand-back from the goroutines to the relay loop: after handbackMin
+// rounds, doubled (up to handbackMax) each time the loop gave the session
+// back after fewer than loopStayed messages, so a session whose statements
+// keep needing the goroutines stays with them.
+const (
+	handbackMin = 4
+	handbackMax = 1024
+	loopStayed  = 64
+)
+
+// noteRound counts a ReadyForQuery the upstream goroutine relayed and asks
+// for the relay loop once enough rounds went by with nothing outstanding.
+func (s *session) noteRound() {
+	s.rounds++
+	if s.rounds >= s.handbackAt && s.pending.empty() && s.loopable() {
+		s.requestHandoff()
+	}
+}
+
+// serveGoroutines runs the two relay goroutines until either ends, or both
+// stop to hand the session to the relay loop (handoff true). The first to
+// end otherwise reports its error to the client (when there is one to
+// report) and closes both connections, which ends the other. It returns nil
+// for a normal end.
+func (s *session) serveGoroutines() (handoff bool, err error) {
+	s.handoff.Store(false)
+	s.rounds = 0
+	s.clientRd.err, s.upstreamRd.err = nil, nil
 	var (
-		g     errgroup.Group
-		once  sync.Once
-		first error
+		g      errgroup.Group
+		once   sync.Once
+		first  error
+		passed atomic.Int32
 	)
 	run := func(loop func() error) func() error {
 		return func() error {
 			err := s.guard(loop)
+			if err == errHandoff {
+				passed.Add(1)
+				return nil
+			}
 			once.Do(func() {
 				first = err
 				if err != nil && !isDisconnect(err) {
@@ -286,10 +427,15 @@ func (s *session) serve() error {
 	g.Go(run(s.clientLoop))
 	g.Go(run(s.upstreamLoop))
 	g.Wait()
-	if first == nil || isDisconnect(first) {
-		return nil
+	if passed.Load() == 2 && !s.closed.Load() {
+		s.client.SetReadDeadline(time.Time{})
+		s.upstream.SetReadDeadline(time.Time{})
+		return true, nil
 	}
-	return first
+	if first == nil || isDisconnect(first) {
+		return false, nil
+	}
+	return false, first
 }
 
 func stack() string { return string(debug.Stack()) }
@@ -313,8 +459,12 @@ var errDone = errors.New("session done")
 // those that may touch declared tables or the tenant.
 func (s *session) clientLoop() error {
 	for {
-		msg, err := s.clientIn.Receive()
+		msg, err := s.receiveClient()
 		if err != nil {
+			if s.handedOff(err) {
+				s.upstream.SetReadDeadline(aLongTimeAgo) // the upstream goroutine stops next
+				return errHandoff
+			}
 			if cerr := s.clientRd.connErr(); cerr != nil {
 				// The client's connection itself failed (closed, reset, a
 				// broken TLS record): the client is gone, not a fault.
@@ -327,18 +477,24 @@ func (s *session) clientLoop() error {
 			s.upstreamOut.flush()
 			return errDone
 		}
-		if !s.decl.tenancy {
-			err = s.upstreamOut.send(msg)
-		} else {
-			err = s.handleClientMessage(msg)
-		}
-		if err != nil {
-			return fmt.Errorf("upstream write: %w", err)
-		}
-		if err := s.afterClientMessage(msg); err != nil {
+		if err := s.clientMessage(msg); err != nil {
 			return err
 		}
 	}
+}
+
+// clientMessage handles one client message other than Terminate.
+func (s *session) clientMessage(msg pgproto3.FrontendMessage) error {
+	var err error
+	if !s.decl.tenancy {
+		err = s.upstreamOut.send(msg)
+	} else {
+		err = s.handleClientMessage(msg)
+	}
+	if err != nil {
+		return fmt.Errorf("upstream write: %w", err)
+	}
+	return s.afterClientMessage(msg)
 }
 
 // handleClientMessage forwards one message of a session under tenancy.
@@ -394,8 +550,11 @@ func (s *session) handleClientMessage(msg pgproto3.FrontendMessage) error {
 // upstreamLoop reads upstream messages and forwards them to the client.
 func (s *session) upstreamLoop() error {
 	for {
-		msg, err := s.upstreamIn.Receive()
+		msg, err := s.receiveUpstream()
 		if err != nil {
+			if s.handedOff(err) {
+				return errHandoff
+			}
 			cerr := s.upstreamRd.connErr()
 			if cerr != nil && isDisconnect(cerr) {
 				s.flushClient()
@@ -406,18 +565,30 @@ func (s *session) upstreamLoop() error {
 			}
 			return fmt.Errorf("upstream read: %w", err)
 		}
+		if err := s.upstreamMessage(msg); err != nil {
+			return err
+		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok && s.clientFrames != nil {
+			s.noteRound()
+		}
+	}
+}
+
+// upstreamMessage handles one message from upstream.
+func (s *session) upstreamMessage(msg pgproto3.BackendMessage) (err error) {
+	{
 		if (s.repinsAfterDiscard() || s.tokens) && s.takeInternal(msg) {
 			if _, ok := msg.(*pgproto3.ReadyForQuery); ok && s.tokens {
 				s.tokUp.answer()
 			}
-			continue // the answer to a statement of the proxy's own
+			return nil // the answer to a statement of the proxy's own
 		}
 		if s.tokens {
 			if msg, err = s.tokenResponse(msg); err != nil {
 				return fmt.Errorf("client write: %w", err)
 			}
 			if msg == nil {
-				continue
+				return nil
 			}
 		}
 		switch m := msg.(type) {
@@ -434,7 +605,7 @@ func (s *session) upstreamLoop() error {
 				return err
 			}
 			if !keep {
-				continue
+				return nil
 			}
 		}
 		// pgproto3 cannot encode it; see wideParameterDescription.
@@ -445,6 +616,7 @@ func (s *session) upstreamLoop() error {
 			return fmt.Errorf("client write: %w", err)
 		}
 	}
+	return nil
 }
 
 // clientGone wraps an error of the client's connection. Vitess's

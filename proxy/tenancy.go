@@ -150,6 +150,7 @@ func (s *session) internalQuery(sql string, params ...[]byte) ([]byte, error) {
 		if err != nil {
 			return nil, upstreamUnavailable(fmt.Errorf("pinning the tenant: %w", err))
 		}
+		s.upstreamConsumed += wireLen(msg)
 		switch m := msg.(type) {
 		case *pgproto3.DataRow:
 			if first == nil && len(m.Values) > 0 && m.Values[0] != nil {

@@ -1,0 +1,130 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgcloak/pgcloak/rewrite"
+)
+
+// The tests by which the relay loop decides, message by message, whether it
+// may hand a message of a session under tenancy to the session's handlers
+// on its own thread (tenantloop_linux.go), or must give the session back to
+// its goroutines first.
+
+// inlineClient reports whether the loop may hand msg to the session's
+// handlers: whether they will forward it without waiting for anything
+// (a key, an answer from upstream, the catalog) and without parsing it.
+// The tests mirror the handlers' own: a statement passes when
+// handleQuery or handleParse would forward it unparsed.
+func (s *session) inlineClient(msg pgproto3.FrontendMessage) bool {
+	if s.tokens || s.repin.pending || s.copyIn != nil || s.unlexable.Load() != nil {
+		return false
+	}
+	switch m := msg.(type) {
+	case *pgproto3.Sync, *pgproto3.Flush:
+		return true
+	case *pgproto3.Query:
+		return s.plainText(m.String)
+	case *pgproto3.Parse:
+		return !strings.HasPrefix(m.Name, reservedPrefix) && s.statements[m.Name] == nil && s.plainText(m.Query)
+	case *pgproto3.Bind:
+		return s.statements[m.PreparedStatement] == nil
+	case *pgproto3.Describe:
+		return m.ObjectType != 'S' || s.statements[m.Name] == nil
+	case *pgproto3.Close:
+		return m.ObjectType != 'S' || s.statements[m.Name] == nil
+	case *pgproto3.Execute:
+		return true
+	case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail:
+		return true // no COPY the proxy transforms (copyIn is nil)
+	}
+	return false // FunctionCall: refused or relayed by the goroutines
+}
+
+// plainText reports whether a statement's text is forwarded as it is
+// without being parsed: handleQuery's and handleParse's pre-checks, and
+// none of the texts they treat apart (tokens, the catalog as declared,
+// COPY, statements that redefine or deallocate prepared statements).
+func (s *session) plainText(sql string) bool {
+	if pure(s.decl) {
+		return true
+	}
+	if containsFold(sql, "tenant_token") || containsFold(sql, "copy") {
+		return false
+	}
+	if s.scoped && s.decl.views != nil && rewrite.MentionsCatalog(sql) {
+		return false
+	}
+	if s.decrypts && (s.decl.tenancyCfg.AllowDynamicSQL || mayRedefine(sql) || mayDeallocate(sql)) {
+		return false
+	}
+	return !s.needsAnalysis(sql)
+}
+
+// inlineUpstream reports whether the loop may hand upstream's message raw
+// (whole, not yet decoded) to the session's handler: anything but a
+// RowDescription naming a table the catalog has not placed yet or a
+// declared column, the rows of a result with declared columns, COPY data
+// the proxy transforms, and whatever answers the proxy's own COPY.
+func (s *session) inlineUpstream(raw []byte) bool {
+	if s.tokens {
+		return false
+	}
+	if head := s.pending.peek(); head != nil && (head.kind == pendCopyDescribe || head.copy != nil) {
+		return false
+	}
+	switch raw[0] {
+	case 'T':
+		return !s.decrypts || s.plainFields(raw[5:])
+	case 'D':
+		return !s.rowsNeedKeys()
+	case 'd':
+		return s.results.copyOut == nil
+	}
+	return true
+}
+
+// plainFields reports whether a RowDescription's body names only columns
+// the catalog already knows are not declared: shapeOf then neither waits
+// for the catalog nor finds a column to decrypt. A body it cannot read is
+// left to the goroutines, whose decoder says what is wrong with it.
+func (s *session) plainFields(body []byte) bool {
+	if len(body) < 2 {
+		return false
+	}
+	n := int(binary.BigEndian.Uint16(body))
+	body = body[2:]
+	for range n {
+		end := 0
+		for end < len(body) && body[end] != 0 {
+			end++
+		}
+		if len(body) < end+1+18 {
+			return false
+		}
+		f := body[end+1:]
+		table := binary.BigEndian.Uint32(f)
+		attnum := binary.BigEndian.Uint16(f[4:])
+		if declared, known := s.decl.catalog.peek(columnOrigin{table, attnum}); declared || !known {
+			return false
+		}
+		body = f[18:]
+	}
+	return true
+}
+
+// rowsNeedKeys reports whether the DataRow now arriving belongs to a
+// result with declared columns (relay's test, without decrypting).
+func (s *session) rowsNeedKeys() bool {
+	rs := &s.results
+	if rs.suppress {
+		return false
+	}
+	shape := rs.current
+	if head := s.pending.peek(); head != nil && head.kind == pendExecute {
+		shape = s.portalShape(head.name)
+	}
+	return shape != nil && shape.any
+}

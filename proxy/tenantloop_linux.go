@@ -1,0 +1,289 @@
+//go:build linux
+
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"golang.org/x/sys/unix"
+)
+
+// The relay loop also carries sessions under tenancy (a tenant, an unscoped
+// role, declared tables), for as long as their messages need nothing but
+// relaying. Each message the loop reads it decodes and hands to the same
+// handlers the session's goroutines use (handleClientMessage,
+// upstreamMessage), on the loop's thread, when a cheap test says the
+// handler will not wait for anything: a statement whose text names no
+// declared table and nothing pgcloak must look into (the same pre-checks
+// the goroutines make before they would forward it unparsed), a Bind,
+// Describe, Execute or Close of a statement pgcloak did not rewrite, a
+// Sync; upstream, every message but a RowDescription with a declared or
+// not yet known table and the rows of a result with declared columns.
+//
+// Anything else (a statement to analyse, rewrite or refuse, a key to load,
+// a row to decrypt, a COPY, a tenant token, a pin to renew) makes the loop
+// give the session back to its goroutines at that message: the loop stops
+// watching its sockets, and the goroutines start again where the loop
+// stopped, with every byte not yet decoded in the session's frames and the
+// message the loop had just decoded in clientNext. Both sides run the same
+// code on the same session state, so the hand-over can happen between any
+// two messages. The goroutines hand the session to the loop again once
+// they have relayed a few rounds with nothing outstanding (noteRound).
+//
+// Statements a session sends most (an application's statements on its
+// undeclared tables) therefore cost what pure passthrough costs: a read and
+// a write per direction, no goroutine wake-up, no extra read that fails
+// with EAGAIN (see relay_linux.go).
+
+// loopable reports whether the session may be carried by the relay loop:
+// under tenancy, over plain TCP on both sides, without tenant tokens (their
+// statements wait for upstream's answers), and when the loop is allowed.
+func (s *session) loopable() bool {
+	if !s.decl.tenancy || s.tokens || s.clientTLS || s.srv.goroutineRelay || s.clientFrames == nil {
+		return false
+	}
+	_, okc := s.client.(*net.TCPConn)
+	_, oku := s.upstream.(*net.TCPConn)
+	return okc && oku
+}
+
+// errHandBack is what the loop reports when it gives a session back to its
+// goroutines.
+var errHandBack = errors.New("relay loop: session handed back")
+
+// serveLooped hands the session's sockets to the relay loop and waits until
+// the loop ends the session (back false, and the error that ended it) or
+// gives it back to the goroutines (back true). While the loop carries the
+// session, only the loop's thread touches its state.
+func (s *session) serveLooped() (back bool, err error) {
+	if s.closed.Load() {
+		return false, nil
+	}
+	l, err := sharedRelay()
+	if err != nil {
+		s.log.Debug().Err(err).Msg("relay loop unavailable")
+		s.handbackAt = handbackMax
+		return true, nil
+	}
+	cfd, err := dupFD(s.client)
+	if err != nil {
+		s.handbackAt = handbackMax
+		return true, nil
+	}
+	ufd, err := dupFD(s.upstream)
+	if err != nil {
+		unix.Close(cfd)
+		s.handbackAt = handbackMax
+		return true, nil
+	}
+	rs := &relayed{s: s, tenancy: true, loop: l, done: make(chan error, 1)}
+	rs.client = relayEnd{fd: cfd, rs: rs, peer: &rs.upstream, client: true}
+	rs.upstream = relayEnd{fd: ufd, rs: rs, peer: &rs.client}
+	// From here on the duplicates are the sockets: closing the net.Conns
+	// takes them out of Go's poller without closing the connections.
+	s.relayed.Store(rs)
+	s.connMu.Lock()
+	s.client.Close()
+	s.upstream.Close()
+	s.connMu.Unlock()
+	s.clientOut.w, s.upstreamOut.w = &rs.client, &rs.upstream
+	if s.closed.Load() {
+		rs.shutdown() // close raced the hand-over: end at once
+	}
+	if err := l.add(rs); err != nil {
+		s.relayed.Store(nil)
+		rs.closeFDs()
+		return false, fmt.Errorf("relay: %w", err)
+	}
+	err = <-rs.done
+	s.relayed.Store(nil)
+	if err != errHandBack {
+		return false, err
+	}
+	if rs.served < loopStayed {
+		s.handbackAt = min(max(2*s.handbackAt, handbackMin), handbackMax)
+	} else {
+		s.handbackAt = handbackMin
+	}
+	return s.takeBack(rs)
+}
+
+// takeBack makes net.Conns of the sockets the loop gave back (registering
+// them with Go's poller again) and points the session's readers and
+// writers at them.
+func (s *session) takeBack(rs *relayed) (bool, error) {
+	client, err := fdConn(rs.client.fd, "client")
+	if err != nil {
+		unix.Close(rs.upstream.fd)
+		return false, fmt.Errorf("relay: taking the session back: %w", err)
+	}
+	upstream, err := fdConn(rs.upstream.fd, "upstream")
+	if err != nil {
+		client.Close()
+		return false, fmt.Errorf("relay: taking the session back: %w", err)
+	}
+	s.connMu.Lock()
+	s.client, s.upstream = client, upstream
+	s.connMu.Unlock()
+	s.clientRd.r, s.upstreamRd.r = client, upstream
+	s.clientOut.w, s.upstreamOut.w = client, upstream
+	if s.closed.Load() {
+		client.Close()
+		upstream.Close()
+		return false, nil
+	}
+	return true, nil
+}
+
+// fdConn turns a socket descriptor into a net.Conn, which holds a
+// duplicate of it; fd itself is closed.
+func fdConn(fd int, name string) (net.Conn, error) {
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	return net.FileConn(f)
+}
+
+// Write makes a relayEnd of a tenancy session the writer of the session's
+// outbox for its socket while the loop carries the session: what the
+// socket cannot take now waits in pending (relayLoop.write).
+func (e *relayEnd) Write(p []byte) (int, error) {
+	if err := e.rs.loop.write(e, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// readTenancy reads what a tenancy session's socket has into its frames
+// and handles the whole messages.
+func (l *relayLoop) readTenancy(e *relayEnd) {
+	rs, s := e.rs, e.rs.s
+	f := s.upstreamFrames
+	if e.client {
+		f = s.clientFrames
+	}
+	space := f.space()
+	n, err := unix.Read(e.fd, space)
+	if err == unix.EAGAIN || err == unix.EINTR {
+		return
+	}
+	if n <= 0 || err != nil {
+		// End of stream or a reset: a disconnect, not a fault. Bytes still
+		// owed to the client go out first.
+		if !e.client && len(rs.client.pending) > 0 && err == nil {
+			rs.draining = true
+			l.forget(e)
+			return
+		}
+		l.finish(rs, nil)
+		return
+	}
+	f.buf = f.buf[:len(f.buf)+n]
+	if e.client {
+		l.clientMessages(rs)
+	} else {
+		l.upstreamMessages(rs)
+	}
+}
+
+// clientMessages handles the client's whole messages in the session's
+// frames, then writes what they sent upstream.
+func (l *relayLoop) clientMessages(rs *relayed) {
+	s := rs.s
+	for {
+		n := s.clientFrames.whole()
+		if n == 0 {
+			break
+		}
+		s.clientFrames.take(n)
+		msg, err := s.clientIn.Receive()
+		if err != nil {
+			l.refuse(rs, protocolViolation("invalid message from client: %v", err))
+			return
+		}
+		if _, ok := msg.(*pgproto3.Terminate); ok {
+			// What follows a Terminate is never forwarded.
+			s.upstreamOut.send(msg)
+			s.upstreamOut.flush()
+			if len(rs.upstream.pending) == 0 {
+				l.finish(rs, nil)
+			} else {
+				rs.draining = true
+				l.forget(&rs.client)
+			}
+			return
+		}
+		if !s.inlineClient(msg) {
+			s.clientNext = msg
+			l.handBack(rs)
+			return
+		}
+		rs.served++
+		if err := s.clientMessage(msg); err != nil {
+			l.refuse(rs, err)
+			return
+		}
+	}
+	if err := s.upstreamOut.flush(); err != nil {
+		l.finish(rs, nil) // upstream is gone
+	}
+}
+
+// upstreamMessages handles upstream's whole messages in the session's
+// frames, then writes what they sent the client.
+func (l *relayLoop) upstreamMessages(rs *relayed) {
+	s := rs.s
+	for {
+		raw := s.upstreamFrames.peek()
+		if raw == nil {
+			break
+		}
+		if !s.inlineUpstream(raw) {
+			l.handBack(rs)
+			return
+		}
+		s.upstreamFrames.take(len(raw))
+		msg, err := s.upstreamIn.Receive()
+		if err != nil {
+			l.finish(rs, fmt.Errorf("invalid message from upstream: %w", err))
+			return
+		}
+		if err := s.upstreamMessage(msg); err != nil {
+			l.refuse(rs, err)
+			return
+		}
+	}
+	if err := s.flushClient(); err != nil {
+		l.finish(rs, nil) // the client is gone
+	}
+}
+
+// handBack stops watching a tenancy session's sockets and gives the
+// session back to its goroutines. Bytes the sockets could not take yet go
+// first in the outboxes, ahead of what is queued after them.
+func (l *relayLoop) handBack(rs *relayed) {
+	l.mu.Lock()
+	delete(l.ends, int32(rs.client.fd))
+	delete(l.ends, int32(rs.upstream.fd))
+	l.mu.Unlock()
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, rs.client.fd, nil)
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, rs.upstream.fd, nil)
+	rs.mu.Lock()
+	rs.closed = true // the descriptors are the session's again
+	rs.mu.Unlock()
+	s := rs.s
+	for _, e := range []*relayEnd{&rs.client, &rs.upstream} {
+		o := s.upstreamOut
+		if e.client {
+			o = s.clientOut
+		}
+		if len(e.pending) > 0 {
+			o.buf = append(e.pending, o.buf...)
+			e.pending = nil
+		}
+	}
+	rs.done <- errHandBack
+}
