@@ -99,6 +99,12 @@ func (s *Schema) buildShape(key string) *ShapePlan {
 	if plan.Passthrough {
 		return &ShapePlan{Plan: plan}
 	}
+	if plan.Statements > 1 {
+		// Statements the rewriter left alone keep the key's own $n, which
+		// number the literals, while rewritten ones number Params: one
+		// text cannot be rendered by one numbering.
+		return nil
+	}
 	text := strings.Join(plan.Segments, "")
 	sp := &ShapePlan{Plan: plan, cast: castParams(key)}
 	last := 0

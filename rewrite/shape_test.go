@@ -178,6 +178,12 @@ func TestShapeFallsBack(t *testing.T) {
 		`SELECT my_exec('select set_config(''app.'' || ''tenant_id'', ''x'', false)')`,
 		`SELECT my_exec('update pg_settings set setting = ''x''')`,
 		`CREATE FUNCTION t() RETURNS text LANGUAGE sql RETURN current_setting('app.tenant_id')`,
+		// Several statements, some rewritten: the untouched ones' literals
+		// once went to the rewritten one's parameters ("select 1" ran as
+		// "select 'q0'").
+		`select 1; insert into patients (name, ssn) values ('q0', '987-65-4300')`,
+		`insert into notes values (0, 'n0'); insert into patients (name, ssn) values ('q0', '987-65-4300')`,
+		`update patients set name = 'x' where ssn = '1'; delete from notes where id = 5`,
 	} {
 		t.Run(sql, func(t *testing.T) {
 			sp, _ := s.AnalyzeShape(cache, sql)
