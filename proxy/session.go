@@ -142,6 +142,8 @@ type session struct {
 	handoff    atomic.Bool
 	rounds     int
 	handbackAt int
+	// loopTurns counts the times the relay loop took the session.
+	loopTurns atomic.Int64
 	// connMu guards client and upstream, which change when the relay loop
 	// hands the session back, against close.
 	connMu sync.Mutex

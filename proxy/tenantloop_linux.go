@@ -99,6 +99,7 @@ func (s *session) serveLooped() (back bool, err error) {
 		rs.closeFDs()
 		return false, fmt.Errorf("relay: %w", err)
 	}
+	s.loopTurns.Add(1)
 	err = <-rs.done
 	s.relayed.Store(nil)
 	if err != errHandBack {

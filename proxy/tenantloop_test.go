@@ -1,0 +1,322 @@
+//go:build linux
+
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// loopTurns sums, over the proxy's sessions, the times the relay loop took
+// them, and counts those it carries now.
+func loopTurns(p *testProxy) (turns int64, carried int) {
+	p.srv.mu.Lock()
+	defer p.srv.mu.Unlock()
+	for s := range p.srv.sessions {
+		turns += s.loopTurns.Load()
+		if s.relayed.Load() != nil {
+			carried++
+		}
+	}
+	return turns, carried
+}
+
+// waitCarried waits until the relay loop carries want sessions.
+func waitCarried(t *testing.T, p *testProxy, want int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, carried := loopTurns(p)
+		if carried == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the relay loop carries %d sessions, want %d", carried, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestTenantLoopHandOver: a tenant's session moves between the relay loop
+// (statements on undeclared tables) and its goroutines (statements on the
+// declared table, rows to decrypt) and back, in every pgx mode, and every
+// answer is what it would be on the goroutines alone: declared values
+// sealed on the way in, opened on the way out, undeclared ones as they are.
+func TestTenantLoopHandOver(t *testing.T) {
+	env := startEncrypted(t)
+	ctx := ctxT(t)
+	_, err := env.pool.Exec(ctx, `create table notes (id int primary key, body text);
+		grant select, insert on notes to acme_app`)
+	fatalIf(t, err, "schema")
+	for _, mode := range []string{"simple_protocol", "exec", "cache_statement", "cache_describe", "describe_exec"} {
+		t.Run(mode, func(t *testing.T) {
+			mustExec(t, connect(t, env.pg.SuperuserURL(env.db)), `truncate patients, notes`)
+			c := connect(t, env.proxy.url(acmeRole, rolePassword, env.db, "default_query_exec_mode="+mode))
+			var one int
+			fatalIf(t, c.QueryRow(ctx, `select 1`).Scan(&one), "select 1")
+			waitCarried(t, env.proxy, 1)
+			before, _ := loopTurns(env.proxy)
+
+			for i := range 3 {
+				mustExec(t, c, `insert into notes values ($1, $2)`, i, fmt.Sprintf("note %d", i))
+				mustExec(t, c, `insert into patients (name, ssn) values ($1, $2)`, fmt.Sprintf("p%d", i), fmt.Sprintf("123-45-000%d", i))
+				var ssn string
+				fatalIf(t, c.QueryRow(ctx, `select ssn from patients where ssn = $1`, fmt.Sprintf("123-45-000%d", i)).Scan(&ssn), "search %d", i)
+				mustEqual(t, "ssn", ssn, fmt.Sprintf("123-45-000%d", i))
+				// Quiet rounds on undeclared tables: the loop takes the
+				// session again.
+				for j := range 2 * handbackMax / 64 {
+					var body string
+					fatalIf(t, c.QueryRow(ctx, `select body from notes where id = $1`, i).Scan(&body), "note %d/%d", i, j)
+					mustEqual(t, "note", body, fmt.Sprintf("note %d", i))
+				}
+				// A FETCH names no declared table, but its rows carry one:
+				// the loop hands the result to the goroutines to open.
+				tx, err := c.Begin(ctx)
+				fatalIf(t, err, "begin")
+				_, err = tx.Exec(ctx, `declare cur cursor for select name, ssn from patients order by id`)
+				fatalIf(t, err, "declare")
+				for range 4 {
+					var body string
+					fatalIf(t, tx.QueryRow(ctx, `select body from notes where id = 0`).Scan(&body), "note in the transaction")
+				}
+				rows, err := tx.Query(ctx, `fetch all from cur`)
+				fatalIf(t, err, "fetch")
+				k := 0
+				for rows.Next() {
+					var name, ssn string
+					fatalIf(t, rows.Scan(&name, &ssn), "fetched row")
+					mustEqual(t, "fetched ssn", ssn, fmt.Sprintf("123-45-000%d", k))
+					k++
+				}
+				fatalIf(t, rows.Err(), "fetch rows")
+				mustEqual(t, "fetched rows", k, i+1)
+				fatalIf(t, tx.Commit(ctx), "commit")
+			}
+			after, _ := loopTurns(env.proxy)
+			if after-before < 3 {
+				t.Errorf("the relay loop took the session %d times, want at least 3 (once after each declared statement)", after-before)
+			}
+
+			// A pipeline mixing both kinds, in one round trip.
+			b := &pgx.Batch{}
+			b.Queue(`select body from notes where id = 0`)
+			b.Queue(`select ssn from patients where ssn = '123-45-0001'`)
+			b.Queue(`select count(*) from notes`)
+			b.Queue(`select name from patients where ssn = '123-45-0002'`)
+			br := c.SendBatch(ctx, b)
+			var body, ssn, name string
+			var n int
+			fatalIf(t, br.QueryRow().Scan(&body), "batch 1")
+			fatalIf(t, br.QueryRow().Scan(&ssn), "batch 2")
+			fatalIf(t, br.QueryRow().Scan(&n), "batch 3")
+			fatalIf(t, br.QueryRow().Scan(&name), "batch 4")
+			fatalIf(t, br.Close(), "batch close")
+			mustEqual(t, "batch body", body, "note 0")
+			mustEqual(t, "batch ssn", ssn, "123-45-0001")
+			mustEqual(t, "batch count", n, 3)
+			mustEqual(t, "batch name", name, "p2")
+
+			// What PostgreSQL stores is sealed, whichever side wrote it.
+			var stored []byte
+			fatalIf(t, env.pool.QueryRow(ctx, `select ssn from patients where name = 'p1'`).Scan(&stored), "stored")
+			if string(stored) == "123-45-0001" || len(stored) < 20 {
+				t.Errorf("stored ssn %q is not sealed", stored)
+			}
+		})
+	}
+}
+
+// TestTenantLoopSimpleQueries: multi-statement simple queries that mix
+// declared and undeclared tables, and errors on either side, keep their
+// PostgreSQL semantics across hand-overs.
+func TestTenantLoopSimpleQueries(t *testing.T) {
+	env := startEncrypted(t)
+	ctx := ctxT(t)
+	_, err := env.pool.Exec(ctx, `create table notes (id int primary key, body text); grant select, insert on notes to acme_app`)
+	fatalIf(t, err, "schema")
+	c := env.tenantConn(t, acmeRole)
+	for i := range 20 {
+		mustExec(t, c, fmt.Sprintf(`insert into notes values (%d, 'n%d'); insert into patients (name, ssn) values ('q%d', '987-65-43%02d')`, i, i, i, i))
+		_, err := c.Exec(ctx, `select 1/0`)
+		mustEqual(t, "division by zero", pgCode(err), "22012")
+		_, err = c.Exec(ctx, `select ssn from patients where no_such_column = 1`)
+		mustEqual(t, "undefined column", pgCode(err), "42703")
+		var ssn string
+		fatalIf(t, c.QueryRow(ctx, fmt.Sprintf(`select ssn from patients where ssn = '987-65-43%02d'`, i)).Scan(&ssn), "read %d", i)
+		mustEqual(t, "ssn", ssn, fmt.Sprintf("987-65-43%02d", i))
+	}
+	var n int
+	fatalIf(t, c.QueryRow(ctx, `select count(*) from notes`).Scan(&n), "count")
+	mustEqual(t, "notes", n, 20)
+}
+
+// TestTenantLoopConcurrent: sessions of two tenants, each alternating
+// statements the loop runs and statements the goroutines run, never see
+// each other's rows or a wrong value.
+func TestTenantLoopConcurrent(t *testing.T) {
+	env := startEncrypted(t)
+	ctx := ctxT(t)
+	_, err := env.pool.Exec(ctx, `create table notes (id int primary key, body text); grant select, insert on notes to acme_app, globex_app`)
+	fatalIf(t, err, "schema")
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 8 {
+		role := []string{acmeRole, globexRole}[w%2]
+		mode := []string{"simple_protocol", "cache_statement", "exec", "cache_describe"}[w%4]
+		c := connect(t, env.proxy.url(role, rolePassword, env.db, "default_query_exec_mode="+mode))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 40 {
+				ssn := fmt.Sprintf("%03d-00-%04d", w, i)
+				if _, err := c.Exec(ctx, `insert into patients (name, ssn) values ($1, $2)`, role, ssn); err != nil {
+					errs <- fmt.Errorf("worker %d insert %d: %w", w, i, err)
+					return
+				}
+				for range i % 7 {
+					var n int
+					if err := c.QueryRow(ctx, `select count(*) from notes`).Scan(&n); err != nil {
+						errs <- fmt.Errorf("worker %d count: %w", w, err)
+						return
+					}
+				}
+				var name, got string
+				if err := c.QueryRow(ctx, `select name, ssn from patients where ssn = $1`, ssn).Scan(&name, &got); err != nil {
+					errs <- fmt.Errorf("worker %d read %d: %w", w, i, err)
+					return
+				}
+				if name != role || got != ssn {
+					errs <- fmt.Errorf("worker %d read %d: got (%s, %s), want (%s, %s)", w, i, name, got, role, ssn)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	turns, _ := loopTurns(env.proxy)
+	if turns < 8 {
+		t.Errorf("the relay loop took sessions %d times, want at least one per session", turns)
+	}
+}
+
+// loopGuardKeys counts the calls into the key layer made on the relay
+// loop's thread: a key the layer must load would stall every session the
+// loop carries, so the loop must give a session back before any.
+type loopGuardKeys struct {
+	Keys
+	onLoop *atomic.Int64
+}
+
+func onLoopThread() bool { return bytes.Contains(debug.Stack(), []byte("(*relayLoop).")) }
+
+func (k loopGuardKeys) note() {
+	if onLoopThread() {
+		k.onLoop.Add(1)
+	}
+}
+
+func (k loopGuardKeys) Seal(ctx context.Context, tenant string, ref ValueRef, plaintext []byte) ([]byte, error) {
+	k.note()
+	return k.Keys.Seal(ctx, tenant, ref, plaintext)
+}
+
+func (k loopGuardKeys) BlindIndex(ctx context.Context, tenant string, ref ValueRef, normalized []byte) ([]byte, error) {
+	k.note()
+	return k.Keys.BlindIndex(ctx, tenant, ref, normalized)
+}
+
+func (k loopGuardKeys) NewOpener(tenant string) Opener {
+	return loopGuardOpener{k.Keys.NewOpener(tenant), k}
+}
+
+type loopGuardOpener struct {
+	Opener
+	k loopGuardKeys
+}
+
+func (o loopGuardOpener) Column(ref ValueRef) ColumnOpener {
+	return loopGuardColumn{o.Opener.Column(ref), o.k}
+}
+
+type loopGuardColumn struct {
+	ColumnOpener
+	k loopGuardKeys
+}
+
+func (c loopGuardColumn) Open(ctx context.Context, dst, value []byte) ([]byte, error) {
+	c.k.note()
+	return c.ColumnOpener.Open(ctx, dst, value)
+}
+
+// TestTenantLoopNeverUsesKeys: whatever a tenant's session does (writes,
+// searches, reads of declared columns in every pgx mode, a FETCH whose text
+// names no declared table, COPY), no key is ever used on the relay loop's
+// thread: the loop gives the session back to its goroutines first.
+func TestTenantLoopNeverUsesKeys(t *testing.T) {
+	var onLoop atomic.Int64
+	env := startEncryptedDeps(t, func(d *Deps) { d.Keys = loopGuardKeys{d.Keys, &onLoop} })
+	ctx := ctxT(t)
+	_, err := env.pool.Exec(ctx, `create table notes (id int primary key, body text); grant select, insert on notes to acme_app`)
+	fatalIf(t, err, "schema")
+	for _, mode := range []string{"simple_protocol", "exec", "cache_statement", "cache_describe", "describe_exec"} {
+		c := connect(t, env.proxy.url(acmeRole, rolePassword, env.db, "default_query_exec_mode="+mode))
+		for i := range 6 {
+			ssn := fmt.Sprintf("555-%s-%d", mode[:4], i)
+			mustExec(t, c, `insert into patients (name, ssn, diagnosis) values ($1, $2, 'flu')`, mode, ssn)
+			for range handbackMin + 1 {
+				var n int
+				fatalIf(t, c.QueryRow(ctx, `select count(*) from notes`).Scan(&n), "count")
+			}
+			var got string
+			fatalIf(t, c.QueryRow(ctx, `select diagnosis from patients where ssn = $1`, ssn).Scan(&got), "search")
+			mustEqual(t, "diagnosis", got, "flu")
+			tx, err := c.Begin(ctx)
+			fatalIf(t, err, "begin")
+			_, err = tx.Exec(ctx, `declare cur cursor for select ssn, diagnosis from patients where name = '`+mode+`'`)
+			fatalIf(t, err, "declare")
+			for range handbackMin + 1 {
+				var n int
+				fatalIf(t, tx.QueryRow(ctx, `select count(*) from notes`).Scan(&n), "count in the transaction")
+			}
+			rows, err := tx.Query(ctx, `fetch all from cur`)
+			fatalIf(t, err, "fetch")
+			k := 0
+			for rows.Next() {
+				var s, d string
+				fatalIf(t, rows.Scan(&s, &d), "fetched row")
+				mustEqual(t, "fetched diagnosis", d, "flu")
+				k++
+			}
+			fatalIf(t, rows.Err(), "fetch rows")
+			mustEqual(t, "fetched rows", k, i+1)
+			fatalIf(t, tx.Commit(ctx), "commit")
+		}
+		var out bytes.Buffer
+		_, err := c.PgConn().CopyTo(ctx, &out, `copy patients (ssn) to stdout`)
+		fatalIf(t, err, "copy to")
+		if !strings.Contains(out.String(), "555-"+mode[:4]+"-5") {
+			t.Errorf("copy to: %q holds no plaintext of the session's rows", out.String())
+		}
+	}
+	turns, _ := loopTurns(env.proxy)
+	if turns < 10 {
+		t.Errorf("the relay loop took the sessions %d times; the test wants it to carry them between declared statements", turns)
+	}
+	if n := onLoop.Load(); n != 0 {
+		t.Errorf("%d calls into the key layer ran on the relay loop's thread", n)
+	}
+}
