@@ -22,16 +22,19 @@ type frames struct {
 	feed    feedReader
 	maxBody int
 	types   string // the message types the decoder accepts; "" for any
+	read    int    // the free space a read is given at least
 }
 
-// minFrameRead is how much free space a read into frames is given: results
-// can be large, so upstream is read in bigger chunks than pgproto3's own
-// 8 KiB (fewer reads, and fewer flushes to the client, which happen before
-// each read).
-const minFrameRead = 32 << 10
+// Read sizes: results can be large, so upstream is read in bigger chunks
+// than pgproto3's own 8 KiB (fewer reads, and fewer flushes to the client,
+// which happen before each read); clients mostly send small messages.
+const (
+	upstreamFrameRead = 32 << 10
+	clientFrameRead   = 8 << 10
+)
 
-func newFrames(src io.Reader, maxBody int, types string) *frames {
-	return &frames{src: src, buf: make([]byte, 0, 2*minFrameRead), maxBody: maxBody, types: types}
+func newFrames(src io.Reader, maxBody int, types string, read int) *frames {
+	return &frames{src: src, buf: make([]byte, 0, 2*read), maxBody: maxBody, types: types, read: read}
 }
 
 // feedReader hands pgproto3 the complete messages the relay has framed.
@@ -106,7 +109,7 @@ func (f *frames) next() error {
 // space makes room after the buffered bytes for at least one read, and for
 // the whole first message once its header is in, and returns it.
 func (f *frames) space() []byte {
-	want := minFrameRead
+	want := f.read
 	if rest := f.buf[f.off:]; len(rest) >= 5 {
 		if size := int(int32(binary.BigEndian.Uint32(rest[1:]))); size > 0 && 1+size > len(rest) {
 			want = max(want, 1+size-len(rest))
@@ -114,8 +117,8 @@ func (f *frames) space() []byte {
 	}
 	if f.off == len(f.buf) {
 		f.buf, f.off = f.buf[:0], 0
-		if cap(f.buf) > 8*minFrameRead && want <= minFrameRead {
-			f.buf = make([]byte, 0, 2*minFrameRead) // after a large message
+		if cap(f.buf) > 8*f.read && want <= f.read {
+			f.buf = make([]byte, 0, 2*f.read) // after a large message
 		}
 	}
 	if cap(f.buf)-len(f.buf) < want {
@@ -123,7 +126,7 @@ func (f *frames) space() []byte {
 		if len(rest)+want <= cap(f.buf) {
 			f.buf = f.buf[:copy(f.buf, rest)] // may overlap: copy is a memmove
 		} else {
-			f.buf = append(make([]byte, 0, len(rest)+want+minFrameRead), rest...)
+			f.buf = append(make([]byte, 0, len(rest)+want+f.read), rest...)
 		}
 		f.off = 0
 	}

@@ -319,10 +319,10 @@ func (s *session) useFrames() bool {
 		return false
 	}
 	max := s.srv.cfg.Listen.MaxMessageSize
-	s.clientFrames = newFrames(s.clientRd, max, frontendTypes)
+	s.clientFrames = newFrames(s.clientRd, max, frontendTypes, clientFrameRead)
 	s.clientIn = pgproto3.NewBackend(&s.clientFrames.feed, nil)
 	s.clientIn.SetMaxBodyLen(max)
-	s.upstreamFrames = newFrames(s.upstreamRd, max, "")
+	s.upstreamFrames = newFrames(s.upstreamRd, max, "", upstreamFrameRead)
 	s.upstreamIn = pgproto3.NewFrontend(&s.upstreamFrames.feed, nil)
 	s.upstreamIn.SetMaxBodyLen(max)
 	return true
