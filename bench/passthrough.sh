@@ -26,6 +26,9 @@
 #             ("unscoped"), and pgbouncer as the tenant role
 #             ("bouncer_tenant", same role and auth), and print their ratios
 #             [0]
+#   LOOPS_AB  N (with TENANT=1): also measure the tenant role on a fourth
+#             pgcloak that runs N relay loops (PGCLOAK_RELAY_LOOPS=N,
+#             "tenant_loops") [unset]
 #
 # Needs Go, the PostgreSQL server binaries and pgbench, and pgbouncer
 # (apt-get install -y postgresql pgbouncer). Everything it starts is stopped
@@ -44,6 +47,7 @@ TARGETS=(direct pgcloak pgbouncer)
 PIPE=${PIPE:-0}
 RELAY_AB=${RELAY_AB:-0}
 TENANT=${TENANT:-0}
+LOOPS_AB=${LOOPS_AB:-}
 
 command -v pgbouncer >/dev/null || die "pgbouncer not found; install it with: apt-get install -y pgbouncer"
 
@@ -72,6 +76,7 @@ log:
 EOF
 PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" serve -c "$work/pgcloak.yaml" 2>"$work/pgcloak.log" &
 STOP_PIDS+=($!)
+declare -A PID_OF=([pgcloak]=$!)
 
 echo "--- starting pgbouncer on 127.0.0.1:$PGBOUNCER_PORT (session pooling)"
 bouncer=$work/pgbouncer
@@ -104,6 +109,7 @@ else
 	pgbouncer "$bouncer/pgbouncer.ini" 2>"$work/pgbouncer.stderr" &
 fi
 STOP_PIDS+=($!)
+PID_OF[pgbouncer]=$!
 
 if [[ $TENANT == 1 ]]; then
 	printf '"%s" "%s"\n' bench_tenant "$BENCH_PASSWORD" >>"$bouncer/userlist.txt"
@@ -127,6 +133,7 @@ if [[ $RELAY_AB == 1 ]]; then
 	sed "s/127.0.0.1:$PGCLOAK_PORT/127.0.0.1:$SPARE_PORT/" "$work/pgcloak.yaml" >"$work/pgcloak-goroutines.yaml"
 	PGCLOAK_RELAY=goroutines PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" serve -c "$work/pgcloak-goroutines.yaml" 2>"$work/pgcloak-goroutines.log" &
 	STOP_PIDS+=($!)
+	PID_OF[goroutines]=$!
 	PORT[goroutines]=$SPARE_PORT
 	LOG[goroutines]=$work/pgcloak-goroutines.log
 	TARGETS+=(goroutines)
@@ -173,10 +180,21 @@ EOF
 	{ echo "set client_min_messages = warning;"; PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" schema -c "$work/pgcloak-tenant.yaml"; } | psql_direct >/dev/null
 	PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" serve -c "$work/pgcloak-tenant.yaml" 2>"$work/pgcloak-tenant.log" &
 	STOP_PIDS+=($!)
+	PID_OF[tenant]=$! PID_OF[unscoped]=$! PID_OF[bouncer_tenant]=${PID_OF[pgbouncer]}
 	PORT[tenant]=$TENANT_PORT PORT[unscoped]=$TENANT_PORT PORT[bouncer_tenant]=$PGBOUNCER_PORT
 	USER_OF[tenant]=bench_tenant USER_OF[unscoped]=bench_unscoped USER_OF[bouncer_tenant]=bench_tenant
 	TARGETS+=(tenant unscoped bouncer_tenant)
 	wait_login tenant "$TENANT_PORT" bench_tenant "$BENCH_PASSWORD" "$work/pgcloak-tenant.log"
+	if [[ -n $LOOPS_AB ]]; then
+		LOOPS_PORT=$("$work/connlat" -ports 1)
+		sed "s/127.0.0.1:$TENANT_PORT/127.0.0.1:$LOOPS_PORT/" "$work/pgcloak-tenant.yaml" >"$work/pgcloak-loops.yaml"
+		PGCLOAK_RELAY_LOOPS=$LOOPS_AB PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" serve -c "$work/pgcloak-loops.yaml" 2>"$work/pgcloak-loops.log" &
+		STOP_PIDS+=($!)
+		PID_OF[tenant_loops]=$!
+		PORT[tenant_loops]=$LOOPS_PORT USER_OF[tenant_loops]=bench_tenant
+		TARGETS+=(tenant_loops)
+		wait_login tenant_loops "$LOOPS_PORT" bench_tenant "$BENCH_PASSWORD" "$work/pgcloak-loops.log"
+	fi
 fi
 for t in "${login_targets[@]}"; do
 	wait_login "$t" "${PORT[$t]}" "$BENCH_USER" "$BENCH_PASSWORD" "${LOG[$t]}"
@@ -185,14 +203,24 @@ done
 results=$work/results
 : >"$results"
 echo "--- pgbench -S -c $CLIENTS -j $JOBS -T $DURATION, $ROUNDS round(s)"
+# cpu_ms PID: the CPU time (user + system, all threads) a process has used.
+cpu_ms() {
+	awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) * 1000 / hz }' "/proc/$1/stat"
+}
+cpu=$work/cpu
+: >"$cpu"
 for round in $(seq "$ROUNDS"); do
 	for mode in "${MODES[@]}"; do
 		for t in "${TARGETS[@]}"; do
+			pid=${PID_OF[$t]:-}
+			[[ -z $pid ]] || before=$(cpu_ms "$pid")
 			tps=$(pgbench_tps "$work/run-$round-$mode-$t.log" "against $t ($mode)" \
 				-n -S -M "$mode" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" \
 				-h 127.0.0.1 -p "${PORT[$t]}" -U "${USER_OF[$t]:-$BENCH_USER}" "$BENCH_DB")
 			printf '  round %d  %-9s %-10s %12.1f tps\n' "$round" "$mode" "$t" "$tps"
 			echo "$mode $t $tps" >>"$results"
+			# The proxy's CPU per transaction, in microseconds.
+			[[ -z $pid ]] || echo "$mode $t $(cpu_ms "$pid") $before $tps $DURATION" >>"$cpu"
 		done
 	done
 done
@@ -216,12 +244,16 @@ extra_ratios() {
 		}' "$work/results"
 	echo
 }
+echo "proxy CPU per transaction (user + system, all threads), mean of the rounds:"
+awk '{ us = ($3 - $4) * 1000 / ($5 * $6); sum[$1 " " $2] += us; n[$1 " " $2]++ }
+	END { for (k in sum) printf "  %-24s %6.1f us\n", k, sum[k] / n[k] }' "$cpu" | sort
+echo
 if [[ $PIPE == 1 ]]; then extra_ratios pipe bytepipe; fi
 if [[ $RELAY_AB == 1 ]]; then extra_ratios goroutines goroutines; fi
 if [[ $TENANT == 1 ]]; then
 	# Each target of the tenant configuration against pgbouncer as the
 	# tenant role.
-	awk -v modes="${MODES[*]}" '
+	awk -v modes="${MODES[*]}" -v loops="$LOOPS_AB" '
 		{ sum[$1, $2] += $3; n[$1, $2]++ }
 		END {
 			m = split(modes, ms, " ")
@@ -230,6 +262,10 @@ if [[ $TENANT == 1 ]]; then
 				t = sum[ms[i], "tenant"] / n[ms[i], "tenant"]
 				u = sum[ms[i], "unscoped"] / n[ms[i], "unscoped"]
 				printf "tenant config %-9s pgbouncer as the tenant role %8.0f tps; tenant session %8.0f tps, /pgbouncer %.2f; unscoped session %8.0f tps, /pgbouncer %.2f\n", ms[i], b, t, t / b, u, u / b
+				if (n[ms[i], "tenant_loops"] > 0) {
+					x = sum[ms[i], "tenant_loops"] / n[ms[i], "tenant_loops"]
+					printf "tenant config %-9s with %s relay loops: tenant session %8.0f tps, /pgbouncer %.2f, /one loop %.2f\n", ms[i], loops, x, x / b, x / t
+				}
 			}
 		}' "$work/results"
 	echo

@@ -28,23 +28,39 @@
 // role name is compared exactly, as PostgreSQL resolves it), and startup
 // parameters the lexer guard refuses (below).
 //
-// After the first ReadyForQuery a session under tenancy, or over TLS, is two
-// goroutines: one reads the client and forwards to upstream, one reads
-// upstream and forwards to the client. Each flushes the other direction's
-// buffered output just before it blocks on its own socket, so a pipelined
-// batch costs one write per read and nothing waits in a buffer while its
-// sender waits for an answer. When either goroutine ends, both connections
-// are closed and the other ends too.
+// After the first ReadyForQuery a session can be served in two ways. Its
+// own two goroutines run everything: one reads the client and forwards to
+// upstream, one reads upstream and forwards to the client. Each flushes the
+// other direction's buffered output just before it blocks on its own
+// socket, so a pipelined batch costs one write per read and nothing waits
+// in a buffer while its sender waits for an answer. When either goroutine
+// ends, both connections are closed and the other ends too.
 //
-// A pure passthrough session over plain TCP is handed to the relay loop
-// instead (relay_linux.go): one thread waiting in epoll_wait for all such
-// sockets, which reads a socket only once it is readable, as pgbouncer does;
-// Go's netpoller would first try every read and park on EAGAIN. The loop
-// accepts exactly the client messages the goroutine relay accepts: it frames
-// each one and decodes it with pgproto3 before forwarding the client's own
-// bytes (the goroutine relay forwards pgproto3's re-encoding, which drops
-// bytes a message carries beyond its fields; PostgreSQL refuses those).
-// What PostgreSQL sends is forwarded unchanged.
+// The relay loop (relay_linux.go) is one thread waiting in epoll_wait for
+// the sockets of many sessions, which reads a socket only once it is
+// readable, as pgbouncer does; Go's netpoller would first try every read
+// and park on EAGAIN, and wake a goroutine per message. A pure passthrough
+// session over plain TCP is handed to it for good: the loop frames each
+// client message and decodes it with pgproto3 before forwarding the
+// client's own bytes (the goroutine relay forwards pgproto3's re-encoding,
+// which drops bytes a message carries beyond its fields; PostgreSQL refuses
+// those), and forwards what PostgreSQL sends unchanged.
+//
+// A session under tenancy over plain TCP (without tenant tokens) moves
+// between the two (tenantloop_linux.go). The loop decodes each message and
+// hands it to the same handlers the goroutines run, on its own thread, for
+// as long as a cheap test says the handler will not wait for anything (a
+// statement pgcloak forwards unparsed, a Bind of a statement it did not
+// rewrite, a result without declared columns); at the first message that
+// needs more (analysis, a key, a row to decrypt, COPY, a renewed pin) it
+// gives the session back to its goroutines, which continue at that message
+// and hand the session to the loop again after a few rounds with nothing
+// outstanding. The decoders of such a session read whole messages through
+// frames (frames.go), so every byte not yet decoded is in the session's
+// own buffer and the hand-over can happen between any two messages. What is
+// refused, rewritten or decrypted does not depend on which side runs the
+// handler: both run the same code on the same state, and the tests of
+// tenantloop_test.go check that no key is ever used on the loop's thread.
 //
 // # The lexer guard
 //

@@ -128,3 +128,15 @@ func (s *session) rowsNeedKeys() bool {
 	}
 	return shape != nil && shape.any
 }
+
+// rawRow reports whether a DataRow that inlineUpstream let through may be
+// forwarded without being decoded: the handler would neither take it as
+// the answer to a statement of the proxy's own nor change it.
+func (s *session) rawRow() bool {
+	if s.tokens {
+		return false
+	}
+	s.repin.mu.Lock()
+	defer s.repin.mu.Unlock()
+	return s.repin.call == nil
+}

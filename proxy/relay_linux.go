@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -41,28 +43,45 @@ type relayLoop struct {
 }
 
 var (
-	theRelayOnce sync.Once
-	theRelay     *relayLoop
-	theRelayErr  error
+	theRelaysOnce sync.Once
+	theRelays     []*relayLoop
+	theRelayErr   error
 )
 
-// sharedRelay returns the process's relay loop, starting it on first use.
-func sharedRelay() (*relayLoop, error) {
-	theRelayOnce.Do(func() {
-		epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-		if err != nil {
-			theRelayErr = fmt.Errorf("epoll_create1: %w", err)
-			return
+// relayLoops is how many relay loops the process runs: PGCLOAK_RELAY_LOOPS
+// when set to a number from 1 to 64, else defaultRelayLoops.
+func relayLoops() int {
+	if n, err := strconv.Atoi(os.Getenv("PGCLOAK_RELAY_LOOPS")); err == nil && n >= 1 && n <= 64 {
+		return n
+	}
+	return defaultRelayLoops()
+}
+
+// relayFor returns the relay loop that carries session id, starting the
+// process's loops on first use. A session always goes to the same loop;
+// sessions are spread over the loops by id.
+func relayFor(id uint64) (*relayLoop, error) {
+	theRelaysOnce.Do(func() {
+		for range relayLoops() {
+			epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+			if err != nil {
+				theRelayErr = fmt.Errorf("epoll_create1: %w", err)
+				return
+			}
+			l := &relayLoop{
+				epfd:   epfd,
+				ends:   make(map[int32]*relayEnd),
+				buf:    make([]byte, 64<<10),
+				events: make([]unix.EpollEvent, 128),
+			}
+			theRelays = append(theRelays, l)
+			go l.run()
 		}
-		theRelay = &relayLoop{
-			epfd:   epfd,
-			ends:   make(map[int32]*relayEnd),
-			buf:    make([]byte, 64<<10),
-			events: make([]unix.EpollEvent, 128),
-		}
-		go theRelay.run()
 	})
-	return theRelay, theRelayErr
+	if len(theRelays) == 0 {
+		return nil, theRelayErr
+	}
+	return theRelays[id%uint64(len(theRelays))], nil
 }
 
 // relayEnd is one socket of a relayed session.
@@ -116,7 +135,7 @@ func (s *session) relayable() bool {
 // the session ends. ok is false when the hand-over could not be made and
 // nothing was moved: the caller then serves the session itself.
 func (s *session) serveRelayed() (ok bool, err error) {
-	l, err := sharedRelay()
+	l, err := relayFor(s.id)
 	if err != nil {
 		s.log.Debug().Err(err).Msg("relay loop unavailable")
 		return false, nil
@@ -474,3 +493,6 @@ func (l *relayLoop) finish(rs *relayed, err error) {
 	rs.closeFDs()
 	rs.done <- err
 }
+
+// defaultRelayLoops is one relay loop: measured on 2 cores, see doc.go.
+func defaultRelayLoops() int { return 1 }

@@ -264,6 +264,14 @@ func (s *session) sendClient(msg pgproto3.BackendMessage) error {
 	return s.clientOut.send(msg)
 }
 
+// sendClientRaw queues a whole message, as upstream sent it, for the
+// client.
+func (s *session) sendClientRaw(msg []byte) error {
+	s.clientMu.Lock()
+	defer s.clientMu.Unlock()
+	return s.clientOut.sendRaw(msg)
+}
+
 // flushClient writes what is queued for the client.
 func (s *session) flushClient() error {
 	s.clientMu.Lock()

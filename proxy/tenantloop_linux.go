@@ -63,7 +63,7 @@ func (s *session) serveLooped() (back bool, err error) {
 	if s.closed.Load() {
 		return false, nil
 	}
-	l, err := sharedRelay()
+	l, err := relayFor(s.id)
 	if err != nil {
 		s.log.Debug().Err(err).Msg("relay loop unavailable")
 		s.handbackAt = handbackMax
@@ -245,6 +245,18 @@ func (l *relayLoop) upstreamMessages(rs *relayed) {
 		if !s.inlineUpstream(raw) {
 			l.handBack(rs)
 			return
+		}
+		if raw[0] == 'D' && s.rawRow() {
+			// A row of a result without declared columns: what the
+			// handler would decode and encode again, forwarded as it came.
+			s.upstreamFrames.off += len(raw)
+			if !s.results.suppress {
+				if err := s.sendClientRaw(raw); err != nil {
+					l.finish(rs, nil) // the client is gone
+					return
+				}
+			}
+			continue
 		}
 		s.upstreamFrames.take(len(raw))
 		msg, err := s.upstreamIn.Receive()

@@ -81,6 +81,18 @@ func (o *outbox) send(msg encoder) error {
 	return nil
 }
 
+// sendRaw appends a whole encoded message to the batch, as send does.
+func (o *outbox) sendRaw(msg []byte) error {
+	if o.err != nil {
+		return o.err
+	}
+	o.buf = append(o.buf, msg...)
+	if len(o.buf) >= outboxFlushSize {
+		return o.flush()
+	}
+	return nil
+}
+
 // pending reports whether messages are waiting to be written.
 func (o *outbox) pending() bool { return len(o.buf) > 0 }
 
