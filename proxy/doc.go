@@ -62,6 +62,32 @@
 // handler: both run the same code on the same state, and the tests of
 // tenantloop_test.go check that no key is ever used on the loop's thread.
 //
+// # Relay loops and cores
+//
+// A relay loop is one goroutine that blocks in epoll_wait, so one OS
+// thread, and it does per message what pgbouncer's single thread does: a
+// read and a write per direction, about 30 µs of CPU per pgbench -S
+// transaction on this project's 2-core VM for both (bench/passthrough.sh
+// prints it). One loop therefore saturates where pgbouncer does, at about
+// one core. The process runs max(1, GOMAXPROCS/4) loops
+// (PGCLOAK_RELAY_LOOPS overrides it) and spreads sessions over them by id;
+// each loop has its own epoll set and its own sessions, and shares nothing
+// with the others on the hot path (the map of its sockets is its own).
+// Accepting, startup and authentication run on the session's goroutines,
+// which Go's scheduler spreads over every core, so no SO_REUSEPORT
+// listener per loop is needed: only the relaying is pinned to a loop. On 16
+// cores that is 4 loops, each with a core's worth of relaying, leaving the
+// other cores to the goroutines' work (analysis, encryption, decryption),
+// which is where a tenant's statements on declared tables spend their
+// time.
+//
+// On 2 cores a second loop does not help: measured alternated against one
+// loop (bench/passthrough.sh TENANT=1 LOOPS_AB=2, 3 rounds, 2026-12-07),
+// two loops gave 0.91, 1.06 and 0.86 of one loop's throughput (simple,
+// extended, prepared) and cost about 30 % more CPU per transaction: with
+// PostgreSQL and pgbench on the same two cores, each loop wakes for fewer
+// events per epoll_wait.
+//
 // # The lexer guard
 //
 // pgcloak analyses SQL as pg_query lexes it: UTF8 text with

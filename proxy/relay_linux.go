@@ -494,5 +494,6 @@ func (l *relayLoop) finish(rs *relayed, err error) {
 	rs.done <- err
 }
 
-// defaultRelayLoops is one relay loop: measured on 2 cores, see doc.go.
-func defaultRelayLoops() int { return 1 }
+// defaultRelayLoops is one relay loop per four cores the process may use,
+// at least one (doc.go, "Relay loops and cores").
+func defaultRelayLoops() int { return max(1, runtime.GOMAXPROCS(0)/4) }
