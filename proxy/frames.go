@@ -70,6 +70,16 @@ func (f *frames) whole() int {
 	return 1 + size
 }
 
+// firstSize returns the wire size of the first message once its header is
+// buffered (whole or not), else 0.
+func (f *frames) firstSize() int {
+	b := f.buf[f.off:]
+	if len(b) < 5 {
+		return 0
+	}
+	return 1 + int(int32(binary.BigEndian.Uint32(b[1:])))
+}
+
 // peek returns the first whole message's bytes without taking it, or nil.
 func (f *frames) peek() []byte {
 	n := f.whole()

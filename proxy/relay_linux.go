@@ -109,9 +109,10 @@ type relayed struct {
 	// tenancy is set for a session under tenancy, whose messages the
 	// loop hands to the session's own handlers (tenantloop_linux.go);
 	// served counts the client messages it handled.
-	tenancy bool
-	served  int
-	loop    *relayLoop
+	tenancy    bool
+	served     int
+	terminated bool // the client sent Terminate
+	loop       *relayLoop
 
 	mu     sync.Mutex
 	closed bool // the loop has closed the descriptors, or given them back

@@ -195,6 +195,12 @@ func (l *relayLoop) readTenancy(e *relayEnd) {
 func (l *relayLoop) clientMessages(rs *relayed) {
 	s := rs.s
 	for {
+		if s.clientFrames.firstSize() > inlineClientMax {
+			// Scanning and copying a large text would hold every
+			// other session on this loop up: the goroutines take it.
+			l.handBack(rs)
+			return
+		}
 		n := s.clientFrames.whole()
 		if n == 0 {
 			break
@@ -206,7 +212,9 @@ func (l *relayLoop) clientMessages(rs *relayed) {
 			return
 		}
 		if _, ok := msg.(*pgproto3.Terminate); ok {
-			// What follows a Terminate is never forwarded.
+			// What follows a Terminate is never forwarded, nor is
+			// anything upstream still sends (upstreamMessages).
+			rs.terminated = true
 			s.upstreamOut.send(msg)
 			s.upstreamOut.flush()
 			if len(rs.upstream.pending) == 0 {
@@ -224,7 +232,7 @@ func (l *relayLoop) clientMessages(rs *relayed) {
 		}
 		rs.served++
 		if err := s.clientMessage(msg); err != nil {
-			l.refuse(rs, err)
+			l.end(rs, err)
 			return
 		}
 	}
@@ -237,7 +245,17 @@ func (l *relayLoop) clientMessages(rs *relayed) {
 // frames, then writes what they sent the client.
 func (l *relayLoop) upstreamMessages(rs *relayed) {
 	s := rs.s
+	if rs.terminated {
+		// The client said Terminate: as on the goroutines, nothing more
+		// reaches it.
+		s.upstreamFrames.off = len(s.upstreamFrames.buf)
+		return
+	}
 	for {
+		if s.upstreamFrames.firstSize() > inlineUpstreamMax {
+			l.handBack(rs)
+			return
+		}
 		raw := s.upstreamFrames.peek()
 		if raw == nil {
 			break
@@ -261,17 +279,36 @@ func (l *relayLoop) upstreamMessages(rs *relayed) {
 		s.upstreamFrames.take(len(raw))
 		msg, err := s.upstreamIn.Receive()
 		if err != nil {
-			l.finish(rs, fmt.Errorf("invalid message from upstream: %w", err))
+			l.refuse(rs, fmt.Errorf("invalid message from upstream: %w", err))
 			return
 		}
 		if err := s.upstreamMessage(msg); err != nil {
-			l.refuse(rs, err)
+			l.end(rs, err)
 			return
 		}
 	}
 	if err := s.flushClient(); err != nil {
 		l.finish(rs, nil) // the client is gone
 	}
+}
+
+// Messages larger than these go to the goroutines: the loop's handlers
+// scan a statement's text several times and every message is copied a few
+// times, which for a large one would hold up every other session on the
+// loop.
+const (
+	inlineClientMax   = 64 << 10
+	inlineUpstreamMax = 1 << 20
+)
+
+// end finishes a session whose handler failed, telling the client as the
+// goroutines' fail does, unless the failure is a peer going away.
+func (l *relayLoop) end(rs *relayed, err error) {
+	if isDisconnect(err) {
+		l.finish(rs, nil)
+		return
+	}
+	l.refuse(rs, err)
 }
 
 // handBack stops watching a tenancy session's sockets and gives the

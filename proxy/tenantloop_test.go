@@ -46,6 +46,21 @@ func waitCarried(t *testing.T, p *testProxy, want int) {
 	}
 }
 
+// quietUntilCarried runs statements on no declared table until the relay
+// loop carries c's session (its proxy's only one), and fails if it never
+// does within the longest back-off (handbackMax rounds).
+func quietUntilCarried(t *testing.T, c *pgx.Conn, p *testProxy) {
+	t.Helper()
+	for range handbackMax + 8 {
+		if _, carried := loopTurns(p); carried == 1 {
+			return
+		}
+		var n int
+		fatalIf(t, c.QueryRow(ctxT(t), `select 1`).Scan(&n), "quiet round")
+	}
+	waitCarried(t, p, 1)
+}
+
 // TestTenantLoopHandOver: a tenant's session moves between the relay loop
 // (statements on undeclared tables) and its goroutines (statements on the
 // declared table, rows to decrypt) and back, in every pgx mode, and every
@@ -318,5 +333,36 @@ func TestTenantLoopNeverUsesKeys(t *testing.T) {
 	}
 	if n := onLoop.Load(); n != 0 {
 		t.Errorf("%d calls into the key layer ran on the relay loop's thread", n)
+	}
+}
+
+// TestTenantLoopLargeMessages: a statement larger than the loop handles on
+// its thread, and a row larger than it forwards, go through the goroutines
+// and come back whole; the session returns to the loop after them.
+func TestTenantLoopLargeMessages(t *testing.T) {
+	env := startEncrypted(t, func(c *Config) { c.Listen.MaxMessageSize = 8 << 20 })
+	ctx := ctxT(t)
+	_, err := env.pool.Exec(ctx, `create table notes (id int primary key, body text); grant select, insert, update on notes to acme_app`)
+	fatalIf(t, err, "schema")
+	for _, mode := range []string{"simple_protocol", "cache_statement"} {
+		c := connect(t, env.proxy.url(acmeRole, rolePassword, env.db, "default_query_exec_mode="+mode))
+		// A row over inlineUpstreamMax goes to the goroutines; one under
+		// it the loop forwards as it came.
+		for id, size := range map[int]int{1: 3 << 20, 2: inlineUpstreamMax / 2} {
+			big := strings.Repeat(string(rune('a'+id)), size)
+			mustExec(t, c, `insert into notes values ($1, $2) on conflict (id) do update set body = excluded.body`, id, big)
+			var n int
+			fatalIf(t, c.QueryRow(ctx, `select length(body) from notes where id = $1 -- `+strings.Repeat("c", inlineClientMax), id).Scan(&n), "large statement")
+			mustEqual(t, "length", n, len(big))
+			for range handbackMin + 1 {
+				var body string
+				fatalIf(t, c.QueryRow(ctx, `select body from notes where id = $1`, id).Scan(&body), "large row")
+				if body != big {
+					t.Fatalf("large row: got %d bytes, want %d", len(body), len(big))
+				}
+			}
+			quietUntilCarried(t, c, env.proxy)
+		}
+		c.Close(ctx)
 	}
 }
