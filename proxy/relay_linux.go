@@ -297,18 +297,7 @@ func (l *relayLoop) handle(e *relayEnd, events uint32) {
 		return
 	}
 	n, err := unix.Read(e.fd, l.buf)
-	if err == unix.EAGAIN || err == unix.EINTR {
-		return
-	}
-	if n <= 0 || err != nil {
-		// End of stream or a reset: a disconnect, not a fault. Bytes still
-		// owed to the client go out first.
-		if !e.client && len(rs.client.pending) > 0 && err == nil {
-			rs.draining = true
-			l.forget(e)
-			return
-		}
-		l.finish(rs, nil)
+	if l.readEnded(e, n, err) {
 		return
 	}
 	if !e.client {
@@ -318,6 +307,27 @@ func (l *relayLoop) handle(e *relayEnd, events uint32) {
 		return
 	}
 	l.fromClient(rs, l.buf[:n])
+}
+
+// readEnded reports whether a read of e's socket gave nothing to relay: it
+// would block (the event was stale), or the stream ended or was reset, a
+// disconnect, not a fault, which ends the session once the bytes still
+// owed to the client are out.
+func (l *relayLoop) readEnded(e *relayEnd, n int, err error) bool {
+	if err == unix.EAGAIN || err == unix.EINTR {
+		return true
+	}
+	if n > 0 && err == nil {
+		return false
+	}
+	rs := e.rs
+	if !e.client && len(rs.client.pending) > 0 && err == nil {
+		rs.draining = true
+		l.forget(e)
+		return true
+	}
+	l.finish(rs, nil)
+	return true
 }
 
 // frontendTypes are the message types pgproto3's Backend decodes; it

@@ -168,18 +168,7 @@ func (l *relayLoop) readTenancy(e *relayEnd) {
 	}
 	space := f.space()
 	n, err := unix.Read(e.fd, space)
-	if err == unix.EAGAIN || err == unix.EINTR {
-		return
-	}
-	if n <= 0 || err != nil {
-		// End of stream or a reset: a disconnect, not a fault. Bytes still
-		// owed to the client go out first.
-		if !e.client && len(rs.client.pending) > 0 && err == nil {
-			rs.draining = true
-			l.forget(e)
-			return
-		}
-		l.finish(rs, nil)
+	if l.readEnded(e, n, err) {
 		return
 	}
 	f.buf = f.buf[:len(f.buf)+n]
