@@ -276,6 +276,8 @@ func (s *session) needsAnalysis(sql string) bool {
 	switch {
 	case s.decl.schema == nil:
 		return false
+	case s.tokens:
+		return s.decl.schema.MightNeedTokenAnalysis(sql)
 	case s.scoped:
 		return s.decl.schema.MightNeedTenantAnalysis(sql)
 	}
@@ -339,6 +341,9 @@ func (s *session) checkPlan(plan *rewrite.Plan) error {
 	}
 	if err := s.checkExecutes(plan); err != nil {
 		return err
+	}
+	if s.tokens && plan.Outlives != "" {
+		return &clientError{code: pgerrcode.FeatureNotSupported, msg: plan.Outlives + " is not allowed in a session whose tenant comes from tenant tokens: its rows would outlive the transaction, and the next one may be another tenant's (use a cursor without HOLD, or ON COMMIT DROP)"}
 	}
 	for _, rc := range plan.RoleChanges {
 		if rc.Target == "" {

@@ -313,11 +313,44 @@ func (a *analyzer) statement(n *pg_query.Node) error {
 	if a.plan.Opaque == nil {
 		a.plan.Opaque = a.opaque(n)
 	}
+	if a.plan.Outlives == "" {
+		a.plan.Outlives = outlives(n)
+	}
 	if err := a.inheritance(n); err != nil {
 		return err
 	}
 	a.preparedUses(n)
 	return a.dispatch(n)
+}
+
+// cursorOptHold is CURSOR_OPT_HOLD (parsenodes.h): DECLARE ... WITH HOLD.
+const cursorOptHold = 0x0020
+
+// outlives returns what Plan.Outlives names for n, or "".
+func outlives(n *pg_query.Node) string {
+	found := ""
+	temp := func(rel *pg_query.RangeVar, onCommit pg_query.OnCommitAction) bool {
+		return rel != nil && (rel.Relpersistence == "t" || strings.EqualFold(rel.Schemaname, "pg_temp")) &&
+			onCommit != pg_query.OnCommitAction_ONCOMMIT_DROP
+	}
+	_ = visit(n, func(m proto.Message) (bool, error) {
+		switch x := m.(type) {
+		case *pg_query.DeclareCursorStmt:
+			if x.Options&cursorOptHold != 0 {
+				found = "DECLARE ... WITH HOLD"
+			}
+		case *pg_query.CreateStmt:
+			if temp(x.Relation, x.Oncommit) {
+				found = "CREATE TEMPORARY TABLE"
+			}
+		case *pg_query.IntoClause:
+			if temp(x.Rel, x.OnCommit) {
+				found = "a temporary table made by CREATE TABLE AS or SELECT INTO"
+			}
+		}
+		return found == "", nil
+	})
+	return found
 }
 
 // preparedUses appends the statement's uses of prepared statement names to

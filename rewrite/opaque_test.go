@@ -108,3 +108,48 @@ func TestPreparedUses(t *testing.T) {
 		t.Errorf("EXECUTE p(1): %+v, %v; want a passthrough plan with one use", plan, err)
 	}
 }
+
+// TestOutlives: the statements that leave rows past their transaction
+// outside row-level security, however spelt and wherever nested, are named
+// by Plan.Outlives and reach the analysis in token sessions; the forms
+// that end with the transaction are not.
+func TestOutlives(t *testing.T) {
+	s := NewSchema(config.Encrypt{}, "app.tenant_id")
+	tests := []struct {
+		sql, want string
+	}{
+		{"DECLARE c CURSOR WITH HOLD FOR SELECT 1", "DECLARE ... WITH HOLD"},
+		{"declare c binary no scroll cursor with hold for select 1", "DECLARE ... WITH HOLD"},
+		{"create temp table t (x int)", "CREATE TEMPORARY TABLE"},
+		{"CREATE LOCAL TEMPORARY TABLE t (x int)", "CREATE TEMPORARY TABLE"},
+		{"create table pg_temp.t (x int)", "CREATE TEMPORARY TABLE"},
+		{`create table "pg_temp".t (x int)`, "CREATE TEMPORARY TABLE"},
+		{"create temp table t (x int) on commit delete rows", "CREATE TEMPORARY TABLE"},
+		{"create temp table t as select 1", "a temporary table made by CREATE TABLE AS or SELECT INTO"},
+		{"select 1 as x into temporary t", "a temporary table made by CREATE TABLE AS or SELECT INTO"},
+		{"explain analyze create temp table t as select 1", "a temporary table made by CREATE TABLE AS or SELECT INTO"},
+		{"select 1; create temp table t (x int)", "CREATE TEMPORARY TABLE"},
+		{"DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1", ""},
+		{"declare c cursor for select 1", ""},
+		{"create temp table t (x int) on commit drop", ""},
+		{"create temp table t on commit drop as select 1", ""},
+		{"create table t (x int)", ""},
+		{"select * from holdings", ""},
+	}
+	for _, tt := range tests {
+		plan, err := s.Analyze(tt.sql)
+		if err != nil {
+			t.Errorf("%q: %v", tt.sql, err)
+			continue
+		}
+		if plan.Outlives != tt.want {
+			t.Errorf("%q: Outlives %q, want %q", tt.sql, plan.Outlives, tt.want)
+		}
+		if tt.want != "" && !s.MightNeedTokenAnalysis(tt.sql) {
+			t.Errorf("%q: skipped by the token sessions' pre-check", tt.sql)
+		}
+	}
+	if s.MightNeedTokenAnalysis("select * from holdings where temperature > 3") {
+		t.Errorf("the token pre-check matches words inside other words")
+	}
+}

@@ -78,6 +78,16 @@ type Plan struct {
 	// nil when the text has none.
 	Opaque *Refusal
 
+	// Outlives names the first statement that leaves rows in the session
+	// past the end of its transaction outside any table's row-level
+	// security: DECLARE ... WITH HOLD, and a temporary table (CREATE
+	// TEMPORARY TABLE, CREATE TABLE pg_temp.t, CREATE TEMPORARY TABLE ...
+	// AS, SELECT ... INTO TEMPORARY) not dropped ON COMMIT, anywhere in
+	// the text (EXPLAIN ANALYZE runs what it explains). The proxy refuses
+	// it in sessions whose tenant changes by tenant token: the next
+	// transaction may be another tenant's. "" when the text has none.
+	Outlives string
+
 	// Prepared lists the text's PREPARE, EXECUTE and DEALLOCATE statements
 	// (EXECUTE also where CREATE TABLE AS or EXPLAIN holds it) and DISCARD
 	// ALL, in text order. It is informational, set on Passthrough plans

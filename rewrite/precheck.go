@@ -124,9 +124,26 @@ func (s *Schema) MightNeedTenantAnalysis(sql string) bool {
 	return s.MightNeedAnalysis(sql) || hasTenantWord(sql)
 }
 
+// tokenWords are the keywords of the statements Plan.Outlives names, as
+// tenantWords are Opaque's: WITH HOLD, TEMP and TEMPORARY (a temporary
+// table cannot be made without one of them or the schema pg_temp, which
+// is one word here: underscores join words).
+var tokenWords = []string{"hold", "temp", "temporary", "pg_temp"}
+
+// MightNeedTokenAnalysis is MightNeedTenantAnalysis for sessions whose
+// tenant changes by tenant token: it also reports texts that may hold a
+// statement Plan.Outlives would name.
+func (s *Schema) MightNeedTokenAnalysis(sql string) bool {
+	return s.MightNeedTenantAnalysis(sql) || hasWord(sql, tokenWords)
+}
+
 // hasTenantWord reports whether sql holds one of tenantWords as a maximal
 // run of ASCII letters and underscores, in any ASCII case.
-func hasTenantWord(sql string) bool {
+func hasTenantWord(sql string) bool { return hasWord(sql, tenantWords) }
+
+// hasWord reports whether sql holds one of words as a maximal run of ASCII
+// letters and underscores, in any ASCII case.
+func hasWord(sql string, words []string) bool {
 	for i := 0; i < len(sql); {
 		if !isWordByte(sql[i]) {
 			i++
@@ -136,7 +153,7 @@ func hasTenantWord(sql string) bool {
 		for j < len(sql) && isWordByte(sql[j]) {
 			j++
 		}
-		for _, w := range tenantWords {
+		for _, w := range words {
 			if len(w) == j-i && hasPrefixFold(sql[i:j], w) {
 				return true
 			}
