@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"encoding/binary"
+	"errors"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -140,3 +141,8 @@ func (s *session) rawRow() bool {
 	defer s.repin.mu.Unlock()
 	return s.repin.call == nil
 }
+
+// errLoopWouldWait is what a handler run on the relay loop's thread returns,
+// before it has changed anything, when it would have to wait: the loop
+// gives the session back with the message undone.
+var errLoopWouldWait = errors.New("relay loop: the handler would wait")

@@ -119,6 +119,16 @@ func (s *session) shapeOf(rd *pgproto3.RowDescription) (*rowShape, error) {
 	if !s.decrypts {
 		return shape, nil // an unscoped session sees the stored bytea
 	}
+	if s.onLoop {
+		// The relay loop's thread must not wait for pg_catalog: a table
+		// the catalog forgot since the loop looked (a SIGHUP reset it)
+		// goes to the goroutines.
+		for i := range rd.Fields {
+			if _, known := s.decl.catalog.peek(columnOrigin{rd.Fields[i].TableOID, rd.Fields[i].TableAttributeNumber}); !known {
+				return nil, errLoopWouldWait
+			}
+		}
+	}
 	for i := range rd.Fields {
 		f := &rd.Fields[i]
 		d, ok, err := s.decl.catalog.lookup(context.Background(), columnOrigin{f.TableOID, f.TableAttributeNumber})

@@ -134,6 +134,11 @@ type session struct {
 	// goroutine handles it before receiving another.
 	clientFrames, upstreamFrames *frames
 	clientNext                   pgproto3.FrontendMessage
+	// upstreamNext is upstream's message the loop decoded and handed back
+	// undone; onLoop is set while the loop's thread runs the upstream
+	// handler (shapeOf then refuses to wait for pg_catalog).
+	upstreamNext pgproto3.BackendMessage
+	onLoop       bool
 	// handoff is set when the goroutines are to stop at their next read
 	// and give the session to the relay loop; rounds counts the
 	// ReadyForQuery messages relayed by the goroutines since they last
@@ -354,6 +359,10 @@ func (s *session) receiveClient() (pgproto3.FrontendMessage, error) {
 // receiveUpstream returns upstream's next message. An error with the
 // connection is also in s.upstreamRd.connErr.
 func (s *session) receiveUpstream() (pgproto3.BackendMessage, error) {
+	if m := s.upstreamNext; m != nil {
+		s.upstreamNext = nil
+		return m, nil
+	}
 	if s.upstreamFrames != nil {
 		if err := s.upstreamFrames.next(); err != nil {
 			return nil, err

@@ -271,7 +271,15 @@ func (l *relayLoop) upstreamMessages(rs *relayed) {
 			l.refuse(rs, fmt.Errorf("invalid message from upstream: %w", err))
 			return
 		}
-		if err := s.upstreamMessage(msg); err != nil {
+		s.onLoop = true
+		err = s.upstreamMessage(msg)
+		s.onLoop = false
+		if err == errLoopWouldWait {
+			s.upstreamNext = msg // shapeOf changed nothing yet
+			l.handBack(rs)
+			return
+		}
+		if err != nil {
 			l.end(rs, err)
 			return
 		}

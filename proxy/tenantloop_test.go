@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // loopTurns sums, over the proxy's sessions, the times the relay loop took
@@ -364,5 +365,32 @@ func TestTenantLoopLargeMessages(t *testing.T) {
 			quietUntilCarried(t, c, env.proxy)
 		}
 		c.Close(ctx)
+	}
+}
+
+// TestShapeOfOnLoopNeverWaits: on the relay loop's thread, a RowDescription
+// naming a table the catalog does not know (it was reset by a SIGHUP after
+// the loop looked) makes shapeOf give up before it changes anything,
+// instead of asking pg_catalog; off the loop it asks.
+func TestShapeOfOnLoopNeverWaits(t *testing.T) {
+	c := newCatalog(nil, patientsDecl())
+	s := &session{decl: &declarations{catalog: c}, decrypts: true, onLoop: true}
+	rd := &pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{
+		{Name: []byte("id"), TableOID: 0, DataTypeOID: 23},
+		{Name: []byte("ssn"), TableOID: 424242, TableAttributeNumber: 4, DataTypeOID: 17},
+	}}
+	if _, err := s.shapeOf(rd); err != errLoopWouldWait {
+		t.Fatalf("shapeOf on the loop: %v, want errLoopWouldWait", err)
+	}
+	if rd.Fields[1].DataTypeOID != 17 || len(rd.Fields) != 2 {
+		t.Errorf("shapeOf changed the message before giving up: %+v", rd.Fields)
+	}
+	c.mu.Lock()
+	c.declared[424242] = false
+	c.mu.Unlock()
+	shape, err := s.shapeOf(rd)
+	fatalIf(t, err, "shapeOf of a known table")
+	if shape.any {
+		t.Errorf("a table known not to be declared gave a shape with declared fields")
 	}
 }

@@ -340,10 +340,10 @@ func TestTokenAttackTransactionEndsInQuery(t *testing.T) {
 // wait for the COPY's ReadyForQuery before passing its data on.
 func TestTokenAttack_CopyAfterLocalToken(t *testing.T) {
 	env := startTokenEnv(t)
+	// A table of no tenant (token sessions may make no temporary table).
+	fatalIf(t, env.pg.Exec(ctxT(t), env.db, `create table notes (body text); grant insert, select on notes to `+poolRole), "notes")
 	conn := atkRaw(t, env)
-	_, err := atkExec(t, conn, `create temp table notes (body text)`)
-	fatalIf(t, err, "temp table")
-	_, err = atkExec(t, conn, `BEGIN`)
+	_, err := atkExec(t, conn, `BEGIN`)
 	fatalIf(t, err, "begin")
 	_, err = atkExec(t, conn, `SET LOCAL pgcloak.tenant_token = '`+mintToken(t, "acme", time.Hour)+`'`)
 	fatalIf(t, err, "SET LOCAL")
@@ -361,10 +361,9 @@ func TestTokenAttack_CopyAfterLocalToken(t *testing.T) {
 func TestTokenAttack_CopyMentioningReset(t *testing.T) {
 	env := startTokenEnv(t)
 	conn := atkRaw(t, env)
+	fatalIf(t, env.pg.Exec(ctxT(t), env.db, `create table notes (reset_at text); grant insert, select on notes to `+poolRole), "notes")
 	_, err := atkExec(t, conn, `SET pgcloak.tenant_token = '`+mintToken(t, "acme", time.Hour)+`'`)
 	fatalIf(t, err, "SET token")
-	_, err = atkExec(t, conn, `create temp table notes (reset_at text)`)
-	fatalIf(t, err, "temp table")
 	ctx, cancel := context.WithTimeout(ctxT(t), 10*time.Second)
 	defer cancel()
 	tag, err := conn.CopyFrom(ctx, strings.NewReader("a\nb\n"), `copy notes (reset_at) from stdin`)

@@ -543,6 +543,13 @@ grant select, insert, update, delete on pinned, bare, mixed, unpinned, no_policy
 		},
 		unwanted: []string{"harmless", "hidden"},
 	}, {
+		name:   "risky token role",
+		config: configFor("tenancy:\n  token_roles: ["+checkRiskyRole+"]\n  jwt:\n    hs256_secret: "+strings.Repeat("k", 32)+"\n", "pinned"),
+		code:   1,
+		want: []string{
+			"WARN  role cmd_check_risky (token role): may create temporary tables (TEMP on database " + db + "): one made under a tenant token stays on the connection after the token's transaction, readable by the next tenant's; pgcloak refuses CREATE TEMPORARY TABLE and WITH HOLD where it reads them, REVOKE TEMP ON DATABASE \"" + db + "\" FROM PUBLIC, \"cmd_check_risky\" makes PostgreSQL refuse the rest",
+		},
+	}, {
 		name:   "upstream.user as a tenant",
 		config: configFor("tenancy:\n  login:\n    roles:\n      "+testenv.ScramUser+": acme\n      "+checkPlainRole+": globex\n", "pinned"),
 		code:   1,

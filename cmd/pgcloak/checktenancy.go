@@ -257,6 +257,12 @@ func listed(names []string) string {
 // not.
 const dynamicSQLPattern = `\m(execute|set_config)\M`
 
+// tokenSwitched reports whether a checked role's sessions change tenant by
+// tenant token (a token role, or the upstream role of mode jwt).
+func tokenSwitched(label string) bool {
+	return strings.Contains(label, "token role") || strings.Contains(label, "jwt.upstream_user")
+}
+
 // checkTenantRoles warns when a tenant role may do what lets SQL the proxy
 // never reads run with the tenant's session (SPEC §5.4): create objects
 // (CREATE on a schema, TEMP on the database), execute a SECURITY DEFINER
@@ -326,6 +332,9 @@ func checkTenantRoles(ctx context.Context, conn *pgx.Conn, roles []checkedRole, 
 		if len(creates) > 0 {
 			c.line(levelWarn, what, "may create objects ("+strings.Join(creates, "; ")+"): functions, views, rules or triggers whose SQL pgcloak never reads (REVOKE CREATE ON SCHEMA ...; REVOKE TEMP ON DATABASE ... FROM PUBLIC and the role)")
 			clean = false
+		}
+		if temp && tokenSwitched(r.label) {
+			c.line(levelWarn, what, "may create temporary tables (TEMP on database "+database+"): one made under a tenant token stays on the connection after the token's transaction, readable by the next tenant's; pgcloak refuses CREATE TEMPORARY TABLE and WITH HOLD where it reads them, REVOKE TEMP ON DATABASE "+ident(database)+" FROM PUBLIC, "+ident(r.name)+" makes PostgreSQL refuse the rest")
 		}
 		if len(definers) > 0 {
 			c.line(levelWarn, what, "may execute SECURITY DEFINER functions, which run as their owner: "+listed(definers))
