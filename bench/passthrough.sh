@@ -151,31 +151,21 @@ grant select on pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_his
 create table bench_secret (id int primary key, tenant_id text not null, secret bytea);
 SQL
 	"$work/pgcloak" keys init-local -o "$work/master.key" >/dev/null
-	cat >"$work/pgcloak-tenant.yaml" <<EOF
-listen:
-  address: 127.0.0.1:$TENANT_PORT
-  shutdown_timeout: 5s
-upstream:
-  address: 127.0.0.1:$PGPORT
-  sslmode: disable
-  user: $BENCH_USER
-  password: \${PGCLOAK_UPSTREAM_PASSWORD}
-  database: $BENCH_DB
+	# The passthrough configuration on another port, with tenancy.
+	{
+		sed "s/127.0.0.1:$PGCLOAK_PORT/127.0.0.1:$TENANT_PORT/" "$work/pgcloak.yaml"
+		cat <<EOF
 tenancy:
   login:
     roles: { bench_tenant: acme }
   unscoped_roles: [bench_unscoped]
-keys:
-  local:
-    master_key_file: $work/master.key
 encrypt:
   tables:
     - name: public.bench_secret
       columns:
         - { name: secret, type: text }
-log:
-  level: warn
 EOF
+	} >"$work/pgcloak-tenant.yaml"
 	# serve refuses declared columns without pgcloak's format CHECKs.
 	{ echo "set client_min_messages = warning;"; PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" schema -c "$work/pgcloak-tenant.yaml"; } | psql_direct >/dev/null
 	PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" serve -c "$work/pgcloak-tenant.yaml" 2>"$work/pgcloak-tenant.log" &

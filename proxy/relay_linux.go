@@ -385,12 +385,7 @@ func (l *relayLoop) fromClient(rs *relayed, data []byte) {
 		return
 	}
 	if terminated {
-		if len(rs.upstream.pending) == 0 {
-			l.finish(rs, nil)
-		} else {
-			rs.draining = true
-			l.forget(&rs.client)
-		}
+		l.afterTerminate(rs)
 		return
 	}
 	rest := src[off:]
@@ -401,6 +396,17 @@ func (l *relayLoop) fromClient(rs *relayed, data []byte) {
 	default:
 		rs.partial = append(rs.partial[:0], rest...) // may overlap: copy is a memmove
 	}
+}
+
+// afterTerminate ends a session whose client sent Terminate, once what is
+// owed upstream is written; the client is no longer read.
+func (l *relayLoop) afterTerminate(rs *relayed) {
+	if len(rs.upstream.pending) == 0 {
+		l.finish(rs, nil)
+		return
+	}
+	rs.draining = true
+	l.forget(&rs.client)
 }
 
 // refuse reports err to the client, as the goroutine relay's fail does, and

@@ -206,12 +206,7 @@ func (l *relayLoop) clientMessages(rs *relayed) {
 			rs.terminated = true
 			s.upstreamOut.send(msg)
 			s.upstreamOut.flush()
-			if len(rs.upstream.pending) == 0 {
-				l.finish(rs, nil)
-			} else {
-				rs.draining = true
-				l.forget(&rs.client)
-			}
+			l.afterTerminate(rs)
 			return
 		}
 		if !s.inlineClient(msg) {
