@@ -390,6 +390,9 @@ func (c *KeyCache) getLocked(id KeyID) *cacheEntry {
 // under a context of its own bounded by LoadTimeout, and waits for it as
 // long as ctx allows.
 func (c *KeyCache) load(ctx context.Context, key string, fn func(ctx context.Context, epoch uint64) (*DataKey, error)) (*DataKey, error) {
+	if !mayWait(ctx) {
+		return nil, ErrWouldWait
+	}
 	ch := c.group.DoChan(key, func() (any, error) {
 		c.mu.Lock()
 		epoch, closed := c.epoch, c.closed
@@ -638,6 +641,17 @@ func isVerdict(err error) bool {
 	return errors.Is(err, ErrKeyNotFound) || errors.Is(err, ErrKeyShredded)
 }
 
+// NoWait returns a context under which the KeyCache answers only from what
+// it holds: where it would ask the KeySource or the Provider (a key not
+// cached, a block of seals to reserve, a rotation at the limit) it returns
+// ErrWouldWait at once, having loaded and counted nothing. The proxy's relay
+// loop, which serves many sessions on one thread, seals and opens under it.
+func NoWait(ctx context.Context) context.Context { return context.WithValue(ctx, noWaitKey{}, true) }
+
+type noWaitKey struct{}
+
+func mayWait(ctx context.Context) bool { return ctx.Value(noWaitKey{}) == nil }
+
 // flightKey names a load for singleflight; every part is length-prefixed.
 func flightKey(kind byte, tenant, class string, purpose Purpose, version uint32) string {
 	b := make([]byte, 0, 32+len(tenant)+len(class))
@@ -728,6 +742,12 @@ func (c *KeyCache) takeSeal(ctx context.Context, sc *sealCounter, id KeyID) (ok 
 			sc.mu.Unlock()
 			return false, nil
 		}
+		if !mayWait(ctx) {
+			// left stays negative: the next caller that may wait
+			// reserves.
+			sc.mu.Unlock()
+			return false, ErrWouldWait
+		}
 		lctx, cancel := context.WithTimeout(ctx, c.loadTimeout)
 		n, err := c.sealer.ReserveSeals(lctx, id, c.sealBlock, c.sealLimit)
 		cancel()
@@ -751,6 +771,9 @@ func (c *KeyCache) takeSeal(ctx context.Context, sc *sealCounter, id KeyID) (ok 
 // caller or replica already has, and makes the next Active load the new
 // version. Concurrent callers share one rotation.
 func (c *KeyCache) rotateSpent(ctx context.Context, id KeyID) error {
+	if !mayWait(ctx) {
+		return ErrWouldWait
+	}
 	ch := c.group.DoChan(flightKey('r', id.Tenant, id.KeyClass, id.Purpose, id.Version), func() (any, error) {
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.loadTimeout)
 		defer cancel()
@@ -793,3 +816,7 @@ func (c *KeyCache) unwrapShared(ctx context.Context, w WrappedKey) (*DataKey, er
 		return c.unwrapInsert(ctx, w, epoch)
 	})
 }
+
+// MayWait reports whether calls under ctx may wait for the KeySource or
+// the Provider (false under NoWait).
+func MayWait(ctx context.Context) bool { return mayWait(ctx) }

@@ -27,3 +27,9 @@ var ErrUnwrap = errors.New("crypto: data key cannot be unwrapped")
 // ErrNoTenant is returned by a Keyring without a tenant. Sessions without a
 // tenant see ciphertext; they never seal, open or index.
 var ErrNoTenant = errors.New("crypto: keyring has no tenant")
+
+// ErrWouldWait is what the KeyCache returns, under a context made by
+// NoWait, instead of asking the KeySource or the Provider: the key is not
+// cached, or a seal needs a reservation first. Nothing is loaded or
+// counted; the caller asks again where it may wait.
+var ErrWouldWait = errors.New("crypto: the key is not cached and the caller may not wait")

@@ -294,3 +294,50 @@ func mustVersion(t *testing.T, v []byte) uint32 {
 	}
 	return n
 }
+
+// TestNoWait: under NoWait the cache answers from what it holds and
+// otherwise says ErrWouldWait at once, without asking the provider; the
+// same calls then succeed where the caller may wait, and under NoWait once
+// the keys are cached.
+func TestNoWait(t *testing.T) {
+	ctx := context.Background()
+	nowait := NoWait(ctx)
+	c, _, p, _ := newTestCache(t, CacheOptions{})
+	acme := c.Keyring("acme")
+	if _, err := acme.Seal(nowait, nil, []byte("secret"), ssnColumn); !errors.Is(err, ErrWouldWait) {
+		t.Fatalf("Seal with nothing cached: got %v, want ErrWouldWait", err)
+	}
+	if _, err := acme.BlindIndex(nowait, nil, []byte("secret"), ssnColumn, ""); !errors.Is(err, ErrWouldWait) {
+		t.Fatalf("BlindIndex with nothing cached: got %v, want ErrWouldWait", err)
+	}
+	if g, u := p.generates.Load(), p.unwraps.Load(); g != 0 || u != 0 {
+		t.Fatalf("provider calls under NoWait: %d generates, %d unwraps, want none", g, u)
+	}
+	sealed, err := acme.Seal(ctx, nil, []byte("secret"), ssnColumn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := acme.BlindIndex(ctx, nil, []byte("secret"), ssnColumn, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := acme.Seal(nowait, nil, []byte("secret"), ssnColumn); err != nil {
+		t.Errorf("Seal with the key cached: %v", err)
+	}
+	if _, err := acme.BlindIndex(nowait, nil, []byte("secret"), ssnColumn, ""); err != nil {
+		t.Errorf("BlindIndex with the key cached: %v", err)
+	}
+	col := acme.Opener().Column(ssnColumn)
+	if pt, err := col.Open(nowait, nil, sealed); err != nil || string(pt) != "secret" {
+		t.Errorf("Open with the key cached: got %q, %v", pt, err)
+	}
+	// Once the cache forgets the key, opening under NoWait must not load
+	// it, and must not be taken for an undecryptable value.
+	c.PurgeAll()
+	col = acme.Opener().Column(ssnColumn)
+	if _, err := col.Open(nowait, nil, sealed); !errors.Is(err, ErrWouldWait) || errors.Is(err, ErrDecrypt) {
+		t.Errorf("Open after a purge under NoWait: got %v, want ErrWouldWait", err)
+	}
+	if pt, err := col.Open(ctx, nil, sealed); err != nil || string(pt) != "secret" {
+		t.Errorf("Open after a purge: got %q, %v", pt, err)
+	}
+}

@@ -182,30 +182,32 @@ func (s *session) parsePlain(m *pgproto3.Parse, text string) error {
 
 // handleBind forwards a Bind, transforming its parameters when it binds a
 // rewritten statement.
+//
+// The parameters are transformed before anything else changes: on the
+// relay loop's thread a key that is not cached gives up (errLoopWouldWait)
+// and the goroutines handle the Bind again from the start.
 func (s *session) handleBind(m *pgproto3.Bind) error {
-	s.bindDeallocation(m.DestinationPortal, m.PreparedStatement)
 	ps, err := s.rewritten(m.PreparedStatement)
+	out := m
+	switch {
+	case err != nil:
+	case ps != nil && ps.failed.Load():
+		// PostgreSQL rejected its Parse: say so in the client's terms.
+		err = &clientError{code: pgerrcode.InvalidSQLStatementName, msg: fmt.Sprintf("prepared statement %q does not exist", m.PreparedStatement)}
+	case s.tokens && ps != nil && ps.token != nil:
+		s.bindDeallocation(m.DestinationPortal, m.PreparedStatement)
+		return s.bindToken(m, ps)
+	case s.tokens && s.sealedElsewhere(m.PreparedStatement):
+		err = &clientError{code: pgerrcode.FeatureNotSupported,
+			msg: "this statement's values for encrypted columns were sealed under another tenant when it was prepared; prepare it again after the token, or send the values as parameters"}
+	case ps != nil:
+		if out, err = s.transformBind(m, ps); err == errLoopWouldWait {
+			return err
+		}
+	}
+	s.bindDeallocation(m.DestinationPortal, m.PreparedStatement)
 	if err != nil {
 		return s.refuseExtended(err)
-	}
-	if ps != nil && ps.failed.Load() {
-		// PostgreSQL rejected its Parse: say so in the client's terms.
-		return s.refuseExtended(&clientError{code: pgerrcode.InvalidSQLStatementName, msg: fmt.Sprintf("prepared statement %q does not exist", m.PreparedStatement)})
-	}
-	if s.tokens {
-		if ps != nil && ps.token != nil {
-			return s.bindToken(m, ps)
-		}
-		if t, sealed := s.sealedFor[m.PreparedStatement]; sealed && t != s.tenant {
-			return s.refuseExtended(&clientError{code: pgerrcode.FeatureNotSupported,
-				msg: "this statement's values for encrypted columns were sealed under another tenant when it was prepared; prepare it again after the token, or send the values as parameters"})
-		}
-	}
-	out := m
-	if ps != nil {
-		if out, err = s.transformBind(m, ps); err != nil {
-			return s.refuseExtended(err)
-		}
 	}
 	// The formats are copied: pgproto3 reuses the message's buffers. The
 	// shape the Bind goes by travels with it, so that both goroutines use
@@ -303,6 +305,13 @@ func (s *session) handleClose(m *pgproto3.Close) error {
 	return s.upstreamOut.send(&pgproto3.Close{ObjectType: 'S', Name: ps.upstream})
 }
 
+// sealedElsewhere reports whether a token session's statement sealed its
+// literals at Parse under another tenant than the session's now.
+func (s *session) sealedElsewhere(name string) bool {
+	t, ok := s.sealedFor[name]
+	return ok && t != s.tenant
+}
+
 // rewritten returns the rewritten statement the client calls name, nil for
 // a statement whose parameters pass through, and an error for a name the
 // proxy reserves.
@@ -332,7 +341,7 @@ func (s *session) transformBind(m *pgproto3.Bind, ps *preparedStatement) (*pgpro
 		return nil, &clientError{code: pgerrcode.ProtocolViolation,
 			msg: fmt.Sprintf("bind message has %d parameter formats but %d parameters", len(fc), len(m.Parameters))}
 	}
-	ctx := context.Background()
+	ctx := s.keyCtx()
 	n := len(ps.plan.Params)
 	out := &pgproto3.Bind{
 		DestinationPortal:    m.DestinationPortal,

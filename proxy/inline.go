@@ -16,39 +16,32 @@ import (
 
 // inlineClient reports whether the loop may hand msg to the session's
 // handlers: whether they will forward it without waiting for anything
-// (a key, an answer from upstream, the catalog) and without parsing it.
-// The tests mirror the handlers' own: a statement passes when
-// handleQuery or handleParse would forward it unparsed.
+// (an answer from upstream, the catalog) and without parsing it. Statements
+// that need analysis, Binds that need keys, are handed over too: their
+// handlers give up before they change anything (errLoopWouldWait) when a
+// plan or a key is not cached.
 func (s *session) inlineClient(msg pgproto3.FrontendMessage) bool {
 	if s.tokens || s.repin.pending || s.copyIn != nil || s.unlexable.Load() != nil {
 		return false
 	}
 	switch m := msg.(type) {
-	case *pgproto3.Sync, *pgproto3.Flush:
+	case *pgproto3.Sync, *pgproto3.Flush, *pgproto3.Bind, *pgproto3.Describe, *pgproto3.Close, *pgproto3.Execute:
 		return true
 	case *pgproto3.Query:
-		return s.plainText(m.String)
+		return s.loopText(m.String)
 	case *pgproto3.Parse:
-		return !strings.HasPrefix(m.Name, reservedPrefix) && s.statements[m.Name] == nil && s.plainText(m.Query)
-	case *pgproto3.Bind:
-		return s.statements[m.PreparedStatement] == nil
-	case *pgproto3.Describe:
-		return m.ObjectType != 'S' || s.statements[m.Name] == nil
-	case *pgproto3.Close:
-		return m.ObjectType != 'S' || s.statements[m.Name] == nil
-	case *pgproto3.Execute:
-		return true
+		return !strings.HasPrefix(m.Name, reservedPrefix) && s.loopText(m.Query)
 	case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail:
 		return true // no COPY the proxy transforms (copyIn is nil)
 	}
 	return false // FunctionCall: refused or relayed by the goroutines
 }
 
-// plainText reports whether a statement's text is forwarded as it is
-// without being parsed: handleQuery's and handleParse's pre-checks, and
-// none of the texts they treat apart (tokens, the catalog as declared,
-// COPY, statements that redefine or deallocate prepared statements).
-func (s *session) plainText(sql string) bool {
+// loopText reports whether the loop may hand a statement's text to the
+// handlers: none of the texts they treat apart (tokens, the catalog as
+// declared, COPY, statements that redefine or deallocate prepared
+// statements), which may wait for upstream.
+func (s *session) loopText(sql string) bool {
 	if pure(s.decl) {
 		return true
 	}
@@ -58,10 +51,7 @@ func (s *session) plainText(sql string) bool {
 	if s.scoped && s.decl.views != nil && rewrite.MentionsCatalog(sql) {
 		return false
 	}
-	if s.decrypts && (s.decl.tenancyCfg.AllowDynamicSQL || mayRedefine(sql) || mayDeallocate(sql)) {
-		return false
-	}
-	return !s.needsAnalysis(sql)
+	return !s.decrypts || !(s.decl.tenancyCfg.AllowDynamicSQL || mayRedefine(sql) || mayDeallocate(sql))
 }
 
 // inlineUpstream reports whether the loop may hand upstream's message raw
@@ -78,20 +68,18 @@ func (s *session) inlineUpstream(raw []byte) bool {
 	}
 	switch raw[0] {
 	case 'T':
-		return !s.decrypts || s.plainFields(raw[5:])
-	case 'D':
-		return !s.rowsNeedKeys()
+		return !s.decrypts || s.knownFields(raw[5:])
 	case 'd':
 		return s.results.copyOut == nil
 	}
 	return true
 }
 
-// plainFields reports whether a RowDescription's body names only columns
-// the catalog already knows are not declared: shapeOf then neither waits
-// for the catalog nor finds a column to decrypt. A body it cannot read is
-// left to the goroutines, whose decoder says what is wrong with it.
-func (s *session) plainFields(body []byte) bool {
+// knownFields reports whether a RowDescription's body names only columns
+// the catalog already placed: shapeOf then does not wait for it. A body it
+// cannot read is left to the goroutines, whose decoder says what is wrong
+// with it.
+func (s *session) knownFields(body []byte) bool {
 	if len(body) < 2 {
 		return false
 	}
@@ -108,7 +96,7 @@ func (s *session) plainFields(body []byte) bool {
 		f := body[end+1:]
 		table := binary.BigEndian.Uint32(f)
 		attnum := binary.BigEndian.Uint16(f[4:])
-		if declared, known := s.decl.catalog.peek(columnOrigin{table, attnum}); declared || !known {
+		if _, known := s.decl.catalog.peek(columnOrigin{table, attnum}); !known {
 			return false
 		}
 		body = f[18:]
@@ -134,7 +122,7 @@ func (s *session) rowsNeedKeys() bool {
 // forwarded without being decoded: the handler would neither take it as
 // the answer to a statement of the proxy's own nor change it.
 func (s *session) rawRow() bool {
-	if s.tokens {
+	if s.tokens || s.rowsNeedKeys() {
 		return false
 	}
 	s.repin.mu.Lock()

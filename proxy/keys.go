@@ -42,3 +42,17 @@ func (c cacheOpener) Column(ref ValueRef) ColumnOpener { return c.o.Column(colum
 func isDecryptFailure(err error) bool {
 	return errors.Is(err, crypto.ErrDecrypt)
 }
+
+// loopKeys is the context of key calls made on the relay loop's thread:
+// the cache answers from what it holds or says crypto.ErrWouldWait, which
+// keyError turns into errLoopWouldWait.
+var loopKeys = crypto.NoWait(context.Background())
+
+// keyCtx is the context of the session's key calls: on the relay loop's
+// thread, one that never waits for the key store or the provider.
+func (s *session) keyCtx() context.Context {
+	if s.onLoop {
+		return loopKeys
+	}
+	return context.Background()
+}

@@ -104,48 +104,110 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 			return s.handleCopy(plan)
 		}
 	}
-	s.track(q)
 	if s.decrypts && (s.decl.tenancyCfg.AllowDynamicSQL || mayRedefine(q.String)) {
 		s.shapes.stale() // see shapeBoard
 	}
 	if s.decrypts && mayDeallocate(q.String) {
+		s.track(q)
 		if sent, err := s.deallocate(q); sent || err != nil {
 			return err
 		}
+		return s.forwardQuery(q, true)
+	}
+	return s.forwardQuery(q, false)
+}
+
+// forwardQuery forwards a simple Query as it is when it cannot change what
+// the session may touch, or analysed, rewritten or refused. tracked says
+// whether handleQuery already expects q's answers.
+//
+// Everything that may give up on the relay loop's thread (errLoopWouldWait:
+// a text whose shape or plan is not cached, a key that is not, a refusal to
+// explain) happens before q is tracked, so that the goroutines can handle
+// q again from the start.
+func (s *session) forwardQuery(q *pgproto3.Query, tracked bool) error {
+	track := func() {
+		if !tracked {
+			s.track(q)
+		}
 	}
 	if !s.needsAnalysis(q.String) {
+		track()
 		return s.upstreamOut.send(q)
 	}
-	if sp, lits := s.decl.schema.AnalyzeShape(s.decl.plans, q.String); sp != nil && s.checkPlan(sp.Plan) == nil {
+	sp, lits, known := s.cachedShape(q.String)
+	if !known {
+		return errLoopWouldWait
+	}
+	if sp != nil && s.checkPlan(sp.Plan) == nil {
+		text, err := q.String, error(nil)
+		if !sp.Plan.Passthrough {
+			if text, err = s.renderShape(sp, lits); err == errLoopWouldWait {
+				return err
+			}
+		}
+		track()
 		s.shapes.named(sp.Plan.Prepared)
-		if sp.Plan.Passthrough {
-			return s.upstreamOut.send(q)
-		}
-		text, err := s.renderShape(sp, lits)
-		if err != nil {
-			return s.refuse(err)
-		}
-		s.srv.audit.obs.StatementRewritten()
-		return s.upstreamOut.send(&pgproto3.Query{String: text})
+		return s.sendRendered(q, text, err)
 	}
 	// No shape, or a refused one: the exact text decides and explains.
-	plan, err := s.decl.schema.Cached(s.decl.plans, q.String)
+	plan, err, known := s.cachedPlan(q.String)
+	if !known {
+		return errLoopWouldWait
+	}
 	if err == nil {
 		err = s.checkPlan(plan)
 	}
 	if err != nil {
+		if s.onLoop {
+			return errLoopWouldWait // refuseStatement parses the text again
+		}
+		track()
 		return s.refuseStatement(q.String, err)
 	}
-	s.shapes.named(plan.Prepared)
-	if plan.Passthrough || unchanged(plan, q.String) {
-		return s.upstreamOut.send(q)
+	text := q.String
+	if !plan.Passthrough && !unchanged(plan, q.String) {
+		if text, err = s.render(plan); err == errLoopWouldWait {
+			return err
+		}
 	}
-	text, err := s.render(plan)
+	track()
+	s.shapes.named(plan.Prepared)
+	return s.sendRendered(q, text, err)
+}
+
+// sendRendered forwards q's rendered text, or refuses q when rendering
+// failed.
+func (s *session) sendRendered(q *pgproto3.Query, text string, err error) error {
 	if err != nil {
 		return s.refuse(err)
 	}
+	if text == q.String {
+		return s.upstreamOut.send(q)
+	}
 	s.srv.audit.obs.StatementRewritten()
 	return s.upstreamOut.send(&pgproto3.Query{String: text})
+}
+
+// cachedShape is Schema.AnalyzeShape, except on the relay loop's thread,
+// which does not parse: known is false when the text's shape is not
+// cached yet.
+func (s *session) cachedShape(sql string) (*rewrite.ShapePlan, []rewrite.Literal, bool) {
+	if s.onLoop {
+		return s.decl.schema.CachedShape(s.decl.plans, sql)
+	}
+	sp, lits := s.decl.schema.AnalyzeShape(s.decl.plans, sql)
+	return sp, lits, true
+}
+
+// cachedPlan is Schema.Cached, except on the relay loop's thread, which
+// does not parse: known is false when the text's plan is not cached yet.
+func (s *session) cachedPlan(sql string) (*rewrite.Plan, error, bool) {
+	if s.onLoop {
+		return s.decl.schema.Peek(s.decl.plans, sql)
+	}
+	plan, err := s.decl.schema.Cached(s.decl.plans, sql)
+	return plan, err, true
 }
 
 // refuseStatement refuses a simple query the way PostgreSQL fails one: the
@@ -196,12 +258,26 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 		delete(s.sealedFor, m.Name)
 		return s.parsePlain(m, m.Query)
 	}
-	plan, err := s.decl.schema.Cached(s.decl.plans, m.Query)
+	plan, err, known := s.cachedPlan(m.Query)
+	if !known {
+		return errLoopWouldWait // nothing changed yet
+	}
 	if err == nil {
 		err = s.checkPlan(plan)
 	}
 	if err != nil {
 		return s.refuseExtended(err)
+	}
+	// Literals for declared columns are sealed now, once: every execution
+	// of the statement stores the same ciphertext, as it would store the
+	// same constant. Sealing may give up on the relay loop: before the
+	// session changes.
+	text := strings.Join(plan.Segments, "")
+	var renderErr error
+	if len(plan.Slots) > 0 && !plan.Passthrough && plan.Copy == nil && len(plan.RoleChanges) == 0 {
+		if text, renderErr = s.render(plan); renderErr == errLoopWouldWait {
+			return renderErr
+		}
 	}
 	s.shapes.named(plan.Prepared)
 	if plan.Passthrough {
@@ -214,7 +290,6 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 	if len(plan.RoleChanges) > 0 {
 		return s.refuseExtended(&clientError{code: pgerrcode.FeatureNotSupported, msg: "SET ROLE and SET SESSION AUTHORIZATION are not supported through the extended query protocol"})
 	}
-	text := strings.Join(plan.Segments, "")
 	if s.tokens {
 		// Literals are sealed once, at Parse, under the tenant of that
 		// moment; a token may switch the tenant before a Bind, which
@@ -230,13 +305,8 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 			delete(s.sealedFor, m.Name)
 		}
 	}
-	if len(plan.Slots) > 0 {
-		// Literals for declared columns are sealed now, once: every
-		// execution of the statement stores the same ciphertext, as it
-		// would store the same constant.
-		if text, err = s.render(plan); err != nil {
-			return s.refuseExtended(err)
-		}
+	if renderErr != nil {
+		return s.refuseExtended(renderErr)
 	}
 	if identityParams(plan.Params) {
 		return s.parsePlain(m, text)
@@ -389,7 +459,7 @@ func hasKeyedParams(ps []rewrite.ParamSource) bool {
 // session tenant's keys. Nothing in the result is plaintext of a declared
 // column.
 func (s *session) render(plan *rewrite.Plan) (string, error) {
-	ctx := context.Background()
+	ctx := s.keyCtx()
 	var b strings.Builder
 	for i, seg := range plan.Segments {
 		b.WriteString(seg)
@@ -417,7 +487,7 @@ func (s *session) render(plan *rewrite.Plan) (string, error) {
 // renderShape builds the statement text of a shape plan from the literals
 // of this statement: plain ones as written, keyed ones encrypted or indexed.
 func (s *session) renderShape(sp *rewrite.ShapePlan, lits []rewrite.Literal) (string, error) {
-	ctx := context.Background()
+	ctx := s.keyCtx()
 	var b strings.Builder
 	for i, part := range sp.Parts {
 		b.WriteString(part)
@@ -506,6 +576,9 @@ func valueError(c rewrite.ColumnRef, err error) error {
 
 // keyError reports a key-layer failure without its cause's details.
 func keyError(tenant string, err error) error {
+	if errors.Is(err, crypto.ErrWouldWait) {
+		return errLoopWouldWait // the relay loop gives the message to the goroutines
+	}
 	if errors.Is(err, crypto.ErrKeyShredded) {
 		return &clientError{code: pgerrcode.ObjectNotInPrerequisiteState,
 			msg: fmt.Sprintf("the keys of tenant %s were shredded; its writes are refused until an operator creates new keys (pgcloak keys create --tenant %s)", tenant, tenant)}

@@ -362,7 +362,9 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 			shape = s.portalShape(head.name)
 		}
 		if shape != nil && shape.any {
-			if err := s.decryptRow(m, shape); err != nil {
+			if err := s.decryptRow(m, shape); err == errLoopWouldWait {
+				return false, err // a key to load: the loop hands the row over
+			} else if err != nil {
 				return false, s.suppressWith(err)
 			}
 			m.Values = dropHidden(m.Values, shape)
@@ -450,7 +452,7 @@ func (s *session) portalShape(name string) *rowShape {
 // The plaintexts of a row share one buffer that the next row reuses: the
 // row is encoded for the client before the next one is read.
 func (s *session) decryptRow(row *pgproto3.DataRow, shape *rowShape) error {
-	ctx := context.Background()
+	ctx := s.keyCtx()
 	buf := s.results.scratch[:0]
 	defer func() {
 		if cap(buf) <= 1<<20 { // keep a long value's buffer no longer than its row

@@ -3,6 +3,7 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -13,31 +14,33 @@ import (
 )
 
 // The relay loop also carries sessions under tenancy (a tenant, an unscoped
-// role, declared tables), for as long as their messages need nothing but
-// relaying. Each message the loop reads it decodes and hands to the same
-// handlers the session's goroutines use (handleClientMessage,
-// upstreamMessage), on the loop's thread, when a cheap test says the
-// handler will not wait for anything: a statement whose text names no
-// declared table and nothing pgcloak must look into (the same pre-checks
-// the goroutines make before they would forward it unparsed), a Bind,
-// Describe, Execute or Close of a statement pgcloak did not rewrite, a
-// Sync; upstream, every message but a RowDescription with a declared or
-// not yet known table and the rows of a result with declared columns.
+// role, declared tables). Each message the loop reads it decodes and hands
+// to the same handlers the session's goroutines use (handleClientMessage,
+// upstreamMessage), on the loop's thread, unless a cheap test says the
+// handler would wait for upstream: a token statement, COPY, the catalog as
+// declared, a statement that may redefine or deallocate prepared
+// statements, a pin to renew.
 //
-// Anything else (a statement to analyse, rewrite or refuse, a key to load,
-// a row to decrypt, a COPY, a tenant token, a pin to renew) makes the loop
-// give the session back to its goroutines at that message: the loop stops
-// watching its sockets, and the goroutines start again where the loop
-// stopped, with every byte not yet decoded in the session's frames and the
-// message the loop had just decoded in clientNext. Both sides run the same
-// code on the same session state, so the hand-over can happen between any
-// two messages. The goroutines hand the session to the loop again once
-// they have relayed a few rounds with nothing outstanding (noteRound).
+// The handlers run the whole encrypted path on the loop too: a statement
+// on a declared table is rewritten from the shape or plan cache, its
+// values sealed or indexed, its Bind transformed, its rows decrypted.
+// Where that would wait (a text whose plan is not cached, which pg_query
+// would parse; a key the cache does not hold, or a block of seals to
+// reserve: crypto.NoWait; a table the catalog has not placed), the
+// handler gives up with errLoopWouldWait before it changes anything, and
+// the loop gives the session back to its goroutines at that message: the
+// loop stops watching its sockets, and the goroutines start again where
+// the loop stopped, with every byte not yet decoded in the session's
+// frames and the message the loop had just decoded in clientNext or
+// upstreamNext (a row as it came: decrypting changes it in place). Both
+// sides run the same code on the same session state, so the hand-over can
+// happen between any two messages. The goroutines hand the session to the
+// loop again once they have relayed a few rounds with nothing outstanding
+// (noteRound); by then the plan and keys are cached.
 //
-// Statements a session sends most (an application's statements on its
-// undeclared tables) therefore cost what pure passthrough costs: a read and
-// a write per direction, no goroutine wake-up, no extra read that fails
-// with EAGAIN (see relay_linux.go).
+// Statements a session sends most therefore cost what pure passthrough
+// costs in system calls: a read and a write per direction, no goroutine
+// wake-up, no extra read that fails with EAGAIN (see relay_linux.go).
 
 // loopable reports whether the session may be carried by the relay loop:
 // under tenancy, over plain TCP on both sides, without tenant tokens (their
@@ -214,11 +217,19 @@ func (l *relayLoop) clientMessages(rs *relayed) {
 			l.handBack(rs)
 			return
 		}
-		rs.served++
-		if err := s.clientMessage(msg); err != nil {
+		s.onLoop = true
+		err = s.clientMessage(msg)
+		s.onLoop = false
+		if errors.Is(err, errLoopWouldWait) {
+			s.clientNext = msg // the handler changed nothing yet
+			l.handBack(rs)
+			return
+		}
+		if err != nil {
 			l.end(rs, err)
 			return
 		}
+		rs.served++
 	}
 	if err := s.upstreamOut.flush(); err != nil {
 		l.finish(rs, nil) // upstream is gone
@@ -260,6 +271,11 @@ func (l *relayLoop) upstreamMessages(rs *relayed) {
 			}
 			continue
 		}
+		if raw[0] == 'D' {
+			// Decrypting works in the row's buffer: keep the row as it
+			// came for the goroutines, should a key not be cached.
+			l.row = append(l.row[:0], raw...)
+		}
 		s.upstreamFrames.take(len(raw))
 		msg, err := s.upstreamIn.Receive()
 		if err != nil {
@@ -270,7 +286,12 @@ func (l *relayLoop) upstreamMessages(rs *relayed) {
 		err = s.upstreamMessage(msg)
 		s.onLoop = false
 		if err == errLoopWouldWait {
-			s.upstreamNext = msg // shapeOf changed nothing yet
+			// The handler changed nothing yet (shapeOf, a row's key).
+			if msg, err = l.undone(msg); err != nil {
+				l.refuse(rs, err)
+				return
+			}
+			s.upstreamNext = msg
 			l.handBack(rs)
 			return
 		}
@@ -282,6 +303,20 @@ func (l *relayLoop) upstreamMessages(rs *relayed) {
 	if err := s.flushClient(); err != nil {
 		l.finish(rs, nil) // the client is gone
 	}
+}
+
+// undone returns upstream's message as it came, for the goroutines to
+// handle again: a DataRow decoded again from the loop's copy, since
+// decrypting changed its values in place.
+func (l *relayLoop) undone(msg pgproto3.BackendMessage) (pgproto3.BackendMessage, error) {
+	if _, ok := msg.(*pgproto3.DataRow); !ok {
+		return msg, nil
+	}
+	row := new(pgproto3.DataRow)
+	if err := row.Decode(bytes.Clone(l.row[5:])); err != nil {
+		return nil, fmt.Errorf("invalid message from upstream: %w", err)
+	}
+	return row, nil
 }
 
 // Messages larger than these go to the goroutines: the loop's handlers

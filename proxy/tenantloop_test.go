@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgcloak/pgcloak/crypto"
 )
 
 // loopTurns sums, over the proxy's sessions, the times the relay loop took
@@ -230,28 +231,32 @@ func TestTenantLoopConcurrent(t *testing.T) {
 }
 
 // loopGuardKeys counts the calls into the key layer made on the relay
-// loop's thread: a key the layer must load would stall every session the
-// loop carries, so the loop must give a session back before any.
+// loop's thread, and those of them that could wait for the key store: a
+// key the layer must load would stall every session the loop carries, so
+// on the loop every call must be one that gives up instead (crypto.NoWait).
 type loopGuardKeys struct {
 	Keys
-	onLoop *atomic.Int64
+	onLoop, mayWait *atomic.Int64
 }
 
 func onLoopThread() bool { return bytes.Contains(debug.Stack(), []byte("(*relayLoop).")) }
 
-func (k loopGuardKeys) note() {
+func (k loopGuardKeys) note(ctx context.Context) {
 	if onLoopThread() {
 		k.onLoop.Add(1)
+		if crypto.MayWait(ctx) {
+			k.mayWait.Add(1)
+		}
 	}
 }
 
 func (k loopGuardKeys) Seal(ctx context.Context, tenant string, ref ValueRef, plaintext []byte) ([]byte, error) {
-	k.note()
+	k.note(ctx)
 	return k.Keys.Seal(ctx, tenant, ref, plaintext)
 }
 
 func (k loopGuardKeys) BlindIndex(ctx context.Context, tenant string, ref ValueRef, normalized []byte) ([]byte, error) {
-	k.note()
+	k.note(ctx)
 	return k.Keys.BlindIndex(ctx, tenant, ref, normalized)
 }
 
@@ -274,23 +279,33 @@ type loopGuardColumn struct {
 }
 
 func (c loopGuardColumn) Open(ctx context.Context, dst, value []byte) ([]byte, error) {
-	c.k.note()
+	c.k.note(ctx)
 	return c.ColumnOpener.Open(ctx, dst, value)
 }
 
-// TestTenantLoopNeverUsesKeys: whatever a tenant's session does (writes,
-// searches, reads of declared columns in every pgx mode, a FETCH whose text
-// names no declared table, COPY), no key is ever used on the relay loop's
-// thread: the loop gives the session back to its goroutines first.
-func TestTenantLoopNeverUsesKeys(t *testing.T) {
-	var onLoop atomic.Int64
-	env := startEncryptedDeps(t, func(d *Deps) { d.Keys = loopGuardKeys{d.Keys, &onLoop} })
+// TestTenantLoopKeysNeverWait: a tenant's session runs its encrypted
+// statements (writes, searches, reads of declared columns in every pgx
+// mode, a FETCH whose text names no declared table, COPY) on the relay
+// loop's thread, and there no call into the key layer may wait for the key
+// store. The key cache is emptied before every round, so the loop meets
+// keys it does not hold: it must give the session to its goroutines at
+// that message, and every answer must still be right.
+func TestTenantLoopKeysNeverWait(t *testing.T) {
+	var onLoop, mayWait atomic.Int64
+	var cache *crypto.KeyCache
+	env := startEncryptedDeps(t, func(d *Deps) {
+		cache = d.Keys.(CacheKeys).Cache
+		d.Keys = loopGuardKeys{d.Keys, &onLoop, &mayWait}
+	})
 	ctx := ctxT(t)
 	_, err := env.pool.Exec(ctx, `create table notes (id int primary key, body text); grant select, insert on notes to acme_app`)
 	fatalIf(t, err, "schema")
 	for _, mode := range []string{"simple_protocol", "exec", "cache_statement", "cache_describe", "describe_exec"} {
 		c := connect(t, env.proxy.url(acmeRole, rolePassword, env.db, "default_query_exec_mode="+mode))
 		for i := range 6 {
+			if i%2 == 1 {
+				cache.PurgeAll()
+			}
 			ssn := fmt.Sprintf("555-%s-%d", mode[:4], i)
 			mustExec(t, c, `insert into patients (name, ssn, diagnosis) values ($1, $2, 'flu')`, mode, ssn)
 			for range handbackMin + 1 {
@@ -307,6 +322,9 @@ func TestTenantLoopNeverUsesKeys(t *testing.T) {
 			for range handbackMin + 1 {
 				var n int
 				fatalIf(t, tx.QueryRow(ctx, `select count(*) from notes`).Scan(&n), "count in the transaction")
+			}
+			if i%2 == 1 {
+				cache.PurgeAll() // the FETCH's rows meet a key not cached
 			}
 			rows, err := tx.Query(ctx, `fetch all from cur`)
 			fatalIf(t, err, "fetch")
@@ -332,8 +350,11 @@ func TestTenantLoopNeverUsesKeys(t *testing.T) {
 	if turns < 10 {
 		t.Errorf("the relay loop took the sessions %d times; the test wants it to carry them between declared statements", turns)
 	}
-	if n := onLoop.Load(); n != 0 {
-		t.Errorf("%d calls into the key layer ran on the relay loop's thread", n)
+	if n := onLoop.Load(); n == 0 {
+		t.Error("no call into the key layer ran on the relay loop's thread: encrypted statements are not carried by the loop")
+	}
+	if n := mayWait.Load(); n != 0 {
+		t.Errorf("%d calls into the key layer on the relay loop's thread could wait for the key store", n)
 	}
 }
 
@@ -392,5 +413,44 @@ func TestShapeOfOnLoopNeverWaits(t *testing.T) {
 	fatalIf(t, err, "shapeOf of a known table")
 	if shape.any {
 		t.Errorf("a table known not to be declared gave a shape with declared fields")
+	}
+}
+
+// TestTenantLoopRowKeyNotCached: rows of a declared table arrive at the
+// relay loop when the key cache has just forgotten their key. The loop
+// must hand each such row to the goroutines as it came (decrypting works
+// in the row's buffer), and the client gets every value right.
+func TestTenantLoopRowKeyNotCached(t *testing.T) {
+	var cache *crypto.KeyCache
+	env := startEncryptedDeps(t, func(d *Deps) { cache = d.Keys.(CacheKeys).Cache })
+	ctx := ctxT(t)
+	for _, mode := range []string{"simple_protocol", "cache_statement"} {
+		t.Run(mode, func(t *testing.T) {
+			mustExec(t, connect(t, env.pg.SuperuserURL(env.db)), `truncate patients`)
+			c := connect(t, env.proxy.url(acmeRole, rolePassword, env.db, "default_query_exec_mode="+mode))
+			for i := range 3 {
+				mustExec(t, c, `insert into patients (name, ssn, diagnosis) values ($1, $2, $3)`, "p", fmt.Sprintf("555-00-000%d", i), fmt.Sprintf("diagnosis %d", i))
+			}
+			read := func(round int) {
+				rows, err := c.Query(ctx, `select ssn, diagnosis from patients order by id`)
+				fatalIf(t, err, "read %d", round)
+				k := 0
+				for rows.Next() {
+					var ssn, d string
+					fatalIf(t, rows.Scan(&ssn, &d), "row")
+					mustEqual(t, "ssn", ssn, fmt.Sprintf("555-00-000%d", k))
+					mustEqual(t, "diagnosis", d, fmt.Sprintf("diagnosis %d", k))
+					k++
+				}
+				fatalIf(t, rows.Err(), "rows %d", round)
+				mustEqual(t, "rows", k, 3)
+			}
+			read(0) // the plan is cached
+			for round := 1; round <= 3; round++ {
+				quietUntilCarried(t, c, env.proxy) // the read starts on the loop
+				cache.PurgeAll()
+				read(round)
+			}
+		})
 	}
 }

@@ -42,9 +42,30 @@ type ShapePlan struct {
 // quotes and parameters already in the text send the statement down the
 // exact path.
 func (s *Schema) AnalyzeShape(cache *Cache, sql string) (*ShapePlan, []Literal) {
+	sp, lits, _ := s.analyzeShape(cache, sql, true)
+	return sp, lits
+}
+
+// CachedShape is AnalyzeShape without analysing: known is false when the
+// shape of sql is not in cache yet (nothing is parsed, nothing cached);
+// otherwise the results are AnalyzeShape's.
+func (s *Schema) CachedShape(cache *Cache, sql string) (sp *ShapePlan, lits []Literal, known bool) {
+	return s.analyzeShape(cache, sql, false)
+}
+
+// Peek is Cached without analysing: known is false when sql's plan is not
+// in cache.
+func (s *Schema) Peek(cache *Cache, sql string) (plan *Plan, err error, known bool) {
+	if cache == nil || len(sql) > maxCachedSQL {
+		return nil, nil, false
+	}
+	return cache.get(s, sql)
+}
+
+func (s *Schema) analyzeShape(cache *Cache, sql string, build bool) (*ShapePlan, []Literal, bool) {
 	key, lits, ok := shapeOf(sql)
 	if !ok || len(lits) == 0 || cache == nil || len(key) > maxCachedSQL {
-		return nil, nil
+		return nil, nil, true
 	}
 	// The tenancy checks read string constants (a function argument that
 	// is SQL, a routine body): a shape has none left, so a text whose
@@ -53,16 +74,19 @@ func (s *Schema) AnalyzeShape(cache *Cache, sql string) (*ShapePlan, []Literal) 
 	setting := asciiLower(s.setting)
 	for _, lit := range lits {
 		if mentionsTenancy(lit.Value, setting) {
-			return nil, nil
+			return nil, nil, true
 		}
 	}
 	sp, found := cache.getShape(s, key)
 	if !found {
+		if !build {
+			return nil, nil, false
+		}
 		sp = s.buildShape(key)
 		cache.putShape(s, key, sp)
 	}
 	if sp == nil || sp.maxParam() > len(lits) {
-		return nil, nil
+		return nil, nil, true
 	}
 	// A number bound for a declared column has a type of its own, which
 	// the shape's parameter lost: the exact path checks it against the
@@ -79,10 +103,10 @@ func (s *Schema) AnalyzeShape(cache *Cache, sql string) (*ShapePlan, []Literal) 
 		// string column; compared (index), only a number column.
 		typ := p.Column.Column.Type
 		if p.Kind == ParamData && !numberFits(typ, lits[p.Param-1].Text) || p.Kind != ParamData && typeFamilies[typ] != "number" {
-			return nil, nil
+			return nil, nil, true
 		}
 	}
-	return sp, lits
+	return sp, lits, true
 }
 
 // buildShape analyses a shape; nil means the exact path must decide.
