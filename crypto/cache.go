@@ -733,6 +733,12 @@ func (c *KeyCache) takeSeal(ctx context.Context, sc *sealCounter, id KeyID) (ok 
 		if sc.left.Add(-1) >= 0 {
 			return true, nil
 		}
+		if !mayWait(ctx) {
+			// Not even for sc.mu, which a reservation under way holds
+			// for its round trip. left stays negative: the next caller
+			// that may wait reserves.
+			return false, ErrWouldWait
+		}
 		sc.mu.Lock()
 		if sc.left.Load() > 0 {
 			sc.mu.Unlock() // another caller reserved meanwhile
@@ -741,12 +747,6 @@ func (c *KeyCache) takeSeal(ctx context.Context, sc *sealCounter, id KeyID) (ok 
 		if sc.spent {
 			sc.mu.Unlock()
 			return false, nil
-		}
-		if !mayWait(ctx) {
-			// left stays negative: the next caller that may wait
-			// reserves.
-			sc.mu.Unlock()
-			return false, ErrWouldWait
 		}
 		lctx, cancel := context.WithTimeout(ctx, c.loadTimeout)
 		n, err := c.sealer.ReserveSeals(lctx, id, c.sealBlock, c.sealLimit)

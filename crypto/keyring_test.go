@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 )
 
 var (
@@ -339,5 +340,60 @@ func TestNoWait(t *testing.T) {
 	}
 	if pt, err := col.Open(ctx, nil, sealed); err != nil || string(pt) != "secret" {
 		t.Errorf("Open after a purge: got %q, %v", pt, err)
+	}
+}
+
+// blockingSealer is a MemoryKeySource that counts seals and holds every
+// reservation until release is closed.
+type blockingSealer struct {
+	*MemoryKeySource
+	reserving chan struct{}
+	release   chan struct{}
+}
+
+func (b *blockingSealer) ReserveSeals(ctx context.Context, id KeyID, n, limit uint64) (uint64, error) {
+	b.reserving <- struct{}{}
+	<-b.release
+	return n, nil
+}
+
+func (b *blockingSealer) RotateFrom(ctx context.Context, p Provider, from KeyID, reason string) (KeyID, bool, error) {
+	return KeyID{}, false, errors.New("not rotated")
+}
+
+// TestNoWaitSealDuringReservation: while one caller reserves a block of
+// seals (a key store round trip), a seal under NoWait neither waits for it
+// nor counts: it says ErrWouldWait at once.
+func TestNoWaitSealDuringReservation(t *testing.T) {
+	src := &blockingSealer{NewMemoryKeySource(), make(chan struct{}), make(chan struct{})}
+	c := NewKeyCache(src, newCountingProvider(t), CacheOptions{SealBlock: 1})
+	t.Cleanup(c.Close)
+	acme := c.Keyring("acme")
+	ctx := context.Background()
+	if _, err := c.Active(ctx, "acme", "", PurposeData); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := acme.Seal(ctx, nil, []byte("secret"), ssnColumn)
+		done <- err
+	}()
+	<-src.reserving // the waiting caller holds the reservation
+	result := make(chan error, 1)
+	go func() {
+		_, err := acme.Seal(NoWait(ctx), nil, []byte("secret"), ssnColumn)
+		result <- err
+	}()
+	select {
+	case err := <-result:
+		if !errors.Is(err, ErrWouldWait) {
+			t.Errorf("Seal under NoWait during a reservation: got %v, want ErrWouldWait", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("Seal under NoWait waited for another caller's reservation")
+	}
+	close(src.release)
+	if err := <-done; err != nil {
+		t.Errorf("the waiting Seal: %v", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/pgcloak/pgcloak/config"
+	"github.com/pgcloak/pgcloak/crypto"
 )
 
 // columnOrigin is a field's origin as RowDescription reports it.
@@ -157,6 +158,9 @@ func (c *catalog) lookup(ctx context.Context, o columnOrigin) (declaredField, bo
 	c.mu.RUnlock()
 	if seen {
 		return f, known && ok, nil
+	}
+	if !crypto.MayWait(ctx) {
+		return declaredField{}, false, errLoopWouldWait // the relay loop's thread
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()

@@ -48,19 +48,23 @@
 //
 // A session under tenancy over plain TCP (without tenant tokens) moves
 // between the two (tenantloop_linux.go). The loop decodes each message and
-// hands it to the same handlers the goroutines run, on its own thread, for
-// as long as a cheap test says the handler will not wait for anything (a
-// statement pgcloak forwards unparsed, a Bind of a statement it did not
-// rewrite, a result without declared columns); at the first message that
-// needs more (analysis, a key, a row to decrypt, COPY, a renewed pin) it
-// gives the session back to its goroutines, which continue at that message
-// and hand the session to the loop again after a few rounds with nothing
-// outstanding. The decoders of such a session read whole messages through
-// frames (frames.go), so every byte not yet decoded is in the session's
-// own buffer and the hand-over can happen between any two messages. What is
+// hands it to the same handlers the goroutines run, on its own thread,
+// unless a cheap test says the handler would wait for upstream (a token
+// statement, COPY, the catalog as declared, a statement that may redefine
+// prepared statements, a renewed pin). Encrypted statements run there too,
+// from the shape and plan caches and the key cache: where a handler would
+// wait (a text to parse, a key to load, seals to reserve, a table the
+// catalog has not placed) it gives up before it changes anything
+// (errLoopWouldWait, crypto.NoWait), and the loop gives the session back
+// to its goroutines at that message; they continue there and hand the
+// session to the loop again after a few rounds with nothing outstanding.
+// The decoders of such a session read whole messages through frames
+// (frames.go), so every byte not yet decoded is in the session's own
+// buffer and the hand-over can happen between any two messages. What is
 // refused, rewritten or decrypted does not depend on which side runs the
 // handler: both run the same code on the same state, and the tests of
-// tenantloop_test.go check that no key is ever used on the loop's thread.
+// tenantloop_test.go check that no call into the key layer on the loop's
+// thread can wait, with keys purged under the loop.
 //
 // # Relay loops and cores
 //
@@ -77,9 +81,8 @@
 // which Go's scheduler spreads over every core, so no SO_REUSEPORT
 // listener per loop is needed: only the relaying is pinned to a loop. On 16
 // cores that is 4 loops, each with a core's worth of relaying, leaving the
-// other cores to the goroutines' work (analysis, encryption, decryption),
-// which is where a tenant's statements on declared tables spend their
-// time.
+// other cores to the goroutines' work (startup, authentication, what the
+// loop hands back: parsing a new statement, loading keys, COPY, tokens).
 //
 // On 2 cores a second loop does not help: measured alternated against one
 // loop (bench/passthrough.sh TENANT=1 LOOPS_AB=2, 3 rounds, 2026-12-07),

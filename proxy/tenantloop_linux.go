@@ -271,9 +271,11 @@ func (l *relayLoop) upstreamMessages(rs *relayed) {
 			}
 			continue
 		}
-		if raw[0] == 'D' {
-			// Decrypting works in the row's buffer: keep the row as it
-			// came for the goroutines, should a key not be cached.
+		if raw[0] == 'D' || raw[0] == 'T' {
+			// Decrypting works in the row's buffer, and shapeOf
+			// rewrites declared fields in place: keep the message as it
+			// came for the goroutines, should a key or a table not be
+			// known yet.
 			l.row = append(l.row[:0], raw...)
 		}
 		s.upstreamFrames.take(len(raw))
@@ -306,17 +308,22 @@ func (l *relayLoop) upstreamMessages(rs *relayed) {
 }
 
 // undone returns upstream's message as it came, for the goroutines to
-// handle again: a DataRow decoded again from the loop's copy, since
-// decrypting changed its values in place.
+// handle again: a DataRow or RowDescription decoded again from the loop's
+// copy, since the handler may have changed it in place before it gave up.
 func (l *relayLoop) undone(msg pgproto3.BackendMessage) (pgproto3.BackendMessage, error) {
-	if _, ok := msg.(*pgproto3.DataRow); !ok {
+	var fresh pgproto3.BackendMessage
+	switch msg.(type) {
+	case *pgproto3.DataRow:
+		fresh = new(pgproto3.DataRow)
+	case *pgproto3.RowDescription:
+		fresh = new(pgproto3.RowDescription)
+	default:
 		return msg, nil
 	}
-	row := new(pgproto3.DataRow)
-	if err := row.Decode(bytes.Clone(l.row[5:])); err != nil {
+	if err := fresh.Decode(bytes.Clone(l.row[5:])); err != nil {
 		return nil, fmt.Errorf("invalid message from upstream: %w", err)
 	}
-	return row, nil
+	return fresh, nil
 }
 
 // Messages larger than these go to the goroutines: the loop's handlers

@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgcloak/pgcloak/config"
 	"github.com/pgcloak/pgcloak/crypto"
 )
 
@@ -453,4 +454,52 @@ func TestTenantLoopRowKeyNotCached(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestTenantLoopNullAuditOnce: under on_decrypt_error: null, a row whose
+// first declared value does not open and whose second needs a key the
+// cache does not hold reaches the relay loop: the loop gives the row to
+// the goroutines, which open it again, and the value that did not open is
+// audited once, not once per side.
+func TestTenantLoopNullAuditOnce(t *testing.T) {
+	var cache *crypto.KeyCache
+	env := startEncryptedDeps(t, func(d *Deps) { cache = d.Keys.(CacheKeys).Cache },
+		func(c *Config) { c.Encrypt.OnDecryptError = config.DecryptErrorNull })
+	ctx := ctxT(t)
+	c := env.tenantConn(t, acmeRole)
+	insertPatient(t, c, "alice", "123-45-6789", "alice@example.com", "influenza", "1980-01-02")
+	// Alice's ssn tampered (the tag's last byte): it passes the format
+	// CHECK and opens for no one.
+	fatalIf(t, env.pg.Exec(ctx, env.db, `update patients set ssn = overlay(ssn placing decode(lpad(to_hex(255 - get_byte(ssn, length(ssn) - 1)), 2, '0'), 'hex') from length(ssn) for 1)`), "tamper")
+	audited := func() int { return strings.Count(env.audit.String(), `"event":"decrypt_failed"`) }
+	both := `select ssn, diagnosis from patients where name = 'alice'`
+	ssnOnly := `select ssn from patients where name = 'alice'`
+	read := func(sql string, want string) {
+		t.Helper()
+		var ssn, diagnosis *string
+		var err error
+		if sql == both {
+			err = c.QueryRow(ctx, sql).Scan(&ssn, &diagnosis)
+		} else {
+			err = c.QueryRow(ctx, sql).Scan(&ssn)
+		}
+		fatalIf(t, err, "%s", sql)
+		if ssn != nil {
+			t.Fatalf("%s: the tampered ssn opened as %q", sql, *ssn)
+		}
+		if sql == both && (diagnosis == nil || *diagnosis != want) {
+			t.Fatalf("%s: diagnosis %v, want %q", sql, diagnosis, want)
+		}
+	}
+	read(both, "influenza") // plans and both keys cached
+	read(ssnOnly, "")
+	before := audited()
+	mustEqual(t, "decrypt_failed events so far", before, 2)
+	// Only the ssn's key (class default) comes back into the cache; the
+	// diagnosis's (class phi) stays out.
+	cache.PurgeAll()
+	read(ssnOnly, "")
+	quietUntilCarried(t, c, env.proxy)
+	read(both, "influenza") // on the loop: ssn does not open, then phi's key is missing
+	mustEqual(t, "decrypt_failed events after the handed-over row", audited()-before, 2)
 }
