@@ -19,6 +19,8 @@
 #   MODES pgbench -M modes [simple extended prepared]
 #   ROWS table rows [10000]         SCALE pgbench -S scale [10]
 #   CLIENTS pgbench -c [8]          JOBS pgbench -j [2]
+#   PERF=1 records pgcloak with perf during each of its runs and prints the
+#   hottest symbols of each
 BENCH_NAME=encrypted.sh
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -100,6 +102,7 @@ EOF2
 { echo "set client_min_messages = warning;"; PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" schema -c "$work/pgcloak.yaml"; } | psql_direct >/dev/null
 PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" serve -c "$work/pgcloak.yaml" 2>"$work/pgcloak.log" &
 STOP_PIDS+=($!)
+PGCLOAK_PID=$!
 wait_login pgcloak "$PGCLOAK_PORT" "$TENANT_ROLE" "$TENANT_PASSWORD" "$work/pgcloak.log"
 
 echo "--- loading $ROWS rows (through pgcloak, and plaintext directly)"
@@ -147,10 +150,19 @@ results=$work/results
 run() { # run ROUND MODE WORKLOAD TARGET USER PASSWORD ARGS...
 	local round=$1 mode=$2 w=$3 t=$4 user=$5 password=$6
 	shift 6
-	local tps
+	local tps perf_pid=
+	if [[ -n ${PERF:-} && $t == pgcloak ]]; then
+		perf record -q -F 999 -g -p "$PGCLOAK_PID" -o "$work/perf-$mode-$w.data" -- sleep "$((DURATION > 2 ? DURATION - 1 : 1))" 2>/dev/null &
+		perf_pid=$!
+	fi
 	tps=$(PGPASSWORD=$password pgbench_tps "$work/run-$round-$mode-$w-$t.log" "$w against $t ($mode)" \
 		-n -M "$mode" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" -D rows="$ROWS" "$@" \
 		-h 127.0.0.1 -p "${PORT[$t]}" -U "$user" "$BENCH_DB")
+	if [[ -n $perf_pid ]]; then
+		wait "$perf_pid" || true
+		echo "  perf of pgcloak, $mode $w (self time by symbol):"
+		{ perf report -q -i "$work/perf-$mode-$w.data" --no-children -g none --percent-limit 0.7 --sort symbol 2>/dev/null | grep -v "^$" | sed "s/^/    /"; } || true
+	fi
 	printf '  round %d  %-9s %-8s %-8s %12.1f tps\n' "$round" "$mode" "$w" "$t" "$tps"
 	echo "$mode $w $t $tps" >>"$results"
 }

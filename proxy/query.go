@@ -636,11 +636,4 @@ func tokensNotAllowed() *clientError {
 
 // containsFold reports whether s contains sub, ASCII case-insensitively,
 // without allocating.
-func containsFold(s, sub string) bool {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if strings.EqualFold(s[i:i+len(sub)], sub) {
-			return true
-		}
-	}
-	return false
-}
+func containsFold(s, sub string) bool { return rewrite.ContainsFold(s, sub) }

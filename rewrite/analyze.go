@@ -729,14 +729,7 @@ func containsWordFold(text, word string) bool {
 
 // containsFold reports whether text contains tok (lower-case), ASCII
 // case-insensitively.
-func containsFold(text, tok string) bool {
-	for i := 0; i+len(tok) <= len(text); i++ {
-		if hasPrefixFold(text[i:], tok) {
-			return true
-		}
-	}
-	return false
-}
+func containsFold(text, tok string) bool { return ContainsFold(text, tok) }
 
 func isIdentByte(c byte) bool {
 	return c == '_' || c == '$' || c >= 0x80 ||

@@ -169,6 +169,28 @@ func isWordByte(c byte) bool {
 
 // hasPrefixFold reports whether s starts with tok, where tok is lower-case
 // and ASCII letters in s match either case. len(s) >= len(tok).
+// ContainsFold reports whether text contains tok, ASCII letters of text
+// compared without case, as PostgreSQL folds keywords and unquoted
+// identifiers (no Unicode folding: PostgreSQL never reads the Kelvin sign
+// as k). tok must be lower-case ASCII. It runs on every statement of a
+// session under tenancy, several times: one comparison per byte until the
+// first byte of tok matches.
+func ContainsFold(text, tok string) bool {
+	if tok == "" {
+		return true
+	}
+	lo, up := tok[0], tok[0]
+	if 'a' <= lo && lo <= 'z' {
+		up = lo - ('a' - 'A')
+	}
+	for i := 0; i+len(tok) <= len(text); i++ {
+		if c := text[i]; (c == lo || c == up) && hasPrefixFold(text[i+1:], tok[1:]) {
+			return true
+		}
+	}
+	return false
+}
+
 func hasPrefixFold(s, tok string) bool {
 	for j := 0; j < len(tok); j++ {
 		c := s[j]

@@ -1,6 +1,8 @@
 package rewrite
 
 import (
+	"math/rand/v2"
+	"strings"
 	"testing"
 )
 
@@ -135,6 +137,45 @@ func BenchmarkCached(b *testing.B) {
 	for b.Loop() {
 		if _, err := s.Cached(c, sql); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestContainsFold compares ContainsFold with lower-casing the ASCII letters
+// of the text and searching it, on fixed and random texts.
+func TestContainsFold(t *testing.T) {
+	cases := []struct {
+		text, tok string
+		want      bool
+	}{
+		{"SELECT 1; COPY t FROM stdin", "copy", true},
+		{"select * from CoPy_log", "copy", true},
+		{"select 'cop'", "copy", false},
+		{"cop", "copy", false},
+		{"", "copy", false},
+		{"x", "", true},
+		{"SET pgcloak.TENANT_TOKEN = 'x'", "tenant_token", true},
+		{"select '\u212Aey'", "key", false}, // the Kelvin sign is not k to PostgreSQL
+		{"ccopy", "copy", true},
+		{"COPCOPY", "copy", true},
+	}
+	for _, c := range cases {
+		if got := ContainsFold(c.text, c.tok); got != c.want {
+			t.Errorf("ContainsFold(%q, %q) = %v, want %v", c.text, c.tok, got, c.want)
+		}
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	alphabet := "aAbBcC_ \u212a"
+	for range 20000 {
+		n := rng.IntN(12)
+		var b strings.Builder
+		for range n {
+			b.WriteByte(alphabet[rng.IntN(len(alphabet))])
+		}
+		text := b.String()
+		tok := []string{"ab", "abc", "cab", "a", "bb_c"}[rng.IntN(5)]
+		if got, want := ContainsFold(text, tok), strings.Contains(asciiLower(text), tok); got != want {
+			t.Fatalf("ContainsFold(%q, %q) = %v, want %v", text, tok, got, want)
 		}
 	}
 }
