@@ -24,8 +24,10 @@
 #             table that pgbench does not touch) on a third pgcloak: pgbench
 #             -S as the tenant role ("tenant") and as the unscoped role
 #             ("unscoped"), and pgbouncer as the tenant role
-#             ("bouncer_tenant", same role and auth), and print their ratios
-#             [0]
+#             ("bouncer_tenant", same role and auth), and a token role
+#             ("token": the same read after a session-level
+#             SET pgcloak.tenant_token in each connection's first
+#             transaction), and print their ratios [0]
 #   LOOPS_AB  N (with TENANT=1): also measure the tenant role on a fourth
 #             pgcloak that runs N relay loops (PGCLOAK_RELAY_LOOPS=N,
 #             "tenant_loops") [unset]
@@ -116,6 +118,7 @@ if [[ $TENANT == 1 ]]; then
 fi
 declare -A PORT=([direct]=$PGPORT [pgcloak]=$PGCLOAK_PORT [pgbouncer]=$PGBOUNCER_PORT)
 declare -A USER_OF=()
+declare -A SCRIPT_OF=() # pgbench script options other than -S
 if [[ $PIPE == 1 ]]; then
 	echo "--- starting bytepipe (a Go byte pipe, the floor for a Go proxy)"
 	go build -o "$work/bytepipe" ./bench/cmd/bytepipe
@@ -147,7 +150,8 @@ if [[ $TENANT == 1 ]]; then
 set client_min_messages = warning;
 create role bench_tenant login password '$BENCH_PASSWORD';
 create role bench_unscoped login password '$BENCH_PASSWORD';
-grant select on pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history to bench_tenant, bench_unscoped;
+create role bench_pool login password '$BENCH_PASSWORD';
+grant select on pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history to bench_tenant, bench_unscoped, bench_pool;
 create table bench_secret (id int primary key, tenant_id text not null, secret bytea);
 SQL
 	"$work/pgcloak" keys init-local -o "$work/master.key" >/dev/null
@@ -159,6 +163,9 @@ tenancy:
   login:
     roles: { bench_tenant: acme }
   unscoped_roles: [bench_unscoped]
+  token_roles: [bench_pool]
+  jwt:
+    hs256_secret: bench-hs256-secret-of-at-least-32-bytes
 encrypt:
   tables:
     - name: public.bench_secret
@@ -170,10 +177,22 @@ EOF
 	{ echo "set client_min_messages = warning;"; PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" schema -c "$work/pgcloak-tenant.yaml"; } | psql_direct >/dev/null
 	PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" serve -c "$work/pgcloak-tenant.yaml" 2>"$work/pgcloak-tenant.log" &
 	STOP_PIDS+=($!)
-	PID_OF[tenant]=$! PID_OF[unscoped]=$! PID_OF[bouncer_tenant]=${PID_OF[pgbouncer]}
-	PORT[tenant]=$TENANT_PORT PORT[unscoped]=$TENANT_PORT PORT[bouncer_tenant]=$PGBOUNCER_PORT
-	USER_OF[tenant]=bench_tenant USER_OF[unscoped]=bench_unscoped USER_OF[bouncer_tenant]=bench_tenant
-	TARGETS+=(tenant unscoped bouncer_tenant)
+	PID_OF[tenant]=$! PID_OF[unscoped]=$! PID_OF[token]=$! PID_OF[bouncer_tenant]=${PID_OF[pgbouncer]}
+	PORT[tenant]=$TENANT_PORT PORT[unscoped]=$TENANT_PORT PORT[token]=$TENANT_PORT PORT[bouncer_tenant]=$PGBOUNCER_PORT
+	USER_OF[tenant]=bench_tenant USER_OF[unscoped]=bench_unscoped USER_OF[token]=bench_pool USER_OF[bouncer_tenant]=bench_tenant
+	TARGETS+=(tenant unscoped token bouncer_tenant)
+	# pgbench -S's read, after a session token set once per connection
+	# (pgbench keeps a client's variables from one transaction to the next).
+	token=$("$work/pgcloak" token --tenant acme --ttl 2h -c "$work/pgcloak-tenant.yaml") || die "pgcloak token failed"
+	cat >"$work/token.sql" <<EOF
+\\if :tok_set = 0
+SET pgcloak.tenant_token = '$token';
+\\set tok_set 1
+\\endif
+\\set aid random(1, $((100000 * SCALE)))
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+EOF
+	SCRIPT_OF[token]="-D tok_set=0 -f $work/token.sql"
 	wait_login tenant "$TENANT_PORT" bench_tenant "$BENCH_PASSWORD" "$work/pgcloak-tenant.log"
 	if [[ -n $LOOPS_AB ]]; then
 		LOOPS_PORT=$("$work/connlat" -ports 1)
@@ -204,8 +223,9 @@ for round in $(seq "$ROUNDS"); do
 		for t in "${TARGETS[@]}"; do
 			pid=${PID_OF[$t]:-}
 			[[ -z $pid ]] || before=$(cpu_ms "$pid")
+			# shellcheck disable=SC2086 # SCRIPT_OF holds several words
 			tps=$(pgbench_tps "$work/run-$round-$mode-$t.log" "against $t ($mode)" \
-				-n -S -M "$mode" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" \
+				-n ${SCRIPT_OF[$t]:--S} -M "$mode" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" \
 				-h 127.0.0.1 -p "${PORT[$t]}" -U "${USER_OF[$t]:-$BENCH_USER}" "$BENCH_DB")
 			printf '  round %d  %-9s %-10s %12.1f tps\n' "$round" "$mode" "$t" "$tps"
 			echo "$mode $t $tps" >>"$results"
@@ -251,7 +271,8 @@ if [[ $TENANT == 1 ]]; then
 				b = sum[ms[i], "bouncer_tenant"] / n[ms[i], "bouncer_tenant"]
 				t = sum[ms[i], "tenant"] / n[ms[i], "tenant"]
 				u = sum[ms[i], "unscoped"] / n[ms[i], "unscoped"]
-				printf "tenant config %-9s pgbouncer as the tenant role %8.0f tps; tenant session %8.0f tps, /pgbouncer %.2f; unscoped session %8.0f tps, /pgbouncer %.2f\n", ms[i], b, t, t / b, u, u / b
+				k = sum[ms[i], "token"] / n[ms[i], "token"]
+				printf "tenant config %-9s pgbouncer as the tenant role %8.0f tps; tenant session %8.0f tps, /pgbouncer %.2f; unscoped session %8.0f tps, /pgbouncer %.2f; token session %8.0f tps, /pgbouncer %.2f\n", ms[i], b, t, t / b, u, u / b, k, k / b
 				if (n[ms[i], "tenant_loops"] > 0) {
 					x = sum[ms[i], "tenant_loops"] / n[ms[i], "tenant_loops"]
 					printf "tenant config %-9s with %s relay loops: tenant session %8.0f tps, /pgbouncer %.2f, /one loop %.2f\n", ms[i], loops, x, x / b, x / t

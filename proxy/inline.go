@@ -21,8 +21,11 @@ import (
 // handlers give up before they change anything (errLoopWouldWait) when a
 // plan or a key is not cached.
 func (s *session) inlineClient(msg pgproto3.FrontendMessage) bool {
-	if s.tokens || s.repin.pending || s.copyIn != nil || s.unlexable.Load() != nil {
+	if s.repin.pending || s.copyIn != nil || s.unlexable.Load() != nil {
 		return false
+	}
+	if s.tokens && (s.tok.awaitExec != nil || s.tok.clearOwed) {
+		return false // a token statement's portal, or a pin to clear: upstream's answers
 	}
 	switch m := msg.(type) {
 	case *pgproto3.Sync, *pgproto3.Flush, *pgproto3.Bind, *pgproto3.Describe, *pgproto3.Close, *pgproto3.Execute:
@@ -60,9 +63,6 @@ func (s *session) loopText(sql string) bool {
 // declared column, the rows of a result with declared columns, COPY data
 // the proxy transforms, and whatever answers the proxy's own COPY.
 func (s *session) inlineUpstream(raw []byte) bool {
-	if s.tokens {
-		return false
-	}
 	if head := s.pending.peek(); head != nil && (head.kind == pendCopyDescribe || head.copy != nil) {
 		return false
 	}
@@ -122,8 +122,8 @@ func (s *session) rowsNeedKeys() bool {
 // forwarded without being decoded: the handler would neither take it as
 // the answer to a statement of the proxy's own nor change it.
 func (s *session) rawRow() bool {
-	if s.tokens || s.rowsNeedKeys() {
-		return false
+	if s.rowsNeedKeys() || s.tokens && (s.tokUp.cur != nil || s.tokUp.execPending) {
+		return false // a tenant pin's row is the proxy's
 	}
 	s.repin.mu.Lock()
 	defer s.repin.mu.Unlock()

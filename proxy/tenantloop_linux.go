@@ -43,10 +43,11 @@ import (
 // wake-up, no extra read that fails with EAGAIN (see relay_linux.go).
 
 // loopable reports whether the session may be carried by the relay loop:
-// under tenancy, over plain TCP on both sides, without tenant tokens (their
-// statements wait for upstream's answers), and when the loop is allowed.
+// under tenancy, over plain TCP on both sides, and when the loop is
+// allowed. Sessions of token roles are carried between their token
+// statements, which the goroutines handle.
 func (s *session) loopable() bool {
-	if !s.decl.tenancy || s.tokens || s.clientTLS || s.srv.goroutineRelay || s.clientFrames == nil {
+	if !s.decl.tenancy || s.clientTLS || s.srv.goroutineRelay || s.clientFrames == nil {
 		return false
 	}
 	_, okc := s.client.(*net.TCPConn)

@@ -503,3 +503,78 @@ func TestTenantLoopNullAuditOnce(t *testing.T) {
 	read(both, "influenza") // on the loop: ssn does not open, then phi's key is missing
 	mustEqual(t, "decrypt_failed events after the handed-over row", audited()-before, 2)
 }
+
+// TestTenantLoopTokenSession: the relay loop carries a token role's session
+// between its token statements. With a session token, its statements on
+// declared and undeclared tables run on the loop as the token's tenant; a
+// local token's transaction switches tenant and back; RESET leaves no
+// tenant. Every read is checked, in the simple and the extended protocol.
+func TestTenantLoopTokenSession(t *testing.T) {
+	env := startTokenEnv(t)
+	ctx := ctxT(t)
+	_, err := env.pool.Exec(ctx, `create table notes (id int primary key, body text); grant select on notes to `+poolRole+`;
+		insert into notes values (1, 'shared')`)
+	fatalIf(t, err, "schema")
+	acme, globex := mintToken(t, "acme", time.Hour), mintToken(t, "globex", time.Hour)
+	for _, mode := range []string{"simple_protocol", "cache_statement"} {
+		t.Run(mode, func(t *testing.T) {
+			mustExec(t, connect(t, env.pg.SuperuserURL(env.db)), `truncate patients`)
+			c := connect(t, env.proxy.url(poolRole, rolePassword, env.db, "default_query_exec_mode="+mode))
+			for _, w := range []struct{ tok, name, ssn string }{{acme, "Ann", "123-45-6789"}, {globex, "Gus", "987-65-4321"}} {
+				tx, err := c.Begin(ctx)
+				fatalIf(t, err, "begin")
+				_, err = tx.Exec(ctx, `SET LOCAL pgcloak.tenant_token = '`+w.tok+`'`)
+				fatalIf(t, err, "SET LOCAL")
+				_, err = tx.Exec(ctx, `insert into patients (name, ssn) values ($1, $2)`, w.name, w.ssn)
+				fatalIf(t, err, "insert")
+				fatalIf(t, tx.Commit(ctx), "commit")
+			}
+			_, err := c.Exec(ctx, `SET pgcloak.tenant_token = '`+acme+`'`)
+			fatalIf(t, err, "SET token")
+			quietUntilCarried(t, c, env.proxy)
+			before, _ := loopTurns(env.proxy)
+			for i := range 3 * handbackMin {
+				var body string
+				fatalIf(t, c.QueryRow(ctx, `select body from notes where id = 1`).Scan(&body), "note %d", i)
+				got := names(t, c, `select name, ssn from patients where ssn = $1`, "123-45-6789")
+				if len(got) != 1 || got[0] != "Ann:123-45-6789" {
+					t.Fatalf("round %d, acme by ssn: %v", i, got)
+				}
+				if got := names(t, c, `select name from patients`); len(got) != 1 || got[0] != "Ann" {
+					t.Fatalf("round %d, acme's rows: %v", i, got)
+				}
+			}
+			if _, carried := loopTurns(env.proxy); carried != 1 {
+				t.Fatal("the relay loop does not carry the session while its session token lasts")
+			}
+			// A local token's transaction: globex, then acme again.
+			tx, err := c.Begin(ctx)
+			fatalIf(t, err, "begin")
+			_, err = tx.Exec(ctx, `select pg_catalog.set_config('pgcloak.tenant_token', $1, true)`, globex)
+			fatalIf(t, err, "set_config local")
+			if got := names(t, c, `select name, ssn from patients`); len(got) != 1 || got[0] != "Gus:987-65-4321" {
+				t.Fatalf("local globex: %v", got)
+			}
+			fatalIf(t, tx.Commit(ctx), "commit")
+			for i := range 2 * handbackMin {
+				if got := names(t, c, `select name, ssn from patients`); len(got) != 1 || got[0] != "Ann:123-45-6789" {
+					t.Fatalf("round %d after the local token: %v", i, got)
+				}
+			}
+			_, err = c.Exec(ctx, `RESET pgcloak.tenant_token`)
+			fatalIf(t, err, "RESET")
+			for i := range 2 * handbackMin {
+				if got := names(t, c, `select name from patients`); len(got) != 0 {
+					t.Fatalf("round %d after RESET: %v", i, got)
+				}
+				_, err := c.Exec(ctx, `insert into patients (name, ssn) values ('x', '000-00-0000')`)
+				if pgCode(err) != "42501" {
+					t.Fatalf("round %d, insert without a tenant: %v, want 42501", i, err)
+				}
+			}
+			if after, _ := loopTurns(env.proxy); after <= before {
+				t.Errorf("the relay loop took the session %d times after the token statements, want it back", after-before)
+			}
+		})
+	}
+}

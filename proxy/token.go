@@ -395,6 +395,9 @@ func (s *session) settleTenant() error {
 	if s.tok.settled || s.upstreamOut.syncs < s.tok.changed {
 		return nil
 	}
+	if s.onLoop && s.settleWouldWait() {
+		return errLoopWouldWait // nothing changed yet
+	}
 	if err := s.upstreamOut.flush(); err != nil {
 		return fmt.Errorf("upstream write: %w", err)
 	}
@@ -437,6 +440,30 @@ func (s *session) settleTenant() error {
 		return s.repinSession()
 	}
 	return nil
+}
+
+// settleWouldWait reports whether settleTenant would wait, which the relay
+// loop's thread may not: for upstream's answers to what was sent, or for
+// PostgreSQL (askTenant, repinSession). It reads what settleTenant reads
+// and changes nothing.
+func (s *session) settleWouldWait() bool {
+	u, t := &s.tokUp, &s.tok
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.answered < s.upstreamOut.syncs {
+		return true
+	}
+	if u.uncertain {
+		return !t.midRound
+	}
+	session, moved := t.session, t.markerMoved
+	if t.session != u.session {
+		moved, session = true, ""
+		if u.session != "" && u.session == t.prevSession {
+			session = t.prevSession
+		}
+	}
+	return !u.hasLocal && session != "" && moved && !t.midRound
 }
 
 // askTenant takes the session's tenant from PostgreSQL when the upstream
