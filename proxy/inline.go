@@ -28,7 +28,12 @@ func (s *session) inlineClient(msg pgproto3.FrontendMessage) bool {
 		return false // a token statement's portal, or a pin to clear: upstream's answers
 	}
 	switch m := msg.(type) {
-	case *pgproto3.Sync, *pgproto3.Flush, *pgproto3.Bind, *pgproto3.Describe, *pgproto3.Close, *pgproto3.Execute:
+	case *pgproto3.Bind:
+		// A token statement's Bind verifies its token, which may fetch
+		// a JWKS: the goroutines take it.
+		ps := s.statements[m.PreparedStatement]
+		return ps == nil || ps.token == nil
+	case *pgproto3.Sync, *pgproto3.Flush, *pgproto3.Describe, *pgproto3.Close, *pgproto3.Execute:
 		return true
 	case *pgproto3.Query:
 		return s.loopText(m.String)

@@ -50,6 +50,9 @@ func (s *session) loopable() bool {
 	if !s.decl.tenancy || s.clientTLS || s.srv.goroutineRelay || s.clientFrames == nil {
 		return false
 	}
+	if s.repin.pending || s.tokens && s.tok.clearOwed {
+		return false // owed statements of the proxy's own: the loop would give it back at once
+	}
 	_, okc := s.client.(*net.TCPConn)
 	_, oku := s.upstream.(*net.TCPConn)
 	return okc && oku

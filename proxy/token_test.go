@@ -60,7 +60,19 @@ func mintToken(t testing.TB, tenant string, ttl time.Duration) string {
 // role.
 func startTokenEnv(t *testing.T, mutate ...func(*Config)) *encryptedEnv {
 	t.Helper()
-	pg := startEncryptedDeps(t, func(d *Deps) { d.Tokens = hsVerifier{} }, append([]func(*Config){func(c *Config) {
+	return startTokenEnvDeps(t, nil, mutate...)
+}
+
+// startTokenEnvDeps is startTokenEnv with withDeps applied to its Deps
+// (Tokens is hsVerifier) before the proxy starts.
+func startTokenEnvDeps(t *testing.T, withDeps func(*Deps), mutate ...func(*Config)) *encryptedEnv {
+	t.Helper()
+	pg := startEncryptedDeps(t, func(d *Deps) {
+		d.Tokens = hsVerifier{}
+		if withDeps != nil {
+			withDeps(d)
+		}
+	}, append([]func(*Config){func(c *Config) {
 		c.Tenancy.TokenRoles = []string{poolRole}
 	}}, mutate...)...)
 	ctx := ctxT(t)
