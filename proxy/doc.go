@@ -50,8 +50,10 @@
 // between the two (tenantloop_linux.go). The loop decodes each message and
 // hands it to the same handlers the goroutines run, on its own thread,
 // unless a cheap test says the handler would wait for upstream (a token
-// statement, COPY, the catalog as declared, a statement that may redefine
-// prepared statements, a renewed pin). Encrypted statements run there too,
+// statement in the extended protocol, COPY, the catalog as declared, a
+// statement that may redefine prepared statements, a renewed pin); a
+// simple Query's token statement runs there when its token verifies
+// without a JWKS fetch. Encrypted statements run there too,
 // from the shape and plan caches and the key cache: where a handler would
 // wait (a text to parse, a key to load, seals to reserve, a table the
 // catalog has not placed) it gives up before it changes anything

@@ -36,9 +36,11 @@ func (s *session) inlineClient(msg pgproto3.FrontendMessage) bool {
 	case *pgproto3.Sync, *pgproto3.Flush, *pgproto3.Describe, *pgproto3.Close, *pgproto3.Execute:
 		return true
 	case *pgproto3.Query:
-		return s.loopText(m.String)
+		// A token session's token statements in a simple Query too: the
+		// handler gives up where it would wait (a JWKS fetch).
+		return s.loopText(m.String, s.tokens)
 	case *pgproto3.Parse:
-		return !strings.HasPrefix(m.Name, reservedPrefix) && s.loopText(m.Query)
+		return !strings.HasPrefix(m.Name, reservedPrefix) && s.loopText(m.Query, false)
 	case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail:
 		return true // no COPY the proxy transforms (copyIn is nil)
 	}
@@ -46,14 +48,14 @@ func (s *session) inlineClient(msg pgproto3.FrontendMessage) bool {
 }
 
 // loopText reports whether the loop may hand a statement's text to the
-// handlers: none of the texts they treat apart (tokens, the catalog as
-// declared, COPY, statements that redefine or deallocate prepared
-// statements), which may wait for upstream.
-func (s *session) loopText(sql string) bool {
+// handlers: none of the texts they treat apart (the catalog as declared,
+// COPY, statements that redefine or deallocate prepared statements, and
+// unless tokens is set tenant tokens), which may wait for upstream.
+func (s *session) loopText(sql string, tokens bool) bool {
 	if pure(s.decl) {
 		return true
 	}
-	if containsFold(sql, "tenant_token") || containsFold(sql, "copy") {
+	if !tokens && containsFold(sql, "tenant_token") || containsFold(sql, "copy") {
 		return false
 	}
 	if s.scoped && s.decl.views != nil && rewrite.MentionsCatalog(sql) {

@@ -48,6 +48,18 @@ func isDecryptFailure(err error) bool {
 // keyError turns into errLoopWouldWait.
 var loopKeys = crypto.NoWait(context.Background())
 
+// auditEvent writes an audit event (f) at once, or, on the relay loop's
+// thread, once the message being handled is done: a handler that gives up
+// there (errLoopWouldWait) runs again on the goroutines, which write the
+// event then, so the loop drops it (relayLoop.settleAudits).
+func (s *session) auditEvent(f func()) {
+	if s.onLoop {
+		s.loopAudits = append(s.loopAudits, f)
+		return
+	}
+	f()
+}
+
 // keyCtx is the context of the session's key calls: on the relay loop's
 // thread, one that never waits for the key store or the provider.
 func (s *session) keyCtx() context.Context {

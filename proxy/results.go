@@ -49,14 +49,13 @@ type portal struct {
 // resultState is the upstream goroutine's view of the session's statements
 // and portals. Only upstreamLoop touches it.
 type resultState struct {
-	portals   map[string]*portal
-	current   *rowShape                 // shape of the rows now arriving
-	copyOut   *copyOut                  // the COPY TO whose rows are now arriving
-	scratch   []byte                    // decryptRow's plaintext buffer
-	unaudited []*fieldPlan              // values openRow let be NULL, to audit once the row is done
-	opener    Opener                    // decryptRow's, made on first use
-	columns   map[ValueRef]ColumnOpener // the opener's, per declared column
-	suppress  bool                      // a decrypt error was sent: drop the rest up to ReadyForQuery
+	portals  map[string]*portal
+	current  *rowShape                 // shape of the rows now arriving
+	copyOut  *copyOut                  // the COPY TO whose rows are now arriving
+	scratch  []byte                    // decryptRow's plaintext buffer
+	opener   Opener                    // decryptRow's, made on first use
+	columns  map[ValueRef]ColumnOpener // the opener's, per declared column
+	suppress bool                      // a decrypt error was sent: drop the rest up to ReadyForQuery
 	// tenant is whose values are opened: the session's, or for a token
 	// session the tenant PostgreSQL last confirmed; gen counts its changes.
 	tenant string
@@ -453,23 +452,6 @@ func (s *session) portalShape(name string) *rowShape {
 // The plaintexts of a row share one buffer that the next row reuses: the
 // row is encoded for the client before the next one is read.
 func (s *session) decryptRow(row *pgproto3.DataRow, shape *rowShape) error {
-	rs := &s.results
-	rs.unaudited = rs.unaudited[:0]
-	err := s.openRow(row, shape)
-	if err != errLoopWouldWait {
-		for _, f := range rs.unaudited {
-			s.srv.audit.decryptFailed(s, f.declared.table, f.declared.column)
-		}
-	}
-	rs.unaudited = rs.unaudited[:0]
-	return err
-}
-
-// openRow is decryptRow's work. On the relay loop's thread the values that
-// did not open under on_decrypt_error: null wait in unaudited until the
-// row is done: the loop may yet hand the row to the goroutines, which open
-// it again.
-func (s *session) openRow(row *pgproto3.DataRow, shape *rowShape) error {
 	ctx := s.keyCtx()
 	buf := s.results.scratch[:0]
 	defer func() {
@@ -550,11 +532,7 @@ func (s *session) openField(ctx context.Context, f *fieldPlan, dst, stored []byt
 		return dst, false, keyError(s.results.tenant, err)
 	}
 	if s.decl.encrypt.OnDecryptError == config.DecryptErrorNull {
-		if s.onLoop {
-			s.results.unaudited = append(s.results.unaudited, f) // see openRow
-		} else {
-			s.srv.audit.decryptFailed(s, t, c)
-		}
+		s.auditEvent(func() { s.srv.audit.decryptFailed(s, t, c) })
 		return dst, true, nil
 	}
 	return dst, false, s.decryptFailed(t, c)

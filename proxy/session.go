@@ -139,6 +139,9 @@ type session struct {
 	// handler (shapeOf then refuses to wait for pg_catalog).
 	upstreamNext pgproto3.BackendMessage
 	onLoop       bool
+	// loopAudits are the audit events of the message the loop's thread is
+	// handling (auditEvent).
+	loopAudits []func()
 	// handoff is set when the goroutines are to stop at their next read
 	// and give the session to the relay loop; rounds counts the
 	// ReadyForQuery messages relayed by the goroutines since they last

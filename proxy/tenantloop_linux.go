@@ -17,9 +17,13 @@ import (
 // role, declared tables). Each message the loop reads it decodes and hands
 // to the same handlers the session's goroutines use (handleClientMessage,
 // upstreamMessage), on the loop's thread, unless a cheap test says the
-// handler would wait for upstream: a token statement, COPY, the catalog as
-// declared, a statement that may redefine or deallocate prepared
-// statements, a pin to renew.
+// handler would wait for upstream: a token statement in the extended
+// protocol, COPY, the catalog as declared, a statement that may redefine or
+// deallocate prepared statements, a pin to renew. A simple Query carrying
+// a tenant token runs there too when the verifier answers at once (no
+// JWKS fetch: atOnceVerifier); handleTokenQuery restores the session's
+// token state if it gives up, and audit events raised on the loop wait
+// until the message is done (auditEvent).
 //
 // The handlers run the whole encrypted path on the loop too: a statement
 // on a declared table is rewritten from the shape or plan cache, its
@@ -44,8 +48,8 @@ import (
 
 // loopable reports whether the session may be carried by the relay loop:
 // under tenancy, over plain TCP on both sides, and when the loop is
-// allowed. Sessions of token roles are carried between their token
-// statements, which the goroutines handle.
+// allowed. Sessions of token roles too: token statements in the extended
+// protocol, and tokens that need a JWKS fetch, go to the goroutines.
 func (s *session) loopable() bool {
 	if !s.decl.tenancy || s.clientTLS || s.srv.goroutineRelay || s.clientFrames == nil {
 		return false
@@ -224,6 +228,7 @@ func (l *relayLoop) clientMessages(rs *relayed) {
 		s.onLoop = true
 		err = s.clientMessage(msg)
 		s.onLoop = false
+		l.settleAudits(s, err)
 		if errors.Is(err, errLoopWouldWait) {
 			s.clientNext = msg // the handler changed nothing yet
 			l.handBack(rs)
@@ -291,7 +296,8 @@ func (l *relayLoop) upstreamMessages(rs *relayed) {
 		s.onLoop = true
 		err = s.upstreamMessage(msg)
 		s.onLoop = false
-		if err == errLoopWouldWait {
+		l.settleAudits(s, err)
+		if errors.Is(err, errLoopWouldWait) {
 			// The handler changed nothing yet (shapeOf, a row's key).
 			if msg, err = l.undone(msg); err != nil {
 				l.refuse(rs, err)
@@ -309,6 +315,22 @@ func (l *relayLoop) upstreamMessages(rs *relayed) {
 	if err := s.flushClient(); err != nil {
 		l.finish(rs, nil) // the client is gone
 	}
+}
+
+// settleAudits writes the audit events of the message the loop's thread
+// just handled, unless its handler gave up: the goroutines, which handle
+// the message again, write them.
+func (l *relayLoop) settleAudits(s *session, err error) {
+	if len(s.loopAudits) == 0 {
+		return
+	}
+	if !errors.Is(err, errLoopWouldWait) {
+		for _, f := range s.loopAudits {
+			f()
+		}
+	}
+	clear(s.loopAudits)
+	s.loopAudits = s.loopAudits[:0]
 }
 
 // undone returns upstream's message as it came, for the goroutines to

@@ -504,15 +504,29 @@ func TestTenantLoopNullAuditOnce(t *testing.T) {
 	mustEqual(t, "decrypt_failed events after the handed-over row", audited()-before, 2)
 }
 
-// loopGuardVerifier counts the tokens verified on the relay loop's thread.
+// loopGuardVerifier counts the tokens verified on the relay loop's thread,
+// and those of them it did not say it verifies at once (a JWKS fetch there
+// would stall every session the loop carries).
 type loopGuardVerifier struct {
 	TokenVerifier
-	onLoop *atomic.Int64
+	atOnce          *atomic.Bool
+	onLoop, waiting *atomic.Int64
+}
+
+func (v loopGuardVerifier) VerifyTokenAtOnce(raw string) (TokenClaims, error, bool) {
+	if !v.atOnce.Load() {
+		return TokenClaims{}, nil, false
+	}
+	c, err := v.VerifyToken(context.Background(), raw)
+	return c, err, true
 }
 
 func (v loopGuardVerifier) VerifyToken(ctx context.Context, raw string) (TokenClaims, error) {
 	if onLoopThread() {
 		v.onLoop.Add(1)
+		if !v.atOnce.Load() {
+			v.waiting.Add(1)
+		}
 	}
 	return v.TokenVerifier.VerifyToken(ctx, raw)
 }
@@ -523,11 +537,12 @@ func (v loopGuardVerifier) VerifyToken(ctx context.Context, raw string) (TokenCl
 // local token's transaction switches tenant and back; RESET leaves no
 // tenant. Every read is checked, in the simple and the extended protocol.
 func TestTenantLoopTokenSession(t *testing.T) {
-	var verifiedOnLoop atomic.Int64
-	env := startTokenEnvDeps(t, func(d *Deps) { d.Tokens = loopGuardVerifier{d.Tokens, &verifiedOnLoop} })
+	var atOnce atomic.Bool
+	var onLoop, waiting atomic.Int64
+	env := startTokenEnvDeps(t, func(d *Deps) { d.Tokens = loopGuardVerifier{d.Tokens, &atOnce, &onLoop, &waiting} })
 	t.Cleanup(func() {
-		if n := verifiedOnLoop.Load(); n != 0 {
-			t.Errorf("%d tokens were verified on the relay loop's thread (a JWKS fetch there would stall every session it carries)", n)
+		if n := waiting.Load(); n != 0 {
+			t.Errorf("%d tokens were verified on the relay loop's thread by a verifier that may wait", n)
 		}
 	})
 	ctx := ctxT(t)
@@ -535,8 +550,21 @@ func TestTenantLoopTokenSession(t *testing.T) {
 		insert into notes values (1, 'shared')`)
 	fatalIf(t, err, "schema")
 	acme, globex := mintToken(t, "acme", time.Hour), mintToken(t, "globex", time.Hour)
-	for _, mode := range []string{"simple_protocol", "cache_statement"} {
-		t.Run(mode, func(t *testing.T) {
+	for _, run := range []struct {
+		mode   string
+		atOnce bool
+	}{{"simple_protocol", false}, {"simple_protocol", true}, {"cache_statement", false}, {"cache_statement", true}} {
+		mode := run.mode
+		t.Run(fmt.Sprintf("%s/at_once=%v", mode, run.atOnce), func(t *testing.T) {
+			atOnce.Store(run.atOnce)
+			verified := onLoop.Load()
+			t.Cleanup(func() {
+				// A verifier that answers at once verifies the simple
+				// protocol's token statements on the loop.
+				if n := onLoop.Load() - verified; run.atOnce && mode == "simple_protocol" && n == 0 {
+					t.Error("no token was verified on the relay loop's thread: token statements do not ride the loop")
+				}
+			})
 			mustExec(t, connect(t, env.pg.SuperuserURL(env.db)), `truncate patients`)
 			c := connect(t, env.proxy.url(poolRole, rolePassword, env.db, "default_query_exec_mode="+mode))
 			for _, w := range []struct{ tok, name, ssn string }{{acme, "Ann", "123-45-6789"}, {globex, "Gus", "987-65-4321"}} {
@@ -601,5 +629,38 @@ func TestTenantLoopTokenSession(t *testing.T) {
 				t.Errorf("the relay loop took the session %d times after the token statements, want it back", after-before)
 			}
 		})
+	}
+}
+
+// TestTenantLoopTokenQueryGivesUp: a simple Query that sets a session
+// token and then runs a statement whose plan is not cached reaches the
+// relay loop, which gives it to the goroutines after it has verified the
+// token. The goroutines handle it again from the session's state before it:
+// the query runs under the new token, the session keeps it after COMMIT,
+// and its acceptance is audited once.
+func TestTenantLoopTokenQueryGivesUp(t *testing.T) {
+	env := startTokenEnv(t)
+	ctx := ctxT(t)
+	acme, globex := mintToken(t, "acme", time.Hour), mintToken(t, "globex", time.Hour)
+	c := env.tenantConn(t, poolRole)
+	for _, w := range []struct{ tok, name, ssn string }{{acme, "Ann", "123-45-6789"}, {globex, "Gus", "987-65-4321"}} {
+		_, err := c.Exec(ctx, `SET pgcloak.tenant_token = '`+w.tok+`'`)
+		fatalIf(t, err, "SET token")
+		mustExec(t, c, `insert into patients (name, ssn) values ('`+w.name+`', '`+w.ssn+`')`)
+	}
+	accepted := func() int { return strings.Count(env.audit.String(), `"tenant_token_accepted"`) }
+	for i, w := range []struct{ tok, row string }{{acme, "Ann:123-45-6789"}, {globex, "Gus:987-65-4321"}, {acme, "Ann:123-45-6789"}} {
+		quietUntilCarried(t, c, env.proxy)
+		before := accepted()
+		// A shape never seen: its plan is not cached when the loop meets it.
+		res, err := c.PgConn().Exec(ctx, fmt.Sprintf(`BEGIN; SET pgcloak.tenant_token = '%s'; SELECT name AS n%d, ssn FROM patients; COMMIT`, w.tok, i)).ReadAll()
+		fatalIf(t, err, "query %d", i)
+		if len(res) != 4 || len(res[2].Rows) != 1 || string(res[2].Rows[0][0])+":"+string(res[2].Rows[0][1]) != w.row {
+			t.Fatalf("query %d: %+v, want %s", i, res, w.row)
+		}
+		mustEqual(t, "tenant_token_accepted events of the query", accepted()-before, 1)
+		if got := names(t, c, `select name, ssn from patients`); len(got) != 1 || got[0] != w.row {
+			t.Fatalf("after the committed token %d: %v, want %s", i, got, w.row)
+		}
 	}
 }

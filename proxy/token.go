@@ -51,6 +51,28 @@ type TokenVerifier interface {
 	VerifyToken(ctx context.Context, raw string) (TokenClaims, error)
 }
 
+// atOnceVerifier is a TokenVerifier that can verify a token without
+// waiting (for a JWKS fetch), or say that it cannot (ok false). The relay
+// loop verifies tokens only so; any other verification goes to the
+// session's goroutines.
+type atOnceVerifier interface {
+	VerifyTokenAtOnce(raw string) (c TokenClaims, err error, ok bool)
+}
+
+// verifyToken verifies raw; on the relay loop's thread only where that
+// cannot wait (errLoopWouldWait otherwise).
+func (s *session) verifyToken(raw string) (TokenClaims, error) {
+	if !s.onLoop {
+		return s.srv.tokens.VerifyToken(context.Background(), raw)
+	}
+	if v, ok := s.srv.tokens.(atOnceVerifier); ok {
+		if c, err, ok := v.VerifyTokenAtOnce(raw); ok {
+			return c, err
+		}
+	}
+	return TokenClaims{}, errLoopWouldWait
+}
+
 // TokenClaims is what the proxy uses of a verified token.
 type TokenClaims struct {
 	Tenant, Subject, ID string
@@ -498,7 +520,26 @@ func (s *session) askTenant() error {
 
 // handleTokenQuery forwards a simple Query that presents or drops a
 // tenant token, with each token statement replaced by the proxy's pin.
+//
+// On the relay loop's thread it may give up (errLoopWouldWait) at a token
+// it cannot verify at once, a statement whose plan is not cached or a key
+// that is not: the session's tenant and token state are then as they were,
+// its audit events are dropped (auditEvent), and the goroutines handle the
+// Query again.
 func (s *session) handleTokenQuery(q *pgproto3.Query) error {
+	if s.onLoop {
+		tok, tenant := s.tok, s.tenant
+		err := s.tokenQuery(q)
+		if err == errLoopWouldWait {
+			s.tok, s.tenant = tok, tenant
+		}
+		return err
+	}
+	return s.tokenQuery(q)
+}
+
+// tokenQuery is handleTokenQuery's work.
+func (s *session) tokenQuery(q *pgproto3.Query) error {
 	pieces, err := tokenQuery(q.String)
 	if err != nil {
 		s.track(q)
@@ -527,6 +568,9 @@ func (s *session) handleTokenQuery(q *pgproto3.Query) error {
 		}
 		if p.token == nil {
 			text, err := s.rewriteStatements(p.text)
+			if err == errLoopWouldWait {
+				return err
+			}
 			if err != nil {
 				s.track(q)
 				return s.refuse(err)
@@ -539,6 +583,9 @@ func (s *session) handleTokenQuery(q *pgproto3.Query) error {
 			return s.refuse(&clientError{code: pgerrcode.UndefinedParameter, msg: fmt.Sprintf("there is no parameter $%d", p.token.param)})
 		}
 		pin, sql, err := s.tokenPin(p.token, p.token.token, nil)
+		if err == errLoopWouldWait {
+			return err
+		}
 		if err != nil {
 			s.track(q)
 			return s.refuse(err)
@@ -583,10 +630,14 @@ func (s *session) tokenPin(ts *tokenStmt, raw string, args *[][]byte) (*tokenPin
 		}
 		return pin, literalSQL(keystore.ClearStatement(alias), setting, keystore.ProofSetting), nil
 	}
-	claims, err := s.srv.tokens.VerifyToken(context.Background(), raw)
+	claims, err := s.verifyToken(raw)
+	if err == errLoopWouldWait {
+		return nil, "", err // nothing changed yet
+	}
 	if err != nil {
 		reason := trimRefusal(err)
-		s.srv.audit.l.TenantTokenRefused(s.auditIdentity(), reason)
+		id := s.auditIdentity()
+		s.auditEvent(func() { s.srv.audit.l.TenantTokenRefused(id, reason) })
 		s.tenant, s.tok.session, s.tok.proof = "", "", ""
 		s.tok.clearOwed = true
 		return nil, "", &clientError{code: pgerrcode.InvalidAuthorizationSpecification, msg: "tenant token refused: " + reason}
@@ -594,7 +645,7 @@ func (s *session) tokenPin(ts *tokenStmt, raw string, args *[][]byte) (*tokenPin
 	pin.tenant = claims.Tenant
 	id := s.auditIdentity()
 	id.Tenant = claims.Tenant
-	s.srv.audit.l.TenantTokenAccepted(id, claims.Subject, claims.ID, claims.Expiry, ts.local)
+	s.auditEvent(func() { s.srv.audit.l.TenantTokenAccepted(id, claims.Subject, claims.ID, claims.Expiry, ts.local) })
 	proof, err := keystore.NewProof(claims.Expiry.Unix())
 	if err != nil {
 		return nil, "", err
@@ -1064,7 +1115,11 @@ func (s *session) rewriteStatements(sql string) (string, error) {
 	// As handleQuery does: one analysis per literal-normalised shape, so
 	// a transaction's statements that differ in their constants only (a
 	// read by id) are not parsed again in every transaction.
-	if sp, lits := s.decl.schema.AnalyzeShape(s.decl.plans, sql); sp != nil && s.checkPlan(sp.Plan) == nil {
+	sp, lits, known := s.cachedShape(sql)
+	if !known {
+		return "", errLoopWouldWait
+	}
+	if sp != nil && s.checkPlan(sp.Plan) == nil {
 		s.shapes.named(sp.Plan.Prepared)
 		if sp.Plan.Passthrough {
 			return sql, nil
@@ -1076,7 +1131,10 @@ func (s *session) rewriteStatements(sql string) (string, error) {
 		s.srv.audit.obs.StatementRewritten()
 		return text, nil
 	}
-	plan, err := s.decl.schema.Cached(s.decl.plans, sql)
+	plan, err, known := s.cachedPlan(sql)
+	if !known {
+		return "", errLoopWouldWait
+	}
 	if err == nil {
 		err = s.checkPlan(plan)
 	}
@@ -1090,8 +1148,11 @@ func (s *session) rewriteStatements(sql string) (string, error) {
 	if plan.Passthrough || unchanged(plan, sql) {
 		return sql, nil
 	}
-	s.srv.audit.obs.StatementRewritten()
-	return s.render(plan)
+	text, err := s.render(plan)
+	if err == nil {
+		s.srv.audit.obs.StatementRewritten()
+	}
+	return text, err
 }
 
 // answer counts a ReadyForQuery of the proxy's own statements.

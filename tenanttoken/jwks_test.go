@@ -308,3 +308,44 @@ func TestJWKSStart(t *testing.T) {
 		}
 	})
 }
+
+// TestVerifyAtOnce: with a key set, VerifyAtOnce answers only from the
+// cache (ok false for a token not verified before, and no fetch), the
+// cached claims after Verify, and an expired cached token's refusal;
+// without a key set it is Verify.
+func TestVerifyAtOnce(t *testing.T) {
+	srv := newJWKSServer(t)
+	k1 := rsaPair(t)
+	srv.add(t, "k1", jwkset.AlgRS256, k1.public)
+	clk := newClock()
+	v := newVerifier(t, jwksConfig(srv.URL+"/.well-known/jwks.json"), clk)
+	raw := sign(t, jwt.SigningMethodRS256, k1.private, claims(), "k1")
+	unknown := sign(t, jwt.SigningMethodRS256, k1.private, claims(), "unknown-kid")
+	for _, tok := range []string{raw, unknown} {
+		if _, err, ok := v.VerifyAtOnce(tok); ok {
+			t.Errorf("a token not verified before: ok with %v, want not ok", err)
+		}
+	}
+	if got := srv.fetches.Load(); got != 1 {
+		t.Errorf("JWKS fetches: got %d, want only New's", got)
+	}
+	want, err := v.Verify(t.Context(), raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err, ok := v.VerifyAtOnce(raw); !ok || err != nil || c != want {
+		t.Errorf("a cached token: got %+v, %v, %v; want %+v", c, err, ok, want)
+	}
+	clk.advance(2 * time.Hour)
+	if _, err, ok := v.VerifyAtOnce(raw); !ok {
+		t.Error("an expired cached token: not ok, want its refusal")
+	} else {
+		wantRefusal(t, err, ReasonExpired, raw)
+	}
+
+	hs := newVerifier(t, hsConfig(), newClock())
+	tok := sign(t, jwt.SigningMethodHS256, []byte(testSecret), claims(), "")
+	if c, err, ok := hs.VerifyAtOnce(tok); !ok || err != nil || c.Tenant == "" {
+		t.Errorf("HS256 without a key set: got %+v, %v, %v; want verified", c, err, ok)
+	}
+}

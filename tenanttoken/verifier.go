@@ -238,6 +238,28 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (Claims, error) {
 	return c, nil
 }
 
+// VerifyAtOnce is Verify for a caller that may not wait: without a JWKS
+// (a signature check is CPU only) it is Verify; with one it answers only
+// from the cache, and ok is false for a token the cache does not hold
+// (verifying it could fetch the key set).
+func (v *Verifier) VerifyAtOnce(raw string) (c Claims, err error, ok bool) {
+	if v.jwks == nil || len(raw) > MaxTokenSize {
+		c, err = v.Verify(context.Background(), raw)
+		return c, err, true
+	}
+	if v.cache == nil {
+		return Claims{}, nil, false
+	}
+	e, ok := v.cache.get(sha256.Sum256(unsafe.Slice(unsafe.StringData(raw), len(raw))))
+	if !ok {
+		return Claims{}, nil, false
+	}
+	if !v.now().Before(e.until) {
+		return Claims{}, refuse(ReasonExpired), true
+	}
+	return e.claims, nil, true
+}
+
 // parseReason classifies an error from parsing and the signature check.
 func parseReason(token *jwt.Token, err error) string {
 	switch {

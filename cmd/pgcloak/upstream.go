@@ -109,12 +109,20 @@ func pinsTenants(cfg *config.Config) bool {
 // tokenVerifier adapts tenanttoken.Verifier to the proxy's TokenVerifier.
 type tokenVerifier struct{ v *tenanttoken.Verifier }
 
+// VerifyTokenAtOnce verifies raw without waiting (no JWKS fetch), or says
+// it cannot (ok false): the relay loop verifies tokens so.
+func (t tokenVerifier) VerifyTokenAtOnce(raw string) (proxy.TokenClaims, error, bool) {
+	c, err, ok := t.v.VerifyAtOnce(raw)
+	return tokenClaims(c), err, ok
+}
+
 func (t tokenVerifier) VerifyToken(ctx context.Context, raw string) (proxy.TokenClaims, error) {
 	c, err := t.v.Verify(ctx, raw)
-	if err != nil {
-		return proxy.TokenClaims{}, err
-	}
-	return proxy.TokenClaims{Tenant: c.Tenant, Subject: c.Subject, ID: c.ID, Expiry: c.Expiry}, nil
+	return tokenClaims(c), err
+}
+
+func tokenClaims(c tenanttoken.Claims) proxy.TokenClaims {
+	return proxy.TokenClaims{Tenant: c.Tenant, Subject: c.Subject, ID: c.ID, Expiry: c.Expiry}
 }
 
 // openPinner installs the verified tenant pin (keystore.EnsurePin) as
