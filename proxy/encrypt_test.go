@@ -39,8 +39,8 @@ type encryptedEnv struct {
 	db    string
 	proxy *testProxy
 	pool  *pgxpool.Pool // superuser, direct
-	audit *bytes.Buffer
-	logs  *bytes.Buffer
+	audit *syncBuffer
+	logs  *syncBuffer
 }
 
 func patientsDecl() config.Encrypt {
@@ -100,9 +100,9 @@ func startEncryptedDeps(t testing.TB, withDeps func(*Deps), mutate ...func(*Conf
 	pinner := installPin(t, pool)
 	fatalIf(t, pg.Exec(ctx, db, patientsDDL), "create demo schema")
 
-	env := &encryptedEnv{pg: pg, db: db, pool: pool, audit: &bytes.Buffer{}, logs: &bytes.Buffer{}}
+	env := &encryptedEnv{pg: pg, db: db, pool: pool, audit: &syncBuffer{b: &bytes.Buffer{}}, logs: &syncBuffer{b: &bytes.Buffer{}}}
 	keys := newTestKeys(t, pool)
-	deps := Deps{Pool: pool, Keys: keys, Pinner: pinner, Audit: audit.New(&syncBuffer{b: env.audit})}
+	deps := Deps{Pool: pool, Keys: keys, Pinner: pinner, Audit: audit.New(env.audit)}
 	if withDeps != nil {
 		withDeps(&deps)
 	}

@@ -82,8 +82,8 @@ func startLogged(t *testing.T) *encryptedEnv {
 		create function lex_scs_off() returns void language plpgsql
 			as $$ begin perform pg_catalog.set_config('standard_conforming_strings', 'off', false); end $$;
 		grant execute on function lex_sjis(), lex_scs_off() to public;`), "schema")
-	env := &encryptedEnv{pg: pg, db: db, pool: pool, audit: &bytes.Buffer{}, logs: &bytes.Buffer{}}
-	env.proxy = startProxyDeps(t, pg, Deps{Pool: pool, Keys: newTestKeys(t, pool), Pinner: pinner, Audit: audit.New(&syncBuffer{b: env.audit})}, env.logs, func(c *Config) {
+	env := &encryptedEnv{pg: pg, db: db, pool: pool, audit: &syncBuffer{b: &bytes.Buffer{}}, logs: &syncBuffer{b: &bytes.Buffer{}}}
+	env.proxy = startProxyDeps(t, pg, Deps{Pool: pool, Keys: newTestKeys(t, pool), Pinner: pinner, Audit: audit.New(env.audit)}, env.logs, func(c *Config) {
 		c.Upstream.User = upstreamRole
 		c.Tenancy = config.Tenancy{
 			Setting: "app.tenant_id",

@@ -60,7 +60,11 @@ func startProxyDeps(t testing.TB, pg *testenv.Postgres, deps Deps, logs io.Write
 	}
 	var w io.Writer = zerolog.NewTestWriter(t)
 	if logs != nil {
-		w = io.MultiWriter(w, &syncBuffer{b: logs.(*bytes.Buffer)})
+		sb, ok := logs.(*syncBuffer)
+		if !ok {
+			sb = &syncBuffer{b: logs.(*bytes.Buffer)}
+		}
+		w = io.MultiWriter(w, sb)
 	}
 	srv, err := NewServer(cfg, zerolog.New(w).Level(zerolog.DebugLevel), deps)
 	if err != nil {

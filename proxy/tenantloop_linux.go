@@ -54,9 +54,6 @@ func (s *session) loopable() bool {
 	if !s.decl.tenancy || s.clientTLS || s.srv.goroutineRelay || s.clientFrames == nil {
 		return false
 	}
-	if s.repin.pending || s.tokens && s.tok.clearOwed {
-		return false // owed statements of the proxy's own: the loop would give it back at once
-	}
 	_, okc := s.client.(*net.TCPConn)
 	_, oku := s.upstream.(*net.TCPConn)
 	return okc && oku
@@ -73,6 +70,13 @@ var errHandBack = errors.New("relay loop: session handed back")
 func (s *session) serveLooped() (back bool, err error) {
 	if s.closed.Load() {
 		return false, nil
+	}
+	if s.repin.pending || s.tokens && s.tok.clearOwed {
+		// Statements of the proxy's own are owed (the client goroutine's
+		// state, read here once it has stopped): the loop would give the
+		// session back at its next message.
+		s.handbackAt = min(max(2*s.handbackAt, handbackMin), handbackMax)
+		return true, nil
 	}
 	l, err := relayFor(s.id)
 	if err != nil {
