@@ -390,7 +390,7 @@ func (c *KeyCache) getLocked(id KeyID) *cacheEntry {
 // under a context of its own bounded by LoadTimeout, and waits for it as
 // long as ctx allows.
 func (c *KeyCache) load(ctx context.Context, key string, fn func(ctx context.Context, epoch uint64) (*DataKey, error)) (*DataKey, error) {
-	if !mayWait(ctx) {
+	if !MayWait(ctx) {
 		return nil, ErrWouldWait
 	}
 	ch := c.group.DoChan(key, func() (any, error) {
@@ -650,7 +650,9 @@ func NoWait(ctx context.Context) context.Context { return context.WithValue(ctx,
 
 type noWaitKey struct{}
 
-func mayWait(ctx context.Context) bool { return ctx.Value(noWaitKey{}) == nil }
+// MayWait reports whether calls under ctx may wait for the KeySource or
+// the Provider (false under NoWait).
+func MayWait(ctx context.Context) bool { return ctx.Value(noWaitKey{}) == nil }
 
 // flightKey names a load for singleflight; every part is length-prefixed.
 func flightKey(kind byte, tenant, class string, purpose Purpose, version uint32) string {
@@ -733,7 +735,7 @@ func (c *KeyCache) takeSeal(ctx context.Context, sc *sealCounter, id KeyID) (ok 
 		if sc.left.Add(-1) >= 0 {
 			return true, nil
 		}
-		if !mayWait(ctx) {
+		if !MayWait(ctx) {
 			// Not even for sc.mu, which a reservation under way holds
 			// for its round trip. left stays negative: the next caller
 			// that may wait reserves.
@@ -771,7 +773,7 @@ func (c *KeyCache) takeSeal(ctx context.Context, sc *sealCounter, id KeyID) (ok 
 // caller or replica already has, and makes the next Active load the new
 // version. Concurrent callers share one rotation.
 func (c *KeyCache) rotateSpent(ctx context.Context, id KeyID) error {
-	if !mayWait(ctx) {
+	if !MayWait(ctx) {
 		return ErrWouldWait
 	}
 	ch := c.group.DoChan(flightKey('r', id.Tenant, id.KeyClass, id.Purpose, id.Version), func() (any, error) {
@@ -816,7 +818,3 @@ func (c *KeyCache) unwrapShared(ctx context.Context, w WrappedKey) (*DataKey, er
 		return c.unwrapInsert(ctx, w, epoch)
 	})
 }
-
-// MayWait reports whether calls under ctx may wait for the KeySource or
-// the Provider (false under NoWait).
-func MayWait(ctx context.Context) bool { return mayWait(ctx) }

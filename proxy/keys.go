@@ -60,8 +60,9 @@ func (s *session) auditEvent(f func()) {
 	f()
 }
 
-// keyCtx is the context of the session's key calls: on the relay loop's
-// thread, one that never waits for the key store or the provider.
+// keyCtx is the context of the session's key and catalog calls: on the
+// relay loop's thread, one under which neither waits for the key store,
+// the provider or pg_catalog.
 func (s *session) keyCtx() context.Context {
 	if s.onLoop {
 		return loopKeys

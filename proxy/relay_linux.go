@@ -39,7 +39,7 @@ type relayLoop struct {
 	mu     sync.Mutex
 	ends   map[int32]*relayEnd // by file descriptor
 	buf    []byte              // read buffer, loop goroutine only
-	row    []byte              // the DataRow being decrypted, as it came (upstreamMessages)
+	row    []byte              // the DataRow or RowDescription being handled, as it came (upstreamMessages)
 	events []unix.EpollEvent
 }
 

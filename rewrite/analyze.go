@@ -727,10 +727,6 @@ func containsWordFold(text, word string) bool {
 	return false
 }
 
-// containsFold reports whether text contains tok (lower-case), ASCII
-// case-insensitively.
-func containsFold(text, tok string) bool { return ContainsFold(text, tok) }
-
 func isIdentByte(c byte) bool {
 	return c == '_' || c == '$' || c >= 0x80 ||
 		('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') || ('0' <= c && c <= '9')

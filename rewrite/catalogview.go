@@ -235,14 +235,14 @@ var catalogWords = []string{"pg_attribute", "pg_index", "pg_class", "pg_constrai
 // the relations CatalogViews replaces. An application's statements
 // usually hold neither "pg_" nor information_schema: two scans.
 func MentionsCatalog(sql string) bool {
-	if containsFold(sql, "information_schema") {
+	if ContainsFold(sql, "information_schema") {
 		return true
 	}
-	if !containsFold(sql, "pg_") {
+	if !ContainsFold(sql, "pg_") {
 		return false
 	}
 	for _, w := range catalogWords {
-		if containsFold(sql, w) {
+		if ContainsFold(sql, w) {
 			return true
 		}
 	}

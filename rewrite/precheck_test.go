@@ -67,7 +67,7 @@ func TestMightNeedAnalysisTokens(t *testing.T) {
 func hasOtherToken(s *Schema, text string) bool {
 	for c := 0; c < 256; c++ {
 		for _, tok := range s.byFirst[c] {
-			if containsFold(text, tok) {
+			if ContainsFold(text, tok) {
 				return true
 			}
 		}

@@ -346,7 +346,7 @@ func blockCommentEnd(sql string, i int) (int, bool) {
 // positions (ORDER BY 1, GROUP BY 2, DISTINCT ON (1)). Matches inside
 // strings count too: that only keeps numbers out of the shape.
 func hasPositionalClause(sql string) bool {
-	return containsFold(sql, "order") || containsFold(sql, "group") || containsFold(sql, "distinct")
+	return ContainsFold(sql, "order") || ContainsFold(sql, "group") || ContainsFold(sql, "distinct")
 }
 
 // scanParams calls fn for each $n parameter reference of a deparsed text,

@@ -314,17 +314,17 @@ func (a *analyzer) tenancyString(s, setting string, loc int32) error {
 	if mentionsPin(s) {
 		return a.refusePin("a string constant that names it", loc)
 	}
-	if containsFold(s, "set_config") {
+	if ContainsFold(s, "set_config") {
 		return a.refuseTenant(kindTenantString, "a string constant containing set_config", loc)
 	}
-	if containsFold(s, "pg_settings") {
+	if ContainsFold(s, "pg_settings") {
 		switch t := strings.ToLower(strings.TrimSpace(s)); t {
 		case "pg_settings", "pg_catalog.pg_settings":
 		default:
 			return a.refuseTenant(kindTenantString, "a string constant that embeds pg_settings", loc)
 		}
 	}
-	if setting != "" && containsFold(s, setting) && !strings.EqualFold(strings.TrimSpace(s), a.s.setting) {
+	if setting != "" && ContainsFold(s, setting) && !strings.EqualFold(strings.TrimSpace(s), a.s.setting) {
 		return a.refuseTenant(kindTenantString, "a string constant that embeds the setting name", loc)
 	}
 	return nil
@@ -334,8 +334,8 @@ func (a *analyzer) tenancyString(s, setting string, loc int32) error {
 // mentions the setting (lower-case), set_config, pg_settings or the tenant
 // pin (mentionsPin).
 func mentionsTenancy(body, setting string) bool {
-	return (setting != "" && containsFold(body, setting)) ||
-		containsFold(body, "set_config") || containsFold(body, "pg_settings") || mentionsPin(body)
+	return (setting != "" && ContainsFold(body, setting)) ||
+		ContainsFold(body, "set_config") || ContainsFold(body, "pg_settings") || mentionsPin(body)
 }
 
 // The tenant pin (package keystore): schema pgcloak holds pin_challenge(),
@@ -355,8 +355,8 @@ func pinSetting(name string) bool {
 // it mentions pgcloak (which the pre-check sees) and pin_*, unpin,
 // tenant_proof or the word pin, however quoted.
 func mentionsPin(text string) bool {
-	return containsFold(text, pinSchema) && (containsFold(text, "pin_") || containsFold(text, "unpin") ||
-		containsFold(text, "tenant_proof") || containsWordFold(text, "pin"))
+	return ContainsFold(text, pinSchema) && (ContainsFold(text, "pin_") || ContainsFold(text, "unpin") ||
+		ContainsFold(text, "tenant_proof") || containsWordFold(text, "pin"))
 }
 
 // refusePin refuses a statement that touches the tenant pin.
