@@ -27,6 +27,9 @@
 #   BEFORE   a pgcloak binary (e.g. built at an earlier commit) measured as
 #            "before" and "before>bouncer" beside "pgcloak": a before/after
 #            comparison under the same load [unset]
+#   PERF     1: then N more connections to pgcloak under perf (hottest
+#            symbols, and functions with what they call) and N more under
+#            strace -c (system calls per connection) [0]
 #
 # Needs Go, the PostgreSQL server binaries, and pgbouncer (apt-get install -y
 # postgresql pgbouncer). Everything it starts is stopped and every file it
@@ -157,6 +160,32 @@ for t in "${!PID[@]}"; do
 	[[ $t == pgbouncer ]] && n=$((n * served_by_bouncer))
 	echo "CPU $t $(awk -v a="${CPU0[$t]}" -v b="$(cpu_ms "${PID[$t]}")" -v n=$n 'BEGIN { printf "%.3f", (b - a) / n }')" >>"$work/results"
 done
+
+if [[ ${PERF:-0} == 1 ]]; then
+	# Where pgcloak's time goes: perf's hottest symbols and strace's system
+	# call counts per connection, over N more connections to pgcloak alone.
+	command -v perf >/dev/null || die "PERF=1 needs perf (apt-get install -y linux-perf)"
+	command -v strace >/dev/null || die "PERF=1 needs strace (apt-get install -y strace)"
+	url="postgres://$BENCH_USER:$BENCH_PASSWORD@127.0.0.1:${PORT[pgcloak]}/$BENCH_DB?sslmode=disable"
+	perf record -F 4999 -g -o "$work/perf.data" -p "${PID[pgcloak]}" 2>/dev/null &
+	perf_pid=$!
+	sleep 1
+	"$work/connlat" -n "$N" -rounds 1 "pgcloak=$url" >/dev/null
+	kill -INT "$perf_pid"
+	wait "$perf_pid" || true
+	echo "--- perf: pgcloak's hottest symbols over $N connections"
+	perf report -i "$work/perf.data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40 || true
+	echo "--- perf: pgcloak's functions with what they call (children), over the same connections"
+	perf report -i "$work/perf.data" --children --sort symbol --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | grep -v '\[k\]' | head -60 || true
+	strace -f -c -o "$work/strace.txt" -p "${PID[pgcloak]}" &
+	strace_pid=$!
+	sleep 1
+	"$work/connlat" -n "$N" -rounds 1 "pgcloak=$url" >/dev/null
+	kill -INT "$strace_pid"
+	wait "$strace_pid" || true
+	echo "--- strace: pgcloak's system calls per connection ($N connections)"
+	awk -v n="$N" '$1 ~ /^[0-9.]+$/ && NF >= 5 { printf "  %-16s %8.1f\n", $NF, $4 / n }' "$work/strace.txt" | sort -k2 -nr | head -20 || true
+fi
 
 echo
 echo "connect + SSLRequest (N) + SCRAM login + SELECT 1 + disconnect, $N per target and round, $ROUNDS rounds"

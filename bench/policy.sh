@@ -9,6 +9,11 @@
 #   bare      USING (tenant_id = current_setting('app.tenant_id', true))
 #   verified  USING (tenant_id = pgcloak.current_tenant())
 #   initplan  USING (tenant_id = (SELECT pgcloak.current_tenant()))
+#   floor     USING (tenant_id = bench_floor.tenant()), a plpgsql function
+#             declared as pgcloak.current_tenant() is (SECURITY DEFINER,
+#             STABLE, the same SET search_path) whose body only returns the
+#             bare setting: what any such function costs before it checks
+#             anything, the floor for the verified one
 # Two pgbench custom scripts run through pgcloak as the tenant role:
 #   point  SELECT v FROM t WHERE id = :id   (the policy runs for one row)
 #   scan   SELECT count(*) FROM t           (for every row, unless initplan)
@@ -33,7 +38,7 @@ JOBS=${JOBS:-2}
 read -r -a MODES <<<"${MODES:-simple extended prepared}"
 TENANT_ROLE=acme_app
 TENANT_PASSWORD=acme-bench-password
-TABLES=(bare verified initplan)
+TABLES=(bare verified initplan floor)
 
 start_postgres
 psql_direct -c "create role $TENANT_ROLE login password '$TENANT_PASSWORD'" >/dev/null
@@ -59,10 +64,18 @@ STOP_PIDS+=($!)
 wait_login pgcloak "$PGCLOAK_PORT" "$TENANT_ROLE" "$TENANT_PASSWORD" "$work/pgcloak.log"
 
 echo "--- $ROWS rows in each of: ${TABLES[*]}"
+psql_direct <<SQL
+create schema bench_floor;
+grant usage on schema bench_floor to public;
+create function bench_floor.tenant() returns text
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
+as \$fn\$ BEGIN RETURN current_setting('app.tenant_id', true); END \$fn\$;
+SQL
 declare -A POLICY=(
 	[bare]="current_setting('app.tenant_id', true)"
 	[verified]="pgcloak.current_tenant()"
 	[initplan]="(SELECT pgcloak.current_tenant())"
+	[floor]="bench_floor.tenant()"
 )
 for t in "${TABLES[@]}"; do
 	psql_direct <<SQL
@@ -95,8 +108,10 @@ per_call() { # per_call EXPR: microseconds per evaluation of EXPR
 }
 bare_us=$(per_call "current_setting('app.tenant_id', true)")
 fn_us=$(per_call "pgcloak.current_tenant()")
+floor_us=$(per_call "bench_floor.tenant()")
 echo "  current_setting('app.tenant_id', true)  $bare_us us"
 echo "  pgcloak.current_tenant()                $fn_us us"
+echo "  bench_floor.tenant()                    $floor_us us"
 
 cat >"$work/point.sql.in" <<'EOF'
 \set id random(1, :rows)
@@ -128,13 +143,13 @@ done
 
 echo
 echo "RLS policy on pgcloak.current_tenant() vs the bare setting, through pgcloak, $ROWS rows, $CLIENTS clients, $JOBS threads, ${DURATION}s per run, mean of $ROUNDS round(s)"
-versions "current_setting ${bare_us} us/call, current_tenant() ${fn_us} us/call"
+versions "current_setting ${bare_us} us/call, current_tenant() ${fn_us} us/call, floor ${floor_us} us/call"
 echo
 awk -v modes="${MODES[*]}" '
 	{ sum[$1, $2, $3] += $4; n[$1, $2, $3]++ }
 	END {
-		printf "| %-8s | %-8s | %10s | %13s | %13s | %14s | %14s |\n", "mode", "workload", "bare tps", "verified tps", "initplan tps", "verified/bare", "initplan/bare"
-		printf "|%s|%s|%s|%s|%s|%s|%s|\n", "----------", "----------", "-----------:", "--------------:", "--------------:", "---------------:", "---------------:"
+		printf "| %-8s | %-8s | %10s | %13s | %13s | %10s | %14s | %14s | %11s |\n", "mode", "workload", "bare tps", "verified tps", "initplan tps", "floor tps", "verified/bare", "initplan/bare", "floor/bare"
+		printf "|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", "----------", "----------", "-----------:", "--------------:", "--------------:", "-----------:", "---------------:", "---------------:", "------------:"
 		m = split(modes, ms, " ")
 		split("point scan", ws, " ")
 		for (i = 1; i <= m; i++) {
@@ -143,7 +158,8 @@ awk -v modes="${MODES[*]}" '
 				b = sum[mode, w, "bare"] / n[mode, w, "bare"]
 				v = sum[mode, w, "verified"] / n[mode, w, "verified"]
 				p = sum[mode, w, "initplan"] / n[mode, w, "initplan"]
-				printf "| %-8s | %-8s | %10.0f | %13.0f | %13.0f | %14.2f | %14.2f |\n", mode, w, b, v, p, v / b, p / b
+				f = sum[mode, w, "floor"] / n[mode, w, "floor"]
+				printf "| %-8s | %-8s | %10.0f | %13.0f | %13.0f | %10.0f | %14.2f | %14.2f | %11.2f |\n", mode, w, b, v, p, f, v / b, p / b, f / b
 			}
 		}
 	}' "$results"
