@@ -23,6 +23,11 @@
 #   CLIENTS pgbench -c [8]          JOBS pgbench -j [2]
 #   PERF=1 records pgcloak with perf during each of its runs and prints the
 #   hottest symbols of each
+#   STORED=1 also inserts, directly and without pgcloak, what pgcloak stores
+#   for a row (ciphertexts and blind indexes as bytea literals, one row's
+#   copied) into the encrypted table, alternated with the plaintext insert:
+#   what the stored form costs PostgreSQL (larger values, the format CHECKs,
+#   the blind-index indexes), apart from what pgcloak does
 BENCH_NAME=encrypted.sh
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -158,7 +163,7 @@ got=$(direct_tenant "$PSQL" -X -At -h 127.0.0.1 -p "$PGPORT" -U "$TENANT_ROLE" -
 	-c "select count(*) from patients_plain" -c "select name from patients_plain where ssn = '42'")
 [[ $got == "$ROWS"$'\npatient 42' ]] || die "sanity check directly on patients_plain failed: got $got"
 
-declare -A PORT=([direct]=$PGPORT [pgcloak]=$PGCLOAK_PORT)
+declare -A PORT=([direct]=$PGPORT [pgcloak]=$PGCLOAK_PORT [stored]=$PGPORT)
 results=$work/results
 : >"$results"
 run() { # run ROUND MODE WORKLOAD TARGET USER PASSWORD ARGS...
@@ -170,7 +175,7 @@ run() { # run ROUND MODE WORKLOAD TARGET USER PASSWORD ARGS...
 		perf_pid=$!
 	fi
 	local options=
-	[[ $t == direct && $user == "$TENANT_ROLE" ]] && options="-c app.tenant_id=acme"
+	[[ $t != pgcloak && $user == "$TENANT_ROLE" ]] && options="-c app.tenant_id=acme"
 	tps=$(PGOPTIONS=$options PGPASSWORD=$password pgbench_tps "$work/run-$round-$mode-$w-$t.log" "$w against $t ($mode)" \
 		-n -M "$mode" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" -D rows="$ROWS" "$@" \
 		-h 127.0.0.1 -p "${PORT[$t]}" -U "$user" "$BENCH_DB")
@@ -197,6 +202,19 @@ for round in $(seq "$ROUNDS"); do
 	done
 done
 
+if [[ ${STORED:-0} == 1 ]]; then
+	stored=$(PGOPTIONS="-c app.tenant_id=acme" psql_direct -At -c "select format('INSERT INTO patients (name, ssn, ssn_bidx, email, email_bidx, diagnosis) VALUES (''bench'', ''\\x%s'', ''\\x%s'', ''\\x%s'', ''\\x%s'', ''\\x%s'');', encode(ssn, 'hex'), encode(ssn_bidx, 'hex'), encode(email, 'hex'), encode(email_bidx, 'hex'), encode(diagnosis, 'hex')) from patients where id = 42" 2>&1) || true
+	[[ $stored == INSERT* ]] || die "could not read row 42's stored form: $stored"
+	echo "$stored" >"$work/insert-stored.sql"
+	echo "--- the stored form inserted directly (no pgcloak) against the plaintext insert, $ROUNDS round(s)"
+	for round in $(seq "$ROUNDS"); do
+		for mode in "${MODES[@]}"; do
+			run "$round" "$mode" stored direct "$TENANT_ROLE" "$TENANT_PASSWORD" -f "$work/insert-direct.sql"
+			run "$round" "$mode" stored stored "$TENANT_ROLE" "$TENANT_PASSWORD" -f "$work/insert-stored.sql"
+		done
+	done
+fi
+
 echo
 echo "encrypted workloads, $ROWS rows, $CLIENTS clients, $JOBS threads, ${DURATION}s per run, mean of $ROUNDS round(s)"
 versions
@@ -217,6 +235,19 @@ awk -v modes="${MODES[*]}" '
 				d = sum[mode, w, "direct"] / n[mode, w, "direct"]
 				c = sum[mode, w, "pgcloak"] / n[mode, w, "pgcloak"]
 				printf "| %-8s | %-11s | %11.0f | %11.0f | %14.2f | %24.2f |\n", mode, w, d, c, c / d, (c / d) / (pc / pd)
+			}
+		}
+		if (n[ms[1], "stored", "stored"] > 0) {
+			print ""
+			print "The stored form inserted directly, against the plaintext insert directly:"
+			print ""
+			printf "| %-8s | %17s | %16s | %13s |\n", "mode", "plaintext tps", "stored form tps", "stored/plain"
+			printf "|%s|%s|%s|%s|\n", "----------", "------------------:", "-----------------:", "--------------:"
+			for (i = 1; i <= m; i++) {
+				mode = ms[i]
+				d = sum[mode, "stored", "direct"] / n[mode, "stored", "direct"]
+				c = sum[mode, "stored", "stored"] / n[mode, "stored", "stored"]
+				printf "| %-8s | %17.0f | %16.0f | %13.2f |\n", mode, d, c, c / d
 			}
 		}
 	}' "$results"
