@@ -167,22 +167,22 @@ if [[ ${PERF:-0} == 1 ]]; then
 	command -v perf >/dev/null || die "PERF=1 needs perf (apt-get install -y linux-perf)"
 	command -v strace >/dev/null || die "PERF=1 needs strace (apt-get install -y strace)"
 	url="postgres://$BENCH_USER:$BENCH_PASSWORD@127.0.0.1:${PORT[pgcloak]}/$BENCH_DB?sslmode=disable"
-	perf record -F 4999 -g -o "$work/perf.data" -p "${PID[pgcloak]}" 2>/dev/null &
-	perf_pid=$!
-	sleep 1
-	"$work/connlat" -n "$N" -rounds 1 "pgcloak=$url" >/dev/null
-	kill -INT "$perf_pid"
-	wait "$perf_pid" || true
+	# while_connecting CMD...: runs CMD (a tracer of pgcloak's process) in
+	# the background while N more connections are made, then stops it.
+	while_connecting() {
+		"$@" 2>/dev/null &
+		local tracer=$!
+		sleep 1
+		"$work/connlat" -n "$N" -rounds 1 "pgcloak=$url" >/dev/null
+		kill -INT "$tracer"
+		wait "$tracer" || true
+	}
+	while_connecting perf record -F 4999 -g -o "$work/perf.data" -p "${PID[pgcloak]}"
 	echo "--- perf: pgcloak's hottest symbols over $N connections"
 	perf report -i "$work/perf.data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40 || true
 	echo "--- perf: pgcloak's functions with what they call (children), over the same connections"
 	perf report -i "$work/perf.data" --children --sort symbol --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | grep -v '\[k\]' | head -60 || true
-	strace -f -c -o "$work/strace.txt" -p "${PID[pgcloak]}" &
-	strace_pid=$!
-	sleep 1
-	"$work/connlat" -n "$N" -rounds 1 "pgcloak=$url" >/dev/null
-	kill -INT "$strace_pid"
-	wait "$strace_pid" || true
+	while_connecting strace -f -c -o "$work/strace.txt" -p "${PID[pgcloak]}"
 	echo "--- strace: pgcloak's system calls per connection ($N connections)"
 	awk -v n="$N" '$1 ~ /^[0-9.]+$/ && NF >= 5 { printf "  %-16s %8.1f\n", $NF, $4 / n }' "$work/strace.txt" | sort -k2 -nr | head -20 || true
 fi
