@@ -114,7 +114,7 @@ func runEncryptExisting(cmd *cobra.Command, cfg *config.Config, f batchFlags, t 
 
 	rt, err := openMigration(ctx, cfg, "pgcloak encrypt-existing", cliActor(cmd), stdout, stderr)
 	if err != nil {
-		return &exitError{code: exitFailure, err: fmt.Errorf("pgcloak: encrypt-existing: %w", err)}
+		return setupError(ctx, "encrypt-existing", err)
 	}
 	defer rt.close()
 	if err := preflight(ctx, rt, "encrypt-existing", f.tenantColumn, []config.Table{t}); err != nil {

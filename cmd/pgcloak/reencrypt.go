@@ -157,7 +157,7 @@ func runReencrypt(cmd *cobra.Command, cfg *config.Config, f batchFlags, decls []
 
 	rt, err := openMigration(ctx, cfg, "pgcloak reencrypt", cliActor(cmd), stdout, stderr)
 	if err != nil {
-		return &exitError{code: exitFailure, err: fmt.Errorf("pgcloak: reencrypt: %w", err)}
+		return setupError(ctx, "reencrypt", err)
 	}
 	defer rt.close()
 	if err := preflight(ctx, rt, "reencrypt", f.tenantColumn, decls); err != nil {
@@ -192,6 +192,17 @@ func runReencrypt(cmd *cobra.Command, cfg *config.Config, f batchFlags, decls []
 	return reportEnd(ctx, "reencrypt", cfg, st, err, "values that do not open for their row's tenant")
 }
 
+// setupError is a migration's failure before its first batch. When the run
+// was interrupted (Ctrl-C, SIGTERM) it says so, and that no row changed,
+// rather than the "context canceled" of whichever step the interrupt cut
+// short.
+func setupError(ctx context.Context, command string, err error) error {
+	if ctx.Err() != nil {
+		return &exitError{code: exitFailure, err: fmt.Errorf("pgcloak: %s: interrupted before the first batch; no row was changed", command)}
+	}
+	return &exitError{code: exitFailure, err: fmt.Errorf("pgcloak: %s: %w", command, err)}
+}
+
 // preflightTimeout bounds the privilege check before a migration.
 const preflightTimeout = 30 * time.Second
 
@@ -203,6 +214,9 @@ func preflight(ctx context.Context, rt *migration, command, tenantColumn string,
 	pctx, cancel := context.WithTimeout(ctx, preflightTimeout)
 	defer cancel()
 	if err := requireMigrationPrivileges(pctx, rt.pool, command, tenantColumn, tables); err != nil {
+		if ctx.Err() != nil {
+			return setupError(ctx, command, err)
+		}
 		return &exitError{code: exitFailure, err: redact(fmt.Errorf("pgcloak: %s: %w", command, err), rt.cfg.Upstream.Password)}
 	}
 	return nil

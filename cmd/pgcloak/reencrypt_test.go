@@ -127,6 +127,19 @@ insert into no_grant values (1, 'acme', null, null);`, testenv.ScramUser, db)); 
 		}
 	})
 
+	t.Run("interrupted before the first batch", func(t *testing.T) {
+		for _, command := range []string{"reencrypt", "encrypt-existing"} {
+			interrupted, interrupt := context.WithCancel(ctx)
+			interrupt()
+			r := pgcloakContext(t, interrupted, command, "-c", cfg, "--table", "public.patients")
+			if r.code != 1 {
+				t.Errorf("%s: exit code: got %d, want 1", command, r.code)
+			}
+			containsAll(t, command+" stderr", r.stderr, "pgcloak: "+command+": interrupted before the first batch; no row was changed")
+			containsNone(t, command+" output", r.output(), "context canceled", "_started")
+		}
+	})
+
 	r := pgcloak(t, "reencrypt", "-c", cfg, "--table", "public.patients", "--batch-size", "3", "--pause", "1ms", "--actor", "ops")
 	if r.code != 0 {
 		t.Fatalf("reencrypt: exit %d, want 0", r.code)
