@@ -203,15 +203,11 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (Claims, error) {
 	now := v.now()
 	var k tokenKey
 	if v.cache != nil {
-		// The hash reads the string's bytes in place instead of copying
-		// them; sha256 does not keep or modify its input.
-		k = sha256.Sum256(unsafe.Slice(unsafe.StringData(raw), len(raw)))
-		if e, ok := v.cache.get(k); ok {
-			if now.Before(e.until) {
-				return e.claims, nil
-			}
-			v.cache.delete(k)
-			return Claims{}, refuse(ReasonExpired)
+		var c Claims
+		var err error
+		var hit bool
+		if k, c, err, hit = v.cached(raw, now); hit {
+			return c, err
 		}
 	}
 
@@ -250,14 +246,26 @@ func (v *Verifier) VerifyAtOnce(raw string) (c Claims, err error, ok bool) {
 	if v.cache == nil {
 		return Claims{}, nil, false
 	}
-	e, ok := v.cache.get(sha256.Sum256(unsafe.Slice(unsafe.StringData(raw), len(raw))))
+	_, c, err, ok = v.cached(raw, v.now())
+	return c, err, ok
+}
+
+// cached answers raw from the cache of verified tokens (hit false when the
+// cache does not hold it) and returns its cache key either way. A token
+// held past its expiry is dropped and refused as expired.
+func (v *Verifier) cached(raw string, now time.Time) (k tokenKey, c Claims, err error, hit bool) {
+	// The hash reads the string's bytes in place instead of copying them;
+	// sha256 does not keep or modify its input.
+	k = sha256.Sum256(unsafe.Slice(unsafe.StringData(raw), len(raw)))
+	e, ok := v.cache.get(k)
 	if !ok {
-		return Claims{}, nil, false
+		return k, Claims{}, nil, false
 	}
-	if !v.now().Before(e.until) {
-		return Claims{}, refuse(ReasonExpired), true
+	if !now.Before(e.until) {
+		v.cache.delete(k)
+		return k, Claims{}, refuse(ReasonExpired), true
 	}
-	return e.claims, nil, true
+	return k, e.claims, nil, true
 }
 
 // parseReason classifies an error from parsing and the signature check.
