@@ -20,10 +20,16 @@
 #   pgcloak>bouncer pgcloak (as "pgcloak") in front of that pgbouncer: the
 #                   difference with pgbouncer is what pgcloak adds, without
 #                   a backend's fork and start dominating the figures
+#   pipe            bench/cmd/bytepipe in front of PostgreSQL: a Go byte
+#                   pipe that dials as it accepts and copies bytes, the
+#                   floor for any proxy written in Go that relays the login
+#   pipe>bouncer    the same pipe in front of pgbouncer: pgcloak>bouncer
+#                   against pipe>bouncer is what pgcloak adds beyond relaying
 #
 # Environment (defaults in brackets):
 #   N        connections per target and round [200]   ROUNDS  rounds [3]
 #   BOUNCER  0: leave pgbouncer out (and pgcloak>bouncer) [1]
+#   PIPE     0: leave the byte pipes out [1]
 #   BEFORE   a pgcloak binary (e.g. built at an earlier commit) measured as
 #            "before" and "before>bouncer" beside "pgcloak": a before/after
 #            comparison under the same load [unset]
@@ -41,6 +47,7 @@ source "$(dirname "$0")/lib.sh"
 N=${N:-200}
 ROUNDS=${ROUNDS:-3}
 BOUNCER=${BOUNCER:-1}
+PIPE=${PIPE:-1}
 BEFORE=${BEFORE:-}
 if [[ $BOUNCER == 1 ]]; then
 	command -v pgbouncer >/dev/null || die "pgbouncer not found; install it with: apt-get install -y pgbouncer (or BOUNCER=0)"
@@ -50,6 +57,7 @@ fi
 start_postgres
 go build -o "$work/connlat" ./bench/cmd/connlat
 mapfile -t more_ports < <("$work/connlat" -ports 3)
+if [[ $PIPE == 1 ]]; then go build -o "$work/bytepipe" ./bench/cmd/bytepipe; fi
 
 # upstream.user may not be a client's login once tenancy is on: the
 # unscoped proxy has a role of its own.
@@ -61,6 +69,19 @@ TARGETS=(direct)
 # cpu_ms PID: the CPU time (user + system, all threads) a process has used.
 cpu_ms() {
 	awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) * 1000 / hz }' "/proc/$1/stat"
+}
+
+# start_pipe NAME UPSTREAM_PORT: starts a bytepipe in front of
+# UPSTREAM_PORT (it picks its own port and prints it).
+start_pipe() {
+	local name=$1 out=$work/bytepipe-${1//>/-}.out
+	"$work/bytepipe" -upstream "127.0.0.1:$2" >"$out" 2>&1 &
+	STOP_PIDS+=($!)
+	PID[$name]=$!
+	for _ in $(seq 50); do grep -q '^PORT=' "$out" && break; sleep 0.1; done
+	PORT[$name]=$(sed -n 's/^PORT=//p' "$out")
+	[[ -n ${PORT[$name]} ]] || die "bytepipe ($name) did not start: $(cat "$out")"
+	TARGETS+=("$name")
 }
 
 # start_pgcloak NAME BINARY PORT UPSTREAM_PORT [TENANCY_YAML]: starts a
@@ -100,6 +121,7 @@ if [[ -n $BEFORE ]]; then
 else
 	start_pgcloak unscoped "$work/pgcloak" "$SPARE_PORT" "$PGPORT" $'tenancy:\n  unscoped_roles: ["*"]'
 fi
+if [[ $PIPE == 1 ]]; then start_pipe pipe "$PGPORT"; fi
 
 if [[ $BOUNCER == 1 ]]; then
 	echo "--- starting pgbouncer on 127.0.0.1:$PGBOUNCER_PORT (session pooling)"
@@ -140,6 +162,7 @@ if [[ $BOUNCER == 1 ]]; then
 	if [[ -n $BEFORE ]]; then
 		start_pgcloak 'before>bouncer' "$BEFORE" "${more_ports[1]}" "$PGBOUNCER_PORT"
 	fi
+	if [[ $PIPE == 1 ]]; then start_pipe "pipe>bouncer" "$PGBOUNCER_PORT"; fi
 fi
 
 args=()
@@ -205,8 +228,14 @@ awk '
 		print ""
 		if ("pgcloak" in p50)
 			printf "pgcloak - direct:           p50 %+.2f ms, p99 %+.2f ms\n", p50["pgcloak"] - p50["direct"], p99["pgcloak"] - p99["direct"]
+		if ("pipe" in p50)
+			printf "pgcloak - pipe:             p50 %+.2f ms, p99 %+.2f ms\n", p50["pgcloak"] - p50["pipe"], p99["pgcloak"] - p99["pipe"]
 		if ("pgcloak>bouncer" in p50)
 			printf "pgcloak>bouncer - pgbouncer: p50 %+.2f ms, p99 %+.2f ms\n", p50["pgcloak>bouncer"] - p50["pgbouncer"], p99["pgcloak>bouncer"] - p99["pgbouncer"]
+		if ("pipe>bouncer" in p50)
+			printf "pipe>bouncer - pgbouncer:    p50 %+.2f ms, p99 %+.2f ms\n", p50["pipe>bouncer"] - p50["pgbouncer"], p99["pipe>bouncer"] - p99["pgbouncer"]
+		if ("pipe>bouncer" in p50 && "pgcloak>bouncer" in p50)
+			printf "pgcloak>bouncer - pipe>bouncer: p50 %+.2f ms, p99 %+.2f ms\n", p50["pgcloak>bouncer"] - p50["pipe>bouncer"], p99["pgcloak>bouncer"] - p99["pipe>bouncer"]
 		if ("before>bouncer" in p50)
 			printf "before>bouncer - pgbouncer:  p50 %+.2f ms, p99 %+.2f ms\n", p50["before>bouncer"] - p50["pgbouncer"], p99["before>bouncer"] - p99["pgbouncer"]
 	}' "$work/results"
