@@ -88,15 +88,18 @@ analyze verified;
 create schema bench;
 grant usage on schema bench to public;
 create function bench.pin_mac(c bigint, tenant text, proof text) returns text
-language sql stable security definer set search_path = pg_catalog, pg_temp
-as \$fn\$ SELECT encode(sha256(k.okey || sha256(k.ikey ||
-    convert_to('v1|' || c || '|' || tenant || '|' || proof, 'UTF8'))), 'hex')
-  FROM pgcloak.pin_key k WHERE k.id \$fn\$;
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
+as \$fn\$ DECLARE k record; BEGIN
+  SELECT ikey, okey INTO k FROM pgcloak.pin_key WHERE id;
+  RETURN encode(sha256(k.okey || sha256(k.ikey || convert_to('v1|' || c || '|' || tenant || '|' || proof, 'UTF8'))), 'hex');
+END \$fn\$;
 create function bench.next_mac(c bigint, n bigint, is_local boolean, tenant text, proof text) returns text
-language sql stable security definer set search_path = pg_catalog, pg_temp
-as \$fn\$ SELECT encode(sha256(k.okey || sha256(k.ikey ||
-    convert_to('v1n|' || c || '|' || n || '|' || is_local::text || '|' || tenant || '|' || proof, 'UTF8'))), 'hex')
-  FROM pgcloak.pin_key k WHERE k.id \$fn\$;
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
+as \$fn\$ DECLARE k record; BEGIN
+  SELECT ikey, okey INTO k FROM pgcloak.pin_key WHERE id;
+  RETURN encode(sha256(k.okey || sha256(k.ikey ||
+    convert_to('v1n|' || c || '|' || n || '|' || is_local::text || '|' || tenant || '|' || proof, 'UTF8'))), 'hex');
+END \$fn\$;
 SQL
 PIN_SQL=$(go run ./bench/cmd/pinsql)
 
