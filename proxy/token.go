@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -144,31 +143,14 @@ func tokenQuery(sql string) ([]queryPiece, error) {
 	return pieces, nil
 }
 
-// plainTokenSet is the form applications send in every transaction, SET
-// [LOCAL|SESSION] pgcloak.tenant_token {=|TO} '<token>' with a token of
-// base64url characters and dots (a JWT) and nothing else: no comment, no
-// escape, no quote inside. Only that form skips the parser; any other text
-// naming the setting is parsed.
-var plainTokenSet = regexp.MustCompile(`(?i)^\s*SET\s+(?:(LOCAL|SESSION)\s+)?pgcloak\.tenant_token(?:\s*=|\s+TO)\s*'([A-Za-z0-9_.-]*)'\s*$`)
-
-// plainTokenSetConfig is the set_config form ORMs and drivers with bound
-// parameters send, SELECT [pg_catalog.]set_config('pgcloak.tenant_token',
-// $n or '<token>', true|false), with nothing else; like plainTokenSet,
-// only that form skips the parser.
-var plainTokenSetConfig = regexp.MustCompile(`(?i)^\s*SELECT\s+(?:pg_catalog\s*\.\s*)?set_config\s*\(\s*'pgcloak\.tenant_token'\s*,\s*(?:\$([1-9][0-9]{0,4})|'([A-Za-z0-9_.-]*)')\s*,\s*(true|false)\s*\)\s*$`)
-
 // parseTokenStatement recognises one statement's text as a token
 // statement; nil for any other.
 func parseTokenStatement(text string) (*tokenStmt, error) {
-	if m := plainTokenSet.FindStringSubmatch(text); m != nil {
-		return &tokenStmt{form: tokenSet, local: strings.EqualFold(m[1], "local"), token: m[2]}, nil
+	if local, token, ok := plainTokenSet(text); ok {
+		return &tokenStmt{form: tokenSet, local: local, token: token}, nil
 	}
-	if m := plainTokenSetConfig.FindStringSubmatch(text); m != nil {
-		ts := &tokenStmt{form: tokenSetConfig, local: strings.EqualFold(m[3], "true"), token: m[2]}
-		if m[1] != "" {
-			ts.param, _ = strconv.Atoi(m[1])
-		}
-		return ts, nil
+	if param, token, local, ok := plainTokenSetConfig(text); ok {
+		return &tokenStmt{form: tokenSetConfig, local: local, token: token, param: param}, nil
 	}
 	res, err := pg_query.Parse(text)
 	if err != nil || len(res.Stmts) != 1 {
@@ -707,19 +689,6 @@ func (s *session) nextPinArgs(tenant, proof string, local bool) [][]byte {
 	return [][]byte{[]byte(tenant), []byte(proof), []byte(strconv.FormatInt(s.tok.challenge, 10)),
 		[]byte(strconv.FormatInt(n, 10)), []byte(mac), []byte(s.decl.tenancyCfg.Setting), []byte(keystore.ProofSetting)}
 }
-
-// literalSQL replaces $1..$n in sql with the values as string literals, in
-// one pass, so that no value is scanned for parameters again
-// (standard_conforming_strings is on in every session with a tenant: the
-// lexer guard holds it there).
-func literalSQL(sql string, values ...string) string {
-	return paramRef.ReplaceAllStringFunc(sql, func(ref string) string {
-		i, _ := strconv.Atoi(ref[1:])
-		return keystore.QuoteLiteral(values[i-1])
-	})
-}
-
-var paramRef = regexp.MustCompile(`\$[0-9]+`)
 
 // repinSession pins the session-level token's tenant again after a local
 // token moved the marker, before the client's next statement runs.
