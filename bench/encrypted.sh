@@ -88,15 +88,9 @@ SQL
 
 echo "--- starting pgcloak on 127.0.0.1:$PGCLOAK_PORT"
 "$work/pgcloak" keys init-local -o "$work/master.key" >/dev/null
-cat >"$work/pgcloak.yaml" <<EOF2
-listen:
-  address: 127.0.0.1:$PGCLOAK_PORT
-  shutdown_timeout: 5s
-upstream:
-  address: 127.0.0.1:$PGPORT
-  user: $BENCH_USER
-  password: \${PGCLOAK_UPSTREAM_PASSWORD}
-  database: $BENCH_DB
+{
+	pgcloak_yaml_head
+	cat <<EOF2
 tenancy:
   login:
     roles: { $TENANT_ROLE: acme }
@@ -116,12 +110,10 @@ audit:
 log:
   level: warn
 EOF2
+} >"$work/pgcloak.yaml"
 # serve refuses declared columns without pgcloak's format CHECKs.
 { echo "set client_min_messages = warning;"; PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" schema -c "$work/pgcloak.yaml"; } | psql_direct >/dev/null
-PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" serve -c "$work/pgcloak.yaml" 2>"$work/pgcloak.log" &
-STOP_PIDS+=($!)
-PGCLOAK_PID=$!
-wait_login pgcloak "$PGCLOAK_PORT" "$TENANT_ROLE" "$TENANT_PASSWORD" "$work/pgcloak.log"
+serve_pgcloak "$TENANT_ROLE" "$TENANT_PASSWORD"
 
 echo "--- loading $ROWS rows (through pgcloak, and plaintext directly)"
 gen_rows() { # gen_rows TABLE: multi-row inserts of ROWS patients

@@ -105,15 +105,8 @@ psql_direct -f "$work/roles.sql" >/dev/null
 
 echo "--- starting pgcloak on 127.0.0.1:$PGCLOAK_PORT (keys.provider aws, cache_ttl $CACHE_TTL)"
 {
+	pgcloak_yaml_head
 	cat <<EOF2
-listen:
-  address: 127.0.0.1:$PGCLOAK_PORT
-  shutdown_timeout: 5s
-upstream:
-  address: 127.0.0.1:$PGPORT
-  user: $BENCH_USER
-  password: \${PGCLOAK_UPSTREAM_PASSWORD}
-  database: $BENCH_DB
 keys:
   provider: aws
   aws:

@@ -111,6 +111,32 @@ tool() { # the PostgreSQL client program $1, preferring the server's own
 	if [[ -x $BINDIR/$1 ]]; then echo "$BINDIR/$1"; else command -v "$1" || die "$1 not found"; fi
 }
 
+# pgcloak_yaml_head: the listen and upstream sections of a pgcloak.yaml for
+# $PGCLOAK_PORT and the benchmark's PostgreSQL as $BENCH_USER, with the
+# password from PGCLOAK_UPSTREAM_PASSWORD (serve_pgcloak sets it).
+pgcloak_yaml_head() {
+	cat <<EOF
+listen:
+  address: 127.0.0.1:$PGCLOAK_PORT
+  shutdown_timeout: 5s
+upstream:
+  address: 127.0.0.1:$PGPORT
+  user: $BENCH_USER
+  password: \${PGCLOAK_UPSTREAM_PASSWORD}
+  database: $BENCH_DB
+EOF
+}
+
+# serve_pgcloak ROLE PASSWORD: starts pgcloak serve -c $work/pgcloak.yaml in
+# the background (its PID in PGCLOAK_PID, its log in $work/pgcloak.log) and
+# waits until ROLE logs in through it.
+serve_pgcloak() {
+	PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" serve -c "$work/pgcloak.yaml" 2>"$work/pgcloak.log" &
+	PGCLOAK_PID=$!
+	STOP_PIDS+=("$PGCLOAK_PID")
+	wait_login pgcloak "$PGCLOAK_PORT" "$1" "$2" "$work/pgcloak.log"
+}
+
 # wait_login NAME PORT USER PASSWORD LOGFILE: wait until a psql login on
 # 127.0.0.1:PORT works.
 wait_login() {

@@ -44,24 +44,17 @@ start_postgres
 psql_direct -c "create role $TENANT_ROLE login password '$TENANT_PASSWORD'" >/dev/null
 
 echo "--- starting pgcloak on 127.0.0.1:$PGCLOAK_PORT (it installs pgcloak.current_tenant())"
-cat >"$work/pgcloak.yaml" <<EOF
-listen:
-  address: 127.0.0.1:$PGCLOAK_PORT
-  shutdown_timeout: 5s
-upstream:
-  address: 127.0.0.1:$PGPORT
-  user: $BENCH_USER
-  password: \${PGCLOAK_UPSTREAM_PASSWORD}
-  database: $BENCH_DB
+{
+	pgcloak_yaml_head
+	cat <<EOF
 tenancy:
   login:
     roles: { $TENANT_ROLE: acme }
 log:
   level: warn
 EOF
-PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD "$work/pgcloak" serve -c "$work/pgcloak.yaml" 2>"$work/pgcloak.log" &
-STOP_PIDS+=($!)
-wait_login pgcloak "$PGCLOAK_PORT" "$TENANT_ROLE" "$TENANT_PASSWORD" "$work/pgcloak.log"
+} >"$work/pgcloak.yaml"
+serve_pgcloak "$TENANT_ROLE" "$TENANT_PASSWORD"
 
 echo "--- $ROWS rows in each of: ${TABLES[*]}"
 psql_direct <<SQL

@@ -71,15 +71,9 @@ echo "--- starting pgcloak on 127.0.0.1:$PGCLOAK_PORT (it installs pgcloak.curre
 "$work/pgcloak" keys init-local -o "$work/master.key" >/dev/null
 JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export JWT_SECRET PGCLOAK_UPSTREAM_PASSWORD=$BENCH_PASSWORD
-cat >"$work/pgcloak.yaml" <<EOF
-listen:
-  address: 127.0.0.1:$PGCLOAK_PORT
-  shutdown_timeout: 5s
-upstream:
-  address: 127.0.0.1:$PGPORT
-  user: $BENCH_USER
-  password: \${PGCLOAK_UPSTREAM_PASSWORD}
-  database: $BENCH_DB
+{
+	pgcloak_yaml_head
+	cat <<EOF
 tenancy:
   login:
     roles: { $LOGIN_ROLE: acme }
@@ -101,12 +95,10 @@ audit:
 log:
   level: warn
 EOF
+} >"$work/pgcloak.yaml"
 # serve refuses declared columns without pgcloak's format CHECKs.
 { echo "set client_min_messages = warning;"; "$work/pgcloak" schema -c "$work/pgcloak.yaml"; } | psql_direct >/dev/null
-"$work/pgcloak" serve -c "$work/pgcloak.yaml" 2>"$work/pgcloak.log" &
-STOP_PIDS+=($!)
-PGCLOAK_PID=$!
-wait_login pgcloak "$PGCLOAK_PORT" "$LOGIN_ROLE" "$PASSWORD" "$work/pgcloak.log"
+serve_pgcloak "$LOGIN_ROLE" "$PASSWORD"
 psql_direct <<SQL
 alter table patients alter column tenant_id set default pgcloak.current_tenant();
 create policy tenant_isolation on patients
