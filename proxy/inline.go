@@ -24,15 +24,26 @@ func (s *session) inlineClient(msg pgproto3.FrontendMessage) bool {
 	if s.repin.pending || s.copyIn != nil || s.unlexable.Load() != nil {
 		return false
 	}
-	if s.tokens && (s.tok.awaitExec != nil || s.tok.clearOwed) {
-		return false // a token statement's portal, or a pin to clear: upstream's answers
+	if s.tokens && s.tok.clearOwed {
+		return false // a pin to clear: upstream's answers
+	}
+	if s.tokens && s.tok.awaitExec != nil {
+		// A token statement's portal is bound: its Describe and its
+		// Execute (the pin) run here; anything else, which closes the
+		// portal first, goes to the goroutines.
+		switch m := msg.(type) {
+		case *pgproto3.Describe:
+			return m.ObjectType == 'P' && m.Name == ""
+		case *pgproto3.Execute:
+			return m.Portal == "" && m.MaxRows == 0
+		}
+		return false
 	}
 	switch m := msg.(type) {
 	case *pgproto3.Bind:
-		// A token statement's Bind verifies its token, which may fetch
-		// a JWKS: the goroutines take it.
-		ps := s.statements[m.PreparedStatement]
-		return ps == nil || ps.token == nil
+		// A token statement's Bind too: the handler gives up where it
+		// would wait (a JWKS fetch).
+		return true
 	case *pgproto3.Sync, *pgproto3.Flush, *pgproto3.Describe, *pgproto3.Close, *pgproto3.Execute:
 		return true
 	case *pgproto3.Query:
@@ -40,7 +51,8 @@ func (s *session) inlineClient(msg pgproto3.FrontendMessage) bool {
 		// handler gives up where it would wait (a JWKS fetch).
 		return s.loopText(m.String, s.tokens)
 	case *pgproto3.Parse:
-		return !strings.HasPrefix(m.Name, reservedPrefix) && s.loopText(m.Query, false)
+		// A token statement's Parse too (parseToken does not wait).
+		return !strings.HasPrefix(m.Name, reservedPrefix) && s.loopText(m.Query, s.tokens)
 	case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail:
 		return true // no COPY the proxy transforms (copyIn is nil)
 	}

@@ -17,11 +17,12 @@ import (
 // role, declared tables). Each message the loop reads it decodes and hands
 // to the same handlers the session's goroutines use (handleClientMessage,
 // upstreamMessage), on the loop's thread, unless a cheap test says the
-// handler would wait for upstream: a token statement in the extended
-// protocol, COPY, the catalog as declared, a statement that may redefine or
-// deallocate prepared statements, a pin to renew. A simple Query carrying
-// a tenant token runs there too when the verifier answers at once (no
-// JWKS fetch: atOnceVerifier); handleTokenQuery restores the session's
+// handler would wait for upstream: COPY, the catalog as declared, a
+// statement that may redefine or deallocate prepared statements, a pin to
+// renew, a message other than its Describe or Execute while a token
+// statement's portal is bound. Token statements run there too, in a simple
+// Query or as Parse, Bind and Execute, when the verifier answers at once
+// (no JWKS fetch: atOnceVerifier); handleTokenQuery restores the session's
 // token state if it gives up, and audit events raised on the loop wait
 // until the message is done (auditEvent).
 //
@@ -48,8 +49,8 @@ import (
 
 // loopable reports whether the session may be carried by the relay loop:
 // under tenancy, over plain TCP on both sides, and when the loop is
-// allowed. Sessions of token roles too: token statements in the extended
-// protocol, and tokens that need a JWKS fetch, go to the goroutines.
+// allowed. Sessions of token roles too: a token that needs a JWKS fetch
+// goes to the goroutines.
 func (s *session) loopable() bool {
 	if !s.decl.tenancy || s.clientTLS || s.srv.goroutineRelay || s.clientFrames == nil {
 		return false

@@ -559,9 +559,9 @@ func TestTenantLoopTokenSession(t *testing.T) {
 			atOnce.Store(run.atOnce)
 			verified := onLoop.Load()
 			t.Cleanup(func() {
-				// A verifier that answers at once verifies the simple
-				// protocol's token statements on the loop.
-				if n := onLoop.Load() - verified; run.atOnce && mode == "simple_protocol" && n == 0 {
+				// A verifier that answers at once verifies token
+				// statements on the loop, in either protocol.
+				if n := onLoop.Load() - verified; run.atOnce && n == 0 {
 					t.Error("no token was verified on the relay loop's thread: token statements do not ride the loop")
 				}
 			})
@@ -596,8 +596,10 @@ func TestTenantLoopTokenSession(t *testing.T) {
 			}
 			// Local tokens' transactions: globex, then acme again. In
 			// the extended protocol the set_config statement is prepared
-			// once; its later Binds reach the loop, which must give them
-			// to the goroutines (they verify the token).
+			// once; its later Binds reach the loop, which verifies their
+			// token there when the verifier answers at once and gives
+			// them to the goroutines otherwise.
+			localVerified := onLoop.Load()
 			for k := range 3 {
 				quietUntilCarried(t, c, env.proxy)
 				tx, err := c.Begin(ctx)
@@ -613,6 +615,9 @@ func TestTenantLoopTokenSession(t *testing.T) {
 						t.Fatalf("round %d.%d after the local token: %v", k, i, got)
 					}
 				}
+			}
+			if run.atOnce && onLoop.Load() == localVerified {
+				t.Error("no set_config token was verified on the relay loop's thread: its Bind (or Query) left the loop")
 			}
 			_, err = c.Exec(ctx, `RESET pgcloak.tenant_token`)
 			fatalIf(t, err, "RESET")

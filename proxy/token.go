@@ -1190,13 +1190,17 @@ func (s *session) bindToken(m *pgproto3.Bind, ps *preparedStatement) error {
 	if ts.param != 0 {
 		v := m.Parameters[ts.param-1]
 		if v == nil {
-			s.srv.audit.l.TenantTokenRefused(s.auditIdentity(), "malformed")
+			id := s.auditIdentity()
+			s.auditEvent(func() { s.srv.audit.l.TenantTokenRefused(id, "malformed") })
 			return s.refuseExtended(&clientError{code: pgerrcode.InvalidAuthorizationSpecification, msg: "tenant token refused: malformed"})
 		}
 		raw = string(v) // text, in either format
 	}
 	var args [][]byte
 	pin, _, err := s.tokenPin(ts, raw, &args)
+	if err == errLoopWouldWait {
+		return err // on the relay loop, a token it cannot verify at once; nothing changed yet
+	}
 	if err != nil {
 		return s.refuseExtended(err)
 	}
