@@ -51,8 +51,16 @@ func (s *session) inlineClient(msg pgproto3.FrontendMessage) bool {
 		// handler gives up where it would wait (a JWKS fetch).
 		return s.loopText(m.String, s.tokens)
 	case *pgproto3.Parse:
-		// A token statement's Parse too (parseToken does not wait).
-		return !strings.HasPrefix(m.Name, reservedPrefix) && s.loopText(m.Query, s.tokens)
+		// A token statement's Parse too when it is a plain form, which
+		// parseToken reads without pg_query; any other text naming the
+		// setting is parsed, by the goroutines.
+		if strings.HasPrefix(m.Name, reservedPrefix) {
+			return false
+		}
+		if s.tokens && containsFold(m.Query, "tenant_token") {
+			return plainTokenStatement(m.Query) != nil && s.loopText(m.Query, true)
+		}
+		return s.loopText(m.Query, false)
 	case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail:
 		return true // no COPY the proxy transforms (copyIn is nil)
 	}

@@ -110,6 +110,11 @@ type queryPiece struct {
 // other use of the setting (SHOW, current_setting, inside a larger
 // statement) is refused: it would send the token to PostgreSQL.
 func tokenQuery(sql string) ([]queryPiece, error) {
+	// The usual text, one plain token statement and nothing else, is one
+	// statement: no split.
+	if ts := plainTokenStatement(sql); ts != nil {
+		return []queryPiece{{token: ts}}, nil
+	}
 	// Split with the parser (statement boundaries only: no parse tree
 	// crosses from C), and parse just the statements that name the
 	// setting: the others go to the rewriter, which caches their shapes.
@@ -146,11 +151,8 @@ func tokenQuery(sql string) ([]queryPiece, error) {
 // parseTokenStatement recognises one statement's text as a token
 // statement; nil for any other.
 func parseTokenStatement(text string) (*tokenStmt, error) {
-	if local, token, ok := plainTokenSet(text); ok {
-		return &tokenStmt{form: tokenSet, local: local, token: token}, nil
-	}
-	if param, token, local, ok := plainTokenSetConfig(text); ok {
-		return &tokenStmt{form: tokenSetConfig, local: local, token: token, param: param}, nil
+	if ts := plainTokenStatement(text); ts != nil {
+		return ts, nil
 	}
 	res, err := pg_query.Parse(text)
 	if err != nil || len(res.Stmts) != 1 {
@@ -1199,7 +1201,10 @@ func (s *session) bindToken(m *pgproto3.Bind, ps *preparedStatement) error {
 	var args [][]byte
 	pin, _, err := s.tokenPin(ts, raw, &args)
 	if err == errLoopWouldWait {
-		return err // on the relay loop, a token it cannot verify at once; nothing changed yet
+		// On the relay loop, a token it cannot verify at once: nothing
+		// changed yet but handleBind's bindDeallocation, which the
+		// goroutines record again as it was.
+		return err
 	}
 	if err != nil {
 		return s.refuseExtended(err)

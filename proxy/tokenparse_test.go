@@ -227,3 +227,30 @@ func TestLiteralSQL(t *testing.T) {
 		t.Errorf("literalSQL scanned a value again or quoted wrongly: %s", got)
 	}
 }
+
+// TestTokenQueryPlainNeedsNoSplit: a text that is one plain token statement
+// gives tokenQuery the piece that splitting it with the parser gives (the
+// trailing semicolon sends the same statement down that path).
+func TestTokenQueryPlainNeedsNoSplit(t *testing.T) {
+	n := 0
+	for _, text := range plainSeeds {
+		if plainTokenStatement(text) == nil {
+			continue
+		}
+		n++
+		fast, err := tokenQuery(text)
+		if err != nil {
+			t.Fatalf("%q: %v", text, err)
+		}
+		split, err := tokenQuery(text + ";")
+		if err != nil {
+			t.Fatalf("%q + ';': %v", text, err)
+		}
+		if len(fast) != 1 || len(split) != 1 || fast[0].token == nil || split[0].token == nil || *fast[0].token != *split[0].token || fast[0].text != split[0].text {
+			t.Errorf("%q: tokenQuery gave %+v, split by the parser %+v", text, fast, split)
+		}
+	}
+	if n < 5 {
+		t.Fatalf("only %d seeds are plain token statements", n)
+	}
+}

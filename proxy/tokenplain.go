@@ -15,6 +15,18 @@ import (
 // character outside ASCII (PostgreSQL's lexer takes ſ or K for identifier
 // characters, never for s or k, so only ASCII letters fold).
 
+// plainTokenStatement is text read as a token statement by plainTokenSet or
+// plainTokenSetConfig; nil when neither reads it.
+func plainTokenStatement(text string) *tokenStmt {
+	if local, token, ok := plainTokenSet(text); ok {
+		return &tokenStmt{form: tokenSet, local: local, token: token}
+	}
+	if param, token, local, ok := plainTokenSetConfig(text); ok {
+		return &tokenStmt{form: tokenSetConfig, local: local, token: token, param: param}
+	}
+	return nil
+}
+
 // plainTokenSet reads SET [LOCAL|SESSION] pgcloak.tenant_token {=|TO}
 // '<token>' with a token of base64url characters and dots (a JWT), between
 // any whitespace.
