@@ -42,6 +42,8 @@ func TestParseTokenStatementAgrees(t *testing.T) {
 		`SELECT pg_catalog.set_config('pgcloak.tenant_token', $1, true), 1`,
 		`SELECT "set_config"('pgcloak.tenant_token', $1, true)`,
 		`SELECT pg_catalog.set_config('pgcloak.tenant_token', $1, true) FROM t`,
+		`SELECT pg_catalog.set_config('pgcloak.tenant_token', $1, true);`,
+		"SET LOCAL pgcloak.tenant_token = 'a.b.c' ;\n",
 	} {
 		fast, fastErr := parseTokenStatement(text)
 		var want *tokenStmt
@@ -81,8 +83,10 @@ func TestParseTokenStatementAgrees(t *testing.T) {
 
 // The regular expressions the plain readers replaced: the reference for
 // what they accept, except that (?i) also folds ſ and K (Kelvin) into s
-// and k, which PostgreSQL's lexer does not.
+// and k, which PostgreSQL's lexer does not, and that the readers also take
+// one semicolon at the end (the expressions see the text without it).
 var (
+	trailingSemicolon     = regexp.MustCompile(`(?s)^(.*);[\t\n\f\r ]*$`)
 	plainTokenSetRE       = regexp.MustCompile(`(?i)^\s*SET\s+(?:(LOCAL|SESSION)\s+)?pgcloak\.tenant_token(?:\s*=|\s+TO)\s*'([A-Za-z0-9_.-]*)'\s*$`)
 	plainTokenSetConfigRE = regexp.MustCompile(`(?i)^\s*SELECT\s+(?:pg_catalog\s*\.\s*)?set_config\s*\(\s*'pgcloak\.tenant_token'\s*,\s*(?:\$([1-9][0-9]{0,4})|'([A-Za-z0-9_.-]*)')\s*,\s*(true|false)\s*\)\s*$`)
 )
@@ -98,8 +102,12 @@ func checkPlainAgainstRE(t *testing.T, text string) {
 			ascii = false
 		}
 	}
+	ref := text
+	if m := trailingSemicolon.FindStringSubmatch(text); m != nil {
+		ref = m[1]
+	}
 	local, token, ok := plainTokenSet(text)
-	if m := plainTokenSetRE.FindStringSubmatch(text); m != nil {
+	if m := plainTokenSetRE.FindStringSubmatch(ref); m != nil {
 		if ascii && !ok {
 			t.Errorf("%q: the expression reads SET, plainTokenSet does not", text)
 		} else if ok && (local != strings.EqualFold(m[1], "local") || token != m[2]) {
@@ -109,7 +117,7 @@ func checkPlainAgainstRE(t *testing.T, text string) {
 		t.Errorf("%q: plainTokenSet reads SET, the expression does not", text)
 	}
 	param, token, local, ok := plainTokenSetConfig(text)
-	if m := plainTokenSetConfigRE.FindStringSubmatch(text); m != nil {
+	if m := plainTokenSetConfigRE.FindStringSubmatch(ref); m != nil {
 		wantParam := 0
 		if m[1] != "" {
 			wantParam, _ = strconv.Atoi(m[1])
@@ -156,6 +164,11 @@ var plainSeeds = []string{
 	`SELECT set_config('pgcloak.tenant_token', $1, truex)`,
 	`SELECT set_config('pgcloak.tenant_token', $1, true) x`,
 	`SELECTset_config('pgcloak.tenant_token', $1, true)`,
+	`SELECT pg_catalog.set_config('pgcloak.tenant_token', $1, true);`,
+	"SET LOCAL pgcloak.tenant_token = 'a.b.c' ;\n",
+	`SET LOCAL pgcloak.tenant_token = 'a.b.c';;`,
+	`SET LOCAL pgcloak.tenant_token = 'a.b.c'; SELECT 1`,
+	`SET LOCAL pgcloak.tenant_token = 'a.b;c'`,
 }
 
 // TestPlainReadersAgreeWithExpressions: the hand-written readers accept

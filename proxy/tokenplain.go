@@ -29,7 +29,7 @@ func plainTokenStatement(text string) *tokenStmt {
 
 // plainTokenSet reads SET [LOCAL|SESSION] pgcloak.tenant_token {=|TO}
 // '<token>' with a token of base64url characters and dots (a JWT), between
-// any whitespace.
+// any whitespace, and an optional semicolon at the end.
 func plainTokenSet(text string) (local bool, token string, ok bool) {
 	p := plainScan{s: text}
 	p.spaces()
@@ -55,13 +55,13 @@ func plainTokenSet(text string) (local bool, token string, ok bool) {
 	if !ok {
 		return false, "", false
 	}
-	p.spaces()
-	return local, token, p.i == len(p.s)
+	return local, token, p.end()
 }
 
 // plainTokenSetConfig reads SELECT [pg_catalog.]set_config(
 // 'pgcloak.tenant_token', $n or '<token>', true|false) between any
-// whitespace; param is n (1 to 99999), or 0 with the token in the text.
+// whitespace, with an optional semicolon at the end; param is n (1 to
+// 99999), or 0 with the token in the text.
 func plainTokenSetConfig(text string) (param int, token string, local bool, ok bool) {
 	p := plainScan{s: text}
 	p.spaces()
@@ -123,8 +123,7 @@ func plainTokenSetConfig(text string) (param int, token string, local bool, ok b
 	if !p.byte(')') {
 		return 0, "", false, false
 	}
-	p.spaces()
-	return param, token, local, p.i == len(p.s)
+	return param, token, local, p.end()
 }
 
 // plainScan is a position in a statement's text for the plain readers.
@@ -164,6 +163,17 @@ func (p *plainScan) word(w string) bool {
 	}
 	p.i += len(w)
 	return true
+}
+
+// end reports whether only whitespace is left, with at most one semicolon
+// in it (drivers send "...;" as they were given it; the statement is the
+// same).
+func (p *plainScan) end() bool {
+	p.spaces()
+	if p.byte(';') {
+		p.spaces()
+	}
+	return p.i == len(p.s)
 }
 
 // byte consumes c.
