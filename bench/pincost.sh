@@ -110,9 +110,9 @@ read_sql='SELECT v FROM verified WHERE id = :id;'
 mac_sql="SELECT bench.next_mac(:c, :n, true, 'acme', $PROOF);"
 # keystore.NextStatement(true, alias) with its parameters: tenant, proof,
 # challenge, number, MAC, setting, proof setting.
-token_sql=$(sed -e "s/\\\$1::text/'acme'::text/g" -e "s/\\\$2::text/$PROOF/" -e 's/\$3::bigint/:c::bigint/' \
-	-e 's/\$4::bigint/:n::bigint/' -e "s/\\\$5::text/bench.next_mac(:c, :n, true, 'acme', $PROOF)/" \
-	-e "s/\\\$6::text/'app.tenant_id'::text/" -e "s/\\\$7::text/'pgcloak.tenant_proof'::text/" <<<"$PIN_SQL");
+token_sql=$(sed -e "s/\\\$1::pg_catalog.text/'acme'::text/g" -e "s/\\\$2::pg_catalog.text/$PROOF/" -e 's/\$3::pg_catalog.int8/:c::bigint/' \
+	-e 's/\$4::pg_catalog.int8/:n::bigint/' -e "s/\\\$5::pg_catalog.text/bench.next_mac(:c, :n, true, 'acme', $PROOF)/" \
+	-e "s/\\\$6::pg_catalog.text/'app.tenant_id'::text/" -e "s/\\\$7::pg_catalog.text/'pgcloak.tenant_proof'::text/" <<<"$PIN_SQL");
 [[ $token_sql != *'$'* ]] || die "pin statement still has parameters: $token_sql"
 script() { # script NAME FIRST BODY...: a pgbench script
 	local name=$1 first=$2

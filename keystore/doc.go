@@ -79,7 +79,9 @@
 //	                       is the marker of the pin verified there
 //	pgcloak.pin(tenant, proof, mac)   SECURITY DEFINER
 //	pgcloak.current_tenant()          SECURITY DEFINER, STABLE
-//	pgcloak.unpin()                   SECURITY DEFINER
+//	pgcloak.unpin()                   SECURITY DEFINER; sets the marker to 0,
+//	                                  which no tenant and proof hash to, and
+//	                                  which no ROLLBACK undoes
 //
 // all functions with search_path fixed to pg_catalog, pg_temp. The proxy
 // pins a session in two round trips before the client's first

@@ -129,9 +129,14 @@ BEGIN
 END
 $fn$;
 
+-- unpin drops the session's pin: no tenant and proof hash to 0 (that would
+-- take a preimage of SHA-256's first 64 bits). A sequence is not rolled
+-- back, so neither is this: a ROLLBACK that restores the settings of an
+-- earlier pin does not restore the pin. The challenge stays, so later
+-- pin_next() calls still name it.
 CREATE OR REPLACE FUNCTION pgcloak.unpin() RETURNS void
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT setval('pgcloak.pin_marker', nextval('pgcloak.pin_challenge')) $fn$;
+AS $fn$ SELECT setval('pgcloak.pin_marker', 0) $fn$;
 
 CREATE OR REPLACE FUNCTION pgcloak.current_tenant() RETURNS text
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -364,20 +369,29 @@ func (p *Pinner) NextMAC(challenge, n int64, local bool, tenant, proof string) s
 	return hex.EncodeToString(m.Sum(nil))
 }
 
+// The statements pgcloak runs in a client's session name every type,
+// function and operator with its schema: PostgreSQL looks up type names in
+// the session's temporary schema first, so a client's
+// CREATE DOMAIN pg_temp.text could otherwise see (and keep) the arguments
+// of a pin it then makes fail.
+
 // NextStatement pins tenant in the middle of a session (local: until its
 // transaction ends), with parameters tenant, proof, challenge, n, MAC,
 // tenancy.setting and ProofSetting: pgcloak.pin_next() checks the MAC and
 // sets the marker, and both settings are set to what the marker was made
 // of. Its one column is named alias.
 func NextStatement(local bool, alias string) string {
-	return fmt.Sprintf(`SELECT pg_catalog.set_config($6::text, $1::text, %[1]t) || pg_catalog.set_config($7::text, pgcloak.pin_next($1::text, $2::text, $3::bigint, $4::bigint, %[1]t, $5::text), %[1]t) AS %[2]s`, local, alias)
+	return fmt.Sprintf(`SELECT pg_catalog.textcat(pg_catalog.set_config($6::pg_catalog.text, $1::pg_catalog.text, %[1]t), pg_catalog.set_config($7::pg_catalog.text, pgcloak.pin_next($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.int8, $4::pg_catalog.int8, %[1]t, $5::pg_catalog.text), %[1]t)) AS %[2]s`, local, alias)
 }
 
 // ClearStatement leaves a session without a tenant (RESET of a tenant
-// token), with parameters tenancy.setting and ProofSetting. Its one column
-// is named alias.
+// token), with parameters tenancy.setting and ProofSetting: it empties both
+// settings and drops the pin (pgcloak.unpin()), which a ROLLBACK does not
+// undo, so that a ROLLBACK that restores the settings leaves the session
+// without a tenant, as pgcloak then takes it to be. Its one column, named
+// alias, is empty.
 func ClearStatement(alias string) string {
-	return fmt.Sprintf(`SELECT pg_catalog.set_config($1::text, '', false) || pg_catalog.set_config($2::text, '', false) AS %s`, alias)
+	return fmt.Sprintf(`SELECT pg_catalog.textcat(pg_catalog.textcat(pg_catalog.set_config($1::pg_catalog.text, '', false), pg_catalog.set_config($2::pg_catalog.text, '', false)), pgcloak.unpin()::pg_catalog.text) AS %s`, alias)
 }
 
 // Close zeroes the key.

@@ -203,6 +203,16 @@ func TestPinVerifiedByPostgreSQL(t *testing.T) {
 			t.Fatalf("current_tenant() after unpin = %s, want NULL", got)
 		}
 	})
+
+	t.Run("a ROLLBACK does not undo unpin", func(t *testing.T) {
+		c2, _ := db.pin(t, "acme", 0)
+		mustExec(t, c2, `BEGIN`)
+		mustExec(t, c2, `SELECT pgcloak.unpin()`)
+		mustExec(t, c2, `ROLLBACK`)
+		if got := currentTenant(t, c2); got != "<NULL>" {
+			t.Fatalf("current_tenant() after a rolled-back unpin = %s, want NULL", got)
+		}
+	})
 }
 
 func TestPinExpires(t *testing.T) {

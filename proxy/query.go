@@ -226,6 +226,9 @@ func (s *session) refuseStatement(sql string, err error) error {
 	if rerr != nil {
 		return s.refuse(rerr)
 	}
+	// The prefix runs: its PREPARE and DEALLOCATE take effect whatever the
+	// refusal then aborts (they are not transactional).
+	s.shapes.named(prefix.Prepared)
 	code, msg := s.publicError(perr)
 	return s.upstreamOut.send(&pgproto3.Query{String: text + ";" + s.raiseSQL(perr, code, msg)})
 }
@@ -413,7 +416,7 @@ func (s *session) checkPlan(plan *rewrite.Plan) error {
 		return err
 	}
 	if s.tokens && plan.Outlives != "" {
-		return &clientError{code: pgerrcode.FeatureNotSupported, msg: plan.Outlives + " is not allowed in a session whose tenant comes from tenant tokens: its rows would outlive the transaction, and the next one may be another tenant's (use a cursor without HOLD, or ON COMMIT DROP)"}
+		return &clientError{code: pgerrcode.FeatureNotSupported, msg: plan.Outlives + " is not allowed in a session whose tenant comes from tenant tokens: it would outlive the transaction, and the next one may be another tenant's (use a cursor without HOLD, or ON COMMIT DROP)"}
 	}
 	for _, rc := range plan.RoleChanges {
 		if rc.Target == "" {

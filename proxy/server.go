@@ -227,7 +227,11 @@ func (s *Server) newDeclarations(t config.Tenancy, enc config.Encrypt) (*declara
 		t.Setting = config.DefaultTenantSetting
 	}
 	d := &declarations{tenancyCfg: t, encrypt: enc}
-	d.tenancy = len(t.Login.Roles) > 0 || len(t.UnscopedRoles) > 0 || len(enc.Tables) > 0
+	// Token roles and mode jwt are tenancy too, with or without declared
+	// tables: their sessions get a tenant by token, and their SQL the
+	// checks of any tenant session.
+	d.tenancy = len(t.Login.Roles) > 0 || len(t.UnscopedRoles) > 0 || len(t.TokenRoles) > 0 ||
+		t.Mode == config.ModeJWT || len(enc.Tables) > 0
 	if d.tenancy {
 		d.schema = rewrite.NewSchema(enc, t.Setting)
 		d.plans = rewrite.NewCache(planCacheSize)

@@ -39,6 +39,19 @@ func checkStartupParameters(t config.Tenancy, params map[string]string) error {
 			return fatal(tenantRefusal("startup options naming " + t.Setting))
 		case k == "options" && strings.Contains(v, "pgcloak."):
 			return fatal(tenantRefusal("startup options naming a pgcloak.* setting"))
+		case k == "options":
+			// Read as PostgreSQL reads them: a dash in a name is an
+			// underscore, and a backslash escapes the next byte, so the
+			// text need not contain the name.
+			for _, kv := range optionSettings(v) {
+				name := strings.ToLower(kv[0])
+				if name == setting {
+					return fatal(tenantRefusal("startup options naming " + t.Setting))
+				}
+				if strings.HasPrefix(name, "pgcloak.") {
+					return fatal(tenantRefusal("startup options naming a pgcloak.* setting"))
+				}
+			}
 		}
 	}
 	return nil

@@ -1045,6 +1045,16 @@ func (s *session) beforeTokenMessage() error {
 	}
 	switch {
 	case len(setting) == 0:
+		// RESET ALL or DISCARD ALL emptied the settings. Drop the pin too:
+		// a ROLLBACK of a RESET ALL would restore settings that the marker
+		// still matches.
+		_, code, err := s.callInternal(keystore.ClearStatement(s.tok.quotedAlias()), []byte(s.decl.tenancyCfg.Setting), []byte(keystore.ProofSetting))
+		if err != nil {
+			return err
+		}
+		if code != "" {
+			return fmt.Errorf("clearing the tenant after RESET ALL or DISCARD failed upstream with SQLSTATE %s", code)
+		}
 		s.tenant, s.tok.session, s.tok.proof = "", "", ""
 		s.tokUp.forget()
 		return nil

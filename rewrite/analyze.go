@@ -100,6 +100,9 @@ func (a *analyzer) run(tree *pg_query.ParseResult) (*Plan, error) {
 
 	if len(a.params) > 0 {
 		plan.Params = a.renumber(tree, changed)
+		if err := a.sharedParam(plan.Params); err != nil {
+			return nil, err
+		}
 	} else {
 		plan.Params = identityParams(maxParam(tree))
 	}
@@ -260,6 +263,26 @@ func (a *analyzer) renumber(tree *pg_query.ParseResult, changed []bool) []ParamS
 	return params
 }
 
+// sharedParam refuses a client parameter that is bound for a declared
+// column and also used as it is elsewhere (INSERT ... (note, ssn) VALUES
+// ($1, $1), WHERE ssn = $1 OR name = $1, RETURNING $1): its value is
+// plaintext meant for the declared column, and the other use would send it
+// to PostgreSQL as it is, to be stored, logged or returned.
+func (a *analyzer) sharedParam(params []ParamSource) error {
+	sealed := map[int]ColumnRef{}
+	for _, p := range params {
+		if p.Kind != ParamPlain {
+			sealed[p.Param] = p.Column
+		}
+	}
+	for _, p := range params {
+		if c, ok := sealed[p.Param]; ok && p.Kind == ParamPlain {
+			return a.refuseColumn(kindSharedParam, c, "parameter $"+strconv.Itoa(p.Param)+" used for it and for another value", -1)
+		}
+	}
+	return nil
+}
+
 func identityParams(n int) []ParamSource {
 	if n == 0 {
 		return nil
@@ -330,7 +353,7 @@ const cursorOptHold = 0x0020
 func outlives(n *pg_query.Node) string {
 	found := ""
 	temp := func(rel *pg_query.RangeVar, onCommit pg_query.OnCommitAction) bool {
-		return rel != nil && (rel.Relpersistence == "t" || strings.EqualFold(rel.Schemaname, "pg_temp")) &&
+		return rel != nil && (rel.Relpersistence == "t" || tempSchema(rel.Schemaname)) &&
 			onCommit != pg_query.OnCommitAction_ONCOMMIT_DROP
 	}
 	_ = visit(n, func(m proto.Message) (bool, error) {
@@ -347,10 +370,63 @@ func outlives(n *pg_query.Node) string {
 			if temp(x.Rel, x.OnCommit) {
 				found = "a temporary table made by CREATE TABLE AS or SELECT INTO"
 			}
+		case *pg_query.CreateSeqStmt:
+			if x.Sequence != nil && (x.Sequence.Relpersistence == "t" || tempSchema(x.Sequence.Schemaname)) {
+				found = "CREATE TEMPORARY SEQUENCE"
+			}
+		case *pg_query.CreateDomainStmt:
+			if tempName(x.Domainname) {
+				found = "a domain in pg_temp"
+			}
+		case *pg_query.DefineStmt:
+			if tempName(x.Defnames) {
+				found = "an object in pg_temp"
+			}
+		case *pg_query.CompositeTypeStmt:
+			if x.Typevar != nil && tempSchema(x.Typevar.Schemaname) {
+				found = "a type in pg_temp"
+			}
+		case *pg_query.CreateEnumStmt:
+			if tempName(x.TypeName) {
+				found = "a type in pg_temp"
+			}
+		case *pg_query.CreateRangeStmt:
+			if tempName(x.TypeName) {
+				found = "a type in pg_temp"
+			}
+		case *pg_query.VariableSetStmt:
+			if strings.EqualFold(x.Name, "search_path") {
+				for _, arg := range x.Args {
+					if v, ok := constString(arg); !ok || tempSchema(v) {
+						found = "a search_path that names pg_temp"
+					}
+				}
+			}
+		case *pg_query.FuncCall:
+			if strings.EqualFold(lastName(x.Funcname), "set_config") && len(x.Args) >= 2 {
+				if name, ok := constString(x.Args[0]); ok && strings.EqualFold(strings.TrimSpace(name), "search_path") {
+					if v, ok := constString(x.Args[1]); !ok || strings.Contains(asciiLower(v), "pg_temp") {
+						found = "a search_path that names pg_temp"
+					}
+				}
+			}
 		}
 		return found == "", nil
 	})
 	return found
+}
+
+// tempSchema reports whether a schema name is the session's temporary
+// schema: pg_temp, or its real name pg_temp_<n> (and their TOAST
+// counterpart), as PostgreSQL resolves them. It errs towards yes.
+func tempSchema(name string) bool {
+	return strings.HasPrefix(asciiLower(name), "pg_temp") || strings.HasPrefix(asciiLower(name), "pg_toast_temp")
+}
+
+// tempName reports whether a qualified name list names the temporary
+// schema.
+func tempName(names []*pg_query.Node) bool {
+	return len(names) > 1 && tempSchema(names[len(names)-2].GetString_().GetSval())
 }
 
 // preparedUses appends the statement's uses of prepared statement names to

@@ -74,7 +74,9 @@
 // pgcloak's own prepared statements or portals (ReservedPrefix, however
 // quoted or escaped: the parser has already decoded the name) through
 // PREPARE, EXECUTE, DEALLOCATE, DECLARE, FETCH, MOVE or CLOSE, including
-// inside the query of query_to_xml() and ts_stat(). Plan.Prepared lists
+// inside the query of query_to_xml(), ts_stat(), ts_rewrite() and
+// tablefunc's crosstab() (connectby(), which builds its query from its
+// arguments, is refused outright in tenant sessions). Plan.Prepared lists
 // every PREPARE, EXECUTE and DEALLOCATE (and DISCARD ALL) so that the proxy
 // can follow which names the session has prepared and refuse an EXECUTE
 // with arguments of any other: its arguments would reach PostgreSQL's log.

@@ -83,7 +83,12 @@ type Plan struct {
 	// security: DECLARE ... WITH HOLD, and a temporary table (CREATE
 	// TEMPORARY TABLE, CREATE TABLE pg_temp.t, CREATE TEMPORARY TABLE ...
 	// AS, SELECT ... INTO TEMPORARY) not dropped ON COMMIT, anywhere in
-	// the text (EXPLAIN ANALYZE runs what it explains). The proxy refuses
+	// the text (EXPLAIN ANALYZE runs what it explains); also what outlives
+	// it outside any table: a temporary sequence, a type or domain in
+	// pg_temp (which type names in pgcloak's own statements would find
+	// first), a search_path that names pg_temp (CREATE TABLE would then
+	// make a temporary table, and a later transaction's names find it).
+	// The proxy refuses
 	// it in sessions whose tenant changes by tenant token: the next
 	// transaction may be another tenant's. "" when the text has none.
 	Outlives string

@@ -11,8 +11,10 @@ import "strings"
 //     RESET forms, which the proxy checks against the tenant map;
 //   - reset, discard: RESET ALL / DISCARD ALL restore the tenant setting to
 //     its startup value, which the proxy wants to know about;
-//   - query_to_xml, ts_stat: built-in functions that run a query given as
-//     text, which could assemble set_config from pieces;
+//   - query_to_xml, ts_stat, ts_rewrite, crosstab, connectby: functions that
+//     run a query given as text (the last two from tablefunc), which could
+//     assemble set_config from pieces;
+//   - pin_next, pin_challenge: the pin's functions, refused unqualified too;
 //   - u&: Unicode escapes (U&'...' and U&"...") can spell any name without
 //     its letters appearing in the text;
 //   - a backslash: E'...' escapes (and backslashes in ordinary strings when
@@ -28,7 +30,8 @@ import "strings"
 //     the proxy follows by name (Plan.Prepared).
 var alwaysTokens = []string{
 	"set_config", "pg_settings", "role", "authorization", "reset", "discard",
-	"query_to_xml", "ts_stat", "u&", `\`, "\x00",
+	"query_to_xml", "ts_stat", "ts_rewrite", "crosstab", "connectby", "pin_next", "pin_challenge",
+	"u&", `\`, "\x00",
 	"pgcloak", "client_encoding", "names", "standard_conforming_strings",
 	"prepare", "execute", "deallocate",
 }
@@ -127,8 +130,11 @@ func (s *Schema) MightNeedTenantAnalysis(sql string) bool {
 // tokenWords are the keywords of the statements Plan.Outlives names, as
 // tenantWords are Opaque's: WITH HOLD, TEMP and TEMPORARY (a temporary
 // table cannot be made without one of them or the schema pg_temp, which
-// is one word here: underscores join words).
-var tokenWords = []string{"hold", "temp", "temporary", "pg_temp"}
+// is one word here: underscores join words; its real name pg_temp_<n> is
+// the word pg_temp_ before a digit). A temporary sequence needs TEMP; a
+// type or domain in the temporary schema, or a search_path that puts it
+// first so that CREATE TABLE makes a temporary table, needs pg_temp.
+var tokenWords = []string{"hold", "temp", "temporary", "pg_temp", "pg_temp_", "pg_toast_temp_"}
 
 // MightNeedTokenAnalysis is MightNeedTenantAnalysis for sessions whose
 // tenant changes by tenant token: it also reports texts that may hold a

@@ -136,6 +136,9 @@ var (
 		msg: notSupported(isEncrypted, ""), doc: "a subquery or CTE whose select list or RETURNING exposes a declared column (results are only decrypted at the top level)"}
 	kindSetOperation = &refusalKind{id: "set_operation", code: pgerrcode.FeatureNotSupported,
 		msg: notSupported(isEncrypted, ""), doc: "UNION / INTERSECT / EXCEPT whose select lists expose a declared column"}
+	kindSharedParam = &refusalKind{id: "shared_parameter", code: pgerrcode.FeatureNotSupported,
+		msg: notSupported(isEncrypted, " (bind the value again as its own parameter for the other use)"),
+		doc: "a parameter bound for a declared column that the statement also uses as it is (another column, a comparison with a plain column, RETURNING): its plaintext would reach PostgreSQL"}
 	kindWholeRow = &refusalKind{id: "whole_row", code: pgerrcode.FeatureNotSupported,
 		msg: notSupported(hasEncryptedColumns, ""), doc: "a whole-row reference (t, t.* inside an expression, (t).col) to a declared table"}
 	kindAmbiguousColumn = &refusalKind{id: "ambiguous_column", code: pgerrcode.FeatureNotSupported,
@@ -204,7 +207,7 @@ var (
 	kindTenantPgSettings = &refusalKind{id: "tenant_pg_settings", code: pgerrcode.InsufficientPrivilege, construct: tenantConstruct,
 		msg: notAllowed(""), doc: "INSERT / UPDATE / DELETE / MERGE on pg_settings (an updatable view over set_config)"}
 	kindTenantDynamicSQL = &refusalKind{id: "tenant_dynamic_sql", code: pgerrcode.InsufficientPrivilege, construct: tenantConstruct,
-		msg: notAllowed(" (the query must be a string constant)"), doc: "query_to_xml*() / ts_stat() with a query that is not a string constant"}
+		msg: notAllowed(" (the query must be a string constant)"), doc: "query_to_xml*() / ts_stat() / ts_rewrite(tsquery, text) / tablefunc's crosstab*() with a query that is not a string constant, and connectby()"}
 	kindTenantRoleNested = &refusalKind{id: "tenant_role_nested", code: pgerrcode.InsufficientPrivilege, construct: tenantConstruct,
 		msg: func(_, construct string) string {
 			return construct + " is not allowed: pgcloak checks every role change against the session's tenant"
@@ -244,7 +247,7 @@ var refusalKinds = []*refusalKind{
 	kindOperator, kindNoSearch, kindComparison, kindJoin, kindSubqueryComparison,
 	kindArrayLiteral, kindLiteral, kindOrderBy, kindGroupBy, kindDistinct, kindFunction,
 	kindAggregate, kindWindow, kindConditional, kindCast, kindExpression, kindValueUse,
-	kindSubqueryOutput, kindSetOperation, kindWholeRow, kindAmbiguousColumn,
+	kindSubqueryOutput, kindSetOperation, kindWholeRow, kindSharedParam, kindAmbiguousColumn,
 	kindAmbiguousTable, kindComputedValue, kindAssignment, kindOnConflict,
 	kindInsertSelect, kindInsertNoColumns, kindIndexColumn, kindCopy, kindDerived,
 	kindNested, kindMerge, kindBody, kindStatement, kindRewriteFailed,

@@ -12,15 +12,37 @@ import (
 // is an Int16).
 const maxParamNumber = 65535
 
-// dynamicSQLFuncs are built-in functions whose first argument is a query
-// that they run: with a query assembled from pieces they could call
-// set_config without the name appearing anywhere. Their query must be a
-// string constant, which tenancy then checks like any string.
-var dynamicSQLFuncs = map[string]bool{
-	"query_to_xml":               true,
-	"query_to_xmlschema":         true,
-	"query_to_xml_and_xmlschema": true,
-	"ts_stat":                    true,
+// dynamicSQLArgs reports which arguments of a call to name with n
+// arguments are queries that the function runs: with a query assembled
+// from pieces such a function could call set_config without the name
+// appearing anywhere. Each such argument must be a string constant, which
+// tenancy then checks like any string and parses as statements. ok is
+// false for a function that is not one of them; whole is true for one that
+// builds its query from its arguments' text (connectby), which is refused
+// outright.
+//
+// The built-in ones are query_to_xml and its two siblings, ts_stat and the
+// two-argument ts_rewrite(tsquery, text); tablefunc, a trusted extension a
+// database owner may install, adds crosstab, crosstab2 to crosstab4 and
+// connectby. A function of the same name in another schema errs towards
+// refusing.
+func dynamicSQLArgs(name string, n int) (args []int, whole, ok bool) {
+	switch name {
+	case "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "ts_stat",
+		"crosstab2", "crosstab3", "crosstab4":
+		return []int{0}, false, true
+	case "crosstab":
+		// crosstab(text), crosstab(text, integer), crosstab(text, text):
+		// every argument that is not an integer constant is a query.
+		return []int{0, 1}, false, true
+	case "ts_rewrite":
+		if n == 2 {
+			return []int{1}, false, true
+		}
+	case "connectby":
+		return nil, true, true
+	}
+	return nil, false, false
 }
 
 // tenancy checks one top-level statement, every node of it, for attempts to
@@ -164,26 +186,56 @@ func (a *analyzer) tenancyFunc(f *pg_query.FuncCall) error {
 			}
 			return a.lexerRefusal("set_config() of "+setting, f.Location)
 		}
+	case name == "pin_next" || name == "pin_challenge":
+		// Refused qualified or not: a search_path that names pgcloak (or a
+		// schema of the session's own making) would otherwise reach them.
+		return a.refusePin("calling "+name+"()", f.Location)
 	case len(f.Funcname) > 1 && strings.EqualFold(f.Funcname[len(f.Funcname)-2].GetString_().GetSval(), pinSchema) && name != "current_tenant":
 		// Unqualified, pin() and unpin() resolve to these only on a
 		// search_path that names pgcloak; they still verify their MAC
 		// (pin) or only drop the session's own pin (unpin), so the
 		// qualified names, which the pre-check sees, are what is refused.
 		return a.refusePin("calling pgcloak."+name+"()", f.Location)
-	case dynamicSQLFuncs[name]:
-		if len(f.Args) == 0 {
+	default:
+		args, whole, ok := dynamicSQLArgs(name, len(f.Args))
+		if !ok {
 			return nil
 		}
-		q, ok := constString(f.Args[0])
-		if !ok {
-			return a.refuseTenant(kindTenantDynamicSQL, name+"()", f.Location)
+		if whole {
+			return a.refuseTenant(kindTenantDynamicSQL, name+"(), which builds its query from its arguments,", f.Location)
 		}
-		// The constant itself is checked as a string by tenancyString;
-		// the statements in it get the checks of any statement, so that
-		// they cannot reach pgcloak's own prepared statements either.
-		return a.dynamicQuery(q, f.Location)
+		for _, i := range args {
+			if i >= len(f.Args) || (name == "crosstab" && intConst(f.Args[i])) {
+				continue
+			}
+			q, ok := constString(f.Args[i])
+			if !ok {
+				return a.refuseTenant(kindTenantDynamicSQL, name+"()", f.Location)
+			}
+			// The constant itself is checked as a string by tenancyString;
+			// the statements in it get the checks of any statement, so that
+			// they cannot reach pgcloak's own prepared statements either.
+			if err := a.dynamicQuery(q, f.Location); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
+}
+
+// intConst reports whether n is an integer constant, possibly cast.
+func intConst(n *pg_query.Node) bool {
+	for n != nil {
+		switch x := n.Node.(type) {
+		case *pg_query.Node_TypeCast:
+			n = x.TypeCast.Arg
+		case *pg_query.Node_AConst:
+			return x.AConst.GetIval() != nil
+		default:
+			return false
+		}
+	}
+	return false
 }
 
 // dynamicQuery applies the tenancy checks to the statements of a query

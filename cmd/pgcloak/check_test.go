@@ -455,6 +455,7 @@ create function app.definer() returns int language sql security definer as 'sele
 create function app.dynamic(t text) returns void language plpgsql as $f$ begin execute format('delete from %%I', t); end $f$;
 create function app.setter(v text) returns text language sql as $f$ select set_config('app.tenant_id', v, false) $f$;
 create function app.harmless() returns int language sql as 'select 2';
+create function app.crosstab(text) returns setof record as '$libdir/tablefunc', 'crosstab' language c stable strict;
 create function app.hidden() returns int language plpgsql security definer as $f$ begin execute 'select 1'; return 1; end $f$;
 revoke execute on function app.hidden() from public;
 grant select on pgcloak.pin_key to %[2]s;
@@ -539,7 +540,7 @@ grant select, insert, update, delete on pinned, bare, mixed, unpinned, no_policy
 			"FAIL  role cmd_check_risky (tenant initech): may read pgcloak.pin_key: a session as this role could pin any tenant (REVOKE ALL ON pgcloak.pin_key FROM \"cmd_check_risky\")",
 			"WARN  role cmd_check_risky (tenant initech): may create objects (CREATE on schema app; TEMP on database " + db + "): functions, views, rules or triggers whose SQL pgcloak never reads (REVOKE CREATE ON SCHEMA ...; REVOKE TEMP ON DATABASE ... FROM PUBLIC and the role)",
 			"WARN  role cmd_check_risky (tenant initech): may execute SECURITY DEFINER functions, which run as their owner: app.definer()",
-			"WARN  role cmd_check_risky (tenant initech): may execute functions whose body runs dynamic SQL (EXECUTE or set_config, by a text search of the body): app.dynamic(text), app.setter(text)",
+			"WARN  role cmd_check_risky (tenant initech): may execute functions whose body runs dynamic SQL (EXECUTE or set_config, by a text search of the body; or a C function of tablefunc or dblink): app.crosstab(text), app.dynamic(text), app.setter(text)",
 		},
 		unwanted: []string{"harmless", "hidden"},
 	}, {

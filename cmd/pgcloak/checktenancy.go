@@ -247,6 +247,9 @@ func listed(names []string) string {
 	return fmt.Sprintf("%s and %d more", strings.Join(names[:maxListed], ", "), len(names)-maxListed)
 }
 
+// C functions are listed by name instead: tablefunc's crosstab and
+// connectby and dblink's functions run SQL text they are given or build.
+//
 // dynamicSQLPattern is the text heuristic for a function body that runs
 // SQL it assembles at run time, matched against pg_proc.prosrc of
 // functions not written in C or internal: the word EXECUTE (PL/pgSQL's
@@ -301,7 +304,8 @@ func checkTenantRoles(ctx context.Context, conn *pgx.Conn, roles []checkedRole, 
 			  ARRAY(SELECT p.oid::pg_catalog.regprocedure::text FROM pg_catalog.pg_proc p
 			        JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 			        JOIN pg_catalog.pg_language l ON l.oid = p.prolang
-			        WHERE l.lanname NOT IN ('c', 'internal') AND p.prosrc ~* $3
+			        WHERE ((l.lanname NOT IN ('c', 'internal') AND p.prosrc ~* $3)
+			               OR (l.lanname = 'c' AND p.proname ~ '^(crosstab[234]?|connectby|dblink.*)$'))
 			          AND n.nspname NOT IN ('pg_catalog', 'information_schema', $2)
 			          AND pg_catalog.has_schema_privilege($1, n.oid, 'USAGE')
 			          AND pg_catalog.has_function_privilege($1, p.oid, 'EXECUTE')
@@ -341,7 +345,7 @@ func checkTenantRoles(ctx context.Context, conn *pgx.Conn, roles []checkedRole, 
 			clean = false
 		}
 		if len(dynamic) > 0 {
-			c.line(levelWarn, what, "may execute functions whose body runs dynamic SQL (EXECUTE or set_config, by a text search of the body): "+listed(dynamic))
+			c.line(levelWarn, what, "may execute functions whose body runs dynamic SQL (EXECUTE or set_config, by a text search of the body; or a C function of tablefunc or dblink): "+listed(dynamic))
 			clean = false
 		}
 		if clean {
