@@ -110,9 +110,14 @@ BEGIN
 END
 $fn$;
 
+-- unpin drops the session's pin: no tenant and proof hash to 0 (that would
+-- take a preimage of SHA-256's first 64 bits). A sequence is not rolled
+-- back, so neither is this: a ROLLBACK that restores the settings of an
+-- earlier pin does not restore the pin. The challenge stays, so later
+-- pin_next() calls still name it.
 CREATE OR REPLACE FUNCTION pgcloak.unpin() RETURNS void
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT setval('pgcloak.pin_marker', nextval('pgcloak.pin_challenge')) $fn$;
+AS $fn$ SELECT setval('pgcloak.pin_marker', 0) $fn$;
 
 CREATE OR REPLACE FUNCTION pgcloak.current_tenant() RETURNS text
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
