@@ -25,6 +25,10 @@ func TestCheckStartupParameters(t *testing.T) {
 		{"options": `-c pgcloak\.tenant_proof=x`},
 		{"options": "-c pgcloak-x.y=1 --pgcloak.tenant-proof=x"},
 		{"options": "-c work_mem=64MB -c app.tenant-id=globex"},
+		{"search_path": "pg_temp, public"},
+		{"search_path": "public,pg_temp_3"},
+		{"options": "-c search_path=pg_temp,public"},
+		{"options": "--search-path=PG_TEMP"},
 	}
 	for _, p := range refused {
 		if err := checkStartupParameters(ten, p); err == nil {
@@ -34,6 +38,7 @@ func TestCheckStartupParameters(t *testing.T) {
 	allowed := []map[string]string{
 		{"application_name": "app", "options": "-c work_mem=64MB"},
 		{"options": "-c app.other=1 --search-path=public"},
+		{"search_path": "public, app"},
 		{"options": ""},
 	}
 	for _, p := range allowed {

@@ -39,6 +39,8 @@ func checkStartupParameters(t config.Tenancy, params map[string]string) error {
 			return fatal(tenantRefusal("startup options naming " + t.Setting))
 		case k == "options" && strings.Contains(v, "pgcloak."):
 			return fatal(tenantRefusal("startup options naming a pgcloak.* setting"))
+		case k == "search_path" && strings.Contains(v, "pg_temp"):
+			return fatal(tempSearchPath())
 		case k == "options":
 			// Read as PostgreSQL reads them: a dash in a name is an
 			// underscore, and a backslash escapes the next byte, so the
@@ -51,10 +53,21 @@ func checkStartupParameters(t config.Tenancy, params map[string]string) error {
 				if strings.HasPrefix(name, "pgcloak.") {
 					return fatal(tenantRefusal("startup options naming a pgcloak.* setting"))
 				}
+				if name == "search_path" && strings.Contains(strings.ToLower(kv[1]), "pg_temp") {
+					return fatal(tempSearchPath())
+				}
 			}
 		}
 	}
 	return nil
+}
+
+// tempSearchPath refuses a startup search_path that names the temporary
+// schema: CREATE TABLE and CREATE AGGREGATE without a schema would make
+// temporary objects that outlive a tenant token's transaction, and type
+// names would be looked up there first.
+func tempSearchPath() *clientError {
+	return &clientError{code: pgerrcode.InsufficientPrivilege, msg: "a startup search_path that names pg_temp is not allowed in a session with a tenant"}
 }
 
 func fatal(e *clientError) *clientError {

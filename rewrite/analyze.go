@@ -374,6 +374,14 @@ func outlives(n *pg_query.Node) string {
 			if x.Sequence != nil && (x.Sequence.Relpersistence == "t" || tempSchema(x.Sequence.Schemaname)) {
 				found = "CREATE TEMPORARY SEQUENCE"
 			}
+		case *pg_query.AlterSeqStmt:
+			// OWNED BY NONE keeps a serial column's sequence when its
+			// ON COMMIT DROP table goes.
+			for _, o := range x.Options {
+				if d := o.GetDefElem(); d != nil && d.Defname == "owned_by" {
+					found = "ALTER SEQUENCE ... OWNED BY"
+				}
+			}
 		case *pg_query.CreateDomainStmt:
 			if tempName(x.Domainname) {
 				found = "a domain in pg_temp"
@@ -550,6 +558,21 @@ func (a *analyzer) opaque(n *pg_query.Node) *Refusal {
 			what = "ALTER ROLE ... SET"
 		case *pg_query.AlterDatabaseSetStmt:
 			what = "ALTER DATABASE ... SET"
+		case *pg_query.DefineStmt:
+			// An aggregate's state and final functions, and an operator's
+			// function, are named as types are, not called: the function
+			// checks never see them (SFUNC = set_config runs set_config on
+			// every row).
+			switch x.Kind {
+			case pg_query.ObjectType_OBJECT_AGGREGATE:
+				what = "CREATE AGGREGATE"
+			case pg_query.ObjectType_OBJECT_OPERATOR:
+				what = "CREATE OPERATOR"
+			}
+		case *pg_query.AlterOperatorStmt:
+			what = "ALTER OPERATOR"
+		case *pg_query.CreateCastStmt:
+			what = "CREATE CAST"
 		}
 		if what != "" {
 			found = a.refusal(kindOpaque, "", "", "", what, -1)

@@ -37,6 +37,9 @@ func TestMightNeedTenantAnalysis(t *testing.T) {
 		{"ALTER USER u SET work_mem = '1MB'", true},
 		{"ALTER DATABASE d SET work_mem = '1MB'", true},
 		{"ALTER ROLE r SET work_mem = '1MB'", true},
+		{"CREATE AGGREGATE x(text, boolean) (SFUNC = set_config, STYPE = text)", true},
+		{"create operator === (leftarg = text, rightarg = text, function = texteq)", true},
+		{"CREATE CAST (int4 AS text) WITH FUNCTION f(int4)", true},
 		{"select 1 from x where y=1do", true}, // digits separate: errs towards parsing
 	}
 	for _, tt := range tests {
@@ -145,6 +148,9 @@ func TestOutlives(t *testing.T) {
 		{"select set_config('search_path', current_setting('x'), false)", "a search_path that names pg_temp"},
 		{"set search_path = public, \"$user\"", ""},
 		{"select set_config('search_path', 'public', false)", ""},
+		{"alter sequence t_id_seq owned by none", "ALTER SEQUENCE ... OWNED BY"},
+		{"create temp table t (id serial) on commit drop; alter sequence pg_temp.t_id_seq owned by none", "ALTER SEQUENCE ... OWNED BY"},
+		{"alter sequence q restart", ""},
 		{"create sequence q", ""},
 		{"create domain d as text", ""},
 		{"DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1", ""},

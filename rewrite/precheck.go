@@ -46,10 +46,12 @@ var alwaysTokens = []string{
 // ROUTINE; CREATE RULE; CREATE [EVENT|CONSTRAINT] TRIGGER; CREATE
 // [MATERIALIZED|RECURSIVE] VIEW; ALTER ROLE/USER/DATABASE ... SET (role is
 // an alwaysTokens substring); CREATE FOREIGN TABLE, IMPORT FOREIGN SCHEMA;
-// CREATE SUBSCRIPTION.
+// CREATE SUBSCRIPTION; CREATE AGGREGATE, CREATE/ALTER OPERATOR (whose
+// functions are named, not called). CREATE CAST calls a function only
+// WITH FUNCTION, which the word function catches.
 var tenantWords = []string{
 	"do", "function", "procedure", "routine", "rule", "trigger", "view",
-	"user", "database", "foreign", "subscription",
+	"user", "database", "foreign", "subscription", "aggregate", "operator",
 }
 
 // buildTokens collects the MightNeedAnalysis tokens: alwaysTokens, every
@@ -133,8 +135,9 @@ func (s *Schema) MightNeedTenantAnalysis(sql string) bool {
 // is one word here: underscores join words; its real name pg_temp_<n> is
 // the word pg_temp_ before a digit). A temporary sequence needs TEMP; a
 // type or domain in the temporary schema, or a search_path that puts it
-// first so that CREATE TABLE makes a temporary table, needs pg_temp.
-var tokenWords = []string{"hold", "temp", "temporary", "pg_temp", "pg_temp_", "pg_toast_temp_"}
+// first so that CREATE TABLE makes a temporary table, needs pg_temp; a
+// sequence kept past its ON COMMIT DROP table needs OWNED (BY NONE).
+var tokenWords = []string{"hold", "temp", "temporary", "pg_temp", "pg_temp_", "pg_toast_temp_", "owned"}
 
 // MightNeedTokenAnalysis is MightNeedTenantAnalysis for sessions whose
 // tenant changes by tenant token: it also reports texts that may hold a

@@ -178,6 +178,10 @@ func (a *analyzer) tenancyFunc(f *pg_query.FuncCall) error {
 		if pinSetting(strings.TrimSpace(s)) {
 			return a.refusePin("set_config() of a pgcloak.* setting", f.Location)
 		}
+		if n := asciiLower(strings.TrimSpace(s)); n == "role" || n == "session_authorization" {
+			// SET ROLE's check against the tenant map sees SET only.
+			return a.refuseTenant(kindTenantRoleNested, "set_config() of "+n, f.Location)
+		}
 		if setting := lexerSetting(s); setting != "" {
 			if len(f.Args) >= 2 {
 				if v, ok := constString(f.Args[1]); ok && lexerValueOK(setting, v) {
