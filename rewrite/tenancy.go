@@ -219,7 +219,7 @@ func (a *analyzer) tenancyFunc(f *pg_query.FuncCall) error {
 			// The constant itself is checked as a string by tenancyString;
 			// the statements in it get the checks of any statement, so that
 			// they cannot reach pgcloak's own prepared statements either.
-			if err := a.dynamicQuery(q, f.Location); err != nil {
+			if err := a.dynamicQuery(name, q, f.Location); err != nil {
 				return err
 			}
 		}
@@ -243,13 +243,15 @@ func intConst(n *pg_query.Node) bool {
 }
 
 // dynamicQuery applies the tenancy checks to the statements of a query
-// given as text to a function that runs it. A text that does not parse
-// fails there too, and is left to PostgreSQL. A refusal points at the
-// function call.
-func (a *analyzer) dynamicQuery(q string, loc int32) error {
+// given as text to the function name, which runs it. A text pg_query cannot
+// parse is refused: PostgreSQL may well run it (pg_query reads its tree
+// back with a nesting limit PostgreSQL does not have, and a newer server
+// knows syntax pg_query does not), and then nothing would have checked it.
+// A refusal points at the function call.
+func (a *analyzer) dynamicQuery(name, q string, loc int32) error {
 	tree, err := pg_query.Parse(q)
 	if err != nil {
-		return nil
+		return a.refuseTenant(kindTenantDynamicSQL, name+"() with a query pgcloak cannot parse", loc)
 	}
 	for _, raw := range tree.Stmts {
 		if err := a.tenancy(raw.Stmt); err != nil {
