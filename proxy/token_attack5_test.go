@@ -8,10 +8,10 @@ import (
 )
 
 // Third review (2026-12-07): dynamicQuery let through a query text that
-// pg_query cannot parse ("left to PostgreSQL"); now it refuses it. pg_query_go unmarshals the parse
-// tree with protobuf's default recursion limit (10000), so a
-// left-associative chain of ~5000 '+' (which PostgreSQL's own parser and
-// analysis accept) makes pg_query fail while PostgreSQL runs the text.
+// pg_query cannot parse ("left to PostgreSQL"); now it refuses it.
+// pg_query_go unmarshals the parse tree with protobuf's default recursion
+// limit (10000), so a chain of 5000 ::int casts (which PostgreSQL's parser
+// and analysis accept) makes pg_query fail while PostgreSQL runs the text.
 // The outer string constant is only checked for the literal words
 // set_config / the setting / pgcloak+pin, which U& escapes avoid.
 func r3Deep(n int) string { return "1 = 1" + strings.Repeat("::int", n) }
