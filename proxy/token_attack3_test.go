@@ -60,6 +60,21 @@ func rvSees(t *testing.T, conn *pgconn.PgConn) (string, []string) {
 
 var rvPinNextRE = regexp.MustCompile(`pgcloak\.pin_next\('([^']*)'::pg_catalog\.text, '([^']*)'::pg_catalog\.text, '(\d+)'::pg_catalog\.int8, '(\d+)'::pg_catalog\.int8, (true|false), '([0-9a-f]+)'::pg_catalog\.text\)`)
 
+// rvUnexecutedPin makes a victim's simple-protocol pin fail before it runs
+// (an earlier statement of its query fails) and reads its arguments, MAC
+// included, from pg_stat_activity through a second session of the role.
+func rvUnexecutedPin(t *testing.T, env *encryptedEnv) (*pgconn.PgConn, []string) {
+	t.Helper()
+	victim := atkRaw(t, env)
+	spy := atkRaw(t, env)
+	_, err := atkExec(t, victim, `SELECT 1/0; SET pgcloak.tenant_token = '`+mintToken(t, "acme", time.Hour)+`'`)
+	t.Logf("victim's failing query: %v", err)
+	pin := rvSpyPin(t, spy, victim)
+	ct, names := rvSees(t, victim)
+	t.Logf("after the failed query: current_tenant %s, names %v", ct, names)
+	return victim, pin
+}
+
 // rvSpyPin reads the pin_next arguments of victim's last simple-protocol
 // pin from pg_stat_activity, as any other session of the same role can.
 func rvSpyPin(t *testing.T, spy, victim *pgconn.PgConn) []string {
@@ -200,17 +215,11 @@ func TestTokenAttack3_StaleMarkerProofReplay(t *testing.T) {
 func TestTokenAttack3_UnexecutedPinReplay(t *testing.T) {
 	env := startTokenEnv(t)
 	atkSeed(t, env)
-	victim := atkRaw(t, env)
-	spy := atkRaw(t, env)
-	_, err := atkExec(t, victim, `SELECT 1/0; SET pgcloak.tenant_token = '`+mintToken(t, "acme", time.Hour)+`'`)
-	t.Logf("victim's failing query: %v", err)
-	pin := rvSpyPin(t, spy, victim)
-	ct, names := rvSees(t, victim)
-	t.Logf("after the failed query: current_tenant %s, names %v", ct, names)
+	victim, pin := rvUnexecutedPin(t, env)
 	call := fmt.Sprintf(`pgcloak.pin_next('%s', '%s', %s, %s, %s, '%s')`, pin[0], pin[1], pin[2], pin[3], pin[4], pin[5])
-	_, err = atkExec(t, victim, rvTsRewrite(rvSetBoth(pin[0], call)))
+	_, err := atkExec(t, victim, rvTsRewrite(rvSetBoth(pin[0], call)))
 	t.Logf("attacker's replay of the unexecuted pin: %v", err)
-	ct, names = rvSees(t, victim)
+	ct, names := rvSees(t, victim)
 	_, ssnErr := atkExec(t, victim, `select ssn from patients`)
 	t.Logf("after the replay: current_tenant %s, names %v, ssn read: %v", ct, names, ssnErr)
 	if len(names) > 0 {

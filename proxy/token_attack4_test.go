@@ -60,13 +60,7 @@ func TestTokenAttack4_AggregatePinNextReplay(t *testing.T) {
 	env := startTokenEnv(t)
 	atkSeed(t, env)
 	fatalIf(t, env.pg.Exec(ctxT(t), env.db, `create schema scratch; grant usage, create on schema scratch to `+poolRole), "grant")
-	victim := atkRaw(t, env)
-	spy := atkRaw(t, env)
-	_, err := atkExec(t, victim, `SELECT 1/0; SET pgcloak.tenant_token = '`+mintToken(t, "acme", time.Hour)+`'`)
-	t.Logf("victim's failing query: %v", err)
-	pin := rvSpyPin(t, spy, victim)
-	ct, names := rvSees(t, victim)
-	t.Logf("before: current_tenant %s, names %v", ct, names)
+	victim, pin := rvUnexecutedPin(t, env)
 	// The next client of the connection, no token.
 	for _, q := range []string{
 		`CREATE AGGREGATE scratch.a1(text, boolean) (SFUNC = pg_catalog.set_config, STYPE = text, INITCOND = 'app.tenant_id')`,
@@ -78,7 +72,7 @@ func TestTokenAttack4_AggregatePinNextReplay(t *testing.T) {
 		_, err := atkExec(t, victim, q)
 		t.Logf("attacker: %.100s: %v", q, err)
 	}
-	ct, names = rvSees(t, victim)
+	ct, names := rvSees(t, victim)
 	_, ssnErr := atkExec(t, victim, `select ssn from patients`)
 	t.Logf("after: current_tenant %s, names %v, ssn read: %v", ct, names, ssnErr)
 	if len(names) > 0 {

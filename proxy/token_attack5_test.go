@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 )
 
 // Third review (2026-12-07): dynamicQuery let through a query text that
@@ -45,18 +44,12 @@ func TestTokenAttack5_DeepQueryToXMLSetConfig(t *testing.T) {
 func TestTokenAttack5_DeepQueryToXMLPinReplay(t *testing.T) {
 	env := startTokenEnv(t)
 	atkSeed(t, env)
-	victim := atkRaw(t, env)
-	spy := atkRaw(t, env)
-	_, err := atkExec(t, victim, `SELECT 1/0; SET pgcloak.tenant_token = '`+mintToken(t, "acme", time.Hour)+`'`)
-	t.Logf("victim's failing query: %v", err)
-	pin := rvSpyPin(t, spy, victim)
-	ct, names := rvSees(t, victim)
-	t.Logf("before: current_tenant %s, names %v", ct, names)
+	victim, pin := rvUnexecutedPin(t, env)
 	inner := fmt.Sprintf(`SELECT U&"set\005fconfig"(U&'app.tenant\005fid', '%s', false) || U&"set\005fconfig"(U&'pgcl\006fak.tenant\005fproof', U&"pgcl\006fak".U&"pin\005fnext"('%s', '%s', %s, %s, %s, '%s'), false) WHERE `,
 		pin[0], pin[0], pin[1], pin[2], pin[3], pin[4], pin[5]) + r3Deep(5000)
-	_, err = atkExec(t, victim, r3QueryToXML(inner))
+	_, err := atkExec(t, victim, r3QueryToXML(inner))
 	t.Logf("attacker's query_to_xml: %v", err)
-	ct, names = rvSees(t, victim)
+	ct, names := rvSees(t, victim)
 	_, ssnErr := atkExec(t, victim, `select ssn from patients`)
 	t.Logf("after: current_tenant %s, names %v, ssn read: %v", ct, names, ssnErr)
 	if len(names) > 0 {
