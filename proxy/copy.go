@@ -144,7 +144,10 @@ func (ci *copyIn) feedText(s *session, buf []byte, eof bool) ([]byte, int, error
 	var out []byte
 	used := 0
 	for used < len(buf) && !ci.done {
-		rowLen, eolLen, ok := nextRow(p, buf[used:])
+		rowLen, eolLen, ok, err := nextRow(p, buf[used:])
+		if err != nil {
+			return nil, 0, err
+		}
 		if !ok {
 			if !eof {
 				break
@@ -170,7 +173,6 @@ func (ci *copyIn) feedText(s *session, buf []byte, eof bool) ([]byte, int, error
 			out = append(out, buf[used-rowLen-eolLen:used]...)
 			continue
 		}
-		var err error
 		if out, err = ci.transformRow(s, out, row); err != nil {
 			return nil, 0, err
 		}
@@ -386,7 +388,13 @@ type field struct {
 // nextRow finds the end of the first row of a text or CSV stream: the
 // row's length and the length of its newline. ok is false when buf holds
 // no complete row yet.
-func nextRow(p *rewrite.CopyPlan, buf []byte) (rowLen, eolLen int, ok bool) {
+//
+// PostgreSQL also ends lines at a bare carriage return when the first line
+// ends so; the proxy does not follow that style, so a carriage return
+// outside a quoted field that is not followed by a newline is refused: read
+// as data, it would let a row the proxy never saw (a header line ending in
+// a bare CR, then plaintext) reach PostgreSQL.
+func nextRow(p *rewrite.CopyPlan, buf []byte) (rowLen, eolLen int, ok bool, err error) {
 	inQuote := false
 	for i := 0; i < len(buf); i++ {
 		c := buf[i]
@@ -397,12 +405,17 @@ func nextRow(p *rewrite.CopyPlan, buf []byte) (rowLen, eolLen int, ok bool) {
 			i++
 		case p.Format == rewrite.CopyCSV && c == p.Quote:
 			inQuote = !inQuote
+		case c == '\r' && !inQuote && i+1 < len(buf) && buf[i+1] != '\n':
+			return 0, 0, false, errBareCR
 		case c == '\n' && !inQuote:
-			return i, 1, true
+			return i, 1, true, nil
 		}
 	}
-	return 0, 0, false
+	return 0, 0, false, nil
 }
+
+// errBareCR refuses COPY data whose lines end in a bare carriage return.
+var errBareCR = &clientError{code: pgerrcode.BadCopyFileFormat, msg: "COPY data with lines ending in a carriage return alone is not supported (end lines with a newline, or a carriage return and a newline)"}
 
 // splitFields cuts a row (without its newline) at its delimiters.
 func splitFields(p *rewrite.CopyPlan, row []byte) []field {

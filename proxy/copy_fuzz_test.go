@@ -25,7 +25,10 @@ func FuzzCopyParsers(f *testing.F) {
 		for _, p := range plans {
 			rest := data
 			for len(rest) > 0 {
-				n, eol, ok := nextRow(p, rest)
+				n, eol, ok, err := nextRow(p, rest)
+				if err != nil {
+					break
+				}
 				if !ok {
 					n, eol = len(rest), 0
 				}

@@ -134,6 +134,10 @@ func (ps *preparedStatement) clientParameterTypes(upstream []uint32) []uint32 {
 	return out
 }
 
+// unnamedUpstream is the upstream name of the client's unnamed statement
+// when the proxy rewrote it.
+const unnamedUpstream = reservedPrefix + "u"
+
 // parseRewritten forwards a Parse whose plan transforms parameters.
 func (s *session) parseRewritten(m *pgproto3.Parse, plan *rewrite.Plan, text string) error {
 	if m.Name != "" {
@@ -145,6 +149,17 @@ func (s *session) parseRewritten(m *pgproto3.Parse, plan *rewrite.Plan, text str
 	if m.Name != "" {
 		s.stmtSeq++
 		ps.upstream = reservedPrefix + "s" + strconv.FormatUint(s.stmtSeq, 10)
+	} else {
+		// The unnamed statement too lives upstream under a name of the
+		// proxy's own. PostgreSQL skips messages after an error until
+		// Sync, so a client's plain Parse or Close of "" that the proxy
+		// forwarded may never have replaced a rewritten statement; a
+		// later Bind of "" must then not reach one that takes ciphertext
+		// with the client's values as they are. Upstream's "" only ever
+		// holds plain statements.
+		ps.upstream = unnamedUpstream
+		s.pending.push(&pending{kind: pendClose, name: ps.upstream, target: 'S', own: true})
+		s.upstreamOut.send(&pgproto3.Close{ObjectType: 'S', Name: ps.upstream})
 	}
 	s.statements[m.Name] = ps
 	s.newGeneration(m.Name)
@@ -471,6 +486,17 @@ func paramText(typ string, oid uint32, format int16, v []byte) (string, error) {
 	}
 	if format != pgtype.BinaryFormatCode {
 		return "", &clientError{code: pgerrcode.ProtocolViolation, msg: fmt.Sprintf("unsupported format code: %d", format)}
+	}
+	switch oid {
+	case pgtype.JSONOID:
+		// json's binary form is its text: decoding it into Go values and
+		// encoding them again would drop duplicate keys and round numbers.
+		return string(v), nil
+	case pgtype.JSONBOID:
+		if len(v) == 0 || v[0] != 1 {
+			return "", &clientError{code: pgerrcode.InvalidBinaryRepresentation, msg: "unsupported jsonb version number in a jsonb parameter"}
+		}
+		return string(v[1:]), nil
 	}
 	m := typeMaps.Get().(*pgtype.Map)
 	defer typeMaps.Put(m)

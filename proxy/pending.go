@@ -49,8 +49,9 @@ type pending struct {
 	// copy is the COPY a Query or pendCopyDescribe runs on a declared
 	// table.
 	copy *copyState
-	// own marks a Describe 'P' the proxy sent itself (see handleExecute):
-	// its RowDescription or NoData is not relayed.
+	// own marks a Describe 'P' or a Close the proxy sent itself (see
+	// handleExecute, parseRewritten, token.go): its RowDescription, NoData
+	// or CloseComplete is not relayed.
 	own bool
 	// token is the pin of a token statement whose portal a Bind, Describe
 	// 'P' or Execute names (token.go).

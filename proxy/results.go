@@ -259,10 +259,12 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 		if head != nil && head.kind == pendRefusal {
 			return false, nil // its ParseComplete, BindComplete and error follow
 		}
-		if p := s.pending.pop(); p != nil && p.target != 'S' {
-			delete(rs.portals, p.name)
+		if p := s.pending.pop(); p != nil {
+			if p.target != 'S' {
+				delete(rs.portals, p.name)
+			}
 			if p.own {
-				return false, nil // the proxy's own Close of a token portal
+				return false, nil // the proxy's own Close: a token portal, or the unnamed statement's upstream name
 			}
 		}
 	case *pgproto3.ParseComplete:
