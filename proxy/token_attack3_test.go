@@ -75,6 +75,18 @@ func rvUnexecutedPin(t *testing.T, env *encryptedEnv) (*pgconn.PgConn, []string)
 	return victim, pin
 }
 
+// rvSeesNothing fails the test when victim, a session pgcloak holds to
+// have no tenant, reads any patient row after an attack (how).
+func rvSeesNothing(t *testing.T, victim *pgconn.PgConn, how string) {
+	t.Helper()
+	ct, names := rvSees(t, victim)
+	_, ssnErr := atkExec(t, victim, `select ssn from patients`)
+	t.Logf("after %s: current_tenant %s, names %v, ssn read: %v", how, ct, names, ssnErr)
+	if len(names) > 0 {
+		t.Errorf("a session with no tenant (pgcloak: ssn %v) %s and reads %s's rows %v", ssnErr, how, ct, names)
+	}
+}
+
 // rvSpyPin reads the pin_next arguments of victim's last simple-protocol
 // pin from pg_stat_activity, as any other session of the same role can.
 func rvSpyPin(t *testing.T, spy, victim *pgconn.PgConn) []string {
@@ -219,12 +231,7 @@ func TestTokenAttack3_UnexecutedPinReplay(t *testing.T) {
 	call := fmt.Sprintf(`pgcloak.pin_next('%s', '%s', %s, %s, %s, '%s')`, pin[0], pin[1], pin[2], pin[3], pin[4], pin[5])
 	_, err := atkExec(t, victim, rvTsRewrite(rvSetBoth(pin[0], call)))
 	t.Logf("attacker's replay of the unexecuted pin: %v", err)
-	ct, names := rvSees(t, victim)
-	_, ssnErr := atkExec(t, victim, `select ssn from patients`)
-	t.Logf("after the replay: current_tenant %s, names %v, ssn read: %v", ct, names, ssnErr)
-	if len(names) > 0 {
-		t.Errorf("a session with no tenant (pgcloak: ssn %v) replayed an unexecuted pin and reads %s's rows %v", ssnErr, ct, names)
-	}
+	rvSeesNothing(t, victim, "replayed an unexecuted pin")
 }
 
 // Startup options are refused when they name the tenant setting or a
