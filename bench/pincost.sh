@@ -104,7 +104,10 @@ direct() { PGPASSWORD=$TENANT_PASSWORD "$PSQL" -X -At -v ON_ERROR_STOP=1 -h 127.
 # The proof, v1:0:pincostbench (no expiry), spelled without a colon that
 # pgbench would take for a variable.
 PROOF="('v1' || chr(58) || '0' || chr(58) || 'pincostbench')"
-session_pin="SELECT pg_catalog.set_config('app.tenant_id', 'acme', false), pg_catalog.set_config('pgcloak.tenant_proof', $PROOF, false), pgcloak.pin('acme', $PROOF, bench.pin_mac(pgcloak.pin_challenge(), 'acme', $PROOF)), 1 AS pinned \\gset"
+# pin() and pin_next() accept a MAC only in pgcloak's own text (keystore:
+# PinWord): pgcloak's parameterised statement, which these texts name in a
+# comment because their MAC is computed in the statement itself.
+session_pin="SELECT pg_catalog.set_config('app.tenant_id', 'acme', false), pg_catalog.set_config('pgcloak.tenant_proof', $PROOF, false), pgcloak.pin('acme', $PROOF, bench.pin_mac(pgcloak.pin_challenge(), 'acme', $PROOF)), 1 AS pinned /* pgcloak.pin(\$1, \$2, \$3) */ \\gset"
 challenge="SELECT pgcloak.pin_challenge() AS c, 1 AS pinned \\gset"
 read_sql='SELECT v FROM verified WHERE id = :id;'
 mac_sql="SELECT bench.next_mac(:c, :n, true, 'acme', $PROOF);"
@@ -114,6 +117,7 @@ token_sql=$(sed -e "s/\\\$1::pg_catalog.text/'acme'::text/g" -e "s/\\\$2::pg_cat
 	-e 's/\$4::pg_catalog.int8/:n::bigint/' -e "s/\\\$5::pg_catalog.text/bench.next_mac(:c, :n, true, 'acme', $PROOF)/" \
 	-e "s/\\\$6::pg_catalog.text/'app.tenant_id'::text/" -e "s/\\\$7::pg_catalog.text/'pgcloak.tenant_proof'::text/" <<<"$PIN_SQL");
 [[ $token_sql != *'$'* ]] || die "pin statement still has parameters: $token_sql"
+token_sql="$token_sql /* pgcloak.pin_next(\$1::pg_catalog.text */"
 script() { # script NAME FIRST BODY...: a pgbench script
 	local name=$1 first=$2
 	shift 2

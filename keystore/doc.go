@@ -77,7 +77,12 @@
 //	pgcloak.pin_challenge  a sequence; pin_challenge() hands out its values
 //	pgcloak.pin_marker     an unlogged sequence; its currval() in a session
 //	                       is the marker of the pin verified there
+//	pgcloak.pin_counter    an unlogged sequence; its currval() in a session
+//	                       is the number of the last pin_next() accepted
 //	pgcloak.pin(tenant, proof, mac)   SECURITY DEFINER
+//	pgcloak.pin_next(tenant, proof, c, n, local, mac)
+//	                                  SECURITY DEFINER; a pin without a
+//	                                  round trip for a challenge (tokens)
 //	pgcloak.current_tenant()          SECURITY DEFINER, STABLE
 //	pgcloak.unpin()                   SECURITY DEFINER; sets the marker to 0,
 //	                                  which no tenant and proof hash to, and
@@ -118,6 +123,18 @@
 //     never searched first).
 //   - A role default or a startup parameter naming the setting does no more
 //     than SET: without pin() there is no marker.
+//   - A MAC is not secret once sent: a literal pin's text shows in
+//     pg_stat_activity, for good when the pin did not run (an earlier
+//     statement of its query failed). pin() and pin_next() accept a MAC
+//     only while current_query(), the top-level text the connection sent,
+//     is pgcloak's: the MAC right after PinMarker (LiteralPin), or
+//     PinStatement's or NextStatement's text with the MAC bound. Dynamic
+//     SQL does not change current_query(), so a text assembled at run
+//     time (in a function a DBA made, an aggregate's state function)
+//     cannot present a MAC, and the proxy refuses every client text that
+//     contains PinWord. (A session that reaches PostgreSQL directly, not
+//     through the proxy, may write the marker, but a MAC names another
+//     backend's challenge.)
 //
 // RESET ALL restores both settings to their startup values, which are the
 // pinned ones, so the pin survives it. DISCARD ALL and DISCARD SEQUENCES

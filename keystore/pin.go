@@ -36,7 +36,8 @@ const pinVersion = "v1"
 // upstream.user: the functions must be owned by the role that owns the
 // key. See doc.go, "The verified tenant pin".
 func PinSchema(setting string) string {
-	return fmt.Sprintf(pinSchema, QuoteLiteral(setting), QuoteLiteral(ProofSetting), markerExpr("t", "p"), txStartExpr, markerExpr("s.t", "s.p"))
+	return fmt.Sprintf(pinSchema, QuoteLiteral(setting), QuoteLiteral(ProofSetting), markerExpr("t", "p"), txStartExpr, markerExpr("s.t", "s.p"),
+		sentByPgcloak(pinBound), sentByPgcloak(pinNextBound))
 }
 
 const pinSchema = `CREATE TABLE IF NOT EXISTS pgcloak.pin_key (
@@ -74,6 +75,9 @@ BEGIN
   EXCEPTION WHEN object_not_in_prerequisite_state THEN
     RAISE EXCEPTION 'pgcloak: tenant pin refused' USING ERRCODE = '42501';
   END;
+  IF NOT %[6]s THEN
+    RAISE EXCEPTION 'pgcloak: tenant pin refused' USING ERRCODE = '42501';
+  END IF;
   SELECT ikey, okey INTO k FROM pgcloak.pin_key WHERE id;
   IF k.ikey IS NULL OR tenant IS NULL OR tenant = '' OR cardinality(parts) IS DISTINCT FROM 3
      OR parts[1] IS DISTINCT FROM 'v1' OR parts[2] !~ '^[0-9]{1,18}$'
@@ -112,6 +116,9 @@ BEGIN
   EXCEPTION WHEN object_not_in_prerequisite_state THEN
     last := 0;
   END;
+  IF NOT %[7]s THEN
+    RAISE EXCEPTION 'pgcloak: tenant pin refused' USING ERRCODE = '42501';
+  END IF;
   SELECT ikey, okey INTO k FROM pgcloak.pin_key WHERE id;
   IF k.ikey IS NULL OR c IS DISTINCT FROM cur OR n IS NULL OR n <= last OR is_local IS NULL
      OR tenant IS NULL OR tenant = '' OR cardinality(parts) IS DISTINCT FROM 3
@@ -183,6 +190,42 @@ BEGIN
     GRANT USAGE ON SCHEMA pgcloak TO PUBLIC;
   END IF;
 END $$`
+
+// A pin's MAC is not secret once sent: a simple-protocol pin carries it
+// as a literal, and pg_stat_activity shows the text to every session of
+// the same role, for good when the pin did not run (an earlier statement
+// of its query failed). So pin() and pin_next() accept a MAC only while
+// the client's top-level text (current_query(), which dynamic SQL in a
+// function does not change) is pgcloak's: it holds the MAC right after
+// PinMarker, or it is one of pgcloak's parameterised pin statements
+// (pinBound, pinNextBound). Every one of these contains PinWord, and the
+// proxy refuses any client text, and any text it rewrites, that contains
+// PinWord in any case: a replayed MAC has no text to ride in.
+const (
+	// PinWord is in every text that may carry a pin.
+	PinWord = "pgcloak.pin"
+	// PinMarker starts the comment that names a literal pin's MAC.
+	PinMarker = "/*" + PinWord + ":"
+	// pinBound and pinNextBound are in PinStatement's and NextStatement's
+	// texts, whose MAC is a bound parameter.
+	pinBound     = PinWord + "($1, $2, $3)"
+	pinNextBound = PinWord + "_next($1::pg_catalog.text"
+)
+
+// sentByPgcloak is the SQL condition, in pin() and pin_next(), that the
+// statement running is pgcloak's: with its MAC as a literal after
+// PinMarker, or the parameterised statement whose text contains bound.
+func sentByPgcloak(bound string) string {
+	return fmt.Sprintf(`coalesce(pg_catalog.strpos(pg_catalog.current_query(), %s || mac || '*/') > 0 OR pg_catalog.strpos(pg_catalog.current_query(), %s) > 0, false)`,
+		QuoteLiteral(PinMarker), QuoteLiteral(bound))
+}
+
+// LiteralPin returns sql, a pin statement with its values as literals,
+// after the comment that names its MAC (PinMarker): pin_next() accepts
+// the MAC only in a top-level text that holds that comment.
+func LiteralPin(mac, sql string) string {
+	return PinMarker + mac + "*/ " + sql
+}
 
 // markerExpr is the SQL of a pin's marker: the first 64 bits of
 // SHA-256(tenant | proof) as a bigint.

@@ -3,6 +3,7 @@ package keystore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -166,12 +167,63 @@ func TestPinVerifiedByPostgreSQL(t *testing.T) {
 		wantCode(t, err, "42501")
 		// A challenge pins once.
 		mac := db.pinner.MAC(c, "globex", "v1:0:00")
-		_, err = other.Exec(context.Background(), `SELECT pgcloak.pin('globex', 'v1:0:00', $1)`, mac)
+		literal := LiteralPin(mac, `SELECT pgcloak.pin('globex', 'v1:0:00', '`+mac+`')`)
+		_, err = other.Exec(context.Background(), literal)
 		if err != nil {
 			t.Fatalf("the right MAC was refused: %v", err)
 		}
-		_, err = other.Exec(context.Background(), `SELECT pgcloak.pin('globex', 'v1:0:00', $1)`, mac)
+		_, err = other.Exec(context.Background(), literal)
 		wantCode(t, err, "42501")
+	})
+
+	// A MAC is not secret once sent (pg_stat_activity shows a literal
+	// pin's text): pin() and pin_next() accept it only while the
+	// top-level text is pgcloak's, which dynamic SQL does not change. (A
+	// client text holding PinWord as written, a string constant with the
+	// marker for one, is the proxy's to refuse: rewrite.PinWord.)
+	t.Run("a MAC counts only in pgcloak's own text", func(t *testing.T) {
+		// A function a DBA made that runs any text it is given.
+		for _, sql := range []string{
+			`CREATE FUNCTION public.run(q text) RETURNS void LANGUAGE plpgsql AS $$ BEGIN EXECUTE q; END $$`,
+			`GRANT EXECUTE ON FUNCTION public.run(text) TO pin_app`,
+		} {
+			if err := db.pg.Exec(context.Background(), db.name, sql); err != nil {
+				t.Fatal(err)
+			}
+		}
+		other := db.app(t, nil)
+		var c int64
+		if err := other.QueryRow(context.Background(), `SELECT pgcloak.pin_challenge()`).Scan(&c); err != nil {
+			t.Fatal(err)
+		}
+		mac := db.pinner.MAC(c, "globex", "v1:0:00")
+		call := `SELECT pgcloak.pin('globex', 'v1:0:00', '` + mac + `')`
+		for _, sql := range []string{
+			call, // no marker
+			`SELECT pgcloak.pin('globex', 'v1:0:00', '` + mac + `') /*pgcloak.pin:` + mac[:63] + `*/`, // another MAC's marker
+			`SELECT public.run('/*pgcloak' || ` + QuoteLiteral(LiteralPin(mac, call)[9:]) + `)`,       // marker built at run time
+		} {
+			_, err := other.Exec(context.Background(), sql)
+			wantCode(t, err, "42501")
+		}
+		_, err := other.Exec(context.Background(), `SELECT public.run($1)`, LiteralPin(mac, call))
+		wantCode(t, err, "42501")
+		// Unspent by all that: pgcloak's own text still pins.
+		mustExec(t, other, LiteralPin(mac, call))
+
+		// pin_next: the same, and the parameterised statement is pgcloak's too.
+		mac1 := db.pinner.NextMAC(c+1, 1, false, "globex", "v1:0:00")
+		sql := fmt.Sprintf(`SELECT pgcloak.pin_next('globex', 'v1:0:00', %d, 1, false, '%s')`, c+1, mac1)
+		for _, q := range []string{sql, `SELECT public.run('/*pgcloak' || ` + QuoteLiteral(LiteralPin(mac1, sql)[9:]) + `)`} {
+			_, err := other.Exec(context.Background(), q)
+			wantCode(t, err, "42501")
+		}
+		mustExec(t, other, LiteralPin(mac1, sql))
+		mac2 := db.pinner.NextMAC(c+1, 2, false, "globex", "v1:0:00")
+		mustExec(t, other, NextStatement(false, "x"), "globex", "v1:0:00", c+1, 2, mac2, testSetting, ProofSetting)
+		if got := currentTenant(t, other); got != "globex" {
+			t.Fatalf("current_tenant() after pgcloak's parameterised pin = %s, want globex", got)
+		}
 	})
 
 	t.Run("the tenant role cannot read the key or move the marker", func(t *testing.T) {

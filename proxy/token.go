@@ -644,7 +644,7 @@ func (s *session) tokenPin(ts *tokenStmt, raw string, args *[][]byte) (*tokenPin
 	for i, p := range params {
 		strs[i] = string(p)
 	}
-	return pin, literalSQL(keystore.NextStatement(ts.local, alias), strs...), nil
+	return pin, keystore.LiteralPin(strs[4], literalSQL(keystore.NextStatement(ts.local, alias), strs...)), nil
 }
 
 // applyClientPin makes pin the client goroutine's tenant from the point

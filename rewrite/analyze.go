@@ -42,6 +42,9 @@ func (s *Schema) Analyze(sql string) (*Plan, error) {
 		return nil, &Refusal{Code: kindSyntax.code, Construct: kindSyntax.construct,
 			Message: "query text contains a NUL byte", Position: position(sql, int32(strings.IndexByte(sql, 0))), kind: kindSyntax}
 	}
+	if r := pinText(sql, sql); r != nil {
+		return nil, r
+	}
 	tree, err := pg_query.Parse(sql)
 	if err != nil {
 		return nil, parseError(err)
@@ -52,6 +55,38 @@ func (s *Schema) Analyze(sql string) (*Plan, error) {
 		return nil, err
 	}
 	return plan, nil
+}
+
+// PinWord is in every text that may carry a tenant pin's MAC
+// (keystore.PinWord): pgcloak.pin() and pin_next() accept a MAC only
+// while the top-level text holds it, so no text from a client, as written
+// or as rewritten, may contain it in any spelling of its ASCII letters.
+// Comments included: this is a byte search, not a parse.
+const PinWord = "pgcloak.pin"
+
+// pinText refuses text (the client's sql, or its rewritten form) when it
+// contains PinWord.
+func pinText(text, sql string) *Refusal {
+	i := indexFold(text, PinWord)
+	if i < 0 {
+		return nil
+	}
+	pos := int32(0)
+	if text == sql {
+		pos = position(sql, int32(i))
+	}
+	return &Refusal{Code: kindTenantPin.code, Construct: "text containing " + PinWord, kind: kindTenantPin, Position: pos,
+		Message: kindTenantPin.msg("", "text containing "+PinWord)}
+}
+
+// indexFold is strings.Index with ASCII letters matched in any case.
+func indexFold(text, tok string) int {
+	for i := 0; i+len(tok) <= len(text); i++ {
+		if hasPrefixFold(text[i:], tok) {
+			return i
+		}
+	}
+	return -1
 }
 
 // markerPrefix returns a random marker prefix that does not occur in sql.
@@ -139,6 +174,9 @@ func (a *analyzer) run(tree *pg_query.ParseResult) (*Plan, error) {
 		cur = end
 	}
 	out.WriteString(a.sql[cur:])
+	if r := pinText(out.String(), a.sql); r != nil {
+		return nil, r // the deparser spelt it (a U&"..." name)
+	}
 	if err := a.split(out.String()); err != nil {
 		return nil, err
 	}

@@ -410,8 +410,21 @@ func (v *Verifier) tenant(m jwt.MapClaims) (string, string) {
 		// PostgreSQL text holds no NUL, and a tenant names keys and a
 		// setting's value: keep it to sane text.
 		return "", ReasonMalformed
+	case containsFold(tenant, pinWord):
+		// The proxy writes the tenant as a literal into its pin's text,
+		// where this word marks the MAC PostgreSQL accepts (keystore.PinWord).
+		return "", ReasonMalformed
 	}
 	return tenant, ""
+}
+
+// pinWord is keystore.PinWord, which no tenant may contain.
+const pinWord = "pgcloak.pin"
+
+// containsFold reports whether s contains word (lower-case ASCII), ASCII
+// letters of s compared without case.
+func containsFold(s, word string) bool {
+	return strings.Contains(strings.ToLower(s), word)
 }
 
 // isInteger reports whether s is a JSON integer: an optional minus and

@@ -322,6 +322,13 @@ func TestTenantClaim(t *testing.T) {
 		{"https://example.com/tenant", with(claims(), "https://example.com/tenant", "initech"), "initech"},
 		{"org", with(claims(), "org", []string{"acme"}), ""},
 	}
+	// A tenant holding the word that marks a pin's MAC in pgcloak's text.
+	for _, tenant := range []string{"a/*pgcloak.pin:00*/", "PGCLOAK.PIN"} {
+		v := newVerifier(t, hsConfig(), newClock())
+		raw := hs(t, with(claims(), "tenant_id", tenant))
+		_, err := v.Verify(t.Context(), raw)
+		wantRefusal(t, err, ReasonMalformed, raw)
+	}
 	for _, tt := range tests {
 		t.Run(tt.claim+"="+string(mustJSON(t, tt.claims)), func(t *testing.T) {
 			cfg := hsConfig()

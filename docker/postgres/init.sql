@@ -55,6 +55,9 @@ BEGIN
   EXCEPTION WHEN object_not_in_prerequisite_state THEN
     RAISE EXCEPTION 'pgcloak: tenant pin refused' USING ERRCODE = '42501';
   END;
+  IF NOT coalesce(pg_catalog.strpos(pg_catalog.current_query(), '/*pgcloak.pin:' || mac || '*/') > 0 OR pg_catalog.strpos(pg_catalog.current_query(), 'pgcloak.pin($1, $2, $3)') > 0, false) THEN
+    RAISE EXCEPTION 'pgcloak: tenant pin refused' USING ERRCODE = '42501';
+  END IF;
   SELECT ikey, okey INTO k FROM pgcloak.pin_key WHERE id;
   IF k.ikey IS NULL OR tenant IS NULL OR tenant = '' OR cardinality(parts) IS DISTINCT FROM 3
      OR parts[1] IS DISTINCT FROM 'v1' OR parts[2] !~ '^[0-9]{1,18}$'
@@ -93,6 +96,9 @@ BEGIN
   EXCEPTION WHEN object_not_in_prerequisite_state THEN
     last := 0;
   END;
+  IF NOT coalesce(pg_catalog.strpos(pg_catalog.current_query(), '/*pgcloak.pin:' || mac || '*/') > 0 OR pg_catalog.strpos(pg_catalog.current_query(), 'pgcloak.pin_next($1::pg_catalog.text') > 0, false) THEN
+    RAISE EXCEPTION 'pgcloak: tenant pin refused' USING ERRCODE = '42501';
+  END IF;
   SELECT ikey, okey INTO k FROM pgcloak.pin_key WHERE id;
   IF k.ikey IS NULL OR c IS DISTINCT FROM cur OR n IS NULL OR n <= last OR is_local IS NULL
      OR tenant IS NULL OR tenant = '' OR cardinality(parts) IS DISTINCT FROM 3

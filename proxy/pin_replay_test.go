@@ -1,0 +1,75 @@
+package proxy
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/pgcloak/pgcloak/keystore"
+	"github.com/pgcloak/pgcloak/rewrite"
+)
+
+// A pin that did not run leaves its MAC in pg_stat_activity, readable by
+// every session of the role. A function that runs any text it is given
+// (one a DBA made: pgcloak cannot see into it, and check only warns) then
+// lets a later client of the connection replay it with text assembled at
+// run time, which no text check can see. PostgreSQL refuses the replay:
+// pin_next() accepts a MAC only while the top-level text is pgcloak's.
+func TestPinReplayThroughDBAFunction(t *testing.T) {
+	env := startTokenEnv(t)
+	atkSeed(t, env)
+	for _, sql := range []string{
+		`CREATE FUNCTION public.run(q text) RETURNS void LANGUAGE plpgsql AS $$ BEGIN EXECUTE q; END $$`,
+		`GRANT EXECUTE ON FUNCTION public.run(text) TO ` + poolRole,
+	} {
+		fatalIf(t, env.pg.Exec(ctxT(t), env.db, sql), "%s", sql)
+	}
+	victim, pin := rvUnexecutedPin(t, env)
+	call := fmt.Sprintf(`pgcloak.pin_next('%s', '%s', %s, %s, %s, '%s')`, pin[0], pin[1], pin[2], pin[3], pin[4], pin[5])
+	set := `SELECT pg_catalog.set_config('app.tenant_id', '` + pin[0] + `', false), pg_catalog.set_config('pgcloak.tenant_proof', ` + call + `, false)`
+	for _, q := range []string{
+		`SELECT public.run(` + rvQuoteChunks(set) + `)`,
+		// The marker built at run time is not in the top-level text either.
+		`SELECT public.run(` + rvQuoteChunks(keystore.LiteralPin(pin[5], set)) + `)`,
+	} {
+		_, err := atkExec(t, victim, q)
+		t.Logf("replay through public.run(): %v", err)
+		if err == nil {
+			t.Errorf("the replay through a DBA's dynamic-SQL function ran without error: %.120s", q)
+		}
+	}
+	rvSeesNothing(t, victim, "replayed an unexecuted pin through a DBA's dynamic-SQL function")
+}
+
+// The byte check that keeps a MAC's marker out of every client text, in
+// both protocols, as written and as rewritten, in every kind of session
+// that has a tenant: 42501 before anything reaches PostgreSQL.
+func TestPinWordRefused(t *testing.T) {
+	if rewrite.PinWord != keystore.PinWord {
+		t.Fatalf("rewrite.PinWord %q and keystore.PinWord %q differ: the proxy would let through the text pin_next() trusts", rewrite.PinWord, keystore.PinWord)
+	}
+	env := startTokenEnv(t)
+	atkSeed(t, env)
+	conn := atkRaw(t, env)
+	_, err := atkExec(t, conn, `BEGIN; SET LOCAL pgcloak.tenant_token = '`+mintToken(t, "acme", time.Hour)+`'; SELECT name FROM patients; COMMIT`)
+	fatalIf(t, err, "token transaction")
+	for _, q := range []string{
+		`/*pgcloak.pin:00*/ SELECT 1`,
+		`SELECT 'PgCloak.Pin_next' AS x`,
+		`SELECT 1 AS "pgcloak.pin"`,
+		`SELECT ssn AS U&"pgcloak\002epin" FROM patients WHERE ssn = '1'`,
+	} {
+		_, err := atkExec(t, conn, q)
+		if pgCode(err) != "42501" {
+			t.Errorf("simple Query %q: %v, want 42501", q, err)
+		}
+		rr := conn.ExecParams(ctxT(t), q, nil, nil, nil, nil).Read()
+		if pgCode(rr.Err) != "42501" {
+			t.Errorf("extended Parse %q: %v, want 42501", q, rr.Err)
+		}
+	}
+	ct, _ := rvSees(t, conn)
+	if ct != "<null>" {
+		t.Errorf("after the refusals the session's current_tenant() is %s, want none", ct)
+	}
+}
