@@ -455,22 +455,47 @@ func (s *session) indexArray(ctx context.Context, c rewrite.ColumnRef, oid uint3
 	if !ok {
 		return nil, &clientError{code: pgerrcode.DatatypeMismatch, msg: fmt.Sprintf("%s: = ANY needs an array parameter", src.Column)}
 	}
-	decoded, err := t.Codec.DecodeValue(m, oid, format, v)
-	if err != nil {
-		return nil, &clientError{code: pgerrcode.InvalidTextRepresentation, msg: fmt.Sprintf("%s: malformed array value", src.Column)}
+	var (
+		texts []string
+		nulls []bool
+	)
+	switch format {
+	case pgtype.TextFormatCode:
+		elems, err := arrayTextElements(string(v))
+		if err != nil {
+			code := pgerrcode.InvalidTextRepresentation
+			if err == errArrayBounds {
+				code = pgerrcode.FeatureNotSupported
+			}
+			return nil, &clientError{code: code, msg: fmt.Sprintf("%s: %v", src.Column, err)}
+		}
+		for _, e := range elems {
+			texts, nulls = append(texts, e.text), append(nulls, e.null)
+		}
+	case pgtype.BinaryFormatCode:
+		vals, isNull, err := arrayBinaryElements(v, ac.ElementType.OID)
+		if err != nil {
+			return nil, &clientError{code: pgerrcode.InvalidBinaryRepresentation, msg: fmt.Sprintf("%s: %v", src.Column, err)}
+		}
+		for k, e := range vals {
+			text := ""
+			if !isNull[k] {
+				if text, err = paramText(typ, ac.ElementType.OID, format, e); err != nil {
+					return nil, valueError(src.Column, err)
+				}
+			}
+			texts, nulls = append(texts, text), append(nulls, isNull[k])
+		}
+	default:
+		return nil, &clientError{code: pgerrcode.ProtocolViolation, msg: fmt.Sprintf("unsupported format code: %d", format)}
 	}
-	elems, _ := decoded.([]any)
-	elemOID := ac.ElementType.OID
-	indexes := make([][]byte, len(elems))
-	for k, e := range elems {
-		if e == nil {
+	indexes := make([][]byte, len(texts))
+	for k, text := range texts {
+		if nulls[k] {
 			continue
 		}
-		buf, err := m.Encode(elemOID, pgtype.TextFormatCode, e, nil)
-		if err != nil {
-			return nil, &clientError{code: pgerrcode.InvalidTextRepresentation, msg: fmt.Sprintf("%s: malformed array element", src.Column)}
-		}
-		if indexes[k], err = s.keyedValue(ctx, src.Column, true, string(buf)); err != nil {
+		var err error
+		if indexes[k], err = s.keyedValue(ctx, src.Column, true, text); err != nil {
 			return nil, err
 		}
 	}
@@ -492,6 +517,13 @@ func paramText(typ string, oid uint32, format int16, v []byte) (string, error) {
 		// json's binary form is its text: decoding it into Go values and
 		// encoding them again would drop duplicate keys and round numbers.
 		return string(v), nil
+	case pgtype.NumericOID:
+		// pgtype reads a binary numeric without its display scale.
+		text, err := numericBinaryText(v)
+		if err != nil {
+			return "", &clientError{code: pgerrcode.InvalidBinaryRepresentation, msg: "incorrect binary data format in a numeric parameter"}
+		}
+		return text, nil
 	case pgtype.JSONBOID:
 		if len(v) == 0 || v[0] != 1 {
 			return "", &clientError{code: pgerrcode.InvalidBinaryRepresentation, msg: "unsupported jsonb version number in a jsonb parameter"}
