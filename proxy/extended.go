@@ -224,6 +224,9 @@ func (s *session) handleBind(m *pgproto3.Bind) error {
 	if err != nil {
 		return s.refuseExtended(err)
 	}
+	if s.tokens {
+		s.noteBoundFor(m.DestinationPortal, m.PreparedStatement, ps)
+	}
 	// The formats are copied: pgproto3 reuses the message's buffers. The
 	// shape the Bind goes by travels with it, so that both goroutines use
 	// the same one whatever happens to the statement's name meanwhile.
@@ -282,6 +285,9 @@ func (s *session) handleExecute(m *pgproto3.Execute) error {
 	if err := s.executeDeallocation(m.Portal); err != nil {
 		return s.refuseExtended(err)
 	}
+	if t, ok := s.boundFor[m.Portal]; ok && t != s.tenant {
+		return s.refuseExtended(errBoundElsewhere)
+	}
 	if s.unshaped[m.Portal] || !s.shapes.fresh(m.Portal) {
 		delete(s.unshaped, m.Portal)
 		s.shapes.described(m.Portal)
@@ -301,6 +307,7 @@ func (s *session) handleClose(m *pgproto3.Close) error {
 	s.closeDeallocation(m.ObjectType, m.Name)
 	if m.ObjectType != 'S' {
 		delete(s.unshaped, m.Name)
+		delete(s.boundFor, m.Name)
 		s.shapes.closed(m.Name)
 		s.track(m)
 		return s.upstreamOut.send(m)
@@ -318,6 +325,27 @@ func (s *session) handleClose(m *pgproto3.Close) error {
 	delete(s.statements, m.Name)
 	s.track(m)
 	return s.upstreamOut.send(&pgproto3.Close{ObjectType: 'S', Name: ps.upstream})
+}
+
+// errBoundElsewhere refuses the Execute of a portal whose values were
+// sealed or indexed for another tenant than the session's now: its rows
+// would be stamped with one tenant and sealed for another, or searched
+// with another tenant's blind index and silently not found.
+var errBoundElsewhere = &clientError{code: pgerrcode.FeatureNotSupported,
+	msg: "this portal's values for encrypted columns were sealed under another tenant when it was bound; bind it again after the token"}
+
+// noteBoundFor records, in a token session, the tenant a portal's Bind
+// sealed or indexed values for (none: forgets the portal).
+func (s *session) noteBoundFor(portal, stmt string, ps *preparedStatement) {
+	_, literals := s.sealedFor[stmt]
+	if ps == nil || (!literals && !hasKeyedParams(ps.plan.Params)) {
+		delete(s.boundFor, portal)
+		return
+	}
+	if s.boundFor == nil {
+		s.boundFor = make(map[string]string)
+	}
+	s.boundFor[portal] = s.tenant
 }
 
 // sealedElsewhere reports whether a token session's statement sealed its

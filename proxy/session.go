@@ -108,6 +108,10 @@ type session struct {
 	// statement's literals for encrypted columns were sealed at Parse: a
 	// Bind under another tenant is refused (see handleParse).
 	sealedFor map[string]string
+	// boundFor is, in a token session, the tenant under which a portal's
+	// Bind sealed or indexed values (parameters, or literals sealed at
+	// Parse): an Execute under another tenant is refused (handleExecute).
+	boundFor map[string]string
 
 	// raised are the refusals raised upstream, awaiting their errors
 	// (errors.go).
