@@ -47,10 +47,11 @@ type copyState struct {
 type copyIn struct {
 	state *copyState
 	plan  *rewrite.CopyPlan
-	buf   []byte // the unconsumed start of a row
-	row   int    // rows read, as COPY's error context counts them
-	crlf  bool   // text rows end in \r\n (decided by the first row)
-	done  bool   // the end-of-data marker or binary trailer was seen
+	buf   []byte  // the unconsumed start of a row
+	scan  rowScan // how far nextRow read that row
+	row   int     // rows read, as COPY's error context counts them
+	crlf  bool    // text rows end in \r\n (decided by the first row)
+	done  bool    // the end-of-data marker or binary trailer was seen
 	// binary: the file header has been passed on
 	header bool
 }
@@ -131,6 +132,9 @@ func (ci *copyIn) feed(s *session, data []byte, eof bool) ([]byte, error) {
 	}
 	rest := copy(ci.buf, ci.buf[n:])
 	ci.buf = ci.buf[:rest]
+	if len(ci.buf) > maxCopyRow {
+		return nil, errCopyRowTooLong
+	}
 	if eof && len(ci.buf) > 0 && !ci.done {
 		return nil, &clientError{code: pgerrcode.BadCopyFileFormat, msg: "unexpected EOF in COPY data"}
 	}
@@ -144,12 +148,14 @@ func (ci *copyIn) feedText(s *session, buf []byte, eof bool) ([]byte, int, error
 	var out []byte
 	used := 0
 	for used < len(buf) && !ci.done {
-		rowLen, eolLen, ok, err := nextRow(p, buf[used:])
+		rowLen, eolLen, ok, next, err := nextRow(p, buf[used:], ci.scan)
 		if err != nil {
 			return nil, 0, err
 		}
+		ci.scan = rowScan{}
 		if !ok {
 			if !eof {
+				ci.scan = next // the row's start will be buf's
 				break
 			}
 			rowLen, eolLen = len(buf)-used, 0 // a last row without a newline
@@ -394,25 +400,52 @@ type field struct {
 // outside a quoted field that is not followed by a newline is refused: read
 // as data, it would let a row the proxy never saw (a header line ending in
 // a bare CR, then plaintext) reach PostgreSQL.
-func nextRow(p *rewrite.CopyPlan, buf []byte) (rowLen, eolLen int, ok bool, err error) {
-	inQuote := false
-	for i := 0; i < len(buf); i++ {
+//
+// The scan starts at sc (where an earlier call for the same row stopped)
+// and, when the row is not complete, returns where to go on from: before
+// a byte whose meaning depends on the next one, which has not come yet.
+// So a long row sent in many CopyData messages is read once, not again
+// from its start for each.
+func nextRow(p *rewrite.CopyPlan, buf []byte, sc rowScan) (rowLen, eolLen int, ok bool, next rowScan, err error) {
+	inQuote := sc.inQuote
+	for i := sc.pos; i < len(buf); i++ {
 		c := buf[i]
+		last := i+1 == len(buf)
 		switch {
 		case p.Format == rewrite.CopyText && c == '\\':
+			if last {
+				return 0, 0, false, rowScan{i, inQuote}, nil
+			}
 			i++ // the escaped byte is data, a newline too
-		case p.Format == rewrite.CopyCSV && inQuote && c == p.Escape && p.Escape != p.Quote && i+1 < len(buf) && (buf[i+1] == p.Quote || buf[i+1] == p.Escape):
+		case p.Format == rewrite.CopyCSV && inQuote && c == p.Escape && p.Escape != p.Quote && last:
+			return 0, 0, false, rowScan{i, inQuote}, nil
+		case p.Format == rewrite.CopyCSV && inQuote && c == p.Escape && p.Escape != p.Quote && (buf[i+1] == p.Quote || buf[i+1] == p.Escape):
 			i++
 		case p.Format == rewrite.CopyCSV && c == p.Quote:
 			inQuote = !inQuote
-		case c == '\r' && !inQuote && i+1 < len(buf) && buf[i+1] != '\n':
-			return 0, 0, false, errBareCR
+		case c == '\r' && !inQuote && last:
+			return 0, 0, false, rowScan{i, inQuote}, nil
+		case c == '\r' && !inQuote && buf[i+1] != '\n':
+			return 0, 0, false, rowScan{}, errBareCR
 		case c == '\n' && !inQuote:
-			return i, 1, true, nil
+			return i, 1, true, rowScan{}, nil
 		}
 	}
-	return 0, 0, false, nil
+	return 0, 0, false, rowScan{len(buf), inQuote}, nil
 }
+
+// rowScan is where nextRow stopped in a row it has not found the end of.
+type rowScan struct {
+	pos     int
+	inQuote bool
+}
+
+// maxCopyRow bounds what the proxy holds of one COPY row or binary tuple
+// while it waits for the rest.
+const maxCopyRow = 64 << 20
+
+// errCopyRowTooLong refuses a COPY row longer than maxCopyRow.
+var errCopyRowTooLong = &clientError{code: pgerrcode.ProgramLimitExceeded, msg: fmt.Sprintf("a COPY row longer than %d MiB is not supported", maxCopyRow>>20)}
 
 // errBareCR refuses COPY data whose lines end in a bare carriage return.
 var errBareCR = &clientError{code: pgerrcode.BadCopyFileFormat, msg: "COPY data with lines ending in a carriage return alone is not supported (end lines with a newline, or a carriage return and a newline)"}

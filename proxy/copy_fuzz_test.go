@@ -25,7 +25,18 @@ func FuzzCopyParsers(f *testing.F) {
 		for _, p := range plans {
 			rest := data
 			for len(rest) > 0 {
-				n, eol, ok, err := nextRow(p, rest)
+				n, eol, ok, _, err := nextRow(p, rest, rowScan{})
+				// Read in two pieces, as two CopyData messages bring it,
+				// the first row is found where it is in one piece.
+				for k := 0; k <= len(rest); k += 1 + len(rest)/7 {
+					n1, eol1, ok1, next, err1 := nextRow(p, rest[:k], rowScan{})
+					if err1 == nil && !ok1 {
+						n1, eol1, ok1, _, err1 = nextRow(p, rest, next)
+					}
+					if (err1 == nil) != (err == nil) || (err == nil && (n1 != n || eol1 != eol || ok1 != ok)) {
+						t.Fatalf("%q split at %d: row %d+%d %v %v, in one piece %d+%d %v %v", rest, k, n1, eol1, ok1, err1, n, eol, ok, err)
+					}
+				}
 				if err != nil {
 					break
 				}
