@@ -258,20 +258,36 @@ func arrayBinaryElements(v []byte, elem uint32) ([][]byte, []bool, error) {
 }
 
 // numericBinaryText is numeric_recv then numeric_out: a numeric in binary
-// form (ndigits, weight, sign, dscale, then base-10000 digits) as text,
-// with exactly dscale digits after the point (digits beyond it dropped, as
-// numeric_recv drops them), so 0.0 stays 0.0.
+// form (ndigits, weight, sign, dscale, then base-10000 digits) as the text
+// PostgreSQL would store and print for it: digits past dscale dropped
+// (trunc_var), leading and trailing zero digits stripped (make_result),
+// exactly dscale digits after the point, so 0.0 stays 0.0.
 func numericBinaryText(v []byte) (string, error) {
-	bad := errors.New("invalid numeric in binary form")
 	if len(v) < 8 {
-		return "", bad
+		return "", errors.New("invalid numeric in binary form")
 	}
-	ndigits := int(int16(binary.BigEndian.Uint16(v)))
+	ndigits := int(binary.BigEndian.Uint16(v))
 	weight := int(int16(binary.BigEndian.Uint16(v[2:])))
 	sign := binary.BigEndian.Uint16(v[4:])
-	dscale := int(int16(binary.BigEndian.Uint16(v[6:])))
-	if ndigits < 0 || len(v) != 8+2*ndigits || dscale < 0 || dscale > 0x3FFF {
-		return "", bad
+	dscale := int(binary.BigEndian.Uint16(v[6:]))
+	if len(v) != 8+2*ndigits {
+		return "", errors.New("invalid numeric in binary form")
+	}
+	switch sign {
+	case 0x0000, 0x4000, 0xC000, 0xD000, 0xF000:
+	default:
+		return "", errors.New(`invalid sign in external "numeric" value`)
+	}
+	if dscale > 0x3FFF {
+		return "", errors.New(`invalid scale in external "numeric" value`)
+	}
+	digits := make([]int, ndigits)
+	for k := range digits {
+		d := int(int16(binary.BigEndian.Uint16(v[8+2*k:])))
+		if d < 0 || d >= 10000 {
+			return "", errors.New(`invalid digit in external "numeric" value`)
+		}
+		digits[k] = d
 	}
 	switch sign {
 	case 0xC000:
@@ -280,25 +296,41 @@ func numericBinaryText(v []byte) (string, error) {
 		return "Infinity", nil
 	case 0xF000:
 		return "-Infinity", nil
-	case 0x0000, 0x4000:
-	default:
-		return "", bad
 	}
-	digits := make([]int, ndigits)
-	for k := range digits {
-		d := int(int16(binary.BigEndian.Uint16(v[8+2*k:])))
-		if d < 0 || d >= 10000 {
-			return "", bad
+	// trunc_var: keep the digits down to 10^-dscale; the last kept group
+	// loses its decimal digits below that.
+	if keep := weight + 1 + (dscale+3)/4; keep <= len(digits) {
+		if keep <= 0 {
+			digits = nil
+		} else {
+			digits = digits[:keep]
+			if r := dscale % 4; r != 0 {
+				p := [...]int{1, 1000, 100, 10}[r]
+				digits[keep-1] -= digits[keep-1] % p
+			}
 		}
-		digits[k] = d
+	}
+	// strip_var: no zero digits at either end; zero has weight 0.
+	for len(digits) > 0 && digits[0] == 0 {
+		digits = digits[1:]
+		weight--
+	}
+	for len(digits) > 0 && digits[len(digits)-1] == 0 {
+		digits = digits[:len(digits)-1]
+	}
+	if len(digits) == 0 {
+		weight, sign = 0, 0
 	}
 	digit := func(k int) int { // the base-10000 digit of weight weight-k
-		if k < 0 || k >= ndigits {
+		if k < 0 || k >= len(digits) {
 			return 0
 		}
 		return digits[k]
 	}
 	var b strings.Builder
+	if sign == 0x4000 {
+		b.WriteByte('-')
+	}
 	if weight < 0 {
 		b.WriteByte('0')
 	} else {
@@ -315,11 +347,7 @@ func numericBinaryText(v []byte) (string, error) {
 		}
 		b.WriteString(frac.String()[:dscale])
 	}
-	text := b.String()
-	if sign == 0x4000 && strings.ContainsAny(text, "123456789") {
-		text = "-" + text
-	}
-	return text, nil
+	return b.String(), nil
 }
 
 // writeDigits writes d zero-padded to width.

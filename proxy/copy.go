@@ -287,6 +287,16 @@ func (ci *copyIn) feedBinary(s *session, buf []byte, eof bool) ([]byte, int, err
 	}
 	ctx := context.Background()
 	for !ci.done {
+		if len(buf)-used >= 2 {
+			// The field count first, as PostgreSQL checks it: a tuple that
+			// announces another count is refused before its fields come
+			// (and nextTuple, which reads the pending tuple again for each
+			// CopyData, walks no more than the table's fields).
+			if count := int16(binary.BigEndian.Uint16(buf[used:])); count != -1 && int(count) != len(p.Columns) {
+				ci.row++
+				return nil, 0, ci.copyError(pgerrcode.BadCopyFileFormat, fmt.Sprintf("row field count is %d, expected %d", count, len(p.Columns)))
+			}
+		}
 		tuple, n, ok := nextTuple(buf[used:])
 		if !ok {
 			break

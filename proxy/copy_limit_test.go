@@ -14,7 +14,7 @@ func TestCopyRowBound(t *testing.T) {
 	for _, p := range []*rewrite.CopyPlan{
 		{Format: rewrite.CopyText, Delimiter: '\t', Null: `\N`},
 		{Format: rewrite.CopyCSV, Delimiter: ',', Quote: '"', Escape: '"'},
-		{Format: rewrite.CopyBinary},
+		{Format: rewrite.CopyBinary, Columns: []rewrite.ColumnRef{{}}}, // one plain column
 	} {
 		ci := &copyIn{plan: p, header: true}
 		chunk := bytes.Repeat([]byte("a"), 1<<20)

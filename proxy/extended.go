@@ -338,7 +338,7 @@ var errBoundElsewhere = &clientError{code: pgerrcode.FeatureNotSupported,
 // sealed or indexed values for (none: forgets the portal).
 func (s *session) noteBoundFor(portal, stmt string, ps *preparedStatement) {
 	_, literals := s.sealedFor[stmt]
-	if ps == nil || (!literals && !hasKeyedParams(ps.plan.Params)) {
+	if !literals && (ps == nil || !hasKeyedParams(ps.plan.Params)) {
 		delete(s.boundFor, portal)
 		return
 	}

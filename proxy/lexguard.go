@@ -40,6 +40,12 @@ func lexerParameter(name, value string) (watched bool, reason string) {
 			return true, ""
 		}
 		return true, "standard_conforming_strings is " + printable(value) + "; pgcloak reads SQL with standard_conforming_strings on"
+	case "array_nulls":
+		// Not reported by ParameterStatus: only startup values are seen.
+		if boolOn(value) {
+			return true, ""
+		}
+		return true, "array_nulls is " + printable(value) + "; pgcloak reads arrays with array_nulls on"
 	}
 	return false, ""
 }
@@ -93,7 +99,7 @@ func checkLexerParameters(params map[string]string) error {
 		if _, reason := lexerParameter(name, value); reason != "" {
 			return &clientError{
 				code:  pgerrcode.FeatureNotSupported,
-				msg:   fmt.Sprintf("%s: %s; connect with client_encoding=UTF8 and standard_conforming_strings on", where, reason),
+				msg:   fmt.Sprintf("%s: %s; connect with client_encoding=UTF8, standard_conforming_strings on and array_nulls on", where, reason),
 				fatal: true,
 			}
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	pg_query "github.com/pganalyze/pg_query_go/v5"
 	"github.com/pgcloak/pgcloak/keystore"
+	"github.com/pgcloak/pgcloak/tenanttoken"
 )
 
 // Signed tenant tokens (SPEC §5.2).
@@ -124,6 +125,7 @@ func tokenQuery(sql string) ([]queryPiece, error) {
 	}
 	var pieces []queryPiece
 	var run []string
+	checked := 0 // statements of run known to run no code
 	for _, text := range stmts {
 		if !containsFold(text, "tenant_token") {
 			run = append(run, text)
@@ -136,6 +138,12 @@ func tokenQuery(sql string) ([]queryPiece, error) {
 		if ts == nil {
 			return nil, tokenMisuse()
 		}
+		for ; checked < len(run); checked++ {
+			if !runsNoCode(run[checked]) {
+				return nil, errCodeBeforeToken
+			}
+		}
+		checked = 0
 		if len(run) > 0 {
 			pieces = append(pieces, queryPiece{text: strings.Join(run, ";\n")})
 			run = nil
@@ -146,6 +154,45 @@ func tokenQuery(sql string) ([]queryPiece, error) {
 		pieces = append(pieces, queryPiece{text: strings.Join(run, ";\n")})
 	}
 	return pieces, nil
+}
+
+// errCodeBeforeToken refuses a simple Query in which a statement that may
+// run code (a function, a trigger, a deferred constraint at COMMIT) comes
+// before a token statement. pgcloak's pin takes the token statement's
+// place in the same text, and PostgreSQL accepts a pin's MAC while that
+// text is the current query (keystore.LiteralPin): code running before
+// the pin could read the MAC from current_query() and pin the tenant
+// first, so that pgcloak's own pin fails and pgcloak holds the session to
+// have another tenant than PostgreSQL does. After the pin the MAC is
+// spent; if the pin fails, nothing after it runs.
+var errCodeBeforeToken = &clientError{code: pgerrcode.FeatureNotSupported,
+	msg: "in one query, a tenant token statement may follow only BEGIN, START TRANSACTION, SAVEPOINT, RELEASE, ROLLBACK, SET and other token statements: send the statements before it in a query of their own"}
+
+// runsNoCode reports whether a statement's text is one that runs no user
+// code: BEGIN, START TRANSACTION, SAVEPOINT, RELEASE [SAVEPOINT],
+// ROLLBACK [TO SAVEPOINT], ABORT, SET and RESET (not COMMIT, END or
+// PREPARE TRANSACTION, which fire deferred triggers).
+func runsNoCode(text string) bool {
+	switch strings.ToLower(strings.TrimSpace(text)) {
+	case "begin", "start transaction":
+		return true
+	}
+	res, err := pg_query.Parse(text)
+	if err != nil || len(res.Stmts) != 1 {
+		return false
+	}
+	switch n := res.Stmts[0].Stmt.Node.(type) {
+	case *pg_query.Node_TransactionStmt:
+		switch n.TransactionStmt.Kind {
+		case pg_query.TransactionStmtKind_TRANS_STMT_BEGIN, pg_query.TransactionStmtKind_TRANS_STMT_START,
+			pg_query.TransactionStmtKind_TRANS_STMT_SAVEPOINT, pg_query.TransactionStmtKind_TRANS_STMT_RELEASE,
+			pg_query.TransactionStmtKind_TRANS_STMT_ROLLBACK, pg_query.TransactionStmtKind_TRANS_STMT_ROLLBACK_TO:
+			return true
+		}
+	case *pg_query.Node_VariableSetStmt:
+		return true
+	}
+	return false
 }
 
 // parseTokenStatement recognises one statement's text as a token
@@ -617,6 +664,12 @@ func (s *session) tokenPin(ts *tokenStmt, raw string, args *[][]byte) (*tokenPin
 	claims, err := s.verifyToken(raw)
 	if err == errLoopWouldWait {
 		return nil, "", err // nothing changed yet
+	}
+	if err == nil && containsFold(claims.Tenant, keystore.PinWord) {
+		// The tenant is written into the pin's text, where this word
+		// marks the MAC PostgreSQL accepts (package tenanttoken refuses
+		// it too; this holds for any TokenVerifier).
+		err = &tenanttoken.Refusal{Reason: tenanttoken.ReasonMalformed}
 	}
 	if err != nil {
 		reason := trimRefusal(err)

@@ -25,14 +25,15 @@ import "strings"
 //     must not name; quoted or not, such a name contains the word unless
 //     it is spelt with Unicode escapes, which u& catches;
 //   - client_encoding, names (SET NAMES), standard_conforming_strings: the
-//     settings that decide how PostgreSQL lexes a text (see lexerSet);
+//     settings that decide how PostgreSQL lexes a text (see lexerSet), and
+//     array_nulls, which decides how it reads an array's text;
 //   - prepare, execute, deallocate: SQL-level prepared statements, which
 //     the proxy follows by name (Plan.Prepared).
 var alwaysTokens = []string{
 	"set_config", "pg_settings", "role", "authorization", "reset", "discard",
 	"query_to_xml", "ts_stat", "ts_rewrite", "crosstab", "connectby", "pin_next", "pin_challenge",
 	"u&", `\`, "\x00",
-	"pgcloak", "client_encoding", "names", "standard_conforming_strings",
+	"pgcloak", "client_encoding", "names", "standard_conforming_strings", "array_nulls",
 	"prepare", "execute", "deallocate",
 }
 

@@ -227,9 +227,9 @@ var (
 		doc: "DO, CREATE/ALTER FUNCTION/PROCEDURE/ROUTINE, CREATE RULE, CREATE [EVENT] TRIGGER, CREATE [MATERIALIZED] VIEW, CREATE FOREIGN TABLE, IMPORT FOREIGN SCHEMA, CREATE SUBSCRIPTION, ALTER ROLE/DATABASE ... SET: Plan.Opaque, which the proxy refuses in sessions with a tenant"}
 	kindLexer = &refusalKind{id: "lexer_setting", code: pgerrcode.InsufficientPrivilege,
 		msg: func(_, construct string) string {
-			return construct + " is not allowed: pgcloak reads statements as PostgreSQL does only while client_encoding is UTF8 and standard_conforming_strings is on"
+			return construct + " is not allowed: pgcloak reads statements and arrays as PostgreSQL does only while client_encoding is UTF8 and standard_conforming_strings and array_nulls are on"
 		},
-		doc: "SET, SET LOCAL, RESET, SET ... DEFAULT or set_config() of client_encoding to anything but UTF8 or of standard_conforming_strings to anything but on (refused with declared tables; else Plan.LexerChange, refused in sessions with a tenant)"}
+		doc: "SET, SET LOCAL, RESET, SET ... DEFAULT or set_config() of client_encoding to anything but UTF8, or of standard_conforming_strings or array_nulls to anything but on (refused with declared tables; else Plan.LexerChange, refused in sessions with a tenant)"}
 	kindReserved = &refusalKind{id: "reserved_name", code: pgerrcode.InsufficientPrivilege,
 		msg: func(_, construct string) string {
 			return construct + ` of a name starting with "` + ReservedPrefix + `" is not allowed: those statements and portals are pgcloak's own`

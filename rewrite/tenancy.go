@@ -284,6 +284,9 @@ func (a *analyzer) reservedName(name, what string) error {
 const (
 	settingClientEncoding = "client_encoding"
 	settingSCS            = "standard_conforming_strings"
+	// array_nulls decides whether an unquoted NULL in an array's text is
+	// NULL: pgcloak reads the arrays of col = ANY(...) itself.
+	settingArrayNulls = "array_nulls"
 )
 
 // lexerSetting returns which lexer setting name names (GUC names compare
@@ -294,6 +297,8 @@ func lexerSetting(name string) string {
 		return settingClientEncoding
 	case strings.EqualFold(name, settingSCS):
 		return settingSCS
+	case strings.EqualFold(name, settingArrayNulls):
+		return settingArrayNulls
 	}
 	return ""
 }
@@ -325,7 +330,7 @@ func lexerValueOK(setting, v string) bool {
 		}
 		name := string(b[:n])
 		return name == "utf8" || name == "unicode" || name == "sqlascii"
-	case settingSCS:
+	case settingSCS, settingArrayNulls:
 		l := strings.ToLower(v)
 		return l != "" && (strings.HasPrefix("true", l) || strings.HasPrefix("yes", l) || l == "on" || l == "1")
 	}
