@@ -251,8 +251,19 @@ func TestTokenAttack_FakeAlias(t *testing.T) {
 	if pgCode(err) != "42501" {
 		t.Fatalf("the pin alias as written: %v, want 42501", err)
 	}
+	// Before a token statement, no statement that runs code is sent at
+	// all; after the pin, a statement answering under the alias is the
+	// client's.
 	res, err := atkExec(t, conn, `BEGIN; SELECT 'x' AS `+atkEscaped(alias)+`; COMMIT; SELECT 1/0; SET pgcloak.tenant_token = '`+acme+`'`)
-	t.Logf("fake alias query: %d results, err %v", len(res), err)
+	t.Logf("fake alias before the pin: %d results, err %v", len(res), err)
+	if pgCode(err) != "0A000" {
+		t.Errorf("a statement before a token statement in one query: %v, want 0A000", err)
+	}
+	res, err = atkExec(t, conn, `SET pgcloak.tenant_token = '`+acme+`'; SELECT 'x' AS `+atkEscaped(alias))
+	t.Logf("fake alias after the pin: %d results, err %v", len(res), err)
+	if err != nil || len(res) != 2 || string(res[0].CommandTag.String()) != "SET" || len(res[1].Rows) != 1 || string(res[1].Rows[0][0]) != "x" {
+		t.Errorf("a statement answering under the pin's alias after the pin: %v %v, want SET then the client's row x", res, err)
+	}
 	res, err = atkExec(t, conn, `select pgcloak.current_tenant()`)
 	if err == nil {
 		t.Logf("current_tenant after: %s", res[0].Rows[0][0])
