@@ -177,6 +177,10 @@ func (s *session) parsePlain(m *pgproto3.Parse, text string) error {
 			delete(s.statements, "")
 		} else if old := s.statements[m.Name]; old != nil && !old.failed.Load() {
 			return s.refuseExtended(&clientError{code: pgerrcode.DuplicatePreparedStatement, msg: fmt.Sprintf("prepared statement %q already exists", m.Name)})
+		} else if old != nil {
+			// PostgreSQL rejected or skipped the rewritten Parse: the name
+			// is free there, and is now this plain statement's.
+			delete(s.statements, m.Name)
 		}
 	}
 	if s.decrypts {
