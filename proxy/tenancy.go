@@ -148,13 +148,22 @@ func (s *session) pinArgs(mac string) [][]byte {
 	return [][]byte{[]byte(s.tenant), []byte(s.proof), []byte(mac), []byte(s.decl.tenancyCfg.Setting), []byte(keystore.ProofSetting)}
 }
 
-// sendInternal sends one statement of the proxy's own upstream as an
-// unnamed statement closed after its Sync, and flushes it.
+// internalStatement is the upstream name of the proxy's own statements.
+// Never the unnamed statement: when the Execute fails (a read-only
+// transaction, a timeout), PostgreSQL skips the Close after it, and a
+// client's Bind of "" could then run a pin statement with values of its
+// own choosing (pin_next() accepts any MAC while its text is pgcloak's).
+// Clients cannot name a reserved statement.
+const internalStatement = reservedPrefix + "i"
+
+// sendInternal sends one statement of the proxy's own upstream, under
+// internalStatement (closed before and after), and flushes it.
 func (s *session) sendInternal(sql string, params [][]byte) error {
-	s.upstreamOut.send(&pgproto3.Parse{Query: sql})
-	s.upstreamOut.send(&pgproto3.Bind{Parameters: params})
+	s.upstreamOut.send(&pgproto3.Close{ObjectType: 'S', Name: internalStatement})
+	s.upstreamOut.send(&pgproto3.Parse{Name: internalStatement, Query: sql})
+	s.upstreamOut.send(&pgproto3.Bind{PreparedStatement: internalStatement, Parameters: params})
 	s.upstreamOut.send(&pgproto3.Execute{})
-	s.upstreamOut.send(&pgproto3.Close{ObjectType: 'S'})
+	s.upstreamOut.send(&pgproto3.Close{ObjectType: 'S', Name: internalStatement})
 	s.upstreamOut.send(&pgproto3.Sync{})
 	return s.upstreamOut.flush()
 }

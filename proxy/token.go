@@ -126,9 +126,14 @@ func tokenQuery(sql string) ([]queryPiece, error) {
 	var pieces []queryPiece
 	var run []string
 	checked := 0 // statements of run known to run no code
+	local, ended := false, false
 	for _, text := range stmts {
+		if ended {
+			return nil, errAfterLocalEnd
+		}
 		if !containsFold(text, "tenant_token") {
 			run = append(run, text)
+			ended = local && mayEndTransaction(text)
 			continue
 		}
 		ts, err := parseTokenStatement(text)
@@ -149,11 +154,63 @@ func tokenQuery(sql string) ([]queryPiece, error) {
 			run = nil
 		}
 		pieces = append(pieces, queryPiece{token: ts})
+		local = local || (ts.local && ts.form != tokenReset)
 	}
 	if len(run) > 0 {
 		pieces = append(pieces, queryPiece{text: strings.Join(run, ";\n")})
 	}
 	return pieces, nil
+}
+
+// errAfterLocalEnd refuses a simple Query in which a statement follows the
+// end of a transaction that a local token pinned. Every transaction a
+// Query starts has the same start time, which a local pin's proof names:
+// in a later transaction of the same Query, SQL pgcloak cannot read (a
+// function) could set the ended pin's settings again and PostgreSQL would
+// take them, while pgcloak holds the local token ended.
+var errAfterLocalEnd = &clientError{code: pgerrcode.FeatureNotSupported,
+	msg: "in one query, nothing may follow the end of a transaction that set a local tenant token (COMMIT, ROLLBACK, END, PREPARE TRANSACTION, CALL): send the rest in a query of its own"}
+
+// mayEndTransaction reports whether a statement may end the transaction
+// it runs in: COMMIT, END, ROLLBACK (not ROLLBACK TO), ABORT, PREPARE
+// TRANSACTION (with or without AND CHAIN), a CALL, whose procedure may
+// commit, and a DO block. The common statements that cannot are known by
+// their first word; any other text is parsed, and one pg_query cannot
+// parse alone counts as ending it.
+func mayEndTransaction(text string) bool {
+	switch strings.ToLower(firstWord(text)) {
+	case "select", "insert", "update", "delete", "with", "values", "table", "set", "reset", "show",
+		"savepoint", "release", "begin", "start", "declare", "fetch", "move", "close", "lock":
+		return false
+	}
+	res, err := pg_query.Parse(text)
+	if err != nil || len(res.Stmts) != 1 {
+		return true
+	}
+	switch n := res.Stmts[0].Stmt.Node.(type) {
+	case *pg_query.Node_TransactionStmt:
+		switch n.TransactionStmt.Kind {
+		case pg_query.TransactionStmtKind_TRANS_STMT_COMMIT, pg_query.TransactionStmtKind_TRANS_STMT_ROLLBACK,
+			pg_query.TransactionStmtKind_TRANS_STMT_PREPARE:
+			return true
+		}
+	case *pg_query.Node_CallStmt, *pg_query.Node_DoStmt:
+		return true
+	}
+	return false
+}
+
+// firstWord returns the letters that start text after white space.
+func firstWord(text string) string {
+	text = strings.TrimLeft(text, " \t\r\n\f")
+	i := 0
+	for i < len(text) && (text[i]|0x20 >= 'a' && text[i]|0x20 <= 'z') {
+		i++
+	}
+	if i == 0 && len(text) > 0 {
+		return text[:1]
+	}
+	return text[:i]
 }
 
 // errCodeBeforeToken refuses a simple Query in which a statement that may
@@ -1226,6 +1283,13 @@ func (s *session) parseToken(m *pgproto3.Parse) error {
 	if m.Name != "" {
 		s.stmtSeq++
 		ps.upstream = reservedPrefix + "s" + strconv.FormatUint(s.stmtSeq, 10)
+	} else {
+		// Never upstream's "": a pin statement that PostgreSQL still held
+		// after the proxy forgot it (a Close skipped after an error)
+		// would take a client's Bind of "" with values of its choosing.
+		ps.upstream = unnamedUpstream
+		s.pending.push(&pending{kind: pendClose, name: ps.upstream, target: 'S', own: true})
+		s.upstreamOut.send(&pgproto3.Close{ObjectType: 'S', Name: ps.upstream})
 	}
 	s.statements[m.Name] = ps
 	s.newGeneration(m.Name)
