@@ -166,3 +166,36 @@ func TestDesyncReviewLocalPinSurvivesCommitInSameQuery(t *testing.T) {
 		}
 	}
 }
+
+// COMMIT AND CHAIN (or END AND CHAIN) as the last statement of a local
+// token's query (fourth review): refusing statements after the end was not
+// enough, since
+// the chained transaction outlives the query, and it started in the same
+// Query message, so transaction_timestamp() is the pinned transaction's
+// and the local proof is good in it. The next query sets the settings
+// again through a DBA's function (public.run, as in
+// TestDesyncReviewLocalPinSurvivesCommitInSameQuery), with the proof read
+// from pg_stat_activity: PostgreSQL holds acme, pgcloak (which saw the
+// COMMIT tag) holds the session to have no tenant.
+func TestDesyncReviewCommitAndChainLocalPin(t *testing.T) {
+	env := startTokenEnv(t)
+	atkSeed(t, env)
+	drRun(t, env)
+	for _, end := range []string{"COMMIT AND CHAIN", "END AND CHAIN"} {
+		conn := atkRaw(t, env)
+		spy := atkRaw(t, env)
+		_, err := atkExec(t, conn, `BEGIN; SET LOCAL pgcloak.tenant_token = '`+mintToken(t, "acme", time.Hour)+`'; `+end)
+		t.Logf("%s: %v", end, err)
+		if pgCode(err) == "0A000" {
+			continue
+		}
+		t.Errorf("a local token's query ending %s: %v, want 0A000", end, err)
+		pin := rvSpyPin(t, spy, conn)
+		set := `select pg_catalog.set_config('app.tenant_id', '` + pin[0] + `', true), pg_catalog.set_config('pgcloak.tenant_proof', '` +
+			pin[1] + `' || ':' || (extract(epoch FROM transaction_timestamp()) * 1000000)::bigint::text, true)`
+		_, err = atkExec(t, conn, `SELECT public.run(`+rvQuoteChunks(set)+`)`)
+		t.Logf("run: %v", err)
+		rvSeesNothing(t, conn, "set a local pin's settings again in the transaction chained by its query's "+end)
+		atkExec(t, conn, `ROLLBACK`)
+	}
+}

@@ -133,7 +133,12 @@ func tokenQuery(sql string) ([]queryPiece, error) {
 		}
 		if !containsFold(text, "tenant_token") {
 			run = append(run, text)
-			ended = local && mayEndTransaction(text)
+			if local {
+				var chains bool
+				if ended, chains = mayEndTransaction(text); chains {
+					return nil, errAfterLocalEnd
+				}
+			}
 			continue
 		}
 		ts, err := parseTokenStatement(text)
@@ -163,41 +168,45 @@ func tokenQuery(sql string) ([]queryPiece, error) {
 }
 
 // errAfterLocalEnd refuses a simple Query in which a statement follows the
-// end of a transaction that a local token pinned. Every transaction a
+// end of a transaction that a local token pinned, or that ends it AND
+// CHAIN. Every transaction a
 // Query starts has the same start time, which a local pin's proof names:
 // in a later transaction of the same Query, SQL pgcloak cannot read (a
 // function) could set the ended pin's settings again and PostgreSQL would
 // take them, while pgcloak holds the local token ended.
 var errAfterLocalEnd = &clientError{code: pgerrcode.FeatureNotSupported,
-	msg: "in one query, nothing may follow the end of a transaction that set a local tenant token (COMMIT, ROLLBACK, END, PREPARE TRANSACTION, CALL): send the rest in a query of its own"}
+	msg: "in one query, nothing may follow the end of a transaction that set a local tenant token (COMMIT, ROLLBACK, END, PREPARE TRANSACTION, CALL), and it may not end AND CHAIN: send the rest in a query of its own"}
 
 // mayEndTransaction reports whether a statement may end the transaction
 // it runs in: COMMIT, END, ROLLBACK (not ROLLBACK TO), ABORT, PREPARE
-// TRANSACTION (with or without AND CHAIN), a CALL, whose procedure may
-// commit, and a DO block. The common statements that cannot are known by
-// their first word; any other text is parsed, and one pg_query cannot
-// parse alone counts as ending it.
-func mayEndTransaction(text string) bool {
+// TRANSACTION, a CALL, whose procedure may commit, and a DO block; and
+// whether it starts the next one at once (AND CHAIN), which then has the
+// ended one's start time for as long as it lasts, past this query. The
+// common statements that end nothing are known by their first word; any
+// other text is parsed, and one pg_query cannot parse alone counts as
+// ending and chaining.
+func mayEndTransaction(text string) (ends, chains bool) {
 	switch strings.ToLower(firstWord(text)) {
 	case "select", "insert", "update", "delete", "with", "values", "table", "set", "reset", "show",
 		"savepoint", "release", "begin", "start", "declare", "fetch", "move", "close", "lock":
-		return false
+		return false, false
 	}
 	res, err := pg_query.Parse(text)
 	if err != nil || len(res.Stmts) != 1 {
-		return true
+		return true, true
 	}
 	switch n := res.Stmts[0].Stmt.Node.(type) {
 	case *pg_query.Node_TransactionStmt:
 		switch n.TransactionStmt.Kind {
-		case pg_query.TransactionStmtKind_TRANS_STMT_COMMIT, pg_query.TransactionStmtKind_TRANS_STMT_ROLLBACK,
-			pg_query.TransactionStmtKind_TRANS_STMT_PREPARE:
-			return true
+		case pg_query.TransactionStmtKind_TRANS_STMT_COMMIT, pg_query.TransactionStmtKind_TRANS_STMT_ROLLBACK:
+			return true, n.TransactionStmt.Chain
+		case pg_query.TransactionStmtKind_TRANS_STMT_PREPARE:
+			return true, false
 		}
 	case *pg_query.Node_CallStmt, *pg_query.Node_DoStmt:
-		return true
+		return true, false
 	}
-	return false
+	return false, false
 }
 
 // firstWord returns the letters that start text after white space.
