@@ -169,10 +169,9 @@ func TestDesyncReviewLocalPinSurvivesCommitInSameQuery(t *testing.T) {
 
 // COMMIT AND CHAIN (or END AND CHAIN) as the last statement of a local
 // token's query (fourth review): refusing statements after the end was not
-// enough, since
-// the chained transaction outlives the query, and it started in the same
-// Query message, so transaction_timestamp() is the pinned transaction's
-// and the local proof is good in it. The next query sets the settings
+// enough, since the chained transaction outlives the query, and it started
+// in the same Query message, so transaction_timestamp() is the pinned
+// transaction's and the local proof is good in it. The next query sets the settings
 // again through a DBA's function (public.run, as in
 // TestDesyncReviewLocalPinSurvivesCommitInSameQuery), with the proof read
 // from pg_stat_activity: PostgreSQL holds acme, pgcloak (which saw the
