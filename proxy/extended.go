@@ -292,6 +292,9 @@ func (s *session) handleExecute(m *pgproto3.Execute) error {
 	if t, ok := s.boundFor[m.Portal]; ok && t != s.tenant {
 		return s.refuseExtended(errBoundElsewhere)
 	}
+	if s.tokens && (m.MaxRows > 0 || s.shapes.portals[m.Portal].redefines) {
+		s.tok.ranRound = s.upstreamOut.syncs + 1 // it may leave rows to read on
+	}
 	if s.unshaped[m.Portal] || !s.shapes.fresh(m.Portal) {
 		delete(s.unshaped, m.Portal)
 		s.shapes.described(m.Portal)

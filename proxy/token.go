@@ -378,6 +378,10 @@ func boolConst(n *pg_query.Node) (bool, bool) {
 
 // tokenState is the client goroutine's side of a token session.
 type tokenState struct {
+	// ranRound is the round (upstreamOut.syncs+1) in which the client
+	// goroutine last sent an Execute that may leave rows to read on: with
+	// a row limit, or of a text that names DECLARE.
+	ranRound  int64
 	alias     string // the column name of the proxy's pin statements
 	challenge int64  // the session's challenge (pgcloak.pin_challenge())
 	n         int64  // the last pin number used
@@ -442,6 +446,9 @@ type tokenUpstream struct {
 	// execPending: a token statement's portal is bound and its rows may
 	// come (upstream goroutine).
 	execPending bool
+	// ran: the open transaction may hold rows to read on (upstream
+	// goroutine; a token switch is then refused, see errSwitchAfterRun).
+	ran bool
 }
 
 // tokenPin is one token statement on its way: what the client is answered
@@ -641,6 +648,19 @@ func (s *session) tokenQuery(q *pgproto3.Query) error {
 	if err != nil {
 		s.track(q)
 		return s.refuse(err)
+	}
+	for _, p := range pieces {
+		if p.token == nil {
+			continue
+		}
+		if err := s.switchAllowed(); err != nil {
+			if err == errLoopWouldWait || err == errDone {
+				return err
+			}
+			s.track(q)
+			return s.refuse(err)
+		}
+		break
 	}
 	if len(pieces) == 1 && pieces[0].token != nil && pieces[0].token.form == tokenSet && pieces[0].token.local && s.idle() {
 		// Outside a transaction block SET LOCAL has no effect, and
@@ -888,6 +908,7 @@ func (s *session) tokenResponse(msg pgproto3.BackendMessage) (pgproto3.BackendMe
 	case *pgproto3.CommandComplete:
 		if u.cur == nil {
 			s.noteTransactionTag(m.CommandTag)
+			s.noteRan(m.CommandTag)
 			return msg, nil
 		}
 		pin := u.cur
@@ -900,9 +921,16 @@ func (s *session) tokenResponse(msg pgproto3.BackendMessage) (pgproto3.BackendMe
 	case *pgproto3.ErrorResponse:
 		u.cur = nil
 		u.failed = true
+	case *pgproto3.PortalSuspended:
+		u.mu.Lock()
+		u.ran = true
+		u.mu.Unlock()
 	case *pgproto3.ReadyForQuery:
 		u.mu.Lock()
 		u.answered++
+		if m.TxStatus == 'I' {
+			u.ran = false
+		}
 		if m.TxStatus == 'I' {
 			// A block open before this round ended without a COMMIT tag
 			// (that would have settled it): rolled back. Otherwise an
@@ -1011,6 +1039,68 @@ func (s *session) tokenAnswer(msg pgproto3.BackendMessage) (pgproto3.BackendMess
 }
 
 // noteTransactionTag follows COMMIT and ROLLBACK inside a round.
+// noteRan follows, from the command tags of the client's statements,
+// whether the open transaction holds rows it read under its tenant that a
+// later statement can still read: a cursor (DECLARE CURSOR) or a table
+// made in it (CREATE TABLE: a temporary ON COMMIT DROP table, filled
+// after). A suspended portal is followed in tokenResponse. A COMMIT (also
+// AND CHAIN) starts afresh; ReadyForQuery says when a transaction ended.
+func (s *session) noteRan(tag []byte) {
+	u := &s.tokUp
+	switch string(tag) {
+	case "COMMIT":
+		u.mu.Lock()
+		u.ran = false
+		u.mu.Unlock()
+	case "DECLARE CURSOR", "CREATE TABLE":
+		u.mu.Lock()
+		u.ran = true
+		u.mu.Unlock()
+	}
+}
+
+// errSwitchAfterRun refuses a token statement in a transaction that may
+// hold rows read under the tenant of that moment, to be read on after the
+// switch under the new one: an open cursor, a suspended portal, a table
+// made in the transaction.
+var errSwitchAfterRun = &clientError{code: pgerrcode.FeatureNotSupported,
+	msg: "a tenant token cannot switch the tenant of a transaction that has opened a cursor, left a portal suspended or made a table: end the transaction first"}
+
+// switchAllowed reports whether a token statement may switch the tenant
+// now: the open transaction holds no rows of its tenant to read on (after
+// every earlier round is answered, as the upstream goroutine saw it; in
+// this round, as the client goroutine sent it). On the relay loop
+// it gives up (errLoopWouldWait) rather than wait.
+func (s *session) switchAllowed() error {
+	if s.tok.ranRound == s.upstreamOut.syncs+1 {
+		return errSwitchAfterRun
+	}
+	u := &s.tokUp
+	if s.onLoop {
+		u.mu.Lock()
+		wait := u.answered < s.upstreamOut.syncs
+		u.mu.Unlock()
+		if wait {
+			return errLoopWouldWait
+		}
+	} else if err := s.upstreamOut.flush(); err != nil {
+		return fmt.Errorf("upstream write: %w", err)
+	}
+	u.mu.Lock()
+	for u.answered < s.upstreamOut.syncs && !s.closed.Load() {
+		u.cond.Wait()
+	}
+	ran := u.ran
+	u.mu.Unlock()
+	if s.closed.Load() {
+		return errDone
+	}
+	if ran {
+		return errSwitchAfterRun
+	}
+	return nil
+}
+
 func (s *session) noteTransactionTag(tag []byte) {
 	// ROLLBACK is also the tag of ROLLBACK TO SAVEPOINT, which ends no
 	// transaction: only ReadyForQuery's status says a block ended.
@@ -1322,6 +1412,12 @@ func (s *session) bindToken(m *pgproto3.Bind, ps *preparedStatement) error {
 	if len(m.Parameters) != ps.nparams {
 		return s.refuseExtended(&clientError{code: pgerrcode.ProtocolViolation,
 			msg: fmt.Sprintf("bind message supplies %d parameters, but prepared statement %q requires %d", len(m.Parameters), m.PreparedStatement, ps.nparams)})
+	}
+	if err := s.switchAllowed(); err != nil {
+		if err == errLoopWouldWait || err == errDone {
+			return err
+		}
+		return s.refuseExtended(err)
 	}
 	ts := ps.token
 	raw := ts.token
