@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/pgcloak/pgcloak/config"
 	"github.com/pgcloak/pgcloak/crypto"
@@ -169,6 +171,13 @@ func (c *catalog) lookup(ctx context.Context, o columnOrigin) (declaredField, bo
 		SELECT n.nspname || '.' || c.relname
 		FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 		WHERE c.oid = $1`, o.table).Scan(&qual)
+	if errors.Is(err, pgx.ErrNoRows) {
+		// A table the session made in a transaction not yet committed
+		// (a temporary table, say): invisible to the catalog's own
+		// connection, and not a declared table, which exists. Not
+		// remembered: the OID may name another table later.
+		return declaredField{}, false, nil
+	}
 	if err != nil {
 		return declaredField{}, false, fmt.Errorf("catalog: table oid %d: %w", o.table, err)
 	}

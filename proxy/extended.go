@@ -293,7 +293,10 @@ func (s *session) handleExecute(m *pgproto3.Execute) error {
 		return s.refuseExtended(errBoundElsewhere)
 	}
 	if s.tokens && (m.MaxRows > 0 || s.shapes.portals[m.Portal].redefines) {
-		s.tok.ranRound = s.upstreamOut.syncs + 1 // it may leave rows to read on
+		// It may leave rows to read on: a token statement later in this
+		// round is refused, and one in a later round waits for its answer.
+		s.tok.ranRound = s.upstreamOut.syncs + 1
+		s.tok.holdRound = s.tok.ranRound
 	}
 	if s.unshaped[m.Portal] || !s.shapes.fresh(m.Portal) {
 		delete(s.unshaped, m.Portal)

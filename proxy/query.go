@@ -93,6 +93,9 @@ func (s *session) handleQuery(q *pgproto3.Query) error {
 		s.track(q)
 		return s.refuse(tokensNotAllowed())
 	}
+	if s.tokens && mayHoldRows(q.String) {
+		s.tok.holdRound = s.upstreamOut.syncs + 1
+	}
 	if text, err := s.catalogView(q.String); err != nil {
 		s.track(q)
 		return s.refuse(err)

@@ -380,7 +380,9 @@ func boolConst(n *pg_query.Node) (bool, bool) {
 type tokenState struct {
 	// ranRound is the round (upstreamOut.syncs+1) in which the client
 	// goroutine last sent an Execute that may leave rows to read on: with
-	// a row limit, or of a text that names DECLARE.
+	// a row limit, or of a text that names DECLARE. holdRound is the last
+	// round that sent one or a Query that may (mayHoldRows).
+	holdRound int64
 	ranRound  int64
 	alias     string // the column name of the proxy's pin statements
 	challenge int64  // the session's challenge (pgcloak.pin_challenge())
@@ -1059,6 +1061,11 @@ func (s *session) noteRan(tag []byte) {
 	}
 }
 
+// mayHoldRows reports whether a simple Query's text may leave rows to
+// read on in its transaction: it names DECLARE (a cursor) or CREATE (a
+// table).
+func mayHoldRows(sql string) bool { return containsFold(sql, "declare") || containsFold(sql, "create") }
+
 // errSwitchAfterRun refuses a token statement in a transaction that may
 // hold rows read under the tenant of that moment, to be read on after the
 // switch under the new one: an open cursor, a suspended portal, a table
@@ -1075,19 +1082,23 @@ func (s *session) switchAllowed() error {
 	if s.tok.ranRound == s.upstreamOut.syncs+1 {
 		return errSwitchAfterRun
 	}
+	// Wait only for the answer to a round that may have left rows, so
+	// that its tag is seen; waiting for every round would hang a session
+	// whose count of answers a skipped message put out of step.
 	u := &s.tokUp
-	if s.onLoop {
-		u.mu.Lock()
-		wait := u.answered < s.upstreamOut.syncs
-		u.mu.Unlock()
-		if wait {
-			return errLoopWouldWait
+	u.mu.Lock()
+	wait := u.answered < s.tok.holdRound
+	u.mu.Unlock()
+	if wait && s.onLoop {
+		return errLoopWouldWait
+	}
+	if wait {
+		if err := s.upstreamOut.flush(); err != nil {
+			return fmt.Errorf("upstream write: %w", err)
 		}
-	} else if err := s.upstreamOut.flush(); err != nil {
-		return fmt.Errorf("upstream write: %w", err)
 	}
 	u.mu.Lock()
-	for u.answered < s.upstreamOut.syncs && !s.closed.Load() {
+	for u.answered < s.tok.holdRound && !s.closed.Load() {
 		u.cond.Wait()
 	}
 	ran := u.ran
