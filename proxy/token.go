@@ -609,6 +609,16 @@ func (s *session) askTenant() error {
 	t, u := &s.tok, &s.tokUp
 	switch truth := string(got); {
 	case truth == "":
+		// No verified tenant: drop the pin too. A ROLLBACK does not undo
+		// the marker (a sequence), so settings that SQL pgcloak cannot
+		// read set again would verify the rolled-back pin once more.
+		_, code, err := s.callInternal(keystore.ClearStatement(t.quotedAlias()), []byte(s.decl.tenancyCfg.Setting), []byte(keystore.ProofSetting))
+		if err != nil {
+			return err
+		}
+		if code != "" {
+			return fmt.Errorf("clearing the tenant after a rolled-back token failed upstream with SQLSTATE %s", code)
+		}
 		s.tenant, t.session, t.proof = "", "", ""
 	case truth == t.session:
 	case truth == t.prevSession:
