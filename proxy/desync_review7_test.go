@@ -67,4 +67,3 @@ func TestDesyncReview7ResetRolledBackRestored(t *testing.T) {
 		t.Errorf("PostgreSQL holds %s while pgcloak holds no tenant (ssn refused: %v)", ct2, err)
 	}
 }
-

@@ -70,11 +70,6 @@ func s6First(res []*pgconn.Result) string {
 	return b.String()
 }
 
-
-
-
-
-
 // The switch pipelined behind a DECLARE in a Query of its own, in the same
 // write (the token Bind reaches the client goroutine before the upstream
 // goroutine has seen DECLARE CURSOR).
