@@ -18,12 +18,7 @@ import (
 func TestPinReplayThroughDBAFunction(t *testing.T) {
 	env := startTokenEnv(t)
 	atkSeed(t, env)
-	for _, sql := range []string{
-		`CREATE FUNCTION public.run(q text) RETURNS void LANGUAGE plpgsql AS $$ BEGIN EXECUTE q; END $$`,
-		`GRANT EXECUTE ON FUNCTION public.run(text) TO ` + poolRole,
-	} {
-		fatalIf(t, env.pg.Exec(ctxT(t), env.db, sql), "%s", sql)
-	}
+	drRun(t, env) // a DBA's function that runs any text
 	victim, pin := rvUnexecutedPin(t, env)
 	call := fmt.Sprintf(`pgcloak.pin_next('%s', '%s', %s, %s, %s, '%s')`, pin[0], pin[1], pin[2], pin[3], pin[4], pin[5])
 	set := `SELECT pg_catalog.set_config('app.tenant_id', '` + pin[0] + `', false), pg_catalog.set_config('pgcloak.tenant_proof', ` + call + `, false)`
@@ -89,12 +84,7 @@ func TestPinWordRefused(t *testing.T) {
 func TestTokenCodeBeforeTokenRefused(t *testing.T) {
 	env := startTokenEnv(t)
 	atkSeed(t, env)
-	for _, sql := range []string{
-		`CREATE FUNCTION public.run(q text) RETURNS void LANGUAGE plpgsql AS $$ BEGIN EXECUTE q; END $$`,
-		`GRANT EXECUTE ON FUNCTION public.run(text) TO ` + poolRole,
-	} {
-		fatalIf(t, env.pg.Exec(ctxT(t), env.db, sql), "%s", sql)
-	}
+	drRun(t, env) // a DBA's function that runs any text
 	conn := atkRaw(t, env)
 	tok := mintToken(t, "acme", time.Hour)
 	runPin := `SELECT public.run(substring(pg_catalog.current_query() from ` + rvQuoteChunks(`\*/ (SELECT pg_catalog[.]textcat[(].*[)]) AS "`) + `))`
