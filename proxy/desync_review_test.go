@@ -12,6 +12,9 @@ import (
 // Adversarial review of 2026-12-08 (desyncs between pgcloak's tenant and
 // PostgreSQL's), kept as tests: each failed before its fix.
 
+// drRun creates public.run(q text), a function a DBA made that EXECUTEs
+// any text it is given, which the pool role may call: SQL pgcloak cannot
+// read into.
 func drRun(t *testing.T, env *encryptedEnv) {
 	t.Helper()
 	for _, sql := range []string{
