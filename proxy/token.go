@@ -1266,6 +1266,30 @@ func (s *session) beforeTokenMessage() error {
 		return fmt.Errorf("token session: pgcloak.pin_challenge() returned %q", c)
 	}
 	r.pending = false
+	u := &s.tokUp
+	u.mu.Lock()
+	local := u.hasLocal
+	u.mu.Unlock()
+	if local {
+		// A local token's transaction: whatever RESET or DISCARD left, the
+		// session's or the login's tenant is not this transaction's, so
+		// PostgreSQL gets none until it ends (pgcloak keeps the local
+		// token: its rows disappear, which fails closed), and the session
+		// token is pinned again after (settleTenant).
+		_, code, err := s.callInternal(keystore.ClearStatement(s.tok.quotedAlias()), []byte(s.decl.tenancyCfg.Setting), []byte(keystore.ProofSetting))
+		if err != nil {
+			return err
+		}
+		if code == pgerrcode.InFailedSQLTransaction {
+			r.pending = true // again after the client's next round
+			return nil
+		}
+		if code != "" {
+			return fmt.Errorf("clearing the tenant after RESET or DISCARD failed upstream with SQLSTATE %s", code)
+		}
+		s.tok.markerMoved = true
+		return nil
+	}
 	setting, code, err := s.callInternal("SELECT pg_catalog.current_setting($1, true)", []byte(s.decl.tenancyCfg.Setting))
 	if err != nil {
 		return err
