@@ -3,6 +3,8 @@ package proxy
 import (
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Seventh review of 2026-12-08, kept as tests: each fails when pgcloak holds
@@ -28,10 +30,7 @@ func TestDesyncReview7RolledBackSessionPinRestored(t *testing.T) {
 	fatalIf(t, err, "rollback")
 	ct, names := rvSees(t, conn)
 	t.Logf("after ROLLBACK: current_tenant %s names %v", ct, names)
-	set := `select pg_catalog.set_config('app.tenant_id', '` + pin[0] + `', false), pg_catalog.set_config('pgcloak.tenant_proof', '` +
-		pin[1] + `', false)`
-	_, err = atkExec(t, conn, `SELECT public.run(`+rvQuoteChunks(set)+`)`)
-	t.Logf("run: %v", err)
+	d7SetAgain(t, conn, pin)
 	rvSeesNothing(t, conn, "set a rolled-back session pin's settings again through run()")
 }
 
@@ -54,10 +53,7 @@ func TestDesyncReview7ResetRolledBackRestored(t *testing.T) {
 	fatalIf(t, err, "rollback")
 	ct, names := rvSees(t, conn)
 	t.Logf("after ROLLBACK: current_tenant %s names %v", ct, names)
-	set := `select pg_catalog.set_config('app.tenant_id', '` + pin[0] + `', false), pg_catalog.set_config('pgcloak.tenant_proof', '` +
-		pin[1] + `', false)`
-	_, err = atkExec(t, conn, `SELECT public.run(`+rvQuoteChunks(set)+`)`)
-	t.Logf("run: %v", err)
+	d7SetAgain(t, conn, pin)
 	ct2, names2 := rvSees(t, conn)
 	t.Logf("after run: current_tenant %s names %v", ct2, names2)
 	// pgcloak's tenant: does it decrypt ssn?
@@ -66,4 +62,14 @@ func TestDesyncReview7ResetRolledBackRestored(t *testing.T) {
 	if ct2 != "<null>" && err != nil {
 		t.Errorf("PostgreSQL holds %s while pgcloak holds no tenant (ssn refused: %v)", ct2, err)
 	}
+}
+
+// d7SetAgain sets the tenant setting and the proof of pin (read from
+// pg_stat_activity) again at session level, through the DBA's run().
+func d7SetAgain(t *testing.T, conn *pgconn.PgConn, pin []string) {
+	t.Helper()
+	set := `select pg_catalog.set_config('app.tenant_id', '` + pin[0] + `', false), pg_catalog.set_config('pgcloak.tenant_proof', '` +
+		pin[1] + `', false)`
+	_, err := atkExec(t, conn, `SELECT public.run(`+rvQuoteChunks(set)+`)`)
+	t.Logf("run: %v", err)
 }

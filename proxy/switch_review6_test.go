@@ -147,81 +147,49 @@ func s6ReadUntil(conn *pgconn.PgConn, n int, d time.Duration) (errs []string, ti
 	return errs, false
 }
 
-// A large-object FunctionCall inside an extended round after an error:
-// PostgreSQL skips it (no ReadyForQuery), and the next token statement
-// waits in switchAllowed for an answer that never comes.
-func TestSwitchReview6FunctionCallAfterErrorThenToken(t *testing.T) {
-	env := startTokenEnv(t)
-	atkSeed(t, env)
-	conn := atkRaw(t, env)
-	globex := mintToken(t, "globex", time.Hour)
-	fe := conn.Frontend()
-	fe.Send(&pgproto3.Parse{Query: `SELECT 1/0 FROM nosuchtable_zz`})
-	fe.Send(&pgproto3.FunctionCall{Function: 957, ArgFormatCodes: []uint16{1}, Arguments: [][]byte{{0, 0, 0x2, 0}}, ResultFormatCode: 1}) // lo_creat(mode)
-	fe.Send(&pgproto3.Sync{})
-	fatalIf(t, fe.Flush(), "flush")
-	errs, to := s6ReadUntil(conn, 1, 10*time.Second)
-	t.Logf("errored round: %v timed out %v", errs, to)
-	fe.Send(&pgproto3.Query{String: `SET pgcloak.tenant_token = '` + globex + `'`})
-	fatalIf(t, fe.Flush(), "flush")
-	errs, to = s6ReadUntil(conn, 1, 10*time.Second)
-	t.Logf("token after: %v timed out %v", errs, to)
-	if to {
-		t.Errorf("the session hangs at a token statement after a FunctionCall in an errored extended round")
-	}
-}
-
-// As above, but a plain statement first: does the session go on until the
-// token statement?
-func TestSwitchReview6FunctionCallAfterErrorPlainThenToken(t *testing.T) {
-	env := startTokenEnv(t)
-	atkSeed(t, env)
-	conn := atkRaw(t, env)
-	globex := mintToken(t, "globex", time.Hour)
-	fe := conn.Frontend()
-	fe.Send(&pgproto3.Parse{Query: `SELECT 1/0 FROM nosuchtable_zz`})
-	fe.Send(&pgproto3.FunctionCall{Function: 957, ArgFormatCodes: []uint16{1}, Arguments: [][]byte{{0, 0, 0x2, 0}}, ResultFormatCode: 1})
-	fe.Send(&pgproto3.Sync{})
-	fatalIf(t, fe.Flush(), "flush")
-	errs, to := s6ReadUntil(conn, 1, 10*time.Second)
-	t.Logf("errored round: %v timed out %v", errs, to)
-	fe.Send(&pgproto3.Query{String: `SELECT 1`})
-	fatalIf(t, fe.Flush(), "flush")
-	errs, to = s6ReadUntil(conn, 1, 10*time.Second)
-	t.Logf("plain SELECT after: %v timed out %v", errs, to)
-	if to {
-		t.Errorf("the session hangs at a plain statement after a FunctionCall in an errored extended round")
-		return
-	}
-	fe.Send(&pgproto3.Query{String: `BEGIN; SET LOCAL pgcloak.tenant_token = '` + globex + `'; SELECT name FROM patients; COMMIT`})
-	fatalIf(t, fe.Flush(), "flush")
-	errs, to = s6ReadUntil(conn, 1, 10*time.Second)
-	t.Logf("token after: %v timed out %v", errs, to)
-	if to {
-		t.Errorf("the session hangs at a token statement after a FunctionCall in an errored extended round")
-	}
-}
-
-// The documented variant: a simple Query inside an errored extended round,
-// then a token statement in a round of its own.
-func TestSwitchReview6QueryAfterErrorThenToken(t *testing.T) {
-	env := startTokenEnv(t)
-	atkSeed(t, env)
-	conn := atkRaw(t, env)
-	globex := mintToken(t, "globex", time.Hour)
-	fe := conn.Frontend()
-	fe.Send(&pgproto3.Parse{Query: `SELECT 1/0 FROM nosuchtable_zz`})
-	fe.Send(&pgproto3.Query{String: `SELECT 1`})
-	fe.Send(&pgproto3.Sync{})
-	fatalIf(t, fe.Flush(), "flush")
-	errs, to := s6ReadUntil(conn, 1, 10*time.Second)
-	t.Logf("errored round: %v timed out %v", errs, to)
-	fe.Send(&pgproto3.Query{String: `SET pgcloak.tenant_token = '` + globex + `'`})
-	fatalIf(t, fe.Flush(), "flush")
-	errs, to = s6ReadUntil(conn, 1, 10*time.Second)
-	t.Logf("token after: %v timed out %v", errs, to)
-	if to {
-		t.Errorf("the session hangs at a token statement after a Query in an errored extended round")
+// A large-object FunctionCall, or a simple Query, inside an extended round
+// after an error: PostgreSQL skips it (no ReadyForQuery for it), and the
+// next token statement waited in switchAllowed for an answer that never
+// came. With a plain statement first, the session goes on as well.
+func TestSwitchReview6SkippedMessageThenToken(t *testing.T) {
+	lo := &pgproto3.FunctionCall{Function: 957, ArgFormatCodes: []uint16{1}, Arguments: [][]byte{{0, 0, 0x2, 0}}, ResultFormatCode: 1} // lo_creat(mode)
+	for _, tc := range []struct {
+		name    string
+		skipped pgproto3.FrontendMessage
+		plain   bool
+	}{
+		{"FunctionCall", lo, false},
+		{"FunctionCall, plain statement first", lo, true},
+		{"Query", &pgproto3.Query{String: `SELECT 1`}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := startTokenEnv(t)
+			atkSeed(t, env)
+			conn := atkRaw(t, env)
+			globex := mintToken(t, "globex", time.Hour)
+			round := func(what string, msgs ...pgproto3.FrontendMessage) bool {
+				fe := conn.Frontend()
+				for _, m := range msgs {
+					fe.Send(m)
+				}
+				fatalIf(t, fe.Flush(), "flush")
+				errs, to := s6ReadUntil(conn, 1, 10*time.Second)
+				t.Logf("%s: %v timed out %v", what, errs, to)
+				if to && what != "errored round" {
+					t.Errorf("the session hangs at %s after a %s in an errored extended round", what, tc.name)
+				}
+				return !to
+			}
+			round("errored round", &pgproto3.Parse{Query: `SELECT 1/0 FROM nosuchtable_zz`}, tc.skipped, &pgproto3.Sync{})
+			token := `SET pgcloak.tenant_token = '` + globex + `'`
+			if tc.plain {
+				if !round("a plain statement", &pgproto3.Query{String: `SELECT 1`}) {
+					return
+				}
+				token = `BEGIN; SET LOCAL pgcloak.tenant_token = '` + globex + `'; SELECT name FROM patients; COMMIT`
+			}
+			round("a token statement", &pgproto3.Query{String: token})
+		})
 	}
 }
 

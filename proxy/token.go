@@ -186,6 +186,10 @@ var errAfterLocalEnd = &clientError{code: pgerrcode.FeatureNotSupported,
 // other text is parsed, and one pg_query cannot parse alone counts as
 // ending and chaining.
 func mayEndTransaction(text string) (ends, chains bool) {
+	switch strings.ToLower(strings.TrimSpace(text)) {
+	case "commit", "end", "rollback", "abort":
+		return true, false // the one-query form's last statement, unparsed
+	}
 	switch strings.ToLower(firstWord(text)) {
 	case "select", "insert", "update", "delete", "with", "values", "table", "set", "reset", "show",
 		"savepoint", "release", "begin", "start", "declare", "fetch", "move", "close", "lock":
