@@ -135,6 +135,15 @@
 //     contains PinWord. (A session that reaches PostgreSQL directly, not
 //     through the proxy, may write the marker, but a MAC names another
 //     backend's challenge.)
+//   - pin_next() moves the marker with setval(), which no error, ROLLBACK
+//     or ROLLBACK TO undoes, so a pin statement cancelled after it (a
+//     pg_cancel_backend() from another session, timed to land there)
+//     leaves the marker moved while its settings roll back, and the
+//     literal pin's text in pg_stat_activity shows its tenant and proof.
+//     The proof pin_next() hashes into the marker and returns (to be set)
+//     therefore ends in a random nonce (gen_random_uuid()) that no text
+//     shows: no settings a client can make match a marker whose statement
+//     failed.
 //
 // RESET ALL restores both settings to their startup values, which are the
 // pinned ones, so the pin survives it. DISCARD ALL and DISCARD SEQUENCES

@@ -128,9 +128,11 @@ BEGIN
     RAISE EXCEPTION 'pgcloak: tenant pin refused' USING ERRCODE = '42501';
   END IF;
   PERFORM setval('pgcloak.pin_counter', n);
-  IF is_local THEN
-    p := proof || ':' || %[4]s;
-  END IF;
+  -- The proof gains the transaction's start (a local pin) and a nonce that
+  -- no text shows: the setval below is not undone when the statement then
+  -- fails (a cancel), and the marker it leaves must match no settings a
+  -- client can make.
+  p := proof || ':' || CASE WHEN is_local THEN %[4]s ELSE '' END || ':' || replace(gen_random_uuid()::text, '-', '');
   PERFORM setval('pgcloak.pin_marker', %[5]s) FROM (SELECT tenant AS t, p AS p) s;
   RETURN p;
 END

@@ -130,3 +130,57 @@ func TestPinNext(t *testing.T) {
 		t.Fatalf("after clearing: %s", got)
 	}
 }
+
+// TestPinNextFailedAfterMarker fails a pin_next() statement after the
+// marker moved (as a cancel timed to land there does; found by review on
+// 2026-12-08): its settings roll back, the marker stays, and the tenant
+// and proof shown in its text, set again by the client, must not verify.
+func TestPinNextFailedAfterMarker(t *testing.T) {
+	db := newPinDB(t)
+	ctx := context.Background()
+	conn := db.app(t, nil)
+	var c int64
+	if err := conn.QueryRow(ctx, ChallengeStatement).Scan(&c); err != nil {
+		t.Fatal(err)
+	}
+	for i, local := range []bool{true, false} {
+		proof, err := NewProof(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := int64(i + 1)
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, `SAVEPOINT s`); err != nil {
+			t.Fatal(err)
+		}
+		// The division is volatile, so it runs after pin_next(), not at plan time.
+		failing := NextStatement(local, "x") + `, 1 / (0 * random()) AS y`
+		_, err = tx.Exec(ctx, failing, "globex", proof, c, n, db.pinner.NextMAC(c, n, local, "globex", proof), testSetting, ProofSetting)
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "22012" {
+			t.Fatalf("local %v: the failing pin: %v, want 22012", local, err)
+		}
+		if _, err := tx.Exec(ctx, `ROLLBACK TO s`); err != nil {
+			t.Fatal(err)
+		}
+		var start string
+		if err := tx.QueryRow(ctx, `SELECT `+txStartExpr).Scan(&start); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range []string{proof, proof + ":" + start, proof + ":", proof + "::", proof + ":" + start + ":"} {
+			var got *string
+			err := tx.QueryRow(ctx, `SELECT set_config($1, 'globex', true), set_config('pgcloak.tenant_proof', $2, true), pgcloak.current_tenant()`,
+				testSetting, p).Scan(new(string), new(string), &got)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != nil {
+				t.Errorf("local %v: the failed pin's tenant and proof %q, set by the client, verify as %q", local, p, *got)
+			}
+		}
+		tx.Rollback(ctx)
+	}
+}

@@ -58,6 +58,10 @@ type preparedStatement struct {
 	// token is set for a tenant token statement (token.go); plan is then
 	// nil.
 	token *tokenStmt
+	// sealedUnder is, in a token session, the tenant under which the
+	// statement's literals for encrypted columns were sealed at Parse: a
+	// Bind under another tenant is refused (see handleParse).
+	sealedUnder string
 }
 
 // clientOID is the type the client gave parameter j (0-based), or 0.
@@ -139,13 +143,14 @@ func (ps *preparedStatement) clientParameterTypes(upstream []uint32) []uint32 {
 const unnamedUpstream = reservedPrefix + "u"
 
 // parseRewritten forwards a Parse whose plan transforms parameters.
-func (s *session) parseRewritten(m *pgproto3.Parse, plan *rewrite.Plan, text string) error {
+func (s *session) parseRewritten(m *pgproto3.Parse, plan *rewrite.Plan, text, sealedUnder string) error {
 	if m.Name != "" {
 		if old := s.statements[m.Name]; old != nil && !old.failed.Load() {
 			return s.refuseExtended(&clientError{code: pgerrcode.DuplicatePreparedStatement, msg: fmt.Sprintf("prepared statement %q already exists", m.Name)})
 		}
 	}
 	ps := newPreparedStatement(plan, m.ParameterOIDs)
+	ps.sealedUnder = sealedUnder
 	if m.Name != "" {
 		s.stmtSeq++
 		ps.upstream = reservedPrefix + "s" + strconv.FormatUint(s.stmtSeq, 10)
@@ -213,10 +218,17 @@ func (s *session) handleBind(m *pgproto3.Bind) error {
 	case ps != nil && ps.failed.Load():
 		// PostgreSQL rejected its Parse: say so in the client's terms.
 		err = &clientError{code: pgerrcode.InvalidSQLStatementName, msg: fmt.Sprintf("prepared statement %q does not exist", m.PreparedStatement)}
+	case ps == nil && s.tokens && s.fixedNames[m.PreparedStatement] != "":
+		// A name that held a token or encrypted-column statement, closed
+		// or discarded since: PostgreSQL's statement of the client's name,
+		// if any, was prepared by SQL the proxy could not read (a DBA's
+		// function that runs text), and must not take the token or the
+		// plaintext the client binds for the statement it prepared.
+		err = &clientError{code: pgerrcode.InvalidSQLStatementName, msg: fmt.Sprintf("prepared statement %q does not exist", m.PreparedStatement)}
 	case s.tokens && ps != nil && ps.token != nil:
 		s.bindDeallocation(m.DestinationPortal, m.PreparedStatement)
 		return s.bindToken(m, ps)
-	case s.tokens && s.sealedElsewhere(m.PreparedStatement):
+	case s.tokens && ps != nil && ps.sealedUnder != "" && ps.sealedUnder != s.tenant:
 		err = &clientError{code: pgerrcode.FeatureNotSupported,
 			msg: "this statement's values for encrypted columns were sealed under another tenant when it was prepared; prepare it again after the token, or send the values as parameters"}
 	case ps != nil:
@@ -228,8 +240,9 @@ func (s *session) handleBind(m *pgproto3.Bind) error {
 	if err != nil {
 		return s.refuseExtended(err)
 	}
+	var seal *portalSeal
 	if s.tokens {
-		s.noteBoundFor(m.DestinationPortal, m.PreparedStatement, ps)
+		seal = s.noteBoundFor(m.DestinationPortal, ps)
 	}
 	// The formats are copied: pgproto3 reuses the message's buffers. The
 	// shape the Bind goes by travels with it, so that both goroutines use
@@ -237,7 +250,7 @@ func (s *session) handleBind(m *pgproto3.Bind) error {
 	gen := s.stmtGen[m.PreparedStatement]
 	shape, known := s.shapes.lookup(m.PreparedStatement, gen, len(m.ResultFormatCodes))
 	p := &pending{kind: pendBind, name: m.DestinationPortal, stmt: m.PreparedStatement,
-		resultFormats: append([]int16(nil), m.ResultFormatCodes...), gen: gen, shape: shape, epoch: s.shapes.epoch}
+		resultFormats: append([]int16(nil), m.ResultFormatCodes...), gen: gen, shape: shape, epoch: s.shapes.epoch, seal: seal}
 	s.shapes.bound(m.DestinationPortal, m.PreparedStatement)
 	if known {
 		delete(s.unshaped, m.DestinationPortal)
@@ -289,7 +302,7 @@ func (s *session) handleExecute(m *pgproto3.Execute) error {
 	if err := s.executeDeallocation(m.Portal); err != nil {
 		return s.refuseExtended(err)
 	}
-	if t, ok := s.boundFor[m.Portal]; ok && t != s.tenant {
+	if s.boundElsewhere(m.Portal) {
 		return s.refuseExtended(errBoundElsewhere)
 	}
 	if s.tokens && (m.MaxRows > 0 || s.shapes.portals[m.Portal].redefines) {
@@ -317,7 +330,8 @@ func (s *session) handleClose(m *pgproto3.Close) error {
 	s.closeDeallocation(m.ObjectType, m.Name)
 	if m.ObjectType != 'S' {
 		delete(s.unshaped, m.Name)
-		delete(s.boundFor, m.Name)
+		// boundFor keeps the portal: PostgreSQL skips a Close after an
+		// error in its round, and an Execute of a portal it closed fails.
 		s.shapes.closed(m.Name)
 		s.track(m)
 		return s.upstreamOut.send(m)
@@ -344,25 +358,56 @@ func (s *session) handleClose(m *pgproto3.Close) error {
 var errBoundElsewhere = &clientError{code: pgerrcode.FeatureNotSupported,
 	msg: "this portal's values for encrypted columns were sealed under another tenant when it was bound; bind it again after the token"}
 
-// noteBoundFor records, in a token session, the tenant a portal's Bind
-// sealed or indexed values for (none: forgets the portal).
-func (s *session) noteBoundFor(portal, stmt string, ps *preparedStatement) {
-	_, literals := s.sealedFor[stmt]
-	if !literals && (ps == nil || !hasKeyedParams(ps.plan.Params)) {
-		delete(s.boundFor, portal)
-		return
-	}
-	if s.boundFor == nil {
-		s.boundFor = make(map[string]string)
-	}
-	s.boundFor[portal] = s.tenant
+// portalSeal is what a token session knows of the values a Bind of a
+// portal sealed or indexed. A Bind that PostgreSQL skips (after an error
+// earlier in its round) or rejects leaves the portal of that name as it
+// was, so the portal's earlier Bind counts until this one is known to have
+// taken (found by review on 2026-12-08: an Execute after a skipped Bind
+// stored values sealed for one tenant in a row stamped with another).
+type portalSeal struct {
+	tenant string      // the tenant the values were sealed for; "" none
+	round  int64       // upstreamOut.syncs when the Bind was sent
+	prev   *portalSeal // the portal's earlier Bind (client goroutine)
+	done   atomic.Bool // set by the upstream goroutine at BindComplete
 }
 
-// sealedElsewhere reports whether a token session's statement sealed its
-// literals at Parse under another tenant than the session's now.
-func (s *session) sealedElsewhere(name string) bool {
-	t, ok := s.sealedFor[name]
-	return ok && t != s.tenant
+// noteBoundFor records, in a token session, the tenant a portal's Bind
+// seals or indexes values for ("" for none), and returns the record for
+// its pending entry.
+func (s *session) noteBoundFor(portal string, ps *preparedStatement) *portalSeal {
+	e := &portalSeal{round: s.upstreamOut.syncs, prev: s.boundFor[portal]}
+	if ps != nil && ps.plan != nil && (ps.sealedUnder != "" || hasKeyedParams(ps.plan.Params)) {
+		e.tenant = s.tenant
+	}
+	if e.prev != nil && e.prev.done.Load() {
+		e.prev.prev = nil // what PostgreSQL kept before that one is gone
+	}
+	if e.prev == nil && e.tenant == "" {
+		delete(s.boundFor, portal)
+		return nil
+	}
+	if s.boundFor == nil {
+		s.boundFor = make(map[string]*portalSeal)
+	}
+	s.boundFor[portal] = e
+	return e
+}
+
+// boundElsewhere reports whether an Execute of portal may run values
+// sealed or indexed for another tenant than the session's now: its latest
+// Bind's, and, until that Bind is known to have taken, the Binds before
+// it. An Execute in the same round as the Bind runs only if the Bind
+// took.
+func (s *session) boundElsewhere(portal string) bool {
+	for e := s.boundFor[portal]; e != nil; e = e.prev {
+		if e.tenant != "" && e.tenant != s.tenant {
+			return true
+		}
+		if e.done.Load() || e.round == s.upstreamOut.syncs {
+			return false
+		}
+	}
+	return false
 }
 
 // rewritten returns the rewritten statement the client calls name, nil for
@@ -825,6 +870,15 @@ func (b *shapeBoard) lookup(name string, gen uint64, visible int) (*rowShape, bo
 		}
 	}
 	return nil, false
+}
+
+// text returns the client's text of a statement's generation, if known
+// (client goroutine).
+func (b *shapeBoard) text(name string, gen uint64) (string, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t, ok := b.texts[name]
+	return t.text, ok && t.gen == gen
 }
 
 // newGeneration marks a statement name as parsed or closed again.

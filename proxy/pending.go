@@ -56,6 +56,9 @@ type pending struct {
 	// token is the pin of a token statement whose portal a Bind, Describe
 	// 'P' or Execute names (token.go).
 	token *tokenPin
+	// seal is what a token session's Bind sealed (extended.go): marked
+	// done at its BindComplete.
+	seal *portalSeal
 }
 
 // pendingQueue is the FIFO of client messages awaiting responses, shared by

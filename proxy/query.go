@@ -246,6 +246,9 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 	if s.tokens && containsFold(m.Query, pinAliasPrefix) {
 		return s.refuseExtended(errPinAlias)
 	}
+	if err := s.checkFixedName(m.Name, m.Query); err != nil {
+		return s.refuseExtended(err)
+	}
 	if containsFold(m.Query, "tenant_token") {
 		if s.tokens {
 			return s.parseToken(m)
@@ -255,13 +258,13 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 	if strings.HasPrefix(m.Name, reservedPrefix) {
 		return s.refuseExtended(errReservedName)
 	}
+	orig := m.Query
 	if text, err := s.catalogView(m.Query); err != nil {
 		return s.refuseExtended(err)
 	} else if text != m.Query {
 		m = &pgproto3.Parse{Name: m.Name, Query: text, ParameterOIDs: m.ParameterOIDs}
 	}
 	if !s.needsAnalysis(m.Query) {
-		delete(s.sealedFor, m.Name)
 		return s.parsePlain(m, m.Query)
 	}
 	plan, err, known := s.cachedPlan(m.Query)
@@ -287,7 +290,6 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 	}
 	s.shapes.named(plan.Prepared)
 	if plan.Passthrough {
-		delete(s.sealedFor, m.Name)
 		return s.parsePlain(m, m.Query)
 	}
 	if plan.Copy != nil {
@@ -296,28 +298,60 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 	if len(plan.RoleChanges) > 0 {
 		return s.refuseExtended(&clientError{code: pgerrcode.FeatureNotSupported, msg: "SET ROLE and SET SESSION AUTHORIZATION are not supported through the extended query protocol"})
 	}
-	if s.tokens {
-		// Literals are sealed once, at Parse, under the tenant of that
-		// moment; a token may switch the tenant before a Bind, which
-		// handleBind then refuses. (ActiveRecord without prepared
-		// statements sends its literals so: Parse, Bind and Execute of
-		// the unnamed statement, in the token's transaction.)
-		if len(plan.Slots) > 0 {
-			if s.sealedFor == nil {
-				s.sealedFor = make(map[string]string)
-			}
-			s.sealedFor[m.Name] = s.tenant
-		} else {
-			delete(s.sealedFor, m.Name)
-		}
-	}
 	if renderErr != nil {
 		return s.refuseExtended(renderErr)
 	}
-	if identityParams(plan.Params) {
+	// In a token session, literals are sealed once, at Parse, under the
+	// tenant of that moment; a token may switch the tenant before a Bind,
+	// which handleBind then refuses. (ActiveRecord without prepared
+	// statements sends its literals so: Parse, Bind and Execute of the
+	// unnamed statement, in the token's transaction.) Such a statement
+	// lives upstream under a name of the proxy's own, as a rewritten one
+	// does: a Parse of the client's name that PostgreSQL skipped or
+	// rejected then leaves no statement sealed for one tenant that a Bind
+	// under another could reach (found by review on 2026-12-08).
+	sealed := ""
+	if s.tokens && len(plan.Slots) > 0 {
+		sealed = s.tenant
+	}
+	if identityParams(plan.Params) && sealed == "" {
 		return s.parsePlain(m, text)
 	}
-	return s.parseRewritten(m, plan, text)
+	if sealed != "" || hasKeyedParams(plan.Params) {
+		s.fixName(m.Name, orig)
+	}
+	return s.parseRewritten(m, plan, text, sealed)
+}
+
+// errNameFixed refuses, in a token session, to give a statement name that
+// held a tenant token statement, or one whose values for encrypted columns
+// the proxy seals, another text. A token session may be shared: behind
+// pgbouncer in transaction mode one client's transaction can close such a
+// statement (a Close, DEALLOCATE, DISCARD ALL) and prepare another of the
+// same name, and the next client's Bind of the name would then hand its
+// token, or its plaintext for an encrypted column, to a statement that
+// passes them to PostgreSQL as they are (found by review on 2026-12-08).
+var errNameFixed = &clientError{code: pgerrcode.FeatureNotSupported,
+	msg: "in a session whose tenant comes from tenant tokens, a prepared statement name that held a tenant token statement or encrypted-column values cannot be prepared again with another text; use a new name"}
+
+// fixName records, in a token session, that the named statement text
+// holds a token statement or takes values for encrypted columns.
+func (s *session) fixName(name, text string) {
+	if !s.tokens || name == "" {
+		return
+	}
+	if s.fixedNames == nil {
+		s.fixedNames = make(map[string]string)
+	}
+	s.fixedNames[name] = text
+}
+
+// checkFixedName refuses a Parse of a fixed name with another text.
+func (s *session) checkFixedName(name, text string) error {
+	if fixed, ok := s.fixedNames[name]; ok && fixed != text {
+		return errNameFixed
+	}
+	return nil
 }
 
 // handleFunctionCall forwards large-object fast-path calls and refuses the
@@ -417,6 +451,13 @@ func (s *session) checkPlan(plan *rewrite.Plan) error {
 	}
 	if err := s.checkExecutes(plan); err != nil {
 		return err
+	}
+	if s.tokens {
+		for _, u := range plan.Prepared {
+			if _, fixed := s.fixedNames[u.Name]; fixed && u.Op == rewrite.PreparedPrepare {
+				return errNameFixed
+			}
+		}
 	}
 	if s.tokens && plan.Outlives != "" {
 		return &clientError{code: pgerrcode.FeatureNotSupported, msg: plan.Outlives + " is not allowed in a session whose tenant comes from tenant tokens: it would outlive the transaction, and the next one may be another tenant's (use a cursor without HOLD, or ON COMMIT DROP)"}

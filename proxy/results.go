@@ -271,12 +271,17 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 		if head != nil && head.kind == pendRefusal {
 			return false, nil // its BindComplete and error follow
 		}
-		s.pending.pop()
+		if p := s.pending.pop(); p != nil && p.own {
+			return false, nil // the proxy's own Parse: a token's pin statement prepared again
+		}
 	case *pgproto3.BindComplete:
 		if head != nil && head.kind == pendRefusal {
 			return false, nil
 		}
 		if p := s.pending.pop(); p != nil {
+			if p.seal != nil {
+				p.seal.done.Store(true)
+			}
 			rs.portals[p.name] = &portal{stmt: p.stmt, gen: p.gen, epoch: p.epoch, formats: p.resultFormats, upFormats: p.upFormats, bound: p.shape}
 		}
 	case *pgproto3.ParameterDescription:

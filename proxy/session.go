@@ -104,14 +104,16 @@ type session struct {
 	// was last known, and not described since (client goroutine): an
 	// Execute of one is preceded by a Describe of the proxy's own.
 	unshaped map[string]bool
-	// sealedFor is, in a token session, the tenant under which a
-	// statement's literals for encrypted columns were sealed at Parse: a
-	// Bind under another tenant is refused (see handleParse).
-	sealedFor map[string]string
-	// boundFor is, in a token session, the tenant under which a portal's
-	// Bind sealed or indexed values (parameters, or literals sealed at
-	// Parse): an Execute under another tenant is refused (handleExecute).
-	boundFor map[string]string
+	// boundFor is, in a token session, what each portal's Binds sealed or
+	// indexed values for (parameters, or literals sealed at Parse): an
+	// Execute that may run them under another tenant is refused
+	// (handleExecute, portalSeal).
+	boundFor map[string]*portalSeal
+	// fixedNames are, in a token session, the statement names that held a
+	// tenant token statement or took values for encrypted columns, with
+	// their client text: no other text may take such a name (query.go,
+	// errNameFixed). Not even DISCARD ALL frees one.
+	fixedNames map[string]string
 
 	// raised are the refusals raised upstream, awaiting their errors
 	// (errors.go).
@@ -538,6 +540,11 @@ func (s *session) handleClientMessage(msg pgproto3.FrontendMessage) error {
 	if s.tokens && !isCopyData(msg) {
 		if err := s.beforeTokenMessage(); err != nil {
 			return err
+		}
+		if s.tok.clearOwed && s.tok.clearBlocked {
+			if refused, err := s.refuseUntilCleared(msg); refused {
+				return err
+			}
 		}
 	} else if err := s.beforeClientMessage(msg); err != nil {
 		return err

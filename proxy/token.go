@@ -406,7 +406,9 @@ type tokenState struct {
 	settled bool
 	// clearOwed: a refused token left the session without a tenant, and
 	// the upstream pin must be cleared when PostgreSQL lets us.
-	clearOwed bool
+	// clearBlocked: the last try found the transaction aborted (see
+	// refuseUntilCleared).
+	clearOwed, clearBlocked bool
 	// base and baseProof are a mode jwt session's login tenant and its
 	// proof, startup parameters upstream: what DISCARD ALL and RESET
 	// ALL come back to.
@@ -1210,7 +1212,8 @@ func (s *session) clearAfterRefusal() error {
 	if err != nil {
 		return err
 	}
-	if code == pgerrcode.InFailedSQLTransaction {
+	s.tok.clearBlocked = code == pgerrcode.InFailedSQLTransaction
+	if s.tok.clearBlocked {
 		return nil
 	}
 	if code != "" {
@@ -1219,6 +1222,61 @@ func (s *session) clearAfterRefusal() error {
 	s.tok.clearOwed = false
 	s.tokUp.forget()
 	return nil
+}
+
+// errAbortedUntilCleared refuses what PostgreSQL would refuse in an
+// aborted transaction (see refuseUntilCleared).
+var errAbortedUntilCleared = &clientError{code: pgerrcode.InFailedSQLTransaction,
+	msg: "current transaction is aborted, commands ignored until end of transaction block (a tenant token was refused in it: send ROLLBACK, or ROLLBACK TO SAVEPOINT, as a statement of its own)"}
+
+// refuseUntilCleared keeps a token session whose pin is still owed a clear
+// in an aborted transaction to statements that end the abort, each alone:
+// a query or a Parse must be one COMMIT, ROLLBACK [TO SAVEPOINT], ABORT,
+// END or PREPARE TRANSACTION, and a Bind must bind one. PostgreSQL refuses
+// everything else there itself, but not what follows a ROLLBACK TO
+// SAVEPOINT in the same query or round: that would run under the tenant
+// pinned before the refused token (its settings come back with the
+// savepoint) while the proxy holds none (found by review on 2026-12-08).
+// The proxy clears the pin before the next round.
+func (s *session) refuseUntilCleared(msg pgproto3.FrontendMessage) (bool, error) {
+	switch m := msg.(type) {
+	case *pgproto3.Query:
+		if !endsAbortAlone(m.String) {
+			s.track(m)
+			return true, s.refuse(errAbortedUntilCleared)
+		}
+	case *pgproto3.Parse:
+		if !endsAbortAlone(m.Query) {
+			return true, s.refuseExtended(errAbortedUntilCleared)
+		}
+	case *pgproto3.Bind:
+		if text, ok := s.shapes.text(m.PreparedStatement, s.stmtGen[m.PreparedStatement]); !ok || !endsAbortAlone(text) {
+			return true, s.refuseExtended(errAbortedUntilCleared)
+		}
+	case *pgproto3.FunctionCall:
+		s.track(m)
+		return true, s.refuse(errAbortedUntilCleared)
+	}
+	return false, nil
+}
+
+// endsAbortAlone reports whether text is one statement that ends an
+// aborted transaction or rolls it back to a savepoint.
+func endsAbortAlone(text string) bool {
+	res, err := pg_query.Parse(text)
+	if err != nil || len(res.Stmts) != 1 {
+		return false
+	}
+	n, ok := res.Stmts[0].Stmt.Node.(*pg_query.Node_TransactionStmt)
+	if !ok {
+		return false
+	}
+	switch n.TransactionStmt.Kind {
+	case pg_query.TransactionStmtKind_TRANS_STMT_COMMIT, pg_query.TransactionStmtKind_TRANS_STMT_ROLLBACK,
+		pg_query.TransactionStmtKind_TRANS_STMT_ROLLBACK_TO, pg_query.TransactionStmtKind_TRANS_STMT_PREPARE:
+		return true
+	}
+	return false
 }
 
 // forget leaves the upstream goroutine's view without a tenant (client
@@ -1427,6 +1485,7 @@ func (s *session) parseToken(m *pgproto3.Parse) error {
 			return s.refuseExtended(&clientError{code: pgerrcode.DuplicatePreparedStatement, msg: fmt.Sprintf("prepared statement %q already exists", m.Name)})
 		}
 	}
+	s.fixName(m.Name, m.Query)
 	ps := &preparedStatement{token: ts, clientOIDs: append([]uint32(nil), m.ParameterOIDs...), nparams: max(len(m.ParameterOIDs), ts.param)}
 	if m.Name != "" {
 		s.stmtSeq++
@@ -1443,11 +1502,30 @@ func (s *session) parseToken(m *pgproto3.Parse) error {
 	s.newGeneration(m.Name)
 	s.shapes.parsed(m.Name, s.stmtGen[m.Name], m.Query)
 	s.pending.push(&pending{kind: pendParse, name: m.Name, prepared: ps})
-	text := keystore.NextStatement(ts.local, s.tok.quotedAlias())
+	return s.upstreamOut.send(&pgproto3.Parse{Name: ps.upstream, Query: s.pinText(ts)})
+}
+
+// pinText is the proxy's pin statement that stands for the token statement
+// ts upstream.
+func (s *session) pinText(ts *tokenStmt) string {
 	if ts.form == tokenReset {
-		text = keystore.ClearStatement(s.tok.quotedAlias())
+		return keystore.ClearStatement(s.tok.quotedAlias())
 	}
-	return s.upstreamOut.send(&pgproto3.Parse{Name: ps.upstream, Query: text})
+	return keystore.NextStatement(ts.local, s.tok.quotedAlias())
+}
+
+// reprepareToken prepares ps's pin statement upstream again, in the same
+// batch as the Bind that follows. SQL the proxy cannot read (a DBA's
+// function that runs any text it is given) may have deallocated the
+// proxy's statement of that name and prepared another in its place, whose
+// answer, made of the values bound, would pass for the pin's: the proxy
+// would then hold the token's tenant while PostgreSQL kept another pinned
+// (found by review on 2026-12-08).
+func (s *session) reprepareToken(ps *preparedStatement) {
+	s.pending.push(&pending{kind: pendClose, name: ps.upstream, target: 'S', own: true})
+	s.upstreamOut.send(&pgproto3.Close{ObjectType: 'S', Name: ps.upstream})
+	s.pending.push(&pending{kind: pendParse, name: ps.upstream, own: true})
+	s.upstreamOut.send(&pgproto3.Parse{Name: ps.upstream, Query: s.pinText(ps.token)})
 }
 
 // bindToken verifies the token a Bind of a token statement presents (the
@@ -1491,6 +1569,7 @@ func (s *session) bindToken(m *pgproto3.Bind, ps *preparedStatement) error {
 		return s.refuseExtended(err)
 	}
 	s.tok.awaitExec = pin
+	s.reprepareToken(ps)
 	s.pending.push(&pending{kind: pendBind, name: m.DestinationPortal, stmt: m.PreparedStatement,
 		resultFormats: append([]int16(nil), m.ResultFormatCodes...), token: pin})
 	return s.upstreamOut.send(&pgproto3.Bind{DestinationPortal: m.DestinationPortal, PreparedStatement: ps.upstream,
