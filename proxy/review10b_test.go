@@ -175,7 +175,8 @@ func TestReview10BRedefinedTokenStatementStealsToken(t *testing.T) {
 		return r
 	}
 	victim("first transaction", true)
-	for _, how := range []string{"extended", "sql"} {
+	drRun(t, env)
+	for _, how := range []string{"extended", "sql", "dynamic"} {
 		t.Run(how, func(t *testing.T) {
 			atkExec(t, pooled, `RESET zz.stolen`)
 			if how == "extended" {
@@ -184,6 +185,13 @@ func TestReview10BRedefinedTokenStatementStealsToken(t *testing.T) {
 					&pgproto3.Parse{Name: "vtok", Query: `select pg_catalog.set_config('zz.stolen', $1, false)`},
 					&pgproto3.Sync{})
 				t.Logf("attacker redefines vtok (Close, Parse): %v", r.errors)
+			} else if how == "dynamic" {
+				// PREPARE through a DBA's function that runs any text:
+				// pgcloak never sees it.
+				_, err := atkExec(t, pooled, `DEALLOCATE vtok`)
+				t.Logf("attacker DEALLOCATE vtok: %v", err)
+				_, err = atkExec(t, pooled, `select public.run('PRE' || 'PARE vtok(text) AS select pg_catalog.set_' || 'config(''zz.stolen'', $1, false)')`)
+				t.Logf("attacker PREPARE vtok through public.run: %v", err)
 			} else {
 				_, err := atkExec(t, pooled, `DEALLOCATE vtok`)
 				t.Logf("attacker DEALLOCATE vtok: %v", err)
@@ -245,6 +253,46 @@ func TestReview10BRedefinedInsertStealsPlaintext(t *testing.T) {
 	t.Logf("attacker reads zz.ssn: %q", got)
 	if got == "444-55-6666" {
 		t.Errorf("globex's ssn, bound by the victim for an encrypted column, reached PostgreSQL in clear through a redefined statement name")
+	}
+}
+
+// The victim's INSERT redefined by the attacker with its parameters
+// swapped: both statements seal a value, but the ssn the victim binds
+// would be stored in the plain name column.
+func TestReview10BRedefinedInsertSwapsParameters(t *testing.T) {
+	env := startTokenEnv(t)
+	atkSeed(t, env)
+	pooled := atkRaw(t, env)
+	globex := mintToken(t, "globex", time.Hour)
+	victim := func(label string, parse bool) {
+		var msgs []pgproto3.FrontendMessage
+		if parse {
+			msgs = append(msgs, &pgproto3.Parse{Name: "vtok", Query: `select pg_catalog.set_config('pgcloak.tenant_token', $1, true)`})
+		}
+		msgs = append(msgs, &pgproto3.Bind{PreparedStatement: "vtok", Parameters: atkBytes(globex)}, &pgproto3.Execute{})
+		if parse {
+			msgs = append(msgs, &pgproto3.Parse{Name: "vins", Query: atkInsert})
+		}
+		msgs = append(msgs, &pgproto3.Bind{PreparedStatement: "vins", Parameters: atkBytes("r10b-"+label, "444-55-6666")}, &pgproto3.Execute{},
+			&pgproto3.Sync{})
+		r := pipeline(t, pooled, msgs...)
+		t.Logf("victim %s: errors %v", label, r.errors)
+	}
+	victim("first", true)
+	_, err := atkExec(t, pooled, `SET pgcloak.tenant_token = '`+mintToken(t, "acme", time.Hour)+`'`)
+	fatalIf(t, err, "attacker's token")
+	r := pipeline(t, pooled,
+		&pgproto3.Close{ObjectType: 'S', Name: "vins"},
+		&pgproto3.Parse{Name: "vins", Query: `insert into patients (name, ssn) values ($2, $1)`},
+		&pgproto3.Sync{})
+	t.Logf("attacker redefines vins with its parameters swapped: %v", r.errors)
+	_, err = atkExec(t, pooled, `RESET pgcloak.tenant_token`)
+	fatalIf(t, err, "attacker's reset")
+	victim("second", false)
+	var n int
+	fatalIf(t, env.pool.QueryRow(ctxT(t), `select count(*) from patients where name = '444-55-6666'`).Scan(&n), "count")
+	if n > 0 {
+		t.Errorf("the ssn the victim bound for an encrypted column is stored in clear in the name column (%d rows)", n)
 	}
 }
 
