@@ -142,12 +142,17 @@ func (ps *preparedStatement) clientParameterTypes(upstream []uint32) []uint32 {
 // when the proxy rewrote it.
 const unnamedUpstream = reservedPrefix + "u"
 
-// parseRewritten forwards a Parse whose plan transforms parameters.
-func (s *session) parseRewritten(m *pgproto3.Parse, plan *rewrite.Plan, text, sealedUnder string) error {
+// parseRewritten forwards a Parse whose plan transforms parameters or (in
+// a token session) whose literals were sealed under sealedUnder; orig is
+// the client's text.
+func (s *session) parseRewritten(m *pgproto3.Parse, orig string, plan *rewrite.Plan, text, sealedUnder string) error {
 	if m.Name != "" {
 		if old := s.statements[m.Name]; old != nil && !old.failed.Load() {
 			return s.refuseExtended(&clientError{code: pgerrcode.DuplicatePreparedStatement, msg: fmt.Sprintf("prepared statement %q already exists", m.Name)})
 		}
+	}
+	if sealedUnder != "" || hasKeyedParams(plan.Params) {
+		s.fixName(m.Name, orig)
 	}
 	ps := newPreparedStatement(plan, m.ParameterOIDs)
 	ps.sealedUnder = sealedUnder
@@ -218,7 +223,7 @@ func (s *session) handleBind(m *pgproto3.Bind) error {
 	case ps != nil && ps.failed.Load():
 		// PostgreSQL rejected its Parse: say so in the client's terms.
 		err = &clientError{code: pgerrcode.InvalidSQLStatementName, msg: fmt.Sprintf("prepared statement %q does not exist", m.PreparedStatement)}
-	case ps == nil && s.tokens && s.fixedNames[m.PreparedStatement] != "":
+	case ps == nil && s.tokens && s.fixedName(m.PreparedStatement):
 		// A name that held a token or encrypted-column statement, closed
 		// or discarded since: PostgreSQL's statement of the client's name,
 		// if any, was prepared by SQL the proxy could not read (a DBA's

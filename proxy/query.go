@@ -317,10 +317,7 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 	if identityParams(plan.Params) && sealed == "" {
 		return s.parsePlain(m, text)
 	}
-	if sealed != "" || hasKeyedParams(plan.Params) {
-		s.fixName(m.Name, orig)
-	}
-	return s.parseRewritten(m, plan, text, sealed)
+	return s.parseRewritten(m, orig, plan, text, sealed)
 }
 
 // errNameFixed refuses, in a token session, to give a statement name that
@@ -352,6 +349,12 @@ func (s *session) checkFixedName(name, text string) error {
 		return errNameFixed
 	}
 	return nil
+}
+
+// fixedName reports whether name is fixed (see fixName).
+func (s *session) fixedName(name string) bool {
+	_, ok := s.fixedNames[name]
+	return ok
 }
 
 // handleFunctionCall forwards large-object fast-path calls and refuses the
@@ -454,7 +457,7 @@ func (s *session) checkPlan(plan *rewrite.Plan) error {
 	}
 	if s.tokens {
 		for _, u := range plan.Prepared {
-			if _, fixed := s.fixedNames[u.Name]; fixed && u.Op == rewrite.PreparedPrepare {
+			if u.Op == rewrite.PreparedPrepare && s.fixedName(u.Name) {
 				return errNameFixed
 			}
 		}
