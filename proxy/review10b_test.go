@@ -34,11 +34,11 @@ func r10bStored(t *testing.T, env *encryptedEnv) {
 }
 
 // The victim's unnamed statement, an INSERT whose ssn literal pgcloak
-// sealed under globex at Parse (sealedFor[""] = globex), stays in
-// PostgreSQL's unnamed statement after the victim's pipelined
-// transaction. The attacker sends a Parse of "" after an error in the
-// same batch: PostgreSQL skips it, but pgcloak forgets sealedFor[""] at
-// the Parse. Then, with acme's token, a Bind of "" runs the victim's
+// sealed under globex at Parse, stays in PostgreSQL's unnamed statement
+// after the victim's pipelined transaction. The attacker sends a Parse of
+// "" after an error in the same batch: PostgreSQL skips it, but pgcloak
+// forgot, at the Parse, the tenant the unnamed statement was sealed for
+// (before the fix). Then, with acme's token, a Bind of "" ran the victim's
 // INSERT: a row stamped acme holding a value sealed under globex.
 func TestReview10BSkippedParseForgetsSealedUnnamed(t *testing.T) {
 	env := startTokenEnv(t)
@@ -80,7 +80,8 @@ func TestReview10BSkippedParseForgetsSealedUnnamed(t *testing.T) {
 }
 
 // The same with a named statement: PostgreSQL rejects a second Parse of a
-// name it holds (42P05), and pgcloak forgets sealedFor at that Parse.
+// name it holds (42P05), and pgcloak forgot the sealing tenant at that
+// Parse (before the fix).
 func TestReview10BDuplicateParseForgetsSealedNamed(t *testing.T) {
 	env := startTokenEnv(t)
 	atkSeed(t, env)
