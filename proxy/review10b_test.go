@@ -33,83 +33,60 @@ func r10bStored(t *testing.T, env *encryptedEnv) {
 	atkCheckStored(t, env)
 }
 
-// The victim's unnamed statement, an INSERT whose ssn literal pgcloak
-// sealed under globex at Parse, stays in PostgreSQL's unnamed statement
-// after the victim's pipelined transaction. The attacker sends a Parse of
-// "" after an error in the same batch: PostgreSQL skips it, but pgcloak
-// forgot, at the Parse, the tenant the unnamed statement was sealed for
-// (before the fix). Then, with acme's token, a Bind of "" ran the victim's
+// r10bParseToken prepares the victim's token statement, named vtok as a
+// driver that prepares once names it.
+var r10bParseToken = &pgproto3.Parse{Name: "vtok", Query: `select pg_catalog.set_config('pgcloak.tenant_token', $1, true)`}
+
+// The victim's INSERT, whose ssn literal pgcloak sealed under globex at
+// Parse, stays prepared after the victim's pipelined transaction. The
+// attacker then sends a Parse of the same name that PostgreSQL does not
+// carry out: for the unnamed statement one after an error in the same
+// batch (skipped), for a named one a second Parse (42P05). pgcloak forgot,
+// at that Parse, the tenant the statement was sealed for (before the
+// fix). Then, with acme's token, a Bind of the name ran the victim's
 // INSERT: a row stamped acme holding a value sealed under globex.
-func TestReview10BSkippedParseForgetsSealedUnnamed(t *testing.T) {
-	env := startTokenEnv(t)
-	atkSeed(t, env)
-	pooled := atkRaw(t, env)
-	globex, acme := mintToken(t, "globex", time.Hour), mintToken(t, "acme", time.Hour)
-
-	// Victim (globex): one pipelined implicit transaction, as a driver's
-	// batch sends it: the token bound as a parameter, then an INSERT
-	// with its ssn as a literal (ActiveRecord-style), unnamed.
-	r := pipeline(t, pooled,
-		&pgproto3.Parse{Name: "vtok", Query: `select pg_catalog.set_config('pgcloak.tenant_token', $1, true)`},
-		&pgproto3.Bind{PreparedStatement: "vtok", Parameters: atkBytes(globex)}, &pgproto3.Execute{},
-		&pgproto3.Parse{Query: r10bInsertLit}, &pgproto3.Bind{}, &pgproto3.Execute{},
-		&pgproto3.Sync{})
-	t.Logf("victim's batch: errors %v", r.errors)
-	if len(r.errors) > 0 {
-		t.Fatalf("victim's batch failed: %v", r.errors)
+func TestReview10BParseNotCarriedOutForgetsSealed(t *testing.T) {
+	for _, c := range []struct {
+		name, stmt string
+		attack     []pgproto3.FrontendMessage
+	}{
+		{"skipped_unnamed", "", []pgproto3.FrontendMessage{
+			&pgproto3.Parse{Name: "zzerr", Query: `select 1/0`}, &pgproto3.Bind{PreparedStatement: "zzerr"}, &pgproto3.Execute{},
+			&pgproto3.Parse{Query: `select 1`}, &pgproto3.Sync{}}},
+		{"duplicate_named", "vins", []pgproto3.FrontendMessage{
+			&pgproto3.Parse{Name: "vins", Query: `select 1`}, &pgproto3.Sync{}}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			env := startTokenEnv(t)
+			atkSeed(t, env)
+			pooled := atkRaw(t, env)
+			globex, acme := mintToken(t, "globex", time.Hour), mintToken(t, "acme", time.Hour)
+			// Victim (globex): one pipelined implicit transaction, as a
+			// driver's batch sends it: the token bound as a parameter,
+			// then an INSERT with its ssn as a literal (ActiveRecord-style).
+			r := pipeline(t, pooled,
+				r10bParseToken,
+				&pgproto3.Bind{PreparedStatement: "vtok", Parameters: atkBytes(globex)}, &pgproto3.Execute{},
+				&pgproto3.Parse{Name: c.stmt, Query: r10bInsertLit}, &pgproto3.Bind{PreparedStatement: c.stmt}, &pgproto3.Execute{},
+				&pgproto3.Sync{})
+			if len(r.errors) > 0 {
+				t.Fatalf("victim's batch failed: %v", r.errors)
+			}
+			r = pipeline(t, pooled, c.attack...)
+			t.Logf("attacker's Parse of %q: errors %v", c.stmt, r.errors)
+			r = pipeline(t, pooled,
+				&pgproto3.Parse{Name: "atok", Query: atkSetConfig},
+				&pgproto3.Bind{PreparedStatement: "atok", Parameters: atkBytes(acme)}, &pgproto3.Execute{},
+				&pgproto3.Sync{})
+			t.Logf("attacker's token: errors %v", r.errors)
+			r = pipeline(t, pooled, &pgproto3.Bind{PreparedStatement: c.stmt}, &pgproto3.Execute{}, &pgproto3.Sync{})
+			t.Logf("attacker binds %q: errors %v rows %v", c.stmt, r.errors, r.rows)
+			if len(r.errors) == 0 {
+				t.Errorf("a Bind of %q ran the victim's INSERT, sealed under globex, under acme's token", c.stmt)
+			}
+			r10bStored(t, env)
+		})
 	}
-
-	// Attacker: an error, then a Parse of the unnamed statement that
-	// PostgreSQL skips.
-	r = pipeline(t, pooled,
-		&pgproto3.Parse{Name: "zzerr", Query: `select 1/0`}, &pgproto3.Bind{PreparedStatement: "zzerr"}, &pgproto3.Execute{},
-		&pgproto3.Parse{Query: `select 1`},
-		&pgproto3.Sync{})
-	t.Logf("attacker's skipped Parse: errors %v", r.errors)
-	r = pipeline(t, pooled,
-		&pgproto3.Parse{Name: "atok", Query: atkSetConfig},
-		&pgproto3.Bind{PreparedStatement: "atok", Parameters: atkBytes(acme)}, &pgproto3.Execute{},
-		&pgproto3.Sync{})
-	t.Logf("attacker's token: errors %v", r.errors)
-	r = pipeline(t, pooled, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
-	t.Logf("attacker binds the unnamed statement: errors %v rows %v", r.errors, r.rows)
-	if len(r.errors) == 0 {
-		t.Errorf("a Bind of the unnamed statement ran the victim's INSERT, sealed under globex, under acme's token")
-	}
-	r10bStored(t, env)
-}
-
-// The same with a named statement: PostgreSQL rejects a second Parse of a
-// name it holds (42P05), and pgcloak forgot the sealing tenant at that
-// Parse (before the fix).
-func TestReview10BDuplicateParseForgetsSealedNamed(t *testing.T) {
-	env := startTokenEnv(t)
-	atkSeed(t, env)
-	pooled := atkRaw(t, env)
-	globex, acme := mintToken(t, "globex", time.Hour), mintToken(t, "acme", time.Hour)
-
-	r := pipeline(t, pooled,
-		&pgproto3.Parse{Name: "vtok", Query: `select pg_catalog.set_config('pgcloak.tenant_token', $1, true)`},
-		&pgproto3.Bind{PreparedStatement: "vtok", Parameters: atkBytes(globex)}, &pgproto3.Execute{},
-		&pgproto3.Parse{Name: "vins", Query: r10bInsertLit}, &pgproto3.Bind{PreparedStatement: "vins"}, &pgproto3.Execute{},
-		&pgproto3.Sync{})
-	t.Logf("victim's batch: errors %v", r.errors)
-	if len(r.errors) > 0 {
-		t.Fatalf("victim's batch failed: %v", r.errors)
-	}
-	r = pipeline(t, pooled, &pgproto3.Parse{Name: "vins", Query: `select 1`}, &pgproto3.Sync{})
-	t.Logf("attacker's duplicate Parse: errors %v", r.errors)
-	r = pipeline(t, pooled,
-		&pgproto3.Parse{Name: "atok", Query: atkSetConfig},
-		&pgproto3.Bind{PreparedStatement: "atok", Parameters: atkBytes(acme)}, &pgproto3.Execute{},
-		&pgproto3.Sync{})
-	t.Logf("attacker's token: errors %v", r.errors)
-	r = pipeline(t, pooled, &pgproto3.Bind{PreparedStatement: "vins"}, &pgproto3.Execute{}, &pgproto3.Sync{})
-	t.Logf("attacker binds vins: errors %v rows %v", r.errors, r.rows)
-	if len(r.errors) == 0 {
-		t.Errorf("a Bind of vins ran the victim's INSERT, sealed under globex, under acme's token")
-	}
-	r10bStored(t, env)
 }
 
 // A portal bound under acme (its ssn sealed under acme) in a transaction
@@ -165,7 +142,7 @@ func TestReview10BRedefinedTokenStatementStealsToken(t *testing.T) {
 	victim := func(label string, parse bool) pipelineResult {
 		var msgs []pgproto3.FrontendMessage
 		if parse {
-			msgs = append(msgs, &pgproto3.Parse{Name: "vtok", Query: `select pg_catalog.set_config('pgcloak.tenant_token', $1, true)`})
+			msgs = append(msgs, r10bParseToken)
 		}
 		msgs = append(msgs,
 			&pgproto3.Bind{PreparedStatement: "vtok", Parameters: atkBytes(globex)}, &pgproto3.Execute{},
@@ -229,7 +206,7 @@ func TestReview10BRedefinedInsertStealsPlaintext(t *testing.T) {
 	victim := func(label string, parse bool) {
 		var msgs []pgproto3.FrontendMessage
 		if parse {
-			msgs = append(msgs, &pgproto3.Parse{Name: "vtok", Query: `select pg_catalog.set_config('pgcloak.tenant_token', $1, true)`})
+			msgs = append(msgs, r10bParseToken)
 		}
 		msgs = append(msgs, &pgproto3.Bind{PreparedStatement: "vtok", Parameters: atkBytes(globex)}, &pgproto3.Execute{})
 		if parse {
@@ -268,7 +245,7 @@ func TestReview10BRedefinedInsertSwapsParameters(t *testing.T) {
 	victim := func(label string, parse bool) {
 		var msgs []pgproto3.FrontendMessage
 		if parse {
-			msgs = append(msgs, &pgproto3.Parse{Name: "vtok", Query: `select pg_catalog.set_config('pgcloak.tenant_token', $1, true)`})
+			msgs = append(msgs, r10bParseToken)
 		}
 		msgs = append(msgs, &pgproto3.Bind{PreparedStatement: "vtok", Parameters: atkBytes(globex)}, &pgproto3.Execute{})
 		if parse {
@@ -428,7 +405,7 @@ func TestReview10BRedefinedInsertSealedUnderAttacker(t *testing.T) {
 	victim := func(label string, parse bool) pipelineResult {
 		var msgs []pgproto3.FrontendMessage
 		if parse {
-			msgs = append(msgs, &pgproto3.Parse{Name: "vtok", Query: `select pg_catalog.set_config('pgcloak.tenant_token', $1, true)`})
+			msgs = append(msgs, r10bParseToken)
 		}
 		msgs = append(msgs, &pgproto3.Bind{PreparedStatement: "vtok", Parameters: atkBytes(globex)}, &pgproto3.Execute{})
 		if parse {
@@ -476,7 +453,7 @@ func TestReview10BRedefinedPinStatementFakesPin(t *testing.T) {
 	victim := func(label string, parse bool) pipelineResult {
 		var msgs []pgproto3.FrontendMessage
 		if parse {
-			msgs = append(msgs, &pgproto3.Parse{Name: "vtok", Query: `select pg_catalog.set_config('pgcloak.tenant_token', $1, true)`})
+			msgs = append(msgs, r10bParseToken)
 		}
 		msgs = append(msgs, &pgproto3.Bind{PreparedStatement: "vtok", Parameters: atkBytes(globex)}, &pgproto3.Execute{},
 			&pgproto3.Parse{Query: atkInsert}, &pgproto3.Bind{Parameters: atkBytes("r10b-victim-"+label, "444-55-6666")}, &pgproto3.Execute{},
