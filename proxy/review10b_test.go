@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -195,6 +196,25 @@ func TestReview10BRedefinedTokenStatementStealsToken(t *testing.T) {
 	}
 }
 
+// r10bVictimInsert is the victim's transaction on a pooled connection:
+// its token (globex) bound to vtok, then its INSERT vins with ssn
+// 444-55-6666; parse prepares both first.
+func r10bVictimInsert(t *testing.T, pooled *pgconn.PgConn, token, label string, parse bool) {
+	t.Helper()
+	var msgs []pgproto3.FrontendMessage
+	if parse {
+		msgs = append(msgs, r10bParseToken)
+	}
+	msgs = append(msgs, &pgproto3.Bind{PreparedStatement: "vtok", Parameters: atkBytes(token)}, &pgproto3.Execute{})
+	if parse {
+		msgs = append(msgs, &pgproto3.Parse{Name: "vins", Query: atkInsert})
+	}
+	msgs = append(msgs, &pgproto3.Bind{PreparedStatement: "vins", Parameters: atkBytes("r10b-"+label, "444-55-6666")}, &pgproto3.Execute{},
+		&pgproto3.Sync{})
+	r := pipeline(t, pooled, msgs...)
+	t.Logf("victim %s: errors %v", label, r.errors)
+}
+
 // The same redefinition of a name, for the victim's INSERT: its next Bind
 // sends the ssn in clear to a plain statement of the attacker's, which
 // keeps it in a session setting.
@@ -203,21 +223,7 @@ func TestReview10BRedefinedInsertStealsPlaintext(t *testing.T) {
 	atkSeed(t, env)
 	pooled := atkRaw(t, env)
 	globex := mintToken(t, "globex", time.Hour)
-	victim := func(label string, parse bool) {
-		var msgs []pgproto3.FrontendMessage
-		if parse {
-			msgs = append(msgs, r10bParseToken)
-		}
-		msgs = append(msgs, &pgproto3.Bind{PreparedStatement: "vtok", Parameters: atkBytes(globex)}, &pgproto3.Execute{})
-		if parse {
-			msgs = append(msgs, &pgproto3.Parse{Name: "vins", Query: atkInsert})
-		}
-		msgs = append(msgs,
-			&pgproto3.Bind{PreparedStatement: "vins", Parameters: atkBytes("r10b-"+label, "444-55-6666")}, &pgproto3.Execute{},
-			&pgproto3.Sync{})
-		r := pipeline(t, pooled, msgs...)
-		t.Logf("victim %s: errors %v rows %v", label, r.errors, r.rows)
-	}
+	victim := func(label string, parse bool) { r10bVictimInsert(t, pooled, globex, label, parse) }
 	victim("first", true)
 	r := pipeline(t, pooled,
 		&pgproto3.Close{ObjectType: 'S', Name: "vins"},
@@ -242,20 +248,7 @@ func TestReview10BRedefinedInsertSwapsParameters(t *testing.T) {
 	atkSeed(t, env)
 	pooled := atkRaw(t, env)
 	globex := mintToken(t, "globex", time.Hour)
-	victim := func(label string, parse bool) {
-		var msgs []pgproto3.FrontendMessage
-		if parse {
-			msgs = append(msgs, r10bParseToken)
-		}
-		msgs = append(msgs, &pgproto3.Bind{PreparedStatement: "vtok", Parameters: atkBytes(globex)}, &pgproto3.Execute{})
-		if parse {
-			msgs = append(msgs, &pgproto3.Parse{Name: "vins", Query: atkInsert})
-		}
-		msgs = append(msgs, &pgproto3.Bind{PreparedStatement: "vins", Parameters: atkBytes("r10b-"+label, "444-55-6666")}, &pgproto3.Execute{},
-			&pgproto3.Sync{})
-		r := pipeline(t, pooled, msgs...)
-		t.Logf("victim %s: errors %v", label, r.errors)
-	}
+	victim := func(label string, parse bool) { r10bVictimInsert(t, pooled, globex, label, parse) }
 	victim("first", true)
 	_, err := atkExec(t, pooled, `SET pgcloak.tenant_token = '`+mintToken(t, "acme", time.Hour)+`'`)
 	fatalIf(t, err, "attacker's token")
