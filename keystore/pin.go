@@ -147,6 +147,28 @@ CREATE OR REPLACE FUNCTION pgcloak.unpin() RETURNS void
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $fn$ SELECT setval('pgcloak.pin_marker', 0) $fn$;
 
+-- pin_burn spends every pin_next() number up to n in this session. The
+-- proxy calls it after a pin it sent did not complete (an error before or
+-- in it): that pin's MAC, in a literal pin's text that pg_stat_activity
+-- shows, would otherwise stay good in this session until its next pin.
+-- Spending numbers only ever makes MACs worthless, so anyone may call it.
+CREATE OR REPLACE FUNCTION pgcloak.pin_burn(n bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+  last bigint := 0;
+BEGIN
+  BEGIN
+    last := currval('pgcloak.pin_counter');
+  EXCEPTION WHEN object_not_in_prerequisite_state THEN
+    last := 0;
+  END;
+  IF n > last THEN
+    PERFORM setval('pgcloak.pin_counter', n);
+  END IF;
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION pgcloak.current_tenant() RETURNS text
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $fn$
@@ -174,9 +196,9 @@ BEGIN
 END
 $fn$;
 
-REVOKE ALL ON FUNCTION pgcloak.pin_challenge(), pgcloak.pin(text, text, text), pgcloak.unpin(),
+REVOKE ALL ON FUNCTION pgcloak.pin_challenge(), pgcloak.pin(text, text, text), pgcloak.unpin(), pgcloak.pin_burn(bigint),
     pgcloak.pin_next(text, text, bigint, bigint, boolean, text), pgcloak.current_tenant() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION pgcloak.pin_challenge(), pgcloak.pin(text, text, text), pgcloak.unpin(),
+GRANT EXECUTE ON FUNCTION pgcloak.pin_challenge(), pgcloak.pin(text, text, text), pgcloak.unpin(), pgcloak.pin_burn(bigint),
     pgcloak.pin_next(text, text, bigint, bigint, boolean, text), pgcloak.current_tenant() TO PUBLIC;
 `
 
@@ -327,6 +349,7 @@ func pinCurrent(ctx context.Context, tx pgx.Tx) (string, error) {
 		  AND to_regclass('pgcloak.pin_counter') IS NOT NULL
 		  AND to_regprocedure('pgcloak.pin_next(text, text, bigint, bigint, boolean, text)') IS NOT NULL
 		  AND to_regprocedure('pgcloak.unpin()') IS NOT NULL
+		  AND to_regprocedure('pgcloak.pin_burn(bigint)') IS NOT NULL
 		  AND to_regprocedure('pgcloak.pin_challenge()') IS NOT NULL`).Scan(&comment)
 	if errors.Is(err, pgx.ErrNoRows) || (err == nil && comment == nil) {
 		return "", nil
@@ -396,6 +419,10 @@ func (p *Pinner) PinTx(ctx context.Context, tx pgx.Tx, setting, tenant string) e
 
 // ChallengeStatement draws the challenge a session's MAC must name.
 const ChallengeStatement = "SELECT pgcloak.pin_challenge()"
+
+// BurnStatement spends every pin_next() number up to its parameter in the
+// session (pgcloak.pin_burn()).
+const BurnStatement = "SELECT pgcloak.pin_burn($1::pg_catalog.int8)"
 
 // PinStatement pins a session (local: until its transaction ends): with
 // parameters tenant, proof, MAC, tenancy.setting and ProofSetting,

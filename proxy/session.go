@@ -541,7 +541,7 @@ func (s *session) handleClientMessage(msg pgproto3.FrontendMessage) error {
 		if err := s.beforeTokenMessage(); err != nil {
 			return err
 		}
-		if s.tok.clearOwed && s.tok.clearBlocked {
+		if s.tok.clearOwed && s.tok.clearBlocked || s.tok.burnBlocked {
 			if refused, err := s.refuseUntilCleared(msg); refused {
 				return err
 			}

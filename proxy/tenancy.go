@@ -163,6 +163,9 @@ func (s *session) sendInternal(sql string, params [][]byte) error {
 	s.upstreamOut.send(&pgproto3.Parse{Name: internalStatement, Query: sql})
 	s.upstreamOut.send(&pgproto3.Bind{PreparedStatement: internalStatement, Parameters: params})
 	s.upstreamOut.send(&pgproto3.Execute{})
+	// The unnamed portal goes too: in a transaction block it would stay
+	// for the client's next Execute of "".
+	s.upstreamOut.send(&pgproto3.Close{ObjectType: 'P', Name: ""})
 	s.upstreamOut.send(&pgproto3.Close{ObjectType: 'S', Name: internalStatement})
 	s.upstreamOut.send(&pgproto3.Sync{})
 	return s.upstreamOut.flush()

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -409,6 +410,15 @@ type tokenState struct {
 	// clearBlocked: the last try found the transaction aborted (see
 	// refuseUntilCleared).
 	clearOwed, clearBlocked bool
+	// spent is the highest pin_next() number known spent upstream, n the
+	// last one sent; burnBlocked: spending the rest waits for the aborted
+	// transaction to end (burnUnspent).
+	spent       int64
+	burnBlocked bool
+	// exitPortals are the portals bound, while the proxy waits for an
+	// aborted transaction to end, to a statement that ends it, with the
+	// round of their Bind (refuseUntilCleared).
+	exitPortals map[string]int64
 	// base and baseProof are a mode jwt session's login tenant and its
 	// proof, startup parameters upstream: what DISCARD ALL and RESET
 	// ALL come back to.
@@ -457,6 +467,9 @@ type tokenUpstream struct {
 	// ran: the open transaction may hold rows to read on (upstream
 	// goroutine; a token switch is then refused, see errSwitchAfterRun).
 	ran bool
+	// spent is the highest pin_next() number of a pin PostgreSQL
+	// confirmed (see burnUnspent).
+	spent int64
 }
 
 // tokenPin is one token statement on its way: what the client is answered
@@ -470,6 +483,7 @@ type tokenPin struct {
 	value  string // set_config's answer: the token as given
 	alias  string // a simple Query's pin: its column name
 	seen   bool   // its row arrived and was checked
+	n      int64  // the pin_next() number it spends (0: none)
 }
 
 func (u *tokenUpstream) tenant() string {
@@ -793,6 +807,7 @@ func (s *session) tokenPin(ts *tokenStmt, raw string, args *[][]byte) (*tokenPin
 	}
 	pin.proof = proof
 	params := s.nextPinArgs(claims.Tenant, proof, ts.local)
+	pin.n = s.tok.n
 	if args != nil {
 		*args = append(*args, params...)
 		return pin, keystore.NextStatement(ts.local, alias), nil
@@ -870,8 +885,97 @@ func (s *session) repinSession() error {
 		return fmt.Errorf("pinning the session token's tenant again failed upstream with SQLSTATE %s", code)
 	}
 	s.tok.markerMoved = false
+	s.tok.spent = max(s.tok.spent, s.tok.n)
 	s.tenant = s.tok.session
 	return nil
+}
+
+// burnUnspent spends upstream (pgcloak.pin_burn()) the numbers of the pins
+// the proxy sent that PostgreSQL did not confirm: a pin that failed, or
+// never ran because an earlier statement of its query or round failed. A
+// literal pin's MAC stays readable in pg_stat_activity, and until the
+// session's next pin it would pin that tenant again through a statement
+// whose text holds it (a statement a DBA's function PREPAREd, run by a
+// Bind): behind a transaction pooler, another client's next transaction
+// on the connection pinned the tenant of a token it never had (found by
+// review on 2026-12-08). It runs before every round after one that sent a
+// pin; in an aborted transaction it waits, and only a lone ROLLBACK is
+// taken meanwhile (refuseUntilCleared). When PostgreSQL refuses it for
+// another reason (a hot standby) the session ends.
+func (s *session) burnUnspent() error {
+	if s.srv.pinner == nil || s.tok.n <= s.tok.spent {
+		return nil
+	}
+	u := &s.tokUp
+	if s.onLoop {
+		u.mu.Lock()
+		done := u.answered == s.upstreamOut.syncs && u.spent >= s.tok.n
+		u.mu.Unlock()
+		if !done {
+			return errLoopWouldWait // nothing changed yet
+		}
+		s.tok.spent = s.tok.n
+		return nil
+	}
+	if err := s.upstreamOut.flush(); err != nil {
+		return fmt.Errorf("upstream write: %w", err)
+	}
+	u.mu.Lock()
+	for u.answered < s.upstreamOut.syncs && !s.closed.Load() {
+		u.cond.Wait()
+	}
+	spent := u.spent
+	u.mu.Unlock()
+	if s.closed.Load() {
+		return errDone
+	}
+	n := s.tok.n
+	if spent >= n {
+		s.tok.spent = n
+		return nil
+	}
+	code, err := s.burn(n)
+	if err != nil {
+		return err
+	}
+	s.tok.burnBlocked = code == pgerrcode.InFailedSQLTransaction
+	switch {
+	case s.tok.burnBlocked:
+		return nil
+	case code != "":
+		return fmt.Errorf("token session: spending a tenant pin that did not complete failed upstream with SQLSTATE %s", code)
+	}
+	s.tok.spent = n
+	return nil
+}
+
+// burn runs pgcloak.pin_burn(n); when the session is idle and read-only by
+// default (the pin may have failed for that), in a transaction of its own
+// that may write. It returns the SQLSTATE of a failure.
+func (s *session) burn(n int64) (string, error) {
+	arg := []byte(strconv.FormatInt(n, 10))
+	_, code, err := s.callInternal(keystore.BurnStatement, arg)
+	s.tokUp.mu.Lock()
+	idle := s.tokUp.status == 'I'
+	s.tokUp.mu.Unlock()
+	if err != nil || code != pgerrcode.ReadOnlySQLTransaction || !idle {
+		return code, err
+	}
+	if _, code, err = s.callInternal("BEGIN READ WRITE"); err != nil || code != "" {
+		return code, err
+	}
+	_, code, err = s.callInternal(keystore.BurnStatement, arg)
+	if err != nil {
+		return code, err
+	}
+	end := "COMMIT"
+	if code != "" {
+		end = "ROLLBACK"
+	}
+	if _, endCode, err := s.callInternal(end); err != nil || endCode != "" {
+		return cmp.Or(code, endCode), err
+	}
+	return code, nil
 }
 
 // tokenResponse runs in the upstream goroutine for every message of a
@@ -1166,6 +1270,7 @@ func (s *session) applyPin(pin *tokenPin) {
 	u := &s.tokUp
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	u.spent = max(u.spent, pin.n)
 	switch {
 	case pin.form == tokenReset:
 		u.hasLocal, u.local = false, ""
@@ -1230,14 +1335,16 @@ var errAbortedUntilCleared = &clientError{code: pgerrcode.InFailedSQLTransaction
 	msg: "current transaction is aborted, commands ignored until end of transaction block (a tenant token was refused in it: send ROLLBACK, or ROLLBACK TO SAVEPOINT, as a statement of its own)"}
 
 // refuseUntilCleared keeps a token session whose pin is still owed a clear
-// in an aborted transaction to statements that end the abort, each alone:
-// a query or a Parse must be one COMMIT, ROLLBACK [TO SAVEPOINT], ABORT,
-// END or PREPARE TRANSACTION, and a Bind must bind one. PostgreSQL refuses
-// everything else there itself, but not what follows a ROLLBACK TO
-// SAVEPOINT in the same query or round: that would run under the tenant
-// pinned before the refused token (its settings come back with the
-// savepoint) while the proxy holds none (found by review on 2026-12-08).
-// The proxy clears the pin before the next round.
+// (or an unconfirmed pin a burn, see burnUnspent) in an aborted
+// transaction to statements that end the abort, each alone: a query or a
+// Parse must be one COMMIT, ROLLBACK [TO SAVEPOINT], ABORT, END or PREPARE
+// TRANSACTION, a Bind must bind one, and an Execute must run a portal so
+// bound in this round. PostgreSQL refuses everything else there itself,
+// but not what follows a ROLLBACK TO SAVEPOINT in the same query or round:
+// that would run under the tenant pinned before the refused token (its
+// settings come back with the savepoint) while the proxy holds none (found
+// by review on 2026-12-08). The proxy clears the pin before the next
+// round.
 func (s *session) refuseUntilCleared(msg pgproto3.FrontendMessage) (bool, error) {
 	switch m := msg.(type) {
 	case *pgproto3.Query:
@@ -1251,6 +1358,16 @@ func (s *session) refuseUntilCleared(msg pgproto3.FrontendMessage) (bool, error)
 		}
 	case *pgproto3.Bind:
 		if text, ok := s.shapes.text(m.PreparedStatement, s.stmtGen[m.PreparedStatement]); !ok || !endsAbortAlone(text) {
+			return true, s.refuseExtended(errAbortedUntilCleared)
+		}
+		if s.tok.exitPortals == nil {
+			s.tok.exitPortals = make(map[string]int64)
+		}
+		s.tok.exitPortals[m.DestinationPortal] = s.upstreamOut.syncs
+	case *pgproto3.Execute:
+		// A portal bound before (in the aborted transaction's savepoint,
+		// say) would run after a ROLLBACK TO in this round.
+		if r, ok := s.tok.exitPortals[m.Portal]; !ok || r != s.upstreamOut.syncs {
 			return true, s.refuseExtended(errAbortedUntilCleared)
 		}
 	case *pgproto3.FunctionCall:
@@ -1309,6 +1426,9 @@ func (s *session) beforeTokenMessage() error {
 		if err := s.clearAfterRefusal(); err != nil {
 			return err
 		}
+	}
+	if err := s.burnUnspent(); err != nil {
+		return err
 	}
 	if !s.repin.pending || s.srv.pinner == nil {
 		return nil

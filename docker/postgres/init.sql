@@ -127,6 +127,28 @@ CREATE OR REPLACE FUNCTION pgcloak.unpin() RETURNS void
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $fn$ SELECT setval('pgcloak.pin_marker', 0) $fn$;
 
+-- pin_burn spends every pin_next() number up to n in this session. The
+-- proxy calls it after a pin it sent did not complete (an error before or
+-- in it): that pin's MAC, in a literal pin's text that pg_stat_activity
+-- shows, would otherwise stay good in this session until its next pin.
+-- Spending numbers only ever makes MACs worthless, so anyone may call it.
+CREATE OR REPLACE FUNCTION pgcloak.pin_burn(n bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+  last bigint := 0;
+BEGIN
+  BEGIN
+    last := currval('pgcloak.pin_counter');
+  EXCEPTION WHEN object_not_in_prerequisite_state THEN
+    last := 0;
+  END;
+  IF n > last THEN
+    PERFORM setval('pgcloak.pin_counter', n);
+  END IF;
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION pgcloak.current_tenant() RETURNS text
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $fn$
@@ -154,9 +176,9 @@ BEGIN
 END
 $fn$;
 
-REVOKE ALL ON FUNCTION pgcloak.pin_challenge(), pgcloak.pin(text, text, text), pgcloak.unpin(),
+REVOKE ALL ON FUNCTION pgcloak.pin_challenge(), pgcloak.pin(text, text, text), pgcloak.unpin(), pgcloak.pin_burn(bigint),
     pgcloak.pin_next(text, text, bigint, bigint, boolean, text), pgcloak.current_tenant() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION pgcloak.pin_challenge(), pgcloak.pin(text, text, text), pgcloak.unpin(),
+GRANT EXECUTE ON FUNCTION pgcloak.pin_challenge(), pgcloak.pin(text, text, text), pgcloak.unpin(), pgcloak.pin_burn(bigint),
     pgcloak.pin_next(text, text, bigint, bigint, boolean, text), pgcloak.current_tenant() TO PUBLIC;
 reset role;
 
