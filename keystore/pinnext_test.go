@@ -184,3 +184,38 @@ func TestPinNextFailedAfterMarker(t *testing.T) {
 		tx.Rollback(ctx)
 	}
 }
+
+// TestPinBurn spends pin_next() numbers: a MAC for a spent number is
+// refused, the next number still pins, and burning below the last number
+// changes nothing.
+func TestPinBurn(t *testing.T) {
+	db := newPinDB(t)
+	ctx := context.Background()
+	conn := db.app(t, nil)
+	var c int64
+	if err := conn.QueryRow(ctx, ChallengeStatement).Scan(&c); err != nil {
+		t.Fatal(err)
+	}
+	pin := func(n int64) error {
+		proof, err := NewProof(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = conn.Exec(ctx, NextStatement(false, "x"), "acme", proof, c, n, db.pinner.NextMAC(c, n, false, "acme", proof), testSetting, ProofSetting)
+		return err
+	}
+	for _, n := range []int64{3, 1} { // the second is below the first: no change
+		if _, err := conn.Exec(ctx, BurnStatement, n); err != nil {
+			t.Fatalf("pin_burn(%d): %v", n, err)
+		}
+	}
+	for _, n := range []int64{1, 3} {
+		var pe *pgconn.PgError
+		if err := pin(n); !errors.As(err, &pe) || pe.Code != "42501" {
+			t.Errorf("pin_next with the spent number %d: %v, want 42501", n, err)
+		}
+	}
+	if err := pin(4); err != nil {
+		t.Errorf("pin_next with the number after the spent ones: %v", err)
+	}
+}

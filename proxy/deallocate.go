@@ -85,6 +85,7 @@ func (s *session) deallocated(d *deallocation) {
 	}
 	for _, name := range d.Names {
 		s.newGeneration(name)
+		delete(s.plainNamed, name)
 	}
 	if d.All {
 		for name := range s.stmtGen {
@@ -93,6 +94,7 @@ func (s *session) deallocated(d *deallocation) {
 				delete(s.statements, name)
 			}
 		}
+		clear(s.plainNamed)
 	}
 }
 

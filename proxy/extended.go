@@ -62,6 +62,51 @@ type preparedStatement struct {
 	// statement's literals for encrypted columns were sealed at Parse: a
 	// Bind under another tenant is refused (see handleParse).
 	sealedUnder string
+	// up is, for a named statement of a token session, what the proxy
+	// sent PostgreSQL, to prepare it again (reprepare).
+	up *upstreamParse
+}
+
+// upstreamParse is the Parse the proxy sent PostgreSQL for a named
+// statement of a token session, and the count of idle ReadyForQuery
+// messages (tokenUpstream.idle) when it was last sent.
+type upstreamParse struct {
+	name, text string
+	oids       []uint32
+	idle       int64
+}
+
+// reprepare prepares a named statement of a token session again (Close,
+// Parse) at its first Bind after the session was idle. A token session may
+// be shared: behind pgbouncer in transaction mode, another client's
+// transaction runs on it between two of this client's, and through SQL the
+// proxy cannot read (a DBA's function that runs text it is given) it can
+// DEALLOCATE the statement the proxy prepared and PREPARE its own under
+// the same name, which this client's next Bind would then run under its
+// tenant (found by review on 2026-12-08). A client's own statements are
+// thus parsed once per transaction that uses them.
+func (s *session) reprepare(up *upstreamParse) {
+	if up == nil {
+		return
+	}
+	idle := s.tokUp.idle.Load()
+	if up.idle == idle {
+		return
+	}
+	up.idle = idle
+	s.pending.push(&pending{kind: pendClose, name: up.name, target: 'S', own: true})
+	s.upstreamOut.send(&pgproto3.Close{ObjectType: 'S', Name: up.name})
+	s.pending.push(&pending{kind: pendParse, name: up.name, own: true})
+	s.upstreamOut.send(&pgproto3.Parse{Name: up.name, Query: up.text, ParameterOIDs: up.oids})
+}
+
+// upstreamParseOf returns the record reprepare goes by, for a Parse sent in
+// a token session under a name.
+func (s *session) upstreamParseOf(name, text string, oids []uint32) *upstreamParse {
+	if !s.tokens || name == "" {
+		return nil
+	}
+	return &upstreamParse{name: name, text: text, oids: append([]uint32(nil), oids...), idle: s.tokUp.idle.Load()}
 }
 
 // clientOID is the type the client gave parameter j (0-based), or 0.
@@ -145,15 +190,13 @@ const unnamedUpstream = reservedPrefix + "u"
 // parseRewritten forwards a Parse whose plan transforms parameters or (in
 // a token session) whose literals were sealed under sealedUnder; orig is
 // the client's text.
-func (s *session) parseRewritten(m *pgproto3.Parse, orig string, plan *rewrite.Plan, text, sealedUnder string) error {
+func (s *session) parseRewritten(m *pgproto3.Parse, plan *rewrite.Plan, text, sealedUnder string) error {
 	if m.Name != "" {
 		if old := s.statements[m.Name]; old != nil && !old.failed.Load() {
 			return s.refuseExtended(&clientError{code: pgerrcode.DuplicatePreparedStatement, msg: fmt.Sprintf("prepared statement %q already exists", m.Name)})
 		}
 	}
-	if sealedUnder != "" || hasKeyedParams(plan.Params) {
-		s.fixName(m.Name, orig)
-	}
+	s.fixName(m.Name, m.Query)
 	ps := newPreparedStatement(plan, m.ParameterOIDs)
 	ps.sealedUnder = sealedUnder
 	if m.Name != "" {
@@ -176,7 +219,11 @@ func (s *session) parseRewritten(m *pgproto3.Parse, orig string, plan *rewrite.P
 	s.shapes.parsed(m.Name, s.stmtGen[m.Name], text)
 	s.pending.push(&pending{kind: pendParse, name: m.Name, prepared: ps})
 	s.srv.audit.obs.StatementRewritten()
-	return s.upstreamOut.send(&pgproto3.Parse{Name: ps.upstream, Query: text, ParameterOIDs: ps.upstreamOIDs()})
+	up := &pgproto3.Parse{Name: ps.upstream, Query: text, ParameterOIDs: ps.upstreamOIDs()}
+	if m.Name != "" {
+		ps.up = s.upstreamParseOf(up.Name, up.Query, up.ParameterOIDs)
+	}
+	return s.upstreamOut.send(up)
 }
 
 // parsePlain forwards a Parse whose parameters pass through, under the
@@ -193,6 +240,7 @@ func (s *session) parsePlain(m *pgproto3.Parse, text string) error {
 			delete(s.statements, m.Name)
 		}
 	}
+	s.fixName(m.Name, m.Query)
 	if s.decrypts {
 		s.newGeneration(m.Name)
 		text = s.parseDeallocation(m.Name, text)
@@ -202,6 +250,12 @@ func (s *session) parsePlain(m *pgproto3.Parse, text string) error {
 		}
 	}
 	s.track(m)
+	if up := s.upstreamParseOf(m.Name, text, m.ParameterOIDs); up != nil {
+		if s.plainNamed == nil {
+			s.plainNamed = make(map[string]*upstreamParse)
+		}
+		s.plainNamed[m.Name] = up
+	}
 	if text == m.Query {
 		return s.upstreamOut.send(m)
 	}
@@ -223,7 +277,7 @@ func (s *session) handleBind(m *pgproto3.Bind) error {
 	case ps != nil && ps.failed.Load():
 		// PostgreSQL rejected its Parse: say so in the client's terms.
 		err = &clientError{code: pgerrcode.InvalidSQLStatementName, msg: fmt.Sprintf("prepared statement %q does not exist", m.PreparedStatement)}
-	case ps == nil && s.tokens && s.fixedName(m.PreparedStatement):
+	case ps == nil && s.tokens && s.fixedName(m.PreparedStatement) && s.plainNamed[m.PreparedStatement] == nil:
 		// A name that held a token or encrypted-column statement, closed
 		// or discarded since: PostgreSQL's statement of the client's name,
 		// if any, was prepared by SQL the proxy could not read (a DBA's
@@ -261,6 +315,13 @@ func (s *session) handleBind(m *pgproto3.Bind) error {
 		delete(s.unshaped, m.DestinationPortal)
 	} else {
 		s.unshaped[m.DestinationPortal] = true
+	}
+	if s.tokens {
+		if ps != nil {
+			s.reprepare(ps.up)
+		} else {
+			s.reprepare(s.plainNamed[m.PreparedStatement])
+		}
 	}
 	if up := binaryResults(shape, m.ResultFormatCodes); up != nil {
 		if out == m {
@@ -347,6 +408,7 @@ func (s *session) handleClose(m *pgproto3.Close) error {
 	if err != nil {
 		return s.refuseExtended(err)
 	}
+	delete(s.plainNamed, m.Name)
 	if ps == nil {
 		s.track(m)
 		return s.upstreamOut.send(m)

@@ -246,11 +246,11 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 	if s.tokens && containsFold(m.Query, pinAliasPrefix) {
 		return s.refuseExtended(errPinAlias)
 	}
-	if err := s.checkFixedName(m.Name, m.Query); err != nil {
-		return s.refuseExtended(err)
-	}
 	if containsFold(m.Query, "tenant_token") {
 		if s.tokens {
+			if err := s.checkFixedName(m.Name, m.Query); err != nil {
+				return s.refuseExtended(err)
+			}
 			return s.parseToken(m)
 		}
 		return s.refuseExtended(tokensNotAllowed())
@@ -258,11 +258,13 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 	if strings.HasPrefix(m.Name, reservedPrefix) {
 		return s.refuseExtended(errReservedName)
 	}
-	orig := m.Query
 	if text, err := s.catalogView(m.Query); err != nil {
 		return s.refuseExtended(err)
 	} else if text != m.Query {
 		m = &pgproto3.Parse{Name: m.Name, Query: text, ParameterOIDs: m.ParameterOIDs}
+	}
+	if err := s.checkFixedName(m.Name, m.Query); err != nil {
+		return s.refuseExtended(err)
 	}
 	if !s.needsAnalysis(m.Query) {
 		return s.parsePlain(m, m.Query)
@@ -317,22 +319,21 @@ func (s *session) handleParse(m *pgproto3.Parse) error {
 	if identityParams(plan.Params) && sealed == "" {
 		return s.parsePlain(m, text)
 	}
-	return s.parseRewritten(m, orig, plan, text, sealed)
+	return s.parseRewritten(m, plan, text, sealed)
 }
 
 // errNameFixed refuses, in a token session, to give a statement name that
-// held a tenant token statement, or one whose values for encrypted columns
-// the proxy seals, another text. A token session may be shared: behind
-// pgbouncer in transaction mode one client's transaction can close such a
+// held a statement another text. A token session may be shared: behind
+// pgbouncer in transaction mode one client's transaction can close a
 // statement (a Close, DEALLOCATE, DISCARD ALL) and prepare another of the
 // same name, and the next client's Bind of the name would then hand its
 // token, or its plaintext for an encrypted column, to a statement that
-// passes them to PostgreSQL as they are (found by review on 2026-12-08).
+// passes them to PostgreSQL as they are, or run SQL of the other client's
+// under its tenant (found by review on 2026-12-08).
 var errNameFixed = &clientError{code: pgerrcode.FeatureNotSupported,
-	msg: "in a session whose tenant comes from tenant tokens, a prepared statement name that held a tenant token statement or encrypted-column values cannot be prepared again with another text; use a new name"}
+	msg: "in a session whose tenant comes from tenant tokens, a prepared statement name cannot be prepared again with another text; use a new name"}
 
-// fixName records, in a token session, that the named statement text
-// holds a token statement or takes values for encrypted columns.
+// fixName records, in a token session, the text of a named statement.
 func (s *session) fixName(name, text string) {
 	if !s.tokens || name == "" {
 		return

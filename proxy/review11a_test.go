@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgcloak/pgcloak/keystore"
 )
@@ -207,6 +208,170 @@ func TestReview11APinReplayThroughPreparedPinText(t *testing.T) {
 				}
 			}
 		})
+	}
+	atkCheckStored(t, env)
+}
+
+// r11aLeakSQL is the attacker's text: it copies whatever rows the pinned
+// tenant can read into a session setting, which survives the victim's
+// transaction on the shared connection.
+const r11aLeakSQL = `select pg_catalog.set_config('zz.leak', coalesce((select string_agg(name, ',' order by name) from patients), '<none>'), false) as name`
+
+// r11aPlantSQL also writes a row under the pinned tenant.
+const r11aPlantSQL = `with i as (insert into patients (name) values ('r11a-planted') returning 1) select pg_catalog.set_config('zz.leak', coalesce((select string_agg(name, ',' order by name) from patients), '<none>'), false) || (select count(*) from i)::text as name`
+
+// r11aLeak reads zz.leak on conn.
+func r11aLeak(t *testing.T, conn *pgconn.PgConn) string {
+	t.Helper()
+	res, err := atkExec(t, conn, `select coalesce(current_setting('zz.leak', true), '')`)
+	if err != nil {
+		t.Logf("read zz.leak: %v", err)
+		return ""
+	}
+	return string(res[0].Rows[0][0])
+}
+
+// r11aVictim runs one pooled transaction of the victim (globex): its
+// token bound to its named token statement, then a Bind of its named
+// statement stmt (parsed the first time with text).
+func r11aVictim(t *testing.T, conn *pgconn.PgConn, label, globex, stmt, text string, params [][]byte, parse bool) pipelineResult {
+	t.Helper()
+	var msgs []pgproto3.FrontendMessage
+	if parse {
+		msgs = append(msgs, &pgproto3.Parse{Name: "vtok", Query: r11aTok})
+	}
+	msgs = append(msgs, &pgproto3.Bind{PreparedStatement: "vtok", Parameters: atkBytes(globex)}, &pgproto3.Execute{})
+	if parse {
+		msgs = append(msgs, &pgproto3.Parse{Name: stmt, Query: text})
+	}
+	msgs = append(msgs, &pgproto3.Bind{PreparedStatement: stmt, Parameters: params}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	r := pipeline(t, conn, msgs...)
+	t.Logf("victim %s: errors %v rows %v", label, r.errors, r.rows)
+	return r
+}
+
+// A pooled connection: the victim's driver prepared a plain statement
+// (no encrypted column, so its name is not fixed) once and binds it in
+// each of its transactions, after its token. The attacker, with no token
+// at all, closes the name and prepares it again as a statement that
+// copies the rows the pinned tenant reads into a session setting. The
+// victim's next transaction runs it under globex's pin; the attacker
+// then reads globex's rows from the setting.
+func TestReview11APlainNamedStatementRedefinedLeaksRows(t *testing.T) {
+	env := startTokenEnv(t)
+	atkSeed(t, env)
+	globex := mintToken(t, "globex", time.Hour)
+	const vsel = `select name from patients order by name`
+	drRun(t, env)
+	for _, how := range []string{"protocol", "sql", "dynamic"} {
+		t.Run(how, func(t *testing.T) {
+			pooled := atkRaw(t, env)
+			r11aVictim(t, pooled, "first", globex, "vsel", vsel, nil, true)
+			if how == "protocol" {
+				r := pipeline(t, pooled,
+					&pgproto3.Close{ObjectType: 'S', Name: "vsel"},
+					&pgproto3.Parse{Name: "vsel", Query: r11aPlantSQL},
+					&pgproto3.Sync{})
+				t.Logf("attacker redefines vsel (Close, Parse): %v", r.errors)
+			} else if how == "sql" {
+				_, err := atkExec(t, pooled, `DEALLOCATE vsel; PREPARE vsel AS `+r11aLeakSQL)
+				t.Logf("attacker redefines vsel (DEALLOCATE, PREPARE): %v", err)
+			} else {
+				// Through a DBA's function that runs text: pgcloak sees
+				// neither the DEALLOCATE nor the PREPARE.
+				_, err := atkExec(t, pooled, `select public.run(`+rvQuoteChunks(`DEALLOCATE vsel`)+`), public.run(`+rvQuoteChunks(`PREPARE vsel AS `+r11aLeakSQL)+`)`)
+				t.Logf("attacker redefines vsel through public.run: %v", err)
+			}
+			r11aVictim(t, pooled, "second", globex, "vsel", "", nil, false)
+			leak := r11aLeak(t, pooled)
+			t.Logf("attacker (no token) reads zz.leak: %q", leak)
+			if strings.Contains(leak, "globex") {
+				t.Errorf("the attacker read globex's rows (%q): its text ran under globex's pin through the victim's Bind of a redefined plain statement name", leak)
+			}
+			for _, s := range r10aStoredAs(t, env, "r11a-planted") {
+				if !strings.HasPrefix(s, "<null>:") {
+					t.Errorf("the attacker (no token) wrote a row stamped %s through the victim's Bind", s)
+				}
+			}
+		})
+	}
+}
+
+// The victim's statement that searches an encrypted column lives
+// upstream as pgcloak:s<n> (its name is fixed for pgcloak). SQL pgcloak
+// cannot read (a DBA's function that runs text) deallocates pgcloak's
+// upstream statement and prepares the attacker's text under the same
+// name and parameter types. Unlike a token statement, pgcloak does not
+// prepare it again at the Bind: the victim's next Bind runs the
+// attacker's text under globex's pin.
+func TestReview11ARewrittenUpstreamNameRedefinedLeaksRows(t *testing.T) {
+	env := startTokenEnv(t)
+	atkSeed(t, env)
+	drRun(t, env)
+	pooled := atkRaw(t, env)
+	globex := mintToken(t, "globex", time.Hour)
+	const vfind = `select name from patients where ssn = $1`
+	r11aVictim(t, pooled, "first", globex, "vfind", vfind, atkBytes("987-65-4321"), true)
+
+	// The attacker learns pgcloak's upstream names and types, as any SQL
+	// of the session can.
+	_, err := atkExec(t, pooled, `select public.run(`+rvQuoteChunks(`select pg_catalog.set_config('zz.ps', (select string_agg(name || '=' || parameter_types::text, ';') from pg_prepared_statements), false)`)+`)`)
+	fatalIf(t, err, "list prepared statements")
+	res, err := atkExec(t, pooled, `select current_setting('zz.ps')`)
+	fatalIf(t, err, "read zz.ps")
+	ps := string(res[0].Rows[0][0])
+	t.Logf("upstream statements: %s", ps)
+	redefined := 0
+	for _, e := range strings.Split(ps, ";") {
+		name, types, ok := strings.Cut(e, "=")
+		if !ok || !strings.HasPrefix(name, "pgcloak:s") || types == "{}" {
+			continue
+		}
+		types = strings.Trim(types, "{}")
+		sql := `DEALLOCATE "` + name + `"; PREPARE "` + name + `"(` + types + `) AS ` + r11aLeakSQL + ` where $1 is not null or true`
+		_, err := atkExec(t, pooled, `select public.run(`+rvQuoteChunks(sql)+`)`)
+		t.Logf("redefine %s(%s): %v", name, types, err)
+		if err == nil {
+			redefined++
+		}
+	}
+	if redefined == 0 {
+		t.Fatalf("found no pgcloak statement with parameters to redefine")
+	}
+	r11aVictim(t, pooled, "second", globex, "vfind", "", atkBytes("987-65-4321"), false)
+	leak := r11aLeak(t, pooled)
+	t.Logf("attacker (no token) reads zz.leak: %q", leak)
+	if strings.Contains(leak, "globex") {
+		t.Errorf("the attacker read globex's rows (%q): the victim's Bind of its encrypted-column statement ran the attacker's text under globex's pin", leak)
+	}
+}
+
+// The same primitive carries a value sealed under acme into a row stamped
+// globex: the attacker (acme's token) keeps the raw ciphertext of its own
+// row's ssn in a session setting, and its text, run by the victim's Bind
+// under globex's pin, inserts it (through a DBA's function pgcloak
+// cannot read into).
+func TestReview11APlainNamedStatementRedefinedCrossSeal(t *testing.T) {
+	env := startTokenEnv(t)
+	atkSeed(t, env)
+	drRun(t, env)
+	globex, acme := mintToken(t, "globex", time.Hour), mintToken(t, "acme", time.Hour)
+	pooled := atkRaw(t, env)
+	r11aVictim(t, pooled, "first", globex, "vsel", `select name from patients order by name`, nil, true)
+	stash := `select pg_catalog.set_config('zz.ct', (select encode(ssn, 'hex') from patients where name = 'seed-acme'), false)`
+	_, err := atkExec(t, pooled, `BEGIN; SET LOCAL pgcloak.tenant_token = '`+acme+`'; select public.run(`+rvQuoteChunks(stash)+`); COMMIT`)
+	t.Logf("attacker stashes acme's ciphertext: %v", err)
+	ins := `insert into patients (name, ssn) values ('r11a-cross', decode(current_setting('zz.ct'), 'hex'))`
+	redefine := `PREPARE vsel AS select public.run(` + rvQuoteChunks(ins) + `)::text as name`
+	_, err = atkExec(t, pooled, `select public.run(`+rvQuoteChunks(`DEALLOCATE vsel`)+`), public.run(`+rvQuoteChunks(redefine)+`)`)
+	t.Logf("attacker redefines vsel through public.run: %v", err)
+	r11aVictim(t, pooled, "second", globex, "vsel", "", nil, false)
+	stored := r10aStoredAs(t, env, "r11a-cross")
+	t.Logf("stored %v", stored)
+	for _, s := range stored {
+		if strings.HasPrefix(s, "globex:") {
+			t.Errorf("a value sealed under acme is stored in a row stamped globex (%s)", s)
+		}
 	}
 	atkCheckStored(t, env)
 }

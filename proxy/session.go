@@ -109,11 +109,14 @@ type session struct {
 	// Execute that may run them under another tenant is refused
 	// (handleExecute, portalSeal).
 	boundFor map[string]*portalSeal
-	// fixedNames are, in a token session, the statement names that held a
-	// tenant token statement or took values for encrypted columns, with
-	// their client text: no other text may take such a name (query.go,
-	// errNameFixed). Not even DISCARD ALL frees one.
+	// fixedNames are, in a token session, the names of the statements
+	// prepared through the protocol, with their text: no other text may
+	// take such a name (query.go, errNameFixed). Not even DISCARD ALL
+	// frees one.
 	fixedNames map[string]string
+	// plainNamed are, in a token session, the named statements whose
+	// parameters pass through, as sent upstream (reprepare).
+	plainNamed map[string]*upstreamParse
 
 	// raised are the refusals raised upstream, awaiting their errors
 	// (errors.go).

@@ -470,6 +470,9 @@ type tokenUpstream struct {
 	// spent is the highest pin_next() number of a pin PostgreSQL
 	// confirmed (see burnUnspent).
 	spent int64
+	// idle counts the ReadyForQuery messages that found the session
+	// idle: another client's transaction may have run since (reprepare).
+	idle atomic.Int64
 }
 
 // tokenPin is one token statement on its way: what the client is answered
@@ -1048,6 +1051,9 @@ func (s *session) tokenResponse(msg pgproto3.BackendMessage) (pgproto3.BackendMe
 		u.ran = true
 		u.mu.Unlock()
 	case *pgproto3.ReadyForQuery:
+		if m.TxStatus == 'I' {
+			u.idle.Add(1)
+		}
 		u.mu.Lock()
 		u.answered++
 		if m.TxStatus == 'I' {
