@@ -72,6 +72,15 @@ func (a *analyzer) copyStmt(c *pg_query.CopyStmt) error {
 		t = a.touches(c.Query)
 	}
 	if t == nil {
+		// COPY t FROM STDIN WHERE <expr> on another table: its WHERE is
+		// not analysed, so it must not reach a declared table (a
+		// subquery there is PostgreSQL's error, but its text, plaintext
+		// included, would be logged).
+		if w := c.WhereClause; w != nil {
+			if t := a.touches(w); t != nil {
+				return a.refuseTable(kindCopy, t, "WHERE with a query over it", loc)
+			}
+		}
 		return nil
 	}
 	refuse := func(what string) error { return a.refuseTable(kindCopy, t, what, loc) }

@@ -17,6 +17,7 @@ type usage struct {
 var (
 	useValue     = usage{kindValueUse, "using it as a value"}
 	useCondition = usage{kindExpression, "using it as a condition"}
+	useSubscript = usage{kindExpression, "subscript or field selection"}
 )
 
 // aggregates are the built-in aggregate names rewrite recognises to word its
@@ -76,7 +77,10 @@ func (a *analyzer) expr(n *pg_query.Node, sc *scope, u usage) error {
 	case *pg_query.Node_FuncCall:
 		return a.funcCall(x.FuncCall, sc)
 	case *pg_query.Node_TypeCast:
-		return a.expr(x.TypeCast.Arg, sc, usage{kindCast, "cast to " + typeName(x.TypeCast.TypeName)})
+		if err := a.expr(x.TypeCast.Arg, sc, usage{kindCast, "cast to " + typeName(x.TypeCast.TypeName)}); err != nil {
+			return err
+		}
+		return a.typeModifiers(x.TypeCast.TypeName, sc)
 	case *pg_query.Node_SubLink:
 		return a.sublink(x.SubLink, sc)
 	case *pg_query.Node_CaseExpr:
@@ -137,7 +141,7 @@ func exprName(node string) string {
 		return "ARRAY constructor"
 	case "RowExpr":
 		return "ROW constructor"
-	case "A_Indirection":
+	case "A_Indirection", "A_Indices":
 		return "subscript or field selection"
 	case "CollateClause":
 		return "COLLATE"
@@ -331,6 +335,10 @@ func (a *analyzer) anyAll(e *pg_query.A_Expr, sc *scope, display string) (bool, 
 		if rf := a.checkType(arrayElementValueType(r), r, use.ref(), false, lastName(e.Name)); rf != nil {
 			return true, rf
 		}
+		// A type modifier or a cast of a cast converts the elements.
+		if rf := a.checkCasts(r, use.ref(), true); rf != nil {
+			return true, rf
+		}
 		r = r.GetTypeCast().Arg
 	}
 	switch x := r.Node.(type) {
@@ -423,10 +431,7 @@ func (a *analyzer) funcCall(f *pg_query.FuncCall, sc *scope) error {
 	switch {
 	case f.Over != nil:
 		u = usage{kindWindow, "window function " + name + "()"}
-		if err := a.exprs(f.Over.PartitionClause, sc, u); err != nil {
-			return err
-		}
-		if err := a.sortExprs(f.Over.OrderClause, sc, u); err != nil {
+		if err := a.windowDef(f.Over, sc, u); err != nil {
 			return err
 		}
 	case builtin && name == "count":
@@ -464,6 +469,36 @@ func (a *analyzer) aggExtras(f *pg_query.FuncCall, sc *scope) error {
 		return err
 	}
 	return a.expr(f.AggFilter, sc, useCondition)
+}
+
+// windowDef analyses a window definition (a WINDOW clause's or an inline
+// OVER's): PARTITION BY, ORDER BY and the frame's offsets
+// (ROWS <expr> PRECEDING and the like), which may hold subqueries.
+func (a *analyzer) windowDef(wd *pg_query.WindowDef, sc *scope, u usage) error {
+	if wd == nil {
+		return nil
+	}
+	if err := a.exprs(wd.PartitionClause, sc, u); err != nil {
+		return err
+	}
+	if err := a.sortExprs(wd.OrderClause, sc, u); err != nil {
+		return err
+	}
+	if err := a.expr(wd.StartOffset, sc, u); err != nil {
+		return err
+	}
+	return a.expr(wd.EndOffset, sc, u)
+}
+
+// typeModifiers analyses the expressions of a type name: its type
+// modifiers (numeric((SELECT ...))), which the grammar accepts as any
+// expression.
+func (a *analyzer) typeModifiers(t *pg_query.TypeName, sc *scope) error {
+	if t == nil {
+		return nil
+	}
+	u := usage{kindExpression, "type modifier"}
+	return childNodes(t, func(c *pg_query.Node) error { return a.expr(c, sc, u) })
 }
 
 // sortExprs analyses a list of SortBy nodes.

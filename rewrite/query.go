@@ -118,11 +118,7 @@ func (a *analyzer) selectStmt(s *pg_query.SelectStmt, parent *scope, q qctx) err
 		if wd == nil {
 			continue
 		}
-		wu := usage{kindWindow, "window definition"}
-		if err := a.exprs(wd.PartitionClause, sc, wu); err != nil {
-			return err
-		}
-		if err := a.sortExprs(wd.OrderClause, sc, wu); err != nil {
+		if err := a.windowDef(wd, sc, usage{kindWindow, "window definition"}); err != nil {
 			return err
 		}
 	}
@@ -356,6 +352,16 @@ func (a *analyzer) fromItem(n *pg_query.Node, sc *scope) error {
 			return err
 		}
 		if j.Alias != nil {
+			if len(j.Alias.Colnames) > 0 {
+				// A column alias list renames the join's columns by
+				// position, declared ones included: refused like one on
+				// a declared table.
+				for _, e := range added {
+					if ts := e.tables(); len(ts) > 0 {
+						return a.refuseTable(kindColumnAlias, ts[0], "", e.loc)
+					}
+				}
+			}
 			sc.rels = append(sc.rels, &relEntry{name: j.Alias.Aliasname, children: added, loc: -1})
 		}
 		return nil
@@ -370,6 +376,11 @@ func (a *analyzer) fromItem(n *pg_query.Node, sc *scope) error {
 			if err := a.expr(f, sc, useValue); err != nil {
 				return err
 			}
+		}
+		// AS t(a numeric(<expr>)): the column definitions' type
+		// modifiers are expressions too.
+		if err := a.exprs(x.RangeFunction.Coldeflist, sc, useValue); err != nil {
+			return err
 		}
 		sc.rels = append(sc.rels, &relEntry{name: aliasName(x.RangeFunction.Alias)})
 		return nil
@@ -416,6 +427,11 @@ func (a *analyzer) rangeVarEntry(rv *pg_query.RangeVar, sc *scope) (*relEntry, e
 	if err != nil {
 		return nil, err
 	}
+	if t != nil && rv.Alias != nil && len(rv.Alias.Colnames) > 0 {
+		// FROM patients AS p(i, t, n, s) renames the columns by
+		// position: s would be ssn under a name rewrite does not know.
+		return nil, a.refuseTable(kindColumnAlias, t, "", rv.Location)
+	}
 	e.table = t
 	return e, nil
 }
@@ -456,6 +472,18 @@ func (a *analyzer) insert(ins *pg_query.InsertStmt, parent *scope, q qctx) error
 			declared[i] = col
 			if first == nil {
 				first = col
+			}
+		}
+	}
+	// The subscripts of the other target columns (a[<expr>]) are
+	// expressions like any other.
+	for i, c := range ins.Cols {
+		if declared[i] != nil {
+			continue
+		}
+		if rt := c.GetResTarget(); rt != nil {
+			if err := a.exprs(rt.Indirection, sc, useSubscript); err != nil {
+				return err
 			}
 		}
 	}
@@ -626,6 +654,9 @@ func (a *analyzer) assignments(list []*pg_query.Node, t *declTable, sc *scope, o
 			col = t.column(rt.Name)
 		}
 		if col == nil {
+			if err := a.exprs(rt.Indirection, sc, useSubscript); err != nil {
+				return nil, err
+			}
 			if err := a.expr(rt.Val, sc, useValue); err != nil {
 				return nil, err
 			}

@@ -141,6 +141,9 @@ var (
 		doc: "a parameter bound for a declared column that the statement also uses as it is (another column, a comparison with a plain column, RETURNING): its plaintext would reach PostgreSQL"}
 	kindWholeRow = &refusalKind{id: "whole_row", code: pgerrcode.FeatureNotSupported,
 		msg: notSupported(hasEncryptedColumns, ""), doc: "a whole-row reference (t, t.* inside an expression, (t).col) to a declared table"}
+	kindColumnAlias = &refusalKind{id: "column_alias", code: pgerrcode.FeatureNotSupported, construct: "a column alias list",
+		msg: notSupported(hasEncryptedColumns, " (alias the columns in the select list instead)"),
+		doc: "a column alias list (FROM t AS a(x, y), (... JOIN ...) AS j(x, y)) on a declared table or a join over one: it renames declared columns by position"}
 	kindAmbiguousColumn = &refusalKind{id: "ambiguous_column", code: pgerrcode.FeatureNotSupported,
 		msg: notSupported(isEncrypted, " (qualify the column with its table)"),
 		doc: "an unqualified column name in a subquery that could be a declared column of an outer query"}
@@ -247,7 +250,7 @@ var refusalKinds = []*refusalKind{
 	kindOperator, kindNoSearch, kindComparison, kindJoin, kindSubqueryComparison,
 	kindArrayLiteral, kindLiteral, kindOrderBy, kindGroupBy, kindDistinct, kindFunction,
 	kindAggregate, kindWindow, kindConditional, kindCast, kindExpression, kindValueUse,
-	kindSubqueryOutput, kindSetOperation, kindWholeRow, kindSharedParam, kindAmbiguousColumn,
+	kindSubqueryOutput, kindSetOperation, kindWholeRow, kindSharedParam, kindColumnAlias, kindAmbiguousColumn,
 	kindAmbiguousTable, kindComputedValue, kindAssignment, kindOnConflict,
 	kindInsertSelect, kindInsertNoColumns, kindIndexColumn, kindCopy, kindDerived,
 	kindNested, kindMerge, kindBody, kindStatement, kindRewriteFailed,

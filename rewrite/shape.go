@@ -95,7 +95,12 @@ func (s *Schema) analyzeShape(cache *Cache, sql string, build bool) (*ShapePlan,
 		if p.Kind == ParamPlain || strings.HasPrefix(lits[p.Param-1].Text, "'") {
 			continue
 		}
-		// A number cast to a string or number type keeps its text.
+		// A number cast to a string or number type keeps its text, but
+		// for a decimal one cast to an integer type (1.5::int4 is 2),
+		// which the exact path refuses (checkCasts).
+		if isIntType(sp.cast[p.Param]) && !isIntegerText(lits[p.Param-1].Text) {
+			return nil, nil, true
+		}
 		if f := typeFamilies[sp.cast[p.Param]]; f == "string" || f == "number" {
 			continue
 		}
@@ -107,6 +112,20 @@ func (s *Schema) analyzeShape(cache *Cache, sql string, build bool) (*ShapePlan,
 		}
 	}
 	return sp, lits, true
+}
+
+// isIntegerText reports whether a numeric constant's text is digits only
+// (the parser's integer or a numeric without point or exponent).
+func isIntegerText(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // buildShape analyses a shape; nil means the exact path must decide.

@@ -243,11 +243,12 @@ func intConst(n *pg_query.Node) bool {
 }
 
 // dynamicQuery applies the tenancy checks to the statements of a query
-// given as text to the function name, which runs it. A text pg_query cannot
-// parse is refused: PostgreSQL may well run it (pg_query reads its tree
-// back with a nesting limit PostgreSQL does not have, and a newer server
-// knows syntax pg_query does not), and then nothing would have checked it.
-// A refusal points at the function call.
+// given as text to the function name, which runs it, and refuses one that
+// names a declared table (rewrite cannot rewrite inside the string). A
+// text pg_query cannot parse is refused: PostgreSQL may well run it
+// (pg_query reads its tree back with a nesting limit PostgreSQL does not
+// have, and a newer server knows syntax pg_query does not), and then
+// nothing would have checked it. A refusal points at the function call.
 func (a *analyzer) dynamicQuery(name, q string, loc int32) error {
 	tree, err := pg_query.Parse(q)
 	if err != nil {
@@ -259,6 +260,14 @@ func (a *analyzer) dynamicQuery(name, q string, loc int32) error {
 				r.Position = a.position(loc)
 			}
 			return err
+		}
+		// The statements run unrewritten: a search on a declared column
+		// would send its plaintext to PostgreSQL, a read return
+		// ciphertext inside the function's result. Any mention of a
+		// declared table is refused (conservatively: CTE names and
+		// search_path aside).
+		if t := a.touches(raw.Stmt); t != nil {
+			return a.refuseTable(kindStatement, t, name+"()", loc)
 		}
 	}
 	return nil

@@ -2,6 +2,7 @@ package rewrite
 
 import (
 	"regexp"
+	"strings"
 
 	"github.com/jackc/pgerrcode"
 	pg_query "github.com/pganalyze/pg_query_go/v5"
@@ -88,8 +89,79 @@ var plainNumber = regexp.MustCompile(`^-?[0-9]+(\.[0-9]+)?$`)
 // checkValueType checks value n, written to (assign) or compared (with
 // operator op) with declared column c.
 func (a *analyzer) checkValueType(n *pg_query.Node, c ColumnRef, assign bool, op string) *Refusal {
-	return a.checkType(valueType(n), n, c, assign, op)
+	if r := a.checkType(valueType(n), n, c, assign, op); r != nil {
+		return r
+	}
+	return a.checkCasts(n, c, false)
 }
+
+// checkCasts refuses the casts around value n (bound for declared column
+// c) whose conversion may change the value: PostgreSQL converts the
+// constant or parameter, pgcloak seals or indexes its text as written
+// (classifyValue), so the two would be different values. Allowed is at
+// most one cast, without type modifiers, to the column's own type, or
+// one that keeps the text: text or varchar for a text or varchar column,
+// an integer type (of anything but a decimal constant) for an integer or
+// numeric column. A cast of a cast ('0012'::int4::text is 12), a type
+// modifier ('...'::varchar(11) truncates), bpchar, char(n), "char" and
+// name (which pad, trim or truncate) are refused, as is a type that is
+// not pg_catalog's. NULL stays NULL through any cast. For the array of
+// = ANY(...) (array true), the casts' element types are checked.
+func (a *analyzer) checkCasts(n *pg_query.Node, c ColumnRef, array bool) *Refusal {
+	tc := n.GetTypeCast()
+	if tc == nil {
+		return nil
+	}
+	if v, ok := classifyValue(n); ok && v.kind == valNull {
+		return nil
+	}
+	loc := exprLocation(n)
+	refuse := func(what string) *Refusal { return a.refuseColumn(kindTypeConvert, c, what, loc) }
+	if tc.Arg.GetTypeCast() != nil {
+		return refuse("a cast of a cast")
+	}
+	t := tc.TypeName
+	if t == nil {
+		return refuse("a cast")
+	}
+	if len(t.Typmods) > 0 {
+		return refuse("a cast with a type modifier")
+	}
+	if t.PctType || t.Setof || len(t.Names) == 0 || len(t.Names) > 2 ||
+		(len(t.Names) == 2 && !strings.EqualFold(t.Names[0].GetString_().GetSval(), "pg_catalog")) {
+		return refuse("a cast to a type other than pg_catalog's")
+	}
+	vt, ct := lastName(t.Names), c.Column.Type
+	switch {
+	case array && len(t.ArrayBounds) == 0 && strings.HasPrefix(vt, "_"):
+		// '{...}'::_bpchar is bpchar[].
+		vt = vt[1:]
+	case array && len(t.ArrayBounds) == 0:
+		// A scalar type for = ANY: PostgreSQL's error, while the rewrite,
+		// which drops the cast, would run.
+		return refuse("a cast to a type that is not an array")
+	case !array && len(t.ArrayBounds) > 0:
+		// An array for a scalar: checkType's.
+		return nil
+	}
+	if vt == ct {
+		return nil
+	}
+	vf, cf := typeFamilies[vt], typeFamilies[ct]
+	switch {
+	case vf == "" || vf != cf:
+		// Another type family: checkType has refused it, but for the
+		// element type of an array type named _type.
+		return refuse("a cast to " + pgTypeName(vt))
+	case vf == "string" && (vt == "text" || vt == "varchar") && (ct == "text" || ct == "varchar"):
+		return nil
+	case vf == "number" && isIntType(vt) && (isIntType(ct) || ct == "numeric") && (tc.Arg.GetAConst().GetFval() == nil || isIntegerText(tc.Arg.GetAConst().GetFval().GetFval())):
+		return nil
+	}
+	return refuse("a cast to " + pgTypeName(vt))
+}
+
+func isIntType(t string) bool { return t == "int2" || t == "int4" || t == "int8" }
 
 // checkType checks a value of type vt ("" for the column's own), at node
 // n, written to or compared with declared column c.
