@@ -68,12 +68,16 @@ type preparedStatement struct {
 }
 
 // upstreamParse is the Parse the proxy sent PostgreSQL for a named
-// statement of a token session, and the count of idle ReadyForQuery
-// messages (tokenUpstream.idle) when it was last sent.
+// statement of a token session: done is the count of idle ReadyForQuery
+// messages (tokenUpstream.idle) when PostgreSQL last confirmed it (set by
+// the upstream goroutine at its ParseComplete), sentIdle and sentRound
+// when the proxy last sent it again.
 type upstreamParse struct {
 	name, text string
 	oids       []uint32
-	idle       int64
+	done       atomic.Int64
+	sentIdle   int64
+	sentRound  int64
 }
 
 // reprepare prepares a named statement of a token session again (Close,
@@ -85,18 +89,23 @@ type upstreamParse struct {
 // the same name, which this client's next Bind would then run under its
 // tenant (found by review on 2026-12-08). A client's own statements are
 // thus parsed once per transaction that uses them.
+//
+// It counts as done when PostgreSQL confirms the Parse: one it skipped
+// (after an error earlier in the round) is sent again at the next Bind of
+// a later round (found by review on 2026-12-08: a ROLLBACK TO after such
+// an error left the other client's statement in place).
 func (s *session) reprepare(up *upstreamParse) {
 	if up == nil {
 		return
 	}
 	idle := s.tokUp.idle.Load()
-	if up.idle == idle {
+	if up.done.Load() == idle || up.sentIdle == idle && up.sentRound == s.upstreamOut.syncs {
 		return
 	}
-	up.idle = idle
+	up.sentIdle, up.sentRound = idle, s.upstreamOut.syncs
 	s.pending.push(&pending{kind: pendClose, name: up.name, target: 'S', own: true})
 	s.upstreamOut.send(&pgproto3.Close{ObjectType: 'S', Name: up.name})
-	s.pending.push(&pending{kind: pendParse, name: up.name, own: true})
+	s.pending.push(&pending{kind: pendParse, name: up.name, own: true, reprepared: up, idle: idle})
 	s.upstreamOut.send(&pgproto3.Parse{Name: up.name, Query: up.text, ParameterOIDs: up.oids})
 }
 
@@ -106,7 +115,9 @@ func (s *session) upstreamParseOf(name, text string, oids []uint32) *upstreamPar
 	if !s.tokens || name == "" {
 		return nil
 	}
-	return &upstreamParse{name: name, text: text, oids: append([]uint32(nil), oids...), idle: s.tokUp.idle.Load()}
+	up := &upstreamParse{name: name, text: text, oids: append([]uint32(nil), oids...), sentIdle: -1}
+	up.done.Store(-1) // until PostgreSQL confirms the client's Parse
+	return up
 }
 
 // clientOID is the type the client gave parameter j (0-based), or 0.
@@ -217,12 +228,12 @@ func (s *session) parseRewritten(m *pgproto3.Parse, plan *rewrite.Plan, text, se
 	s.statements[m.Name] = ps
 	s.newGeneration(m.Name)
 	s.shapes.parsed(m.Name, s.stmtGen[m.Name], text)
-	s.pending.push(&pending{kind: pendParse, name: m.Name, prepared: ps})
-	s.srv.audit.obs.StatementRewritten()
 	up := &pgproto3.Parse{Name: ps.upstream, Query: text, ParameterOIDs: ps.upstreamOIDs()}
 	if m.Name != "" {
 		ps.up = s.upstreamParseOf(up.Name, up.Query, up.ParameterOIDs)
 	}
+	s.pending.push(&pending{kind: pendParse, name: m.Name, prepared: ps, confirmed: ps.up, idle: s.tokUp.idle.Load()})
+	s.srv.audit.obs.StatementRewritten()
 	return s.upstreamOut.send(up)
 }
 
@@ -249,12 +260,14 @@ func (s *session) parsePlain(m *pgproto3.Parse, text string) error {
 			s.shapes.named([]rewrite.PreparedUse{{Op: rewrite.PreparedPrepare, Name: m.Name}})
 		}
 	}
-	s.track(m)
 	if up := s.upstreamParseOf(m.Name, text, m.ParameterOIDs); up != nil {
 		if s.plainNamed == nil {
 			s.plainNamed = make(map[string]*upstreamParse)
 		}
 		s.plainNamed[m.Name] = up
+		s.pending.push(&pending{kind: pendParse, name: m.Name, confirmed: up, idle: s.tokUp.idle.Load()})
+	} else {
+		s.track(m)
 	}
 	if text == m.Query {
 		return s.upstreamOut.send(m)
@@ -277,13 +290,15 @@ func (s *session) handleBind(m *pgproto3.Bind) error {
 	case ps != nil && ps.failed.Load():
 		// PostgreSQL rejected its Parse: say so in the client's terms.
 		err = &clientError{code: pgerrcode.InvalidSQLStatementName, msg: fmt.Sprintf("prepared statement %q does not exist", m.PreparedStatement)}
-	case ps == nil && s.tokens && s.fixedName(m.PreparedStatement) && s.plainNamed[m.PreparedStatement] == nil:
-		// A name that held a token or encrypted-column statement, closed
-		// or discarded since: PostgreSQL's statement of the client's name,
-		// if any, was prepared by SQL the proxy could not read (a DBA's
-		// function that runs text), and must not take the token or the
-		// plaintext the client binds for the statement it prepared.
-		err = &clientError{code: pgerrcode.InvalidSQLStatementName, msg: fmt.Sprintf("prepared statement %q does not exist", m.PreparedStatement)}
+	case ps == nil && s.tokens && m.PreparedStatement != "" && s.plainNamed[m.PreparedStatement] == nil:
+		// A name the proxy did not prepare through the protocol, or
+		// closed or discarded since: PostgreSQL's statement of that name,
+		// if any, was prepared by SQL (PREPARE), which the proxy does not
+		// prepare again after another client's transaction, or by SQL it
+		// could not read (a DBA's function that runs text), and must not
+		// take the token or the plaintext the client binds for the
+		// statement it prepared (found by review on 2026-12-08).
+		err = errBindUnprepared(m.PreparedStatement)
 	case s.tokens && ps != nil && ps.token != nil:
 		s.bindDeallocation(m.DestinationPortal, m.PreparedStatement)
 		return s.bindToken(m, ps)
@@ -418,6 +433,13 @@ func (s *session) handleClose(m *pgproto3.Close) error {
 	return s.upstreamOut.send(&pgproto3.Close{ObjectType: 'S', Name: ps.upstream})
 }
 
+// errBindUnprepared refuses, in a token session, a Bind of a named
+// statement the proxy does not hold as prepared through the protocol.
+func errBindUnprepared(name string) error {
+	return &clientError{code: pgerrcode.InvalidSQLStatementName,
+		msg: fmt.Sprintf("prepared statement %q does not exist (in a session whose tenant comes from tenant tokens, a statement is bound only after a Parse of it; PREPARE in SQL is run with EXECUTE)", name)}
+}
+
 // errBoundElsewhere refuses the Execute of a portal whose values were
 // sealed or indexed for another tenant than the session's now: its rows
 // would be stamped with one tenant and sealed for another, or searched
@@ -548,11 +570,31 @@ func (s *session) keyedParam(ctx context.Context, src rewrite.ParamSource, oid u
 	if oid == 0 {
 		oid = coltype.OID(typ)
 	}
+	if err := stringParamType(typ, oid); err != nil {
+		return nil, valueError(src.Column, err)
+	}
 	text, err := paramText(typ, oid, format, v)
 	if err != nil {
 		return nil, valueError(src.Column, err)
 	}
 	return s.keyedValue(ctx, src.Column, src.Kind == rewrite.ParamIndex, text)
+}
+
+// stringParamType refuses a parameter for a text or varchar column that
+// the client typed as another type: PostgreSQL would read it as that type
+// and store that type's output ('0012' as int4 is '12', 'yes' as bool is
+// 'true'), where pgcloak would seal the text as sent (found by review on
+// 2026-12-08).
+func stringParamType(typ string, oid uint32) error {
+	if typ != "text" && typ != "varchar" {
+		return nil
+	}
+	switch oid {
+	case pgtype.TextOID, pgtype.VarcharOID, pgtype.UnknownOID:
+		return nil
+	}
+	return &clientError{code: pgerrcode.FeatureNotSupported,
+		msg: fmt.Sprintf("a parameter for a %s column must be sent as text, varchar or of unspecified type, not as type %d, which PostgreSQL would convert", typ, oid)}
 }
 
 // keyedValue canonicalises text for its declared column and returns it
@@ -604,6 +646,9 @@ func (s *session) indexArray(ctx context.Context, c rewrite.ColumnRef, oid uint3
 	ac, ok := t.Codec.(*pgtype.ArrayCodec)
 	if !ok {
 		return nil, &clientError{code: pgerrcode.DatatypeMismatch, msg: fmt.Sprintf("%s: = ANY needs an array parameter", src.Column)}
+	}
+	if err := stringParamType(typ, ac.ElementType.OID); err != nil {
+		return nil, err
 	}
 	var (
 		texts []string

@@ -59,6 +59,12 @@ type pending struct {
 	// seal is what a token session's Bind sealed (extended.go): marked
 	// done at its BindComplete.
 	seal *portalSeal
+	// reprepared is the statement a token session's own Parse prepared
+	// again, for the idle count idle (reprepare), and confirmed marks a
+	// client's Parse whose statement it records: both are confirmed at
+	// the ParseComplete.
+	reprepared, confirmed *upstreamParse
+	idle                  int64
 }
 
 // pendingQueue is the FIFO of client messages awaiting responses, shared by

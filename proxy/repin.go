@@ -73,7 +73,8 @@ func (s *session) afterClientMessage(msg pgproto3.FrontendMessage) error {
 		// Ends a round, unless sent inside an extended-protocol one:
 		// that round still waits for its Sync, and the proxy's own
 		// statements (which use the unnamed statement) must wait too.
-	case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail:
+	case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail, *pgproto3.Flush:
+		// A Flush asks for answers; it neither starts nor ends a round.
 	default:
 		s.tok.midRound = true
 	}

@@ -271,8 +271,16 @@ func (s *session) relay(msg pgproto3.BackendMessage) (bool, error) {
 		if head != nil && head.kind == pendRefusal {
 			return false, nil // its BindComplete and error follow
 		}
-		if p := s.pending.pop(); p != nil && p.own {
-			return false, nil // the proxy's own Parse: a token's pin statement prepared again
+		if p := s.pending.pop(); p != nil {
+			if p.reprepared != nil {
+				p.reprepared.done.Store(p.idle)
+			}
+			if p.confirmed != nil {
+				p.confirmed.done.Store(p.idle)
+			}
+			if p.own {
+				return false, nil // the proxy's own Parse: a statement prepared again
+			}
 		}
 	case *pgproto3.BindComplete:
 		if head != nil && head.kind == pendRefusal {

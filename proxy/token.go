@@ -1335,6 +1335,15 @@ func (s *session) clearAfterRefusal() error {
 	return nil
 }
 
+// errQueryInRound refuses, in a token session, a simple Query sent after
+// Parse, Bind, Describe, Execute or Close messages without their Sync.
+// PostgreSQL runs it, but the proxy's own statements between rounds (a
+// pin burnt, cleared or made again) wait for the Sync, and a Query here
+// would run before them (found by review on 2026-12-08: a pin that did not
+// complete was never burnt, and another client replayed it).
+var errQueryInRound = &clientError{code: pgerrcode.FeatureNotSupported,
+	msg: "in a session whose tenant comes from tenant tokens, a simple query may not follow Parse, Bind, Describe, Execute or Close before their Sync"}
+
 // errAbortedUntilCleared refuses what PostgreSQL would refuse in an
 // aborted transaction (see refuseUntilCleared).
 var errAbortedUntilCleared = &clientError{code: pgerrcode.InFailedSQLTransaction,
