@@ -570,7 +570,7 @@ func (s *session) keyedParam(ctx context.Context, src rewrite.ParamSource, oid u
 	if oid == 0 {
 		oid = coltype.OID(typ)
 	}
-	if err := stringParamType(typ, oid); err != nil {
+	if err := stringParamType(typ, oid, format); err != nil {
 		return nil, valueError(src.Column, err)
 	}
 	text, err := paramText(typ, oid, format, v)
@@ -581,17 +581,22 @@ func (s *session) keyedParam(ctx context.Context, src rewrite.ParamSource, oid u
 }
 
 // stringParamType refuses a parameter for a text or varchar column that
-// the client typed as another type: PostgreSQL would read it as that type
-// and store that type's output ('0012' as int4 is '12', 'yes' as bool is
-// 'true'), where pgcloak would seal the text as sent (found by review on
-// 2026-12-08).
-func stringParamType(typ string, oid uint32) error {
+// the client typed as another type and sent as text: PostgreSQL would read
+// it as that type and store that type's output ('0012' as int4 is '12',
+// 'yes' as bool is 'true'), where pgcloak would seal the text as sent
+// (found by review on 2026-12-08). Binary integers and numerics are read
+// as PostgreSQL prints them (paramText); other types are refused too.
+func stringParamType(typ string, oid uint32, format int16) error {
 	if typ != "text" && typ != "varchar" {
 		return nil
 	}
 	switch oid {
 	case pgtype.TextOID, pgtype.VarcharOID, pgtype.UnknownOID:
 		return nil
+	case pgtype.Int2OID, pgtype.Int4OID, pgtype.Int8OID, pgtype.NumericOID:
+		if format == pgtype.BinaryFormatCode {
+			return nil
+		}
 	}
 	return &clientError{code: pgerrcode.FeatureNotSupported,
 		msg: fmt.Sprintf("a parameter for a %s column must be sent as text, varchar or of unspecified type, not as type %d, which PostgreSQL would convert", typ, oid)}
@@ -647,7 +652,7 @@ func (s *session) indexArray(ctx context.Context, c rewrite.ColumnRef, oid uint3
 	if !ok {
 		return nil, &clientError{code: pgerrcode.DatatypeMismatch, msg: fmt.Sprintf("%s: = ANY needs an array parameter", src.Column)}
 	}
-	if err := stringParamType(typ, ac.ElementType.OID); err != nil {
+	if err := stringParamType(typ, ac.ElementType.OID, format); err != nil {
 		return nil, err
 	}
 	var (
