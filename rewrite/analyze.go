@@ -27,7 +27,10 @@ type analyzer struct {
 	edits    int       // tree modifications so far
 	lastEdit ColumnRef // the column of the latest modification, for messages
 	inJoin   int       // > 0 while analysing JOIN ... ON
-	stmtLoc  int32     // where the current statement starts, for refusals without a location
+	// touchesDeclared is set while analysing a statement that names a
+	// declared table (touches).
+	touchesDeclared bool
+	stmtLoc         int32 // where the current statement starts, for refusals without a location
 }
 
 // Analyze decides what the proxy does with one SQL text: forward it
@@ -380,7 +383,11 @@ func (a *analyzer) statement(n *pg_query.Node) error {
 	if err := a.inheritance(n); err != nil {
 		return err
 	}
+	if err := a.typeShadow(n); err != nil {
+		return err
+	}
 	a.preparedUses(n)
+	a.touchesDeclared = a.touches(n) != nil
 	return a.dispatch(n)
 }
 
@@ -867,4 +874,76 @@ func containsWordFold(text, word string) bool {
 func isIdentByte(c byte) bool {
 	return c == '_' || c == '$' || c >= 0x80 ||
 		('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') || ('0' <= c && c <= '9')
+}
+
+// typeShadow refuses, when tables are declared, a statement that makes a
+// type or domain, unqualified or in pg_temp, or renames one, named like a
+// type checkCasts reads unqualified as pg_catalog's (text, _text, int4,
+// ...): the session's temporary schema is
+// searched for type names before pg_catalog unless search_path names it
+// (an unqualified name lands there when search_path names it first), so
+// 'abc   '::text would then mean a domain over varchar(3) ('abc' in
+// PostgreSQL) while pgcloak sealed 'abc   '. A schema-qualified name
+// elsewhere is searched after pg_catalog (searchPathSet keeps it first).
+func (a *analyzer) typeShadow(n *pg_query.Node) error {
+	if len(a.s.tables) == 0 {
+		return nil
+	}
+	shadows := func(schema, name string) bool {
+		if schema != "" && !tempSchema(schema) {
+			return false
+		}
+		name = asciiLower(name)
+		_, ok := typeFamilies[strings.TrimPrefix(name, "_")]
+		return ok
+	}
+	names := func(ns []*pg_query.Node) (string, string) {
+		switch len(ns) {
+		case 0:
+			return "", ""
+		case 1:
+			return "", ns[0].GetString_().GetSval()
+		}
+		return ns[len(ns)-2].GetString_().GetSval(), lastName(ns)
+	}
+	return visit(n, func(m proto.Message) (bool, error) {
+		found := ""
+		switch x := m.(type) {
+		case *pg_query.CreateDomainStmt:
+			if shadows(names(x.Domainname)) {
+				found = "CREATE DOMAIN"
+			}
+		case *pg_query.DefineStmt:
+			if x.Kind == pg_query.ObjectType_OBJECT_TYPE && shadows(names(x.Defnames)) {
+				found = "CREATE TYPE"
+			}
+		case *pg_query.CompositeTypeStmt:
+			if x.Typevar != nil && shadows(x.Typevar.Schemaname, x.Typevar.Relname) {
+				found = "CREATE TYPE"
+			}
+		case *pg_query.CreateEnumStmt:
+			if shadows(names(x.TypeName)) {
+				found = "CREATE TYPE"
+			}
+		case *pg_query.CreateRangeStmt:
+			if shadows(names(x.TypeName)) {
+				found = "CREATE TYPE"
+			}
+		case *pg_query.RenameStmt:
+			switch x.RenameType {
+			case pg_query.ObjectType_OBJECT_TYPE, pg_query.ObjectType_OBJECT_DOMAIN, pg_query.ObjectType_OBJECT_TABLE,
+				pg_query.ObjectType_OBJECT_VIEW, pg_query.ObjectType_OBJECT_MATVIEW, pg_query.ObjectType_OBJECT_SEQUENCE,
+				pg_query.ObjectType_OBJECT_FOREIGN_TABLE:
+			default:
+				return true, nil
+			}
+			if shadows("", x.Newname) {
+				found = "a RENAME"
+			}
+		}
+		if found != "" {
+			return false, a.refusal(kindSearchPath, "", "", "", found+" of an object named like a pg_catalog type", -1)
+		}
+		return true, nil
+	})
 }

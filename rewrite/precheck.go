@@ -11,9 +11,20 @@ import "strings"
 //     RESET forms, which the proxy checks against the tenant map;
 //   - reset, discard: RESET ALL / DISCARD ALL restore the tenant setting to
 //     its startup value, which the proxy wants to know about;
-//   - query_to_xml, ts_stat, ts_rewrite, crosstab, connectby: functions that
-//     run a query given as text (the last two from tablefunc), which could
-//     assemble set_config from pieces;
+//   - ts_stat, ts_rewrite, crosstab, connectby and query_to_xml (whose
+//     name contains _to_xml): functions that run a query given as text (the
+//     two before it from tablefunc), which could assemble set_config from
+//     pieces;
+//   - _to_xml: also table_to_xml, schema_to_xml, database_to_xml,
+//     cursor_to_xml and their _xmlschema forms, which return a table's
+//     stored rows named by a string, an OID, a schema or a cursor (refused
+//     with declared tables: tableExport);
+//   - search_path: SET, SET LOCAL, function SET clauses and set_config()
+//     of it must not put pg_catalog after another schema (searchPathSet;
+//     SET SCHEMA, which does not name it, sets a single schema);
+//   - domain, type, rename: CREATE DOMAIN, CREATE TYPE and ALTER ...
+//     RENAME, which must not make a type named like a pg_catalog one where
+//     it would be found first (typeShadow);
 //   - pin_next, pin_challenge: the pin's functions, refused unqualified too;
 //   - u&: Unicode escapes (U&'...' and U&"...") can spell any name without
 //     its letters appearing in the text;
@@ -31,7 +42,7 @@ import "strings"
 //     the proxy follows by name (Plan.Prepared).
 var alwaysTokens = []string{
 	"set_config", "pg_settings", "role", "authorization", "reset", "discard",
-	"query_to_xml", "ts_stat", "ts_rewrite", "crosstab", "connectby", "pin_next", "pin_challenge",
+	"_to_xml", "search_path", "domain", "type", "rename", "ts_stat", "ts_rewrite", "crosstab", "connectby", "pin_next", "pin_challenge",
 	"u&", `\`, "\x00",
 	"pgcloak", "client_encoding", "names", "standard_conforming_strings", "array_nulls",
 	"prepare", "execute", "deallocate",

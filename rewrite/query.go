@@ -382,7 +382,7 @@ func (a *analyzer) fromItem(n *pg_query.Node, sc *scope) error {
 		if err := a.exprs(x.RangeFunction.Coldeflist, sc, useValue); err != nil {
 			return err
 		}
-		sc.rels = append(sc.rels, &relEntry{name: aliasName(x.RangeFunction.Alias)})
+		sc.rels = append(sc.rels, functionEntry(x.RangeFunction))
 		return nil
 	case *pg_query.Node_RangeTableSample:
 		ts := x.RangeTableSample
@@ -401,8 +401,26 @@ func (a *analyzer) fromItem(n *pg_query.Node, sc *scope) error {
 	if err := childNodes(m, func(c *pg_query.Node) error { return a.expr(c, sc, u) }); err != nil {
 		return err
 	}
-	sc.rels = append(sc.rels, &relEntry{})
+	sc.rels = append(sc.rels, &relEntry{unnamed: true})
 	return nil
+}
+
+// functionEntry makes the scope entry for a function in FROM: without an
+// alias PostgreSQL names it after the function (FROM unnest(...) is
+// unnest), which rewrite follows for a single function call; ROWS FROM
+// and other forms get an entry whose name it does not know.
+func functionEntry(rf *pg_query.RangeFunction) *relEntry {
+	if rf.Alias != nil {
+		return &relEntry{name: rf.Alias.Aliasname}
+	}
+	if len(rf.Functions) == 1 {
+		if items := rf.Functions[0].GetList().GetItems(); len(items) > 0 {
+			if fc := items[0].GetFuncCall(); fc != nil && !rf.IsRowsfrom {
+				return &relEntry{name: lastName(fc.Funcname)}
+			}
+		}
+	}
+	return &relEntry{unnamed: true}
 }
 
 func aliasName(al *pg_query.Alias) string {

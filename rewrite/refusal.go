@@ -147,6 +147,11 @@ var (
 	kindAmbiguousColumn = &refusalKind{id: "ambiguous_column", code: pgerrcode.FeatureNotSupported,
 		msg: notSupported(isEncrypted, " (qualify the column with its table)"),
 		doc: "an unqualified column name in a subquery that could be a declared column of an outer query"}
+	kindUnresolvedQualifier = &refusalKind{id: "unresolved_qualifier", code: pgerrcode.UndefinedTable, construct: "qualified column reference",
+		msg: func(subject, _ string) string {
+			return "missing FROM-clause entry for the qualifier of a column reference named like encrypted column " + subject
+		},
+		doc: "a column reference named like a declared or index column whose qualifier names no relation in scope (an alias in another case, the table's name after an alias, a JOIN ... USING alias), in a statement over a declared table: PostgreSQL would refuse it only after logging the text"}
 	kindAmbiguousTable = &refusalKind{id: "ambiguous_table", code: pgerrcode.FeatureNotSupported,
 		msg: func(subject, construct string) string {
 			return "table name " + construct + " matches encrypted tables " + subject + "; qualify it with its schema"
@@ -233,6 +238,16 @@ var (
 			return construct + " is not allowed: pgcloak reads statements and arrays as PostgreSQL does only while client_encoding is UTF8 and standard_conforming_strings and array_nulls are on"
 		},
 		doc: "SET, SET LOCAL, RESET, SET ... DEFAULT or set_config() of client_encoding to anything but UTF8, or of standard_conforming_strings or array_nulls to anything but on (refused with declared tables; else Plan.LexerChange, refused in sessions with a tenant)"}
+	kindSearchPath = &refusalKind{id: "type_shadowing", code: pgerrcode.FeatureNotSupported,
+		msg: func(_, construct string) string {
+			return construct + " is not supported while tables have encrypted columns: pgcloak reads unqualified type names as pg_catalog's, which must stay the first found"
+		},
+		doc: "SET, SET LOCAL, a function SET clause or set_config() of search_path naming pg_catalog after another schema, or to a value that is not a constant; a type or domain named like a pg_catalog type (text, int4, ...) made in pg_temp (searched before pg_catalog) or unqualified, or a type, domain or relation renamed to such a name (with declared tables)"}
+	kindTableExport = &refusalKind{id: "table_export", code: pgerrcode.FeatureNotSupported,
+		msg: func(_, construct string) string {
+			return construct + " is not supported while tables have encrypted columns: table_to_xml() and its siblings return stored rows, ciphertext and blind indexes included, which pgcloak cannot decrypt"
+		},
+		doc: "table_to_xml*(), schema_to_xml*(), database_to_xml*(), cursor_to_xml*() anywhere in a statement (also inside query_to_xml()'s query), or a DO block or routine body mentioning _to_xml, with declared tables"}
 	kindReserved = &refusalKind{id: "reserved_name", code: pgerrcode.InsufficientPrivilege,
 		msg: func(_, construct string) string {
 			return construct + ` of a name starting with "` + ReservedPrefix + `" is not allowed: those statements and portals are pgcloak's own`
@@ -251,12 +266,12 @@ var refusalKinds = []*refusalKind{
 	kindArrayLiteral, kindLiteral, kindOrderBy, kindGroupBy, kindDistinct, kindFunction,
 	kindAggregate, kindWindow, kindConditional, kindCast, kindExpression, kindValueUse,
 	kindSubqueryOutput, kindSetOperation, kindWholeRow, kindSharedParam, kindColumnAlias, kindAmbiguousColumn,
-	kindAmbiguousTable, kindComputedValue, kindAssignment, kindOnConflict,
+	kindUnresolvedQualifier, kindAmbiguousTable, kindComputedValue, kindAssignment, kindOnConflict,
 	kindInsertSelect, kindInsertNoColumns, kindIndexColumn, kindCopy, kindDerived,
 	kindNested, kindMerge, kindBody, kindStatement, kindRewriteFailed,
 	kindTenantSet, kindTenantSetConfig, kindTenantSetConfigDynamic, kindTenantBody,
 	kindTenantString, kindTenantPgSettings, kindTenantDynamicSQL, kindTenantRoleNested,
-	kindTenantPin, kindOpaque, kindLexer, kindReserved,
+	kindTenantPin, kindOpaque, kindLexer, kindSearchPath, kindTableExport, kindReserved,
 	kindTypeOperator, kindTypeAssign, kindTypeConvert,
 }
 

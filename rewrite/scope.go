@@ -18,6 +18,10 @@ type relEntry struct {
 	children []*relEntry
 	excluded bool  // ON CONFLICT's EXCLUDED pseudo-relation
 	loc      int32 // where it is named, for refusals
+	// unnamed is set for a relation whose name PostgreSQL derives in a
+	// way rewrite does not follow (ROWS FROM without an alias, XMLTABLE):
+	// a qualifier that matches nothing else might name it.
+	unnamed bool
 }
 
 // tables returns the declared tables the entry covers.
@@ -129,9 +133,38 @@ func (a *analyzer) resolve(sc *scope, cr *pg_query.ColumnRef) (*colUse, []*declT
 				return nil, nil, a.refuseColumn(kindExpression, u.ref(), "field selection", cr.Location)
 			}
 		}
-		return nil, nil, nil
+		return nil, nil, a.unresolvedQualifier(sc, col, cr.Location)
 	}
 	return a.columnOf(e, col, cr.Location)
+}
+
+// unresolvedQualifier refuses a qualified reference to col whose qualifier
+// names no relation in scope (an alias in another case, the table's name
+// after an alias, a JOIN ... USING alias), in a statement that touches a
+// declared table, when col is a declared or index column's name: rewrite
+// cannot attribute it, so it would go upstream as written, its comparison's
+// plaintext with it, and PostgreSQL refuses it only after logging the text.
+// A scope with a relation whose name rewrite does not know lets it pass.
+func (a *analyzer) unresolvedQualifier(sc *scope, col string, loc int32) error {
+	if !a.touchesDeclared {
+		return nil
+	}
+	for l := sc; l != nil; l = l.parent {
+		for _, e := range l.rels {
+			if e.unnamed {
+				return nil
+			}
+		}
+	}
+	for _, t := range a.s.tables {
+		if c := t.column(col); c != nil {
+			return a.refusal(kindUnresolvedQualifier, t.schema, t.name, c.Name, "", loc)
+		}
+		if c := t.indexColumn(col); c != nil {
+			return a.refusal(kindUnresolvedQualifier, t.schema, t.name, c.IndexColumn, "", loc)
+		}
+	}
+	return nil
 }
 
 // columnOf resolves col against one relation entry.

@@ -101,13 +101,20 @@ func (s *Schema) analyzeShape(cache *Cache, sql string, build bool) (*ShapePlan,
 		if isIntType(sp.cast[p.Param]) && !isIntegerText(lits[p.Param-1].Text) {
 			return nil, nil, true
 		}
+		// For a string column, cast or not, PostgreSQL takes a number's
+		// output text: only a number written that way is the text the
+		// shape seals or indexes (1e3::text is 1000, 007.50 is 7.50),
+		// the rest is the exact path's to refuse (checkType, checkCasts).
+		typ := p.Column.Column.Type
+		if typeFamilies[typ] == "string" && !numberTextIsPG(lits[p.Param-1].Value) {
+			return nil, nil, true
+		}
 		if f := typeFamilies[sp.cast[p.Param]]; f == "string" || f == "number" {
 			continue
 		}
 		// Written (data), a number fits a number or, as its text, a
 		// string column; compared (index), only a number column.
-		typ := p.Column.Column.Type
-		if p.Kind == ParamData && !numberFits(typ, lits[p.Param-1].Text) || p.Kind != ParamData && typeFamilies[typ] != "number" {
+		if p.Kind == ParamData && !numberFits(typ, lits[p.Param-1].Value) || p.Kind != ParamData && typeFamilies[typ] != "number" {
 			return nil, nil, true
 		}
 	}

@@ -72,6 +72,9 @@ func (a *analyzer) tenancy(n *pg_query.Node) error {
 			if err := a.lexerSet(x); err != nil {
 				return false, err
 			}
+			if err := a.searchPathSet(x); err != nil {
+				return false, err
+			}
 		case *pg_query.PrepareStmt:
 			return true, a.reservedName(x.Name, "PREPARE")
 		case *pg_query.ExecuteStmt:
@@ -98,6 +101,9 @@ func (a *analyzer) tenancy(n *pg_query.Node) error {
 			if err := a.tenancyFunc(x); err != nil {
 				return false, err
 			}
+			if err := a.tableExport(x); err != nil {
+				return false, err
+			}
 		case *pg_query.A_Const:
 			if s := x.GetSval(); s != nil {
 				if err := a.tenancyString(s.Sval, setting, x.Location); err != nil {
@@ -109,6 +115,9 @@ func (a *analyzer) tenancy(n *pg_query.Node) error {
 				if d := arg.GetDefElem(); d != nil && d.Defname == "as" {
 					if mentionsTenancy(d.Arg.GetString_().GetSval(), setting) {
 						return false, a.refuseTenant(kindTenantBody, "a DO block that mentions it, set_config, pg_settings or the tenant pin", d.Location)
+					}
+					if len(a.s.tables) > 0 && ContainsFold(d.Arg.GetString_().GetSval(), tableExportWord) {
+						return false, a.refusal(kindTableExport, "", "", "", "a DO block that mentions "+tableExportWord+" functions", d.Location)
 					}
 				}
 			}
@@ -132,6 +141,13 @@ func (a *analyzer) tenancy(n *pg_query.Node) error {
 					what = "a procedure body that mentions it, set_config, pg_settings or the tenant pin"
 				}
 				return false, a.refuseTenant(kindTenantBody, what, -1)
+			}
+			if len(a.s.tables) > 0 {
+				export := false
+				forBodyStrings(x, func(s string) { export = export || ContainsFold(s, tableExportWord) })
+				if export {
+					return false, a.refusal(kindTableExport, "", "", "", "a routine body that mentions "+tableExportWord+" functions", -1)
+				}
 			}
 		case *pg_query.RangeVar:
 			if strings.EqualFold(x.Schemaname, pinSchema) {
@@ -181,6 +197,14 @@ func (a *analyzer) tenancyFunc(f *pg_query.FuncCall) error {
 		if n := asciiLower(strings.TrimSpace(s)); n == "role" || n == "session_authorization" {
 			// SET ROLE's check against the tenant map sees SET only.
 			return a.refuseTenant(kindTenantRoleNested, "set_config() of "+n, f.Location)
+		}
+		if strings.EqualFold(strings.TrimSpace(s), settingSearchPath) {
+			if len(f.Args) < 2 {
+				return nil
+			}
+			if err := a.searchPathValue(f.Args[1], "set_config() of search_path", f.Location); err != nil {
+				return err
+			}
 		}
 		if setting := lexerSetting(s); setting != "" {
 			if len(f.Args) >= 2 {
@@ -471,4 +495,162 @@ func lastName(names []*pg_query.Node) string {
 		return ""
 	}
 	return names[len(names)-1].GetString_().GetSval()
+}
+
+// settingSearchPath decides which schema an unqualified name means.
+// checkCasts reads an unqualified type name as pg_catalog's, which holds
+// while search_path does not name pg_catalog after another schema
+// (PostgreSQL searches pg_catalog first unless search_path places it
+// later): a schema of the tenant's making could otherwise hold a domain
+// named text over varchar(3), and 'abc   '::text would be 'abc' in
+// PostgreSQL while pgcloak sealed 'abc   '.
+const settingSearchPath = "search_path"
+
+// searchPathSet checks a SET, SET LOCAL or function SET clause of
+// search_path when tables are declared: each schema named must leave
+// pg_catalog first. SET ... DEFAULT, RESET and FROM CURRENT return to a
+// value a client statement did not give (or one already checked).
+func (a *analyzer) searchPathSet(v *pg_query.VariableSetStmt) error {
+	if len(a.s.tables) == 0 || !strings.EqualFold(v.Name, settingSearchPath) || v.Kind != pg_query.VariableSetKind_VAR_SET_VALUE {
+		return nil
+	}
+	construct := setVerb(v) + " search_path"
+	var names []string
+	for _, arg := range v.Args {
+		c := arg.GetAConst()
+		if c == nil || c.Isnull {
+			return a.refusal(kindSearchPath, "", "", "", construct+" to a value that is not a constant", -1)
+		}
+		// Each item is one schema name, as written (quoted or folded).
+		val, _ := constValue(c)
+		names = append(names, val)
+	}
+	if !pgCatalogFirst(names) {
+		return a.refusal(kindSearchPath, "", "", "", construct+" naming pg_catalog after another schema", -1)
+	}
+	return nil
+}
+
+// searchPathValue checks the value set_config() gives search_path when
+// tables are declared: a string constant (no cast, which could change
+// it) whose list leaves pg_catalog first.
+func (a *analyzer) searchPathValue(n *pg_query.Node, construct string, loc int32) error {
+	if len(a.s.tables) == 0 {
+		return nil
+	}
+	c := n.GetAConst()
+	if c == nil || c.GetSval() == nil {
+		return a.refusal(kindSearchPath, "", "", "", construct+" to a value that is not a string constant", loc)
+	}
+	names, ok := splitIdentifierList(c.GetSval().GetSval())
+	if !ok || !pgCatalogFirst(names) {
+		return a.refusal(kindSearchPath, "", "", "", construct+" naming pg_catalog after another schema", loc)
+	}
+	return nil
+}
+
+// pgCatalogFirst reports whether a search_path's schema names leave
+// pg_catalog searched first: not named, or named first. Names compare
+// without ASCII case, erring towards refusing.
+func pgCatalogFirst(names []string) bool {
+	for i, n := range names {
+		if strings.EqualFold(n, "pg_catalog") {
+			return i == 0
+		}
+	}
+	return true
+}
+
+// splitIdentifierList splits a list setting's text into names as
+// PostgreSQL's SplitIdentifierString does: comma-separated, each either
+// double-quoted (with "" for a quote, kept as written) or unquoted (ASCII
+// letters folded to lower case), with whitespace around. ok is false for a
+// text PostgreSQL would refuse as invalid list syntax.
+func splitIdentifierList(s string) (names []string, ok bool) {
+	space := func(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' }
+	i := 0
+	for i < len(s) && space(s[i]) {
+		i++
+	}
+	if i == len(s) {
+		return nil, true
+	}
+	for {
+		var name string
+		if s[i] == '"' {
+			var b strings.Builder
+			i++
+			for {
+				if i >= len(s) {
+					return nil, false
+				}
+				if s[i] == '"' {
+					if i+1 < len(s) && s[i+1] == '"' {
+						b.WriteByte('"')
+						i += 2
+						continue
+					}
+					i++
+					break
+				}
+				b.WriteByte(s[i])
+				i++
+			}
+			name = b.String()
+		} else {
+			j := i
+			for j < len(s) && s[j] != ',' && !space(s[j]) {
+				j++
+			}
+			if j == i {
+				return nil, false
+			}
+			name = asciiLower(s[i:j])
+			i = j
+		}
+		names = append(names, name)
+		for i < len(s) && space(s[i]) {
+			i++
+		}
+		if i == len(s) {
+			return names, true
+		}
+		if s[i] != ',' {
+			return nil, false
+		}
+		i++
+		for i < len(s) && space(s[i]) {
+			i++
+		}
+		if i == len(s) {
+			return nil, false
+		}
+	}
+}
+
+// tableExportWord is in the name of every function that returns a table's
+// stored rows as XML: table_to_xml, schema_to_xml, database_to_xml,
+// cursor_to_xml and their _xmlschema and _and_xmlschema forms (and the
+// query_to_xml family, which tenancyFunc checks).
+const tableExportWord = "_to_xml"
+
+// tableExport refuses, when tables are declared, a call of a function that
+// returns stored rows as one XML value: table_to_xml*(), schema_to_xml*(),
+// database_to_xml*() and cursor_to_xml*() name their rows by a string, an
+// OID, a schema, the database or a cursor, not by a query rewrite could
+// read, and the value would carry encrypted columns' ciphertext and their
+// blind indexes to the client undecrypted. It runs in the tenancy walk, so
+// it also sees the queries of query_to_xml() and its siblings; in any
+// schema, erring towards refusing.
+func (a *analyzer) tableExport(f *pg_query.FuncCall) error {
+	if len(a.s.tables) == 0 {
+		return nil
+	}
+	name := asciiLower(lastName(f.Funcname))
+	for _, p := range []string{"table_to_xml", "schema_to_xml", "database_to_xml", "cursor_to_xml"} {
+		if strings.HasPrefix(name, p) {
+			return a.refusal(kindTableExport, "", "", "", "function "+name+"()", f.Location)
+		}
+	}
+	return nil
 }

@@ -82,9 +82,42 @@ func valueType(n *pg_query.Node) string {
 	return ""
 }
 
-// plainNumber is a numeric constant whose text numeric prints back
-// unchanged (no exponent, no bare leading point).
-var plainNumber = regexp.MustCompile(`^-?[0-9]+(\.[0-9]+)?$`)
+// pgNumberText is the form of PostgreSQL's output text for an integer or
+// numeric value: no exponent, no leading zeros, no bare point, no plus.
+var pgNumberText = regexp.MustCompile(`^-?(0|[1-9][0-9]*)(\.[0-9]+)?$`)
+
+// The most digits numeric accepts before and after the point
+// (NUMERIC_WEIGHT_MAX and NUMERIC_DSCALE_MAX); beyond them PostgreSQL
+// refuses the constant.
+const (
+	numericMaxIntDigits  = 131072
+	numericMaxFracDigits = 16383
+)
+
+// numberTextIsPG reports whether a numeric constant's text (an A_Const's
+// Ival or Fval, or a shape's number) is exactly what PostgreSQL prints for
+// the value it reads: only then is the constant, bound for a string
+// column, the text pgcloak seals or indexes. PostgreSQL converts a number
+// for a string column through its output text: 1e3 is 1000, 007.50 is
+// 7.50, .5 is 0.5, -0.0 is 0.0 (numeric has no negative zero), and an
+// integer too long for int4 is a numeric that drops its leading zeros.
+func numberTextIsPG(s string) bool {
+	if !pgNumberText.MatchString(s) {
+		return false
+	}
+	digits := strings.TrimPrefix(s, "-")
+	if len(digits) < len(s) && strings.Trim(digits, "0.") == "" {
+		return false // negative zero
+	}
+	intPart, frac, _ := strings.Cut(digits, ".")
+	return len(intPart) <= numericMaxIntDigits && len(frac) <= numericMaxFracDigits
+}
+
+// numberConst reports whether constant k is a number (the parser's
+// integer or numeric).
+func numberConst(k *pg_query.A_Const) bool {
+	return k != nil && !k.Isnull && (k.GetIval() != nil || k.GetFval() != nil)
+}
 
 // checkValueType checks value n, written to (assign) or compared (with
 // operator op) with declared column c.
@@ -102,7 +135,9 @@ func (a *analyzer) checkValueType(n *pg_query.Node, c ColumnRef, assign bool, op
 // most one cast, without type modifiers, to the column's own type, or
 // one that keeps the text: text or varchar for a text or varchar column,
 // an integer type (of anything but a decimal constant) for an integer or
-// numeric column. A cast of a cast ('0012'::int4::text is 12), a type
+// numeric column; a number cast for a string column only when it is
+// written as PostgreSQL prints it (numberTextIsPG: 1e3::text is 1000). A
+// cast of a cast ('0012'::int4::text is 12), a type
 // modifier ('...'::varchar(11) truncates), bpchar, char(n), "char" and
 // name (which pad, trim or truncate) are refused, as is a type that is
 // not pg_catalog's. NULL stays NULL through any cast. For the array of
@@ -132,6 +167,14 @@ func (a *analyzer) checkCasts(n *pg_query.Node, c ColumnRef, array bool) *Refusa
 		return refuse("a cast to a type other than pg_catalog's")
 	}
 	vt, ct := lastName(t.Names), c.Column.Type
+	if k := tc.Arg.GetAConst(); typeFamilies[ct] == "string" && numberConst(k) {
+		// PostgreSQL casts the number through its output text, which
+		// pgcloak does not compute: only a number written as PostgreSQL
+		// prints it keeps its text (1e3::text is 1000).
+		if v, _ := constValue(k); !numberTextIsPG(v) {
+			return refuse("a number not written as PostgreSQL prints it")
+		}
+	}
 	switch {
 	case array && len(t.ArrayBounds) == 0 && strings.HasPrefix(vt, "_"):
 		// '{...}'::_bpchar is bpchar[].
@@ -182,9 +225,11 @@ func (a *analyzer) checkType(vt string, n *pg_query.Node, c ColumnRef, assign bo
 		return a.refusal(kindTypeOperator, c.Schema, c.Table, c.Column.Name, pgTypeName(ct)+" "+op+" "+pgTypeName(vt), loc)
 	case cf == "string":
 		// PostgreSQL assigns any value to a string column through its
-		// output text: a number's and a boolean's is their constant's.
+		// output text: a boolean's is its constant's, a number's only
+		// when the constant is written as PostgreSQL prints it
+		// (numberTextIsPG: 007.50 is 7.50).
 		if k := n.GetAConst(); k != nil {
-			if v, ok := constValue(k); ok && (vt == "int4" || vt == "bool" || plainNumber.MatchString(v)) {
+			if v, ok := constValue(k); ok && (vt == "bool" || numberConst(k) && numberTextIsPG(v)) {
 				return nil
 			}
 		}
@@ -196,15 +241,15 @@ func (a *analyzer) checkType(vt string, n *pg_query.Node, c ColumnRef, assign bo
 		"is of type "+pgTypeName(ct)+" but expression is of type "+pgTypeName(vt), loc)
 }
 
-// numberFits reports whether a numeric constant, as written, is read as
-// the same value by PostgreSQL and by pgcloak for a column of type typ
-// (checkType's rules for a number).
+// numberFits reports whether a numeric constant (its value as the parser
+// keeps it: numberValue) is read as the same value by PostgreSQL and by
+// pgcloak for a column of type typ (checkType's rules for a number).
 func numberFits(typ, text string) bool {
 	switch typeFamilies[typ] {
 	case "number":
 		return true
 	case "string":
-		return plainNumber.MatchString(text)
+		return numberTextIsPG(text)
 	}
 	return false
 }
