@@ -65,6 +65,8 @@ type preparedStatement struct {
 	// up is, for a named statement of a token session, what the proxy
 	// sent PostgreSQL, to prepare it again (reprepare).
 	up *upstreamParse
+	// pinRound is, for a token statement, the round its Parse was sent in.
+	pinRound int64
 }
 
 // upstreamParse is the Parse the proxy sent PostgreSQL for a named

@@ -530,6 +530,9 @@ func (s *session) clientMessage(msg pgproto3.FrontendMessage) error {
 
 // handleClientMessage forwards one message of a session under tenancy.
 func (s *session) handleClientMessage(msg pgproto3.FrontendMessage) error {
+	if s.tokens {
+		s.tok.afterParse, s.tok.justParsed = s.tok.justParsed, nil
+	}
 	if s.lexGuard {
 		if refused, err := s.refuseUnlexable(msg); refused {
 			return err

@@ -415,6 +415,11 @@ type tokenState struct {
 	// transaction to end (burnUnspent).
 	spent       int64
 	burnBlocked bool
+	// justParsed is the token statement whose Parse the client's last
+	// message was, afterParse the one the message before the current
+	// one parsed (handleClientMessage moves it): a Bind right after its
+	// statement's Parse needs no Parse again (reprepareToken).
+	justParsed, afterParse *preparedStatement
 	// exitPortals are the portals bound, while the proxy waits for an
 	// aborted transaction to end, to a statement that ends it, with the
 	// round of their Bind (refuseUntilCleared).
@@ -549,19 +554,13 @@ func (s *session) settleTenant() error {
 	if s.onLoop && s.settleWouldWait() {
 		return errLoopWouldWait // nothing changed yet
 	}
-	if err := s.upstreamOut.flush(); err != nil {
-		return fmt.Errorf("upstream write: %w", err)
+	if err := s.awaitAnswers(); err != nil {
+		return err
 	}
 	u := &s.tokUp
 	u.mu.Lock()
-	for u.answered < s.upstreamOut.syncs && !s.closed.Load() {
-		u.cond.Wait()
-	}
 	tenant, session, hasLocal, uncertain, open := u.tenant(), u.session, u.hasLocal, u.uncertain, u.txSession
 	u.mu.Unlock()
-	if s.closed.Load() {
-		return errDone
-	}
 	if uncertain {
 		if s.tok.midRound {
 			return nil // asked between rounds only
@@ -589,6 +588,26 @@ func (s *session) settleTenant() error {
 			return nil
 		}
 		return s.repinSession()
+	}
+	return nil
+}
+
+// awaitAnswers flushes what was sent upstream and waits until the upstream
+// goroutine has taken the answers to every round sent (errDone when the
+// session ends meanwhile). Nothing else is sent meanwhile, so its view
+// stays as it is after.
+func (s *session) awaitAnswers() error {
+	if err := s.upstreamOut.flush(); err != nil {
+		return fmt.Errorf("upstream write: %w", err)
+	}
+	u := &s.tokUp
+	u.mu.Lock()
+	for u.answered < s.upstreamOut.syncs && !s.closed.Load() {
+		u.cond.Wait()
+	}
+	u.mu.Unlock()
+	if s.closed.Load() {
+		return errDone
 	}
 	return nil
 }
@@ -920,18 +939,12 @@ func (s *session) burnUnspent() error {
 		s.tok.spent = s.tok.n
 		return nil
 	}
-	if err := s.upstreamOut.flush(); err != nil {
-		return fmt.Errorf("upstream write: %w", err)
+	if err := s.awaitAnswers(); err != nil {
+		return err
 	}
 	u.mu.Lock()
-	for u.answered < s.upstreamOut.syncs && !s.closed.Load() {
-		u.cond.Wait()
-	}
 	spent := u.spent
 	u.mu.Unlock()
-	if s.closed.Load() {
-		return errDone
-	}
 	n := s.tok.n
 	if spent >= n {
 		s.tok.spent = n
@@ -1637,6 +1650,7 @@ func (s *session) parseToken(m *pgproto3.Parse) error {
 	s.newGeneration(m.Name)
 	s.shapes.parsed(m.Name, s.stmtGen[m.Name], m.Query)
 	s.pending.push(&pending{kind: pendParse, name: m.Name, prepared: ps})
+	s.tok.justParsed, ps.pinRound = ps, s.upstreamOut.syncs
 	return s.upstreamOut.send(&pgproto3.Parse{Name: ps.upstream, Query: s.pinText(ts)})
 }
 
@@ -1704,7 +1718,10 @@ func (s *session) bindToken(m *pgproto3.Bind, ps *preparedStatement) error {
 		return s.refuseExtended(err)
 	}
 	s.tok.awaitExec = pin
-	s.reprepareToken(ps)
+	if s.tok.afterParse != ps || ps.pinRound != s.upstreamOut.syncs {
+		// Not the message right after the statement's own Parse.
+		s.reprepareToken(ps)
+	}
 	s.pending.push(&pending{kind: pendBind, name: m.DestinationPortal, stmt: m.PreparedStatement,
 		resultFormats: append([]int16(nil), m.ResultFormatCodes...), token: pin})
 	return s.upstreamOut.send(&pgproto3.Bind{DestinationPortal: m.DestinationPortal, PreparedStatement: ps.upstream,
