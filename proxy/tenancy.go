@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgcloak/pgcloak/config"
 	"github.com/pgcloak/pgcloak/keystore"
+	"github.com/pgcloak/pgcloak/rewrite"
 )
 
 // tenantRefusal is a client's attempt to choose or change its tenant. It is
@@ -41,6 +42,8 @@ func checkStartupParameters(t config.Tenancy, params map[string]string) error {
 			return fatal(tenantRefusal("startup options naming a pgcloak.* setting"))
 		case k == "search_path" && strings.Contains(v, "pg_temp"):
 			return fatal(tempSearchPath())
+		case k == "search_path" && !rewrite.SearchPathCatalogFirst(v):
+			return fatal(catalogSearchPath())
 		case k == "options":
 			// Read as PostgreSQL reads them: a dash in a name is an
 			// underscore, and a backslash escapes the next byte, so the
@@ -56,10 +59,22 @@ func checkStartupParameters(t config.Tenancy, params map[string]string) error {
 				if name == "search_path" && strings.Contains(strings.ToLower(kv[1]), "pg_temp") {
 					return fatal(tempSearchPath())
 				}
+				if name == "search_path" && !rewrite.SearchPathCatalogFirst(kv[1]) {
+					return fatal(catalogSearchPath())
+				}
 			}
 		}
 	}
 	return nil
+}
+
+// catalogSearchPath refuses a startup search_path that names pg_catalog
+// after another schema: pgcloak reads an unqualified type name in a cast
+// as pg_catalog's, and a type of that name in the other schema would then
+// change what PostgreSQL stores or searches (found by review on
+// 2026-12-08).
+func catalogSearchPath() *clientError {
+	return &clientError{code: pgerrcode.InsufficientPrivilege, msg: "a startup search_path that names pg_catalog after another schema is not allowed in a session with a tenant"}
 }
 
 // tempSearchPath refuses a startup search_path that names the temporary

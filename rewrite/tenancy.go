@@ -549,6 +549,14 @@ func (a *analyzer) searchPathValue(n *pg_query.Node, construct string, loc int32
 	return nil
 }
 
+// SearchPathCatalogFirst reports whether a search_path setting's text is a
+// valid list that leaves pg_catalog searched first (see pgCatalogFirst):
+// for a search_path given at login, which no statement sets.
+func SearchPathCatalogFirst(value string) bool {
+	names, ok := splitIdentifierList(value)
+	return ok && pgCatalogFirst(names)
+}
+
 // pgCatalogFirst reports whether a search_path's schema names leave
 // pg_catalog searched first: not named, or named first. Names compare
 // without ASCII case, erring towards refusing.
