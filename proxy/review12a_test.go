@@ -47,9 +47,47 @@ func TestReview12AMidRoundSkipsBurnPinReplay(t *testing.T) {
 	atkCheckStored(t, env)
 }
 
+// r12aRoundEnds sends Parse, Bind, Execute and then a Query without a Sync
+// between, and checks that pgcloak ends the session with 08P01 and that
+// the Query's text did not run (it would have set q).
+func r12aRoundEnds(t *testing.T, conn *pgconn.PgConn, q string) {
+	t.Helper()
+	fe := conn.Frontend()
+	for _, m := range []pgproto3.FrontendMessage{&pgproto3.Parse{Query: `select 1`}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Query{String: q}} {
+		fe.Send(m)
+	}
+	fatalIf(t, fe.Flush(), "send")
+	var codes []string
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			break
+		}
+		if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+			codes = append(codes, e.Severity+" "+e.Code)
+			if e.Severity == "FATAL" {
+				break
+			}
+		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+	}
+	t.Logf("a Query inside an unsynced round: %v", codes)
+	if len(codes) == 0 || codes[len(codes)-1] != "FATAL 08P01" {
+		t.Errorf("a Query inside an unsynced extended round: %v, want the session ended with 08P01", codes)
+	}
+}
+
 func r12aReplay(t *testing.T, env *encryptedEnv, globex, how string) {
 	pooled, spy := atkRaw(t, env), atkRaw(t, env)
 
+	if how == "parse_bind_execute" {
+		// A Query inside an unsynced extended round ends the session
+		// (08P01): nothing it sends runs before what pgcloak owes.
+		r12aRoundEnds(t, pooled, `SET default_transaction_read_only = on`)
+		return
+	}
 	// Attacker's transaction: ends with ReadyForQuery 'I'.
 	r := r12aMidRound(t, pooled, how, `SET default_transaction_read_only = on`)
 	t.Logf("attacker: mid-round + read only: errors %v", r.errors)

@@ -544,13 +544,11 @@ func (s *session) handleClientMessage(msg pgproto3.FrontendMessage) error {
 		}
 	}
 	if s.tokens && !isCopyData(msg) {
-		if q, ok := msg.(*pgproto3.Query); ok && s.tok.midRound {
-			// What the proxy owes between rounds (a burn, a clear, a pin
-			// again) waits for a Sync; a Query here would run before it.
-			// PostgreSQL's answer to the refusal ends the round.
-			s.track(q)
-			s.tok.midRound = false
-			return s.refuse(errQueryInRound)
+		switch msg.(type) {
+		case *pgproto3.Query, *pgproto3.FunctionCall:
+			if s.tok.midRound {
+				return errQueryInRound
+			}
 		}
 		if err := s.beforeTokenMessage(); err != nil {
 			return err

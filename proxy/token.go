@@ -1348,14 +1348,17 @@ func (s *session) clearAfterRefusal() error {
 	return nil
 }
 
-// errQueryInRound refuses, in a token session, a simple Query sent after
-// Parse, Bind, Describe, Execute or Close messages without their Sync.
-// PostgreSQL runs it, but the proxy's own statements between rounds (a
-// pin burnt, cleared or made again) wait for the Sync, and a Query here
-// would run before them (found by review on 2026-12-08: a pin that did not
-// complete was never burnt, and another client replayed it).
-var errQueryInRound = &clientError{code: pgerrcode.FeatureNotSupported,
-	msg: "in a session whose tenant comes from tenant tokens, a simple query may not follow Parse, Bind, Describe, Execute or Close before their Sync"}
+// errQueryInRound ends a token session whose client sent a simple Query or
+// a FunctionCall after Parse, Bind, Describe, Execute or Close messages
+// without their Sync. PostgreSQL runs it, but the proxy's own statements
+// between rounds (a pin burnt, cleared or made again) wait for the Sync,
+// and it would run before them (found by review on 2026-12-08: a pin that
+// did not complete was never burnt, and another client replayed it); and
+// after an error in the round PostgreSQL skips it without an answer, which
+// put the proxy's count of answers out of step for every later client of
+// the connection (review 13). No driver sends one there; the session ends.
+var errQueryInRound = &clientError{code: pgerrcode.ProtocolViolation, fatal: true,
+	msg: "in a session whose tenant comes from tenant tokens, a simple query or a function call may not come between Parse, Bind, Describe, Execute or Close and their Sync"}
 
 // errAbortedUntilCleared refuses what PostgreSQL would refuse in an
 // aborted transaction (see refuseUntilCleared).
