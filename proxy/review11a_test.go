@@ -231,6 +231,29 @@ func r11aLeak(t *testing.T, conn *pgconn.PgConn) string {
 	return string(res[0].Rows[0][0])
 }
 
+// r11aRedefineRun has a DBA's function (public.run) deallocate the
+// statement name and prepare it again as text (r11aLeakSQL when empty):
+// pgcloak sees neither the DEALLOCATE nor the PREPARE.
+func r11aRedefineRun(t *testing.T, conn *pgconn.PgConn, name, text string) {
+	t.Helper()
+	if text == "" {
+		text = `PREPARE ` + name + ` AS ` + r11aLeakSQL
+	}
+	_, err := atkExec(t, conn, `select public.run(`+rvQuoteChunks(`DEALLOCATE `+name)+`), public.run(`+rvQuoteChunks(text)+`)`)
+	t.Logf("attacker redefines %s through public.run: %v", name, err)
+}
+
+// r11aNoGlobexLeak fails the test when the attacker's setting zz.leak holds
+// globex's rows; how says how the attacker's text would have run.
+func r11aNoGlobexLeak(t *testing.T, conn *pgconn.PgConn, how string) {
+	t.Helper()
+	leak := r11aLeak(t, conn)
+	t.Logf("attacker (no token) reads zz.leak: %q", leak)
+	if strings.Contains(leak, "globex") {
+		t.Errorf("the attacker read globex's rows (%q): %s", leak, how)
+	}
+}
+
 // r11aVictim runs one pooled transaction of the victim (globex): its
 // token bound to its named token statement, then a Bind of its named
 // statement stmt (parsed the first time with text).
@@ -279,15 +302,10 @@ func TestReview11APlainNamedStatementRedefinedLeaksRows(t *testing.T) {
 			} else {
 				// Through a DBA's function that runs text: pgcloak sees
 				// neither the DEALLOCATE nor the PREPARE.
-				_, err := atkExec(t, pooled, `select public.run(`+rvQuoteChunks(`DEALLOCATE vsel`)+`), public.run(`+rvQuoteChunks(`PREPARE vsel AS `+r11aLeakSQL)+`)`)
-				t.Logf("attacker redefines vsel through public.run: %v", err)
+				r11aRedefineRun(t, pooled, "vsel", "")
 			}
 			r11aVictim(t, pooled, "second", globex, "vsel", "", nil, false)
-			leak := r11aLeak(t, pooled)
-			t.Logf("attacker (no token) reads zz.leak: %q", leak)
-			if strings.Contains(leak, "globex") {
-				t.Errorf("the attacker read globex's rows (%q): its text ran under globex's pin through the victim's Bind of a redefined plain statement name", leak)
-			}
+			r11aNoGlobexLeak(t, pooled, "its text ran under globex's pin through the victim's Bind of a redefined plain statement name")
 			for _, s := range r10aStoredAs(t, env, "r11a-planted") {
 				if !strings.HasPrefix(s, "<null>:") {
 					t.Errorf("the attacker (no token) wrote a row stamped %s through the victim's Bind", s)
@@ -339,11 +357,7 @@ func TestReview11ARewrittenUpstreamNameRedefinedLeaksRows(t *testing.T) {
 		t.Fatalf("found no pgcloak statement with parameters to redefine")
 	}
 	r11aVictim(t, pooled, "second", globex, "vfind", "", atkBytes("987-65-4321"), false)
-	leak := r11aLeak(t, pooled)
-	t.Logf("attacker (no token) reads zz.leak: %q", leak)
-	if strings.Contains(leak, "globex") {
-		t.Errorf("the attacker read globex's rows (%q): the victim's Bind of its encrypted-column statement ran the attacker's text under globex's pin", leak)
-	}
+	r11aNoGlobexLeak(t, pooled, "the victim's Bind of its encrypted-column statement ran the attacker's text under globex's pin")
 }
 
 // The same primitive carries a value sealed under acme into a row stamped
@@ -363,8 +377,7 @@ func TestReview11APlainNamedStatementRedefinedCrossSeal(t *testing.T) {
 	t.Logf("attacker stashes acme's ciphertext: %v", err)
 	ins := `insert into patients (name, ssn) values ('r11a-cross', decode(current_setting('zz.ct'), 'hex'))`
 	redefine := `PREPARE vsel AS select public.run(` + rvQuoteChunks(ins) + `)::text as name`
-	_, err = atkExec(t, pooled, `select public.run(`+rvQuoteChunks(`DEALLOCATE vsel`)+`), public.run(`+rvQuoteChunks(redefine)+`)`)
-	t.Logf("attacker redefines vsel through public.run: %v", err)
+	r11aRedefineRun(t, pooled, "vsel", redefine)
 	r11aVictim(t, pooled, "second", globex, "vsel", "", nil, false)
 	stored := r10aStoredAs(t, env, "r11a-cross")
 	t.Logf("stored %v", stored)

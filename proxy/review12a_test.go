@@ -159,8 +159,7 @@ func TestReview12AReprepareSkippedInFailedRound(t *testing.T) {
 	pooled := atkRaw(t, env)
 	r11aVictim(t, pooled, "first", globex, "vsel", vsel, nil, true)
 
-	_, err := atkExec(t, pooled, `select public.run(`+rvQuoteChunks(`DEALLOCATE vsel`)+`), public.run(`+rvQuoteChunks(`PREPARE vsel AS `+r11aLeakSQL)+`)`)
-	t.Logf("attacker redefines vsel through public.run: %v", err)
+	r11aRedefineRun(t, pooled, "vsel", "")
 
 	// Victim's second transaction.
 	r9Exec(t, pooled, `BEGIN`)
@@ -179,11 +178,7 @@ func TestReview12AReprepareSkippedInFailedRound(t *testing.T) {
 	t.Logf("victim: vsel again: errors %v rows %v", r.errors, r.rows)
 	r9Exec(t, pooled, `COMMIT`)
 
-	leak := r11aLeak(t, pooled)
-	t.Logf("attacker (no token) reads zz.leak: %q", leak)
-	if strings.Contains(leak, "globex") {
-		t.Errorf("the attacker read globex's rows (%q): its text ran under globex's pin through the victim's Bind of vsel, whose re-Parse PostgreSQL skipped", leak)
-	}
+	r11aNoGlobexLeak(t, pooled, "its text ran under globex's pin through the victim's Bind of vsel, whose re-Parse PostgreSQL skipped")
 }
 
 // A pooled connection. The victim (globex) prepares vq with SQL PREPARE
@@ -205,19 +200,14 @@ func TestReview12ASQLPreparedBoundByProtocol(t *testing.T) {
 		&pgproto3.Sync{})
 	t.Logf("victim first: errors %v rows %v", r.errors, r.rows)
 
-	_, err := atkExec(t, pooled, `select public.run(`+rvQuoteChunks(`DEALLOCATE vq`)+`), public.run(`+rvQuoteChunks(`PREPARE vq AS `+r11aLeakSQL)+`)`)
-	t.Logf("attacker redefines vq through public.run: %v", err)
+	r11aRedefineRun(t, pooled, "vq", "")
 
 	r = pipeline(t, pooled,
 		&pgproto3.Bind{PreparedStatement: "vtok", Parameters: atkBytes(globex)}, &pgproto3.Execute{},
 		&pgproto3.Bind{PreparedStatement: "vq"}, &pgproto3.Execute{},
 		&pgproto3.Sync{})
 	t.Logf("victim second: errors %v rows %v", r.errors, r.rows)
-	leak := r11aLeak(t, pooled)
-	t.Logf("attacker (no token) reads zz.leak: %q", leak)
-	if strings.Contains(leak, "globex") {
-		t.Errorf("the attacker read globex's rows (%q): its text ran under globex's pin through the victim's protocol Bind of a SQL-prepared name", leak)
-	}
+	r11aNoGlobexLeak(t, pooled, "its text ran under globex's pin through the victim's protocol Bind of a SQL-prepared name")
 }
 
 // As TestReview12ASQLPreparedBoundByProtocol, with the victim's INSERT of an
@@ -238,8 +228,7 @@ func TestReview12ASQLPreparedInsertBoundByProtocol(t *testing.T) {
 		&pgproto3.Sync{})
 	t.Logf("victim first: errors %v rows %v", r.errors, r.rows)
 
-	_, err := atkExec(t, pooled, `select public.run(`+rvQuoteChunks(`DEALLOCATE vi`)+`), public.run(`+rvQuoteChunks(`PREPARE vi (text, text) AS select pg_catalog.set_config('zz.leak', $1 || '|' || $2, false)`)+`)`)
-	t.Logf("attacker redefines vi through public.run: %v", err)
+	r11aRedefineRun(t, pooled, "vi", `PREPARE vi (text, text) AS select pg_catalog.set_config('zz.leak', $1 || '|' || $2, false)`)
 
 	r = pipeline(t, pooled,
 		&pgproto3.Bind{PreparedStatement: "vtok", Parameters: atkBytes(globex)}, &pgproto3.Execute{},
